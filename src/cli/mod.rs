@@ -1,0 +1,63 @@
+//! The `weir` command line.
+
+mod sql;
+mod udf;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::WeirConfig;
+use crate::sandbox::Sandbox;
+
+/// weir: sandboxed WebAssembly UDFs over streaming Arrow data with SQL.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    /// Configuration file (see docs/config.md). Without it, defaults apply.
+    #[arg(long, global = true, env = "WEIR_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one SQL query over files, with WASM UDFs. Needs no broker.
+    Sql(sql::SqlArgs),
+    /// Work with UDF modules.
+    #[command(subcommand)]
+    Udf(udf::UdfCommand),
+}
+
+impl Cli {
+    fn config(&self) -> anyhow::Result<WeirConfig> {
+        Ok(match &self.config {
+            Some(path) => WeirConfig::from_file(path)?,
+            None => WeirConfig::default(),
+        })
+    }
+
+    fn sandbox(&self) -> anyhow::Result<Sandbox> {
+        Ok(Sandbox::with_options(self.config()?.sandbox_options())?)
+    }
+
+    /// Runs the command; the error is the message for the user.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match &self.command {
+            Command::Sql(args) => sql::run(self.sandbox()?, args).await,
+            Command::Udf(cmd) => udf::run(&self, cmd),
+        }
+    }
+}
+
+/// The most useful message of a DataFusion error: the UDF's own error when a
+/// UDF failed, the plain message otherwise.
+pub fn user_message(err: &datafusion::error::DataFusionError) -> String {
+    use datafusion::error::DataFusionError;
+    match err.find_root() {
+        DataFusionError::External(inner) => inner.to_string(),
+        root => root.strip_backtrace(),
+    }
+}

@@ -1,0 +1,202 @@
+//! Guest result → Arrow array, validated before anything is allocated.
+//!
+//! Every pointer and length comes from untrusted code: all arithmetic is
+//! overflow-checked and every range is checked against the guest memory size
+//! before a byte is copied. A violation is an [`InvalidOutput`], never a panic.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BinaryArray, BooleanArray, PrimitiveArray, StringArray};
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::datatypes::*;
+
+use super::read_u32;
+use crate::abi::{AbiType, RESULT_SIZE, STATUS_OK, STATUS_ROW_ERROR, types::Layout, types::bitmap_len};
+
+/// Longest guest error message kept, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// What a call produced.
+#[derive(Debug)]
+pub enum CallResult {
+    Array(ArrayRef),
+    /// The guest reported an error on one row of the batch.
+    RowError { row: usize, message: String },
+}
+
+/// The guest broke the output contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidOutput(pub String);
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, InvalidOutput> {
+    Err(InvalidOutput(msg.into()))
+}
+
+/// The bytes `[ptr, ptr + len)` of guest memory, if entirely in bounds.
+fn range<'m>(mem: &'m [u8], what: &str, ptr: u32, len: usize) -> Result<&'m [u8], InvalidOutput> {
+    let start = ptr as usize;
+    match start.checked_add(len) {
+        Some(end) if end <= mem.len() => Ok(&mem[start..end]),
+        Some(end) => invalid(format!(
+            "{what} at {start:#x}..{end:#x} lies outside the guest's {}-byte memory",
+            mem.len()
+        )),
+        None => invalid(format!("{what} at {start:#x} with length {len} wraps around")),
+    }
+}
+
+/// Truncates to at most `max` bytes on a char boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Reads the result descriptor at `ptr` for a batch of `rows` rows of type
+/// `ty`. At most `max_bytes` of buffers are accepted.
+pub fn read_result(
+    mem: &[u8],
+    ptr: u32,
+    ty: AbiType,
+    rows: usize,
+    max_bytes: usize,
+) -> Result<CallResult, InvalidOutput> {
+    let desc = range(mem, "the result descriptor", ptr, RESULT_SIZE)?;
+    let field = |i: usize| read_u32(desc, i * 4).unwrap_or(0);
+    let (status, len, validity, values, values_len, offsets) =
+        (field(0), field(1), field(2), field(3), field(4) as usize, field(5));
+    match status {
+        STATUS_OK => {}
+        STATUS_ROW_ERROR => {
+            let row = field(6) as usize;
+            let msg_len = (field(8) as usize).min(MAX_ERROR_MESSAGE);
+            let msg = range(mem, "the error message", field(7), msg_len)?;
+            let message = truncate(String::from_utf8_lossy(msg).into_owned(), MAX_ERROR_MESSAGE);
+            if row >= rows {
+                return invalid(format!(
+                    "reported an error on row {row} of a {rows}-row batch: {message}"
+                ));
+            }
+            return Ok(CallResult::RowError { row, message });
+        }
+        other => return invalid(format!("unknown status {other} (expected 0 or 1)")),
+    }
+    if len as usize != rows {
+        return invalid(format!("returned {len} rows for a batch of {rows} rows"));
+    }
+    let nulls = if validity == 0 {
+        None
+    } else {
+        let bits = range(mem, "the validity bitmap", validity, bitmap_len(rows))?;
+        Some(NullBuffer::new(BooleanBuffer::new(Buffer::from(bits), 0, rows)))
+    };
+    let array: ArrayRef = match ty.layout() {
+        Layout::Bits => {
+            if values_len != bitmap_len(rows) {
+                return invalid(format!(
+                    "boolean values are {values_len} bytes, {rows} rows need {}",
+                    bitmap_len(rows)
+                ));
+            }
+            let bits = range(mem, "the values buffer", values, values_len)?;
+            let values = BooleanBuffer::new(Buffer::from(bits), 0, rows);
+            Arc::new(BooleanArray::new(values, nulls))
+        }
+        Layout::Fixed(width) => {
+            let expected = rows * width;
+            if values_len != expected {
+                return invalid(format!(
+                    "{ty} values are {values_len} bytes, {rows} rows need {expected}"
+                ));
+            }
+            let bytes = range(mem, "the values buffer", values, values_len)?;
+            match fixed_array(ty, Buffer::from(bytes), rows, nulls) {
+                Some(array) => array,
+                None => return invalid(format!("{ty} is not a fixed-width type")),
+            }
+        }
+        Layout::Variable => {
+            let offsets_len = (rows + 1) * 4;
+            if values_len.saturating_add(offsets_len) > max_bytes {
+                return invalid(format!(
+                    "returned {values_len} bytes of {ty} values, above the {max_bytes}-byte output limit (`max_output_bytes`)"
+                ));
+            }
+            let raw = range(mem, "the offsets buffer", offsets, offsets_len)?;
+            let data = range(mem, "the values buffer", values, values_len)?;
+            let offs: Vec<i32> = raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            check_offsets(&offs, values_len)?;
+            let offsets = OffsetBuffer::new(ScalarBuffer::from(offs));
+            let data = Buffer::from(data);
+            if ty == AbiType::Utf8 {
+                let array = StringArray::try_new(offsets, data, nulls)
+                    .map_err(|e| InvalidOutput(format!("utf8 output is not valid: {e}")))?;
+                Arc::new(array)
+            } else {
+                let array = BinaryArray::try_new(offsets, data, nulls)
+                    .map_err(|e| InvalidOutput(format!("binary output is not valid: {e}")))?;
+                Arc::new(array)
+            }
+        }
+    };
+    Ok(CallResult::Array(array))
+}
+
+/// Offsets must start at or after 0, never decrease and end within the values.
+fn check_offsets(offs: &[i32], values_len: usize) -> Result<(), InvalidOutput> {
+    if offs[0] < 0 {
+        return invalid(format!("offset 0 is negative ({})", offs[0]));
+    }
+    for (i, w) in offs.windows(2).enumerate() {
+        if w[1] < w[0] {
+            return invalid(format!(
+                "offsets decrease at row {i}: {} then {}",
+                w[0], w[1]
+            ));
+        }
+    }
+    let last = offs[offs.len() - 1] as usize;
+    if last > values_len {
+        return invalid(format!(
+            "the last offset {last} points past the {values_len}-byte values buffer"
+        ));
+    }
+    Ok(())
+}
+
+fn primitive<T: ArrowPrimitiveType>(bytes: Buffer, rows: usize, nulls: Option<NullBuffer>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::new(bytes, 0, rows), nulls))
+}
+
+fn fixed_array(
+    ty: AbiType,
+    bytes: Buffer,
+    rows: usize,
+    nulls: Option<NullBuffer>,
+) -> Option<ArrayRef> {
+    Some(match ty {
+        AbiType::Int8 => primitive::<Int8Type>(bytes, rows, nulls),
+        AbiType::Int16 => primitive::<Int16Type>(bytes, rows, nulls),
+        AbiType::Int32 => primitive::<Int32Type>(bytes, rows, nulls),
+        AbiType::Int64 => primitive::<Int64Type>(bytes, rows, nulls),
+        AbiType::UInt8 => primitive::<UInt8Type>(bytes, rows, nulls),
+        AbiType::UInt16 => primitive::<UInt16Type>(bytes, rows, nulls),
+        AbiType::UInt32 => primitive::<UInt32Type>(bytes, rows, nulls),
+        AbiType::UInt64 => primitive::<UInt64Type>(bytes, rows, nulls),
+        AbiType::Float32 => primitive::<Float32Type>(bytes, rows, nulls),
+        AbiType::Float64 => primitive::<Float64Type>(bytes, rows, nulls),
+        AbiType::Date32 => primitive::<Date32Type>(bytes, rows, nulls),
+        AbiType::TimestampMicros => primitive::<TimestampMicrosecondType>(bytes, rows, nulls),
+        AbiType::Boolean | AbiType::Utf8 | AbiType::Binary => return None,
+    })
+}

@@ -1,0 +1,231 @@
+//! What can go wrong, classified, with what the user can change.
+
+use std::fmt;
+
+use wasmtime::Trap;
+
+use super::host::{MemoryLimitExceeded, TableLimitExceeded};
+use super::limits::{CpuMeter, SandboxLimits};
+use crate::abi::ManifestError;
+
+/// A module was refused at load time. Nothing was instantiated.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "module `{label}` is {size} bytes, above the {limit}-byte limit; raise `sandbox.max_module_bytes` or shrink the module (release build, strip debug info)"
+    )]
+    TooLarge { label: String, size: u64, limit: u64 },
+    #[error("module `{label}` is not a WebAssembly module: {reason}")]
+    NotWasm { label: String, reason: String },
+    #[error("module `{label}`: {source}")]
+    Manifest {
+        label: String,
+        source: ManifestError,
+    },
+    #[error(
+        "module `{label}` imports `{module}::{name}`, which is not granted (granted: {granted}); UDFs run without WASI, clocks, randomness, network or files"
+    )]
+    ForbiddenImport {
+        label: String,
+        module: String,
+        name: String,
+        granted: String,
+    },
+    #[error("module `{label}` does not export `{name}` ({what}); see docs/abi.md")]
+    MissingExport {
+        label: String,
+        name: String,
+        what: &'static str,
+    },
+    #[error("module `{label}` exports `{name}` as {found}, the ABI requires {expected}")]
+    BadExport {
+        label: String,
+        name: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error(
+        "module `{label}` declares an initial memory of {bytes} bytes, above the {limit}-byte limit; raise `sandbox.memory_bytes` or declare a smaller initial memory"
+    )]
+    InitialMemory { label: String, bytes: u64, limit: u64 },
+    #[error("module `{label}` failed to compile: {reason}")]
+    Compile { label: String, reason: String },
+    #[error("cannot read module `{label}`: {source}")]
+    Io {
+        label: String,
+        source: std::io::Error,
+    },
+    #[error("invalid sandbox configuration: {0}")]
+    Config(String),
+}
+
+/// Why a guest call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The CPU budget ran out (epoch deadline or fuel).
+    OutOfCpu { during_start: bool },
+    /// A memory (or table) grow was denied at the configured limit.
+    OutOfMemory { requested: usize, limit: usize },
+    TableLimit { requested: usize, limit: usize },
+    /// Wasm stack exhausted.
+    StackOverflow,
+    /// The guest reported an error for one row.
+    RowError { row: usize, message: String },
+    /// The guest panicked (it exported `weir_panic_info`).
+    Panic { row: Option<usize>, message: String },
+    /// The guest's result broke the output contract.
+    InvalidOutput(String),
+    /// Any other trap (`unreachable`, division by zero, out-of-bounds access…).
+    Trap(String),
+    /// Input could not be prepared (never reached the guest).
+    InvalidInput(String),
+    /// No instance slot became free in time.
+    Busy { waited_ms: u64 },
+    /// Something else failed while instantiating or calling.
+    Other(String),
+}
+
+impl Failure {
+    /// A stable, low-cardinality name (for metrics and logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::OutOfCpu { .. } => "out_of_cpu",
+            Failure::OutOfMemory { .. } | Failure::TableLimit { .. } => "out_of_memory",
+            Failure::StackOverflow => "stack_overflow",
+            Failure::RowError { .. } => "guest_error",
+            Failure::Panic { .. } => "guest_panic",
+            Failure::InvalidOutput(_) => "invalid_output",
+            Failure::Trap(_) => "trap",
+            Failure::InvalidInput(_) => "invalid_input",
+            Failure::Busy { .. } => "busy",
+            Failure::Other(_) => "other",
+        }
+    }
+
+    /// Whether the instance must be thrown away rather than reused.
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, Failure::RowError { .. } | Failure::InvalidInput(_) | Failure::Busy { .. })
+    }
+
+    /// The row the failure is attributed to, when known.
+    pub fn row(&self) -> Option<usize> {
+        match self {
+            Failure::RowError { row, .. } => Some(*row),
+            Failure::Panic { row, .. } => *row,
+            _ => None,
+        }
+    }
+
+    /// Classifies an error raised by wasmtime while instantiating or calling.
+    pub fn classify(err: &wasmtime::Error, during_start: bool) -> Failure {
+        if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+            return Failure::OutOfMemory {
+                requested: m.requested,
+                limit: m.limit,
+            };
+        }
+        if let Some(t) = err.downcast_ref::<TableLimitExceeded>() {
+            return Failure::TableLimit {
+                requested: t.requested,
+                limit: t.limit,
+            };
+        }
+        if let Some(trap) = err.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::Interrupt | Trap::OutOfFuel => Failure::OutOfCpu { during_start },
+                Trap::StackOverflow => Failure::StackOverflow,
+                other => Failure::Trap(other.to_string()),
+            };
+        }
+        if err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+            return Failure::Other(format!(
+                "the sandbox's instance pool is full ({err}); raise `sandbox.total_instances` or load fewer modules"
+            ));
+        }
+        Failure::Other(format!("{err:#}"))
+    }
+}
+
+/// A failed call of a UDF on a batch, naming the UDF and module.
+#[derive(Debug, Clone)]
+pub struct UdfError {
+    pub udf: String,
+    pub module: String,
+    /// Full sha256 of the module bytes.
+    pub digest: String,
+    /// Sequence number of the call (batch) for this function, from 1.
+    pub batch: u64,
+    pub rows: usize,
+    pub failure: Failure,
+    /// The limits in force, to say what to raise.
+    pub limits: SandboxLimits,
+}
+
+impl std::error::Error for UdfError {}
+
+impl fmt::Display for UdfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = self.digest.get(..12).unwrap_or(&self.digest);
+        write!(
+            f,
+            "udf `{}` (module `{}`, sha256 {short}) ",
+            self.udf, self.module
+        )?;
+        let batch = format!("on batch {} ({} rows)", self.batch, self.rows);
+        let l = &self.limits;
+        match &self.failure {
+            Failure::OutOfCpu { during_start } => {
+                let budget = match l.cpu_meter {
+                    CpuMeter::Epoch => format!("{} ms", l.cpu_ms_per_batch),
+                    CpuMeter::Fuel => format!("{} fuel units", l.fuel_per_batch),
+                };
+                let key = match l.cpu_meter {
+                    CpuMeter::Epoch => "cpu_ms_per_batch",
+                    CpuMeter::Fuel => "fuel_per_batch",
+                };
+                if *during_start {
+                    write!(
+                        f,
+                        "ran out of CPU ({budget}) in its start function while being instantiated; the module's start code must terminate quickly"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "ran out of CPU after {budget} {batch}; raise `sandbox.{key}`, send smaller batches, or make the function cheaper (an endless loop?)"
+                    )
+                }
+            }
+            Failure::OutOfMemory { requested, limit } => write!(
+                f,
+                "ran out of memory {batch}: it asked for {requested} bytes of linear memory, the limit is {limit}; raise `sandbox.memory_bytes` or make the function use less memory"
+            ),
+            Failure::TableLimit { requested, limit } => write!(
+                f,
+                "grew a table to {requested} elements {batch}, the limit is {limit}; raise `sandbox.table_elements`"
+            ),
+            Failure::StackOverflow => write!(
+                f,
+                "overflowed its {} KiB wasm stack {batch} (deep or endless recursion); raise `sandbox.wasm_stack_bytes` or recurse less",
+                l.wasm_stack_bytes / 1024
+            ),
+            Failure::RowError { row, message } => {
+                write!(f, "failed on row {row} of batch {}: {message}", self.batch)
+            }
+            Failure::Panic { row, message } => match row {
+                Some(row) => write!(f, "panicked on row {row} of batch {}: {message}", self.batch),
+                None => write!(f, "panicked {batch}: {message}"),
+            },
+            Failure::InvalidOutput(reason) => write!(
+                f,
+                "returned invalid output {batch}: {reason}; this is a bug in the UDF or its SDK, the output was discarded"
+            ),
+            Failure::Trap(trap) => write!(f, "trapped {batch}: {trap}"),
+            Failure::InvalidInput(reason) => write!(f, "could not be called {batch}: {reason}"),
+            Failure::Busy { waited_ms } => write!(
+                f,
+                "had no free instance {batch} after waiting {waited_ms} ms; raise `sandbox.instances_per_module`"
+            ),
+            Failure::Other(reason) => write!(f, "failed {batch}: {reason}"),
+        }
+    }
+}

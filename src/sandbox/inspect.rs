@@ -1,0 +1,77 @@
+//! A module's self-description, read before anything is compiled.
+
+use wasmtime::wasmparser::{Parser, Payload, TypeRef};
+
+use crate::abi::{MANIFEST_SECTION, Manifest, ManifestError};
+
+/// One import the module asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    pub module: String,
+    pub name: String,
+    pub kind: &'static str,
+}
+
+/// What a module says about itself.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    pub manifest: Manifest,
+    pub imports: Vec<Import>,
+    /// Declared initial size of each defined memory, in bytes.
+    pub initial_memory: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("{0}")]
+    Parse(String),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// Parses the binary module's sections (not its code) for the manifest,
+/// imports and memories.
+pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
+    let mut sections: Vec<&[u8]> = Vec::new();
+    let mut imports = Vec::new();
+    let mut initial_memory = Vec::new();
+    let parse = |e: wasmtime::wasmparser::BinaryReaderError| InspectError::Parse(e.to_string());
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(parse)? {
+            Payload::CustomSection(reader) if reader.name() == MANIFEST_SECTION => {
+                sections.push(reader.data());
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.map_err(parse)?;
+                    let kind = match import.ty {
+                        TypeRef::Func(_) | TypeRef::FuncExact(_) => "function",
+                        TypeRef::Memory(_) => "memory",
+                        TypeRef::Table(_) => "table",
+                        TypeRef::Global(_) => "global",
+                        TypeRef::Tag(_) => "tag",
+                    };
+                    imports.push(Import {
+                        module: import.module.to_string(),
+                        name: import.name.to_string(),
+                        kind,
+                    });
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory.map_err(parse)?;
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                    initial_memory.push(memory.initial.saturating_mul(page));
+                }
+            }
+            _ => {}
+        }
+    }
+    let manifest = Manifest::parse(&sections)?;
+    Ok(ModuleInfo {
+        manifest,
+        imports,
+        initial_memory,
+    })
+}

@@ -1,0 +1,232 @@
+//! Live guest instances and the per-module pool that reuses them.
+//!
+//! An instance serves one batch at a time and is reused for the next; an
+//! instance whose call trapped (or returned invalid output) is dropped, never
+//! reused, and its pooling-allocator slot is reset for the next instantiation.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use wasmtime::{Memory, Store, TypedFunc};
+
+use super::error::Failure;
+use super::host::StoreState;
+use super::limits::{CpuMeter, SandboxLimits};
+use super::module::UdfModule;
+use crate::abi::{self, EXPORT_ALLOC, EXPORT_MEMORY, EXPORT_PANIC_INFO, PANIC_INFO_SIZE};
+use crate::marshal::input::InputPlan;
+use crate::marshal::output::{CallResult, MAX_ERROR_MESSAGE, read_result};
+use crate::marshal::read_u32;
+
+/// How long a call waits for a busy module's instance to come free.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headroom kept on the host stack beyond the wasm stack limit.
+const HOST_STACK_HEADROOM: usize = 256 * 1024;
+
+pub(crate) struct GuestInstance {
+    store: Store<StoreState>,
+    memory: Memory,
+    alloc: TypedFunc<u32, u32>,
+    funcs: Vec<TypedFunc<(u32, u32), u32>>,
+    panic_info: Option<TypedFunc<(), u32>>,
+}
+
+/// Arms the per-call CPU budget.
+fn arm(store: &mut Store<StoreState>, limits: &SandboxLimits) -> Result<(), Failure> {
+    match limits.cpu_meter {
+        CpuMeter::Epoch => {
+            store.set_epoch_deadline(limits.deadline_ticks());
+            Ok(())
+        }
+        CpuMeter::Fuel => store
+            .set_fuel(limits.fuel_per_batch)
+            .map_err(|e| Failure::Other(format!("cannot set fuel: {e}"))),
+    }
+}
+
+/// Runs `f` with at least the wasm stack limit plus headroom available on the
+/// host stack, switching to a fresh stack segment when the thread has less.
+fn with_stack<R>(limits: &SandboxLimits, f: impl FnOnce() -> R) -> R {
+    let need = limits.wasm_stack_bytes as usize + HOST_STACK_HEADROOM;
+    stacker::maybe_grow(need, need * 2, f)
+}
+
+impl GuestInstance {
+    /// Instantiates `module` with limits and a CPU deadline installed first,
+    /// so that a start function is bounded too.
+    pub fn new(module: &UdfModule) -> Result<Self, Failure> {
+        let limits = module.limits();
+        let mut store = Store::new(module.engine(), StoreState::new(limits, module.label_arc()));
+        store.limiter(|state| state);
+        arm(&mut store, limits)?;
+        let instance = with_stack(limits, || module.instance_pre().instantiate(&mut store))
+            .map_err(|e| Failure::classify(&e, true))?;
+        let missing = |what: &str| Failure::Other(format!("export `{what}` is missing or has the wrong type"));
+        let memory = instance
+            .get_memory(&mut store, EXPORT_MEMORY)
+            .ok_or_else(|| missing(EXPORT_MEMORY))?;
+        let alloc = instance
+            .get_typed_func::<u32, u32>(&mut store, EXPORT_ALLOC)
+            .map_err(|_| missing(EXPORT_ALLOC))?;
+        let mut funcs = Vec::with_capacity(module.manifest().functions.len());
+        for decl in &module.manifest().functions {
+            let func = instance
+                .get_typed_func::<(u32, u32), u32>(&mut store, &decl.name)
+                .map_err(|_| missing(&decl.name))?;
+            funcs.push(func);
+        }
+        let panic_info = instance
+            .get_typed_func::<(), u32>(&mut store, EXPORT_PANIC_INFO)
+            .ok();
+        Ok(GuestInstance {
+            store,
+            memory,
+            alloc,
+            funcs,
+            panic_info,
+        })
+    }
+
+    /// Runs function `index` on one batch.
+    pub fn invoke(
+        &mut self,
+        module: &UdfModule,
+        index: usize,
+        plan: &InputPlan,
+        rows: usize,
+    ) -> Result<CallResult, Failure> {
+        let limits = module.limits();
+        let decl = &module.manifest().functions[index];
+        self.store.data_mut().begin_call();
+        arm(&mut self.store, limits)?;
+        with_stack(limits, || {
+            let total = plan.total_bytes();
+            let base = self
+                .alloc
+                .call(&mut self.store, total as u32)
+                .map_err(|e| self.trap(e, limits))?;
+            let region = base as usize..(base as usize).saturating_add(total);
+            if base == 0 || base as usize % abi::BUFFER_ALIGN != 0 {
+                return Err(Failure::InvalidOutput(format!(
+                    "`{EXPORT_ALLOC}({total})` returned {base:#x}, not a non-null {}-aligned address",
+                    abi::BUFFER_ALIGN
+                )));
+            }
+            let mem = self.memory.data_mut(&mut self.store);
+            let Some(dest) = mem.get_mut(region) else {
+                return Err(Failure::InvalidOutput(format!(
+                    "`{EXPORT_ALLOC}({total})` returned {base:#x}, which does not leave {total} bytes inside the guest's memory"
+                )));
+            };
+            plan.write(dest, base);
+            let out = self.funcs[index]
+                .call(&mut self.store, (base, rows as u32))
+                .map_err(|e| self.trap(e, limits))?;
+            let mem = self.memory.data(&self.store);
+            read_result(mem, out, decl.ret, rows, limits.max_output_bytes as usize)
+                .map_err(|e| Failure::InvalidOutput(e.0))
+        })
+    }
+
+    /// Classifies a trap, asking the guest why it panicked when it can say.
+    fn trap(&mut self, err: wasmtime::Error, limits: &SandboxLimits) -> Failure {
+        let failure = Failure::classify(&err, false);
+        if !matches!(failure, Failure::Trap(_)) {
+            return failure;
+        }
+        match self.panic_message(limits) {
+            Some((row, message)) => Failure::Panic { row, message },
+            None => failure,
+        }
+    }
+
+    /// Calls the optional `weir_panic_info` export of a trapped instance
+    /// (which is discarded afterwards) under a small CPU budget.
+    fn panic_message(&mut self, limits: &SandboxLimits) -> Option<(Option<usize>, String)> {
+        let info = self.panic_info.clone()?;
+        match limits.cpu_meter {
+            CpuMeter::Fuel => self.store.set_fuel(1_000_000).ok()?,
+            CpuMeter::Epoch => self.store.set_epoch_deadline(2),
+        }
+        let ptr = info.call(&mut self.store, ()).ok()?;
+        if ptr == 0 {
+            return None;
+        }
+        let mem = self.memory.data(&self.store);
+        let start = ptr as usize;
+        let rec = mem.get(start..start.checked_add(PANIC_INFO_SIZE)?)?;
+        let (row, msg, len) = (read_u32(rec, 0)?, read_u32(rec, 4)?, read_u32(rec, 8)?);
+        let len = (len as usize).min(MAX_ERROR_MESSAGE);
+        let bytes = mem.get(msg as usize..(msg as usize).checked_add(len)?)?;
+        let row = (row != u32::MAX).then_some(row as usize);
+        Some((row, String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+struct PoolState {
+    idle: Vec<GuestInstance>,
+    live: usize,
+}
+
+/// Idle instances of one module, at most `max` alive at once.
+pub(crate) struct InstancePool {
+    state: Mutex<PoolState>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl InstancePool {
+    pub fn new(max: usize) -> Self {
+        InstancePool {
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                live: 0,
+            }),
+            freed: Condvar::new(),
+            max,
+        }
+    }
+
+    /// An idle instance, a new one, or (when `max` are busy) the next freed.
+    pub fn checkout(&self, module: &UdfModule) -> Result<GuestInstance, Failure> {
+        let started = Instant::now();
+        let mut state = self.state.lock();
+        loop {
+            if let Some(instance) = state.idle.pop() {
+                return Ok(instance);
+            }
+            if state.live < self.max {
+                state.live += 1;
+                drop(state);
+                return GuestInstance::new(module).inspect_err(|_| self.release_slot());
+            }
+            if self.freed.wait_for(&mut state, CHECKOUT_TIMEOUT).timed_out() {
+                return Err(Failure::Busy {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    pub fn checkin(&self, instance: GuestInstance) {
+        self.state.lock().idle.push(instance);
+        self.freed.notify_one();
+    }
+
+    /// Drops a poisoned instance and frees its slot.
+    pub fn discard(&self, instance: GuestInstance) {
+        drop(instance);
+        self.release_slot();
+    }
+
+    fn release_slot(&self) {
+        self.state.lock().live -= 1;
+        self.freed.notify_one();
+    }
+
+    /// Instances alive (idle or busy).
+    pub fn live(&self) -> usize {
+        self.state.lock().live
+    }
+}

@@ -1,0 +1,23 @@
+//! The wasmtime sandbox: engines, limits, compiled-code cache, module
+//! loading, instance pools and error classification.
+//!
+//! A guest gets no WASI and no host function unless a granted capability
+//! provides it; CPU (epoch deadline or fuel), memory, tables, instances and
+//! wasm stack are bounded before any guest code runs, including start
+//! functions.
+
+mod cache;
+mod engine;
+mod error;
+mod host;
+mod inspect;
+mod instance;
+mod limits;
+mod module;
+
+pub use cache::CodeCache;
+pub use engine::{Sandbox, SandboxOptions};
+pub use error::{Failure, LoadError, UdfError};
+pub use inspect::{Import, ModuleInfo, inspect};
+pub use limits::{CpuMeter, KNOWN_CAPABILITIES, SandboxLimits};
+pub use module::UdfModule;

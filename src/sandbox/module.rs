@@ -1,0 +1,312 @@
+//! Loading a module (size check → parse → manifest → imports → compile with
+//! cache → exports) and calling its functions on batches.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::ArrayRef;
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, ExternType, InstancePre, Module, ValType};
+
+use super::engine::{EngineKind, Sandbox};
+use super::error::{Failure, LoadError, UdfError};
+use super::host::{StoreState, linker};
+use super::inspect::{Import, inspect};
+use super::instance::InstancePool;
+use super::limits::{KNOWN_CAPABILITIES, SandboxLimits};
+use crate::abi::{EXPORT_ALLOC, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
+use crate::marshal::input::InputPlan;
+use crate::marshal::output::CallResult;
+
+/// A validated, compiled module ready to run batches.
+pub struct UdfModule {
+    label: Arc<str>,
+    digest: String,
+    manifest: Manifest,
+    imports: Vec<Import>,
+    limits: SandboxLimits,
+    engine: Engine,
+    pre: InstancePre<StoreState>,
+    pool: InstancePool,
+    /// Calls made so far, per function (for "batch N" in errors).
+    calls: Vec<AtomicU64>,
+    from_cache: bool,
+}
+
+impl std::fmt::Debug for UdfModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdfModule")
+            .field("label", &self.label)
+            .field("digest", &self.digest)
+            .field("functions", &self.manifest.functions.len())
+            .finish()
+    }
+}
+
+impl UdfModule {
+    /// The name errors use for this module (its file name, or a label given
+    /// by the caller such as `tenant/name@v3`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub(crate) fn label_arc(&self) -> Arc<str> {
+        self.label.clone()
+    }
+
+    /// sha256 of the module's binary form, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The host capabilities the module imports.
+    pub fn imports(&self) -> &[Import] {
+        &self.imports
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<StoreState> {
+        &self.pre
+    }
+
+    /// Instances currently alive (idle or busy).
+    pub fn live_instances(&self) -> usize {
+        self.pool.live()
+    }
+
+    /// Runs function `index` of the manifest over one batch: `args` holds one
+    /// array of `rows` rows per declared argument. One guest call per batch.
+    pub fn call(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, UdfError> {
+        let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
+        self.call_inner(index, args, rows).map_err(|failure| UdfError {
+            udf: self.manifest.functions[index].name.clone(),
+            module: self.label.to_string(),
+            digest: self.digest.clone(),
+            batch,
+            rows,
+            failure,
+            limits: self.limits.clone(),
+        })
+    }
+
+    fn call_inner(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, Failure> {
+        let decl = &self.manifest.functions[index];
+        if args.len() != decl.args.len() {
+            return Err(Failure::InvalidInput(format!(
+                "{} arguments given, {} declared",
+                args.len(),
+                decl.args.len()
+            )));
+        }
+        let plan = InputPlan::new(args, &decl.args, rows)
+            .map_err(|e| Failure::InvalidInput(e.to_string()))?;
+        let mut instance = self.pool.checkout(self)?;
+        let result = instance.invoke(self, index, &plan, rows);
+        match result {
+            Ok(CallResult::Array(array)) => {
+                self.pool.checkin(instance);
+                Ok(array)
+            }
+            Ok(CallResult::RowError { row, message }) => {
+                self.pool.checkin(instance);
+                Err(Failure::RowError { row, message })
+            }
+            Err(failure) => {
+                if failure.poisons_instance() {
+                    self.pool.discard(instance);
+                } else {
+                    self.pool.checkin(instance);
+                }
+                Err(failure)
+            }
+        }
+    }
+}
+
+fn label_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+impl Sandbox {
+    /// Loads a `.wasm` (or `.wat`) file.
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Arc<UdfModule>, LoadError> {
+        let path = path.as_ref();
+        let label = label_of(path);
+        let io = |source| LoadError::Io {
+            label: path.display().to_string(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        self.check_size(&label, size)?;
+        let bytes = std::fs::read(path).map_err(io)?;
+        self.load(&label, &bytes)
+    }
+
+    fn check_size(&self, label: &str, size: u64) -> Result<(), LoadError> {
+        let limit = self.limits().max_module_bytes;
+        if size > limit {
+            return Err(LoadError::TooLarge {
+                label: label.to_string(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates, compiles (or fetches from the code cache) and prepares a
+    /// module. `label` names it in every error.
+    pub fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<UdfModule>, LoadError> {
+        self.load_with_limits(label, bytes, self.limits().clone())
+    }
+
+    /// Like [`Sandbox::load`] with per-module limits (memory, CPU, output,
+    /// capabilities). Engine-wide settings (stack, meter, pool sizes) come
+    /// from the sandbox.
+    pub fn load_with_limits(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        mut limits: SandboxLimits,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        let base = self.limits();
+        limits.wasm_stack_bytes = base.wasm_stack_bytes;
+        limits.cpu_meter = base.cpu_meter;
+        limits.epoch_tick_ms = base.epoch_tick_ms;
+        limits.total_instances = base.total_instances;
+        limits.memory_bytes = limits.memory_bytes.min(base.memory_bytes);
+        limits.validate().map_err(LoadError::Config)?;
+        self.check_size(label, bytes.len() as u64)?;
+        let not_wasm = |reason: String| LoadError::NotWasm {
+            label: label.to_string(),
+            reason,
+        };
+        let wasm: std::borrow::Cow<[u8]> = if bytes.starts_with(b"\0asm") {
+            bytes.into()
+        } else {
+            wat::parse_bytes(bytes).map_err(|e| not_wasm(format!("not binary wasm, and not valid text format either: {e}")))?
+        };
+        self.check_size(label, wasm.len() as u64)?;
+        let info = inspect(&wasm).map_err(|e| match e {
+            super::inspect::InspectError::Parse(reason) => not_wasm(reason),
+            super::inspect::InspectError::Manifest(source) => LoadError::Manifest {
+                label: label.to_string(),
+                source,
+            },
+        })?;
+        for import in &info.imports {
+            let known = import.module == IMPORT_MODULE
+                && import.kind == "function"
+                && KNOWN_CAPABILITIES.contains(&import.name.as_str());
+            if !known || !limits.grants(&import.name) {
+                return Err(LoadError::ForbiddenImport {
+                    label: label.to_string(),
+                    module: import.module.clone(),
+                    name: import.name.clone(),
+                    granted: if limits.capabilities.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        limits.capabilities.iter().map(|c| format!("{IMPORT_MODULE}::{c}")).collect::<Vec<_>>().join(", ")
+                    },
+                });
+            }
+        }
+        if let Some(&bytes) = info.initial_memory.iter().find(|&&b| b > limits.memory_bytes) {
+            return Err(LoadError::InitialMemory {
+                label: label.to_string(),
+                bytes,
+                limit: limits.memory_bytes,
+            });
+        }
+        let digest = hex::encode(Sha256::digest(&wasm));
+        let kind = if info.manifest.any_deterministic() {
+            EngineKind::Deterministic
+        } else {
+            EngineKind::Free
+        };
+        let engine = self.engine(kind)?.clone();
+        let compile_err = |e: wasmtime::Error| LoadError::Compile {
+            label: label.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let compile = || Module::new(&engine, &wasm);
+        let (module, from_cache) = match &self.inner.cache {
+            Some(cache) => cache.get_or_compile(&engine, &digest, compile).map_err(compile_err)?,
+            None => (compile().map_err(compile_err)?, false),
+        };
+        check_exports(label, &module, &info.manifest)?;
+        let pre = linker(&engine, &limits)
+            .and_then(|l| l.instantiate_pre(&module))
+            .map_err(compile_err)?;
+        let calls = info.manifest.functions.iter().map(|_| AtomicU64::new(0)).collect();
+        tracing::debug!(module = label, digest = %digest, from_cache, "loaded udf module");
+        Ok(Arc::new(UdfModule {
+            label: label.into(),
+            digest,
+            pool: InstancePool::new(limits.instances_per_module as usize),
+            manifest: info.manifest,
+            imports: info.imports,
+            limits,
+            engine,
+            pre,
+            calls,
+            from_cache,
+        }))
+    }
+}
+
+fn check_exports(label: &str, module: &Module, manifest: &Manifest) -> Result<(), LoadError> {
+    let missing = |name: &str, what: &'static str| LoadError::MissingExport {
+        label: label.to_string(),
+        name: name.to_string(),
+        what,
+    };
+    let bad = |name: &str, found: String, expected: &'static str| LoadError::BadExport {
+        label: label.to_string(),
+        name: name.to_string(),
+        found,
+        expected,
+    };
+    match module.get_export(EXPORT_MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => return Err(bad(EXPORT_MEMORY, format!("{other:?}"), "a memory")),
+        None => return Err(missing(EXPORT_MEMORY, "the linear memory")),
+    }
+    let func_shape = |name: &str, params: usize, what: &'static str, expected: &'static str| {
+        match module.get_export(name) {
+            Some(ExternType::Func(ty)) => {
+                let ok = ty.params().len() == params
+                    && ty.params().all(|p| matches!(p, ValType::I32))
+                    && ty.results().len() == 1
+                    && ty.results().all(|r| matches!(r, ValType::I32));
+                if ok { Ok(()) } else { Err(bad(name, format!("{ty:?}"), expected)) }
+            }
+            Some(other) => Err(bad(name, format!("{other:?}"), expected)),
+            None => Err(missing(name, what)),
+        }
+    };
+    func_shape(EXPORT_ALLOC, 1, "the scratch allocator", "a function (i32) -> i32")?;
+    for decl in &manifest.functions {
+        func_shape(&decl.name, 2, "a function the manifest declares", "a function (i32, i32) -> i32")?;
+    }
+    Ok(())
+}

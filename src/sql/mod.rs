@@ -1,0 +1,9 @@
+//! SQL over files with sandboxed UDFs: the engine behind `weir sql`.
+
+mod output;
+mod session;
+mod tables;
+
+pub use output::{OutputFormat, write_batches};
+pub use session::{SqlSession, session_config};
+pub use tables::{TableFormat, TableSpec, register_table};

@@ -1,0 +1,56 @@
+//! A DataFusion session with weir's UDF modules and file tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::Result;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::tables::{TableSpec, register_table};
+use crate::sandbox::{LoadError, Sandbox, UdfModule};
+use crate::udf::register_module;
+
+/// The session settings weir uses: default batch size 8192, one partition
+/// per core.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new().with_information_schema(true)
+}
+
+/// A `SessionContext` plus the sandbox its UDFs run in.
+pub struct SqlSession {
+    pub ctx: SessionContext,
+    pub sandbox: Sandbox,
+    modules: Vec<Arc<UdfModule>>,
+}
+
+impl SqlSession {
+    pub fn new(sandbox: Sandbox) -> Self {
+        SqlSession {
+            ctx: SessionContext::new_with_config(session_config()),
+            sandbox,
+            modules: Vec::new(),
+        }
+    }
+
+    /// Loads a module file and registers its functions.
+    pub fn add_udf_file(&mut self, path: &Path) -> Result<Arc<UdfModule>, LoadError> {
+        let module = self.sandbox.load_file(path)?;
+        register_module(&self.ctx, &module);
+        self.modules.push(module.clone());
+        Ok(module)
+    }
+
+    pub fn modules(&self) -> &[Arc<UdfModule>] {
+        &self.modules
+    }
+
+    pub async fn add_table(&self, spec: &TableSpec) -> Result<()> {
+        register_table(&self.ctx, spec).await
+    }
+
+    /// Plans and runs `sql`, collecting every batch.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        self.ctx.sql(sql).await?.collect().await
+    }
+}

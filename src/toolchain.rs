@@ -1,0 +1,103 @@
+//! Building Rust UDF crates to WebAssembly with the local toolchain.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The target every guest is built for.
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "the Rust target `{WASM_TARGET}` is not installed; add it with `rustup target add {WASM_TARGET}`"
+    )]
+    MissingTarget,
+    #[error("cannot run `{program}`: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("building {crate_dir} failed (exit status {status}):\n{stderr}")]
+    Failed {
+        crate_dir: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("building {0} produced no .wasm file; is the crate a `cdylib`?")]
+    NoArtifact(String),
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Whether the wasm target's standard library is installed.
+pub fn wasm_target_installed() -> Result<bool, BuildError> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|source| BuildError::Spawn {
+            program: "rustc".into(),
+            source,
+        })?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(WASM_TARGET)
+        .exists())
+}
+
+/// Builds the crate or workspace at `dir` (release, wasm32) into
+/// `target_dir` and returns the `.wasm` files produced.
+///
+/// Cargo runs with `dir` as its working directory so the crate's own
+/// `.cargo/config.toml` (e.g. target features) applies.
+pub fn build_rust(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    if !wasm_target_installed()? {
+        return Err(BuildError::MissingTarget);
+    }
+    let out = Command::new(cargo())
+        .current_dir(dir)
+        .args(["build", "--release", "--target", WASM_TARGET])
+        .args(["--message-format", "json-render-diagnostics"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .map_err(|source| BuildError::Spawn {
+            program: cargo(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BuildError::Failed {
+            crate_dir: dir.display().to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let mut wasm = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let Some(files) = msg["filenames"].as_array() {
+            wasm.extend(
+                files
+                    .iter()
+                    .filter_map(|f| f.as_str())
+                    .filter(|f| f.ends_with(".wasm"))
+                    .map(PathBuf::from),
+            );
+        }
+    }
+    if wasm.is_empty() {
+        return Err(BuildError::NoArtifact(dir.display().to_string()));
+    }
+    wasm.sort();
+    wasm.dedup();
+    Ok(wasm)
+}

@@ -20,10 +20,10 @@ pub struct WeirConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -31,9 +31,9 @@ pub enum ConfigError {
 
 impl WeirConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),

@@ -12,10 +12,10 @@ pub enum BuildError {
         "the Rust target `{WASM_TARGET}` is not installed; add it with `rustup target add {WASM_TARGET}`"
     )]
     MissingTarget,
-    #[error("cannot run `{program}`: {source}")]
+    #[error("cannot run `{program}`: {error}")]
     Spawn {
         program: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("building {crate_dir} failed (exit status {status}):\n{stderr}")]
     Failed {
@@ -36,9 +36,9 @@ pub fn wasm_target_installed() -> Result<bool, BuildError> {
     let out = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
-        .map_err(|source| BuildError::Spawn {
+        .map_err(|error| BuildError::Spawn {
             program: "rustc".into(),
-            source,
+            error,
         })?;
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
     Ok(Path::new(&sysroot)
@@ -65,9 +65,9 @@ pub fn build_rust(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildEr
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .output()
-        .map_err(|source| BuildError::Spawn {
+        .map_err(|error| BuildError::Spawn {
             program: cargo(),
-            source,
+            error,
         })?;
     if !out.status.success() {
         return Err(BuildError::Failed {

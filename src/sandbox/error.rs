@@ -17,11 +17,8 @@ pub enum LoadError {
     TooLarge { label: String, size: u64, limit: u64 },
     #[error("module `{label}` is not a WebAssembly module: {reason}")]
     NotWasm { label: String, reason: String },
-    #[error("module `{label}`: {source}")]
-    Manifest {
-        label: String,
-        source: ManifestError,
-    },
+    #[error("module `{label}`: {error}")]
+    Manifest { label: String, error: ManifestError },
     #[error(
         "module `{label}` imports `{module}::{name}`, which is not granted (granted: {granted}); UDFs run without WASI, clocks, randomness, network or files"
     )]
@@ -48,12 +45,22 @@ pub enum LoadError {
         "module `{label}` declares an initial memory of {bytes} bytes, above the {limit}-byte limit; raise `sandbox.memory_bytes` or declare a smaller initial memory"
     )]
     InitialMemory { label: String, bytes: u64, limit: u64 },
+    #[error("module `{label}` cannot start: {failure}")]
+    Start { label: String, failure: String },
+    #[error(
+        "module `{label}` declares a table of {elements} elements, above the {limit}-element limit; raise `sandbox.table_elements` or declare a smaller table"
+    )]
+    InitialTable {
+        label: String,
+        elements: u64,
+        limit: u64,
+    },
     #[error("module `{label}` failed to compile: {reason}")]
     Compile { label: String, reason: String },
-    #[error("cannot read module `{label}`: {source}")]
+    #[error("cannot read module `{label}`: {error}")]
     Io {
         label: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid sandbox configuration: {0}")]
     Config(String),
@@ -168,9 +175,23 @@ impl fmt::Display for UdfError {
         let short = self.digest.get(..12).unwrap_or(&self.digest);
         write!(
             f,
-            "udf `{}` (module `{}`, sha256 {short}) ",
-            self.udf, self.module
-        )?;
+            "udf `{}` (module `{}`, sha256 {short}) {}",
+            self.udf,
+            self.module,
+            self.describe_failure()
+        )
+    }
+}
+
+impl UdfError {
+    /// What happened and what to change, without naming the UDF.
+    pub fn describe_failure(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_failure(&mut s);
+        s
+    }
+
+    fn write_failure(&self, f: &mut impl fmt::Write) -> fmt::Result {
         let batch = format!("on batch {} ({} rows)", self.batch, self.rows);
         let l = &self.limits;
         match &self.failure {

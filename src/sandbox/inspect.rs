@@ -19,6 +19,8 @@ pub struct ModuleInfo {
     pub imports: Vec<Import>,
     /// Declared initial size of each defined memory, in bytes.
     pub initial_memory: Vec<u64>,
+    /// Declared initial elements of each defined table.
+    pub initial_tables: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,7 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
     let mut sections: Vec<&[u8]> = Vec::new();
     let mut imports = Vec::new();
     let mut initial_memory = Vec::new();
+    let mut initial_tables = Vec::new();
     let parse = |e: wasmtime::wasmparser::BinaryReaderError| InspectError::Parse(e.to_string());
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(parse)? {
@@ -58,6 +61,11 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
                     });
                 }
             }
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    initial_tables.push(table.map_err(parse)?.ty.initial);
+                }
+            }
             Payload::MemorySection(reader) => {
                 for memory in reader {
                     let memory = memory.map_err(parse)?;
@@ -73,5 +81,6 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
         manifest,
         imports,
         initial_memory,
+        initial_tables,
     })
 }

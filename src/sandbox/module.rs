@@ -91,6 +91,26 @@ impl UdfModule {
         self.pool.live()
     }
 
+    /// Instantiates one instance now, so that a module whose start function
+    /// loops or whose memory or tables exceed the limits is refused at load.
+    fn warm_up(&self) -> Result<(), LoadError> {
+        let instance = self.pool.checkout(self).map_err(|failure| LoadError::Start {
+            label: self.label.to_string(),
+            failure: UdfError {
+                udf: "(start)".to_string(),
+                module: self.label.to_string(),
+                digest: self.digest.clone(),
+                batch: 0,
+                rows: 0,
+                failure,
+                limits: self.limits.clone(),
+            }
+            .describe_failure(),
+        })?;
+        self.pool.checkin(instance);
+        Ok(())
+    }
+
     /// Runs function `index` of the manifest over one batch: `args` holds one
     /// array of `rows` rows per declared argument. One guest call per batch.
     pub fn call(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, UdfError> {
@@ -151,9 +171,9 @@ impl Sandbox {
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Arc<UdfModule>, LoadError> {
         let path = path.as_ref();
         let label = label_of(path);
-        let io = |source| LoadError::Io {
+        let io = |error| LoadError::Io {
             label: path.display().to_string(),
-            source,
+            error,
         };
         let size = std::fs::metadata(path).map_err(io)?.len();
         self.check_size(&label, size)?;
@@ -208,9 +228,9 @@ impl Sandbox {
         self.check_size(label, wasm.len() as u64)?;
         let info = inspect(&wasm).map_err(|e| match e {
             super::inspect::InspectError::Parse(reason) => not_wasm(reason),
-            super::inspect::InspectError::Manifest(source) => LoadError::Manifest {
+            super::inspect::InspectError::Manifest(error) => LoadError::Manifest {
                 label: label.to_string(),
-                source,
+                error,
             },
         })?;
         for import in &info.imports {
@@ -237,6 +257,13 @@ impl Sandbox {
                 limit: limits.memory_bytes,
             });
         }
+        if let Some(&elements) = info.initial_tables.iter().find(|&&n| n > limits.table_elements) {
+            return Err(LoadError::InitialTable {
+                label: label.to_string(),
+                elements,
+                limit: limits.table_elements,
+            });
+        }
         let digest = hex::encode(Sha256::digest(&wasm));
         let kind = if info.manifest.any_deterministic() {
             EngineKind::Deterministic
@@ -259,7 +286,7 @@ impl Sandbox {
             .map_err(compile_err)?;
         let calls = info.manifest.functions.iter().map(|_| AtomicU64::new(0)).collect();
         tracing::debug!(module = label, digest = %digest, from_cache, "loaded udf module");
-        Ok(Arc::new(UdfModule {
+        let module = Arc::new(UdfModule {
             label: label.into(),
             digest,
             pool: InstancePool::new(limits.instances_per_module as usize),
@@ -270,7 +297,9 @@ impl Sandbox {
             pre,
             calls,
             from_cache,
-        }))
+        });
+        module.warm_up()?;
+        Ok(module)
     }
 }
 

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::abi::FunctionDecl;
+use crate::abi::{AbiType, FunctionDecl};
 use crate::sandbox::UdfModule;
 
 /// Calls function `index` of a module once per batch.
@@ -35,11 +35,10 @@ impl WasmScalarUdf {
         } else {
             Volatility::Volatile
         };
-        let types = decl.args.iter().map(|t| t.data_type()).collect();
         let signature = if decl.args.is_empty() {
             Signature::nullary(volatility)
         } else {
-            Signature::exact(types, volatility)
+            Signature::user_defined(volatility)
         };
         let return_type = decl.ret.data_type();
         WasmScalarUdf {
@@ -87,6 +86,39 @@ impl ScalarUDFImpl for WasmScalarUdf {
         Ok(self.return_type.clone())
     }
 
+    /// Accepts what a SQL user means: any integer or float literal for a
+    /// numeric argument, any string encoding for utf8, any timestamp unit or
+    /// zone for timestamp_us, dictionaries of those. DataFusion inserts the
+    /// casts; an unconvertible value is a plan-time error naming the argument.
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let decl = self.decl();
+        if arg_types.len() != decl.args.len() {
+            return plan_err!(
+                "udf `{}` takes {} arguments ({}), {} given",
+                decl.name,
+                decl.args.len(),
+                decl.signature(),
+                arg_types.len()
+            );
+        }
+        arg_types
+            .iter()
+            .zip(&decl.args)
+            .enumerate()
+            .map(|(i, (given, wanted))| {
+                if coercible(given, *wanted) {
+                    Ok(wanted.data_type())
+                } else {
+                    plan_err!(
+                        "udf `{}` argument {} must be {wanted}, got {given}; add a CAST",
+                        decl.name,
+                        i + 1
+                    )
+                }
+            })
+            .collect()
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let all_scalar = args
             .args
@@ -111,5 +143,35 @@ impl ScalarUDFImpl for WasmScalarUdf {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
         }
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// Whether a value of `given` may be implicitly converted to `wanted`.
+fn coercible(given: &DataType, wanted: AbiType) -> bool {
+    use DataType as D;
+    if let D::Dictionary(_, value) = given {
+        return coercible(value, wanted);
+    }
+    if matches!(given, D::Null) || *given == wanted.data_type() {
+        return true;
+    }
+    match wanted {
+        AbiType::Boolean => false,
+        AbiType::Int8
+        | AbiType::Int16
+        | AbiType::Int32
+        | AbiType::Int64
+        | AbiType::UInt8
+        | AbiType::UInt16
+        | AbiType::UInt32
+        | AbiType::UInt64 => given.is_integer(),
+        AbiType::Float32 | AbiType::Float64 => given.is_numeric(),
+        AbiType::Utf8 => matches!(given, D::Utf8 | D::LargeUtf8 | D::Utf8View),
+        AbiType::Binary => matches!(
+            given,
+            D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_)
+        ),
+        AbiType::TimestampMicros => matches!(given, D::Timestamp(_, _)),
+        AbiType::Date32 => matches!(given, D::Date32 | D::Date64),
     }
 }

@@ -23,9 +23,18 @@ fn err(span: Span, msg: impl std::fmt::Display) -> syn::Error {
     syn::Error::new(span, msg)
 }
 
+/// Looks through invisible groups (from `macro_rules!`) and parentheses.
+fn ungroup(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(g) => ungroup(&g.elem),
+        Type::Paren(p) => ungroup(&p.elem),
+        other => other,
+    }
+}
+
 /// The last path segment's name and its single generic argument, if any.
 fn path_parts(ty: &Type) -> Option<(String, Vec<&Type>)> {
-    let Type::Path(p) = ty else { return None };
+    let Type::Path(p) = ungroup(ty) else { return None };
     let seg = p.path.segments.last()?;
     let args = match &seg.arguments {
         PathArguments::AngleBracketed(a) => a
@@ -43,6 +52,7 @@ fn path_parts(ty: &Type) -> Option<(String, Vec<&Type>)> {
 
 /// The ABI type name of a (non-Option) Rust type.
 fn abi_type(ty: &Type) -> syn::Result<&'static str> {
+    let ty = ungroup(ty);
     let unsupported = || {
         err(
             syn::spanned::Spanned::span(ty),
@@ -50,9 +60,9 @@ fn abi_type(ty: &Type) -> syn::Result<&'static str> {
         )
     };
     match ty {
-        Type::Reference(r) => match &*r.elem {
+        Type::Reference(r) => match ungroup(&r.elem) {
             Type::Path(p) if p.path.is_ident("str") => Ok("utf8"),
-            Type::Slice(s) => match &*s.elem {
+            Type::Slice(s) => match ungroup(&s.elem) {
                 Type::Path(p) if p.path.is_ident("u8") => Ok("binary"),
                 _ => Err(unsupported()),
             },

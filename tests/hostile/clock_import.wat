@@ -1,0 +1,7 @@
+;; Threat: import a clock from the host's own namespace. Expect: refused at load.
+(module
+  (import "weir" "now" (func $now (result i64)))
+  (@custom "weir.udf" "{\"abi\":1,\"name\":\"f\",\"args\":[\"int64\"],\"ret\":\"int64\"}\n")
+  (memory (export "memory") 1)
+  (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "f") (param i32 i32) (result i32) (i32.const 0)))

@@ -1,0 +1,144 @@
+//! The `weir` binary, as a user runs it.
+
+use std::process::{Command, Output};
+
+use crate::support;
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(support::repo())
+        .env("WEIR_CACHE_DIR", support::cache_dir())
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "weir failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn path(name: &str) -> String {
+    support::module_path(name).display().to_string()
+}
+
+#[test]
+fn sql_over_csv_as_json_lines() {
+    let out = weir(&[
+        "sql",
+        "--table",
+        "t=examples/data/numbers.csv",
+        "--format",
+        "json",
+        "SELECT a+b AS s FROM t ORDER BY s",
+    ]);
+    assert_eq!(stdout(&out), "{\"s\":0}\n{\"s\":1}\n{\"s\":3}\n{\"s\":30}\n");
+}
+
+#[test]
+fn sql_with_udfs_in_every_format() {
+    let geo = path("geo");
+    let text = path("text");
+    let base = [
+        "sql", "--udf", &geo, "--udf", &text, "--table", "trips=examples/data/trips.csv",
+    ];
+    let query = "SELECT id, mask_email(rider_email) AS rider, gcd(id, 4) AS g FROM trips WHERE id <= 2 ORDER BY id";
+    let run = |format: &str| {
+        let mut args = base.to_vec();
+        args.extend(["--format", format, query]);
+        stdout(&weir(&args))
+    };
+    assert_eq!(
+        run("json"),
+        "{\"id\":1,\"rider\":\"a***@example.com\",\"g\":1}\n{\"id\":2,\"rider\":\"g***@navy.mil\",\"g\":2}\n"
+    );
+    assert_eq!(run("csv"), "id,rider,g\n1,a***@example.com,1\n2,g***@navy.mil,2\n");
+    let table = run("table");
+    assert!(table.contains("| 1  | a***@example.com | 1 |"), "{table}");
+}
+
+#[test]
+fn ndjson_and_parquet_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = dir.path().join("numbers.parquet");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_csv("n", "examples/data/numbers.csv", Default::default())
+            .await
+            .unwrap();
+        ctx.sql(&format!("COPY n TO '{}' STORED AS PARQUET", parquet.display()))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+    });
+    let table = format!("n={}", parquet.display());
+    let out = weir(&["sql", "--table", &table, "--format", "csv", "SELECT sum(a) AS s FROM n"]);
+    assert_eq!(stdout(&out), "s\n108\n");
+    let finance = path("finance");
+    let out = weir(&[
+        "sql", "--udf", &finance, "--table", "p=examples/data/payments.ndjson", "--format", "json",
+        "SELECT id, currency(amount) AS c FROM p WHERE id < 3 ORDER BY id",
+    ]);
+    assert_eq!(stdout(&out), "{\"id\":1,\"c\":\"EUR\"}\n{\"id\":2,\"c\":\"USD\"}\n");
+}
+
+#[test]
+fn errors_exit_non_zero_with_the_message_on_stderr() {
+    let finance = path("finance");
+    let out = weir(&[
+        "sql", "--udf", &finance, "--table", "p=examples/data/payments.ndjson",
+        "SELECT parse_cents(amount) FROM p",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("udf `parse_cents`"), "{stderr}");
+    assert!(stderr.contains("`oops` is not an amount"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    for (args, expected) in [
+        (vec!["sql", "SELEC 1"], "expected: an sql statement"),
+        (vec!["sql", "--table", "t=missing.csv", "SELECT 1"], "does not exist"),
+        (vec!["sql", "--table", "nonsense", "SELECT 1"], "is not NAME=PATH"),
+        (vec!["sql", "--udf", "Cargo.toml", "SELECT 1"], "is not a WebAssembly module"),
+        (vec!["sql", "--format", "xml", "SELECT 1"], "invalid value 'xml'"),
+    ] {
+        let out = weir(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(stderr.contains(&expected.to_lowercase()), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn every_example_module_passes_inspect() {
+    for name in ["geo", "text", "finance", "sampling", "fahrenheit"] {
+        let out = stdout(&weir(&["udf", "inspect", &path(name)]));
+        assert!(out.contains("abi version  1"), "{name}: {out}");
+    }
+    let out = stdout(&weir(&["udf", "inspect", "--json", &path("sampling")]));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &doc["functions"].as_array().unwrap()[0];
+    assert_eq!(doc["abi_version"], 1);
+    assert_eq!(f["deterministic"], false);
+    let out = stdout(&weir(&["udf", "inspect", &path("geo")]));
+    assert!(out.contains("haversine_km(float64, float64, float64, float64) -> float64  [deterministic]"), "{out}");
+}
+
+#[test]
+fn a_bad_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[sandbox]\nmemory_bytez = 1\n").unwrap();
+    let out = weir(&["--config", config.to_str().unwrap(), "sql", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memory_bytez"));
+    let out = weir(&["--config", "config/weir.toml", "sql", "--format", "csv", "SELECT 1 AS one"]);
+    assert_eq!(stdout(&out), "one\n1\n");
+}

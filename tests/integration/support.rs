@@ -1,0 +1,114 @@
+//! Shared fixtures: the guest modules (built once per run), sandboxes, and
+//! a session with every example registered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use datafusion::prelude::SessionContext;
+use weir::sql::{TableSpec, register_table};
+use weir::{Sandbox, SandboxLimits, SandboxOptions, UdfModule};
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `name -> path` of every guest module: the Rust crates under `udfs/`
+/// (built to wasm on first use) and the hand-written `.wat` examples.
+pub fn modules() -> &'static BTreeMap<String, PathBuf> {
+    static MODULES: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    MODULES.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("udfs");
+        let built = weir::toolchain::build_rust(&repo().join("udfs"), &target)
+            .unwrap_or_else(|e| panic!("building the guest UDFs failed: {e}"));
+        let mut map = BTreeMap::new();
+        for path in built {
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            map.insert(stem, path);
+        }
+        for entry in std::fs::read_dir(repo().join("udfs/examples/wat")).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            map.insert(stem, path);
+        }
+        map
+    })
+}
+
+pub fn module_path(name: &str) -> &'static Path {
+    modules()
+        .get(name)
+        .unwrap_or_else(|| panic!("no guest module `{name}`"))
+}
+
+/// A private compiled-code cache for this test run.
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("code-cache")
+}
+
+/// The default-limits sandbox most tests share.
+pub fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        Sandbox::with_options(SandboxOptions {
+            limits: SandboxLimits::default(),
+            cache_dir: Some(cache_dir()),
+        })
+        .unwrap()
+    })
+}
+
+pub fn load(name: &str) -> Arc<UdfModule> {
+    sandbox()
+        .load_file(module_path(name))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A session with every example module and the example tables.
+pub async fn session() -> SessionContext {
+    let ctx = SessionContext::new_with_config(weir::sql::session_config());
+    for name in modules().keys() {
+        weir::register_module(&ctx, &load(name));
+    }
+    for (table, file) in [
+        ("trips", "trips.csv"),
+        ("numbers", "numbers.csv"),
+        ("payments", "payments.ndjson"),
+    ] {
+        let spec = TableSpec {
+            name: table.to_string(),
+            path: repo().join("examples/data").join(file),
+        };
+        register_table(&ctx, &spec).await.unwrap();
+    }
+    ctx
+}
+
+/// Runs `sql` and renders every row as strings (NULL as `NULL`).
+pub async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| weir::cli::user_message(&e))?
+        .collect()
+        .await
+        .map_err(|e| weir::cli::user_message(&e))?;
+    Ok(render(&batches))
+}
+
+pub fn render(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<String>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+        }
+    }
+    out
+}

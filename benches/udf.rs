@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
+use datafusion::arrow::compute::binary;
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::arrow::compute::kernels::numeric::{add, mul};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -66,25 +68,17 @@ impl ScalarUDFImpl for NativeUdf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let out: ArrayRef = match self.kind {
+            // Idiomatic native UDFs: arrow's vectorized `binary` kernel
+            // (NULL bitmaps combined, values in a tight loop).
             Native::ScaleAdd => {
-                let a = arrays[0].as_any().downcast_ref::<Float64Array>().unwrap();
-                let b = arrays[1].as_any().downcast_ref::<Float64Array>().unwrap();
-                Arc::new(
-                    a.iter()
-                        .zip(b.iter())
-                        .map(|(a, b)| Some(a? * 1.5 + b?))
-                        .collect::<Float64Array>(),
-                )
+                let a = arrays[0].as_primitive::<Float64Type>();
+                let b = arrays[1].as_primitive::<Float64Type>();
+                Arc::new(binary::<_, _, _, Float64Type>(a, b, |a, b| a * 1.5 + b)?)
             }
             Native::Gcd => {
-                let a = arrays[0].as_any().downcast_ref::<Int64Array>().unwrap();
-                let b = arrays[1].as_any().downcast_ref::<Int64Array>().unwrap();
-                Arc::new(
-                    a.iter()
-                        .zip(b.iter())
-                        .map(|(a, b)| Some(gcd(a?, b?)))
-                        .collect::<Int64Array>(),
-                )
+                let a = arrays[0].as_primitive::<Int64Type>();
+                let b = arrays[1].as_primitive::<Int64Type>();
+                Arc::new(binary::<_, _, _, Int64Type>(a, b, gcd)?)
             }
             Native::Upper => {
                 let s = arrays[0].as_any().downcast_ref::<StringArray>().unwrap();
@@ -131,6 +125,7 @@ fn invoke(udf: &ScalarUDF, args: &[ArrayRef], config: &Arc<ConfigOptions>) -> Ar
 }
 
 struct Guests {
+    passthrough: Arc<UdfModule>,
     geo: Arc<UdfModule>,
     text: Arc<UdfModule>,
     geo_fuel: Arc<UdfModule>,
@@ -157,6 +152,7 @@ fn guests() -> Guests {
     let epoch = Sandbox::with_options(options(CpuMeter::Epoch)).unwrap();
     let fuel = Sandbox::with_options(options(CpuMeter::Fuel)).unwrap();
     Guests {
+        passthrough: epoch.load_file(repo.join("benches/passthrough.wat")).unwrap(),
         geo: epoch.load_file(find("geo")).unwrap(),
         text: epoch.load_file(find("text")).unwrap(),
         geo_fuel: fuel.load_file(find("geo")).unwrap(),
@@ -200,6 +196,7 @@ fn benches(c: &mut Criterion) {
     let g = guests();
     let config = Arc::new(ConfigOptions::default());
     let wasm_scale = wasm_udf(&g.geo, "scale_add");
+    let wasm_floor = wasm_udf(&g.passthrough, "first");
     let wasm_gcd = wasm_udf(&g.geo, "gcd");
     let wasm_gcd_fuel = wasm_udf(&g.geo_fuel, "gcd");
     let wasm_upper = wasm_udf(&g.text, "shout");
@@ -216,6 +213,9 @@ fn benches(c: &mut Criterion) {
         let args: Vec<ArrayRef> = vec![Arc::new(Float64Array::from(f1)), Arc::new(Float64Array::from(f2))];
         group.bench_with_input(BenchmarkId::new("wasm", rows), &args, |b, args| {
             b.iter(|| invoke(&wasm_scale, black_box(args), &config))
+        });
+        group.bench_with_input(BenchmarkId::new("wasm_copy_floor", rows), &args, |b, args| {
+            b.iter(|| invoke(&wasm_floor, black_box(args), &config))
         });
         group.bench_with_input(BenchmarkId::new("native", rows), &args, |b, args| {
             b.iter(|| invoke(&native_scale, black_box(args), &config))

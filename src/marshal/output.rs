@@ -154,8 +154,11 @@ pub fn read_result(
 
 /// Offsets must start at or after 0, never decrease and end within the values.
 fn check_offsets(offs: &[i32], values_len: usize) -> Result<(), InvalidOutput> {
-    if offs[0] < 0 {
-        return invalid(format!("offset 0 is negative ({})", offs[0]));
+    let (Some(&first), Some(&last)) = (offs.first(), offs.last()) else {
+        return invalid("no offsets");
+    };
+    if first < 0 {
+        return invalid(format!("offset 0 is negative ({first})"));
     }
     for (i, w) in offs.windows(2).enumerate() {
         if w[1] < w[0] {
@@ -165,7 +168,7 @@ fn check_offsets(offs: &[i32], values_len: usize) -> Result<(), InvalidOutput> {
             ));
         }
     }
-    let last = offs[offs.len() - 1] as usize;
+    let last = last as usize;
     if last > values_len {
         return invalid(format!(
             "the last offset {last} points past the {values_len}-byte values buffer"

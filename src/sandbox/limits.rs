@@ -60,7 +60,7 @@ impl Default for SandboxLimits {
             cpu_meter: CpuMeter::Epoch,
             cpu_ms_per_batch: 1_000,
             fuel_per_batch: 2_000_000_000,
-            epoch_tick_ms: 1,
+            epoch_tick_ms: 5,
             instances_per_module: 4,
             total_instances: 64,
             max_output_bytes: 256 * MIB,

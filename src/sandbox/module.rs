@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::array::{ArrayRef, new_empty_array};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, ExternType, InstancePre, Module, ValType};
 
@@ -64,6 +64,11 @@ impl UdfModule {
         &self.manifest
     }
 
+    /// Position of function `name` in the manifest (the `index` of [`Self::call`]).
+    pub fn function_index(&self, name: &str) -> Option<usize> {
+        self.manifest.functions.iter().position(|f| f.name == name)
+    }
+
     /// The host capabilities the module imports.
     pub fn imports(&self) -> &[Import] {
         &self.imports
@@ -113,10 +118,17 @@ impl UdfModule {
 
     /// Runs function `index` of the manifest over one batch: `args` holds one
     /// array of `rows` rows per declared argument. One guest call per batch.
+    ///
+    /// # Panics
+    /// If `index` is not a function of the manifest.
     pub fn call(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, UdfError> {
+        let decl = &self.manifest.functions[index];
+        if rows == 0 {
+            return Ok(new_empty_array(&decl.ret.data_type()));
+        }
         let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
         self.call_inner(index, args, rows).map_err(|failure| UdfError {
-            udf: self.manifest.functions[index].name.clone(),
+            udf: decl.name.clone(),
             module: self.label.to_string(),
             digest: self.digest.clone(),
             batch,

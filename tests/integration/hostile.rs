@@ -53,11 +53,7 @@ fn engine_still_works() {
         .load_file(support::module_path("geo"))
         .unwrap();
     let index = benign
-        .manifest()
-        .functions
-        .iter()
-        .position(|f| f.name == "scale_add")
-        .unwrap();
+        .function_index("scale_add").unwrap();
     let a: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0]));
     let out = benign.call(index, &[a.clone(), a], 2).unwrap();
     let out = out.as_any().downcast_ref::<Float64Array>().unwrap();
@@ -244,11 +240,7 @@ fn deterministic_functions_get_canonical_nans() {
 fn a_panicking_guest_is_replaced_and_keeps_serving() {
     let module = support::load("testkit");
     let index = module
-        .manifest()
-        .functions
-        .iter()
-        .position(|f| f.name == "panics_on_three")
-        .unwrap();
+        .function_index("panics_on_three").unwrap();
     for _ in 0..3 {
         let err = module.call(index, &ints(&[1, 2, 3]), 3).unwrap_err();
         assert!(
@@ -264,11 +256,7 @@ fn a_panicking_guest_is_replaced_and_keeps_serving() {
 fn guest_logging_is_rate_limited_not_fatal() {
     let module = support::load("testkit");
     let index = module
-        .manifest()
-        .functions
-        .iter()
-        .position(|f| f.name == "chatty")
-        .unwrap();
+        .function_index("chatty").unwrap();
     let values: Vec<i64> = (0..1000).collect();
     let out = module.call(index, &ints(&values), 1000).unwrap();
     assert_eq!(out.len(), 1000);

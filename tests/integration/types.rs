@@ -10,11 +10,7 @@ use crate::support;
 fn identity(name: &str, input: ArrayRef) -> ArrayRef {
     let module = support::load("testkit");
     let index = module
-        .manifest()
-        .functions
-        .iter()
-        .position(|f| f.name == name)
-        .unwrap();
+        .function_index(name).unwrap();
     let rows = input.len();
     module.call(index, &[input], rows).unwrap_or_else(|e| panic!("{e}"))
 }

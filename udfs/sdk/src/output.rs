@@ -30,6 +30,17 @@ pub trait OutputValue {
     const SHAPE: Shape;
     #[doc(hidden)]
     fn write(self, out: &mut OutBufs, row: usize);
+    /// Fixed-width types: stores the value at `dst + row * width`.
+    ///
+    /// # Safety
+    /// `dst` has room for `row + 1` values.
+    #[doc(hidden)]
+    unsafe fn write_raw(self, dst: *mut u8, row: usize)
+    where
+        Self: Sized,
+    {
+        let _ = (dst, row);
+    }
 }
 
 macro_rules! fixed_out {
@@ -39,7 +50,11 @@ macro_rules! fixed_out {
             #[inline(always)]
             fn write(self, out: &mut OutBufs, row: usize) {
                 // SAFETY: `begin` reserved rows * size_of::<$t>() bytes.
-                unsafe { out.values.as_mut_ptr().cast::<$t>().add(row).write_unaligned(self) }
+                unsafe { self.write_raw(out.values.as_mut_ptr(), row) }
+            }
+            #[inline(always)]
+            unsafe fn write_raw(self, dst: *mut u8, row: usize) {
+                unsafe { dst.cast::<$t>().add(row).write_unaligned(self) }
             }
         }
     )*};
@@ -53,6 +68,10 @@ impl OutputValue for Timestamp {
     fn write(self, out: &mut OutBufs, row: usize) {
         self.0.write(out, row)
     }
+    #[inline(always)]
+    unsafe fn write_raw(self, dst: *mut u8, row: usize) {
+        unsafe { self.0.write_raw(dst, row) }
+    }
 }
 
 impl OutputValue for Date32 {
@@ -60,6 +79,10 @@ impl OutputValue for Date32 {
     #[inline(always)]
     fn write(self, out: &mut OutBufs, row: usize) {
         self.0.write(out, row)
+    }
+    #[inline(always)]
+    unsafe fn write_raw(self, dst: *mut u8, row: usize) {
+        unsafe { self.0.write_raw(dst, row) }
     }
 }
 
@@ -107,6 +130,11 @@ impl OutputValue for String {
 }
 
 impl OutBufs {
+    /// Start of the values buffer (fixed-width results).
+    pub fn values_ptr(&mut self) -> *mut u8 {
+        self.values.as_mut_ptr()
+    }
+
     /// Prepares for `rows` rows of `shape`.
     pub fn begin(&mut self, shape: Shape, rows: usize) {
         self.values.clear();

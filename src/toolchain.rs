@@ -62,11 +62,17 @@ pub fn build_rust(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildEr
     if !wasm_target_installed()? {
         return Err(BuildError::MissingTarget);
     }
+    // Cargo runs inside `dir`: a relative target directory means this
+    // process's working directory, not the crate's.
+    let target_dir = std::path::absolute(target_dir).map_err(|error| BuildError::Spawn {
+        program: cargo(),
+        error,
+    })?;
     let out = Command::new(cargo())
         .current_dir(dir)
         .args(["build", "--release", "--target", WASM_TARGET])
         .args(["--message-format", "json-render-diagnostics"])
-        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", GUEST_RUSTFLAGS)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::csv::WriterBuilder;
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::json::WriterBuilder as JsonWriterBuilder;
+use datafusion::arrow::json::writer::LineDelimited;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 /// `--format` of `weir sql`.
@@ -45,7 +46,10 @@ pub fn write_batches(
             writeln!(out, "{}", pretty_format_batches(batches)?)?;
         }
         OutputFormat::Json => {
-            let mut writer = LineDelimitedWriter::new(out);
+            // NULLs are written as `null`, so every line has every column.
+            let mut writer = JsonWriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(out);
             for batch in batches {
                 writer.write(batch)?;
             }

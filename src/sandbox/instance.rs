@@ -107,7 +107,7 @@ impl GuestInstance {
                 .call(&mut self.store, total as u32)
                 .map_err(|e| self.trap(e, limits))?;
             let region = base as usize..(base as usize).saturating_add(total);
-            if base == 0 || base as usize % abi::BUFFER_ALIGN != 0 {
+            if base == 0 || !(base as usize).is_multiple_of(abi::BUFFER_ALIGN) {
                 return Err(Failure::InvalidOutput(format!(
                     "`{EXPORT_ALLOC}({total})` returned {base:#x}, not a non-null {}-aligned address",
                     abi::BUFFER_ALIGN

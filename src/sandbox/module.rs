@@ -121,6 +121,8 @@ impl UdfModule {
     ///
     /// # Panics
     /// If `index` is not a function of the manifest.
+    // A failed batch is rare and carries everything the user needs to act.
+    #[allow(clippy::result_large_err)]
     pub fn call(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, UdfError> {
         let decl = &self.manifest.functions[index];
         if rows == 0 {

@@ -12,6 +12,8 @@
 //!   back into Arrow arrays.
 //! * [`udf`] — guest functions as DataFusion `ScalarUDF`s.
 //! * [`sql`] — sessions over CSV / NDJSON / Parquet files and result output.
+//! * [`pipeline`] — streaming: source → decode → planned SQL per micro-batch
+//!   (poison rows isolated) → encode → sink, dead letters, commits.
 //! * [`cli`] — the `weir` command.
 //!
 //! Adding sandboxed UDFs to your own DataFusion session:
@@ -30,6 +32,7 @@ pub mod abi;
 pub mod cli;
 pub mod config;
 pub mod marshal;
+pub mod pipeline;
 pub mod sandbox;
 pub mod sql;
 pub mod toolchain;

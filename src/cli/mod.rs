@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+mod run;
 mod sql;
 mod udf;
 
@@ -26,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one SQL query over files, with WASM UDFs. Needs no broker.
     Sql(sql::SqlArgs),
+    /// Run pipelines (a file or a folder of *.toml) until SIGINT/SIGTERM or
+    /// their sources end.
+    Run(run::RunArgs),
     /// Work with UDF modules.
     #[command(subcommand)]
     Udf(udf::UdfCommand),
@@ -47,6 +51,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match &self.command {
             Command::Sql(args) => sql::run(self.sandbox()?, args).await,
+            Command::Run(args) => run::run(self.sandbox()?, args).await,
             Command::Udf(cmd) => udf::run(&self, cmd),
         }
     }

@@ -6,5 +6,6 @@ mod cache;
 mod cli;
 mod hostile;
 mod library;
+mod pipeline;
 mod sql_files;
 mod types;

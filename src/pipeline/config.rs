@@ -1,0 +1,383 @@
+//! Pipelines declared in TOML (`config/pipelines/*.toml`, `docs/pipelines.md`).
+//! Unknown keys are rejected naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::AbiType;
+
+/// One pipeline: a source, UDF modules, one SQL query, a sink, an error policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    /// The owning tenant (policy arrives with the tenancy work).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    pub source: SourceConfig,
+    /// UDF modules (.wasm / .wat), relative to the pipeline file.
+    #[serde(default)]
+    pub udfs: Vec<PathBuf>,
+    /// `SELECT … FROM source …`
+    pub sql: String,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub errors: ErrorConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+fn default_tenant() -> String {
+    "default".to_string()
+}
+
+/// Record payload formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per record.
+    Json,
+    /// One CSV line per record, columns in schema order, no header.
+    Csv,
+    /// The payload as one `value` column (binary).
+    Raw,
+}
+
+/// Where a Kafka consumer group starts when it has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// Kafka metadata exposed as columns `_key`, `_partition`, `_offset`,
+/// `_timestamp`, `_headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metadata {
+    Key,
+    Partition,
+    Offset,
+    Timestamp,
+    Headers,
+}
+
+/// A declared column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    pub name: String,
+    /// An ABI type name: int64, float64, utf8, boolean, timestamp_us, …
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A file read as a stream of records (NDJSON lines or CSV rows).
+    File {
+        path: PathBuf,
+        format: Format,
+        #[serde(default)]
+        fields: Vec<FieldConfig>,
+        /// CSV only: whether the first line is a header (skipped).
+        #[serde(default)]
+        header: bool,
+    },
+    Kafka {
+        brokers: String,
+        topics: Vec<String>,
+        group: String,
+        #[serde(default)]
+        start: StartPosition,
+        format: Format,
+        #[serde(default)]
+        fields: Vec<FieldConfig>,
+        #[serde(default)]
+        metadata: Vec<Metadata>,
+        /// librdkafka properties (SASL/TLS, tuning). Values are masked in logs.
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
+}
+
+impl SourceConfig {
+    pub fn format(&self) -> Format {
+        match self {
+            SourceConfig::File { format, .. } | SourceConfig::Kafka { format, .. } => *format,
+        }
+    }
+
+    pub fn fields(&self) -> &[FieldConfig] {
+        match self {
+            SourceConfig::File { fields, .. } | SourceConfig::Kafka { fields, .. } => fields,
+        }
+    }
+
+    pub fn metadata(&self) -> &[Metadata] {
+        match self {
+            SourceConfig::File { .. } => &[],
+            SourceConfig::Kafka { metadata, .. } => metadata,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Records to standard output, one per line.
+    Stdout {
+        #[serde(default = "json")]
+        format: Format,
+    },
+    /// Records appended to a file, one per line.
+    File {
+        path: PathBuf,
+        #[serde(default = "json")]
+        format: Format,
+    },
+    Kafka {
+        brokers: String,
+        topic: String,
+        #[serde(default = "json")]
+        format: Format,
+        /// Output column whose value becomes the record key.
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
+}
+
+fn json() -> Format {
+    Format::Json
+}
+
+impl SinkConfig {
+    pub fn format(&self) -> Format {
+        match self {
+            SinkConfig::Stdout { format }
+            | SinkConfig::File { format, .. }
+            | SinkConfig::Kafka { format, .. } => *format,
+        }
+    }
+}
+
+/// What happens to a record that fails to decode or makes a UDF fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Stop the pipeline with the error (nothing is committed past it).
+    Fail,
+    /// Send the record, with headers saying why, to the dead-letter target.
+    #[default]
+    DeadLetter,
+    /// Drop the record and count it.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorConfig {
+    #[serde(default)]
+    pub policy: ErrorPolicy,
+    /// Dead-letter Kafka topic (Kafka sources).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Dead-letter file, one JSON object per record (file sources, or local runs).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Records per micro-batch at most.
+    pub max_records: usize,
+    /// How long a partial micro-batch may wait for more records.
+    pub max_linger_ms: u64,
+    /// Micro-batches handed to the sink and not yet acknowledged, at most.
+    pub max_in_flight_batches: usize,
+    /// Payload bytes in flight at most.
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: 4096,
+            max_linger_ms: 100,
+            max_in_flight_batches: 8,
+            max_in_flight_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineConfigError {
+    #[error("cannot read pipeline file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("pipeline file {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl PipelineConfig {
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: PipelineConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a pipeline file; relative paths inside it are resolved against
+    /// the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, PipelineConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| PipelineConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let invalid = |message| PipelineConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut config = Self::from_toml(&text).map_err(invalid)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.udfs.iter_mut().for_each(fix);
+        if let SourceConfig::File { path, .. } = &mut self.source {
+            fix(path);
+        }
+        if let SinkConfig::File { path, .. } = &mut self.sink {
+            fix(path);
+        }
+        if let Some(p) = &mut self.errors.path {
+            fix(p);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            return Err(format!(
+                "name `{}` must be letters, digits, `-` and `_`",
+                self.name
+            ));
+        }
+        let format = self.source.format();
+        let fields = self.source.fields();
+        if format != Format::Raw && fields.is_empty() {
+            return Err("source.fields must declare the record's columns for json and csv".into());
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if AbiType::from_name(&f.ty).is_none() {
+                return Err(format!(
+                    "source.fields[{i}].type `{}` is unknown; use one of {}",
+                    f.ty,
+                    AbiType::ALL.map(|t| t.name()).join(", ")
+                ));
+            }
+        }
+        if let SourceConfig::Kafka { topics, .. } = &self.source
+            && topics.is_empty()
+        {
+            return Err("source.topics must name at least one topic".into());
+        }
+        if self.errors.policy == ErrorPolicy::DeadLetter
+            && self.errors.topic.is_none()
+            && self.errors.path.is_none()
+        {
+            return Err("errors.policy = \"dead-letter\" needs errors.topic or errors.path".into());
+        }
+        let b = &self.batch;
+        if b.max_records == 0 || b.max_in_flight_batches == 0 || b.max_in_flight_bytes == 0 {
+            return Err("batch.max_records, batch.max_in_flight_batches and batch.max_in_flight_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Masks values of properties that look secret (`*password*`, `*secret*`,
+/// `*key*`, `sasl.*`, `ssl.*` except locations), for logs and errors.
+pub fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let lower = k.to_ascii_lowercase();
+            let secret = ["password", "secret", "key", "token", "jaas", "credential"]
+                .iter()
+                .any(|s| lower.contains(s))
+                && !lower.ends_with(".location");
+            (k.clone(), if secret { "******".to_string() } else { v.clone() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+name = "trips"
+sql = "SELECT * FROM source"
+[source]
+kind = "file"
+path = "trips.ndjson"
+format = "json"
+fields = [{ name = "id", type = "int64" }]
+[sink]
+kind = "stdout"
+[errors]
+policy = "skip"
+"#;
+
+    #[test]
+    fn parses_and_applies_defaults() {
+        let c = PipelineConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c.tenant, "default");
+        assert_eq!(c.batch, BatchConfig::default());
+        assert_eq!(c.sink.format(), Format::Json);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = PipelineConfig::from_toml(&EXAMPLE.replace("policy", "polcy")).unwrap_err();
+        assert!(err.contains("polcy"), "{err}");
+        let err = PipelineConfig::from_toml(&EXAMPLE.replace("\"int64\"", "\"int65\"")).unwrap_err();
+        assert!(err.contains("source.fields[0].type `int65`"), "{err}");
+        let err = PipelineConfig::from_toml(&EXAMPLE.replace("\"skip\"", "\"dead-letter\"")).unwrap_err();
+        assert!(err.contains("needs errors.topic or errors.path"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut p = BTreeMap::new();
+        p.insert("sasl.password".to_string(), "hunter2".to_string());
+        p.insert("ssl.ca.location".to_string(), "/etc/ca.pem".to_string());
+        p.insert("linger.ms".to_string(), "5".to_string());
+        let m = masked(&p);
+        assert_eq!(m["sasl.password"], "******");
+        assert_eq!(m["ssl.ca.location"], "/etc/ca.pem");
+        assert_eq!(m["linger.ms"], "5");
+    }
+}

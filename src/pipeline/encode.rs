@@ -1,0 +1,94 @@
+//! Query output → one payload (and optional key) per row.
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use super::config::Format;
+use super::record::SinkRecord;
+
+/// Encodes rows as JSON objects or CSV lines (no header).
+pub struct RecordEncoder {
+    format: Format,
+    key: Option<String>,
+}
+
+impl RecordEncoder {
+    pub fn new(format: Format, key: Option<String>) -> Self {
+        RecordEncoder { format, key }
+    }
+
+    /// Checks once, at start, that the key column exists in the output.
+    pub fn check_schema(&self, schema: &datafusion::arrow::datatypes::Schema) -> Result<(), String> {
+        if let Some(key) = &self.key
+            && schema.field_with_name(key).is_err()
+        {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(format!(
+                "sink.key `{key}` is not a column of the query's output ({})",
+                names.join(", ")
+            ));
+        }
+        if self.format == Format::Raw && schema.fields().len() != 1 {
+            return Err("sink.format = \"raw\" needs a query with exactly one output column".into());
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<SinkRecord>, ArrowError> {
+        let rows = batch.num_rows();
+        let payloads: Vec<Vec<u8>> = match self.format {
+            Format::Json => {
+                let mut buf = Vec::new();
+                let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut buf);
+                writer.write(batch)?;
+                writer.finish()?;
+                drop(writer);
+                // JSON escapes newlines inside strings: one line per row.
+                buf.split(|&b| b == b'\n')
+                    .take(rows)
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            }
+            Format::Csv => (0..rows)
+                .map(|i| {
+                    let mut buf = Vec::new();
+                    let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                        .with_header(false)
+                        .build(&mut buf);
+                    writer.write(&batch.slice(i, 1))?;
+                    drop(writer);
+                    while buf.last() == Some(&b'\n') {
+                        buf.pop();
+                    }
+                    Ok(buf)
+                })
+                .collect::<Result<_, ArrowError>>()?,
+            Format::Raw => {
+                let options = FormatOptions::default();
+                let f = ArrayFormatter::try_new(batch.column(0).as_ref(), &options)?;
+                (0..rows).map(|i| f.value(i).to_string().into_bytes()).collect()
+            }
+        };
+        let keys: Vec<Option<Vec<u8>>> = match &self.key {
+            Some(name) => {
+                let column = batch
+                    .column_by_name(name)
+                    .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")))?;
+                let options = FormatOptions::default();
+                let f = ArrayFormatter::try_new(column.as_ref(), &options)?;
+                (0..rows)
+                    .map(|i| (!column.is_null(i)).then(|| f.value(i).to_string().into_bytes()))
+                    .collect()
+            }
+            None => vec![None; rows],
+        };
+        Ok(keys
+            .into_iter()
+            .zip(payloads)
+            .map(|(key, payload)| SinkRecord { key, payload })
+            .collect())
+    }
+}

@@ -1,0 +1,16 @@
+//! Streaming pipelines: source → decode → SQL with UDFs (planned once, run
+//! per micro-batch, poison rows isolated) → encode → sink, with dead letters
+//! and commits of what the sink acknowledged.
+
+pub mod config;
+pub mod decode;
+pub mod encode;
+pub mod isolate;
+pub mod query;
+pub mod record;
+pub mod runner;
+pub mod sink;
+pub mod source;
+
+pub use config::PipelineConfig;
+pub use runner::{Pipeline, PipelineStats};

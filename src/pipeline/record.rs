@@ -1,0 +1,42 @@
+//! A record as it arrives from a source, before decoding.
+
+use std::sync::Arc;
+
+/// One source record: the payload plus where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Topic, or the file path for file sources.
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Kafka offset, or the line number (from 1) for file sources.
+    pub offset: i64,
+    /// Milliseconds since the epoch, when known.
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl SourceRecord {
+    pub fn payload_len(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// A record that could not be processed, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub record: SourceRecord,
+    /// `decode` or `transform`.
+    pub stage: &'static str,
+    pub error: String,
+    /// The UDF named in the error, when one failed.
+    pub udf: Option<String>,
+}
+
+/// An output record for a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}

@@ -1,0 +1,251 @@
+//! A running pipeline: the loop that moves micro-batches from the source
+//! through the query to the sink, and commits what was acknowledged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use datafusion::prelude::SessionContext;
+use tokio::sync::watch;
+
+use super::config::{ErrorPolicy, PipelineConfig, SinkConfig, SourceConfig};
+use super::decode::RecordDecoder;
+use super::encode::RecordEncoder;
+use super::isolate::run_isolating;
+use super::query::PlannedQuery;
+use super::record::{DeadLetter, SourceRecord};
+use super::sink::{DeadLetterFile, DeadLetterSink, LineSink, Sink};
+use super::source::{FileSource, Source};
+use crate::sandbox::Sandbox;
+
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Counters of one pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub skipped: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+impl PipelineStats {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    config: PipelineConfig,
+    source: Box<dyn Source>,
+    decoder: RecordDecoder,
+    query: PlannedQuery,
+    encoder: RecordEncoder,
+    sink: Box<dyn Sink>,
+    dead_letters: Option<Box<dyn DeadLetterSink>>,
+    stats: Arc<PipelineStats>,
+}
+
+impl Pipeline {
+    /// Loads the UDFs, plans the query and opens source and sinks. Errors
+    /// name the pipeline.
+    pub async fn build(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
+        let name = config.name.clone();
+        Self::build_inner(config, sandbox)
+            .await
+            .with_context(|| format!("pipeline `{name}`"))
+    }
+
+    async fn build_inner(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
+        let ctx = SessionContext::new_with_config(
+            crate::sql::session_config().with_target_partitions(1),
+        );
+        for path in &config.udfs {
+            let module = sandbox.load_file(path)?;
+            crate::udf::register_module(&ctx, &module);
+        }
+        let decoder = RecordDecoder::new(
+            config.source.format(),
+            config.source.fields(),
+            config.source.metadata(),
+        );
+        let query = PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("sql: {}", crate::cli::user_message(&e)))?;
+        let key = match &config.sink {
+            SinkConfig::Kafka { key, .. } => key.clone(),
+            _ => None,
+        };
+        let encoder = RecordEncoder::new(config.sink.format(), key);
+        encoder
+            .check_schema(&query.output_schema())
+            .map_err(anyhow::Error::msg)?;
+        let source: Box<dyn Source> = match &config.source {
+            SourceConfig::File { path, header, .. } => {
+                Box::new(FileSource::open(path.clone(), *header).await?)
+            }
+            SourceConfig::Kafka { .. } => {
+                bail!("Kafka sources are not available in this build yet; use a file source")
+            }
+        };
+        let sink: Box<dyn Sink> = match &config.sink {
+            SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
+            SinkConfig::File { path, .. } => Box::new(LineSink::file(path).await?),
+            SinkConfig::Kafka { .. } => {
+                bail!("Kafka sinks are not available in this build yet; use a file or stdout sink")
+            }
+        };
+        let dead_letters: Option<Box<dyn DeadLetterSink>> = match (&config.errors.path, &config.errors.topic) {
+            (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
+            (None, Some(_)) => bail!("dead-letter topics need a Kafka build; set errors.path"),
+            (None, None) => None,
+        };
+        Ok(Pipeline {
+            config,
+            source,
+            decoder,
+            query,
+            encoder,
+            sink,
+            dead_letters,
+            stats: Arc::new(PipelineStats::default()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until the source ends or `shutdown` turns true; the batch in
+    /// progress is finished and committed first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let linger = Duration::from_millis(self.config.batch.max_linger_ms);
+        let max = self.config.batch.max_records;
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let next = tokio::select! {
+                next = self.source.next_batch(max, linger) => next?,
+                _ = shutdown.changed() => break,
+            };
+            let Some(records) = next else { break };
+            self.process(records)
+                .await
+                .with_context(|| format!("pipeline `{}`", self.config.name))?;
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                self.log_progress(started.elapsed());
+                last_log = Instant::now();
+            }
+        }
+        self.log_progress(started.elapsed());
+        tracing::info!(pipeline = %self.config.name, "pipeline stopped");
+        Ok(())
+    }
+
+    fn log_progress(&self, elapsed: Duration) {
+        let s = &self.stats;
+        let records_in = PipelineStats::get(&s.records_in);
+        tracing::info!(
+            pipeline = %self.config.name,
+            records_in,
+            records_out = PipelineStats::get(&s.records_out),
+            dead_letters = PipelineStats::get(&s.dead_letters),
+            skipped = PipelineStats::get(&s.skipped),
+            records_per_s = (records_in as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+            "progress"
+        );
+    }
+
+    /// One micro-batch: decode, transform (isolating poison rows), deliver
+    /// outputs and dead letters, then commit.
+    async fn process(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
+        PipelineStats::add(&self.stats.records_in, records.len());
+        PipelineStats::add(&self.stats.batches, 1);
+        let decoded = self.decoder.decode(&records)?;
+        let mut letters: Vec<DeadLetter> = decoded
+            .failed
+            .iter()
+            .map(|(i, error)| DeadLetter {
+                record: records[*i].clone(),
+                stage: "decode",
+                error: error.clone(),
+                udf: None,
+            })
+            .collect();
+        let isolated = run_isolating(&self.query, decoded.batch).await;
+        letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
+            record: records[decoded.rows[f.row]].clone(),
+            stage: "transform",
+            error: f.error,
+            udf: f.udf,
+        }));
+        if let Some(first) = letters.first()
+            && self.config.errors.policy == ErrorPolicy::Fail
+        {
+            bail!(
+                "record at {} partition {} offset {} failed to {}: {} (errors.policy = \"fail\")",
+                first.record.topic,
+                first.record.partition,
+                first.record.offset,
+                first.stage,
+                first.error
+            );
+        }
+        let mut out = Vec::new();
+        for batch in &isolated.outputs {
+            out.extend(self.encoder.encode(batch)?);
+        }
+        PipelineStats::add(&self.stats.records_out, out.len());
+        self.sink.send(out).await.context("sink")?;
+        if !letters.is_empty() {
+            match (&self.config.errors.policy, &self.dead_letters) {
+                (ErrorPolicy::DeadLetter, Some(dlq)) => {
+                    PipelineStats::add(&self.stats.dead_letters, letters.len());
+                    dlq.send(&self.config.name, letters)
+                        .await
+                        .context("dead-letter sink")?;
+                }
+                _ => PipelineStats::add(&self.stats.skipped, letters.len()),
+            }
+        }
+        self.source.commit(&records).await
+    }
+}
+
+/// Loads a pipeline file, or every `*.toml` in a folder.
+pub fn load_pipelines(path: &std::path::Path) -> anyhow::Result<Vec<PipelineConfig>> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        bail!("no pipeline files (*.toml) in {}", path.display());
+    }
+    files
+        .iter()
+        .map(|f| PipelineConfig::from_file(f).map_err(anyhow::Error::from))
+        .collect()
+}

@@ -1,0 +1,22 @@
+//! Where records come from.
+
+mod file;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use file::FileSource;
+
+use super::record::SourceRecord;
+
+/// A stream of records read in micro-batches.
+#[async_trait]
+pub trait Source: Send {
+    /// Up to `max` records, waiting at most `linger` for more once the first
+    /// arrived. `None` when the source is finished (files).
+    async fn next_batch(&mut self, max: usize, linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>>;
+
+    /// Every record of `batch` reached the sink or the dead-letter target.
+    async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()>;
+}

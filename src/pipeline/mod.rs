@@ -6,6 +6,7 @@ pub mod config;
 pub mod decode;
 pub mod encode;
 pub mod isolate;
+pub mod kafka;
 pub mod query;
 pub mod record;
 pub mod runner;

@@ -15,8 +15,8 @@ use super::encode::RecordEncoder;
 use super::isolate::run_isolating;
 use super::query::PlannedQuery;
 use super::record::{DeadLetter, SourceRecord};
-use super::sink::{DeadLetterFile, DeadLetterSink, LineSink, Sink};
-use super::source::{FileSource, Source};
+use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
+use super::source::{FileSource, KafkaSource, Source};
 use crate::sandbox::Sandbox;
 
 /// How often progress is logged.
@@ -92,20 +92,35 @@ impl Pipeline {
             SourceConfig::File { path, header, .. } => {
                 Box::new(FileSource::open(path.clone(), *header).await?)
             }
-            SourceConfig::Kafka { .. } => {
-                bail!("Kafka sources are not available in this build yet; use a file source")
-            }
+            SourceConfig::Kafka {
+                brokers,
+                topics,
+                group,
+                start,
+                properties,
+                ..
+            } => Box::new(KafkaSource::new(brokers, topics, group, *start, properties)?),
         };
         let sink: Box<dyn Sink> = match &config.sink {
             SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
             SinkConfig::File { path, .. } => Box::new(LineSink::file(path).await?),
-            SinkConfig::Kafka { .. } => {
-                bail!("Kafka sinks are not available in this build yet; use a file or stdout sink")
-            }
+            SinkConfig::Kafka {
+                brokers,
+                topic,
+                properties,
+                ..
+            } => Box::new(KafkaSink::new(brokers, topic, properties)?),
         };
         let dead_letters: Option<Box<dyn DeadLetterSink>> = match (&config.errors.path, &config.errors.topic) {
             (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
-            (None, Some(_)) => bail!("dead-letter topics need a Kafka build; set errors.path"),
+            (None, Some(topic)) => {
+                let (brokers, properties) = match (&config.sink, &config.source) {
+                    (SinkConfig::Kafka { brokers, properties, .. }, _)
+                    | (_, SourceConfig::Kafka { brokers, properties, .. }) => (brokers, properties),
+                    _ => bail!("errors.topic needs a Kafka source or sink to take the brokers from; set errors.path"),
+                };
+                Some(Box::new(KafkaSink::new(brokers, topic, properties)?))
+            }
             (None, None) => None,
         };
         Ok(Pipeline {

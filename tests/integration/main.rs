@@ -5,6 +5,7 @@ mod support;
 mod cache;
 mod cli;
 mod hostile;
+mod kafka;
 mod library;
 mod pipeline;
 mod sql_files;

@@ -2,10 +2,12 @@
 //! when every record of it is durable (written, or acknowledged by Kafka).
 
 mod file;
+mod kafka;
 
 use async_trait::async_trait;
 
 pub use file::{DeadLetterFile, LineSink};
+pub use kafka::KafkaSink;
 
 use super::record::{DeadLetter, SinkRecord};
 

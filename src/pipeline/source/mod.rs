@@ -1,12 +1,14 @@
 //! Where records come from.
 
 mod file;
+mod kafka;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use file::FileSource;
+pub use kafka::KafkaSource;
 
 use super::record::SourceRecord;
 

@@ -1,0 +1,135 @@
+//! A Kafka consumer-group member. Offsets are committed only after every
+//! record of a micro-batch reached the sink or the dead-letter topic
+//! (at-least-once); a rebalance re-delivers what was not committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::Source;
+use crate::pipeline::config::StartPosition;
+use crate::pipeline::kafka::{client_config, scrub};
+use crate::pipeline::record::SourceRecord;
+
+pub struct KafkaSource {
+    consumer: StreamConsumer,
+    properties: BTreeMap<String, String>,
+    topics: HashMap<String, Arc<str>>,
+}
+
+impl KafkaSource {
+    pub fn new(
+        brokers: &str,
+        topics: &[String],
+        group: &str,
+        start: StartPosition,
+        properties: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let mut config = client_config(brokers, &[("queued.max.messages.kbytes", "16384")], properties);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match start {
+                    StartPosition::Earliest => "earliest",
+                    StartPosition::Latest => "latest",
+                },
+            );
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
+            .context("creating the Kafka consumer")?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
+            .context("subscribing")?;
+        Ok(KafkaSource {
+            consumer,
+            properties: properties.clone(),
+            topics: topics.iter().map(|t| (t.clone(), Arc::from(t.as_str()))).collect(),
+        })
+    }
+
+}
+
+fn to_record(
+    topics: &mut HashMap<String, Arc<str>>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> SourceRecord {
+    {
+        let topic = topics
+            .entry(m.topic().to_string())
+            .or_insert_with(|| Arc::from(m.topic()))
+            .clone();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        SourceRecord {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            headers,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn next_batch(&mut self, max: usize, linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>> {
+        let first = self
+            .consumer
+            .recv()
+            .await
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), &self.properties)))?;
+        let first = to_record(&mut self.topics, &first);
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let r = to_record(&mut self.topics, &m);
+                    batch.push(r);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("kafka consumer: {}", scrub(e.to_string(), &self.properties));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let e = next.entry((&*r.topic, r.partition)).or_insert(r.offset + 1);
+            *e = (*e).max(r.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), &self.properties)))
+            .context("committing offsets")
+    }
+}

@@ -1,0 +1,230 @@
+//! Pipelines against a real Kafka-protocol broker (tansu on loopback).
+//!
+//! The broker binary is `$TANSU`, else `tansu` on PATH or in ~/.cargo/bin.
+//! Without it these tests are skipped, unless `WEIR_REQUIRE_BROKER=1`
+//! (set by `.ci/run`, which installs tansu) makes that a failure.
+
+use std::collections::BTreeSet;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
+use weir::pipeline::{Pipeline, PipelineConfig};
+
+use crate::support;
+
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TANSU") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Starts a broker on a free loopback port, or returns None (test skipped).
+pub fn broker() -> Option<Broker> {
+    let Some(bin) = tansu() else {
+        if std::env::var("WEIR_REQUIRE_BROKER").is_ok_and(|v| v == "1") {
+            panic!("WEIR_REQUIRE_BROKER=1 but no tansu binary was found");
+        }
+        eprintln!("skipping: no tansu broker binary (cargo install tansu --locked --features dynostore,libsql)");
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while TcpStream::connect(&addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "tansu did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Broker { child, addr, _dir: dir })
+}
+
+pub async fn create_topics(addr: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin.create_topics(&new, &AdminOptions::new()).await.unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+pub async fn produce(addr: &str, topic: &str, records: &[(Option<String>, String)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for (key, payload) in records {
+        let mut r = FutureRecord::to(topic).payload(payload.as_bytes());
+        if let Some(k) = key {
+            r = r.key(k.as_bytes());
+        }
+        pending.push(producer.send(r, Duration::from_secs(10)));
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
+/// Reads `topic` from the start until `count` records arrived (or panics
+/// after 60 s): (key, payload, headers) each.
+pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<(Option<String>, String, Vec<(String, String)>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} records on `{topic}`", out.len()))
+            .unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((
+            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            headers,
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_end_to_end_with_dead_letters() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("payments", 3), ("clean", 1), ("payments-dlq", 1)]).await;
+
+    let mut records = Vec::new();
+    for id in 0..200 {
+        let payload = match id {
+            50 => r#"{"id":50,"amount":"oops","card":"1"}"#.to_string(),
+            120 => "{not json".to_string(),
+            _ => format!(r#"{{"id":{id},"amount":"{id}.25 EUR","card":"4111 {id}"}}"#),
+        };
+        records.push((Some(format!("k{id}")), payload));
+    }
+    produce(&addr, "payments", &records).await;
+
+    let toml = format!(
+        r#"
+name = "payments"
+udfs = ["{finance}", "{text}"]
+sql = "SELECT id, parse_cents(amount) AS cents, redact_digits(card) AS card, _partition AS p FROM source"
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["payments"]
+group = "weir-e2e"
+format = "json"
+metadata = ["partition", "offset"]
+fields = [{{ name = "id", type = "int64" }}, {{ name = "amount", type = "utf8" }}, {{ name = "card", type = "utf8" }}]
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "clean"
+key = "id"
+[errors]
+policy = "dead-letter"
+topic = "payments-dlq"
+[batch]
+max_records = 64
+max_linger_ms = 50
+"#,
+        finance = support::module_path("finance").display(),
+        text = support::module_path("text").display(),
+    );
+    let config = PipelineConfig::from_toml(&toml).unwrap();
+    let pipeline = Pipeline::build(config, support::sandbox()).await.unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(pipeline.run(stopped));
+
+    let out = consume(&addr, "clean", 198).await;
+    let ids: BTreeSet<i64> = out
+        .iter()
+        .map(|(_, p, _)| serde_json::from_str::<serde_json::Value>(p).unwrap()["id"].as_i64().unwrap())
+        .collect();
+    let expected: BTreeSet<i64> = (0..200).filter(|i| *i != 50 && *i != 120).collect();
+    assert_eq!(ids, expected);
+    let seven = out.iter().find(|(k, _, _)| k.as_deref() == Some("7")).expect("keyed by id");
+    assert!(seven.1.contains(r#""cents":725"#), "{}", seven.1);
+    assert!(seven.1.contains("\"card\":\"#### #\""), "{}", seven.1);
+
+    let dlq = consume(&addr, "payments-dlq", 2).await;
+    let header = |r: &(Option<String>, String, Vec<(String, String)>), k: &str| {
+        r.2.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.clone())
+    };
+    let poison = dlq.iter().find(|r| r.0.as_deref() == Some("k50")).expect("poison record");
+    assert_eq!(poison.1, r#"{"id":50,"amount":"oops","card":"1"}"#, "original payload kept");
+    assert_eq!(header(poison, "weir.stage").as_deref(), Some("transform"));
+    assert_eq!(header(poison, "weir.udf").as_deref(), Some("parse_cents"));
+    assert_eq!(header(poison, "weir.pipeline").as_deref(), Some("payments"));
+    assert_eq!(header(poison, "weir.source.topic").as_deref(), Some("payments"));
+    assert!(header(poison, "weir.error").unwrap().contains("`oops` is not an amount"));
+    let malformed = dlq.iter().find(|r| r.0.as_deref() == Some("k120")).expect("malformed record");
+    assert_eq!(header(malformed, "weir.stage").as_deref(), Some("decode"));
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("graceful stop")
+        .unwrap()
+        .unwrap();
+}

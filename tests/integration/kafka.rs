@@ -110,9 +110,16 @@ pub async fn produce(addr: &str, topic: &str, records: &[(Option<String>, String
     }
 }
 
+type Received = (Option<String>, String, Vec<(String, String)>);
+
 /// Reads `topic` from the start until `count` records arrived (or panics
 /// after 60 s): (key, payload, headers) each.
-pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<(Option<String>, String, Vec<(String, String)>)> {
+pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<Received> {
+    consume_until(addr, topic, |got| got.len() >= count).await
+}
+
+/// Reads `topic` from the start until `done` holds (or panics after 90 s).
+pub async fn consume_until(addr: &str, topic: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", format!("reader-{topic}-{}", std::process::id()))
@@ -122,12 +129,12 @@ pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<(Option<Strin
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while out.len() < count {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done(&out) {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {count} records on `{topic}`", out.len()))
+            .unwrap_or_else(|_| panic!("gave up after {} records on `{topic}`", out.len()))
             .unwrap();
         let headers = m
             .headers()
@@ -227,4 +234,192 @@ max_linger_ms = 50
         .expect("graceful stop")
         .unwrap()
         .unwrap();
+}
+
+/// A pipeline file moving JSON `{"id": n}` records from `input` to `output`.
+fn passthrough_pipeline(dir: &std::path::Path, name: &str, addr: &str, input: &str, output: &str, group: &str) -> PathBuf {
+    let toml = format!(
+        r#"
+name = "{name}"
+udfs = ["{geo}"]
+sql = "SELECT id, gcd(id, 6) AS g FROM source"
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["{input}"]
+group = "{group}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "{output}"
+[errors]
+policy = "skip"
+[batch]
+max_records = 50
+max_linger_ms = 20
+"#,
+        geo = support::module_path("geo").display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+struct Weir(Child);
+
+impl Weir {
+    /// Starts `weir run`; its log goes next to the pipeline file.
+    fn start(pipeline: &std::path::Path) -> Weir {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pipeline.with_extension("log"))
+            .unwrap();
+        Weir(
+            Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args(["run", pipeline.to_str().unwrap()])
+                .env("WEIR_CACHE_DIR", support::cache_dir())
+                .env("WEIR_LOG", std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill").args([sig, &self.0.id().to_string()]).status().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (graceful shutdown exits 0).
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "weir did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ids(records: &[Received]) -> BTreeSet<i64> {
+    records
+        .iter()
+        .filter_map(|(_, p, _)| serde_json::from_str::<serde_json::Value>(p).ok()?["id"].as_i64())
+        .collect()
+}
+
+fn json_ids(range: std::ops::Range<i64>) -> Vec<(Option<String>, String)> {
+    range.map(|i| (Some(i.to_string()), format!(r#"{{"id":{i}}}"#))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_loses_nothing() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("numbers", 2), ("numbers-out", 1)]).await;
+    produce(&addr, "numbers", &json_ids(0..3000)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = passthrough_pipeline(dir.path(), "numbers", &addr, "numbers", "numbers-out", "weir-kill");
+
+    let first = Weir::start(&pipeline);
+    consume_until(&addr, "numbers-out", |got| got.len() >= 300).await;
+    first.signal("-KILL");
+    drop(first);
+
+    let second = Weir::start(&pipeline);
+    let all: BTreeSet<i64> = (0..3000).collect();
+    let out = consume_until(&addr, "numbers-out", |got| ids(got) == all).await;
+    assert!(out.len() >= 3000);
+    assert!(second.stop().success(), "graceful shutdown exits 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_partitions_and_one_takes_over_when_the_other_stops() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("shared", 4), ("out-a", 1), ("out-b", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Weir::start(&passthrough_pipeline(dir.path(), "a", &addr, "shared", "out-a", "weir-shared"));
+    let b = Weir::start(&passthrough_pipeline(dir.path(), "b", &addr, "shared", "out-b", "weir-shared"));
+    // Keep producing until both members received records: the group split
+    // the partitions between the two processes.
+    let mut next = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        produce(&addr, "shared", &json_ids(next..next + 200)).await;
+        next += 200;
+        let a_has = probe(&addr, "out-a").await;
+        let b_has = probe(&addr, "out-b").await;
+        if a_has > 0 && b_has > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partitions were never split (a: {a_has}, b: {b_has})");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A stops (SIGTERM: it finishes its batch, commits and leaves the group).
+    assert!(a.stop().success());
+    produce(&addr, "shared", &json_ids(next..next + 1000)).await;
+    next += 1000;
+    // Everything produced reaches out-a or out-b: b took over a's partitions.
+    let all: BTreeSet<i64> = (0..next).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut seen = ids(&read_all(&addr, "out-a").await);
+        seen.extend(ids(&read_all(&addr, "out-b").await));
+        if seen == all {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_else(|e| e.to_string());
+            panic!("{} of {} records arrived; b's log:\n{log}", seen.len(), all.len());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(b.stop().success());
+}
+
+/// Records currently in `topic` (reads until 2 s pass without a new one).
+async fn read_all(addr: &str, topic: &str) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", format!("probe-{topic}-{}", rand_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+        out.push((
+            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            Vec::new(),
+        ));
+    }
+    out
+}
+
+async fn probe(addr: &str, topic: &str) -> usize {
+    read_all(addr, topic).await.len()
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

@@ -24,7 +24,18 @@ use crate::support;
 pub struct Broker {
     child: Child,
     pub addr: String,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Stops the broker process and starts it again on the same port and
+    /// storage.
+    fn restart(mut self, storage: &str) -> Broker {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.addr.rsplit(':').next().unwrap().parse().unwrap();
+        broker_with(storage, Some(port), self.dir.take()).unwrap()
+    }
 }
 
 impl Drop for Broker {
@@ -49,6 +60,11 @@ fn tansu() -> Option<PathBuf> {
 
 /// Starts a broker on a free loopback port, or returns None (test skipped).
 pub fn broker() -> Option<Broker> {
+    broker_with("memory://tansu/", None, None)
+}
+
+/// A broker with `storage`, on `port` (or a free one), in `dir` (or a new one).
+fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>) -> Option<Broker> {
     let Some(bin) = tansu() else {
         if std::env::var("WEIR_REQUIRE_BROKER").is_ok_and(|v| v == "1") {
             panic!("WEIR_REQUIRE_BROKER=1 but no tansu binary was found");
@@ -56,12 +72,12 @@ pub fn broker() -> Option<Broker> {
         eprintln!("skipping: no tansu broker binary (cargo install tansu --locked --features dynostore,libsql)");
         return None;
     };
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(bin)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", storage])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -73,7 +89,7 @@ pub fn broker() -> Option<Broker> {
         assert!(started.elapsed() < Duration::from_secs(30), "tansu did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Broker { child, addr, _dir: dir })
+    Some(Broker { child, addr, dir: Some(dir) })
 }
 
 pub async fn create_topics(addr: &str, topics: &[(&str, i32)]) {
@@ -422,4 +438,33 @@ fn rand_suffix() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    // sqlite storage, relative to the broker's working directory, survives
+    // the restart.
+    let storage = "sqlite://tansu.db";
+    let Some(broker) = broker_with(storage, None, None) else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("restart-in", 2), ("restart-out", 1)]).await;
+    produce(&addr, "restart-in", &json_ids(0..1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = passthrough_pipeline(dir.path(), "restart", &addr, "restart-in", "restart-out", "weir-restart");
+    let weir = Weir::start(&pipeline);
+    consume_until(&addr, "restart-out", |got| got.len() >= 200).await;
+
+    let broker = broker.restart(storage);
+    produce(&addr, "restart-in", &json_ids(1500..2000)).await;
+    let all: BTreeSet<i64> = (0..2000).collect();
+    let log = pipeline.with_extension("log");
+    let done = tokio::spawn({
+        let addr = addr.clone();
+        async move { consume_until(&addr, "restart-out", |got| ids(got) == all).await }
+    });
+    if let Err(e) = done.await {
+        panic!("{e}; weir's log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    assert!(weir.stop().success());
+    drop(broker);
 }

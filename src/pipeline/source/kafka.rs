@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -16,6 +17,9 @@ use super::Source;
 use crate::pipeline::config::StartPosition;
 use crate::pipeline::kafka::{client_config, scrub};
 use crate::pipeline::record::SourceRecord;
+
+/// How long a failing offset commit is retried before the pipeline stops.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(120);
 
 pub struct KafkaSource {
     consumer: StreamConsumer,
@@ -93,12 +97,20 @@ fn to_record(
 #[async_trait]
 impl Source for KafkaSource {
     async fn next_batch(&mut self, max: usize, linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>> {
-        let first = self
-            .consumer
-            .recv()
-            .await
-            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), &self.properties)))?;
-        let first = to_record(&mut self.topics, &first);
+        // Broker outages surface as consumption errors; librdkafka
+        // reconnects on its own, so they are logged and waited out.
+        let first = loop {
+            match self.consumer.recv().await {
+                Ok(m) => break to_record(&mut self.topics, &m),
+                Err(KafkaError::MessageConsumptionFatal(code)) => {
+                    anyhow::bail!("fatal consumer error: {code}");
+                }
+                Err(e) => {
+                    tracing::warn!("kafka consumer: {}", scrub(e.to_string(), &self.properties));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
@@ -127,9 +139,26 @@ impl Source for KafkaSource {
         for ((topic, partition), offset) in next {
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), &self.properties)))
-            .context("committing offsets")
+        // A broker that is restarting refuses commits for a while: retry
+        // with backoff (the records stay unacknowledged meanwhile).
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() < COMMIT_RETRY_FOR => {
+                    tracing::warn!(
+                        "committing offsets failed, retrying in {backoff:?}: {}",
+                        scrub(e.to_string(), &self.properties)
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(scrub(e.to_string(), &self.properties)))
+                        .context("committing offsets");
+                }
+            }
+        }
     }
 }

@@ -168,6 +168,7 @@ impl Pipeline {
                 last_log = Instant::now();
             }
         }
+        self.source.finish().await?;
         self.log_progress(started.elapsed());
         tracing::info!(pipeline = %self.config.name, "pipeline stopped");
         Ok(())
@@ -227,19 +228,53 @@ impl Pipeline {
             out.extend(self.encoder.encode(batch)?);
         }
         PipelineStats::add(&self.stats.records_out, out.len());
-        self.sink.send(out).await.context("sink")?;
+        let mut paused = false;
+        let sent = self.sink.send(out);
+        deliver(sent, &mut *self.source, &mut paused).await.context("sink")?;
         if !letters.is_empty() {
             match (&self.config.errors.policy, &self.dead_letters) {
                 (ErrorPolicy::DeadLetter, Some(dlq)) => {
                     PipelineStats::add(&self.stats.dead_letters, letters.len());
-                    dlq.send(&self.config.name, letters)
+                    let sent = dlq.send(&self.config.name, letters);
+                    deliver(sent, &mut *self.source, &mut paused)
                         .await
                         .context("dead-letter sink")?;
                 }
                 _ => PipelineStats::add(&self.stats.skipped, letters.len()),
             }
         }
+        if paused {
+            self.source.resume().await?;
+        }
         self.source.commit(&records).await
+    }
+}
+
+/// A sink that has not acknowledged after this long makes the source pause.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// How often a paused source is polled to keep its group membership.
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(200);
+
+/// Awaits a sink acknowledgement; if it is slow, pauses the source (once)
+/// and keeps it alive until the acknowledgement arrives.
+async fn deliver(
+    sent: impl std::future::Future<Output = anyhow::Result<()>>,
+    source: &mut dyn Source,
+    paused: &mut bool,
+) -> anyhow::Result<()> {
+    tokio::pin!(sent);
+    loop {
+        let wait = if *paused { KEEPALIVE_EVERY } else { PAUSE_AFTER };
+        tokio::select! {
+            result = &mut sent => return result,
+            _ = tokio::time::sleep(wait) => {
+                if !*paused {
+                    source.pause().await?;
+                    *paused = true;
+                }
+                source.keepalive().await?;
+            }
+        }
     }
 }
 

@@ -468,3 +468,74 @@ async fn broker_restart_mid_stream_loses_nothing() {
     assert!(weir.stop().success());
     drop(broker);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sink_pauses_the_source_with_bounded_memory_then_resumes() {
+    use std::io::BufRead;
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("bp-in", 2)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let pipeline = passthrough_pipeline(dir.path(), "bp", &addr, "bp-in", "unused", "weir-bp");
+    let toml = std::fs::read_to_string(&pipeline).unwrap().replace(
+        &format!("[sink]\nkind = \"kafka\"\nbrokers = \"{addr}\"\ntopic = \"unused\""),
+        &format!("[sink]\nkind = \"file\"\npath = \"{}\"", fifo.display()),
+    );
+    std::fs::write(&pipeline, toml).unwrap();
+    let weir = Weir::start(&pipeline);
+    // Open the read end but do not read: the sink stalls once the pipe is full.
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::File::open(fifo).unwrap()
+    })
+    .join()
+    .unwrap();
+
+    let total = 20_000;
+    let padding = "x".repeat(80);
+    let records: Vec<(Option<String>, String)> = (0..total)
+        .map(|i| (None, format!(r#"{{"id":{i},"pad":"{padding}"}}"#)))
+        .collect();
+    produce(&addr, "bp-in", &records).await;
+    let log = pipeline.with_extension("log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("paused the source partitions") {
+        if Instant::now() > deadline {
+            panic!("the source never paused; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = rss_kib(weir.0.id());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = rss_kib(weir.0.id());
+    assert!(later < 400 * 1024, "RSS {later} KiB while stalled");
+    assert!(later < first + 64 * 1024, "RSS grew from {first} to {later} KiB while stalled");
+
+    // Drain the pipe: everything arrives and the source resumes.
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seen = BTreeSet::new();
+        for line in std::io::BufReader::new(reader).lines() {
+            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            seen.insert(v["id"].as_i64().unwrap());
+            if seen.len() == total {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = tokio::time::timeout(Duration::from_secs(90), seen).await.expect("all records arrive").unwrap();
+    assert_eq!(seen.len(), total);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("resumed the source partitions"));
+    drop(weir);
+}

@@ -64,7 +64,11 @@ impl Sink for LineSink {
             }
             Target::File(f) => {
                 f.write_all(&buf).await?;
-                f.sync_data().await?;
+                f.flush().await?;
+                // Pipes and character devices cannot be synced.
+                if f.metadata().await.is_ok_and(|m| m.is_file()) {
+                    f.sync_data().await?;
+                }
             }
         }
         Ok(())

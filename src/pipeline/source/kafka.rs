@@ -2,7 +2,7 @@
 //! record of a micro-batch reached the sink or the dead-letter topic
 //! (at-least-once); a rebalance re-delivers what was not committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,11 @@ pub struct KafkaSource {
     consumer: StreamConsumer,
     properties: BTreeMap<String, String>,
     topics: HashMap<String, Arc<str>>,
+    /// Records that arrived while paused (already fetched before the pause;
+    /// bounded by librdkafka's fetch queue), served first by the next batch.
+    carry: VecDeque<SourceRecord>,
+    /// The offsets of the last commit, made durable (synchronously) by `finish`.
+    last_commit: Option<TopicPartitionList>,
 }
 
 impl KafkaSource {
@@ -60,6 +65,8 @@ impl KafkaSource {
             consumer,
             properties: properties.clone(),
             topics: topics.iter().map(|t| (t.clone(), Arc::from(t.as_str()))).collect(),
+            carry: VecDeque::new(),
+            last_commit: None,
         })
     }
 
@@ -97,6 +104,10 @@ fn to_record(
 #[async_trait]
 impl Source for KafkaSource {
     async fn next_batch(&mut self, max: usize, linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>> {
+        if !self.carry.is_empty() {
+            let n = self.carry.len().min(max);
+            return Ok(Some(self.carry.drain(..n).collect()));
+        }
         // Broker outages surface as consumption errors; librdkafka
         // reconnects on its own, so they are logged and waited out.
         let first = loop {
@@ -129,6 +140,28 @@ impl Source for KafkaSource {
         Ok(Some(batch))
     }
 
+    async fn pause(&mut self) -> anyhow::Result<()> {
+        let assignment = self.consumer.assignment()?;
+        self.consumer.pause(&assignment)?;
+        tracing::warn!(partitions = assignment.count(), "sink is slow: paused the source partitions");
+        Ok(())
+    }
+
+    async fn keepalive(&mut self) -> anyhow::Result<()> {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await {
+            let r = to_record(&mut self.topics, &m);
+            self.carry.push_back(r);
+        }
+        Ok(())
+    }
+
+    async fn resume(&mut self) -> anyhow::Result<()> {
+        let assignment = self.consumer.assignment()?;
+        self.consumer.resume(&assignment)?;
+        tracing::info!(partitions = assignment.count(), "sink caught up: resumed the source partitions");
+        Ok(())
+    }
+
     async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
@@ -139,12 +172,29 @@ impl Source for KafkaSource {
         for ((topic, partition), offset) in next {
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         }
+        // Asynchronous: a lost commit only means re-delivery (at-least-once),
+        // and the next commit supersedes it. `finish` commits synchronously.
+        let result = self.commit_with_retry(&tpl, CommitMode::Async).await;
+        self.last_commit = Some(tpl);
+        result
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        match self.last_commit.take() {
+            Some(tpl) => self.commit_with_retry(&tpl, CommitMode::Sync).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl KafkaSource {
+    async fn commit_with_retry(&self, tpl: &TopicPartitionList, mode: CommitMode) -> anyhow::Result<()> {
         // A broker that is restarting refuses commits for a while: retry
         // with backoff (the records stay unacknowledged meanwhile).
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.consumer.commit(&tpl, CommitMode::Sync) {
+            match self.consumer.commit(tpl, mode) {
                 Ok(()) => return Ok(()),
                 Err(e) if started.elapsed() < COMMIT_RETRY_FOR => {
                     tracing::warn!(

@@ -21,4 +21,25 @@ pub trait Source: Send {
 
     /// Every record of `batch` reached the sink or the dead-letter target.
     async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()>;
+
+    /// The sink is slow: stop fetching (Kafka: pause the assigned
+    /// partitions) so that nothing buffers without bound.
+    async fn pause(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Called regularly while paused, to keep group membership alive.
+    async fn keepalive(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The pipeline is stopping: make the last commit durable.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The sink caught up: fetch again.
+    async fn resume(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

@@ -121,34 +121,20 @@ impl RecordDecoder {
                     .map_err(|e| e.to_string())?
             }
             Format::Json => {
-                let mut decoder =
+                let decoder =
                     datafusion::arrow::json::ReaderBuilder::new(self.payload_schema.clone())
                         .with_batch_size(payloads.len() + 1)
                         .build_decoder()
                         .map_err(|e| e.to_string())?;
-                for p in payloads {
-                    feed(&mut decoder, p, |d, b| d.decode(b))?;
-                    feed(&mut decoder, b"\n", |d, b| d.decode(b))?;
-                }
-                decoder
-                    .flush()
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_else(|| RecordBatch::new_empty(self.payload_schema.clone()))
+                self.push_lines(decoder, payloads, |d, b| d.decode(b), |d| d.flush())?
             }
             Format::Csv => {
-                let mut decoder =
+                let decoder =
                     datafusion::arrow::csv::ReaderBuilder::new(self.payload_schema.clone())
                         .with_header(false)
                         .with_batch_size(payloads.len() + 1)
                         .build_decoder();
-                for p in payloads {
-                    feed(&mut decoder, p, |d, b| d.decode(b))?;
-                    feed(&mut decoder, b"\n", |d, b| d.decode(b))?;
-                }
-                decoder
-                    .flush()
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_else(|| RecordBatch::new_empty(self.payload_schema.clone()))
+                self.push_lines(decoder, payloads, |d, b| d.decode(b), |d| d.flush())?
             }
         };
         if batch.num_rows() != payloads.len() {
@@ -186,6 +172,28 @@ impl RecordDecoder {
             columns.push(column);
         }
         RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+type Flush<D> = fn(&mut D) -> Result<Option<RecordBatch>, ArrowError>;
+
+impl RecordDecoder {
+    /// Feeds every payload, newline-terminated, to an Arrow push decoder
+    /// (JSON or CSV) and flushes one batch.
+    fn push_lines<D>(
+        &self,
+        mut decoder: D,
+        payloads: &[&[u8]],
+        decode: fn(&mut D, &[u8]) -> Result<usize, ArrowError>,
+        flush: Flush<D>,
+    ) -> Result<RecordBatch, String> {
+        for p in payloads {
+            feed(&mut decoder, p, decode)?;
+            feed(&mut decoder, b"\n", decode)?;
+        }
+        Ok(flush(&mut decoder)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.payload_schema.clone())))
     }
 }
 

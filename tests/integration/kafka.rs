@@ -128,6 +128,19 @@ pub async fn produce(addr: &str, topic: &str, records: &[(Option<String>, String
 
 type Received = (Option<String>, String, Vec<(String, String)>);
 
+/// A consumer of `topic` from its start, in a group of its own.
+fn reader(addr: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", format!("reader-{topic}-{}", rand_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
 /// Reads `topic` from the start until `count` records arrived (or panics
 /// after 60 s): (key, payload, headers) each.
 pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<Received> {
@@ -136,14 +149,7 @@ pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<Received> {
 
 /// Reads `topic` from the start until `done` holds (or panics after 90 s).
 pub async fn consume_until(addr: &str, topic: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", format!("reader-{topic}-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = reader(addr, topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while !done(&out) {
@@ -410,14 +416,7 @@ async fn two_processes_share_partitions_and_one_takes_over_when_the_other_stops(
 
 /// Records currently in `topic` (reads until 2 s pass without a new one).
 async fn read_all(addr: &str, topic: &str) -> Vec<Received> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", format!("probe-{topic}-{}", rand_suffix()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = reader(addr, topic);
     let mut out = Vec::new();
     while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
         out.push((

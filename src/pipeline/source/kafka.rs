@@ -180,10 +180,17 @@ impl Source for KafkaSource {
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {
-        match self.last_commit.take() {
-            Some(tpl) => self.commit_with_retry(&tpl, CommitMode::Sync).await,
-            None => Ok(()),
+        // One synchronous attempt: if it fails (say, the partitions were just
+        // revoked), the uncommitted tail is re-delivered, never lost.
+        if let Some(tpl) = self.last_commit.take()
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(
+                "final offset commit failed, the last records may be re-delivered: {}",
+                scrub(e.to_string(), &self.properties)
+            );
         }
+        Ok(())
     }
 }
 

@@ -1,0 +1,221 @@
+//! End-to-end Kafka throughput: weir (JSON decode → SQL with a WASM UDF →
+//! JSON encode → idempotent produce, at-least-once commits) next to a bare
+//! rdkafka consume→produce loop with no decoding, against the same broker in
+//! the same run; then end-to-end latency at half of weir's maximum rate.
+//!
+//! Needs a broker: `scripts/bench-kafka.sh` starts tansu and runs this with
+//! `WEIR_BENCH_BROKERS` set. Results: BENCHMARKS.md.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio::sync::watch;
+use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+
+const RECORDS: usize = 100_000;
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+fn payload(i: usize, ts: i64) -> String {
+    // ~100 bytes of JSON.
+    format!(r#"{{"id":{i},"user":"user-{:05}","amount":{}.25,"ts":{ts},"note":"abcdefghij"}}"#, i % 10_000, i % 977)
+}
+
+async fn create(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1))).collect();
+    for r in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// Enqueues one record, waiting while the producer queue is full.
+async fn enqueue(p: &FutureProducer, topic: &str, payload: &[u8]) -> DeliveryFuture {
+    loop {
+        match p.send_result(FutureRecord::<(), _>::to(topic).payload(payload)) {
+            Ok(d) => return d,
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+async fn fill(brokers: &str, topic: &str, n: usize) {
+    let p = producer(brokers);
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..n {
+        pending.push(enqueue(&p, topic, payload(i, 0).as_bytes()).await);
+        if pending.len() == 10_000 {
+            futures::future::join_all(pending.drain(..)).await;
+        }
+    }
+    futures::future::join_all(pending).await;
+}
+
+/// The reference: consume and re-produce every payload untouched.
+async fn bare_loop(brokers: &str, input: &str, output: &str, n: usize) -> f64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    let p = producer(brokers);
+    let started = Instant::now();
+    let mut stream = consumer.stream();
+    let mut pending = Vec::new();
+    let mut seen = 0;
+    while seen < n {
+        let m = stream.next().await.unwrap().unwrap();
+        pending.push(enqueue(&p, output, m.payload().unwrap_or_default()).await);
+        seen += 1;
+        if pending.len() >= 4096 {
+            futures::future::join_all(pending.drain(..)).await;
+        }
+    }
+    futures::future::join_all(pending).await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn config(brokers: &str, input: &str, output: &str, group: &str, geo: &Path) -> PipelineConfig {
+    PipelineConfig::from_toml(&format!(
+        r#"
+name = "bench"
+udfs = ["{geo}"]
+sql = "SELECT id, user, scale_add(amount, 1.0) AS amount2, ts FROM source"
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+topics = ["{input}"]
+group = "{group}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}, {{ name = "user", type = "utf8" }},
+          {{ name = "amount", type = "float64" }}, {{ name = "ts", type = "int64" }}]
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{output}"
+[errors]
+policy = "skip"
+[batch]
+max_records = 4096
+max_linger_ms = 20
+"#,
+        geo = geo.display()
+    ))
+    .unwrap()
+}
+
+async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
+    let sandbox = weir::Sandbox::with_options(weir::SandboxOptions::default()).unwrap();
+    let pipeline = Pipeline::build(config, &sandbox).await.unwrap();
+    let stats: Arc<PipelineStats> = pipeline.stats();
+    let (stop, stopped) = watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(pipeline.run(stopped));
+    while (PipelineStats::get(&stats.records_in) as usize) < n || PipelineStats::get(&stats.batches) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Produces at `rate` records/s for `secs` and reports p50 / p99 of
+/// produce-to-output latency, read from the output records' `ts`.
+async fn latency(brokers: &str, config: PipelineConfig, output: &str, rate: f64, secs: u64) -> (f64, f64) {
+    let input = match &config.source {
+        weir::pipeline::config::SourceConfig::Kafka { topics, .. } => topics[0].clone(),
+        _ => unreachable!(),
+    };
+    let sandbox = weir::Sandbox::with_options(weir::SandboxOptions::default()).unwrap();
+    let pipeline = Pipeline::build(config, &sandbox).await.unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(pipeline.run(stopped));
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-latency-reader")
+        .set("auto.offset.reset", "latest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[output]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let total = (rate * secs as f64) as usize;
+    let brokers_owned = brokers.to_string();
+    let producer_task = tokio::spawn(async move {
+        let p = producer(&brokers_owned);
+        let started = Instant::now();
+        for i in 0..total {
+            let due = Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            drop(enqueue(&p, &input, payload(i, now_us()).as_bytes()).await);
+        }
+        p
+    });
+    let mut lat = Vec::with_capacity(total);
+    let mut stream = consumer.stream();
+    let deadline = Instant::now() + Duration::from_secs(secs + 30);
+    while lat.len() < total && Instant::now() < deadline {
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            lat.push((now_us() - v["ts"].as_i64().unwrap()) as f64 / 1000.0);
+        }
+    }
+    drop(producer_task.await);
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    (pct(0.50), pct(0.99))
+}
+
+fn main() {
+    let Ok(brokers) = std::env::var("WEIR_BENCH_BROKERS") else {
+        eprintln!("kafka bench skipped: set WEIR_BENCH_BROKERS (scripts/bench-kafka.sh does)");
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("udfs");
+    let built = weir::toolchain::build_rust(&repo.join("udfs"), &target).expect("build guest UDFs");
+    let geo = built.iter().find(|p| p.file_stem().is_some_and(|s| s == "geo")).unwrap().clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        create(&brokers, &["bench-in", "bench-bare-out", "bench-weir-out", "lat-in", "lat-out"]).await;
+        fill(&brokers, "bench-in", RECORDS).await;
+        let bare = bare_loop(&brokers, "bench-in", "bench-bare-out", RECORDS).await;
+        let weir_rate = weir_run(config(&brokers, "bench-in", "bench-weir-out", "bench-weir", &geo), RECORDS).await;
+        println!("records: {RECORDS} x ~100-byte JSON, 2 partitions");
+        println!("bare rdkafka consume->produce loop: {bare:.0} records/s");
+        println!("weir pipeline (decode, SQL + WASM UDF, encode, produce, commit): {weir_rate:.0} records/s ({:.0} % of bare)", 100.0 * weir_rate / bare);
+        let half = (weir_rate / 2.0).max(100.0);
+        let (p50, p99) = latency(&brokers, config(&brokers, "lat-in", "lat-out", "bench-lat", &geo), "lat-out", half, 10).await;
+        println!("end-to-end latency at {half:.0} records/s: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    });
+}

@@ -208,8 +208,11 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         create(&brokers, &["bench-in", "bench-bare-out", "bench-weir-out", "lat-in", "lat-out"]).await;
+        eprintln!("filling bench-in with {RECORDS} records");
         fill(&brokers, "bench-in", RECORDS).await;
+        eprintln!("running the bare loop");
         let bare = bare_loop(&brokers, "bench-in", "bench-bare-out", RECORDS).await;
+        eprintln!("bare loop: {bare:.0} records/s; running weir");
         let weir_rate = weir_run(config(&brokers, "bench-in", "bench-weir-out", "bench-weir", &geo), RECORDS).await;
         println!("records: {RECORDS} x ~100-byte JSON, 2 partitions");
         println!("bare rdkafka consume->produce loop: {bare:.0} records/s");

@@ -11,4 +11,4 @@ dir=$(mktemp -d)
 broker=$!
 trap 'kill $broker 2>/dev/null; rm -rf "$dir"' EXIT
 until (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.1; done
-WEIR_BENCH_BROKERS="127.0.0.1:$port" cargo bench --bench kafka
+WEIR_BENCH_BROKERS="127.0.0.1:$port" timeout "${WEIR_BENCH_TIMEOUT:-900}" cargo bench --bench kafka

@@ -135,6 +135,10 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
     let started = Instant::now();
     let task = tokio::spawn(pipeline.run(stopped));
     while (PipelineStats::get(&stats.records_in) as usize) < n || PipelineStats::get(&stats.batches) == 0 {
+        if task.is_finished() {
+            let result = task.await.unwrap();
+            panic!("the pipeline stopped early after {} records: {result:?}", PipelineStats::get(&stats.records_in));
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     stop.send(true).unwrap();

@@ -23,19 +23,35 @@ use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 const RECORDS: usize = 100_000;
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
 }
 
 fn payload(i: usize, ts: i64) -> String {
     // ~100 bytes of JSON.
-    format!(r#"{{"id":{i},"user":"user-{:05}","amount":{}.25,"ts":{ts},"note":"abcdefghij"}}"#, i % 10_000, i % 977)
+    format!(
+        r#"{{"id":{i},"user":"user-{:05}","amount":{}.25,"ts":{ts},"note":"abcdefghij"}}"#,
+        i % 10_000,
+        i % 977
+    )
 }
 
 async fn create(brokers: &str, topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1))).collect();
-    for r in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
         r.unwrap();
     }
 }
@@ -134,10 +150,15 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
     let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
     let task = tokio::spawn(pipeline.run(stopped));
-    while (PipelineStats::get(&stats.records_in) as usize) < n || PipelineStats::get(&stats.batches) == 0 {
+    while (PipelineStats::get(&stats.records_in) as usize) < n
+        || PipelineStats::get(&stats.batches) == 0
+    {
         if task.is_finished() {
             let result = task.await.unwrap();
-            panic!("the pipeline stopped early after {} records: {result:?}", PipelineStats::get(&stats.records_in));
+            panic!(
+                "the pipeline stopped early after {} records: {result:?}",
+                PipelineStats::get(&stats.records_in)
+            );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -148,7 +169,13 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
 
 /// Produces at `rate` records/s for `secs` and reports p50 / p99 of
 /// produce-to-output latency, read from the output records' `ts`.
-async fn latency(brokers: &str, config: PipelineConfig, output: &str, rate: f64, secs: u64) -> (f64, f64) {
+async fn latency(
+    brokers: &str,
+    config: PipelineConfig,
+    output: &str,
+    rate: f64,
+    secs: u64,
+) -> (f64, f64) {
     let input = match &config.source {
         weir::pipeline::config::SourceConfig::Kafka { topics, .. } => topics[0].clone(),
         _ => unreachable!(),
@@ -184,7 +211,8 @@ async fn latency(brokers: &str, config: PipelineConfig, output: &str, rate: f64,
     let deadline = Instant::now() + Duration::from_secs(secs + 30);
     while lat.len() < total && Instant::now() < deadline {
         if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
             lat.push((now_us() - v["ts"].as_i64().unwrap()) as f64 / 1000.0);
         }
     }
@@ -204,7 +232,11 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("udfs");
     let built = weir::toolchain::build_rust(&repo.join("udfs"), &target).expect("build guest UDFs");
-    let geo = built.iter().find(|p| p.file_stem().is_some_and(|s| s == "geo")).unwrap().clone();
+    let geo = built
+        .iter()
+        .find(|p| p.file_stem().is_some_and(|s| s == "geo"))
+        .unwrap()
+        .clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(8 << 20)

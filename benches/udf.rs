@@ -15,9 +15,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
 use datafusion::arrow::compute::binary;
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::arrow::compute::kernels::numeric::{add, mul};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::config::ConfigOptions;
@@ -111,7 +111,10 @@ fn invoke(udf: &ScalarUDF, args: &[ArrayRef], config: &Arc<ConfigOptions>) -> Ar
     let ret = udf.return_type(&types).unwrap();
     let out = udf
         .invoke_with_args(ScalarFunctionArgs {
-            args: args.iter().map(|a| ColumnarValue::Array(a.clone())).collect(),
+            args: args
+                .iter()
+                .map(|a| ColumnarValue::Array(a.clone()))
+                .collect(),
             arg_fields,
             number_rows: rows,
             return_field: Arc::new(Field::new("out", ret, true)),
@@ -152,7 +155,9 @@ fn guests() -> Guests {
     let epoch = Sandbox::with_options(options(CpuMeter::Epoch)).unwrap();
     let fuel = Sandbox::with_options(options(CpuMeter::Fuel)).unwrap();
     Guests {
-        passthrough: epoch.load_file(repo.join("benches/passthrough.wat")).unwrap(),
+        passthrough: epoch
+            .load_file(repo.join("benches/passthrough.wat"))
+            .unwrap(),
         geo: epoch.load_file(find("geo")).unwrap(),
         text: epoch.load_file(find("text")).unwrap(),
         geo_fuel: fuel.load_file(find("geo")).unwrap(),
@@ -210,13 +215,18 @@ fn benches(c: &mut Criterion) {
     for rows in SIZES {
         let (f1, ..) = data(rows, 1);
         let (f2, ..) = data(rows, 2);
-        let args: Vec<ArrayRef> = vec![Arc::new(Float64Array::from(f1)), Arc::new(Float64Array::from(f2))];
+        let args: Vec<ArrayRef> = vec![
+            Arc::new(Float64Array::from(f1)),
+            Arc::new(Float64Array::from(f2)),
+        ];
         group.bench_with_input(BenchmarkId::new("wasm", rows), &args, |b, args| {
             b.iter(|| invoke(&wasm_scale, black_box(args), &config))
         });
-        group.bench_with_input(BenchmarkId::new("wasm_copy_floor", rows), &args, |b, args| {
-            b.iter(|| invoke(&wasm_floor, black_box(args), &config))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("wasm_copy_floor", rows),
+            &args,
+            |b, args| b.iter(|| invoke(&wasm_floor, black_box(args), &config)),
+        );
         group.bench_with_input(BenchmarkId::new("native", rows), &args, |b, args| {
             b.iter(|| invoke(&native_scale, black_box(args), &config))
         });
@@ -231,7 +241,10 @@ fn benches(c: &mut Criterion) {
     for rows in SIZES {
         let (_, i1, _) = data(rows, 3);
         let (_, i2, _) = data(rows, 4);
-        let args: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(i1)), Arc::new(Int64Array::from(i2))];
+        let args: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(i1)),
+            Arc::new(Int64Array::from(i2)),
+        ];
         group.bench_with_input(BenchmarkId::new("wasm", rows), &args, |b, args| {
             b.iter(|| invoke(&wasm_gcd, black_box(args), &config))
         });
@@ -269,11 +282,15 @@ fn benches(c: &mut Criterion) {
         Arc::new(Int64Array::from(vec![84])),
         Arc::new(Int64Array::from(vec![36])),
     ];
-    group.bench_function("wasm_gcd", |b| b.iter(|| invoke(&wasm_gcd, black_box(&one), &config)));
+    group.bench_function("wasm_gcd", |b| {
+        b.iter(|| invoke(&wasm_gcd, black_box(&one), &config))
+    });
     group.bench_function("wasm_gcd_module_call", |b| {
         b.iter(|| g.geo.call(0, black_box(&one), 1).unwrap())
     });
-    group.bench_function("native_gcd", |b| b.iter(|| invoke(&native_gcd, black_box(&one), &config)));
+    group.bench_function("native_gcd", |b| {
+        b.iter(|| invoke(&native_gcd, black_box(&one), &config))
+    });
     group.finish();
 
     // What an Arrow IPC ABI costs on the host side alone: encoding the
@@ -288,20 +305,27 @@ fn benches(c: &mut Criterion) {
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(Float64Array::from(f1)), Arc::new(Float64Array::from(f2))],
+            vec![
+                Arc::new(Float64Array::from(f1)),
+                Arc::new(Float64Array::from(f2)),
+            ],
         )
         .unwrap();
-        group.bench_with_input(BenchmarkId::new("encode_decode", rows), &batch, |b, batch| {
-            b.iter(|| {
-                let mut buf = Vec::new();
-                let mut w = StreamWriter::try_new(&mut buf, &schema).unwrap();
-                w.write(black_box(batch)).unwrap();
-                w.finish().unwrap();
-                drop(w);
-                let r = StreamReader::try_new(Cursor::new(buf), None).unwrap();
-                r.map(|b| b.unwrap().num_rows()).sum::<usize>()
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("encode_decode", rows),
+            &batch,
+            |b, batch| {
+                b.iter(|| {
+                    let mut buf = Vec::new();
+                    let mut w = StreamWriter::try_new(&mut buf, &schema).unwrap();
+                    w.write(black_box(batch)).unwrap();
+                    w.finish().unwrap();
+                    drop(w);
+                    let r = StreamReader::try_new(Cursor::new(buf), None).unwrap();
+                    r.map(|b| b.unwrap().num_rows()).sum::<usize>()
+                })
+            },
+        );
     }
     group.finish();
 }

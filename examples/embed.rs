@@ -20,7 +20,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3. Register its functions in any DataFusion session.
     let ctx = SessionContext::new();
     let names = weir::register_module(&ctx, &module);
-    println!("registered {names:?} from {} ({})", module.label(), &module.digest()[..12]);
+    println!(
+        "registered {names:?} from {} ({})",
+        module.label(),
+        &module.digest()[..12]
+    );
 
     ctx.sql("SELECT gcd(84, 36) AS g, round(haversine_km(51.5074, -0.1278, 48.8566, 2.3522), 1) AS london_paris_km")
         .await?

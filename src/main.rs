@@ -10,7 +10,8 @@ const THREAD_STACK: usize = 8 * 1024 * 1024;
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,weir=info")),
+            EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("warn,weir=info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -9,7 +9,8 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Code generation flags for guests: wasm SIMD, and vector loops unrolled
 /// 8× so that wasmtime's per-iteration interruption check and register
 /// shuffling are amortized (f64 kernels run ~1.8× faster; BENCHMARKS.md).
-pub const GUEST_RUSTFLAGS: &str = "-C target-feature=+simd128 -C llvm-args=-force-vector-interleave=8";
+pub const GUEST_RUSTFLAGS: &str =
+    "-C target-feature=+simd128 -C llvm-args=-force-vector-interleave=8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -73,7 +74,10 @@ pub fn build_rust(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildEr
         .args(["build", "--release", "--target", WASM_TARGET])
         .args(["--message-format", "json-render-diagnostics"])
         .env("CARGO_TARGET_DIR", &target_dir)
-        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", GUEST_RUSTFLAGS)
+        .env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+            GUEST_RUSTFLAGS,
+        )
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
@@ -124,6 +128,9 @@ mod tests {
         let sysroot = std::env::temp_dir().join("weir-no-such-sysroot");
         assert!(!target_in_sysroot(&sysroot));
         let message = BuildError::MissingTarget.to_string();
-        assert!(message.contains("rustup target add wasm32-unknown-unknown"), "{message}");
+        assert!(
+            message.contains("rustup target add wasm32-unknown-unknown"),
+            "{message}"
+        );
     }
 }

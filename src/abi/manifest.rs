@@ -214,9 +214,18 @@ mod tests {
     fn rejects_bad_records() {
         let cases: [(&[u8], &str); 5] = [
             (br#"{"abi":2,"name":"f","args":[],"ret":"int8"}"#, "ABI v2"),
-            (br#"{"abi":1,"name":"F","args":[],"ret":"int8"}"#, "not a valid SQL name"),
-            (br#"{"abi":1,"name":"f","args":["int128"],"ret":"int8"}"#, "unknown type `int128`"),
-            (br#"{"abi":1,"name":"f","args":[],"ret":"int8","x":1}"#, "unknown field"),
+            (
+                br#"{"abi":1,"name":"F","args":[],"ret":"int8"}"#,
+                "not a valid SQL name",
+            ),
+            (
+                br#"{"abi":1,"name":"f","args":["int128"],"ret":"int8"}"#,
+                "unknown type `int128`",
+            ),
+            (
+                br#"{"abi":1,"name":"f","args":[],"ret":"int8","x":1}"#,
+                "unknown field",
+            ),
             (b"not json", "line 1"),
         ];
         for (bytes, expected) in cases {

@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::pipeline::runner::load_pipelines;
 use crate::pipeline::Pipeline;
+use crate::pipeline::runner::load_pipelines;
 use crate::sandbox::Sandbox;
 
 #[derive(Debug, Args)]
@@ -50,7 +50,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return std::future::pending().await;
         };
         tokio::select! {

@@ -74,18 +74,29 @@ fn inspect(cli: &Cli, args: &InspectArgs) -> anyhow::Result<()> {
     println!("abi version  {}", manifest.abi_version);
     println!(
         "capabilities {}",
-        if capabilities.is_empty() { "none".to_string() } else { capabilities.join(", ") }
+        if capabilities.is_empty() {
+            "none".to_string()
+        } else {
+            capabilities.join(", ")
+        }
     );
     println!("functions    {}", manifest.functions.len());
     for f in &manifest.functions {
-        let det = if f.deterministic { "deterministic" } else { "non-deterministic" };
+        let det = if f.deterministic {
+            "deterministic"
+        } else {
+            "non-deterministic"
+        };
         println!("  {}  [{det}]", f.signature());
     }
     Ok(())
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<()> {
-    let target_dir = args.target_dir.clone().unwrap_or_else(|| args.dir.join("target"));
+    let target_dir = args
+        .target_dir
+        .clone()
+        .unwrap_or_else(|| args.dir.join("target"));
     let modules = toolchain::build_rust(&args.dir, &target_dir)?;
     for path in modules {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

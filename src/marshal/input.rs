@@ -68,8 +68,8 @@ fn buffers_of(array: &dyn Array, ty: AbiType) -> ArgBuffers {
             let offsets = data.buffers()[0].slice_with_length(offset * 4, (len + 1) * 4);
             let typed: &[i32] = offsets.typed_data();
             let (first, last) = (typed[0], typed[len]);
-            let values = data.buffers()[1]
-                .slice_with_length(first as usize, (last - first) as usize);
+            let values =
+                data.buffers()[1].slice_with_length(first as usize, (last - first) as usize);
             let offsets = if first == 0 {
                 offsets
             } else {
@@ -157,7 +157,11 @@ impl InputPlan {
                 let at = i * ARG_SIZE + k * 4;
                 region[at..at + 4].copy_from_slice(&field.to_le_bytes());
             }
-            let bufs = [arg.validity.as_ref(), Some(&arg.values), arg.offsets.as_ref()];
+            let bufs = [
+                arg.validity.as_ref(),
+                Some(&arg.values),
+                arg.offsets.as_ref(),
+            ];
             for (buf, at) in bufs.into_iter().zip(place) {
                 if let (Some(buf), Some(at)) = (buf, at) {
                     region[*at..*at + buf.len()].copy_from_slice(buf.as_slice());

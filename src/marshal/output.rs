@@ -11,7 +11,9 @@ use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer,
 use datafusion::arrow::datatypes::*;
 
 use super::read_u32;
-use crate::abi::{AbiType, RESULT_SIZE, STATUS_OK, STATUS_ROW_ERROR, types::Layout, types::bitmap_len};
+use crate::abi::{
+    AbiType, RESULT_SIZE, STATUS_OK, STATUS_ROW_ERROR, types::Layout, types::bitmap_len,
+};
 
 /// Longest guest error message kept, in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
@@ -21,7 +23,10 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 pub enum CallResult {
     Array(ArrayRef),
     /// The guest reported an error on one row of the batch.
-    RowError { row: usize, message: String },
+    RowError {
+        row: usize,
+        message: String,
+    },
 }
 
 /// The guest broke the output contract.
@@ -42,7 +47,9 @@ fn range<'m>(mem: &'m [u8], what: &str, ptr: u32, len: usize) -> Result<&'m [u8]
             "{what} at {start:#x}..{end:#x} lies outside the guest's {}-byte memory",
             mem.len()
         )),
-        None => invalid(format!("{what} at {start:#x} with length {len} wraps around")),
+        None => invalid(format!(
+            "{what} at {start:#x} with length {len} wraps around"
+        )),
     }
 }
 
@@ -70,8 +77,14 @@ pub fn read_result(
 ) -> Result<CallResult, InvalidOutput> {
     let desc = range(mem, "the result descriptor", ptr, RESULT_SIZE)?;
     let field = |i: usize| read_u32(desc, i * 4).unwrap_or(0);
-    let (status, len, validity, values, values_len, offsets) =
-        (field(0), field(1), field(2), field(3), field(4) as usize, field(5));
+    let (status, len, validity, values, values_len, offsets) = (
+        field(0),
+        field(1),
+        field(2),
+        field(3),
+        field(4) as usize,
+        field(5),
+    );
     match status {
         STATUS_OK => {}
         STATUS_ROW_ERROR => {
@@ -95,7 +108,11 @@ pub fn read_result(
         None
     } else {
         let bits = range(mem, "the validity bitmap", validity, bitmap_len(rows))?;
-        Some(NullBuffer::new(BooleanBuffer::new(Buffer::from(bits), 0, rows)))
+        Some(NullBuffer::new(BooleanBuffer::new(
+            Buffer::from(bits),
+            0,
+            rows,
+        )))
     };
     let array: ArrayRef = match ty.layout() {
         Layout::Bits => {
@@ -177,8 +194,15 @@ fn check_offsets(offs: &[i32], values_len: usize) -> Result<(), InvalidOutput> {
     Ok(())
 }
 
-fn primitive<T: ArrowPrimitiveType>(bytes: Buffer, rows: usize, nulls: Option<NullBuffer>) -> ArrayRef {
-    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::new(bytes, 0, rows), nulls))
+fn primitive<T: ArrowPrimitiveType>(
+    bytes: Buffer,
+    rows: usize,
+    nulls: Option<NullBuffer>,
+) -> ArrayRef {
+    Arc::new(PrimitiveArray::<T>::new(
+        ScalarBuffer::new(bytes, 0, rows),
+        nulls,
+    ))
 }
 
 fn fixed_array(

@@ -278,7 +278,12 @@ impl PipelineConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
             return Err(format!(
                 "name `{}` must be letters, digits, `-` and `_`",
                 self.name
@@ -328,7 +333,14 @@ pub fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<String, String>
                 .iter()
                 .any(|s| lower.contains(s))
                 && !lower.ends_with(".location");
-            (k.clone(), if secret { "******".to_string() } else { v.clone() })
+            (
+                k.clone(),
+                if secret {
+                    "******".to_string()
+                } else {
+                    v.clone()
+                },
+            )
         })
         .collect()
 }
@@ -363,9 +375,11 @@ policy = "skip"
     fn unknown_keys_and_bad_values_are_named() {
         let err = PipelineConfig::from_toml(&EXAMPLE.replace("policy", "polcy")).unwrap_err();
         assert!(err.contains("polcy"), "{err}");
-        let err = PipelineConfig::from_toml(&EXAMPLE.replace("\"int64\"", "\"int65\"")).unwrap_err();
+        let err =
+            PipelineConfig::from_toml(&EXAMPLE.replace("\"int64\"", "\"int65\"")).unwrap_err();
         assert!(err.contains("source.fields[0].type `int65`"), "{err}");
-        let err = PipelineConfig::from_toml(&EXAMPLE.replace("\"skip\"", "\"dead-letter\"")).unwrap_err();
+        let err =
+            PipelineConfig::from_toml(&EXAMPLE.replace("\"skip\"", "\"dead-letter\"")).unwrap_err();
         assert!(err.contains("needs errors.topic or errors.path"), "{err}");
     }
 

@@ -109,7 +109,11 @@ impl RecordDecoder {
             }
         };
         let batch = self.with_metadata(payload_batch, records, &rows)?;
-        Ok(Decoded { batch, rows, failed })
+        Ok(Decoded {
+            batch,
+            rows,
+            failed,
+        })
     }
 
     /// Decodes every payload; each must yield exactly one row.
@@ -157,17 +161,23 @@ impl RecordDecoder {
         for m in &self.metadata {
             let pick = rows.iter().map(|&i| &records[i]);
             let column: ArrayRef = match m {
-                Metadata::Key => Arc::new(StringArray::from_iter(
-                    pick.map(|r| r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())),
-                )),
-                Metadata::Partition => Arc::new(Int32Array::from_iter_values(pick.map(|r| r.partition))),
-                Metadata::Offset => Arc::new(Int64Array::from_iter_values(pick.map(|r| r.offset))),
-                Metadata::Timestamp => {
-                    Arc::new(TimestampMillisecondArray::from_iter(pick.map(|r| r.timestamp)))
-                }
-                Metadata::Headers => Arc::new(StringArray::from_iter(pick.map(|r| {
-                    (!r.headers.is_empty()).then(|| headers_json(&r.headers))
+                Metadata::Key => Arc::new(StringArray::from_iter(pick.map(|r| {
+                    r.key
+                        .as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
                 }))),
+                Metadata::Partition => {
+                    Arc::new(Int32Array::from_iter_values(pick.map(|r| r.partition)))
+                }
+                Metadata::Offset => Arc::new(Int64Array::from_iter_values(pick.map(|r| r.offset))),
+                Metadata::Timestamp => Arc::new(TimestampMillisecondArray::from_iter(
+                    pick.map(|r| r.timestamp),
+                )),
+                Metadata::Headers => {
+                    Arc::new(StringArray::from_iter(pick.map(|r| {
+                        (!r.headers.is_empty()).then(|| headers_json(&r.headers))
+                    })))
+                }
             };
             columns.push(column);
         }

@@ -19,7 +19,10 @@ impl RecordEncoder {
     }
 
     /// Checks once, at start, that the key column exists in the output.
-    pub fn check_schema(&self, schema: &datafusion::arrow::datatypes::Schema) -> Result<(), String> {
+    pub fn check_schema(
+        &self,
+        schema: &datafusion::arrow::datatypes::Schema,
+    ) -> Result<(), String> {
         if let Some(key) = &self.key
             && schema.field_with_name(key).is_err()
         {
@@ -30,7 +33,9 @@ impl RecordEncoder {
             ));
         }
         if self.format == Format::Raw && schema.fields().len() != 1 {
-            return Err("sink.format = \"raw\" needs a query with exactly one output column".into());
+            return Err(
+                "sink.format = \"raw\" needs a query with exactly one output column".into(),
+            );
         }
         Ok(())
     }
@@ -69,7 +74,9 @@ impl RecordEncoder {
             Format::Raw => {
                 let options = FormatOptions::default();
                 let f = ArrayFormatter::try_new(batch.column(0).as_ref(), &options)?;
-                (0..rows).map(|i| f.value(i).to_string().into_bytes()).collect()
+                (0..rows)
+                    .map(|i| f.value(i).to_string().into_bytes())
+                    .collect()
             }
         };
         let keys: Vec<Option<Vec<u8>>> = match &self.key {

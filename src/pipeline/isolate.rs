@@ -51,7 +51,11 @@ pub async fn run_isolating(query: &PlannedQuery, batch: RecordBatch) -> Isolated
             Ok(batches) => outputs.extend(batches.into_iter().filter(|b| b.num_rows() > 0)),
             Err(err) if len == 1 => {
                 let (error, udf) = describe(&err);
-                failed.push(FailedRow { row: offset, error, udf });
+                failed.push(FailedRow {
+                    row: offset,
+                    error,
+                    udf,
+                });
             }
             Err(_) => {
                 let half = len / 2;
@@ -60,5 +64,9 @@ pub async fn run_isolating(query: &PlannedQuery, batch: RecordBatch) -> Isolated
             }
         }
     }
-    Isolated { outputs, failed, runs }
+    Isolated {
+        outputs,
+        failed,
+        runs,
+    }
 }

@@ -13,11 +13,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
@@ -111,7 +111,11 @@ impl ExecutionPlan for SlotExec {
         Ok(self)
     }
 
-    fn execute(&self, _partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        _partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let batch = self.slot.lock().clone();
         let batches = match batch {
             Some(b) => vec![match &self.projection {
@@ -120,7 +124,11 @@ impl ExecutionPlan for SlotExec {
             }],
             None => vec![],
         };
-        Ok(Box::pin(MemoryStream::try_new(batches, self.schema.clone(), None)?))
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            None,
+        )?))
     }
 }
 

@@ -65,9 +65,8 @@ impl Pipeline {
     }
 
     async fn build_inner(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
-        let ctx = SessionContext::new_with_config(
-            crate::sql::session_config().with_target_partitions(1),
-        );
+        let ctx =
+            SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
         for path in &config.udfs {
             let module = sandbox.load_file(path)?;
             crate::udf::register_module(&ctx, &module);
@@ -99,7 +98,9 @@ impl Pipeline {
                 start,
                 properties,
                 ..
-            } => Box::new(KafkaSource::new(brokers, topics, group, *start, properties)?),
+            } => Box::new(KafkaSource::new(
+                brokers, topics, group, *start, properties,
+            )?),
         };
         let sink: Box<dyn Sink> = match &config.sink {
             SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
@@ -111,13 +112,32 @@ impl Pipeline {
                 ..
             } => Box::new(KafkaSink::new(brokers, topic, properties)?),
         };
-        let dead_letters: Option<Box<dyn DeadLetterSink>> = match (&config.errors.path, &config.errors.topic) {
+        let dead_letters: Option<Box<dyn DeadLetterSink>> = match (
+            &config.errors.path,
+            &config.errors.topic,
+        ) {
             (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
             (None, Some(topic)) => {
                 let (brokers, properties) = match (&config.sink, &config.source) {
-                    (SinkConfig::Kafka { brokers, properties, .. }, _)
-                    | (_, SourceConfig::Kafka { brokers, properties, .. }) => (brokers, properties),
-                    _ => bail!("errors.topic needs a Kafka source or sink to take the brokers from; set errors.path"),
+                    (
+                        SinkConfig::Kafka {
+                            brokers,
+                            properties,
+                            ..
+                        },
+                        _,
+                    )
+                    | (
+                        _,
+                        SourceConfig::Kafka {
+                            brokers,
+                            properties,
+                            ..
+                        },
+                    ) => (brokers, properties),
+                    _ => bail!(
+                        "errors.topic needs a Kafka source or sink to take the brokers from; set errors.path"
+                    ),
                 };
                 Some(Box::new(KafkaSink::new(brokers, topic, properties)?))
             }
@@ -230,7 +250,9 @@ impl Pipeline {
         PipelineStats::add(&self.stats.records_out, out.len());
         let mut paused = false;
         let sent = self.sink.send(out);
-        deliver(sent, &mut *self.source, &mut paused).await.context("sink")?;
+        deliver(sent, &mut *self.source, &mut paused)
+            .await
+            .context("sink")?;
         if !letters.is_empty() {
             match (&self.config.errors.policy, &self.dead_letters) {
                 (ErrorPolicy::DeadLetter, Some(dlq)) => {
@@ -264,7 +286,11 @@ async fn deliver(
 ) -> anyhow::Result<()> {
     tokio::pin!(sent);
     loop {
-        let wait = if *paused { KEEPALIVE_EVERY } else { PAUSE_AFTER };
+        let wait = if *paused {
+            KEEPALIVE_EVERY
+        } else {
+            PAUSE_AFTER
+        };
         tokio::select! {
             result = &mut sent => return result,
             _ = tokio::time::sleep(wait) => {

@@ -5,9 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 use super::cache::CodeCache;
 use super::error::LoadError;
@@ -140,7 +138,8 @@ fn build_engine(limits: &SandboxLimits, kind: EngineKind) -> Result<Engine, Load
         .table_elements(limits.table_elements as usize)
         .max_memory_size(limits.memory_bytes as usize);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(|e| LoadError::Config(format!("cannot create the wasm engine: {e:#}")))
+    Engine::new(&config)
+        .map_err(|e| LoadError::Config(format!("cannot create the wasm engine: {e:#}")))
 }
 
 /// Advances the engine's epoch every `tick` until `stop` is set.

@@ -14,7 +14,11 @@ pub enum LoadError {
     #[error(
         "module `{label}` is {size} bytes, above the {limit}-byte limit; raise `sandbox.max_module_bytes` or shrink the module (release build, strip debug info)"
     )]
-    TooLarge { label: String, size: u64, limit: u64 },
+    TooLarge {
+        label: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("module `{label}` is not a WebAssembly module: {reason}")]
     NotWasm { label: String, reason: String },
     #[error("module `{label}`: {error}")]
@@ -44,7 +48,11 @@ pub enum LoadError {
     #[error(
         "module `{label}` declares an initial memory of {bytes} bytes, above the {limit}-byte limit; raise `sandbox.memory_bytes` or declare a smaller initial memory"
     )]
-    InitialMemory { label: String, bytes: u64, limit: u64 },
+    InitialMemory {
+        label: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("module `{label}` cannot start: {failure}")]
     Start { label: String, failure: String },
     #[error(
@@ -70,16 +78,30 @@ pub enum LoadError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The CPU budget ran out (epoch deadline or fuel).
-    OutOfCpu { during_start: bool },
+    OutOfCpu {
+        during_start: bool,
+    },
     /// A memory (or table) grow was denied at the configured limit.
-    OutOfMemory { requested: usize, limit: usize },
-    TableLimit { requested: usize, limit: usize },
+    OutOfMemory {
+        requested: usize,
+        limit: usize,
+    },
+    TableLimit {
+        requested: usize,
+        limit: usize,
+    },
     /// Wasm stack exhausted.
     StackOverflow,
     /// The guest reported an error for one row.
-    RowError { row: usize, message: String },
+    RowError {
+        row: usize,
+        message: String,
+    },
     /// The guest panicked (it exported `weir_panic_info`).
-    Panic { row: Option<usize>, message: String },
+    Panic {
+        row: Option<usize>,
+        message: String,
+    },
     /// The guest's result broke the output contract.
     InvalidOutput(String),
     /// Any other trap (`unreachable`, division by zero, out-of-bounds access…).
@@ -87,7 +109,9 @@ pub enum Failure {
     /// Input could not be prepared (never reached the guest).
     InvalidInput(String),
     /// No instance slot became free in time.
-    Busy { waited_ms: u64 },
+    Busy {
+        waited_ms: u64,
+    },
     /// Something else failed while instantiating or calling.
     Other(String),
 }
@@ -111,7 +135,10 @@ impl Failure {
 
     /// Whether the instance must be thrown away rather than reused.
     pub fn poisons_instance(&self) -> bool {
-        !matches!(self, Failure::RowError { .. } | Failure::InvalidInput(_) | Failure::Busy { .. })
+        !matches!(
+            self,
+            Failure::RowError { .. } | Failure::InvalidInput(_) | Failure::Busy { .. }
+        )
     }
 
     /// The row the failure is attributed to, when known.
@@ -144,7 +171,10 @@ impl Failure {
                 other => Failure::Trap(other.to_string()),
             };
         }
-        if err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        if err
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
             return Failure::Other(format!(
                 "the sandbox's instance pool is full ({err}); raise `sandbox.total_instances` or load fewer modules"
             ));
@@ -233,7 +263,11 @@ impl UdfError {
                 write!(f, "failed on row {row} of batch {}: {message}", self.batch)
             }
             Failure::Panic { row, message } => match row {
-                Some(row) => write!(f, "panicked on row {row} of batch {}: {message}", self.batch),
+                Some(row) => write!(
+                    f,
+                    "panicked on row {row} of batch {}: {message}",
+                    self.batch
+                ),
                 None => write!(f, "panicked {batch}: {message}"),
             },
             Failure::InvalidOutput(reason) => write!(

@@ -115,13 +115,18 @@ fn log(mut caller: Caller<'_, StoreState>, ptr: u32, len: u32) {
     };
     let data = memory.data(&caller);
     let start = ptr as usize;
-    let end = start.saturating_add((len as usize).min(MAX_LOG_LINE)).min(data.len());
+    let end = start
+        .saturating_add((len as usize).min(MAX_LOG_LINE))
+        .min(data.len());
     let line = String::from_utf8_lossy(data.get(start..end).unwrap_or_default());
     tracing::info!(target: "weir::guest", module = %caller.data().label, "{}", line.trim_end());
 }
 
 /// A linker defining exactly the capabilities `limits` grants.
-pub fn linker(engine: &wasmtime::Engine, limits: &SandboxLimits) -> wasmtime::Result<Linker<StoreState>> {
+pub fn linker(
+    engine: &wasmtime::Engine,
+    limits: &SandboxLimits,
+) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine);
     if limits.grants("log") {
         linker.func_wrap(IMPORT_MODULE, "log", log)?;

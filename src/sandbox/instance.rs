@@ -62,7 +62,9 @@ impl GuestInstance {
         arm(&mut store, limits)?;
         let instance = with_stack(limits, || module.instance_pre().instantiate(&mut store))
             .map_err(|e| Failure::classify(&e, true))?;
-        let missing = |what: &str| Failure::Other(format!("export `{what}` is missing or has the wrong type"));
+        let missing = |what: &str| {
+            Failure::Other(format!("export `{what}` is missing or has the wrong type"))
+        };
         let memory = instance
             .get_memory(&mut store, EXPORT_MEMORY)
             .ok_or_else(|| missing(EXPORT_MEMORY))?;
@@ -201,7 +203,11 @@ impl InstancePool {
                 drop(state);
                 return GuestInstance::new(module).inspect_err(|_| self.release_slot());
             }
-            if self.freed.wait_for(&mut state, CHECKOUT_TIMEOUT).timed_out() {
+            if self
+                .freed
+                .wait_for(&mut state, CHECKOUT_TIMEOUT)
+                .timed_out()
+            {
                 return Err(Failure::Busy {
                     waited_ms: started.elapsed().as_millis() as u64,
                 });

@@ -77,7 +77,11 @@ impl SandboxLimits {
     /// Checks ranges; the error names the offending key.
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, key: &str, rule: &str| {
-            if ok { Ok(()) } else { Err(format!("sandbox.{key} {rule}")) }
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("sandbox.{key} {rule}"))
+            }
         };
         check(
             (1024..=1024 * MIB).contains(&self.max_module_bytes),
@@ -94,21 +98,41 @@ impl SandboxLimits {
             "wasm_stack_bytes",
             "must be between 16 KiB and 8 MiB (host threads keep headroom above it)",
         )?;
-        check(self.cpu_ms_per_batch >= 1, "cpu_ms_per_batch", "must be at least 1")?;
-        check(self.fuel_per_batch >= 1, "fuel_per_batch", "must be at least 1")?;
+        check(
+            self.cpu_ms_per_batch >= 1,
+            "cpu_ms_per_batch",
+            "must be at least 1",
+        )?;
+        check(
+            self.fuel_per_batch >= 1,
+            "fuel_per_batch",
+            "must be at least 1",
+        )?;
         check(
             (1..=1000).contains(&self.epoch_tick_ms),
             "epoch_tick_ms",
             "must be between 1 and 1000",
         )?;
-        check(self.instances_per_module >= 1, "instances_per_module", "must be at least 1")?;
+        check(
+            self.instances_per_module >= 1,
+            "instances_per_module",
+            "must be at least 1",
+        )?;
         check(
             (1..=10_000).contains(&self.total_instances),
             "total_instances",
             "must be between 1 and 10000",
         )?;
-        check(self.max_output_bytes >= 1024, "max_output_bytes", "must be at least 1 KiB")?;
-        check(self.table_elements <= 10_000_000, "table_elements", "must be at most 10000000")?;
+        check(
+            self.max_output_bytes >= 1024,
+            "max_output_bytes",
+            "must be at least 1 KiB",
+        )?;
+        check(
+            self.table_elements <= 10_000_000,
+            "table_elements",
+            "must be at most 10000000",
+        )?;
         for cap in &self.capabilities {
             if !KNOWN_CAPABILITIES.contains(&cap.as_str()) {
                 return Err(format!(

@@ -99,19 +99,22 @@ impl UdfModule {
     /// Instantiates one instance now, so that a module whose start function
     /// loops or whose memory or tables exceed the limits is refused at load.
     fn warm_up(&self) -> Result<(), LoadError> {
-        let instance = self.pool.checkout(self).map_err(|failure| LoadError::Start {
-            label: self.label.to_string(),
-            failure: UdfError {
-                udf: "(start)".to_string(),
-                module: self.label.to_string(),
-                digest: self.digest.clone(),
-                batch: 0,
-                rows: 0,
-                failure,
-                limits: self.limits.clone(),
-            }
-            .describe_failure(),
-        })?;
+        let instance = self
+            .pool
+            .checkout(self)
+            .map_err(|failure| LoadError::Start {
+                label: self.label.to_string(),
+                failure: UdfError {
+                    udf: "(start)".to_string(),
+                    module: self.label.to_string(),
+                    digest: self.digest.clone(),
+                    batch: 0,
+                    rows: 0,
+                    failure,
+                    limits: self.limits.clone(),
+                }
+                .describe_failure(),
+            })?;
         self.pool.checkin(instance);
         Ok(())
     }
@@ -129,18 +132,24 @@ impl UdfModule {
             return Ok(new_empty_array(&decl.ret.data_type()));
         }
         let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
-        self.call_inner(index, args, rows).map_err(|failure| UdfError {
-            udf: decl.name.clone(),
-            module: self.label.to_string(),
-            digest: self.digest.clone(),
-            batch,
-            rows,
-            failure,
-            limits: self.limits.clone(),
-        })
+        self.call_inner(index, args, rows)
+            .map_err(|failure| UdfError {
+                udf: decl.name.clone(),
+                module: self.label.to_string(),
+                digest: self.digest.clone(),
+                batch,
+                rows,
+                failure,
+                limits: self.limits.clone(),
+            })
     }
 
-    fn call_inner(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, Failure> {
+    fn call_inner(
+        &self,
+        index: usize,
+        args: &[ArrayRef],
+        rows: usize,
+    ) -> Result<ArrayRef, Failure> {
         let decl = &self.manifest.functions[index];
         if args.len() != decl.args.len() {
             return Err(Failure::InvalidInput(format!(
@@ -237,7 +246,11 @@ impl Sandbox {
         let wasm: std::borrow::Cow<[u8]> = if bytes.starts_with(b"\0asm") {
             bytes.into()
         } else {
-            wat::parse_bytes(bytes).map_err(|e| not_wasm(format!("not binary wasm, and not valid text format either: {e}")))?
+            wat::parse_bytes(bytes).map_err(|e| {
+                not_wasm(format!(
+                    "not binary wasm, and not valid text format either: {e}"
+                ))
+            })?
         };
         self.check_size(label, wasm.len() as u64)?;
         let info = inspect(&wasm).map_err(|e| match e {
@@ -259,19 +272,32 @@ impl Sandbox {
                     granted: if limits.capabilities.is_empty() {
                         "nothing".to_string()
                     } else {
-                        limits.capabilities.iter().map(|c| format!("{IMPORT_MODULE}::{c}")).collect::<Vec<_>>().join(", ")
+                        limits
+                            .capabilities
+                            .iter()
+                            .map(|c| format!("{IMPORT_MODULE}::{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     },
                 });
             }
         }
-        if let Some(&bytes) = info.initial_memory.iter().find(|&&b| b > limits.memory_bytes) {
+        if let Some(&bytes) = info
+            .initial_memory
+            .iter()
+            .find(|&&b| b > limits.memory_bytes)
+        {
             return Err(LoadError::InitialMemory {
                 label: label.to_string(),
                 bytes,
                 limit: limits.memory_bytes,
             });
         }
-        if let Some(&elements) = info.initial_tables.iter().find(|&&n| n > limits.table_elements) {
+        if let Some(&elements) = info
+            .initial_tables
+            .iter()
+            .find(|&&n| n > limits.table_elements)
+        {
             return Err(LoadError::InitialTable {
                 label: label.to_string(),
                 elements,
@@ -291,14 +317,21 @@ impl Sandbox {
         };
         let compile = || Module::new(&engine, &wasm);
         let (module, from_cache) = match &self.inner.cache {
-            Some(cache) => cache.get_or_compile(&engine, &digest, compile).map_err(compile_err)?,
+            Some(cache) => cache
+                .get_or_compile(&engine, &digest, compile)
+                .map_err(compile_err)?,
             None => (compile().map_err(compile_err)?, false),
         };
         check_exports(label, &module, &info.manifest)?;
         let pre = linker(&engine, &limits)
             .and_then(|l| l.instantiate_pre(&module))
             .map_err(compile_err)?;
-        let calls = info.manifest.functions.iter().map(|_| AtomicU64::new(0)).collect();
+        let calls = info
+            .manifest
+            .functions
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect();
         tracing::debug!(module = label, digest = %digest, from_cache, "loaded udf module");
         let module = Arc::new(UdfModule {
             label: label.into(),
@@ -334,22 +367,37 @@ fn check_exports(label: &str, module: &Module, manifest: &Manifest) -> Result<()
         Some(other) => return Err(bad(EXPORT_MEMORY, format!("{other:?}"), "a memory")),
         None => return Err(missing(EXPORT_MEMORY, "the linear memory")),
     }
-    let func_shape = |name: &str, params: usize, what: &'static str, expected: &'static str| {
-        match module.get_export(name) {
+    let func_shape =
+        |name: &str, params: usize, what: &'static str, expected: &'static str| match module
+            .get_export(name)
+        {
             Some(ExternType::Func(ty)) => {
                 let ok = ty.params().len() == params
                     && ty.params().all(|p| matches!(p, ValType::I32))
                     && ty.results().len() == 1
                     && ty.results().all(|r| matches!(r, ValType::I32));
-                if ok { Ok(()) } else { Err(bad(name, format!("{ty:?}"), expected)) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(bad(name, format!("{ty:?}"), expected))
+                }
             }
             Some(other) => Err(bad(name, format!("{other:?}"), expected)),
             None => Err(missing(name, what)),
-        }
-    };
-    func_shape(EXPORT_ALLOC, 1, "the scratch allocator", "a function (i32) -> i32")?;
+        };
+    func_shape(
+        EXPORT_ALLOC,
+        1,
+        "the scratch allocator",
+        "a function (i32) -> i32",
+    )?;
     for decl in &manifest.functions {
-        func_shape(&decl.name, 2, "a function the manifest declares", "a function (i32, i32) -> i32")?;
+        func_shape(
+            &decl.name,
+            2,
+            "a function the manifest declares",
+            "a function (i32, i32) -> i32",
+        )?;
     }
     Ok(())
 }

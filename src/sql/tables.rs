@@ -37,9 +37,9 @@ impl FromStr for TableSpec {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        let (name, path) = s
-            .split_once('=')
-            .ok_or_else(|| format!("`{s}` is not NAME=PATH (e.g. `trips=examples/data/trips.csv`)"))?;
+        let (name, path) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}` is not NAME=PATH (e.g. `trips=examples/data/trips.csv`)")
+        })?;
         let valid = !name.is_empty()
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
@@ -84,15 +84,18 @@ pub async fn register_table(ctx: &SessionContext, spec: &TableSpec) -> Result<()
     match format {
         TableFormat::Csv => {
             let options = CsvReadOptions::new().file_extension(&ext);
-            ctx.register_csv(&spec.name, location.as_ref(), options).await
+            ctx.register_csv(&spec.name, location.as_ref(), options)
+                .await
         }
         TableFormat::NdJson => {
             let options = JsonReadOptions::default().file_extension(&ext);
-            ctx.register_json(&spec.name, location.as_ref(), options).await
+            ctx.register_json(&spec.name, location.as_ref(), options)
+                .await
         }
         TableFormat::Parquet => {
             let options = ParquetReadOptions::default().file_extension(&ext);
-            ctx.register_parquet(&spec.name, location.as_ref(), options).await
+            ctx.register_parquet(&spec.name, location.as_ref(), options)
+                .await
         }
     }
 }

@@ -39,21 +39,32 @@ fn tampered_artifacts_are_ignored() {
         }
     }
     let again = fresh_sandbox(dir.path()).load_file(path).unwrap();
-    assert!(!again.loaded_from_cache(), "a modified artifact must be recompiled");
+    assert!(
+        !again.loaded_from_cache(),
+        "a modified artifact must be recompiled"
+    );
     let third = fresh_sandbox(dir.path()).load_file(path).unwrap();
-    assert!(third.loaded_from_cache(), "the rebuilt artifact is cached again");
+    assert!(
+        third.loaded_from_cache(),
+        "the rebuilt artifact is cached again"
+    );
 }
 
 #[test]
 fn precompiled_artifacts_are_not_accepted_as_modules() {
     let dir = tempfile::tempdir().unwrap();
-    fresh_sandbox(dir.path()).load_file(support::module_path("geo")).unwrap();
+    fresh_sandbox(dir.path())
+        .load_file(support::module_path("geo"))
+        .unwrap();
     let artifact = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .unwrap();
-    let err = support::sandbox().load_file(&artifact).unwrap_err().to_string();
+    let err = support::sandbox()
+        .load_file(&artifact)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("is not a WebAssembly module"), "{err}");
 }
 
@@ -67,6 +78,12 @@ fn oversized_modules_are_refused_before_parsing() {
         cache_dir: None,
     })
     .unwrap();
-    let err = sandbox.load_file(support::module_path("geo")).unwrap_err().to_string();
-    assert!(err.contains("above the 4096-byte limit; raise `sandbox.max_module_bytes`"), "{err}");
+    let err = sandbox
+        .load_file(support::module_path("geo"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("above the 4096-byte limit; raise `sandbox.max_module_bytes`"),
+        "{err}"
+    );
 }

@@ -36,7 +36,10 @@ fn sql_over_csv_as_json_lines() {
         "json",
         "SELECT a+b AS s FROM t ORDER BY s",
     ]);
-    assert_eq!(stdout(&out), "{\"s\":0}\n{\"s\":1}\n{\"s\":3}\n{\"s\":30}\n");
+    assert_eq!(
+        stdout(&out),
+        "{\"s\":0}\n{\"s\":1}\n{\"s\":3}\n{\"s\":30}\n"
+    );
 }
 
 #[test]
@@ -44,7 +47,13 @@ fn sql_with_udfs_in_every_format() {
     let geo = path("geo");
     let text = path("text");
     let base = [
-        "sql", "--udf", &geo, "--udf", &text, "--table", "trips=examples/data/trips.csv",
+        "sql",
+        "--udf",
+        &geo,
+        "--udf",
+        &text,
+        "--table",
+        "trips=examples/data/trips.csv",
     ];
     let query = "SELECT id, mask_email(rider_email) AS rider, gcd(id, 4) AS g FROM trips WHERE id <= 2 ORDER BY id";
     let run = |format: &str| {
@@ -56,7 +65,10 @@ fn sql_with_udfs_in_every_format() {
         run("json"),
         "{\"id\":1,\"rider\":\"a***@example.com\",\"g\":1}\n{\"id\":2,\"rider\":\"g***@navy.mil\",\"g\":2}\n"
     );
-    assert_eq!(run("csv"), "id,rider,g\n1,a***@example.com,1\n2,g***@navy.mil,2\n");
+    assert_eq!(
+        run("csv"),
+        "id,rider,g\n1,a***@example.com,1\n2,g***@navy.mil,2\n"
+    );
     let table = run("table");
     assert!(table.contains("| 1  | a***@example.com | 1 |"), "{table}");
 }
@@ -71,29 +83,52 @@ fn ndjson_and_parquet_tables() {
         ctx.register_csv("n", "examples/data/numbers.csv", Default::default())
             .await
             .unwrap();
-        ctx.sql(&format!("COPY n TO '{}' STORED AS PARQUET", parquet.display()))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        ctx.sql(&format!(
+            "COPY n TO '{}' STORED AS PARQUET",
+            parquet.display()
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     });
     let table = format!("n={}", parquet.display());
-    let out = weir(&["sql", "--table", &table, "--format", "csv", "SELECT sum(a) AS s FROM n"]);
+    let out = weir(&[
+        "sql",
+        "--table",
+        &table,
+        "--format",
+        "csv",
+        "SELECT sum(a) AS s FROM n",
+    ]);
     assert_eq!(stdout(&out), "s\n108\n");
     let finance = path("finance");
     let out = weir(&[
-        "sql", "--udf", &finance, "--table", "p=examples/data/payments.ndjson", "--format", "json",
+        "sql",
+        "--udf",
+        &finance,
+        "--table",
+        "p=examples/data/payments.ndjson",
+        "--format",
+        "json",
         "SELECT id, currency(amount) AS c FROM p WHERE id < 3 ORDER BY id",
     ]);
-    assert_eq!(stdout(&out), "{\"id\":1,\"c\":\"EUR\"}\n{\"id\":2,\"c\":\"USD\"}\n");
+    assert_eq!(
+        stdout(&out),
+        "{\"id\":1,\"c\":\"EUR\"}\n{\"id\":2,\"c\":\"USD\"}\n"
+    );
 }
 
 #[test]
 fn errors_exit_non_zero_with_the_message_on_stderr() {
     let finance = path("finance");
     let out = weir(&[
-        "sql", "--udf", &finance, "--table", "p=examples/data/payments.ndjson",
+        "sql",
+        "--udf",
+        &finance,
+        "--table",
+        "p=examples/data/payments.ndjson",
         "SELECT parse_cents(amount) FROM p",
     ]);
     assert!(!out.status.success());
@@ -104,15 +139,30 @@ fn errors_exit_non_zero_with_the_message_on_stderr() {
 
     for (args, expected) in [
         (vec!["sql", "SELEC 1"], "expected: an sql statement"),
-        (vec!["sql", "--table", "t=missing.csv", "SELECT 1"], "does not exist"),
-        (vec!["sql", "--table", "nonsense", "SELECT 1"], "is not NAME=PATH"),
-        (vec!["sql", "--udf", "Cargo.toml", "SELECT 1"], "is not a WebAssembly module"),
-        (vec!["sql", "--format", "xml", "SELECT 1"], "invalid value 'xml'"),
+        (
+            vec!["sql", "--table", "t=missing.csv", "SELECT 1"],
+            "does not exist",
+        ),
+        (
+            vec!["sql", "--table", "nonsense", "SELECT 1"],
+            "is not NAME=PATH",
+        ),
+        (
+            vec!["sql", "--udf", "Cargo.toml", "SELECT 1"],
+            "is not a WebAssembly module",
+        ),
+        (
+            vec!["sql", "--format", "xml", "SELECT 1"],
+            "invalid value 'xml'",
+        ),
     ] {
         let out = weir(&args);
         assert!(!out.status.success(), "{args:?} should fail");
         let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        assert!(stderr.contains(&expected.to_lowercase()), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&expected.to_lowercase()),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
@@ -128,7 +178,12 @@ fn every_example_module_passes_inspect() {
     assert_eq!(doc["abi_version"], 1);
     assert_eq!(f["deterministic"], false);
     let out = stdout(&weir(&["udf", "inspect", &path("geo")]));
-    assert!(out.contains("haversine_km(float64, float64, float64, float64) -> float64  [deterministic]"), "{out}");
+    assert!(
+        out.contains(
+            "haversine_km(float64, float64, float64, float64) -> float64  [deterministic]"
+        ),
+        "{out}"
+    );
 }
 
 #[test]
@@ -139,6 +194,13 @@ fn a_bad_config_names_the_key() {
     let out = weir(&["--config", config.to_str().unwrap(), "sql", "SELECT 1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory_bytez"));
-    let out = weir(&["--config", "config/weir.toml", "sql", "--format", "csv", "SELECT 1 AS one"]);
+    let out = weir(&[
+        "--config",
+        "config/weir.toml",
+        "sql",
+        "--format",
+        "csv",
+        "SELECT 1 AS one",
+    ]);
     assert_eq!(stdout(&out), "one\n1\n");
 }

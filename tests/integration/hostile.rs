@@ -29,7 +29,9 @@ fn strict_sandbox() -> &'static Sandbox {
 }
 
 fn load(name: &str) -> Result<Arc<UdfModule>, LoadError> {
-    let path = support::repo().join("tests/hostile").join(format!("{name}.wat"));
+    let path = support::repo()
+        .join("tests/hostile")
+        .join(format!("{name}.wat"));
     strict_sandbox().load_file(path)
 }
 
@@ -43,7 +45,11 @@ fn call_err(name: &str) -> UdfError {
     let err = module
         .call(0, &ints(&[1, 2, 3, 4]), 4)
         .expect_err(&format!("{name} should fail"));
-    assert_eq!(module.live_instances(), 0, "{name}: a failed instance must be discarded");
+    assert_eq!(
+        module.live_instances(),
+        0,
+        "{name}: a failed instance must be discarded"
+    );
     err
 }
 
@@ -52,8 +58,7 @@ fn engine_still_works() {
     let benign = strict_sandbox()
         .load_file(support::module_path("geo"))
         .unwrap();
-    let index = benign
-        .function_index("scale_add").unwrap();
+    let index = benign.function_index("scale_add").unwrap();
     let a: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0]));
     let out = benign.call(index, &[a.clone(), a], 2).unwrap();
     let out = out.as_any().downcast_ref::<Float64Array>().unwrap();
@@ -62,9 +67,16 @@ fn engine_still_works() {
 
 fn expect_failure(name: &str, check: impl Fn(&Failure) -> bool, message: &str) {
     let err = call_err(name);
-    assert!(check(&err.failure), "{name}: unexpected failure {:?}", err.failure);
+    assert!(
+        check(&err.failure),
+        "{name}: unexpected failure {:?}",
+        err.failure
+    );
     let text = err.to_string();
-    assert!(text.contains(message), "{name}: message `{text}` lacks `{message}`");
+    assert!(
+        text.contains(message),
+        "{name}: message `{text}` lacks `{message}`"
+    );
     assert!(text.contains(&format!("module `{name}.wat`")), "{text}");
     engine_still_works();
 }
@@ -72,7 +84,10 @@ fn expect_failure(name: &str, check: impl Fn(&Failure) -> bool, message: &str) {
 fn expect_load_error(name: &str, message: &str) {
     let err = load(name).expect_err(&format!("{name} must be refused at load"));
     let text = err.to_string();
-    assert!(text.contains(message), "{name}: message `{text}` lacks `{message}`");
+    assert!(
+        text.contains(message),
+        "{name}: message `{text}` lacks `{message}`"
+    );
     engine_still_works();
 }
 
@@ -80,7 +95,14 @@ fn expect_load_error(name: &str, message: &str) {
 fn infinite_loop_runs_out_of_cpu() {
     expect_failure(
         "infinite_loop",
-        |f| matches!(f, Failure::OutOfCpu { during_start: false }),
+        |f| {
+            matches!(
+                f,
+                Failure::OutOfCpu {
+                    during_start: false
+                }
+            )
+        },
         "ran out of CPU after 200 ms on batch 1 (4 rows); raise `sandbox.cpu_ms_per_batch`",
     );
 }
@@ -96,7 +118,10 @@ fn loop_of_calls_runs_out_of_cpu() {
 
 #[test]
 fn looping_start_function_is_refused_at_load() {
-    expect_load_error("start_loop", "ran out of CPU (200 ms) in its start function");
+    expect_load_error(
+        "start_loop",
+        "ran out of CPU (200 ms) in its start function",
+    );
 }
 
 #[test]
@@ -156,7 +181,10 @@ fn capabilities_can_be_withheld() {
         .load_file(support::module_path("testkit"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("imports `weir::log`, which is not granted (granted: nothing)"), "{err}");
+    assert!(
+        err.contains("imports `weir::log`, which is not granted (granted: nothing)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,14 +261,16 @@ fn deterministic_functions_get_canonical_nans() {
     let zero: ArrayRef = Arc::new(Float64Array::from(vec![0.0]));
     let out = module.call(0, &[zero], 1).unwrap();
     let bits = out.as_any().downcast_ref::<Int64Array>().unwrap().value(0);
-    assert_eq!(bits as u64, 0x7ff8_0000_0000_0000, "0/0 must be the canonical NaN");
+    assert_eq!(
+        bits as u64, 0x7ff8_0000_0000_0000,
+        "0/0 must be the canonical NaN"
+    );
 }
 
 #[test]
 fn a_panicking_guest_is_replaced_and_keeps_serving() {
     let module = support::load("testkit");
-    let index = module
-        .function_index("panics_on_three").unwrap();
+    let index = module.function_index("panics_on_three").unwrap();
     for _ in 0..3 {
         let err = module.call(index, &ints(&[1, 2, 3]), 3).unwrap_err();
         assert!(
@@ -255,8 +285,7 @@ fn a_panicking_guest_is_replaced_and_keeps_serving() {
 #[test]
 fn guest_logging_is_rate_limited_not_fatal() {
     let module = support::load("testkit");
-    let index = module
-        .function_index("chatty").unwrap();
+    let index = module.function_index("chatty").unwrap();
     let values: Vec<i64> = (0..1000).collect();
     let out = module.call(index, &ints(&values), 1000).unwrap();
     assert_eq!(out.len(), 1000);

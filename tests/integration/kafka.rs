@@ -69,14 +69,28 @@ fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>)
         if std::env::var("WEIR_REQUIRE_BROKER").is_ok_and(|v| v == "1") {
             panic!("WEIR_REQUIRE_BROKER=1 but no tansu binary was found");
         }
-        eprintln!("skipping: no tansu broker binary (cargo install tansu --locked --features dynostore,libsql)");
+        eprintln!(
+            "skipping: no tansu broker binary (cargo install tansu --locked --features dynostore,libsql)"
+        );
         return None;
     };
-    let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let port = port.unwrap_or_else(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", storage])
         .current_dir(dir.path())
         .stdout(Stdio::null())
@@ -86,10 +100,17 @@ fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>)
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
     while TcpStream::connect(&addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "tansu did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tansu did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Broker { child, addr, dir: Some(dir) })
+    Some(Broker {
+        child,
+        addr,
+        dir: Some(dir),
+    })
 }
 
 pub async fn create_topics(addr: &str, topics: &[(&str, i32)]) {
@@ -101,7 +122,10 @@ pub async fn create_topics(addr: &str, topics: &[(&str, i32)]) {
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
-    let results = admin.create_topics(&new, &AdminOptions::new()).await.unwrap();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap();
     for r in results {
         r.unwrap();
     }
@@ -148,7 +172,11 @@ pub async fn consume(addr: &str, topic: &str, count: usize) -> Vec<Received> {
 }
 
 /// Reads `topic` from the start until `done` holds (or panics after 90 s).
-pub async fn consume_until(addr: &str, topic: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+pub async fn consume_until(
+    addr: &str,
+    topic: &str,
+    done: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
     let consumer = reader(addr, topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -162,7 +190,12 @@ pub async fn consume_until(addr: &str, topic: &str, done: impl Fn(&[Received]) -
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -228,11 +261,18 @@ max_linger_ms = 50
     let out = consume(&addr, "clean", 198).await;
     let ids: BTreeSet<i64> = out
         .iter()
-        .map(|(_, p, _)| serde_json::from_str::<serde_json::Value>(p).unwrap()["id"].as_i64().unwrap())
+        .map(|(_, p, _)| {
+            serde_json::from_str::<serde_json::Value>(p).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     let expected: BTreeSet<i64> = (0..200).filter(|i| *i != 50 && *i != 120).collect();
     assert_eq!(ids, expected);
-    let seven = out.iter().find(|(k, _, _)| k.as_deref() == Some("7")).expect("keyed by id");
+    let seven = out
+        .iter()
+        .find(|(k, _, _)| k.as_deref() == Some("7"))
+        .expect("keyed by id");
     assert!(seven.1.contains(r#""cents":725"#), "{}", seven.1);
     assert!(seven.1.contains("\"card\":\"#### #\""), "{}", seven.1);
 
@@ -240,14 +280,30 @@ max_linger_ms = 50
     let header = |r: &(Option<String>, String, Vec<(String, String)>), k: &str| {
         r.2.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.clone())
     };
-    let poison = dlq.iter().find(|r| r.0.as_deref() == Some("k50")).expect("poison record");
-    assert_eq!(poison.1, r#"{"id":50,"amount":"oops","card":"1"}"#, "original payload kept");
+    let poison = dlq
+        .iter()
+        .find(|r| r.0.as_deref() == Some("k50"))
+        .expect("poison record");
+    assert_eq!(
+        poison.1, r#"{"id":50,"amount":"oops","card":"1"}"#,
+        "original payload kept"
+    );
     assert_eq!(header(poison, "weir.stage").as_deref(), Some("transform"));
     assert_eq!(header(poison, "weir.udf").as_deref(), Some("parse_cents"));
     assert_eq!(header(poison, "weir.pipeline").as_deref(), Some("payments"));
-    assert_eq!(header(poison, "weir.source.topic").as_deref(), Some("payments"));
-    assert!(header(poison, "weir.error").unwrap().contains("`oops` is not an amount"));
-    let malformed = dlq.iter().find(|r| r.0.as_deref() == Some("k120")).expect("malformed record");
+    assert_eq!(
+        header(poison, "weir.source.topic").as_deref(),
+        Some("payments")
+    );
+    assert!(
+        header(poison, "weir.error")
+            .unwrap()
+            .contains("`oops` is not an amount")
+    );
+    let malformed = dlq
+        .iter()
+        .find(|r| r.0.as_deref() == Some("k120"))
+        .expect("malformed record");
     assert_eq!(header(malformed, "weir.stage").as_deref(), Some("decode"));
 
     stop.send(true).unwrap();
@@ -259,7 +315,14 @@ max_linger_ms = 50
 }
 
 /// A pipeline file moving JSON `{"id": n}` records from `input` to `output`.
-fn passthrough_pipeline(dir: &std::path::Path, name: &str, addr: &str, input: &str, output: &str, group: &str) -> PathBuf {
+fn passthrough_pipeline(
+    dir: &std::path::Path,
+    name: &str,
+    addr: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+) -> PathBuf {
     let toml = format!(
         r#"
 name = "{name}"
@@ -304,7 +367,10 @@ impl Weir {
             Command::new(env!("CARGO_BIN_EXE_weir"))
                 .args(["run", pipeline.to_str().unwrap()])
                 .env("WEIR_CACHE_DIR", support::cache_dir())
-                .env("WEIR_LOG", std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()))
+                .env(
+                    "WEIR_LOG",
+                    std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -313,7 +379,10 @@ impl Weir {
     }
 
     fn signal(&self, sig: &str) {
-        Command::new("kill").args([sig, &self.0.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([sig, &self.0.id().to_string()])
+            .status()
+            .unwrap();
     }
 
     /// SIGTERM, then the exit status (graceful shutdown exits 0).
@@ -324,7 +393,10 @@ impl Weir {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "weir did not stop on SIGTERM");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "weir did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -345,7 +417,9 @@ fn ids(records: &[Received]) -> BTreeSet<i64> {
 }
 
 fn json_ids(range: std::ops::Range<i64>) -> Vec<(Option<String>, String)> {
-    range.map(|i| (Some(i.to_string()), format!(r#"{{"id":{i}}}"#))).collect()
+    range
+        .map(|i| (Some(i.to_string()), format!(r#"{{"id":{i}}}"#)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +429,14 @@ async fn sigkill_mid_stream_then_restart_loses_nothing() {
     create_topics(&addr, &[("numbers", 2), ("numbers-out", 1)]).await;
     produce(&addr, "numbers", &json_ids(0..3000)).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = passthrough_pipeline(dir.path(), "numbers", &addr, "numbers", "numbers-out", "weir-kill");
+    let pipeline = passthrough_pipeline(
+        dir.path(),
+        "numbers",
+        &addr,
+        "numbers",
+        "numbers-out",
+        "weir-kill",
+    );
 
     let first = Weir::start(&pipeline);
     consume_until(&addr, "numbers-out", |got| got.len() >= 300).await;
@@ -375,8 +456,22 @@ async fn two_processes_share_partitions_and_one_takes_over_when_the_other_stops(
     let addr = broker.addr.clone();
     create_topics(&addr, &[("shared", 4), ("out-a", 1), ("out-b", 1)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let a = Weir::start(&passthrough_pipeline(dir.path(), "a", &addr, "shared", "out-a", "weir-shared"));
-    let b = Weir::start(&passthrough_pipeline(dir.path(), "b", &addr, "shared", "out-b", "weir-shared"));
+    let a = Weir::start(&passthrough_pipeline(
+        dir.path(),
+        "a",
+        &addr,
+        "shared",
+        "out-a",
+        "weir-shared",
+    ));
+    let b = Weir::start(&passthrough_pipeline(
+        dir.path(),
+        "b",
+        &addr,
+        "shared",
+        "out-b",
+        "weir-shared",
+    ));
     // Keep producing until both members received records: the group split
     // the partitions between the two processes.
     let mut next = 0;
@@ -389,7 +484,10 @@ async fn two_processes_share_partitions_and_one_takes_over_when_the_other_stops(
         if a_has > 0 && b_has > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "partitions were never split (a: {a_has}, b: {b_has})");
+        assert!(
+            Instant::now() < deadline,
+            "partitions were never split (a: {a_has}, b: {b_has})"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // A stops (SIGTERM: it finishes its batch, commits and leaves the group).
@@ -406,8 +504,13 @@ async fn two_processes_share_partitions_and_one_takes_over_when_the_other_stops(
             break;
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_else(|e| e.to_string());
-            panic!("{} of {} records arrived; b's log:\n{log}", seen.len(), all.len());
+            let log =
+                std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_else(|e| e.to_string());
+            panic!(
+                "{} of {} records arrived; b's log:\n{log}",
+                seen.len(),
+                all.len()
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -444,12 +547,21 @@ async fn broker_restart_mid_stream_loses_nothing() {
     // sqlite storage, relative to the broker's working directory, survives
     // the restart.
     let storage = "sqlite://tansu.db";
-    let Some(broker) = broker_with(storage, None, None) else { return };
+    let Some(broker) = broker_with(storage, None, None) else {
+        return;
+    };
     let addr = broker.addr.clone();
     create_topics(&addr, &[("restart-in", 2), ("restart-out", 1)]).await;
     produce(&addr, "restart-in", &json_ids(0..1500)).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = passthrough_pipeline(dir.path(), "restart", &addr, "restart-in", "restart-out", "weir-restart");
+    let pipeline = passthrough_pipeline(
+        dir.path(),
+        "restart",
+        &addr,
+        "restart-in",
+        "restart-out",
+        "weir-restart",
+    );
     let weir = Weir::start(&pipeline);
     consume_until(&addr, "restart-out", |got| got.len() >= 200).await;
 
@@ -462,7 +574,10 @@ async fn broker_restart_mid_stream_loses_nothing() {
         async move { consume_until(&addr, "restart-out", |got| ids(got) == all).await }
     });
     if let Err(e) = done.await {
-        panic!("{e}; weir's log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        panic!(
+            "{e}; weir's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     assert!(weir.stop().success());
     drop(broker);
@@ -485,7 +600,13 @@ async fn a_stalled_sink_pauses_the_source_with_bounded_memory_then_resumes() {
     create_topics(&addr, &[("bp-in", 2)]).await;
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("out.fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let pipeline = passthrough_pipeline(dir.path(), "bp", &addr, "bp-in", "unused", "weir-bp");
     let toml = std::fs::read_to_string(&pipeline).unwrap().replace(
         &format!("[sink]\nkind = \"kafka\"\nbrokers = \"{addr}\"\ntopic = \"unused\""),
@@ -509,9 +630,15 @@ async fn a_stalled_sink_pauses_the_source_with_bounded_memory_then_resumes() {
     produce(&addr, "bp-in", &records).await;
     let log = pipeline.with_extension("log");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("paused the source partitions") {
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("paused the source partitions")
+    {
         if Instant::now() > deadline {
-            panic!("the source never paused; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "the source never paused; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -519,7 +646,10 @@ async fn a_stalled_sink_pauses_the_source_with_bounded_memory_then_resumes() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let later = rss_kib(weir.0.id());
     assert!(later < 400 * 1024, "RSS {later} KiB while stalled");
-    assert!(later < first + 64 * 1024, "RSS grew from {first} to {later} KiB while stalled");
+    assert!(
+        later < first + 64 * 1024,
+        "RSS grew from {first} to {later} KiB while stalled"
+    );
 
     // Drain the pipe: everything arrives and the source resumes.
     let seen = tokio::task::spawn_blocking(move || {
@@ -533,8 +663,15 @@ async fn a_stalled_sink_pauses_the_source_with_bounded_memory_then_resumes() {
         }
         seen
     });
-    let seen = tokio::time::timeout(Duration::from_secs(90), seen).await.expect("all records arrive").unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(90), seen)
+        .await
+        .expect("all records arrive")
+        .unwrap();
     assert_eq!(seen.len(), total);
-    assert!(std::fs::read_to_string(&log).unwrap().contains("resumed the source partitions"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("resumed the source partitions")
+    );
     drop(weir);
 }

@@ -13,7 +13,9 @@ async fn register_in_a_plain_session() {
     let ctx = SessionContext::new();
     let names = weir::register_module(&ctx, &support::load("text"));
     assert!(names.contains(&"mask_email".to_string()));
-    let rows = support::rows(&ctx, "SELECT mask_email('ada@example.com')").await.unwrap();
+    let rows = support::rows(&ctx, "SELECT mask_email('ada@example.com')")
+        .await
+        .unwrap();
     assert_eq!(rows, vec![vec!["a***@example.com".to_string()]]);
 }
 
@@ -34,7 +36,9 @@ fn volatility_follows_determinism() {
 #[test]
 fn udfs_compare_by_name_and_module_digest() {
     let geo = support::load("geo");
-    let again = support::sandbox().load_file(support::module_path("geo")).unwrap();
+    let again = support::sandbox()
+        .load_file(support::module_path("geo"))
+        .unwrap();
     let a = ScalarUDF::new_from_impl(WasmScalarUdf::new(geo.clone(), 0));
     let b = ScalarUDF::new_from_impl(WasmScalarUdf::new(again, 0));
     let c = ScalarUDF::new_from_impl(WasmScalarUdf::new(geo, 1));
@@ -49,7 +53,10 @@ async fn deterministic_literals_fold_at_plan_time() {
     let df = ctx.sql("EXPLAIN SELECT gcd(12, 18) AS g").await.unwrap();
     let plan = support::render(&df.collect().await.unwrap());
     let text = format!("{plan:?}");
-    assert!(text.contains("Int64(6)"), "gcd(12, 18) should be folded: {text}");
+    assert!(
+        text.contains("Int64(6)"),
+        "gcd(12, 18) should be folded: {text}"
+    );
 }
 
 #[tokio::test]

@@ -58,12 +58,22 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 async fn json_records_flow_and_poison_records_are_dead_lettered_alone() {
     let dir = tempfile::tempdir().unwrap();
     let source = support::repo().join("examples/data/payments-stream.ndjson");
-    let toml = pipeline_toml(dir.path(), &source.display().to_string(), "json", FIELDS, "dead-letter");
+    let toml = pipeline_toml(
+        dir.path(),
+        &source.display().to_string(),
+        "json",
+        FIELDS,
+        "dead-letter",
+    );
     let stats = run(&toml).await.unwrap();
 
     let out = lines(&dir.path().join("out.ndjson"));
     let ids: Vec<i64> = out.iter().map(|v| v["id"].as_i64().unwrap()).collect();
-    assert_eq!(ids, vec![1, 2, 4, 6], "the poison record's neighbours in its batch are delivered");
+    assert_eq!(
+        ids,
+        vec![1, 2, 4, 6],
+        "the poison record's neighbours in its batch are delivered"
+    );
     assert_eq!(out[0]["cents"], 1234);
     assert_eq!(out[0]["card"], "#### #### #### ####");
     assert_eq!(out[3]["card"], serde_json::Value::Null);
@@ -73,8 +83,16 @@ async fn json_records_flow_and_poison_records_are_dead_lettered_alone() {
     let poison = dlq.iter().find(|d| d["stage"] == "transform").unwrap();
     assert_eq!(poison["source_offset"], 3);
     assert_eq!(poison["udf"], "parse_cents");
-    assert!(poison["error"].as_str().unwrap().contains("`oops` is not an amount"));
-    assert_eq!(poison["payload"], r#"{"id":3,"amount":"oops","card":"none"}"#);
+    assert!(
+        poison["error"]
+            .as_str()
+            .unwrap()
+            .contains("`oops` is not an amount")
+    );
+    assert_eq!(
+        poison["payload"],
+        r#"{"id":3,"amount":"oops","card":"none"}"#
+    );
     let malformed = dlq.iter().find(|d| d["stage"] == "decode").unwrap();
     assert_eq!(malformed["source_offset"], 5);
     assert_eq!(malformed["pipeline"], "test");
@@ -93,7 +111,13 @@ async fn csv_records_and_the_skip_policy() {
         "1,1.50 EUR,4111\n2,bad,1234\n3,2.00 USD,\n4,\"3.25 CHF\",\"12,34\"\n",
     )
     .unwrap();
-    let toml = pipeline_toml(dir.path(), &source.display().to_string(), "csv", FIELDS, "skip");
+    let toml = pipeline_toml(
+        dir.path(),
+        &source.display().to_string(),
+        "csv",
+        FIELDS,
+        "skip",
+    );
     let stats = run(&toml).await.unwrap();
     let out = lines(&dir.path().join("out.ndjson"));
     let cents: Vec<i64> = out.iter().map(|v| v["cents"].as_i64().unwrap()).collect();
@@ -107,7 +131,13 @@ async fn csv_records_and_the_skip_policy() {
 async fn the_fail_policy_stops_naming_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let source = support::repo().join("examples/data/payments-stream.ndjson");
-    let toml = pipeline_toml(dir.path(), &source.display().to_string(), "json", FIELDS, "fail");
+    let toml = pipeline_toml(
+        dir.path(),
+        &source.display().to_string(),
+        "json",
+        FIELDS,
+        "fail",
+    );
     let err = format!("{:#}", run(&toml).await.unwrap_err());
     assert!(err.contains("pipeline `test`"), "{err}");
     assert!(err.contains("offset 3 failed to transform"), "{err}");
@@ -117,8 +147,17 @@ async fn the_fail_policy_stops_naming_the_record() {
 async fn bad_sql_and_unknown_columns_fail_at_build() {
     let dir = tempfile::tempdir().unwrap();
     let source = support::repo().join("examples/data/payments-stream.ndjson");
-    let toml = pipeline_toml(dir.path(), &source.display().to_string(), "json", FIELDS, "skip")
-        .replace("redact_digits(card)", "redact_digits(nope)");
+    let toml = pipeline_toml(
+        dir.path(),
+        &source.display().to_string(),
+        "json",
+        FIELDS,
+        "skip",
+    )
+    .replace("redact_digits(card)", "redact_digits(nope)");
     let err = format!("{:#}", run(&toml).await.unwrap_err());
-    assert!(err.contains("pipeline `test`: sql:") && err.contains("nope"), "{err}");
+    assert!(
+        err.contains("pipeline `test`: sql:") && err.contains("nope"),
+        "{err}"
+    );
 }

@@ -107,7 +107,12 @@ pub fn render(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<Stri
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
             .collect();
         for row in 0..batch.num_rows() {
-            out.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect(),
+            );
         }
     }
     out

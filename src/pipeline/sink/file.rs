@@ -95,7 +95,8 @@ impl DeadLetterSink for DeadLetterFile {
     async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         for l in letters {
-            let lossy = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+            let lossy =
+                |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
             let line = serde_json::json!({
                 "pipeline": pipeline,
                 "stage": l.stage,

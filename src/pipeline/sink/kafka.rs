@@ -22,7 +22,11 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(brokers: &str, topic: &str, properties: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let mut config = client_config(brokers, &[("linger.ms", "5")], properties);
         config.set("enable.idempotence", "true").set("acks", "all");
         let producer = config
@@ -86,7 +90,10 @@ impl Sink for KafkaSink {
     async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<()> {
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
-            deliveries.push(self.enqueue(r.key.as_deref(), Some(&r.payload), None).await?);
+            deliveries.push(
+                self.enqueue(r.key.as_deref(), Some(&r.payload), None)
+                    .await?,
+            );
         }
         self.await_all(deliveries).await
     }
@@ -100,7 +107,10 @@ impl DeadLetterSink for KafkaSink {
             let r = &l.record;
             let mut headers = OwnedHeaders::new();
             for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
             }
             let partition = r.partition.to_string();
             let offset = r.offset.to_string();
@@ -113,10 +123,16 @@ impl DeadLetterSink for KafkaSink {
                 ("weir.source.offset", &offset),
             ];
             for (k, v) in fields {
-                headers = headers.insert(Header { key: k, value: Some(v) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
             }
             if let Some(udf) = &l.udf {
-                headers = headers.insert(Header { key: "weir.udf", value: Some(udf) });
+                headers = headers.insert(Header {
+                    key: "weir.udf",
+                    value: Some(udf),
+                });
             }
             deliveries.push(
                 self.enqueue(r.key.as_deref(), r.payload.as_deref(), Some(headers))

@@ -35,7 +35,11 @@ impl FileSource {
 
 #[async_trait]
 impl Source for FileSource {
-    async fn next_batch(&mut self, max: usize, _linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>> {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        _linger: Duration,
+    ) -> anyhow::Result<Option<Vec<SourceRecord>>> {
         let mut batch = Vec::new();
         while batch.len() < max {
             let Some(line) = self.lines.next_line().await? else {

@@ -40,7 +40,11 @@ impl KafkaSource {
         start: StartPosition,
         properties: &BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let mut config = client_config(brokers, &[("queued.max.messages.kbytes", "16384")], properties);
+        let mut config = client_config(
+            brokers,
+            &[("queued.max.messages.kbytes", "16384")],
+            properties,
+        );
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -64,12 +68,14 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             properties: properties.clone(),
-            topics: topics.iter().map(|t| (t.clone(), Arc::from(t.as_str()))).collect(),
+            topics: topics
+                .iter()
+                .map(|t| (t.clone(), Arc::from(t.as_str())))
+                .collect(),
             carry: VecDeque::new(),
             last_commit: None,
         })
     }
-
 }
 
 fn to_record(
@@ -85,7 +91,12 @@ fn to_record(
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -103,7 +114,11 @@ fn to_record(
 
 #[async_trait]
 impl Source for KafkaSource {
-    async fn next_batch(&mut self, max: usize, linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>> {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> anyhow::Result<Option<Vec<SourceRecord>>> {
         if !self.carry.is_empty() {
             let n = self.carry.len().min(max);
             return Ok(Some(self.carry.drain(..n).collect()));
@@ -143,12 +158,17 @@ impl Source for KafkaSource {
     async fn pause(&mut self) -> anyhow::Result<()> {
         let assignment = self.consumer.assignment()?;
         self.consumer.pause(&assignment)?;
-        tracing::warn!(partitions = assignment.count(), "sink is slow: paused the source partitions");
+        tracing::warn!(
+            partitions = assignment.count(),
+            "sink is slow: paused the source partitions"
+        );
         Ok(())
     }
 
     async fn keepalive(&mut self) -> anyhow::Result<()> {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await {
+        if let Ok(Ok(m)) =
+            tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await
+        {
             let r = to_record(&mut self.topics, &m);
             self.carry.push_back(r);
         }
@@ -158,7 +178,10 @@ impl Source for KafkaSource {
     async fn resume(&mut self) -> anyhow::Result<()> {
         let assignment = self.consumer.assignment()?;
         self.consumer.resume(&assignment)?;
-        tracing::info!(partitions = assignment.count(), "sink caught up: resumed the source partitions");
+        tracing::info!(
+            partitions = assignment.count(),
+            "sink caught up: resumed the source partitions"
+        );
         Ok(())
     }
 
@@ -195,7 +218,11 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
-    async fn commit_with_retry(&self, tpl: &TopicPartitionList, mode: CommitMode) -> anyhow::Result<()> {
+    async fn commit_with_retry(
+        &self,
+        tpl: &TopicPartitionList,
+        mode: CommitMode,
+    ) -> anyhow::Result<()> {
         // A broker that is restarting refuses commits for a while: retry
         // with backoff (the records stay unacknowledged meanwhile).
         let started = tokio::time::Instant::now();

@@ -17,7 +17,11 @@ use super::record::SourceRecord;
 pub trait Source: Send {
     /// Up to `max` records, waiting at most `linger` for more once the first
     /// arrived. `None` when the source is finished (files).
-    async fn next_batch(&mut self, max: usize, linger: Duration) -> anyhow::Result<Option<Vec<SourceRecord>>>;
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> anyhow::Result<Option<Vec<SourceRecord>>>;
 
     /// Every record of `batch` reached the sink or the dead-letter target.
     async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()>;

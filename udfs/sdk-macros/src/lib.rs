@@ -34,7 +34,9 @@ fn ungroup(ty: &Type) -> &Type {
 
 /// The last path segment's name and its single generic argument, if any.
 fn path_parts(ty: &Type) -> Option<(String, Vec<&Type>)> {
-    let Type::Path(p) = ungroup(ty) else { return None };
+    let Type::Path(p) = ungroup(ty) else {
+        return None;
+    };
     let seg = p.path.segments.last()?;
     let args = match &seg.arguments {
         PathArguments::AngleBracketed(a) => a
@@ -85,7 +87,10 @@ fn abi_type(ty: &Type) -> syn::Result<&'static str> {
                 "String" => "utf8",
                 "Timestamp" => "timestamp_us",
                 "Date32" => "date32",
-                "Vec" if args.len() == 1 && matches!(args[0], Type::Path(p) if p.path.is_ident("u8")) => {
+                "Vec"
+                    if args.len() == 1
+                        && matches!(args[0], Type::Path(p) if p.path.is_ident("u8")) =>
+                {
                     "binary"
                 }
                 _ => return Err(unsupported()),
@@ -121,12 +126,24 @@ fn parse_options(attr: TokenStream) -> syn::Result<Options> {
                 "expected `name = \"...\"` or `deterministic = false`",
             ));
         };
-        let key = nv.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+        let key = nv
+            .path
+            .get_ident()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
         match (key.as_str(), &nv.value) {
-            ("name", Expr::Lit(ExprLit { lit: Lit::Str(s), .. })) => options.name = Some(s.value()),
-            ("deterministic", Expr::Lit(ExprLit { lit: Lit::Bool(b), .. })) => {
-                options.deterministic = b.value
-            }
+            (
+                "name",
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }),
+            ) => options.name = Some(s.value()),
+            (
+                "deterministic",
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }),
+            ) => options.deterministic = b.value,
             _ => {
                 return Err(err(
                     syn::spanned::Spanned::span(&nv.path),
@@ -178,7 +195,10 @@ fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<proc_macro2::Toke
     let mut names = Vec::new();
     for (i, input) in func.sig.inputs.iter().enumerate() {
         let FnArg::Typed(pat) = input else {
-            return Err(err(syn::spanned::Spanned::span(input), "weir UDFs cannot take `self`"));
+            return Err(err(
+                syn::spanned::Spanned::span(input),
+                "weir UDFs cannot take `self`",
+            ));
         };
         let (inner, nullable) = strip_option(&pat.ty);
         arg_types.push(abi_type(inner)?);
@@ -217,14 +237,20 @@ fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<proc_macro2::Toke
     let wrap = match shape {
         Ret::Plain => quote! { ::core::result::Result::Ok(::core::option::Option::Some(__value)) },
         Ret::Option => quote! { ::core::result::Result::Ok(__value) },
-        Ret::Result => quote! { __value.map(::core::option::Option::Some).map_err(|e| e.to_string()) },
+        Ret::Result => {
+            quote! { __value.map(::core::option::Option::Some).map_err(|e| e.to_string()) }
+        }
         Ret::ResultOption => quote! { __value.map_err(|e| e.to_string()) },
     };
 
     let record = format!(
         "{{\"abi\":1,\"name\":\"{}\",\"args\":[{}],\"ret\":\"{}\",\"deterministic\":{}}}\n",
         sql_name,
-        arg_types.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(","),
+        arg_types
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(","),
         ret_name,
         options.deterministic
     );

@@ -39,7 +39,7 @@ pub use weir_udf_macros::scalar;
 /// Used by the code `#[scalar]` generates. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::input::Column;
     pub use crate::abi::RawArg;
+    pub use crate::input::Column;
     pub use crate::runtime::run;
 }

@@ -159,7 +159,10 @@ impl OutBufs {
             // SAFETY: the host provides ceil(rows / 8) bitmap bytes.
             let bits = unsafe { core::slice::from_raw_parts(col.validity(), bytes) };
             if self.has_validity {
-                self.validity.iter_mut().zip(bits).for_each(|(a, b)| *a &= b);
+                self.validity
+                    .iter_mut()
+                    .zip(bits)
+                    .for_each(|(a, b)| *a &= b);
             } else {
                 self.validity.extend_from_slice(bits);
                 self.has_validity = true;
@@ -185,7 +188,12 @@ impl OutBufs {
         match shape {
             Shape::Fixed(width) => {
                 // SAFETY: `begin` reserved rows * width bytes.
-                unsafe { self.values.as_mut_ptr().add(row * width).write_bytes(0, width) }
+                unsafe {
+                    self.values
+                        .as_mut_ptr()
+                        .add(row * width)
+                        .write_bytes(0, width)
+                }
             }
             Shape::Bits => {}
             Shape::Var => self.offsets.push(self.values.len() as i32),
@@ -201,10 +209,18 @@ impl OutBufs {
         self.result = RawResult {
             status: STATUS_OK,
             len: rows as u32,
-            validity: if self.has_validity { self.validity.as_ptr() as u32 } else { 0 },
+            validity: if self.has_validity {
+                self.validity.as_ptr() as u32
+            } else {
+                0
+            },
             values: self.values.as_ptr() as u32,
             values_len: self.values.len() as u32,
-            offsets: if shape == Shape::Var { self.offsets.as_ptr() as u32 } else { 0 },
+            offsets: if shape == Shape::Var {
+                self.offsets.as_ptr() as u32
+            } else {
+                0
+            },
             ..RawResult::default()
         };
         &self.result as *const RawResult as u32

@@ -15,7 +15,9 @@ fn mask_email(email: &str) -> String {
 /// Replaces every ASCII digit with `#` (card numbers, phone numbers).
 #[weir_udf::scalar]
 fn redact_digits(text: &str) -> String {
-    text.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect()
 }
 
 /// Unicode upper case (same result as SQL `upper`).

@@ -20,6 +20,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::sync::watch;
 use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 
+/// Records per throughput run; `WEIR_BENCH_RECORDS` overrides.
 const RECORDS: usize = 100_000;
 
 fn now_us() -> i64 {
@@ -128,6 +129,7 @@ group = "{group}"
 format = "json"
 fields = [{{ name = "id", type = "int64" }}, {{ name = "user", type = "utf8" }},
           {{ name = "amount", type = "float64" }}, {{ name = "ts", type = "int64" }}]
+{debug}
 [sink]
 kind = "kafka"
 brokers = "{brokers}"
@@ -138,7 +140,10 @@ policy = "skip"
 max_records = 4096
 max_linger_ms = 20
 "#,
-        geo = geo.display()
+        geo = geo.display(),
+        debug = std::env::var("WEIR_BENCH_DEBUG")
+            .map(|d| format!("[source.properties]\ndebug = \"{d}\""))
+            .unwrap_or_default()
     ))
     .unwrap()
 }
@@ -229,6 +234,17 @@ fn main() {
         eprintln!("kafka bench skipped: set WEIR_BENCH_BROKERS (scripts/bench-kafka.sh does)");
         return;
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let records: usize = std::env::var("WEIR_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RECORDS);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("udfs");
     let built = weir::toolchain::build_rust(&repo.join("udfs"), &target).expect("build guest UDFs");
@@ -244,13 +260,13 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         create(&brokers, &["bench-in", "bench-bare-out", "bench-weir-out", "lat-in", "lat-out"]).await;
-        eprintln!("filling bench-in with {RECORDS} records");
-        fill(&brokers, "bench-in", RECORDS).await;
+        eprintln!("filling bench-in with {records} records");
+        fill(&brokers, "bench-in", records).await;
         eprintln!("running the bare loop");
-        let bare = bare_loop(&brokers, "bench-in", "bench-bare-out", RECORDS).await;
+        let bare = bare_loop(&brokers, "bench-in", "bench-bare-out", records).await;
         eprintln!("bare loop: {bare:.0} records/s; running weir");
-        let weir_rate = weir_run(config(&brokers, "bench-in", "bench-weir-out", "bench-weir", &geo), RECORDS).await;
-        println!("records: {RECORDS} x ~100-byte JSON, 2 partitions");
+        let weir_rate = weir_run(config(&brokers, "bench-in", "bench-weir-out", "bench-weir", &geo), records).await;
+        println!("records: {records} x ~100-byte JSON, 2 partitions");
         println!("bare rdkafka consume->produce loop: {bare:.0} records/s");
         println!("weir pipeline (decode, SQL + WASM UDF, encode, produce, commit): {weir_rate:.0} records/s ({:.0} % of bare)", 100.0 * weir_rate / bare);
         let half = (weir_rate / 2.0).max(100.0);

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod decode;
 pub mod encode;
+pub mod inflight;
 pub mod isolate;
 pub mod kafka;
 pub mod query;

@@ -1,5 +1,6 @@
 //! A record as it arrives from a source, before decoding.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One source record: the payload plus where it came from.
@@ -39,4 +40,27 @@ pub struct DeadLetter {
 pub struct SinkRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+}
+
+/// The offset to commit per (topic, partition): one past the last record.
+pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
+
+/// The offsets that acknowledge every record of `records`.
+pub fn next_offsets(records: &[SourceRecord]) -> Offsets {
+    let mut next = Offsets::new();
+    for r in records {
+        let e = next
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    next
+}
+
+/// Adds `later` to `offsets`, keeping the highest offset per partition.
+pub fn merge_offsets(offsets: &mut Offsets, later: Offsets) {
+    for (tp, offset) in later {
+        let e = offsets.entry(tp).or_insert(offset);
+        *e = (*e).max(offset);
+    }
 }

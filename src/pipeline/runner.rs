@@ -12,9 +12,10 @@ use tokio::sync::watch;
 use super::config::{ErrorPolicy, PipelineConfig, SinkConfig, SourceConfig};
 use super::decode::RecordDecoder;
 use super::encode::RecordEncoder;
+use super::inflight::InFlight;
 use super::isolate::run_isolating;
 use super::query::PlannedQuery;
-use super::record::{DeadLetter, SourceRecord};
+use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
 use super::source::{FileSource, KafkaSource, Source};
 use crate::sandbox::Sandbox;
@@ -163,35 +164,55 @@ impl Pipeline {
         self.stats.clone()
     }
 
-    /// Runs until the source ends or `shutdown` turns true; the batch in
-    /// progress is finished and committed first.
+    /// Runs until the source ends or `shutdown` turns true; batches in
+    /// flight are acknowledged and committed first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
+        let started = Instant::now();
+        let mut flight = InFlight::new(
+            self.config.batch.max_in_flight_batches,
+            self.config.batch.max_in_flight_bytes,
+        );
+        let result = self.run_batches(&mut flight, &mut shutdown, started).await;
+        // Whatever happened, what the sink acknowledged is committed.
+        let drained = flight.drain(&mut *self.source).await;
+        self.source.finish().await?;
+        self.log_progress(started.elapsed());
+        tracing::info!(pipeline = %self.config.name, "pipeline stopped");
+        result
+            .and(drained)
+            .with_context(|| format!("pipeline `{}`", self.config.name))
+    }
+
+    async fn run_batches(
+        &mut self,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+        started: Instant,
+    ) -> anyhow::Result<()> {
         let linger = Duration::from_millis(self.config.batch.max_linger_ms);
         let max = self.config.batch.max_records;
-        let started = Instant::now();
         let mut last_log = Instant::now();
-        tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
         loop {
             if *shutdown.borrow() {
-                break;
+                return Ok(());
             }
+            flight.wait_for_room(&mut *self.source).await?;
             let next = tokio::select! {
                 next = self.source.next_batch(max, linger) => next?,
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => return Ok(()),
             };
-            let Some(records) = next else { break };
-            self.process(records)
-                .await
-                .with_context(|| format!("pipeline `{}`", self.config.name))?;
+            let Some(records) = next else {
+                return Ok(());
+            };
+            if !records.is_empty() {
+                self.process(records, flight).await?;
+            }
             if last_log.elapsed() >= PROGRESS_EVERY {
                 self.log_progress(started.elapsed());
                 last_log = Instant::now();
             }
         }
-        self.source.finish().await?;
-        self.log_progress(started.elapsed());
-        tracing::info!(pipeline = %self.config.name, "pipeline stopped");
-        Ok(())
     }
 
     fn log_progress(&self, elapsed: Duration) {
@@ -204,15 +225,22 @@ impl Pipeline {
             dead_letters = PipelineStats::get(&s.dead_letters),
             skipped = PipelineStats::get(&s.skipped),
             records_per_s = (records_in as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+            lag = self.source.lag(),
             "progress"
         );
     }
 
-    /// One micro-batch: decode, transform (isolating poison rows), deliver
-    /// outputs and dead letters, then commit.
-    async fn process(&mut self, records: Vec<SourceRecord>) -> anyhow::Result<()> {
+    /// One micro-batch: decode, transform (isolating poison rows), hand
+    /// outputs and dead letters to their sinks; the batch joins the
+    /// in-flight window until both acknowledge it.
+    async fn process(
+        &mut self,
+        records: Vec<SourceRecord>,
+        flight: &mut InFlight,
+    ) -> anyhow::Result<()> {
         PipelineStats::add(&self.stats.records_in, records.len());
         PipelineStats::add(&self.stats.batches, 1);
+        let offsets = next_offsets(&records);
         let decoded = self.decoder.decode(&records)?;
         let mut letters: Vec<DeadLetter> = decoded
             .failed
@@ -231,6 +259,7 @@ impl Pipeline {
             error: f.error,
             udf: f.udf,
         }));
+        drop(records);
         if let Some(first) = letters.first()
             && self.config.errors.policy == ErrorPolicy::Fail
         {
@@ -248,59 +277,38 @@ impl Pipeline {
             out.extend(self.encoder.encode(batch)?);
         }
         PipelineStats::add(&self.stats.records_out, out.len());
-        let mut paused = false;
+        let mut bytes: usize = out.iter().map(|r| r.payload.len()).sum();
         let sent = self.sink.send(out);
-        deliver(sent, &mut *self.source, &mut paused)
+        let ack = flight
+            .guard(&mut *self.source, sent)
             .await
             .context("sink")?;
-        if !letters.is_empty() {
+        let ack = if letters.is_empty() {
+            ack
+        } else {
             match (&self.config.errors.policy, &self.dead_letters) {
                 (ErrorPolicy::DeadLetter, Some(dlq)) => {
                     PipelineStats::add(&self.stats.dead_letters, letters.len());
+                    bytes += letters.iter().map(|l| l.record.payload_len()).sum::<usize>();
                     let sent = dlq.send(&self.config.name, letters);
-                    deliver(sent, &mut *self.source, &mut paused)
+                    let dlq_ack = flight
+                        .guard(&mut *self.source, sent)
                         .await
                         .context("dead-letter sink")?;
+                    Box::pin(async move {
+                        let (sink, dlq) = futures::join!(ack, dlq_ack);
+                        sink.context("sink")?;
+                        dlq.context("dead-letter sink")
+                    })
                 }
-                _ => PipelineStats::add(&self.stats.skipped, letters.len()),
+                _ => {
+                    PipelineStats::add(&self.stats.skipped, letters.len());
+                    ack
+                }
             }
-        }
-        if paused {
-            self.source.resume().await?;
-        }
-        self.source.commit(&records).await
-    }
-}
-
-/// A sink that has not acknowledged after this long makes the source pause.
-const PAUSE_AFTER: Duration = Duration::from_millis(500);
-/// How often a paused source is polled to keep its group membership.
-const KEEPALIVE_EVERY: Duration = Duration::from_millis(200);
-
-/// Awaits a sink acknowledgement; if it is slow, pauses the source (once)
-/// and keeps it alive until the acknowledgement arrives.
-async fn deliver(
-    sent: impl std::future::Future<Output = anyhow::Result<()>>,
-    source: &mut dyn Source,
-    paused: &mut bool,
-) -> anyhow::Result<()> {
-    tokio::pin!(sent);
-    loop {
-        let wait = if *paused {
-            KEEPALIVE_EVERY
-        } else {
-            PAUSE_AFTER
         };
-        tokio::select! {
-            result = &mut sent => return result,
-            _ = tokio::time::sleep(wait) => {
-                if !*paused {
-                    source.pause().await?;
-                    *paused = true;
-                }
-                source.keepalive().await?;
-            }
-        }
+        flight.push(ack, offsets, bytes);
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::{DeadLetterSink, Sink};
+use super::{Ack, DeadLetterSink, Sink, acked};
 use crate::pipeline::record::{DeadLetter, SinkRecord};
 
 enum Target {
@@ -50,7 +50,7 @@ impl LineSink {
 
 #[async_trait]
 impl Sink for LineSink {
-    async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<()> {
+    async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack> {
         let mut buf = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 1).sum());
         for r in records {
             buf.extend_from_slice(&r.payload);
@@ -71,7 +71,7 @@ impl Sink for LineSink {
                 }
             }
         }
-        Ok(())
+        Ok(acked())
     }
 }
 
@@ -92,7 +92,7 @@ impl DeadLetterFile {
 
 #[async_trait]
 impl DeadLetterSink for DeadLetterFile {
-    async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
+    async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack> {
         let mut buf = Vec::new();
         for l in letters {
             let lossy =
@@ -116,6 +116,6 @@ impl DeadLetterSink for DeadLetterFile {
             .await
             .with_context(|| format!("writing dead letters to {}", self.path.display()))?;
         f.sync_data().await?;
-        Ok(())
+        Ok(acked())
     }
 }

@@ -11,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use super::{DeadLetterSink, Sink};
+use super::{Ack, DeadLetterSink, Sink};
 use crate::pipeline::kafka::{client_config, scrub};
 use crate::pipeline::record::{DeadLetter, SinkRecord};
 
@@ -71,23 +71,28 @@ impl KafkaSink {
         }
     }
 
-    async fn await_all(&self, deliveries: Vec<DeliveryFuture>) -> anyhow::Result<()> {
-        let results = try_join_all(deliveries)
-            .await
-            .map_err(|_| anyhow::anyhow!("the producer was dropped"))?;
-        for result in results {
-            if let Err((e, _)) = result {
-                return Err(anyhow::anyhow!(scrub(e.to_string(), &self.properties)))
-                    .with_context(|| format!("delivering to `{}`", self.topic));
+    /// The acknowledgement of `deliveries`: the first delivery error, named.
+    fn ack(&self, deliveries: Vec<DeliveryFuture>) -> Ack {
+        let topic = self.topic.clone();
+        let properties = self.properties.clone();
+        Box::pin(async move {
+            let results = try_join_all(deliveries)
+                .await
+                .map_err(|_| anyhow::anyhow!("the producer was dropped"))?;
+            for result in results {
+                if let Err((e, _)) = result {
+                    return Err(anyhow::anyhow!(scrub(e.to_string(), &properties)))
+                        .with_context(|| format!("delivering to `{topic}`"));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<()> {
+    async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack> {
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
             deliveries.push(
@@ -95,13 +100,13 @@ impl Sink for KafkaSink {
                     .await?,
             );
         }
-        self.await_all(deliveries).await
+        Ok(self.ack(deliveries))
     }
 }
 
 #[async_trait]
 impl DeadLetterSink for KafkaSink {
-    async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
+    async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack> {
         let mut deliveries = Vec::with_capacity(letters.len());
         for l in &letters {
             let r = &l.record;
@@ -139,6 +144,6 @@ impl DeadLetterSink for KafkaSink {
                     .await?,
             );
         }
-        self.await_all(deliveries).await
+        Ok(self.ack(deliveries))
     }
 }

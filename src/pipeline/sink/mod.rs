@@ -5,21 +5,33 @@ mod file;
 mod kafka;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 pub use file::{DeadLetterFile, LineSink};
 pub use kafka::KafkaSink;
 
+
 use super::record::{DeadLetter, SinkRecord};
+
+/// Resolves once every record handed to a sink is acknowledged; several may
+/// be pending at once (in-flight micro-batches).
+pub type Ack = BoxFuture<'static, anyhow::Result<()>>;
+
+/// An acknowledgement that is already complete (sinks that write in `send`).
+pub fn acked() -> Ack {
+    Box::pin(std::future::ready(Ok(())))
+}
 
 /// Output records.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Resolves once every record is acknowledged.
-    async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<()>;
+    /// Hands the records over (waiting while the sink's own queue is full)
+    /// and returns their acknowledgement.
+    async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack>;
 }
 
 /// Records that failed, with why.
 #[async_trait]
 pub trait DeadLetterSink: Send + Sync {
-    async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<()>;
+    async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack>;
 }

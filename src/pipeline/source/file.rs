@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 
 use super::Source;
-use crate::pipeline::record::SourceRecord;
+use crate::pipeline::record::{Offsets, SourceRecord};
 
 pub struct FileSource {
     path: Arc<str>,
@@ -65,7 +65,7 @@ impl Source for FileSource {
         Ok((!batch.is_empty()).then_some(batch))
     }
 
-    async fn commit(&mut self, _batch: &[SourceRecord]) -> anyhow::Result<()> {
+    async fn commit(&mut self, _offsets: &Offsets) -> anyhow::Result<()> {
         Ok(())
     }
 }

@@ -4,25 +4,57 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::Source;
 use crate::pipeline::config::StartPosition;
 use crate::pipeline::kafka::{client_config, scrub};
-use crate::pipeline::record::SourceRecord;
+use crate::pipeline::record::{Offsets, SourceRecord};
 
 /// How long a failing offset commit is retried before the pipeline stops.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(120);
+/// With nothing to read, `next_batch` returns an empty batch this often, so
+/// that acknowledged offsets are committed while the topic is idle.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// A single wait for the next message never exceeds this: rdkafka's stream
+/// can miss the wake-up of a queue that refilled after a pause/resume, so
+/// the wait is restarted (which polls the queue again).
+const REPOLL_EVERY: Duration = Duration::from_millis(50);
+
+/// Receives librdkafka's statistics: the consumer lag summed over the
+/// assigned partitions.
+#[derive(Default)]
+pub struct LagContext {
+    lag: AtomicI64,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     properties: BTreeMap<String, String>,
     topics: HashMap<String, Arc<str>>,
     /// Records that arrived while paused (already fetched before the pause;
@@ -42,7 +74,10 @@ impl KafkaSource {
     ) -> anyhow::Result<Self> {
         let mut config = client_config(
             brokers,
-            &[("queued.max.messages.kbytes", "16384")],
+            &[
+                ("queued.max.messages.kbytes", "16384"),
+                ("statistics.interval.ms", "5000"),
+            ],
             properties,
         );
         config
@@ -56,8 +91,10 @@ impl KafkaSource {
                     StartPosition::Latest => "latest",
                 },
             );
-        let consumer: StreamConsumer = config
-            .create()
+        let consumer: StreamConsumer<LagContext> = config
+            .create_with_context(LagContext {
+                lag: AtomicI64::new(-1),
+            })
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka consumer")?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -78,10 +115,7 @@ impl KafkaSource {
     }
 }
 
-fn to_record(
-    topics: &mut HashMap<String, Arc<str>>,
-    m: &rdkafka::message::BorrowedMessage<'_>,
-) -> SourceRecord {
+fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> SourceRecord {
     {
         let topic = topics
             .entry(m.topic().to_string())
@@ -125,13 +159,18 @@ impl Source for KafkaSource {
         }
         // Broker outages surface as consumption errors; librdkafka
         // reconnects on its own, so they are logged and waited out.
+        let idle = tokio::time::Instant::now() + IDLE_TICK;
         let first = loop {
-            match self.consumer.recv().await {
-                Ok(m) => break to_record(&mut self.topics, &m),
-                Err(KafkaError::MessageConsumptionFatal(code)) => {
+            if tokio::time::Instant::now() >= idle {
+                return Ok(Some(Vec::new()));
+            }
+            match self.recv_within(REPOLL_EVERY).await {
+                None => continue,
+                Some(Ok(r)) => break r,
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     anyhow::bail!("fatal consumer error: {code}");
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!("kafka consumer: {}", scrub(e.to_string(), &self.properties));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -140,16 +179,17 @@ impl Source for KafkaSource {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    let r = to_record(&mut self.topics, &m);
-                    batch.push(r);
-                }
-                Ok(Err(e)) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.recv_within(left.min(REPOLL_EVERY)).await {
+                None => continue,
+                Some(Ok(r)) => batch.push(r),
+                Some(Err(e)) => {
                     tracing::warn!("kafka consumer: {}", scrub(e.to_string(), &self.properties));
                     break;
                 }
-                Err(_) => break,
             }
         }
         Ok(Some(batch))
@@ -166,13 +206,15 @@ impl Source for KafkaSource {
     }
 
     async fn keepalive(&mut self) -> anyhow::Result<()> {
-        if let Ok(Ok(m)) =
-            tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await
-        {
-            let r = to_record(&mut self.topics, &m);
+        if let Some(Ok(r)) = self.recv_within(REPOLL_EVERY).await {
             self.carry.push_back(r);
         }
         Ok(())
+    }
+
+    fn lag(&self) -> Option<i64> {
+        let lag = self.consumer.context().lag.load(Ordering::Relaxed);
+        (lag >= 0).then_some(lag)
     }
 
     async fn resume(&mut self) -> anyhow::Result<()> {
@@ -185,15 +227,10 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in batch {
-            let e = next.entry((&*r.topic, r.partition)).or_insert(r.offset + 1);
-            *e = (*e).max(r.offset + 1);
-        }
+    async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        for ((topic, partition), offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         // Asynchronous: a lost commit only means re-delivery (at-least-once),
         // and the next commit supersedes it. `finish` commits synchronously.
@@ -218,6 +255,15 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// The next message, or `None` if none arrived within `wait`.
+    async fn recv_within(&mut self, wait: Duration) -> Option<Result<SourceRecord, KafkaError>> {
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Ok(Ok(m)) => Some(Ok(to_record(&mut self.topics, &m))),
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
+    }
+
     async fn commit_with_retry(
         &self,
         tpl: &TopicPartitionList,

@@ -10,21 +10,30 @@ use async_trait::async_trait;
 pub use file::FileSource;
 pub use kafka::KafkaSource;
 
-use super::record::SourceRecord;
+use super::record::{Offsets, SourceRecord};
 
 /// A stream of records read in micro-batches.
 #[async_trait]
 pub trait Source: Send {
     /// Up to `max` records, waiting at most `linger` for more once the first
-    /// arrived. `None` when the source is finished (files).
+    /// arrived. Empty when nothing arrived for a while (so that the caller
+    /// can commit what was acknowledged meanwhile); `None` when the source is
+    /// finished (files).
     async fn next_batch(
         &mut self,
         max: usize,
         linger: Duration,
     ) -> anyhow::Result<Option<Vec<SourceRecord>>>;
 
-    /// Every record of `batch` reached the sink or the dead-letter target.
-    async fn commit(&mut self, batch: &[SourceRecord]) -> anyhow::Result<()>;
+    /// Every record before `offsets` reached the sink or the dead-letter
+    /// target.
+    async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()>;
+
+    /// Records not yet consumed (Kafka: consumer lag summed over the
+    /// assigned partitions), when known.
+    fn lag(&self) -> Option<i64> {
+        None
+    }
 
     /// The sink is slow: stop fetching (Kafka: pause the assigned
     /// partitions) so that nothing buffers without bound.

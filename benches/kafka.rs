@@ -30,6 +30,15 @@ fn now_us() -> i64 {
         .as_micros() as i64
 }
 
+/// tansu answers an empty fetch only after `fetch.wait.max.ms` and as an
+/// error (then librdkafka backs off `fetch.error.backoff.ms`); both default
+/// to 500 ms, which would dominate latency. Every consumer here (weir, the
+/// bare loop, the latency reader) uses this; `WEIR_BENCH_FETCH_WAIT_MS`
+/// overrides.
+fn fetch_wait_ms() -> String {
+    std::env::var("WEIR_BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "10".into())
+}
+
 fn payload(i: usize, ts: i64) -> String {
     // ~100 bytes of JSON.
     format!(
@@ -93,6 +102,8 @@ async fn bare_loop(brokers: &str, input: &str, output: &str, n: usize) -> f64 {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-bare")
+        .set("fetch.wait.max.ms", fetch_wait_ms())
+        .set("fetch.error.backoff.ms", fetch_wait_ms())
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .create()
@@ -141,9 +152,13 @@ max_records = 4096
 max_linger_ms = 20
 "#,
         geo = geo.display(),
-        debug = std::env::var("WEIR_BENCH_DEBUG")
-            .map(|d| format!("[source.properties]\ndebug = \"{d}\""))
-            .unwrap_or_default()
+        debug = format!(
+            "[source.properties]\n{}\"fetch.wait.max.ms\" = \"{wait}\"\n\"fetch.error.backoff.ms\" = \"{wait}\"",
+            std::env::var("WEIR_BENCH_DEBUG")
+                .map(|d| format!("debug = \"{d}\"\n"))
+                .unwrap_or_default(),
+            wait = fetch_wait_ms()
+        )
     ))
     .unwrap()
 }
@@ -172,31 +187,38 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Produces at `rate` records/s for `secs` and reports p50 / p99 of
-/// produce-to-output latency, read from the output records' `ts`.
+/// Produces to `input` at `rate` records/s for `secs` and reports p50 / p99
+/// of the latency until a reader sees each record in `output`, from the
+/// records' `ts`. With a pipeline, weir moves `input` to `output`; without,
+/// the reader reads `input` itself (the broker's own floor).
 async fn latency(
     brokers: &str,
-    config: PipelineConfig,
+    input: &str,
     output: &str,
+    pipeline: Option<PipelineConfig>,
     rate: f64,
     secs: u64,
 ) -> (f64, f64) {
-    let input = match &config.source {
-        weir::pipeline::config::SourceConfig::Kafka { topics, .. } => topics[0].clone(),
-        _ => unreachable!(),
+    let input = input.to_string();
+    let running = match pipeline {
+        Some(config) => {
+            let sandbox = weir::Sandbox::with_options(weir::SandboxOptions::default()).unwrap();
+            let pipeline = Pipeline::build(config, &sandbox).await.unwrap();
+            let (stop, stopped) = watch::channel(false);
+            Some((stop, tokio::spawn(pipeline.run(stopped))))
+        }
+        None => None,
     };
-    let sandbox = weir::Sandbox::with_options(weir::SandboxOptions::default()).unwrap();
-    let pipeline = Pipeline::build(config, &sandbox).await.unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(pipeline.run(stopped));
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-latency-reader")
+        .set("fetch.wait.max.ms", fetch_wait_ms())
+        .set("fetch.error.backoff.ms", fetch_wait_ms())
         .set("auto.offset.reset", "latest")
         .create()
         .unwrap();
     consumer.subscribe(&[output]).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let total = (rate * secs as f64) as usize;
     let brokers_owned = brokers.to_string();
     let producer_task = tokio::spawn(async move {
@@ -222,10 +244,13 @@ async fn latency(
         }
     }
     drop(producer_task.await);
-    stop.send(true).unwrap();
-    task.await.unwrap().unwrap();
+    if let Some((stop, task)) = running {
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    eprintln!("latency p90 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms over {} records", pct(0.90), pct(0.999), lat[lat.len() - 1], lat.len());
     (pct(0.50), pct(0.99))
 }
 
@@ -259,7 +284,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        create(&brokers, &["bench-in", "bench-bare-out", "bench-weir-out", "lat-in", "lat-out"]).await;
+        create(&brokers, &["bench-in", "bench-bare-out", "bench-weir-out"]).await;
         eprintln!("filling bench-in with {records} records");
         fill(&brokers, "bench-in", records).await;
         eprintln!("running the bare loop");
@@ -270,7 +295,15 @@ fn main() {
         println!("bare rdkafka consume->produce loop: {bare:.0} records/s");
         println!("weir pipeline (decode, SQL + WASM UDF, encode, produce, commit): {weir_rate:.0} records/s ({:.0} % of bare)", 100.0 * weir_rate / bare);
         let half = (weir_rate / 2.0).max(100.0);
-        let (p50, p99) = latency(&brokers, config(&brokers, "lat-in", "lat-out", "bench-lat", &geo), "lat-out", half, 10).await;
-        println!("end-to-end latency at {half:.0} records/s: p50 {p50:.1} ms, p99 {p99:.1} ms");
+        for (i, rate) in [half, 1000.0].into_iter().enumerate() {
+            let (input, output) = (format!("lat-in-{i}"), format!("lat-out-{i}"));
+            create(&brokers, &[&input, &output]).await;
+            let group = format!("bench-lat-{i}");
+            let config = config(&brokers, &input, &output, &group, &geo);
+            let (p50, p99) = latency(&brokers, &input, &output, Some(config), rate, 10).await;
+            println!("end-to-end latency through weir at {rate:.0} records/s: p50 {p50:.1} ms, p99 {p99:.1} ms");
+            let (p50, p99) = latency(&brokers, &input, &input, None, rate, 10).await;
+            println!("  the broker alone (produce -> consume, same rate): p50 {p50:.1} ms, p99 {p99:.1} ms");
+        }
     });
 }

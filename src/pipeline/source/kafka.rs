@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
@@ -30,12 +32,21 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// can miss the wake-up of a queue that refilled after a pause/resume, so
 /// the wait is restarted (which polls the queue again).
 const REPOLL_EVERY: Duration = Duration::from_millis(50);
+/// While paused, the consumer is polled this often to stay in its group
+/// (well within librdkafka's default `max.poll.interval.ms` of 300 s).
+const KEEPALIVE_POLL: Duration = Duration::from_secs(5);
+/// ... and this often once the records taken by those polls reach
+/// [`CARRY_SOFT_LIMIT`], so that a sink stalled for hours holds a few
+/// thousand records at most.
+const KEEPALIVE_POLL_FULL: Duration = Duration::from_secs(60);
+const CARRY_SOFT_LIMIT: usize = 1024;
 
-/// Receives librdkafka's statistics: the consumer lag summed over the
-/// assigned partitions.
+/// Receives librdkafka's statistics (the consumer lag summed over the
+/// assigned partitions) and counts rebalances.
 #[derive(Default)]
 pub struct LagContext {
     lag: AtomicI64,
+    rebalances: AtomicU64,
 }
 
 impl ClientContext for LagContext {
@@ -51,7 +62,11 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 pub struct KafkaSource {
     consumer: StreamConsumer<LagContext>,
@@ -60,6 +75,12 @@ pub struct KafkaSource {
     /// Records that arrived while paused (already fetched before the pause;
     /// bounded by librdkafka's fetch queue), served first by the next batch.
     carry: VecDeque<SourceRecord>,
+    /// Per partition, the offset after the last record received (since the
+    /// last rebalance), to notice offsets the broker never returned.
+    expected: HashMap<(Arc<str>, i32), i64>,
+    seen_rebalances: u64,
+    paused_at: Option<Instant>,
+    last_poll: Instant,
     /// The offsets of the last commit, made durable (synchronously) by `finish`.
     last_commit: Option<TopicPartitionList>,
 }
@@ -75,7 +96,9 @@ impl KafkaSource {
         let mut config = client_config(
             brokers,
             &[
+                // Bounds what a paused (unconsumed) source holds in memory.
                 ("queued.max.messages.kbytes", "16384"),
+                ("fetch.max.bytes", "8388608"),
                 ("statistics.interval.ms", "5000"),
             ],
             properties,
@@ -94,6 +117,7 @@ impl KafkaSource {
         let consumer: StreamConsumer<LagContext> = config
             .create_with_context(LagContext {
                 lag: AtomicI64::new(-1),
+                rebalances: AtomicU64::new(0),
             })
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka consumer")?;
@@ -110,6 +134,10 @@ impl KafkaSource {
                 .map(|t| (t.clone(), Arc::from(t.as_str())))
                 .collect(),
             carry: VecDeque::new(),
+            expected: HashMap::new(),
+            seen_rebalances: 0,
+            paused_at: None,
+            last_poll: Instant::now(),
             last_commit: None,
         })
     }
@@ -195,18 +223,33 @@ impl Source for KafkaSource {
         Ok(Some(batch))
     }
 
+    // Pausing stops taking records from librdkafka instead of calling
+    // `rd_kafka_pause_partitions`: that purges the prefetched records and
+    // re-fetches from the middle of a record batch on resume, which costs a
+    // round trip and which tansu 0.6 answers with the *next* batch, silently
+    // skipping records. Unconsumed, librdkafka's queue fills to
+    // `queued.max.messages.kbytes` and fetching stops there by itself.
     async fn pause(&mut self) -> anyhow::Result<()> {
-        let assignment = self.consumer.assignment()?;
-        self.consumer.pause(&assignment)?;
+        self.paused_at = Some(Instant::now());
         tracing::warn!(
-            partitions = assignment.count(),
+            partitions = self.consumer.assignment().map(|a| a.count()).unwrap_or(0),
             "sink is slow: paused the source partitions"
         );
         Ok(())
     }
 
     async fn keepalive(&mut self) -> anyhow::Result<()> {
-        if let Some(Ok(r)) = self.recv_within(REPOLL_EVERY).await {
+        // The group only needs a poll within `max.poll.interval.ms`
+        // (heartbeats run in librdkafka's own thread); each poll may take
+        // one record, kept for the next batch.
+        let every = if self.carry.len() < CARRY_SOFT_LIMIT {
+            KEEPALIVE_POLL
+        } else {
+            KEEPALIVE_POLL_FULL
+        };
+        if self.last_poll.elapsed() >= every
+            && let Some(Ok(r)) = self.recv_within(REPOLL_EVERY).await
+        {
             self.carry.push_back(r);
         }
         Ok(())
@@ -218,12 +261,13 @@ impl Source for KafkaSource {
     }
 
     async fn resume(&mut self) -> anyhow::Result<()> {
-        let assignment = self.consumer.assignment()?;
-        self.consumer.resume(&assignment)?;
-        tracing::info!(
-            partitions = assignment.count(),
-            "sink caught up: resumed the source partitions"
-        );
+        if let Some(since) = self.paused_at.take() {
+            tracing::info!(
+                partitions = self.consumer.assignment().map(|a| a.count()).unwrap_or(0),
+                paused_for_ms = since.elapsed().as_millis() as u64,
+                "sink caught up: resumed the source partitions"
+            );
+        }
         Ok(())
     }
 
@@ -257,11 +301,43 @@ impl Source for KafkaSource {
 impl KafkaSource {
     /// The next message, or `None` if none arrived within `wait`.
     async fn recv_within(&mut self, wait: Duration) -> Option<Result<SourceRecord, KafkaError>> {
+        self.last_poll = Instant::now();
         match tokio::time::timeout(wait, self.consumer.recv()).await {
-            Ok(Ok(m)) => Some(Ok(to_record(&mut self.topics, &m))),
+            Ok(Ok(m)) => {
+                let r = to_record(&mut self.topics, &m);
+                drop(m);
+                self.check_gap(&r);
+                Some(Ok(r))
+            }
             Ok(Err(e)) => Some(Err(e)),
             Err(_) => None,
         }
+    }
+
+    /// Warns when a partition's offsets jump: on a plain topic that means
+    /// the broker skipped records (compaction and transaction markers also
+    /// leave gaps, harmlessly).
+    fn check_gap(&mut self, r: &SourceRecord) {
+        let rebalances = self.consumer.context().rebalances.load(Ordering::Relaxed);
+        if rebalances != self.seen_rebalances {
+            self.seen_rebalances = rebalances;
+            self.expected.clear();
+        }
+        let key = (r.topic.clone(), r.partition);
+        if let Some(&expected) = self.expected.get(&key)
+            && r.offset > expected
+        {
+            tracing::warn!(
+                topic = %r.topic,
+                partition = r.partition,
+                "the broker returned offset {} after {}: offsets {expected}..{} were skipped \
+                 (expected on compacted or transactional topics; otherwise a broker fault)",
+                r.offset,
+                expected - 1,
+                r.offset - 1,
+            );
+        }
+        self.expected.insert(key, r.offset + 1);
     }
 
     async fn commit_with_retry(

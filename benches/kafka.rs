@@ -250,7 +250,13 @@ async fn latency(
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    eprintln!("latency p90 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms over {} records", pct(0.90), pct(0.999), lat[lat.len() - 1], lat.len());
+    eprintln!(
+        "latency p90 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms over {} records",
+        pct(0.90),
+        pct(0.999),
+        lat[lat.len() - 1],
+        lat.len()
+    );
     (pct(0.50), pct(0.99))
 }
 

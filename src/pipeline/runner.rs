@@ -289,7 +289,10 @@ impl Pipeline {
             match (&self.config.errors.policy, &self.dead_letters) {
                 (ErrorPolicy::DeadLetter, Some(dlq)) => {
                     PipelineStats::add(&self.stats.dead_letters, letters.len());
-                    bytes += letters.iter().map(|l| l.record.payload_len()).sum::<usize>();
+                    bytes += letters
+                        .iter()
+                        .map(|l| l.record.payload_len())
+                        .sum::<usize>();
                     let sent = dlq.send(&self.config.name, letters);
                     let dlq_ack = flight
                         .guard(&mut *self.source, sent)

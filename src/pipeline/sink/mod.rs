@@ -10,7 +10,6 @@ use futures::future::BoxFuture;
 pub use file::{DeadLetterFile, LineSink};
 pub use kafka::KafkaSink;
 
-
 use super::record::{DeadLetter, SinkRecord};
 
 /// Resolves once every record handed to a sink is acknowledged; several may

@@ -770,3 +770,67 @@ async fn the_readme_kafka_walkthrough_works_with_an_independent_client() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_records_end_to_end_with_a_udf_and_dead_letters() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("trips", 2), ("trips-km", 1), ("trips-dlq", 1)]).await;
+    let mut records = Vec::new();
+    for id in 0..100 {
+        let payload = match id {
+            // Not a number in a float column: a decode failure.
+            30 => "30,north,not-a-latitude".to_string(),
+            _ => format!("{id},city-{},{}.5", id % 7, id % 90),
+        };
+        records.push((None, payload));
+    }
+    produce(&addr, "trips", &records).await;
+    let toml = format!(
+        r#"
+name = "trips"
+udfs = ["{geo}"]
+sql = "SELECT id, city, scale_add(lat, 2.0) AS twice FROM source WHERE id % 2 = 0"
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["trips"]
+group = "weir-csv"
+format = "csv"
+fields = [{{ name = "id", type = "int64" }}, {{ name = "city", type = "utf8" }}, {{ name = "lat", type = "float64" }}]
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "trips-km"
+format = "csv"
+[errors]
+policy = "dead-letter"
+topic = "trips-dlq"
+[batch]
+max_records = 32
+max_linger_ms = 20
+"#,
+        geo = support::module_path("geo").display(),
+    );
+    let config = PipelineConfig::from_toml(&toml).unwrap();
+    let pipeline = Pipeline::build(config, support::sandbox()).await.unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(pipeline.run(stopped));
+    let out = consume(&addr, "trips-km", 49).await;
+    let rows: BTreeSet<String> = out.into_iter().map(|(_, p, _)| p).collect();
+    let expected: BTreeSet<String> = (0..100)
+        .filter(|id| id % 2 == 0 && *id != 30)
+        .map(|id| {
+            format!(
+                "{id},city-{},{}",
+                id % 7,
+                ((id % 90) as f64 + 0.5) * 1.5 + 2.0
+            )
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    let dlq = consume(&addr, "trips-dlq", 1).await;
+    assert_eq!(dlq[0].1, "30,north,not-a-latitude", "original payload kept");
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -35,6 +35,7 @@ pub mod marshal;
 pub mod pipeline;
 pub mod sandbox;
 pub mod sql;
+pub mod tenant;
 pub mod toolchain;
 pub mod udf;
 

@@ -1,6 +1,7 @@
 //! `weir run PATH`: run pipelines until they finish or SIGINT/SIGTERM.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -9,18 +10,30 @@ use tokio::sync::watch;
 use crate::pipeline::Pipeline;
 use crate::pipeline::runner::load_pipelines;
 use crate::sandbox::Sandbox;
+use crate::tenant::{Policy, Tenants};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A pipeline file, or a folder of `*.toml` pipeline files.
     pub path: PathBuf,
+    /// Tenant policy (docs/policy.md); re-read on SIGHUP.
+    #[arg(long, env = "WEIR_POLICY")]
+    pub policy: Option<PathBuf>,
 }
 
 pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
     let configs = load_pipelines(&args.path)?;
+    let policy = match &args.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default(),
+    };
+    let tenants = Arc::new(Tenants::new(policy));
     let mut pipelines = Vec::new();
     for config in configs {
-        pipelines.push(Pipeline::build(config, &sandbox).await?);
+        pipelines.push(Pipeline::build_for(config, &sandbox, &tenants).await?);
+    }
+    if let Some(path) = args.policy.clone() {
+        tokio::spawn(reload_on_sighup(path, tenants.clone()));
     }
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
@@ -43,6 +56,31 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Re-reads the policy on every SIGHUP; an invalid file is logged and the
+/// policy in force is kept.
+async fn reload_on_sighup(path: PathBuf, tenants: Arc<Tenants>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Policy::from_file(&path) {
+                Ok(policy) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: policy reloaded");
+                    tenants.reload(policy);
+                }
+                Err(e) => tracing::error!("SIGHUP: policy not reloaded, the previous one stays: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, tenants);
     }
 }
 

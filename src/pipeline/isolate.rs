@@ -7,7 +7,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
 
 use super::query::PlannedQuery;
-use crate::sandbox::UdfError;
+use crate::sandbox::{Failure, UdfError};
 
 /// A row (index into the input batch) that fails on its own.
 #[derive(Debug, Clone)]
@@ -24,6 +24,14 @@ pub struct Isolated {
     pub failed: Vec<FailedRow>,
     /// Query executions it took (1 when nothing failed).
     pub runs: usize,
+}
+
+/// Whether the query failed because a UDF's circuit breaker is open: then
+/// every row fails alike and bisecting is pointless.
+fn circuit_open(err: &DataFusionError) -> bool {
+    matches!(err.find_root(), DataFusionError::External(inner)
+        if inner.downcast_ref::<UdfError>()
+            .is_some_and(|u| matches!(u.failure, Failure::CircuitOpen { .. })))
 }
 
 fn describe(err: &DataFusionError) -> (String, Option<String>) {
@@ -49,13 +57,13 @@ pub async fn run_isolating(query: &PlannedQuery, batch: RecordBatch) -> Isolated
         runs += 1;
         match query.run(batch.slice(offset, len)).await {
             Ok(batches) => outputs.extend(batches.into_iter().filter(|b| b.num_rows() > 0)),
-            Err(err) if len == 1 => {
+            Err(err) if len == 1 || circuit_open(&err) => {
                 let (error, udf) = describe(&err);
-                failed.push(FailedRow {
-                    row: offset,
-                    error,
-                    udf,
-                });
+                failed.extend((offset..offset + len).map(|row| FailedRow {
+                    row,
+                    error: error.clone(),
+                    udf: udf.clone(),
+                }));
             }
             Err(_) => {
                 let half = len / 2;

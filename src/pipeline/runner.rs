@@ -18,7 +18,8 @@ use super::query::PlannedQuery;
 use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
 use super::source::{FileSource, KafkaSource, Source};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, UdfModule};
+use crate::tenant::{Tenant, Tenants};
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -53,24 +54,44 @@ pub struct Pipeline {
     sink: Box<dyn Sink>,
     dead_letters: Option<Box<dyn DeadLetterSink>>,
     stats: Arc<PipelineStats>,
+    /// The owning tenant and the modules loaded under its policy.
+    tenant: Arc<Tenant>,
+    modules: Vec<Arc<UdfModule>>,
 }
 
 impl Pipeline {
     /// Loads the UDFs, plans the query and opens source and sinks. Errors
     /// name the pipeline.
+    /// Like [`Pipeline::build_for`] with the default tenant policy.
     pub async fn build(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
+        Self::build_for(config, sandbox, &Tenants::default()).await
+    }
+
+    /// Builds the pipeline under its tenant's policy (from `tenants`).
+    pub async fn build_for(
+        config: PipelineConfig,
+        sandbox: &Sandbox,
+        tenants: &Tenants,
+    ) -> anyhow::Result<Self> {
         let name = config.name.clone();
-        Self::build_inner(config, sandbox)
+        Self::build_inner(config, sandbox, tenants)
             .await
             .with_context(|| format!("pipeline `{name}`"))
     }
 
-    async fn build_inner(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
+    async fn build_inner(
+        config: PipelineConfig,
+        sandbox: &Sandbox,
+        tenants: &Tenants,
+    ) -> anyhow::Result<Self> {
+        let tenant = tenants.get(&config.tenant);
         let ctx =
             SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
+        let mut modules = Vec::new();
         for path in &config.udfs {
-            let module = sandbox.load_file(path)?;
+            let module = sandbox.load_file_for(path, &tenant)?;
             crate::udf::register_module(&ctx, &module);
+            modules.push(module);
         }
         let decoder = RecordDecoder::new(
             config.source.format(),
@@ -153,6 +174,8 @@ impl Pipeline {
             sink,
             dead_letters,
             stats: Arc::new(PipelineStats::default()),
+            tenant,
+            modules,
         })
     }
 
@@ -170,7 +193,10 @@ impl Pipeline {
         tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
         let started = Instant::now();
         let mut flight = InFlight::new(
-            self.config.batch.max_in_flight_batches,
+            self.config
+                .batch
+                .max_in_flight_batches
+                .min(self.tenant.policy().max_in_flight_batches),
             self.config.batch.max_in_flight_bytes,
         );
         let result = self.run_batches(&mut flight, &mut shutdown, started).await;
@@ -215,6 +241,20 @@ impl Pipeline {
         }
     }
 
+    /// One micro-batch's outcome per UDF for the circuit breakers: failing
+    /// if any row failed in it, succeeding otherwise.
+    fn record_breakers(&self, failed: &[super::isolate::FailedRow]) {
+        let failing: std::collections::HashSet<&str> =
+            failed.iter().filter_map(|f| f.udf.as_deref()).collect();
+        for module in &self.modules {
+            for f in &module.manifest().functions {
+                if self.config.sql.contains(f.name.as_str()) {
+                    module.record_batch(&f.name, !failing.contains(f.name.as_str()));
+                }
+            }
+        }
+    }
+
     fn log_progress(&self, elapsed: Duration) {
         let s = &self.stats;
         let records_in = PipelineStats::get(&s.records_in);
@@ -240,6 +280,17 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         PipelineStats::add(&self.stats.records_in, records.len());
         PipelineStats::add(&self.stats.batches, 1);
+        // The tenant's rows/s quota: over it, wait (the source pauses if
+        // the wait is long); nothing is dropped.
+        let wait = self.tenant.throttle(records.len());
+        if !wait.is_zero() {
+            flight
+                .guard(&mut *self.source, async {
+                    tokio::time::sleep(wait).await;
+                    Ok(())
+                })
+                .await?;
+        }
         let offsets = next_offsets(&records);
         let decoded = self.decoder.decode(&records)?;
         let mut letters: Vec<DeadLetter> = decoded
@@ -253,6 +304,7 @@ impl Pipeline {
             })
             .collect();
         let isolated = run_isolating(&self.query, decoded.batch).await;
+        self.record_breakers(&isolated.failed);
         letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
             record: records[decoded.rows[f.row]].clone(),
             stage: "transform",

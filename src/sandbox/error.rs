@@ -4,7 +4,7 @@ use std::fmt;
 
 use wasmtime::Trap;
 
-use super::host::{MemoryLimitExceeded, TableLimitExceeded};
+use super::host::{MemoryLimitExceeded, TableLimitExceeded, TenantMemoryExceeded};
 use super::limits::{CpuMeter, SandboxLimits};
 use crate::abi::ManifestError;
 
@@ -90,6 +90,15 @@ pub enum Failure {
         requested: usize,
         limit: usize,
     },
+    /// The tenant's instances together reached `memory_total_bytes`.
+    TenantMemory {
+        tenant: String,
+        limit: u64,
+    },
+    /// The UDF version's circuit breaker is open: the guest was not called.
+    CircuitOpen {
+        retry_in_ms: u64,
+    },
     /// Wasm stack exhausted.
     StackOverflow,
     /// The guest reported an error for one row.
@@ -121,7 +130,10 @@ impl Failure {
     pub fn kind(&self) -> &'static str {
         match self {
             Failure::OutOfCpu { .. } => "out_of_cpu",
-            Failure::OutOfMemory { .. } | Failure::TableLimit { .. } => "out_of_memory",
+            Failure::OutOfMemory { .. }
+            | Failure::TableLimit { .. }
+            | Failure::TenantMemory { .. } => "out_of_memory",
+            Failure::CircuitOpen { .. } => "circuit_open",
             Failure::StackOverflow => "stack_overflow",
             Failure::RowError { .. } => "guest_error",
             Failure::Panic { .. } => "guest_panic",
@@ -152,6 +164,12 @@ impl Failure {
 
     /// Classifies an error raised by wasmtime while instantiating or calling.
     pub fn classify(err: &wasmtime::Error, during_start: bool) -> Failure {
+        if let Some(m) = err.downcast_ref::<TenantMemoryExceeded>() {
+            return Failure::TenantMemory {
+                tenant: m.tenant.clone(),
+                limit: m.limit,
+            };
+        }
         if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
             return Failure::OutOfMemory {
                 requested: m.requested,
@@ -246,6 +264,14 @@ impl UdfError {
                     )
                 }
             }
+            Failure::TenantMemory { tenant, limit } => write!(
+                f,
+                "ran out of memory {batch}: the instances of tenant `{tenant}` together hold its `memory_total_bytes` ({limit} bytes); raise it in the policy or run fewer instances"
+            ),
+            Failure::CircuitOpen { retry_in_ms } => write!(
+                f,
+                "was not called {batch}: circuit open after repeated failing batches; a probe batch runs in {retry_in_ms} ms (policy `breaker_failures`, `breaker_cooldown_ms`)"
+            ),
             Failure::OutOfMemory { requested, limit } => write!(
                 f,
                 "ran out of memory {batch}: it asked for {requested} bytes of linear memory, the limit is {limit}; raise `sandbox.memory_bytes` or make the function use less memory"

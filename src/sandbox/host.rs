@@ -6,6 +6,7 @@ use std::sync::Arc;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::limits::SandboxLimits;
+use crate::tenant::Tenant;
 use crate::abi::IMPORT_MODULE;
 
 /// Longest log line kept, in bytes.
@@ -27,9 +28,21 @@ pub struct TableLimitExceeded {
     pub limit: usize,
 }
 
+/// A grow that would take the tenant's instances past `memory_total_bytes`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("memory grow denied: tenant `{tenant}` is at its total of {limit} bytes")]
+pub struct TenantMemoryExceeded {
+    pub tenant: String,
+    pub limit: u64,
+}
+
 /// Data each wasmtime `Store` carries.
 pub struct StoreState {
     memory_limit: usize,
+    /// The tenant whose aggregate memory this instance counts against, and
+    /// how much it holds.
+    tenant: Option<Arc<Tenant>>,
+    memory_held: u64,
     table_limit: usize,
     log_budget: u32,
     log_per_call: u32,
@@ -40,9 +53,15 @@ pub struct StoreState {
 }
 
 impl StoreState {
-    pub fn new(limits: &SandboxLimits, label: Arc<str>) -> Self {
+    pub fn new(limits: &SandboxLimits, label: Arc<str>, tenant: Option<Arc<Tenant>>) -> Self {
+        let mut memory_limit = limits.memory_bytes;
+        if let Some(t) = &tenant {
+            memory_limit = memory_limit.min(t.policy().memory_bytes);
+        }
         StoreState {
-            memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+            tenant,
+            memory_held: 0,
             table_limit: usize::try_from(limits.table_elements).unwrap_or(usize::MAX),
             log_budget: limits.log_lines_per_batch,
             log_per_call: limits.log_lines_per_batch,
@@ -58,10 +77,18 @@ impl StoreState {
     }
 }
 
+impl Drop for StoreState {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tenant {
+            t.release_memory(self.memory_held);
+        }
+    }
+}
+
 impl ResourceLimiter for StoreState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -70,6 +97,16 @@ impl ResourceLimiter for StoreState {
                 requested: desired,
                 limit: self.memory_limit,
             }));
+        }
+        if let Some(t) = &self.tenant {
+            let more = desired.saturating_sub(current) as u64;
+            t.reserve_memory(more).map_err(|limit| {
+                wasmtime::Error::new(TenantMemoryExceeded {
+                    tenant: t.name().to_string(),
+                    limit,
+                })
+            })?;
+            self.memory_held += more;
         }
         Ok(true)
     }

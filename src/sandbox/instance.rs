@@ -57,7 +57,8 @@ impl GuestInstance {
     /// so that a start function is bounded too.
     pub fn new(module: &UdfModule) -> Result<Self, Failure> {
         let limits = module.limits();
-        let mut store = Store::new(module.engine(), StoreState::new(limits, module.label_arc()));
+        let state = StoreState::new(limits, module.label_arc(), module.tenant().cloned());
+        let mut store = Store::new(module.engine(), state);
         store.limiter(|state| state);
         arm(&mut store, limits)?;
         let instance = with_stack(limits, || module.instance_pre().instantiate(&mut store))
@@ -94,11 +95,11 @@ impl GuestInstance {
     pub fn invoke(
         &mut self,
         module: &UdfModule,
+        limits: &SandboxLimits,
         index: usize,
         plan: &InputPlan,
         rows: usize,
     ) -> Result<CallResult, Failure> {
-        let limits = module.limits();
         let decl = &module.manifest().functions[index];
         self.store.data_mut().begin_call();
         arm(&mut self.store, limits)?;

@@ -18,6 +18,7 @@ use super::limits::{KNOWN_CAPABILITIES, SandboxLimits};
 use crate::abi::{EXPORT_ALLOC, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
 use crate::marshal::input::InputPlan;
 use crate::marshal::output::CallResult;
+use crate::tenant::{Breaker, Tenant};
 
 /// A validated, compiled module ready to run batches.
 pub struct UdfModule {
@@ -32,6 +33,10 @@ pub struct UdfModule {
     /// Calls made so far, per function (for "batch N" in errors).
     calls: Vec<AtomicU64>,
     from_cache: bool,
+    /// The owning tenant: its policy bounds every call (read per batch).
+    tenant: Option<Arc<Tenant>>,
+    /// One circuit breaker per function.
+    breakers: Vec<Breaker>,
 }
 
 impl std::fmt::Debug for UdfModule {
@@ -72,6 +77,51 @@ impl UdfModule {
     /// The host capabilities the module imports.
     pub fn imports(&self) -> &[Import] {
         &self.imports
+    }
+
+    pub fn tenant(&self) -> Option<&Arc<Tenant>> {
+        self.tenant.as_ref()
+    }
+
+    /// The circuit breaker of function `index`.
+    pub fn breaker(&self, index: usize) -> Option<&Breaker> {
+        self.breakers.get(index)
+    }
+
+    /// Records a batch's outcome for function `name` on its breaker (per
+    /// UDF version: this module's digest); logs state changes.
+    pub fn record_batch(&self, name: &str, ok: bool) {
+        let Some(index) = self.function_index(name) else {
+            return;
+        };
+        let threshold = self
+            .tenant
+            .as_ref()
+            .map_or(5, |t| t.policy().breaker_failures);
+        if let Some(state) = self.breakers[index].record(ok, threshold) {
+            tracing::warn!(
+                udf = name,
+                module = %self.label,
+                digest = &self.digest[..12],
+                tenant = self.tenant.as_ref().map(|t| t.name()),
+                state = state.as_str(),
+                "circuit breaker changed state"
+            );
+        }
+    }
+
+    /// The limits of one call: the sandbox's, with the tenant's CPU budget.
+    fn call_limits(&self) -> std::borrow::Cow<'_, SandboxLimits> {
+        match &self.tenant {
+            None => std::borrow::Cow::Borrowed(&self.limits),
+            Some(t) => {
+                let p = t.policy();
+                let mut l = self.limits.clone();
+                l.cpu_ms_per_batch = p.cpu_ms_per_batch;
+                l.fuel_per_batch = p.fuel_per_batch;
+                std::borrow::Cow::Owned(l)
+            }
+        }
     }
 
     pub fn limits(&self) -> &SandboxLimits {
@@ -132,21 +182,47 @@ impl UdfModule {
             return Ok(new_empty_array(&decl.ret.data_type()));
         }
         let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
-        self.call_inner(index, args, rows)
-            .map_err(|failure| UdfError {
-                udf: decl.name.clone(),
-                module: self.label.to_string(),
-                digest: self.digest.clone(),
-                batch,
-                rows,
-                failure,
-                limits: self.limits.clone(),
-            })
+        let limits = self.call_limits();
+        let error = |failure| UdfError {
+            udf: decl.name.clone(),
+            module: self.label.to_string(),
+            digest: self.digest.clone(),
+            batch,
+            rows,
+            failure,
+            limits: limits.clone().into_owned(),
+        };
+        let cooldown = self.tenant.as_ref().map_or(30_000, |t| t.policy().breaker_cooldown_ms);
+        if let Err(left) = self.breakers[index].allow(std::time::Duration::from_millis(cooldown)) {
+            return Err(error(Failure::CircuitOpen {
+                retry_in_ms: left.as_millis() as u64,
+            }));
+        }
+        let cache = match (&self.tenant, decl.deterministic) {
+            (Some(t), true) => t.cache(),
+            _ => None,
+        };
+        match cache {
+            None => self.call_inner(index, &limits, args, rows),
+            Some(cache) => {
+                let mut prefix = self.digest.as_bytes().to_vec();
+                prefix.extend_from_slice(&(index as u32).to_le_bytes());
+                cache.get_or_compute(
+                    &prefix,
+                    args,
+                    rows,
+                    |args, rows| self.call_inner(index, &limits, args, rows),
+                    Failure::Other,
+                )
+            }
+        }
+        .map_err(error)
     }
 
     fn call_inner(
         &self,
         index: usize,
+        limits: &SandboxLimits,
         args: &[ArrayRef],
         rows: usize,
     ) -> Result<ArrayRef, Failure> {
@@ -160,8 +236,9 @@ impl UdfModule {
         }
         let plan = InputPlan::new(args, &decl.args, rows)
             .map_err(|e| Failure::InvalidInput(e.to_string()))?;
+        let _permit = self.tenant.as_ref().map(|t| t.enter());
         let mut instance = self.pool.checkout(self)?;
-        let result = instance.invoke(self, index, &plan, rows);
+        let result = instance.invoke(self, limits, index, &plan, rows);
         match result {
             Ok(CallResult::Array(array)) => {
                 self.pool.checkin(instance);
@@ -222,6 +299,27 @@ impl Sandbox {
         self.load_with_limits(label, bytes, self.limits().clone())
     }
 
+    /// Loads a file for `tenant`: its granted capabilities and memory per
+    /// instance apply at load; its CPU budget, aggregate memory and
+    /// concurrency at every call; deterministic results use its cache.
+    pub fn load_file_for(
+        &self,
+        path: impl AsRef<Path>,
+        tenant: &Arc<Tenant>,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        let path = path.as_ref();
+        let label = format!("{}/{}", tenant.name(), label_of(path));
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Io {
+            label: path.display().to_string(),
+            error,
+        })?;
+        let policy = tenant.policy();
+        let mut limits = self.limits().clone();
+        limits.capabilities = policy.capabilities.clone();
+        limits.memory_bytes = limits.memory_bytes.min(policy.memory_bytes);
+        self.load_inner(&label, &bytes, limits, Some(tenant.clone()))
+    }
+
     /// Like [`Sandbox::load`] with per-module limits (memory, CPU, output,
     /// capabilities). Engine-wide settings (stack, meter, pool sizes) come
     /// from the sandbox.
@@ -229,7 +327,17 @@ impl Sandbox {
         &self,
         label: &str,
         bytes: &[u8],
+        limits: SandboxLimits,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        self.load_inner(label, bytes, limits, None)
+    }
+
+    fn load_inner(
+        &self,
+        label: &str,
+        bytes: &[u8],
         mut limits: SandboxLimits,
+        tenant: Option<Arc<Tenant>>,
     ) -> Result<Arc<UdfModule>, LoadError> {
         let base = self.limits();
         limits.wasm_stack_bytes = base.wasm_stack_bytes;
@@ -326,7 +434,7 @@ impl Sandbox {
         let pre = linker(&engine, &limits)
             .and_then(|l| l.instantiate_pre(&module))
             .map_err(compile_err)?;
-        let calls = info
+        let calls: Vec<AtomicU64> = info
             .manifest
             .functions
             .iter()
@@ -342,8 +450,10 @@ impl Sandbox {
             limits,
             engine,
             pre,
+            breakers: calls.iter().map(|_| Breaker::default()).collect(),
             calls,
             from_cache,
+            tenant,
         });
         module.warm_up()?;
         Ok(module)

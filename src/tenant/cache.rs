@@ -1,0 +1,143 @@
+//! Memoized results of deterministic functions, per tenant. Vectorized: a
+//! batch is looked up row by row, the guest runs once on the misses as one
+//! smaller batch, and the results are merged back in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use moka::sync::Cache;
+
+/// Counters of one tenant's cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+/// Keys: module digest, function index, then the row's argument values in
+/// arrow's row format (which encodes nulls and types unambiguously).
+pub struct ResultCache {
+    cache: Cache<Vec<u8>, ScalarValue>,
+    pub stats: Arc<CacheStats>,
+}
+
+impl ResultCache {
+    pub fn new(budget_bytes: u64) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        let evicted = stats.clone();
+        let cache = Cache::builder()
+            .max_capacity(budget_bytes)
+            .weigher(|k: &Vec<u8>, v: &ScalarValue| {
+                u32::try_from(k.len() + v.size()).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_, _, cause| {
+                if cause.was_evicted() {
+                    evicted.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        ResultCache { cache, stats }
+    }
+
+    /// Runs `compute` only on the rows of `args` not in the cache (one call
+    /// with the misses), and returns the full result in row order.
+    pub fn get_or_compute<E>(
+        &self,
+        prefix: &[u8],
+        args: &[ArrayRef],
+        rows: usize,
+        compute: impl FnOnce(&[ArrayRef], usize) -> Result<ArrayRef, E>,
+        internal: impl Fn(String) -> E,
+    ) -> Result<ArrayRef, E> {
+        let fields = args
+            .iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect();
+        let keyed = RowConverter::new(fields)
+            .and_then(|c| c.convert_columns(args))
+            .map_err(|e| internal(e.to_string()));
+        let Ok(encoded) = keyed else {
+            // A type the row format cannot encode: no caching.
+            return compute(args, rows);
+        };
+        let mut keys = Vec::with_capacity(rows);
+        let mut hits: Vec<(usize, ScalarValue)> = Vec::new();
+        let mut misses: Vec<u32> = Vec::new();
+        for (i, row) in encoded.iter().enumerate() {
+            let mut key = Vec::with_capacity(prefix.len() + row.as_ref().len());
+            key.extend_from_slice(prefix);
+            key.extend_from_slice(row.as_ref());
+            match self.cache.get(&key) {
+                Some(v) => hits.push((i, v)),
+                None => misses.push(i as u32),
+            }
+            keys.push(key);
+        }
+        self.stats
+            .hits
+            .fetch_add(hits.len() as u64, Ordering::Relaxed);
+        self.stats
+            .misses
+            .fetch_add(misses.len() as u64, Ordering::Relaxed);
+        if hits.is_empty() {
+            let out = compute(args, rows)?;
+            self.store(&keys, &out, (0..rows).map(|i| (i, i)), &internal)?;
+            return Ok(out);
+        }
+        let hit_values = ScalarValue::iter_to_array(hits.iter().map(|(_, v)| v.clone()))
+            .map_err(|e| internal(e.to_string()))?;
+        if misses.is_empty() {
+            return Ok(hit_values);
+        }
+        let indices = UInt32Array::from(misses.clone());
+        let miss_args = args
+            .iter()
+            .map(|a| take(a.as_ref(), &indices, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal(e.to_string()))?;
+        let computed = compute(&miss_args, misses.len())?;
+        self.store(
+            &keys,
+            &computed,
+            misses.iter().enumerate().map(|(j, &i)| (i as usize, j)),
+            &internal,
+        )?;
+        // Merge: (source, index) per row, source 0 = computed, 1 = hits.
+        let mut order = Vec::with_capacity(rows);
+        let (mut h, mut m) = (0, 0);
+        for i in 0..rows {
+            if h < hits.len() && hits[h].0 == i {
+                order.push((1, h));
+                h += 1;
+            } else {
+                order.push((0, m));
+                m += 1;
+            }
+        }
+        interleave(&[computed.as_ref(), hit_values.as_ref()], &order)
+            .map_err(|e| internal(e.to_string()))
+    }
+
+    fn store<E>(
+        &self,
+        keys: &[Vec<u8>],
+        out: &ArrayRef,
+        rows: impl Iterator<Item = (usize, usize)>,
+        internal: &impl Fn(String) -> E,
+    ) -> Result<(), E> {
+        for (row, at) in rows {
+            let value = ScalarValue::try_from_array(out, at).map_err(|e| internal(e.to_string()))?;
+            self.cache.insert(keys[row].clone(), value);
+        }
+        Ok(())
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

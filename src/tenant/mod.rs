@@ -1,0 +1,14 @@
+//! Tenants: declarative policy (`config/policy.toml`), the limits the
+//! sandbox enforces per tenant (CPU per call, memory per instance and in
+//! total, concurrent calls), rows/s quotas that throttle, circuit breakers
+//! per UDF version and the cache of deterministic results.
+
+pub mod breaker;
+pub mod cache;
+pub mod policy;
+pub mod state;
+
+pub use breaker::{Breaker, BreakerState};
+pub use cache::ResultCache;
+pub use policy::{Policy, PolicyError, TenantPolicy};
+pub use state::{Tenant, Tenants};

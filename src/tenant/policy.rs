@@ -1,0 +1,210 @@
+//! `config/policy.toml`: per-tenant limits, quotas and capabilities over
+//! shared defaults. Documented in `docs/policy.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::KNOWN_CAPABILITIES;
+
+/// Everything a tenant is limited to. `defaults` gives every key; a
+/// tenant's section overrides some.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPolicy {
+    /// CPU deadline per guest call (batch) with the epoch meter.
+    pub cpu_ms_per_batch: u64,
+    /// Instruction budget per guest call with the fuel meter.
+    pub fuel_per_batch: u64,
+    /// Linear memory per instance; at most `sandbox.memory_bytes`.
+    pub memory_bytes: u64,
+    /// Linear memory of all the tenant's instances together.
+    pub memory_total_bytes: u64,
+    /// Guest calls of this tenant running at the same time.
+    pub max_concurrent_calls: u32,
+    /// In-flight micro-batches per pipeline of this tenant (at most the
+    /// pipeline's own `batch.max_in_flight_batches`).
+    pub max_in_flight_batches: usize,
+    /// Soft quota: input rows per second over the tenant's pipelines;
+    /// 0 = unlimited. Exceeding it delays the tenant's batches, never drops.
+    pub rows_per_s: u64,
+    /// Rows that may run ahead of `rows_per_s` in a burst.
+    pub burst_rows: u64,
+    /// Budget of the tenant's cache of deterministic results; 0 = off.
+    pub cache_bytes: u64,
+    /// Host capabilities granted. Known: `log`.
+    pub capabilities: Vec<String>,
+    /// Consecutive failing batches that open a UDF version's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before letting a probe batch through.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy {
+            cpu_ms_per_batch: 1_000,
+            fuel_per_batch: 2_000_000_000,
+            memory_bytes: 64 << 20,
+            memory_total_bytes: 512 << 20,
+            max_concurrent_calls: 2,
+            max_in_flight_batches: 8,
+            rows_per_s: 0,
+            burst_rows: 100_000,
+            cache_bytes: 64 << 20,
+            capabilities: vec!["log".to_string()],
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// A tenant's section: any key of [`TenantPolicy`], the rest inherited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOverrides {
+    pub cpu_ms_per_batch: Option<u64>,
+    pub fuel_per_batch: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub max_concurrent_calls: Option<u32>,
+    pub max_in_flight_batches: Option<usize>,
+    pub rows_per_s: Option<u64>,
+    pub burst_rows: Option<u64>,
+    pub cache_bytes: Option<u64>,
+    pub capabilities: Option<Vec<String>>,
+    pub breaker_failures: Option<u32>,
+    pub breaker_cooldown_ms: Option<u64>,
+}
+
+/// The whole policy file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub defaults: TenantPolicy,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantOverrides>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {error}")]
+    Read {
+        path: String,
+        error: std::io::Error,
+    },
+    #[error("policy {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Policy {
+    pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            PolicyError::Invalid { message, .. } => PolicyError::Invalid {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            path: "(inline)".to_string(),
+            message,
+        };
+        let policy: Policy = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        policy.defaults.validate("defaults").map_err(invalid)?;
+        for name in policy.tenants.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(format!(
+                    "tenant name `{name}`: use letters, digits, `-` and `_`"
+                )));
+            }
+            policy
+                .resolve(name)
+                .validate(&format!("tenants.{name}"))
+                .map_err(invalid)?;
+        }
+        Ok(policy)
+    }
+
+    /// The limits of `tenant`: its section over the defaults (an unknown
+    /// tenant gets the defaults).
+    pub fn resolve(&self, tenant: &str) -> TenantPolicy {
+        let mut p = self.defaults.clone();
+        let Some(o) = self.tenants.get(tenant) else {
+            return p;
+        };
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &o.$field { p.$field = v.clone(); }
+            )*};
+        }
+        take!(
+            cpu_ms_per_batch,
+            fuel_per_batch,
+            memory_bytes,
+            memory_total_bytes,
+            max_concurrent_calls,
+            max_in_flight_batches,
+            rows_per_s,
+            burst_rows,
+            cache_bytes,
+            capabilities,
+            breaker_failures,
+            breaker_cooldown_ms
+        );
+        p
+    }
+}
+
+impl TenantPolicy {
+    /// Checks ranges; the error names the key path (`tenants.acme.memory_bytes`).
+    pub fn validate(&self, at: &str) -> Result<(), String> {
+        let positive = [
+            ("cpu_ms_per_batch", self.cpu_ms_per_batch),
+            ("fuel_per_batch", self.fuel_per_batch),
+            ("memory_bytes", self.memory_bytes),
+            ("memory_total_bytes", self.memory_total_bytes),
+            ("max_concurrent_calls", u64::from(self.max_concurrent_calls)),
+            ("max_in_flight_batches", self.max_in_flight_batches as u64),
+            ("breaker_failures", u64::from(self.breaker_failures)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{at}.{key} must be positive"));
+            }
+        }
+        if self.memory_total_bytes < self.memory_bytes {
+            return Err(format!(
+                "{at}.memory_total_bytes ({}) is below {at}.memory_bytes ({}): one instance could never start",
+                self.memory_total_bytes, self.memory_bytes
+            ));
+        }
+        if self.rows_per_s > 0 && self.burst_rows == 0 {
+            return Err(format!("{at}.burst_rows must be positive when rows_per_s is set"));
+        }
+        if let Some(c) = self
+            .capabilities
+            .iter()
+            .find(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+        {
+            return Err(format!(
+                "{at}.capabilities: unknown capability `{c}` (known: {})",
+                KNOWN_CAPABILITIES.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}

@@ -74,7 +74,9 @@ async fn reload_on_sighup(path: PathBuf, tenants: Arc<Tenants>) {
                     tracing::info!(path = %path.display(), "SIGHUP: policy reloaded");
                     tenants.reload(policy);
                 }
-                Err(e) => tracing::error!("SIGHUP: policy not reloaded, the previous one stays: {e}"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: policy not reloaded, the previous one stays: {e}")
+                }
             }
         }
     }

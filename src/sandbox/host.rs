@@ -6,8 +6,8 @@ use std::sync::Arc;
 use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::limits::SandboxLimits;
-use crate::tenant::Tenant;
 use crate::abi::IMPORT_MODULE;
+use crate::tenant::Tenant;
 
 /// Longest log line kept, in bytes.
 const MAX_LOG_LINE: usize = 1024;

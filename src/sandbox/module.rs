@@ -192,7 +192,10 @@ impl UdfModule {
             failure,
             limits: limits.clone().into_owned(),
         };
-        let cooldown = self.tenant.as_ref().map_or(30_000, |t| t.policy().breaker_cooldown_ms);
+        let cooldown = self
+            .tenant
+            .as_ref()
+            .map_or(30_000, |t| t.policy().breaker_cooldown_ms);
         if let Err(left) = self.breakers[index].allow(std::time::Duration::from_millis(cooldown)) {
             return Err(error(Failure::CircuitOpen {
                 retry_in_ms: left.as_millis() as u64,

@@ -131,7 +131,8 @@ impl ResultCache {
         internal: &impl Fn(String) -> E,
     ) -> Result<(), E> {
         for (row, at) in rows {
-            let value = ScalarValue::try_from_array(out, at).map_err(|e| internal(e.to_string()))?;
+            let value =
+                ScalarValue::try_from_array(out, at).map_err(|e| internal(e.to_string()))?;
             self.cache.insert(keys[row].clone(), value);
         }
         Ok(())

@@ -91,10 +91,7 @@ pub struct Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy file {path}: {error}")]
-    Read {
-        path: String,
-        error: std::io::Error,
-    },
+    Read { path: String, error: std::io::Error },
     #[error("policy {path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -193,7 +190,9 @@ impl TenantPolicy {
             ));
         }
         if self.rows_per_s > 0 && self.burst_rows == 0 {
-            return Err(format!("{at}.burst_rows must be positive when rows_per_s is set"));
+            return Err(format!(
+                "{at}.burst_rows must be positive when rows_per_s is set"
+            ));
         }
         if let Some(c) = self
             .capabilities

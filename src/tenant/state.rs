@@ -43,7 +43,11 @@ pub struct CallPermit<'a> {
 
 impl Drop for CallPermit<'_> {
     fn drop(&mut self) {
-        let mut running = self.tenant.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self
+            .tenant
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *running = running.saturating_sub(1);
         self.tenant.freed.notify_one();
     }
@@ -51,7 +55,8 @@ impl Drop for CallPermit<'_> {
 
 impl Tenant {
     pub fn new(name: &str, policy: TenantPolicy) -> Self {
-        let cache = (policy.cache_bytes > 0).then(|| Arc::new(ResultCache::new(policy.cache_bytes)));
+        let cache =
+            (policy.cache_bytes > 0).then(|| Arc::new(ResultCache::new(policy.cache_bytes)));
         Tenant {
             name: name.into(),
             bucket: Mutex::new(Bucket {
@@ -74,15 +79,18 @@ impl Tenant {
 
     /// The policy in force (a reload takes effect from the next batch).
     pub fn policy(&self) -> Arc<TenantPolicy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_policy(&self, policy: TenantPolicy) {
         let cache_changed = self.policy().cache_bytes != policy.cache_bytes;
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy.clone());
         if cache_changed {
-            *self.cache.write().unwrap_or_else(|p| p.into_inner()) = (policy.cache_bytes > 0)
-                .then(|| Arc::new(ResultCache::new(policy.cache_bytes)));
+            *self.cache.write().unwrap_or_else(|p| p.into_inner()) =
+                (policy.cache_bytes > 0).then(|| Arc::new(ResultCache::new(policy.cache_bytes)));
         }
     }
 
@@ -130,10 +138,7 @@ impl Tenant {
         let max = self.policy().max_concurrent_calls.max(1);
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         while *running >= max {
-            running = self
-                .freed
-                .wait(running)
-                .unwrap_or_else(|p| p.into_inner());
+            running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
         }
         *running += 1;
         CallPermit { tenant: self }

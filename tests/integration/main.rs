@@ -9,4 +9,5 @@ mod kafka;
 mod library;
 mod pipeline;
 mod sql_files;
+mod tenant;
 mod types;

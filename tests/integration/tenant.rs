@@ -1,0 +1,245 @@
+//! Tenants: policy validation, limits per tenant (CPU, memory per instance
+//! and in total), the result cache, circuit breakers, reload, quotas.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+use weir::UdfModule;
+use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use weir::sandbox::Failure;
+use weir::tenant::{BreakerState, Policy, Tenant, Tenants};
+
+use crate::support;
+
+fn guest() -> PathBuf {
+    support::repo().join("tests/tenant/guest.wat")
+}
+
+fn tenants(policy: &str) -> Tenants {
+    Tenants::new(Policy::from_toml(policy).unwrap())
+}
+
+fn load(tenant: &Arc<Tenant>) -> Arc<UdfModule> {
+    support::sandbox().load_file_for(guest(), tenant).unwrap()
+}
+
+fn call(m: &UdfModule, f: &str, values: Vec<Option<i64>>) -> Result<Vec<Option<i64>>, Failure> {
+    let rows = values.len();
+    let arg: ArrayRef = Arc::new(Int64Array::from(values));
+    let out = m
+        .call(m.function_index(f).unwrap(), &[arg], rows)
+        .map_err(|e| e.failure)?;
+    let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
+    Ok((0..out.len())
+        .map(|i| out.is_valid(i).then(|| out.value(i)))
+        .collect())
+}
+
+#[test]
+fn policy_errors_name_the_key_path() {
+    let err = Policy::from_toml("[tenants.acme]\nmemroy_bytes = 1\n").unwrap_err();
+    assert!(err.to_string().contains("memroy_bytes"), "{err}");
+    let err = Policy::from_toml("[tenants.acme]\nmax_concurrent_calls = 0\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("tenants.acme.max_concurrent_calls must be positive"),
+        "{err}"
+    );
+    let err = Policy::from_toml("[defaults]\ncapabilities = [\"net\"]\n").unwrap_err();
+    assert!(err.to_string().contains("defaults.capabilities"), "{err}");
+    let err = Policy::from_toml("[tenants.acme]\nmemory_bytes = 10\nmemory_total_bytes = 5\n")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("tenants.acme.memory_total_bytes"),
+        "{err}"
+    );
+    // A tenant section overrides only what it names.
+    let p =
+        Policy::from_toml("[defaults]\ncpu_ms_per_batch = 50\n[tenants.acme]\nrows_per_s = 10\n")
+            .unwrap();
+    let acme = p.resolve("acme");
+    assert_eq!((acme.cpu_ms_per_batch, acme.rows_per_s), (50, 10));
+    assert_eq!(p.resolve("other").rows_per_s, 0);
+    // The shipped example is valid.
+    Policy::from_file(&support::repo().join("config/policy.toml")).unwrap();
+}
+
+#[test]
+fn each_tenant_gets_its_own_cpu_budget() {
+    let t = tenants(
+        "[tenants.slow]\ncpu_ms_per_batch = 5000\n[tenants.quick]\ncpu_ms_per_batch = 20\n",
+    );
+    let (slow, quick) = (load(&t.get("slow")), load(&t.get("quick")));
+    let work = vec![Some(300_000_000)];
+    assert!(call(&slow, "spin", work.clone()).is_ok());
+    let err = call(&quick, "spin", work).unwrap_err();
+    assert!(matches!(err, Failure::OutOfCpu { .. }), "{err:?}");
+}
+
+#[test]
+fn the_aggregate_memory_cap_holds_across_instances_and_modules() {
+    // 64 KiB pages: each instance starts with 2 (+1 for the call); the
+    // tenant may hold 40 pages in total, each instance up to 32.
+    let t = tenants(
+        "[tenants.acme]\nmemory_bytes = 2097152\nmemory_total_bytes = 2621440\nmax_concurrent_calls = 4\n",
+    );
+    let acme = t.get("acme");
+    let (a, b) = (load(&acme), load(&acme));
+    // a grows to ~20 pages: fine.
+    assert!(call(&a, "grow", vec![Some(17)]).is_ok());
+    // b would bring the tenant past 40 pages: denied, naming the tenant.
+    let err = call(&b, "grow", vec![Some(20)]).unwrap_err();
+    assert!(
+        matches!(&err, Failure::TenantMemory { tenant, .. } if tenant == "acme"),
+        "{err:?}"
+    );
+    assert!(acme.memory_used() <= 2_621_440);
+    // Another tenant is not affected.
+    let other = load(&t.get("other"));
+    assert!(call(&other, "grow", vec![Some(20)]).is_ok());
+}
+
+#[test]
+fn deterministic_results_are_cached_by_value_null_and_version() {
+    let t = tenants("[tenants.acme]\ncache_bytes = 1048576\n");
+    let acme = t.get("acme");
+    let m = load(&acme);
+    let cache = acme.cache().unwrap();
+    let input = vec![Some(1), Some(2), None, Some(1)];
+    assert_eq!(
+        call(&m, "double", input.clone()).unwrap(),
+        vec![Some(2), Some(4), None, Some(2)]
+    );
+    let misses = cache.stats.misses.load(Ordering::Relaxed);
+    assert_eq!(cache.stats.hits.load(Ordering::Relaxed), 0);
+    // Same values again: all hits, same answers, in order.
+    assert_eq!(
+        call(&m, "double", input).unwrap(),
+        vec![Some(2), Some(4), None, Some(2)]
+    );
+    assert_eq!(cache.stats.hits.load(Ordering::Relaxed), 4);
+    // A mix of hits and misses merges back in row order.
+    assert_eq!(
+        call(&m, "double", vec![Some(3), Some(2), None, Some(5)]).unwrap(),
+        vec![Some(6), Some(4), None, Some(10)]
+    );
+    assert_eq!(cache.stats.misses.load(Ordering::Relaxed), misses + 2);
+    // A new version of the module (another digest) is not served v1's results.
+    let v2 = std::fs::read_to_string(guest())
+        .unwrap()
+        .replace("(i64.const 2)", "(i64.const 3)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("guest.wat"), v2).unwrap();
+    let m2 = support::sandbox()
+        .load_file_for(dir.path().join("guest.wat"), &acme)
+        .unwrap();
+    assert_eq!(
+        call(&m2, "double", vec![Some(1), None]).unwrap(),
+        vec![Some(3), None]
+    );
+    // Non-deterministic functions are never cached.
+    let before = (
+        cache.stats.hits.load(Ordering::Relaxed),
+        cache.stats.misses.load(Ordering::Relaxed),
+    );
+    call(&m, "noisy", vec![Some(1), Some(1)]).unwrap();
+    call(&m, "noisy", vec![Some(1), Some(1)]).unwrap();
+    let after = (
+        cache.stats.hits.load(Ordering::Relaxed),
+        cache.stats.misses.load(Ordering::Relaxed),
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn the_breaker_opens_probes_and_closes() {
+    let t = tenants("[tenants.acme]\nbreaker_failures = 3\nbreaker_cooldown_ms = 100\n");
+    let m = load(&t.get("acme"));
+    let breaker = m.breaker(m.function_index("double").unwrap()).unwrap();
+    for _ in 0..2 {
+        m.record_batch("double", false);
+    }
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    m.record_batch("double", false);
+    assert_eq!(breaker.state(), BreakerState::Open);
+    // Open: the guest is not called.
+    let err = call(&m, "double", vec![Some(1)]).unwrap_err();
+    assert!(matches!(err, Failure::CircuitOpen { .. }), "{err:?}");
+    // After the cool-down a probe runs (half-open) ...
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(call(&m, "double", vec![Some(1)]).unwrap(), vec![Some(2)]);
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    // ... a failing probe re-opens it, a good one closes it.
+    m.record_batch("double", false);
+    assert_eq!(breaker.state(), BreakerState::Open);
+    std::thread::sleep(Duration::from_millis(150));
+    call(&m, "double", vec![Some(1)]).unwrap();
+    m.record_batch("double", true);
+    assert_eq!(breaker.state(), BreakerState::Closed);
+}
+
+#[test]
+fn a_policy_reload_applies_from_the_next_batch() {
+    let t = tenants("[tenants.acme]\ncpu_ms_per_batch = 5000\n");
+    let m = load(&t.get("acme"));
+    let work = vec![Some(300_000_000)];
+    assert!(call(&m, "spin", work.clone()).is_ok());
+    t.reload(Policy::from_toml("[tenants.acme]\ncpu_ms_per_batch = 20\n").unwrap());
+    let err = call(&m, "spin", work).unwrap_err();
+    assert!(matches!(err, Failure::OutOfCpu { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_quota_is_slowed_down_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let lines: String = (0..3000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let output = dir.path().join("out.ndjson");
+    let config = PipelineConfig::from_toml(&format!(
+        r#"
+name = "quota"
+tenant = "acme"
+udfs = ["{guest}"]
+sql = "SELECT double(id) AS d FROM source"
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[sink]
+kind = "file"
+path = "{output}"
+[errors]
+policy = "fail"
+[batch]
+max_records = 250
+"#,
+        guest = guest().display(),
+        input = input.display(),
+        output = output.display(),
+    ))
+    .unwrap();
+    let t = tenants("[tenants.acme]\nrows_per_s = 2000\nburst_rows = 500\n");
+    let acme = t.get("acme");
+    let pipeline = Pipeline::build_for(config, support::sandbox(), &t)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let started = Instant::now();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    pipeline.run(stopped).await.unwrap();
+    // 3000 rows at 2000/s after a 500-row burst: at least 1.25 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(acme.stats.throttled_ms.load(Ordering::Relaxed) > 0);
+    assert_eq!(PipelineStats::get(&stats.records_out), 3000);
+    let out = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(out.lines().count(), 3000);
+}

@@ -3,8 +3,10 @@
 ;;   spin(n)   = n           loops n times per row (CPU)
 ;;   grow(n)   = pages       grows memory by n pages on each call (memory)
 ;;   noisy(x)  = 2x          like double, declared non-deterministic
+;;   work(x)   = mix(x)      10 000 rounds of an LCG per row: an expensive
+;;                           deterministic function (cache benchmark)
 (module
-  (@custom "weir.udf" "{\"abi\":1,\"name\":\"double\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":true}\n{\"abi\":1,\"name\":\"spin\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":false}\n{\"abi\":1,\"name\":\"grow\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":false}\n{\"abi\":1,\"name\":\"noisy\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":false}\n")
+  (@custom "weir.udf" "{\"abi\":1,\"name\":\"double\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":true}\n{\"abi\":1,\"name\":\"spin\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":false}\n{\"abi\":1,\"name\":\"grow\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":false}\n{\"abi\":1,\"name\":\"noisy\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":false}\n{\"abi\":1,\"name\":\"work\",\"args\":[\"int64\"],\"ret\":\"int64\",\"deterministic\":true}\n")
 
   (memory (export "memory") 2)
   (global $scratch i32 (i32.const 65536))
@@ -86,6 +88,25 @@
       (loop $next
         (br_if $done (i32.ge_u (local.get $i) (local.get $rows)))
         (call $set (local.get $i) (i64.extend_i32_u (memory.size)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (call $result (local.get $args) (local.get $rows)))
+
+  (func (export "work") (param $args i32) (param $rows i32) (result i32)
+    (local $i i32) (local $x i64) (local $k i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $rows)))
+        (local.set $x (call $in (local.get $args) (local.get $i)))
+        (local.set $k (i32.const 0))
+        (block $mixed
+          (loop $again
+            (br_if $mixed (i32.ge_u (local.get $k) (i32.const 10000)))
+            (local.set $x (i64.add (i64.mul (local.get $x) (i64.const 6364136223846793005))
+                                   (i64.const 1442695040888963407)))
+            (local.set $k (i32.add (local.get $k) (i32.const 1)))
+            (br $again)))
+        (call $set (local.get $i) (local.get $x))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (call $result (local.get $args) (local.get $rows)))

@@ -9,7 +9,7 @@
 //!   CPU-heavy UDF as fast as it can on two threads; B's throughput and p99
 //!   call latency are compared with its solo run.
 //!
-//! Run: `cargo bench --bench tenants`
+//! Run: `cargo bench --bench tenants` (`-- cache` or `-- noisy` for one part)
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -169,8 +169,14 @@ fn noisy_neighbour() {
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    // Not in `cargo test --benches` (criterion's quick test mode).
-    if std::env::args().any(|a| a == "--bench") {
+    // Under `cargo bench` (not `cargo test --benches`), unfiltered or
+    // filtered to `noisy`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if args.iter().any(|a| a == "--bench")
+        && !args.iter().any(|a| a == "--profile-time")
+        && (filters.is_empty() || filters.iter().any(|f| f.as_str() == "noisy"))
+    {
         noisy_neighbour();
     }
 }

@@ -2,8 +2,8 @@
 //! batch is looked up row by row, the guest runs once on the misses as one
 //! smaller batch, and the results are merged back in order.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{interleave, take};
@@ -22,9 +22,17 @@ pub struct CacheStats {
 /// Keys: module digest, function index, then the row's argument values in
 /// arrow's row format (which encodes nulls and types unambiguously).
 pub struct ResultCache {
-    cache: Cache<Vec<u8>, ScalarValue>,
+    cache: Cache<Vec<u8>, ScalarValue, foldhash::fast::RandomState>,
     pub stats: Arc<CacheStats>,
+    /// Moving average of the hit ratio of recent batches (starts at 1).
+    hit_ratio: Mutex<f64>,
 }
+
+/// Below this recent hit ratio only one miss in [`SAMPLE_EVERY`] is
+/// stored: inputs that never repeat then cost little more than the lookup,
+/// while a value that does repeat still gets in.
+const LOW_HIT_RATIO: f64 = 0.05;
+const SAMPLE_EVERY: usize = 16;
 
 impl ResultCache {
     pub fn new(budget_bytes: u64) -> Self {
@@ -32,6 +40,9 @@ impl ResultCache {
         let evicted = stats.clone();
         let cache = Cache::builder()
             .max_capacity(budget_bytes)
+            // Plain LRU: TinyLFU's admission bookkeeping costs more per
+            // insert, and a batch's misses are all worth admitting.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|k: &Vec<u8>, v: &ScalarValue| {
                 u32::try_from(k.len() + v.size()).unwrap_or(u32::MAX)
             })
@@ -40,8 +51,12 @@ impl ResultCache {
                     evicted.evictions.fetch_add(1, Ordering::Relaxed);
                 }
             })
-            .build();
-        ResultCache { cache, stats }
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        ResultCache {
+            cache,
+            stats,
+            hit_ratio: Mutex::new(1.0),
+        }
     }
 
     /// Runs `compute` only on the rows of `args` not in the cache (one call
@@ -84,9 +99,23 @@ impl ResultCache {
         self.stats
             .misses
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
+        let sample = {
+            let mut ratio = self.hit_ratio.lock().unwrap_or_else(|p| p.into_inner());
+            *ratio = 0.5 * *ratio + 0.5 * hits.len() as f64 / rows.max(1) as f64;
+            if *ratio < LOW_HIT_RATIO {
+                SAMPLE_EVERY
+            } else {
+                1
+            }
+        };
         if hits.is_empty() {
             let out = compute(args, rows)?;
-            self.store(&keys, &out, (0..rows).map(|i| (i, i)), &internal)?;
+            self.store(
+                &mut keys,
+                &out,
+                (0..rows).step_by(sample).map(|i| (i, i)),
+                &internal,
+            )?;
             return Ok(out);
         }
         let hit_values = ScalarValue::iter_to_array(hits.iter().map(|(_, v)| v.clone()))
@@ -102,9 +131,13 @@ impl ResultCache {
             .map_err(|e| internal(e.to_string()))?;
         let computed = compute(&miss_args, misses.len())?;
         self.store(
-            &keys,
+            &mut keys,
             &computed,
-            misses.iter().enumerate().map(|(j, &i)| (i as usize, j)),
+            misses
+                .iter()
+                .enumerate()
+                .step_by(sample)
+                .map(|(j, &i)| (i as usize, j)),
             &internal,
         )?;
         // Merge: (source, index) per row, source 0 = computed, 1 = hits.
@@ -125,7 +158,7 @@ impl ResultCache {
 
     fn store<E>(
         &self,
-        keys: &[Vec<u8>],
+        keys: &mut [Vec<u8>],
         out: &ArrayRef,
         rows: impl Iterator<Item = (usize, usize)>,
         internal: &impl Fn(String) -> E,
@@ -133,7 +166,7 @@ impl ResultCache {
         for (row, at) in rows {
             let value =
                 ScalarValue::try_from_array(out, at).map_err(|e| internal(e.to_string()))?;
-            self.cache.insert(keys[row].clone(), value);
+            self.cache.insert(std::mem::take(&mut keys[row]), value);
         }
         Ok(())
     }

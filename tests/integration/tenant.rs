@@ -243,3 +243,90 @@ max_records = 250
     let out = std::fs::read_to_string(&output).unwrap();
     assert_eq!(out.lines().count(), 3000);
 }
+
+#[test]
+fn concurrent_calls_wait_for_the_tenants_cap() {
+    // Two calls of ~0.2 s each: with a cap of 1 they cannot overlap.
+    let t = tenants("[tenants.one]\nmax_concurrent_calls = 1\ncpu_ms_per_batch = 10000\n");
+    let m = load(&t.get("one"));
+    let n = {
+        // Calibrate: iterations for about 0.2 s on this machine.
+        let started = Instant::now();
+        call(&m, "spin", vec![Some(50_000_000)]).unwrap();
+        let per = started.elapsed().as_secs_f64() / 50_000_000.0;
+        (0.2 / per) as i64
+    };
+    let started = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || call(&m, "spin", vec![Some(n)]).unwrap())
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    // A lower bound only: serialized calls cannot finish sooner than both.
+    assert!(
+        started.elapsed() >= Duration::from_millis(380),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_dead_letters_with_circuit_open_without_calling_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    // Every amount is bad: every batch fails in parse_cents.
+    let lines: String = (0..40)
+        .map(|i| format!("{{\"id\":{i},\"amount\":\"bad\"}}\n"))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let dlq = dir.path().join("dlq.ndjson");
+    let config = PipelineConfig::from_toml(&format!(
+        r#"
+name = "breaker"
+tenant = "acme"
+udfs = ["{finance}"]
+sql = "SELECT id, parse_cents(amount) AS cents FROM source"
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}, {{ name = "amount", type = "utf8" }}]
+[sink]
+kind = "file"
+path = "{out}"
+[errors]
+policy = "dead-letter"
+path = "{dlq}"
+[batch]
+max_records = 10
+"#,
+        finance = support::module_path("finance").display(),
+        input = input.display(),
+        out = dir.path().join("out.ndjson").display(),
+        dlq = dlq.display(),
+    ))
+    .unwrap();
+    let t = tenants("[tenants.acme]\nbreaker_failures = 2\nbreaker_cooldown_ms = 600000\n");
+    let pipeline = Pipeline::build_for(config, support::sandbox(), &t)
+        .await
+        .unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    pipeline.run(stopped).await.unwrap();
+    let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dlq)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 40, "every record dead-lettered, none lost");
+    let open = letters
+        .iter()
+        .filter(|l| l["error"].as_str().unwrap().contains("circuit open"))
+        .count();
+    // Two failing batches open the breaker; the other two batches never
+    // reach the guest.
+    assert_eq!(open, 20, "{letters:#?}");
+}

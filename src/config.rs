@@ -16,6 +16,8 @@ pub struct WeirConfig {
     /// Set to false to compile every module on every start.
     pub cache: Option<bool>,
     pub sandbox: SandboxLimits,
+    /// `weir serve`: listen address, data directory, tokens.
+    pub serve: crate::serve::ServeConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -34,6 +34,7 @@ pub mod config;
 pub mod marshal;
 pub mod pipeline;
 pub mod sandbox;
+pub mod serve;
 pub mod sql;
 pub mod tenant;
 pub mod toolchain;

@@ -1,6 +1,7 @@
 //! The `weir` command line.
 
 mod run;
+mod serve;
 mod sql;
 mod udf;
 
@@ -33,6 +34,17 @@ pub enum Command {
     /// Work with UDF modules.
     #[command(subcommand)]
     Udf(udf::UdfCommand),
+    /// Serve the HTTP API (UDF registry, audit log, /metrics).
+    Serve(serve::ServeArgs),
+    /// Bearer tokens for `weir serve`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random token and the sha256 to configure.
+    New,
 }
 
 impl Cli {
@@ -53,6 +65,8 @@ impl Cli {
             Command::Sql(args) => sql::run(self.sandbox()?, args).await,
             Command::Run(args) => run::run(self.sandbox()?, args).await,
             Command::Udf(cmd) => udf::run(&self, cmd),
+            Command::Serve(args) => serve::run(self.config()?, self.sandbox()?, args).await,
+            Command::Token(TokenCommand::New) => serve::new_token(),
         }
     }
 }

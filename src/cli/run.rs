@@ -86,7 +86,7 @@ async fn reload_on_sighup(path: PathBuf, tenants: Arc<Tenants>) {
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

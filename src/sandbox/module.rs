@@ -316,11 +316,21 @@ impl Sandbox {
             label: path.display().to_string(),
             error,
         })?;
+        self.load_for(&label, &bytes, tenant)
+    }
+
+    /// Like [`Sandbox::load_file_for`] with the module's bytes.
+    pub fn load_for(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        tenant: &Arc<Tenant>,
+    ) -> Result<Arc<UdfModule>, LoadError> {
         let policy = tenant.policy();
         let mut limits = self.limits().clone();
         limits.capabilities = policy.capabilities.clone();
         limits.memory_bytes = limits.memory_bytes.min(policy.memory_bytes);
-        self.load_inner(&label, &bytes, limits, Some(tenant.clone()))
+        self.load_inner(label, bytes, limits, Some(tenant.clone()))
     }
 
     /// Like [`Sandbox::load`] with per-module limits (memory, CPU, output,

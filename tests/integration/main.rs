@@ -8,6 +8,7 @@ mod hostile;
 mod kafka;
 mod library;
 mod pipeline;
+mod serve;
 mod sql_files;
 mod tenant;
 mod types;

@@ -1,0 +1,58 @@
+//! `weir serve`: the HTTP API; `weir token new`: a bearer token and the
+//! sha256 to put in `[[serve.tokens]]`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::config::WeirConfig;
+use crate::sandbox::Sandbox;
+use crate::serve::{AppState, hash_token, serve};
+use crate::tenant::{Policy, Tenants};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Tenant policy (docs/policy.md).
+    #[arg(long, env = "WEIR_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Overrides `serve.listen`.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+pub async fn run(config: WeirConfig, sandbox: Sandbox, args: &ServeArgs) -> anyhow::Result<()> {
+    let policy = match &args.policy {
+        Some(path) => Policy::from_file(path)?,
+        None => Policy::default(),
+    };
+    let mut serve_config = config.serve;
+    if let Some(listen) = &args.listen {
+        serve_config.listen = listen.clone();
+    }
+    if serve_config.tokens.is_empty() {
+        tracing::warn!("no [[serve.tokens]] configured: every /v1 request will be refused (weir token new)");
+    }
+    let state = Arc::new(AppState::open(
+        serve_config,
+        sandbox,
+        Arc::new(Tenants::new(policy)),
+    )?);
+    serve(state, async {
+        super::run::wait_for_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await
+}
+
+/// Prints a new random token and its sha256.
+pub fn new_token() -> anyhow::Result<()> {
+    let mut bytes = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token = format!("weir_{}", hex::encode(bytes));
+    println!("token:  {token}");
+    println!("sha256: {}", hash_token(&token));
+    println!("(put the sha256 in [[serve.tokens]]; keep the token secret)");
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The HTTP handlers. Every `/v1` request is authenticated, authorized for
+//! its tenant and audited; errors are JSON `{"error": "..."}` saying what to
+//! do.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::audit::AuditRecord;
+use super::auth::{Action, Denied, Principal, authenticate, authorize};
+use super::metrics::{RequestLabels, TenantLabels};
+
+/// An error answer.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type Answer = Result<(StatusCode, Json<Value>), ApiError>;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn action_name(action: Action) -> String {
+    serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl AppState {
+    /// Authenticates and authorizes, runs `work`, audits and counts.
+    fn handle(
+        &self,
+        headers: &HeaderMap,
+        action: Action,
+        tenant: &str,
+        object: &str,
+        work: impl FnOnce(&Principal) -> Answer,
+    ) -> Response {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let (who, denied) = match authenticate(&self.config.tokens, auth) {
+            Err(d) => ("anonymous".to_string(), Some(d)),
+            Ok(p) => match authorize(&p, action, tenant) {
+                Err(d) => (p.name, Some(d)),
+                Ok(()) => (p.name.clone(), None),
+            },
+        };
+        let result = match &denied {
+            None => {
+                let p = authenticate(&self.config.tokens, auth);
+                match p {
+                    Ok(p) => work(&p),
+                    Err(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
+                }
+            }
+            Some(d) => {
+                let status = match d {
+                    Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
+                    Denied::OtherTenant => StatusCode::NOT_FOUND,
+                    Denied::Role { .. } => StatusCode::FORBIDDEN,
+                };
+                let message = match d {
+                    Denied::OtherTenant => format!("{object} not found"),
+                    _ => d.reason(),
+                };
+                Err(ApiError::new(status, message))
+            }
+        };
+        let denied = denied.map(|d| d.reason());
+        let status = match &result {
+            Ok((s, _)) => *s,
+            Err(e) => e.status,
+        };
+        let outcome = match (&denied, status.is_success()) {
+            (Some(_), _) => "denied",
+            (None, true) => "allowed",
+            (None, false) => "failed",
+        };
+        self.audit.append(&AuditRecord {
+            at: now_ms(),
+            who,
+            tenant: tenant.to_string(),
+            action: action_name(action),
+            object: object.to_string(),
+            decision: if denied.is_some() { "denied" } else { "allowed" }.to_string(),
+            reason: denied.or_else(|| result.as_ref().err().map(|e| e.message.clone())),
+            status: status.as_u16(),
+        });
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.to_string(),
+                action: action_name(action),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        match result {
+            Ok(ok) => ok.into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid name `{name}`: use 1 to 64 of a-z, 0-9, `-`, `_`"),
+        ))
+    }
+}
+
+fn parse_version(v: &str) -> Result<Option<i64>, ApiError> {
+    if v == "latest" {
+        return Ok(None);
+    }
+    v.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid version `{v}`: a number or `latest`"),
+        )
+    })
+}
+
+fn internal(e: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn readyz() -> &'static str {
+    "ready"
+}
+
+pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub async fn list_udfs(
+    State(s): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    s.handle(&headers, Action::List, &tenant, "udfs", |_| {
+        let list = s.registry.list(&tenant).map_err(internal)?;
+        Ok((StatusCode::OK, Json(json!({ "udfs": list }))))
+    })
+}
+
+pub async fn publish_udf(
+    State(s): State<Arc<AppState>>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let object = format!("udf `{name}`");
+    s.handle(&headers, Action::Publish, &tenant, &object, |p| {
+        valid_name(&name)?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !matches!(content_type, "application/wasm" | "application/octet-stream") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("send the module as `Content-Type: application/wasm` (got `{content_type}`)"),
+            ));
+        }
+        // Validates size, format, manifest, ABI version, imports against the
+        // tenant's capabilities and compiles (into the code cache).
+        let tenant_state = s.tenants.get(&tenant);
+        let module = s
+            .sandbox
+            .load_for(&format!("{tenant}/{name}"), &body, &tenant_state)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        let functions = module
+            .manifest()
+            .functions
+            .iter()
+            .map(|f| f.signature())
+            .collect();
+        let bytes = if body.starts_with(b"\0asm") {
+            body.to_vec()
+        } else {
+            wat::parse_bytes(&body)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
+                .into_owned()
+        };
+        let (version, created) = s
+            .registry
+            .publish(&tenant, &name, &bytes, module.digest(), functions, &p.name)
+            .map_err(internal)?;
+        if created {
+            let labels = TenantLabels {
+                tenant: tenant.clone(),
+            };
+            s.metrics.publishes.get_or_create(&labels).inc();
+            s.metrics.udf_versions.get_or_create(&labels).inc();
+        }
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(json!(version))))
+    })
+}
+
+pub async fn udf_versions(
+    State(s): State<Arc<AppState>>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let object = format!("udf `{name}`");
+    s.handle(&headers, Action::Read, &tenant, &object, |_| {
+        let versions = s.registry.versions(&tenant, &name).map_err(internal)?;
+        if versions.is_empty() {
+            return Err(ApiError::not_found(&object));
+        }
+        Ok((StatusCode::OK, Json(json!({ "name": name, "versions": versions }))))
+    })
+}
+
+pub async fn get_version(
+    State(s): State<Arc<AppState>>,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let object = format!("udf `{name}` version {version}");
+    s.handle(&headers, Action::Read, &tenant, &object, |_| {
+        let v = parse_version(&version)?;
+        let found = s.registry.get(&tenant, &name, v).map_err(internal)?;
+        found
+            .map(|v| (StatusCode::OK, Json(json!(v))))
+            .ok_or_else(|| ApiError::not_found(&object))
+    })
+}
+
+pub async fn delete_version(
+    State(s): State<Arc<AppState>>,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let object = format!("udf `{name}` version {version}");
+    s.handle(&headers, Action::Delete, &tenant, &object, |_| {
+        let Some(v) = parse_version(&version)? else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "delete a numbered version, not `latest`",
+            ));
+        };
+        if !s.registry.delete(&tenant, &name, v).map_err(internal)? {
+            return Err(ApiError::not_found(&object));
+        }
+        s.metrics
+            .udf_versions
+            .get_or_create(&TenantLabels {
+                tenant: tenant.clone(),
+            })
+            .dec();
+        Ok((StatusCode::OK, Json(json!({ "deleted": { "name": name, "version": v } }))))
+    })
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+    tenant: Option<String>,
+}
+
+pub async fn read_audit(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Response {
+    // Tenant admins read their tenant's records; `*` admins any (or all).
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let tenant = q
+        .tenant
+        .clone()
+        .or_else(|| authenticate(&s.config.tokens, auth).ok().map(|p| p.tenant))
+        .unwrap_or_else(|| "*".to_string());
+    s.handle(&headers, Action::ReadAudit, &tenant, "audit log", |_| {
+        let records = s.audit.read(&tenant, q.limit.unwrap_or(1000).min(10_000));
+        Ok((StatusCode::OK, Json(json!({ "records": records }))))
+    })
+}

@@ -1,0 +1,107 @@
+//! `weir serve`: the control plane over HTTP — the UDF registry, the audit
+//! log, health and Prometheus metrics — next to the tenants' policy.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod metrics;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::Sandbox;
+use crate::tenant::Tenants;
+pub use auth::{Role, TokenConfig, hash_token};
+
+/// `[serve]` in `config/weir.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Registry database, module files and audit log.
+    pub data_dir: PathBuf,
+    /// Largest request body (a module upload), in bytes.
+    pub max_body_bytes: usize,
+    /// Bearer tokens, stored as sha256.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8080".to_string(),
+            data_dir: PathBuf::from("weir-data"),
+            max_body_bytes: 16 << 20,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: ServeConfig,
+    pub sandbox: Sandbox,
+    pub tenants: Arc<Tenants>,
+    pub registry: registry::Registry,
+    pub audit: audit::AuditLog,
+    pub metrics: metrics::Metrics,
+}
+
+impl AppState {
+    pub fn open(config: ServeConfig, sandbox: Sandbox, tenants: Arc<Tenants>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let registry = registry::Registry::open(&config.data_dir).map_err(anyhow::Error::msg)?;
+        let audit = audit::AuditLog::open(&config.data_dir).map_err(anyhow::Error::msg)?;
+        Ok(AppState {
+            config,
+            sandbox,
+            tenants,
+            registry,
+            audit,
+            metrics: metrics::Metrics::default(),
+        })
+    }
+}
+
+/// Every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/v1/tenants/{tenant}/udfs", get(api::list_udfs))
+        .route(
+            "/v1/tenants/{tenant}/udfs/{name}",
+            get(api::udf_versions).post(api::publish_udf),
+        )
+        .route(
+            "/v1/tenants/{tenant}/udfs/{name}/versions/{version}",
+            get(api::get_version).delete(api::delete_version),
+        )
+        .route("/v1/audit", get(api::read_audit))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&state.config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.listen))?;
+    tracing::info!(addr = %state.config.listen, "weir serve: listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The UDF registry: immutable, numbered versions per (tenant, name),
+//! content-addressed module files, metadata in SQLite. Survives restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// One published version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UdfVersion {
+    pub tenant: String,
+    pub name: String,
+    pub version: i64,
+    /// sha256 of the module's binary form.
+    pub sha256: String,
+    pub size: i64,
+    /// `name(args) -> ret` of each function the module declares.
+    pub functions: Vec<String>,
+    /// Milliseconds since the epoch.
+    pub published_at: i64,
+    pub published_by: String,
+}
+
+pub struct Registry {
+    db: Mutex<Connection>,
+    modules: PathBuf,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn db_err(e: rusqlite::Error) -> String {
+    format!("registry database: {e}")
+}
+
+impl Registry {
+    /// Opens (or creates) the registry under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let modules = data_dir.join("modules");
+        std::fs::create_dir_all(&modules)
+            .map_err(|e| format!("cannot create {}: {e}", modules.display()))?;
+        let db = Connection::open(data_dir.join("registry.db")).map_err(db_err)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS udf_versions (
+                 tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+                 sha256 TEXT NOT NULL, size INTEGER NOT NULL, functions TEXT NOT NULL,
+                 published_at INTEGER NOT NULL, published_by TEXT NOT NULL,
+                 PRIMARY KEY (tenant, name, version));",
+        )
+        .map_err(db_err)?;
+        Ok(Registry {
+            db: Mutex::new(db),
+            modules,
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `bytes` (already validated) as the next version of `name`;
+    /// publishing the latest version's exact bytes again returns it
+    /// unchanged (`false`).
+    pub fn publish(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+        sha256: &str,
+        functions: Vec<String>,
+        by: &str,
+    ) -> Result<(UdfVersion, bool)> {
+        if let Some(latest) = self.get(tenant, name, None)?
+            && latest.sha256 == sha256
+        {
+            return Ok((latest, false));
+        }
+        let path = self.modules.join(format!("{sha256}.wasm"));
+        if !path.exists() {
+            let tmp = self.modules.join(format!(".{sha256}.tmp"));
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| format!("cannot store module: {e}"))?;
+        }
+        let db = self.db();
+        let next: i64 = db
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM udf_versions WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        let v = UdfVersion {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            version: next,
+            sha256: sha256.to_string(),
+            size: bytes.len() as i64,
+            functions,
+            published_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            published_by: by.to_string(),
+        };
+        db.execute(
+            "INSERT INTO udf_versions VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                v.tenant,
+                v.name,
+                v.version,
+                v.sha256,
+                v.size,
+                serde_json::to_string(&v.functions).unwrap_or_default(),
+                v.published_at,
+                v.published_by
+            ],
+        )
+        .map_err(db_err)?;
+        Ok((v, true))
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UdfVersion> {
+        let functions: String = r.get(5)?;
+        Ok(UdfVersion {
+            tenant: r.get(0)?,
+            name: r.get(1)?,
+            version: r.get(2)?,
+            sha256: r.get(3)?,
+            size: r.get(4)?,
+            functions: serde_json::from_str(&functions).unwrap_or_default(),
+            published_at: r.get(6)?,
+            published_by: r.get(7)?,
+        })
+    }
+
+    /// The latest version of every UDF of `tenant`.
+    pub fn list(&self, tenant: &str) -> Result<Vec<UdfVersion>> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT * FROM udf_versions u WHERE tenant = ?1 AND version =
+                   (SELECT MAX(version) FROM udf_versions WHERE tenant = u.tenant AND name = u.name)
+                 ORDER BY name",
+            )
+            .map_err(db_err)?;
+        stmt.query_map(params![tenant], Self::row)
+            .and_then(|rows| rows.collect())
+            .map_err(db_err)
+    }
+
+    pub fn versions(&self, tenant: &str, name: &str) -> Result<Vec<UdfVersion>> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT * FROM udf_versions WHERE tenant = ?1 AND name = ?2 ORDER BY version")
+            .map_err(db_err)?;
+        stmt.query_map(params![tenant, name], Self::row)
+            .and_then(|rows| rows.collect())
+            .map_err(db_err)
+    }
+
+    /// A version, or the latest when `version` is `None`.
+    pub fn get(&self, tenant: &str, name: &str, version: Option<i64>) -> Result<Option<UdfVersion>> {
+        let db = self.db();
+        let found = match version {
+            Some(v) => db.query_row(
+                "SELECT * FROM udf_versions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant, name, v],
+                Self::row,
+            ),
+            None => db.query_row(
+                "SELECT * FROM udf_versions WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1",
+                params![tenant, name],
+                Self::row,
+            ),
+        };
+        found.optional().map_err(db_err)
+    }
+
+    /// Removes a version (its module file stays while another version uses it).
+    pub fn delete(&self, tenant: &str, name: &str, version: i64) -> Result<bool> {
+        let db = self.db();
+        let n = db
+            .execute(
+                "DELETE FROM udf_versions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+                params![tenant, name, version],
+            )
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    /// The module bytes of a version.
+    pub fn module_bytes(&self, v: &UdfVersion) -> Result<Vec<u8>> {
+        std::fs::read(self.modules.join(format!("{}.wasm", v.sha256)))
+            .map_err(|e| format!("module file of {}@v{}: {e}", v.name, v.version))
+    }
+}

@@ -1,0 +1,265 @@
+//! `weir serve`: every endpoint through the router, the authorization
+//! matrix, malformed input, the registry across a restart, audit, metrics.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+use weir::serve::{AppState, Role, ServeConfig, TokenConfig, hash_token, router};
+use weir::tenant::{Policy, Tenants};
+
+use crate::support;
+
+const ROLES: [(&str, Role); 4] = [
+    ("viewer", Role::Viewer),
+    ("operator", Role::Operator),
+    ("publisher", Role::Publisher),
+    ("admin", Role::Admin),
+];
+
+fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "globex"] {
+        for (name, role) in ROLES {
+            tokens.push(TokenConfig {
+                name: format!("{tenant}-{name}"),
+                sha256: hash_token(&format!("{tenant}-{name}-secret")),
+                tenant: tenant.to_string(),
+                role,
+            });
+        }
+    }
+    tokens.push(TokenConfig {
+        name: "root".into(),
+        sha256: hash_token("root-secret"),
+        tenant: "*".into(),
+        role: Role::Admin,
+    });
+    ServeConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        max_body_bytes,
+        tokens,
+    }
+}
+
+fn app(dir: &Path) -> Router {
+    app_with(dir, 1 << 20)
+}
+
+fn app_with(dir: &Path, max_body_bytes: usize) -> Router {
+    let tenants = Arc::new(Tenants::new(Policy::default()));
+    let state = AppState::open(config(dir, max_body_bytes), support::sandbox().clone(), tenants)
+        .unwrap();
+    router(Arc::new(state))
+}
+
+async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}-secret"));
+    }
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 24).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+fn guest() -> Vec<u8> {
+    std::fs::read(support::repo().join("tests/tenant/guest.wat")).unwrap()
+}
+
+async fn publish(app: &Router, token: &str, tenant: &str, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    send(
+        app,
+        "POST",
+        &format!("/v1/tenants/{tenant}/udfs/{name}"),
+        Some(token),
+        Some("application/wasm"),
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    assert_eq!(send(&app, "GET", "/healthz", None, None, vec![]).await.0, StatusCode::OK);
+    assert_eq!(send(&app, "GET", "/readyz", None, None, vec![]).await.0, StatusCode::OK);
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let (status, text) = send(&app, "GET", "/metrics", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap().to_string();
+    assert!(text.contains("weir_udf_publishes_total{tenant=\"acme\"} 1"), "{text}");
+    assert!(text.contains("weir_api_requests_total"), "{text}");
+}
+
+#[tokio::test]
+async fn publish_versions_get_list_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let (status, v1) = publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v1}");
+    assert_eq!(v1["version"], 1);
+    assert!(v1["functions"].to_string().contains("double(int64) -> int64"), "{v1}");
+    // The same bytes again: the same version, not a new one.
+    let (status, again) = publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    assert_eq!((status, &again["version"]), (StatusCode::OK, &v1["version"]));
+    // Changed code: version 2, which `latest` follows.
+    let v2_text = String::from_utf8(guest()).unwrap().replace("(i64.const 2)", "(i64.const 3)");
+    let (status, v2) = publish(&app, "acme-publisher", "acme", "tools", v2_text.into_bytes()).await;
+    assert_eq!((status, &v2["version"]), (StatusCode::CREATED, &Value::from(2)));
+    assert_ne!(v1["sha256"], v2["sha256"]);
+    let (_, latest) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/latest", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(latest["version"], 2);
+    let (_, versions) = send(&app, "GET", "/v1/tenants/acme/udfs/tools", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+    let (_, list) = send(&app, "GET", "/v1/tenants/acme/udfs", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(list["udfs"].as_array().unwrap().len(), 1);
+    assert_eq!(list["udfs"][0]["version"], 2);
+    // Rollback by deleting v2: latest is v1 again.
+    let (status, _) = send(&app, "DELETE", "/v1/tenants/acme/udfs/tools/versions/2", Some("acme-admin"), None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, latest) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/latest", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(latest["version"], 1);
+    let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/2", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Each role × each action × own and other tenant (and no token).
+#[tokio::test]
+async fn the_authorization_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    for tenant in ["acme", "globex"] {
+        let (status, _) = publish(&app, "root", tenant, "tools", guest()).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let v2 = String::from_utf8(guest()).unwrap().replace("(i64.const 2)", "(i64.const 5)");
+    // (action, method, uri, allowed for roles)
+    for (role, _) in ROLES {
+        for (tenant, own) in [("acme", true), ("globex", false)] {
+            let token = format!("acme-{role}");
+            let cases: [(&str, &str, String, bool); 5] = [
+                ("list", "GET", format!("/v1/tenants/{tenant}/udfs"), true),
+                ("read", "GET", format!("/v1/tenants/{tenant}/udfs/tools"), true),
+                ("read", "GET", format!("/v1/tenants/{tenant}/udfs/tools/versions/1"), true),
+                ("publish", "POST", format!("/v1/tenants/{tenant}/udfs/tools"), matches!(role, "publisher" | "admin")),
+                ("delete", "DELETE", format!("/v1/tenants/{tenant}/udfs/other/versions/1"), role == "admin"),
+            ];
+            for (action, method, uri, role_ok) in cases {
+                let body = if method == "POST" { v2.clone().into_bytes() } else { vec![] };
+                let ct = (method == "POST").then_some("application/wasm");
+                let (status, answer) = send(&app, method, &uri, Some(&token), ct, body).await;
+                let expected = if !own {
+                    vec![StatusCode::NOT_FOUND]
+                } else if !role_ok {
+                    vec![StatusCode::FORBIDDEN]
+                } else if action == "delete" {
+                    vec![StatusCode::NOT_FOUND] // allowed; that version does not exist
+                } else {
+                    vec![StatusCode::OK, StatusCode::CREATED]
+                };
+                assert!(
+                    expected.contains(&status),
+                    "{role} {action} {uri}: {status} {answer}"
+                );
+                if !own {
+                    // Nothing about the other tenant's objects leaks.
+                    assert!(!answer.to_string().contains("sha256"), "{answer}");
+                }
+            }
+        }
+    }
+    let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs", Some("nobody"), None, vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // globex's module was never overwritten by acme.
+    let (_, versions) = send(&app, "GET", "/v1/tenants/globex/udfs/tools", Some("globex-viewer"), None, vec![]).await;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_input_gets_a_clear_4xx_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(dir.path(), 64 << 10);
+    let cases: [(&str, Option<&str>, Vec<u8>, StatusCode, &str); 5] = [
+        ("junk", Some("application/wasm"), b"\x00\x01garbage bytes".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "not binary wasm"),
+        ("junk", Some("application/json"), guest(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/wasm"),
+        ("junk", Some("application/wasm"), vec![b' '; 100 << 10], StatusCode::PAYLOAD_TOO_LARGE, ""),
+        ("Bad Name", Some("application/wasm"), guest(), StatusCode::BAD_REQUEST, "invalid name"),
+        (
+            "junk",
+            Some("application/wasm"),
+            std::fs::read(support::repo().join("tests/hostile/forbidden_import.wat")).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "import",
+        ),
+    ];
+    for (name, ct, body, expected, says) in cases {
+        let uri = format!("/v1/tenants/acme/udfs/{}", name.replace(' ', "%20"));
+        let (status, answer) = send(&app, "POST", &uri, Some("acme-publisher"), ct, body).await;
+        assert_eq!(status, expected, "{answer}");
+        assert!(answer.to_string().contains(says), "{answer}");
+    }
+    let (_, list) = send(&app, "GET", "/v1/tenants/acme/udfs", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(list["udfs"].as_array().unwrap().len(), 0, "{list}");
+}
+
+#[tokio::test]
+async fn the_registry_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let app = app(dir.path());
+        assert_eq!(publish(&app, "acme-publisher", "acme", "tools", guest()).await.0, StatusCode::CREATED);
+    }
+    let app = app(dir.path());
+    let (status, v) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/1", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["published_by"], "acme-publisher");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_decisions_for_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-viewer", "acme", "tools", guest()).await; // denied
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await; // allowed
+    let (status, _) = send(&app, "GET", "/v1/audit", Some("acme-viewer"), None, vec![]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, audit) = send(&app, "GET", "/v1/audit", Some("acme-admin"), None, vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let records = audit["records"].as_array().unwrap();
+    let denied = records
+        .iter()
+        .find(|r| r["who"] == "acme-viewer" && r["action"] == "publish")
+        .unwrap();
+    assert_eq!(denied["decision"], "denied");
+    assert!(denied["reason"].as_str().unwrap().contains("may not publish"), "{denied}");
+    assert!(records.iter().any(|r| r["who"] == "acme-publisher" && r["status"] == 201));
+    // Another tenant's admin sees none of acme's records.
+    let (_, theirs) = send(&app, "GET", "/v1/audit", Some("globex-admin"), None, vec![]).await;
+    assert!(theirs["records"].as_array().unwrap().iter().all(|r| r["tenant"] != "acme"), "{theirs}");
+}

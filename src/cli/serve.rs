@@ -31,7 +31,9 @@ pub async fn run(config: WeirConfig, sandbox: Sandbox, args: &ServeArgs) -> anyh
         serve_config.listen = listen.clone();
     }
     if serve_config.tokens.is_empty() {
-        tracing::warn!("no [[serve.tokens]] configured: every /v1 request will be refused (weir token new)");
+        tracing::warn!(
+            "no [[serve.tokens]] configured: every /v1 request will be refused (weir token new)"
+        );
     }
     let state = Arc::new(AppState::open(
         serve_config,

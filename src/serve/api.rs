@@ -114,7 +114,12 @@ impl AppState {
             tenant: tenant.to_string(),
             action: action_name(action),
             object: object.to_string(),
-            decision: if denied.is_some() { "denied" } else { "allowed" }.to_string(),
+            decision: if denied.is_some() {
+                "denied"
+            } else {
+                "allowed"
+            }
+            .to_string(),
             reason: denied.or_else(|| result.as_ref().err().map(|e| e.message.clone())),
             status: status.as_u16(),
         });
@@ -208,10 +213,15 @@ pub async fn publish_udf(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !matches!(content_type, "application/wasm" | "application/octet-stream") {
+        if !matches!(
+            content_type,
+            "application/wasm" | "application/octet-stream"
+        ) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("send the module as `Content-Type: application/wasm` (got `{content_type}`)"),
+                format!(
+                    "send the module as `Content-Type: application/wasm` (got `{content_type}`)"
+                ),
             ));
         }
         // Validates size, format, manifest, ABI version, imports against the
@@ -265,7 +275,10 @@ pub async fn udf_versions(
         if versions.is_empty() {
             return Err(ApiError::not_found(&object));
         }
-        Ok((StatusCode::OK, Json(json!({ "name": name, "versions": versions }))))
+        Ok((
+            StatusCode::OK,
+            Json(json!({ "name": name, "versions": versions })),
+        ))
     })
 }
 
@@ -306,7 +319,10 @@ pub async fn delete_version(
                 tenant: tenant.clone(),
             })
             .dec();
-        Ok((StatusCode::OK, Json(json!({ "deleted": { "name": name, "version": v } }))))
+        Ok((
+            StatusCode::OK,
+            Json(json!({ "deleted": { "name": name, "version": v } })),
+        ))
     })
 }
 

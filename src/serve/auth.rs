@@ -66,7 +66,10 @@ pub enum Denied {
     Unauthenticated,
     /// Another tenant's object: answered as "not found".
     OtherTenant,
-    Role { role: Role, action: Action },
+    Role {
+        role: Role,
+        action: Action,
+    },
 }
 
 impl Denied {

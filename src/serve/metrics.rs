@@ -37,11 +37,7 @@ impl Default for Metrics {
             requests.clone(),
         );
         let publishes = Family::<TenantLabels, Counter>::default();
-        registry.register(
-            "udf_publishes",
-            "UDF versions published",
-            publishes.clone(),
-        );
+        registry.register("udf_publishes", "UDF versions published", publishes.clone());
         let udf_versions = Family::<TenantLabels, Gauge>::default();
         registry.register(
             "udf_versions",

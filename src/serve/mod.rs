@@ -55,7 +55,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn open(config: ServeConfig, sandbox: Sandbox, tenants: Arc<Tenants>) -> anyhow::Result<Self> {
+    pub fn open(
+        config: ServeConfig,
+        sandbox: Sandbox,
+        tenants: Arc<Tenants>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let registry = registry::Registry::open(&config.data_dir).map_err(anyhow::Error::msg)?;
         let audit = audit::AuditLog::open(&config.data_dir).map_err(anyhow::Error::msg)?;

@@ -161,7 +161,12 @@ impl Registry {
     }
 
     /// A version, or the latest when `version` is `None`.
-    pub fn get(&self, tenant: &str, name: &str, version: Option<i64>) -> Result<Option<UdfVersion>> {
+    pub fn get(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<UdfVersion>> {
         let db = self.db();
         let found = match version {
             Some(v) => db.query_row(

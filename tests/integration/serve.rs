@@ -53,8 +53,12 @@ fn app(dir: &Path) -> Router {
 
 fn app_with(dir: &Path, max_body_bytes: usize) -> Router {
     let tenants = Arc::new(Tenants::new(Policy::default()));
-    let state = AppState::open(config(dir, max_body_bytes), support::sandbox().clone(), tenants)
-        .unwrap();
+    let state = AppState::open(
+        config(dir, max_body_bytes),
+        support::sandbox().clone(),
+        tenants,
+    )
+    .unwrap();
     router(Arc::new(state))
 }
 
@@ -79,7 +83,9 @@ async fn send(
         .await
         .unwrap();
     let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 24).await.unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
+        .await
+        .unwrap();
     let value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
@@ -89,7 +95,13 @@ fn guest() -> Vec<u8> {
     std::fs::read(support::repo().join("tests/tenant/guest.wat")).unwrap()
 }
 
-async fn publish(app: &Router, token: &str, tenant: &str, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
+async fn publish(
+    app: &Router,
+    token: &str,
+    tenant: &str,
+    name: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     send(
         app,
         "POST",
@@ -105,13 +117,22 @@ async fn publish(app: &Router, token: &str, tenant: &str, name: &str, body: Vec<
 async fn health_readiness_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path());
-    assert_eq!(send(&app, "GET", "/healthz", None, None, vec![]).await.0, StatusCode::OK);
-    assert_eq!(send(&app, "GET", "/readyz", None, None, vec![]).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, "GET", "/healthz", None, None, vec![]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, "GET", "/readyz", None, None, vec![]).await.0,
+        StatusCode::OK
+    );
     publish(&app, "acme-publisher", "acme", "tools", guest()).await;
     let (status, text) = send(&app, "GET", "/metrics", None, None, vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().unwrap().to_string();
-    assert!(text.contains("weir_udf_publishes_total{tenant=\"acme\"} 1"), "{text}");
+    assert!(
+        text.contains("weir_udf_publishes_total{tenant=\"acme\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("weir_api_requests_total"), "{text}");
 }
 
@@ -122,28 +143,96 @@ async fn publish_versions_get_list_delete() {
     let (status, v1) = publish(&app, "acme-publisher", "acme", "tools", guest()).await;
     assert_eq!(status, StatusCode::CREATED, "{v1}");
     assert_eq!(v1["version"], 1);
-    assert!(v1["functions"].to_string().contains("double(int64) -> int64"), "{v1}");
+    assert!(
+        v1["functions"]
+            .to_string()
+            .contains("double(int64) -> int64"),
+        "{v1}"
+    );
     // The same bytes again: the same version, not a new one.
     let (status, again) = publish(&app, "acme-publisher", "acme", "tools", guest()).await;
-    assert_eq!((status, &again["version"]), (StatusCode::OK, &v1["version"]));
+    assert_eq!(
+        (status, &again["version"]),
+        (StatusCode::OK, &v1["version"])
+    );
     // Changed code: version 2, which `latest` follows.
-    let v2_text = String::from_utf8(guest()).unwrap().replace("(i64.const 2)", "(i64.const 3)");
-    let (status, v2) = publish(&app, "acme-publisher", "acme", "tools", v2_text.into_bytes()).await;
-    assert_eq!((status, &v2["version"]), (StatusCode::CREATED, &Value::from(2)));
+    let v2_text = String::from_utf8(guest())
+        .unwrap()
+        .replace("(i64.const 2)", "(i64.const 3)");
+    let (status, v2) = publish(
+        &app,
+        "acme-publisher",
+        "acme",
+        "tools",
+        v2_text.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, &v2["version"]),
+        (StatusCode::CREATED, &Value::from(2))
+    );
     assert_ne!(v1["sha256"], v2["sha256"]);
-    let (_, latest) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/latest", Some("acme-viewer"), None, vec![]).await;
+    let (_, latest) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs/tools/versions/latest",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(latest["version"], 2);
-    let (_, versions) = send(&app, "GET", "/v1/tenants/acme/udfs/tools", Some("acme-viewer"), None, vec![]).await;
+    let (_, versions) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs/tools",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
-    let (_, list) = send(&app, "GET", "/v1/tenants/acme/udfs", Some("acme-viewer"), None, vec![]).await;
+    let (_, list) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(list["udfs"].as_array().unwrap().len(), 1);
     assert_eq!(list["udfs"][0]["version"], 2);
     // Rollback by deleting v2: latest is v1 again.
-    let (status, _) = send(&app, "DELETE", "/v1/tenants/acme/udfs/tools/versions/2", Some("acme-admin"), None, vec![]).await;
+    let (status, _) = send(
+        &app,
+        "DELETE",
+        "/v1/tenants/acme/udfs/tools/versions/2",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, latest) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/latest", Some("acme-viewer"), None, vec![]).await;
+    let (_, latest) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs/tools/versions/latest",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(latest["version"], 1);
-    let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/2", Some("acme-viewer"), None, vec![]).await;
+    let (status, _) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs/tools/versions/2",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -156,20 +245,46 @@ async fn the_authorization_matrix() {
         let (status, _) = publish(&app, "root", tenant, "tools", guest()).await;
         assert_eq!(status, StatusCode::CREATED);
     }
-    let v2 = String::from_utf8(guest()).unwrap().replace("(i64.const 2)", "(i64.const 5)");
+    let v2 = String::from_utf8(guest())
+        .unwrap()
+        .replace("(i64.const 2)", "(i64.const 5)");
     // (action, method, uri, allowed for roles)
     for (role, _) in ROLES {
         for (tenant, own) in [("acme", true), ("globex", false)] {
             let token = format!("acme-{role}");
             let cases: [(&str, &str, String, bool); 5] = [
                 ("list", "GET", format!("/v1/tenants/{tenant}/udfs"), true),
-                ("read", "GET", format!("/v1/tenants/{tenant}/udfs/tools"), true),
-                ("read", "GET", format!("/v1/tenants/{tenant}/udfs/tools/versions/1"), true),
-                ("publish", "POST", format!("/v1/tenants/{tenant}/udfs/tools"), matches!(role, "publisher" | "admin")),
-                ("delete", "DELETE", format!("/v1/tenants/{tenant}/udfs/other/versions/1"), role == "admin"),
+                (
+                    "read",
+                    "GET",
+                    format!("/v1/tenants/{tenant}/udfs/tools"),
+                    true,
+                ),
+                (
+                    "read",
+                    "GET",
+                    format!("/v1/tenants/{tenant}/udfs/tools/versions/1"),
+                    true,
+                ),
+                (
+                    "publish",
+                    "POST",
+                    format!("/v1/tenants/{tenant}/udfs/tools"),
+                    matches!(role, "publisher" | "admin"),
+                ),
+                (
+                    "delete",
+                    "DELETE",
+                    format!("/v1/tenants/{tenant}/udfs/other/versions/1"),
+                    role == "admin",
+                ),
             ];
             for (action, method, uri, role_ok) in cases {
-                let body = if method == "POST" { v2.clone().into_bytes() } else { vec![] };
+                let body = if method == "POST" {
+                    v2.clone().into_bytes()
+                } else {
+                    vec![]
+                };
                 let ct = (method == "POST").then_some("application/wasm");
                 let (status, answer) = send(&app, method, &uri, Some(&token), ct, body).await;
                 let expected = if !own {
@@ -194,10 +309,26 @@ async fn the_authorization_matrix() {
     }
     let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs", None, None, vec![]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs", Some("nobody"), None, vec![]).await;
+    let (status, _) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs",
+        Some("nobody"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // globex's module was never overwritten by acme.
-    let (_, versions) = send(&app, "GET", "/v1/tenants/globex/udfs/tools", Some("globex-viewer"), None, vec![]).await;
+    let (_, versions) = send(
+        &app,
+        "GET",
+        "/v1/tenants/globex/udfs/tools",
+        Some("globex-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
 }
 
@@ -206,10 +337,34 @@ async fn malformed_input_gets_a_clear_4xx_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(dir.path(), 64 << 10);
     let cases: [(&str, Option<&str>, Vec<u8>, StatusCode, &str); 5] = [
-        ("junk", Some("application/wasm"), b"\x00\x01garbage bytes".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "not binary wasm"),
-        ("junk", Some("application/json"), guest(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/wasm"),
-        ("junk", Some("application/wasm"), vec![b' '; 100 << 10], StatusCode::PAYLOAD_TOO_LARGE, ""),
-        ("Bad Name", Some("application/wasm"), guest(), StatusCode::BAD_REQUEST, "invalid name"),
+        (
+            "junk",
+            Some("application/wasm"),
+            b"\x00\x01garbage bytes".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not binary wasm",
+        ),
+        (
+            "junk",
+            Some("application/json"),
+            guest(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/wasm",
+        ),
+        (
+            "junk",
+            Some("application/wasm"),
+            vec![b' '; 100 << 10],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        (
+            "Bad Name",
+            Some("application/wasm"),
+            guest(),
+            StatusCode::BAD_REQUEST,
+            "invalid name",
+        ),
         (
             "junk",
             Some("application/wasm"),
@@ -224,7 +379,15 @@ async fn malformed_input_gets_a_clear_4xx_and_stores_nothing() {
         assert_eq!(status, expected, "{answer}");
         assert!(answer.to_string().contains(says), "{answer}");
     }
-    let (_, list) = send(&app, "GET", "/v1/tenants/acme/udfs", Some("acme-viewer"), None, vec![]).await;
+    let (_, list) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(list["udfs"].as_array().unwrap().len(), 0, "{list}");
 }
 
@@ -233,10 +396,23 @@ async fn the_registry_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let app = app(dir.path());
-        assert_eq!(publish(&app, "acme-publisher", "acme", "tools", guest()).await.0, StatusCode::CREATED);
+        assert_eq!(
+            publish(&app, "acme-publisher", "acme", "tools", guest())
+                .await
+                .0,
+            StatusCode::CREATED
+        );
     }
     let app = app(dir.path());
-    let (status, v) = send(&app, "GET", "/v1/tenants/acme/udfs/tools/versions/1", Some("acme-viewer"), None, vec![]).await;
+    let (status, v) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs/tools/versions/1",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["published_by"], "acme-publisher");
 }
@@ -257,9 +433,187 @@ async fn the_audit_log_records_decisions_for_admins() {
         .find(|r| r["who"] == "acme-viewer" && r["action"] == "publish")
         .unwrap();
     assert_eq!(denied["decision"], "denied");
-    assert!(denied["reason"].as_str().unwrap().contains("may not publish"), "{denied}");
-    assert!(records.iter().any(|r| r["who"] == "acme-publisher" && r["status"] == 201));
+    assert!(
+        denied["reason"]
+            .as_str()
+            .unwrap()
+            .contains("may not publish"),
+        "{denied}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["who"] == "acme-publisher" && r["status"] == 201)
+    );
     // Another tenant's admin sees none of acme's records.
     let (_, theirs) = send(&app, "GET", "/v1/audit", Some("globex-admin"), None, vec![]).await;
-    assert!(theirs["records"].as_array().unwrap().iter().all(|r| r["tenant"] != "acme"), "{theirs}");
+    assert!(
+        theirs["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenant"] != "acme"),
+        "{theirs}"
+    );
+}
+
+/// A minimal HTTP/1.0 exchange (no client library needed): (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(addr: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real Prometheus server (Debian's `prometheus`) scrapes `weir serve`
+/// and a weir metric is read back through Prometheus's query API.
+#[test]
+fn prometheus_scrapes_weir_serve() {
+    let Ok(prometheus) = which("prometheus") else {
+        assert!(
+            std::env::var_os("WEIR_REQUIRE_BROKER").is_none(),
+            "the prometheus binary is required (apt-get install prometheus)"
+        );
+        eprintln!("skipped: prometheus not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let weir_addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nlisten = \"{weir_addr}\"\ndata_dir = \"{}\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n",
+            dir.path().join("data").display(),
+            hash_token("ci-secret")
+        ),
+    )
+    .unwrap();
+    let _weir = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&weir_addr);
+    let (status, body) = http(
+        &weir_addr,
+        "POST",
+        "/v1/tenants/acme/udfs/tools",
+        &[
+            ("Authorization", "Bearer ci-secret"),
+            ("Content-Type", "application/wasm"),
+        ],
+        &guest(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let prom_config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: weir\n    static_configs:\n      - targets: ['{weir_addr}']\n"
+        ),
+    )
+    .unwrap();
+    let _prom = Killed(
+        std::process::Command::new(prometheus)
+            .args([
+                &format!("--config.file={}", prom_config.display()),
+                &format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+                &format!("--web.listen-address={prom_addr}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&prom_addr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, body) = http(
+            &prom_addr,
+            "GET",
+            "/api/v1/query?query=weir_udf_publishes_total",
+            &[],
+            &[],
+        );
+        if status == 200 && body.contains("\"tenant\":\"acme\"") && body.contains("\"1\"]") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never had the metric: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
 }

@@ -351,3 +351,113 @@ pub async fn read_audit(
         Ok((StatusCode::OK, Json(json!({ "records": records }))))
     })
 }
+
+/// A staged run: which function, on which rows; for an unpublished module
+/// also the module (`module_base64`: binary; `module_text`: text format).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TryRequest {
+    function: String,
+    rows: Vec<Value>,
+    #[serde(default)]
+    module_base64: Option<String>,
+    #[serde(default)]
+    module_text: Option<String>,
+}
+
+/// Dry-run limits: the tenant's, tightened.
+fn dry_run_limits(s: &AppState, tenant: &str) -> crate::sandbox::SandboxLimits {
+    let policy = s.tenants.get(tenant).policy();
+    let mut limits = s.sandbox.limits().clone();
+    limits.capabilities = policy.capabilities.clone();
+    limits.memory_bytes = limits.memory_bytes.min(policy.memory_bytes).min(32 << 20);
+    limits.cpu_ms_per_batch = policy.cpu_ms_per_batch.min(250);
+    limits.fuel_per_batch = policy.fuel_per_batch.min(500_000_000);
+    limits.max_output_bytes = limits.max_output_bytes.min(16 << 20);
+    limits
+}
+
+fn staged(s: &AppState, tenant: &str, label: &str, bytes: &[u8], req: &TryRequest) -> Answer {
+    let started = std::time::Instant::now();
+    let module = s
+        .sandbox
+        .load_with_limits(label, bytes, dry_run_limits(s, tenant))
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let result = super::staged::run_rows(&module, &req.function, &req.rows)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let mut body = json!(result);
+    body["total_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
+    Ok((StatusCode::OK, Json(body)))
+}
+
+fn parse_try(body: &Bytes) -> Result<TryRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid JSON: {e}; send {{\"function\": \"name\", \"rows\": [[arg, ...], ...]}}"
+            ),
+        )
+    })
+}
+
+pub async fn try_version(
+    State(s): State<Arc<AppState>>,
+    Path((tenant, name, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let object = format!("udf `{name}` version {version}");
+    s.handle(&headers, Action::Try, &tenant, &object, |_| {
+        let req = parse_try(&body)?;
+        let v = parse_version(&version)?;
+        let found = s
+            .registry
+            .get(&tenant, &name, v)
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::not_found(&object))?;
+        let bytes = s.registry.module_bytes(&found).map_err(internal)?;
+        staged(
+            &s,
+            &tenant,
+            &format!("{tenant}/{name}@v{}", found.version),
+            &bytes,
+            &req,
+        )
+    })
+}
+
+pub async fn try_module(
+    State(s): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.handle(&headers, Action::Try, &tenant, "unpublished module", |_| {
+        let req = parse_try(&body)?;
+        let bytes = match (&req.module_base64, &req.module_text) {
+            (Some(b64), None) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| {
+                        ApiError::new(StatusCode::BAD_REQUEST, format!("module_base64: {e}"))
+                    })?
+            }
+            (None, Some(text)) => text.clone().into_bytes(),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "give the module as exactly one of `module_base64` or `module_text`",
+                ));
+            }
+        };
+        staged(
+            &s,
+            &tenant,
+            &format!("{tenant}/(unpublished)"),
+            &bytes,
+            &req,
+        )
+    })
+}

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod metrics;
 pub mod registry;
+pub mod staged;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,6 +90,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/tenants/{tenant}/udfs/{name}/versions/{version}",
             get(api::get_version).delete(api::delete_version),
+        )
+        .route(
+            "/v1/tenants/{tenant}/udfs/{name}/versions/{version}/try",
+            axum::routing::post(api::try_version),
+        )
+        .route(
+            "/v1/tenants/{tenant}/try",
+            axum::routing::post(api::try_module),
         )
         .route("/v1/audit", get(api::read_audit))
         .layer(DefaultBodyLimit::max(limit))

@@ -617,3 +617,104 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+#[tokio::test]
+async fn staged_runs_on_sample_rows_report_outputs_errors_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let run = |uri: &str, token: &str, body: Value| {
+        let (app, uri, token) = (app.clone(), uri.to_string(), token.to_string());
+        async move {
+            send(
+                &app,
+                "POST",
+                &uri,
+                Some(&token),
+                Some("application/json"),
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let uri = "/v1/tenants/acme/udfs/tools/versions/latest/try";
+    let (status, out) = run(
+        uri,
+        "acme-operator",
+        serde_json::json!({"function": "double", "rows": [[1], [2], [null]]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["outputs"], serde_json::json!([2, 4, null]));
+    assert!(out["errors"].as_array().unwrap().is_empty());
+    assert!(out["guest_ms"].as_f64().unwrap() >= 0.0);
+    // An infinite loop stops at the dry-run CPU limit, as a per-row error.
+    let (status, out) = run(
+        uri,
+        "acme-operator",
+        serde_json::json!({"function": "spin", "rows": [[1], [1000000000000i64]]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["outputs"][0], 1);
+    assert_eq!(out["errors"][0]["row"], 1);
+    assert!(
+        out["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ran out of CPU"),
+        "{out}"
+    );
+    // Not yet published: the module travels in the request.
+    let text = String::from_utf8(guest()).unwrap();
+    let (status, out) = run(
+        "/v1/tenants/acme/try",
+        "acme-operator",
+        serde_json::json!({"function": "double", "rows": [[21]], "module_text": text}),
+    )
+    .await;
+    assert_eq!(
+        (status, &out["outputs"]),
+        (StatusCode::OK, &serde_json::json!([42])),
+        "{out}"
+    );
+    // Clear 400s; viewers may not run code.
+    let (status, out) = run(
+        uri,
+        "acme-operator",
+        serde_json::json!({"function": "nope", "rows": []}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap()
+            .contains("no function `nope`"),
+        "{out}"
+    );
+    let (status, out) = run(
+        uri,
+        "acme-operator",
+        serde_json::json!({"function": "double", "rows": [["x", 2]]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+    let (status, _) = send(
+        &app,
+        "POST",
+        uri,
+        Some("acme-operator"),
+        Some("application/json"),
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = run(
+        uri,
+        "acme-viewer",
+        serde_json::json!({"function": "double", "rows": [[1]]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

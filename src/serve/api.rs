@@ -170,14 +170,17 @@ fn internal(e: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process is alive")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the registry is open")))]
 pub async fn readyz() -> &'static str {
     "ready"
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus / OpenMetrics text")))]
 pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     (
         [(
@@ -189,6 +192,7 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/udfs", tag = "udfs", params(("tenant" = String, Path, description = "tenant name")), responses((status = 200, description = "the latest version of each UDF"), (status = 401), (status = 404)))]
 pub async fn list_udfs(
     State(s): State<Arc<AppState>>,
     Path(tenant): Path<String>,
@@ -200,6 +204,7 @@ pub async fn list_udfs(
     })
 }
 
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/udfs/{name}", tag = "udfs", params(("tenant" = String, Path, description = "tenant name"), ("name" = String, Path, description = "UDF name: a-z, 0-9, -, _")), request_body(content = Vec<u8>, content_type = "application/wasm", description = "the module, binary or text format"), responses((status = 201, description = "published as the next version"), (status = 200, description = "same bytes as the latest version"), (status = 400), (status = 401), (status = 403), (status = 404), (status = 413), (status = 415), (status = 422, description = "the sandbox refused the module")))]
 pub async fn publish_udf(
     State(s): State<Arc<AppState>>,
     Path((tenant, name)): Path<(String, String)>,
@@ -264,6 +269,7 @@ pub async fn publish_udf(
     })
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/udfs/{name}", tag = "udfs", params(("tenant" = String, Path, description = "tenant name"), ("name" = String, Path, description = "UDF name: a-z, 0-9, -, _")), responses((status = 200, description = "every version"), (status = 404)))]
 pub async fn udf_versions(
     State(s): State<Arc<AppState>>,
     Path((tenant, name)): Path<(String, String)>,
@@ -282,6 +288,7 @@ pub async fn udf_versions(
     })
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/udfs/{name}/versions/{version}", tag = "udfs", params(("tenant" = String, Path, description = "tenant name"), ("name" = String, Path, description = "UDF name: a-z, 0-9, -, _"), ("version" = String, Path, description = "version number, or `latest`")), responses((status = 200, description = "one version"), (status = 404)))]
 pub async fn get_version(
     State(s): State<Arc<AppState>>,
     Path((tenant, name, version)): Path<(String, String, String)>,
@@ -297,6 +304,7 @@ pub async fn get_version(
     })
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/udfs/{name}/versions/{version}", tag = "udfs", params(("tenant" = String, Path, description = "tenant name"), ("name" = String, Path, description = "UDF name: a-z, 0-9, -, _"), ("version" = String, Path, description = "version number, or `latest`")), responses((status = 200, description = "deleted; `latest` follows the previous version"), (status = 403), (status = 404)))]
 pub async fn delete_version(
     State(s): State<Arc<AppState>>,
     Path((tenant, name, version)): Path<(String, String, String)>,
@@ -332,6 +340,7 @@ pub struct AuditQuery {
     tenant: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(("limit" = Option<usize>, Query, description = "last N records (default 1000)"), ("tenant" = Option<String>, Query, description = "for `*` admins")), responses((status = 200, description = "audit records, oldest first"), (status = 403)))]
 pub async fn read_audit(
     State(s): State<Arc<AppState>>,
     Query(q): Query<AuditQuery>,
@@ -401,6 +410,7 @@ fn parse_try(body: &Bytes) -> Result<TryRequest, ApiError> {
     })
 }
 
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/udfs/{name}/versions/{version}/try", tag = "staged", params(("tenant" = String, Path, description = "tenant name"), ("name" = String, Path, description = "UDF name: a-z, 0-9, -, _"), ("version" = String, Path, description = "version number, or `latest`")), request_body(content = String, content_type = "application/json", description = "{\"function\": name, \"rows\": [[args...], ...]}"), responses((status = 200, description = "outputs, per-row errors, guest time"), (status = 400), (status = 403), (status = 404), (status = 422)))]
 pub async fn try_version(
     State(s): State<Arc<AppState>>,
     Path((tenant, name, version)): Path<(String, String, String)>,
@@ -427,6 +437,7 @@ pub async fn try_version(
     })
 }
 
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/try", tag = "staged", params(("tenant" = String, Path, description = "tenant name")), request_body(content = String, content_type = "application/json", description = "{\"function\", \"rows\", \"module_base64\" | \"module_text\"}"), responses((status = 200, description = "outputs, per-row errors, guest time"), (status = 400), (status = 403), (status = 422)))]
 pub async fn try_module(
     State(s): State<Arc<AppState>>,
     Path(tenant): Path<String>,

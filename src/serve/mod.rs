@@ -75,6 +75,58 @@ impl AppState {
     }
 }
 
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "weir",
+        description = "Sandboxed WebAssembly UDFs over streaming Arrow data: the control plane."
+    ),
+    paths(
+        api::healthz,
+        api::readyz,
+        api::metrics,
+        api::list_udfs,
+        api::publish_udf,
+        api::udf_versions,
+        api::get_version,
+        api::delete_version,
+        api::try_version,
+        api::try_module,
+        api::read_audit,
+        openapi_json
+    )
+)]
+pub struct ApiDoc;
+
+/// Every route, `(method, path)`, as the router serves it (the OpenAPI
+/// test checks each one is documented).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/tenants/{tenant}/udfs"),
+    ("get", "/v1/tenants/{tenant}/udfs/{name}"),
+    ("post", "/v1/tenants/{tenant}/udfs/{name}"),
+    ("get", "/v1/tenants/{tenant}/udfs/{name}/versions/{version}"),
+    (
+        "delete",
+        "/v1/tenants/{tenant}/udfs/{name}/versions/{version}",
+    ),
+    (
+        "post",
+        "/v1/tenants/{tenant}/udfs/{name}/versions/{version}/try",
+    ),
+    ("post", "/v1/tenants/{tenant}/try"),
+    ("get", "/v1/audit"),
+];
+
+#[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "this document")))]
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// Every route.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
@@ -82,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/tenants/{tenant}/udfs", get(api::list_udfs))
         .route(
             "/v1/tenants/{tenant}/udfs/{name}",

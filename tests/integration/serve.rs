@@ -718,3 +718,34 @@ async fn staged_runs_on_sample_rows_report_outputs_errors_and_time() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn every_route_is_served_and_in_the_openapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let (status, doc) = send(&app, "GET", "/openapi.json", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    for (method, path) in weir::serve::ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not in /openapi.json"
+        );
+        let uri = path
+            .replace("{tenant}", "acme")
+            .replace("{name}", "tools")
+            .replace("{version}", "1");
+        let (status, answer) = send(&app, &method.to_uppercase(), &uri, None, None, vec![]).await;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri} is not routed: {status} {answer}"
+        );
+    }
+    // And nothing is documented that is not routed.
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|ops| ops.as_object().unwrap().len())
+        .sum();
+    assert_eq!(documented, weir::serve::ROUTES.len());
+}

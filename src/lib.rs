@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod sandbox;
 pub mod serve;
 pub mod sql;
+pub mod telemetry;
 pub mod tenant;
 pub mod toolchain;
 pub mod udf;

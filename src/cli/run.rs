@@ -19,6 +19,9 @@ pub struct RunArgs {
     /// Tenant policy (docs/policy.md); re-read on SIGHUP.
     #[arg(long, env = "WEIR_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9464.
+    #[arg(long, env = "WEIR_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
@@ -31,6 +34,22 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
     let mut pipelines = Vec::new();
     for config in configs {
         pipelines.push(Pipeline::build_for(config, &sandbox, &tenants).await?);
+    }
+    if let Some(addr) = args.metrics_addr.clone() {
+        let metrics = Arc::new(crate::serve::metrics::Metrics::new(tenants.clone()));
+        for p in &pipelines {
+            metrics.data_path.add(p.telemetry());
+        }
+        // Bound now, so that a busy port is an error before anything runs.
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr, "metrics on /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = crate::serve::serve_metrics(listener, metrics).await {
+                tracing::error!("metrics server: {e:#}");
+            }
+        });
     }
     if let Some(path) = args.policy.clone() {
         tokio::spawn(reload_on_sighup(path, tenants.clone()));

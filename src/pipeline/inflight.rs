@@ -46,6 +46,10 @@ impl InFlight {
         self.queue.len()
     }
 
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

@@ -32,6 +32,10 @@ pub struct PipelineStats {
     pub dead_letters: AtomicU64,
     pub skipped: AtomicU64,
     pub batches: AtomicU64,
+    /// Consumer lag summed over the assigned partitions (-1: unknown).
+    pub lag: std::sync::atomic::AtomicI64,
+    /// 1 while the source is paused by backpressure.
+    pub paused: AtomicU64,
 }
 
 impl PipelineStats {
@@ -187,6 +191,16 @@ impl Pipeline {
         self.stats.clone()
     }
 
+    /// What `/metrics` reads about this pipeline.
+    pub fn telemetry(&self) -> crate::telemetry::PipelineTelemetry {
+        crate::telemetry::PipelineTelemetry {
+            name: self.config.name.clone(),
+            tenant: self.config.tenant.clone(),
+            stats: self.stats.clone(),
+            modules: self.modules.clone(),
+        }
+    }
+
     /// Runs until the source ends or `shutdown` turns true; batches in
     /// flight are acknowledged and committed first.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -234,6 +248,12 @@ impl Pipeline {
             if !records.is_empty() {
                 self.process(records, flight).await?;
             }
+            self.stats
+                .lag
+                .store(self.source.lag().unwrap_or(-1), Ordering::Relaxed);
+            self.stats
+                .paused
+                .store(u64::from(flight.is_paused()), Ordering::Relaxed);
             if last_log.elapsed() >= PROGRESS_EVERY {
                 self.log_progress(started.elapsed());
                 last_log = Instant::now();

@@ -37,6 +37,19 @@ pub struct UdfModule {
     tenant: Option<Arc<Tenant>>,
     /// One circuit breaker per function.
     breakers: Vec<Breaker>,
+    /// Telemetry per function.
+    stats: Vec<FunctionStats>,
+}
+
+/// What one function of a module did (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct FunctionStats {
+    /// Guest calls made (cache hits and open circuits make none).
+    pub invocations: AtomicU64,
+    /// Time inside the guest, in nanoseconds.
+    pub guest_nanos: AtomicU64,
+    /// Failed batches by `Failure::kind`.
+    pub failures: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl std::fmt::Debug for UdfModule {
@@ -81,6 +94,11 @@ impl UdfModule {
 
     pub fn tenant(&self) -> Option<&Arc<Tenant>> {
         self.tenant.as_ref()
+    }
+
+    /// Telemetry of function `index`.
+    pub fn function_stats(&self, index: usize) -> Option<&FunctionStats> {
+        self.stats.get(index)
     }
 
     /// The circuit breaker of function `index`.
@@ -219,7 +237,14 @@ impl UdfModule {
                 )
             }
         }
-        .map_err(error)
+        .map_err(|failure| {
+            let mut by_kind = self.stats[index]
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *by_kind.entry(failure.kind()).or_default() += 1;
+            error(failure)
+        })
     }
 
     fn call_inner(
@@ -241,7 +266,13 @@ impl UdfModule {
             .map_err(|e| Failure::InvalidInput(e.to_string()))?;
         let _permit = self.tenant.as_ref().map(|t| t.enter());
         let mut instance = self.pool.checkout(self)?;
+        let started = std::time::Instant::now();
         let result = instance.invoke(self, limits, index, &plan, rows);
+        let stats = &self.stats[index];
+        stats.invocations.fetch_add(1, Ordering::Relaxed);
+        stats
+            .guest_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok(CallResult::Array(array)) => {
                 self.pool.checkin(instance);
@@ -464,6 +495,7 @@ impl Sandbox {
             engine,
             pre,
             breakers: calls.iter().map(|_| Breaker::default()).collect(),
+            stats: calls.iter().map(|_| FunctionStats::default()).collect(),
             calls,
             from_cache,
             tenant,

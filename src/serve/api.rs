@@ -78,13 +78,19 @@ impl AppState {
             },
         };
         let result = match &denied {
-            None => {
-                let p = authenticate(&self.config.tokens, auth);
-                match p {
-                    Ok(p) => work(&p),
-                    Err(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
-                }
-            }
+            None => match authenticate(&self.config.tokens, auth) {
+                Ok(p) => match self.take_request(&p.name) {
+                    Ok(()) => work(&p),
+                    Err(wait) => Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "token `{}` is over {} requests/s; retry in {:.1} s",
+                            p.name, self.config.requests_per_s, wait
+                        ),
+                    )),
+                },
+                Err(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
+            },
             Some(d) => {
                 let status = match d {
                     Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -182,12 +188,17 @@ pub async fn readyz() -> &'static str {
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus / OpenMetrics text")))]
 pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    metrics_text(&s.metrics)
+}
+
+/// The exposition with its content type.
+pub fn metrics_text(metrics: &super::metrics::Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        metrics.encode(),
     )
         .into_response()
 }

@@ -7,6 +7,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::telemetry::DataPathCollector;
+use crate::tenant::Tenants;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub tenant: String,
@@ -22,14 +25,18 @@ pub struct TenantLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// Pipelines, UDFs and tenants, read at scrape time.
+    pub data_path: std::sync::Arc<DataPathCollector>,
     pub requests: Family<RequestLabels, Counter>,
     pub publishes: Family<TenantLabels, Counter>,
     pub udf_versions: Family<TenantLabels, Gauge>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    pub fn new(tenants: std::sync::Arc<Tenants>) -> Self {
         let mut registry = Registry::with_prefix("weir");
+        let data_path = std::sync::Arc::new(DataPathCollector::new(tenants));
+        registry.register_collector(Box::new(data_path.clone()));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -46,6 +53,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            data_path,
             requests,
             publishes,
             udf_versions,

@@ -32,6 +32,10 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Bearer tokens, stored as sha256.
     pub tokens: Vec<TokenConfig>,
+    /// Requests per second each token may make (sustained); 0 = unlimited.
+    pub requests_per_s: u32,
+    /// Requests a token may make in a burst above `requests_per_s`.
+    pub burst_requests: u32,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +45,8 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("weir-data"),
             max_body_bytes: 16 << 20,
             tokens: Vec::new(),
+            requests_per_s: 20,
+            burst_requests: 100,
         }
     }
 }
@@ -53,9 +59,32 @@ pub struct AppState {
     pub registry: registry::Registry,
     pub audit: audit::AuditLog,
     pub metrics: metrics::Metrics,
+    /// Per-token request buckets: (tokens left, last refill).
+    pub rate: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
 
 impl AppState {
+    /// Takes one request from `token`'s bucket; `Err(seconds)` to wait when
+    /// it is empty.
+    pub fn take_request(&self, token: &str) -> Result<(), f64> {
+        let rate = f64::from(self.config.requests_per_s);
+        if rate == 0.0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.config.burst_requests.max(1));
+        let now = std::time::Instant::now();
+        let mut buckets = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let (left, at) = buckets.entry(token.to_string()).or_insert((burst, now));
+        *left = (*left + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - *left) / rate)
+        }
+    }
+
     pub fn open(
         config: ServeConfig,
         sandbox: Sandbox,
@@ -64,13 +93,15 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)?;
         let registry = registry::Registry::open(&config.data_dir).map_err(anyhow::Error::msg)?;
         let audit = audit::AuditLog::open(&config.data_dir).map_err(anyhow::Error::msg)?;
+        let metrics = metrics::Metrics::new(tenants.clone());
         Ok(AppState {
             config,
             sandbox,
             tenants,
             registry,
             audit,
-            metrics: metrics::Metrics::default(),
+            metrics,
+            rate: Default::default(),
         })
     }
 }
@@ -155,6 +186,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(api::read_audit))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Only `/metrics` (for `weir run --metrics-addr`).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::Metrics>,
+) -> anyhow::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { api::metrics_text(&metrics) }
+        }),
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
 }
 
 /// Serves until `shutdown` resolves.

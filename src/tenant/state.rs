@@ -220,6 +220,14 @@ impl Tenants {
             .clone()
     }
 
+    /// Every tenant in use.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Arc<Tenant>> = tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
     /// Applies a new policy to every tenant, from their next batch.
     pub fn reload(&self, policy: Policy) {
         let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());

@@ -44,6 +44,8 @@ fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
         data_dir: dir.to_path_buf(),
         max_body_bytes,
         tokens,
+        requests_per_s: 1,
+        burst_requests: 1000,
     }
 }
 
@@ -748,4 +750,110 @@ async fn every_route_is_served_and_in_the_openapi_document() {
         .map(|ops| ops.as_object().unwrap().len())
         .sum();
     assert_eq!(documented, weir::serve::ROUTES.len());
+}
+
+#[tokio::test]
+async fn each_token_is_rate_limited_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1 << 20);
+    config.requests_per_s = 1;
+    config.burst_requests = 3;
+    let tenants = Arc::new(Tenants::new(Policy::default()));
+    let app = router(Arc::new(
+        AppState::open(config, support::sandbox().clone(), tenants).unwrap(),
+    ));
+    for _ in 0..3 {
+        let (status, _) = send(
+            &app,
+            "GET",
+            "/v1/tenants/acme/udfs",
+            Some("acme-viewer"),
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, answer) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        answer["error"].as_str().unwrap().contains("acme-viewer"),
+        "{answer}"
+    );
+    // Another token is not affected.
+    let (status, _) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/udfs",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_path_metrics_count_records_calls_failures_and_cache() {
+    use weir::pipeline::{Pipeline, PipelineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let mut lines: String = (0..100)
+        .map(|i| format!("{{\"id\":{}}}\n", i % 10))
+        .collect();
+    lines.push_str("not json\n");
+    std::fs::write(&input, lines).unwrap();
+    let config = PipelineConfig::from_toml(&format!(
+        r#"
+name = "numbers"
+tenant = "acme"
+udfs = ["{guest}"]
+sql = "SELECT double(id) AS d FROM source"
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[sink]
+kind = "file"
+path = "{out}"
+[errors]
+policy = "skip"
+[batch]
+max_records = 50
+"#,
+        guest = support::repo().join("tests/tenant/guest.wat").display(),
+        input = input.display(),
+        out = dir.path().join("out.ndjson").display(),
+    ))
+    .unwrap();
+    let tenants = Arc::new(Tenants::new(Policy::default()));
+    let pipeline = Pipeline::build_for(config, support::sandbox(), &tenants)
+        .await
+        .unwrap();
+    let metrics = weir::serve::metrics::Metrics::new(tenants.clone());
+    metrics.data_path.add(pipeline.telemetry());
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    pipeline.run(stopped).await.unwrap();
+    let text = metrics.encode();
+    for expected in [
+        r#"weir_pipeline_records_in_total{tenant="acme",pipeline="numbers"} 101"#,
+        r#"weir_pipeline_records_out_total{tenant="acme",pipeline="numbers"} 100"#,
+        r#"weir_pipeline_skipped_records_total{tenant="acme",pipeline="numbers"} 1"#,
+        r#"weir_udf_breaker_state{tenant="acme",pipeline="numbers",udf="double"} 0"#,
+        // Batch 1 (50 rows) computes; batch 2 is served from the cache.
+        r#"weir_cache_hits_total{tenant="acme"} 50"#,
+        r#"weir_cache_misses_total{tenant="acme"} 50"#,
+        r#"weir_udf_invocations_total{tenant="acme",pipeline="numbers",udf="double"} 1"#,
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
 }

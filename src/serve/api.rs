@@ -57,76 +57,94 @@ fn action_name(action: Action) -> String {
         .unwrap_or_default()
 }
 
+/// The outcome of admission: the caller, or the refusal to answer.
+struct Admission {
+    who: String,
+    principal: Result<Principal, ApiError>,
+    /// Why it was denied (for the audit log).
+    denied: Option<String>,
+}
+
 impl AppState {
-    /// Authenticates and authorizes, runs `work`, audits and counts.
-    fn handle(
-        &self,
-        headers: &HeaderMap,
-        action: Action,
-        tenant: &str,
-        object: &str,
-        work: impl FnOnce(&Principal) -> Answer,
-    ) -> Response {
+    /// Authenticates, authorizes for `tenant` and applies the token's rate.
+    fn admit(&self, headers: &HeaderMap, action: Action, tenant: &str, object: &str) -> Admission {
         let auth = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let (who, denied) = match authenticate(&self.config.tokens, auth) {
-            Err(d) => ("anonymous".to_string(), Some(d)),
-            Ok(p) => match authorize(&p, action, tenant) {
-                Err(d) => (p.name, Some(d)),
-                Ok(()) => (p.name.clone(), None),
-            },
-        };
-        let result = match &denied {
-            None => match authenticate(&self.config.tokens, auth) {
-                Ok(p) => match self.take_request(&p.name) {
-                    Ok(()) => work(&p),
-                    Err(wait) => Err(ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!(
-                            "token `{}` is over {} requests/s; retry in {:.1} s",
-                            p.name, self.config.requests_per_s, wait
-                        ),
-                    )),
-                },
-                Err(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
-            },
-            Some(d) => {
-                let status = match d {
-                    Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
-                    Denied::OtherTenant => StatusCode::NOT_FOUND,
-                    Denied::Role { .. } => StatusCode::FORBIDDEN,
-                };
-                let message = match d {
-                    Denied::OtherTenant => format!("{object} not found"),
-                    _ => d.reason(),
-                };
-                Err(ApiError::new(status, message))
+        let refuse = |who: String, d: Denied| {
+            let status = match d {
+                Denied::Unauthenticated => StatusCode::UNAUTHORIZED,
+                Denied::OtherTenant => StatusCode::NOT_FOUND,
+                Denied::Role { .. } => StatusCode::FORBIDDEN,
+            };
+            let message = match d {
+                Denied::OtherTenant => format!("{object} not found"),
+                _ => d.reason(),
+            };
+            Admission {
+                who,
+                principal: Err(ApiError::new(status, message)),
+                denied: Some(d.reason()),
             }
         };
-        let denied = denied.map(|d| d.reason());
+        let p = match authenticate(&self.config.tokens, auth) {
+            Err(d) => return refuse("anonymous".to_string(), d),
+            Ok(p) => p,
+        };
+        if let Err(d) = authorize(&p, action, tenant) {
+            return refuse(p.name, d);
+        }
+        if let Err(wait) = self.take_request(&p.name) {
+            let message = format!(
+                "token `{}` is over {} requests/s; retry in {wait:.1} s",
+                p.name, self.config.requests_per_s
+            );
+            return Admission {
+                who: p.name,
+                principal: Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)),
+                denied: None,
+            };
+        }
+        Admission {
+            who: p.name.clone(),
+            principal: Ok(p),
+            denied: None,
+        }
+    }
+
+    /// Audits and counts one answered request.
+    fn record(
+        &self,
+        admission: Admission,
+        action: Action,
+        tenant: &str,
+        object: &str,
+        result: Result<Response, ApiError>,
+    ) -> Response {
         let status = match &result {
-            Ok((s, _)) => *s,
+            Ok(r) => r.status(),
             Err(e) => e.status,
         };
-        let outcome = match (&denied, status.is_success()) {
+        let outcome = match (&admission.denied, status.is_success()) {
             (Some(_), _) => "denied",
             (None, true) => "allowed",
             (None, false) => "failed",
         };
+        let decision = if admission.denied.is_some() {
+            "denied"
+        } else {
+            "allowed"
+        };
         self.audit.append(&AuditRecord {
             at: now_ms(),
-            who,
+            who: admission.who,
             tenant: tenant.to_string(),
             action: action_name(action),
             object: object.to_string(),
-            decision: if denied.is_some() {
-                "denied"
-            } else {
-                "allowed"
-            }
-            .to_string(),
-            reason: denied.or_else(|| result.as_ref().err().map(|e| e.message.clone())),
+            decision: decision.to_string(),
+            reason: admission
+                .denied
+                .or_else(|| result.as_ref().err().map(|e| e.message.clone())),
             status: status.as_u16(),
         });
         self.metrics
@@ -137,10 +155,53 @@ impl AppState {
                 outcome: outcome.to_string(),
             })
             .inc();
-        match result {
-            Ok(ok) => ok.into_response(),
-            Err(e) => e.into_response(),
-        }
+        result.unwrap_or_else(IntoResponse::into_response)
+    }
+
+    /// Admits, runs `work`, audits and counts.
+    fn handle(
+        &self,
+        headers: &HeaderMap,
+        action: Action,
+        tenant: &str,
+        object: &str,
+        work: impl FnOnce(&Principal) -> Answer,
+    ) -> Response {
+        let mut admission = self.admit(headers, action, tenant, object);
+        let principal = std::mem::replace(
+            &mut admission.principal,
+            Err(ApiError::new(StatusCode::OK, "")),
+        );
+        let result = principal
+            .and_then(|p| work(&p))
+            .map(IntoResponse::into_response);
+        self.record(admission, action, tenant, object, result)
+    }
+
+    /// Like [`AppState::handle`] for work that awaits and answers with any
+    /// response.
+    pub(super) async fn handle_async<F, Fut>(
+        &self,
+        headers: &HeaderMap,
+        action: Action,
+        tenant: &str,
+        object: &str,
+        work: F,
+    ) -> Response
+    where
+        F: FnOnce(Principal) -> Fut,
+        Fut: std::future::Future<Output = Result<Response, ApiError>>,
+    {
+        let mut admission = self.admit(headers, action, tenant, object);
+        let principal = std::mem::replace(
+            &mut admission.principal,
+            Err(ApiError::new(StatusCode::OK, "")),
+        );
+        let result = match principal {
+            Ok(p) => work(p).await,
+            Err(e) => Err(e),
+        };
+        self.record(admission, action, tenant, object, result)
     }
 }
 
@@ -160,7 +221,7 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn parse_version(v: &str) -> Result<Option<i64>, ApiError> {
+pub(super) fn parse_version(v: &str) -> Result<Option<i64>, ApiError> {
     if v == "latest" {
         return Ok(None);
     }
@@ -172,7 +233,7 @@ fn parse_version(v: &str) -> Result<Option<i64>, ApiError> {
     })
 }
 
-fn internal(e: String) -> ApiError {
+pub(super) fn internal(e: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod metrics;
 pub mod registry;
+pub mod sql;
 pub mod staged;
 
 use std::path::PathBuf;
@@ -125,6 +126,7 @@ impl AppState {
         api::try_version,
         api::try_module,
         api::read_audit,
+        sql::run_sql,
         openapi_json
     )
 )]
@@ -150,6 +152,7 @@ pub const ROUTES: &[(&str, &str)] = &[
         "/v1/tenants/{tenant}/udfs/{name}/versions/{version}/try",
     ),
     ("post", "/v1/tenants/{tenant}/try"),
+    ("post", "/v1/tenants/{tenant}/sql"),
     ("get", "/v1/audit"),
 ];
 
@@ -182,6 +185,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/tenants/{tenant}/try",
             axum::routing::post(api::try_module),
+        )
+        .route(
+            "/v1/tenants/{tenant}/sql",
+            axum::routing::post(sql::run_sql),
         )
         .route("/v1/audit", get(api::read_audit))
         .layer(DefaultBodyLimit::max(limit))

@@ -857,3 +857,101 @@ max_records = 50
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn sql_with_published_udfs_answers_json_or_arrow_within_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let query = |body: Value, accept: Option<&'static str>, token: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri("/v1/tenants/acme/sql")
+                .header("authorization", format!("Bearer {token}-secret"))
+                .header("content-type", "application/json");
+            if let Some(a) = accept {
+                req = req.header("accept", a);
+            }
+            let res = app
+                .oneshot(req.body(Body::from(body.to_string())).unwrap())
+                .await
+                .unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
+                .await
+                .unwrap();
+            (status, bytes)
+        }
+    };
+    let body = serde_json::json!({
+        "sql": "SELECT x, double(x) AS d FROM t ORDER BY x",
+        "udfs": ["tools@1"],
+        "tables": {"t": [{"x": 3}, {"x": 1}, {"x": null}]},
+    });
+    let (status, bytes) = query(body.clone(), None, "acme-operator").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        answer["rows"],
+        serde_json::json!([{"x": 1, "d": 2}, {"x": 3, "d": 6}, {"x": null, "d": null}])
+    );
+    assert_eq!(answer["truncated"], false);
+    // Arrow IPC when asked.
+    let (status, bytes) = query(
+        body.clone(),
+        Some("application/vnd.apache.arrow.stream"),
+        "acme-operator",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
+        std::io::Cursor::new(bytes.to_vec()),
+        None,
+    )
+    .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 3);
+    // Row cap.
+    let mut capped = body.clone();
+    capped["max_rows"] = 1.into();
+    let (_, bytes) = query(capped, None, "acme-operator").await;
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (
+            answer["rows"].as_array().unwrap().len(),
+            &answer["truncated"]
+        ),
+        (1, &Value::Bool(true))
+    );
+    // Clear errors.
+    let (status, bytes) = query(
+        serde_json::json!({"sql": "SELECT nope(1)"}),
+        None,
+        "acme-operator",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let (status, _) = query(
+        serde_json::json!({"sql": "SELECT 1", "udfs": ["missing"]}),
+        None,
+        "acme-operator",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = query(body.clone(), None, "acme-viewer").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = query(body, None, "globex-admin").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

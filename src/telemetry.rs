@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::pipeline::PipelineStats;
-use crate::sandbox::UdfModule;
 use crate::tenant::{BreakerState, Tenants};
 
 /// One running pipeline as `/metrics` sees it.
@@ -22,7 +21,7 @@ pub struct PipelineTelemetry {
     pub name: String,
     pub tenant: String,
     pub stats: Arc<PipelineStats>,
-    pub modules: Vec<Arc<UdfModule>>,
+    pub modules: crate::pipeline::runner::SharedModules,
 }
 
 /// Collects the data-path metrics of every registered pipeline and tenant.
@@ -45,11 +44,11 @@ impl DataPathCollector {
         }
     }
 
+    /// Adds a pipeline, replacing an earlier run of the same one.
     pub fn add(&self, pipeline: PipelineTelemetry) {
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pipeline);
+        let mut all = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|p| !(p.tenant == pipeline.tenant && p.name == pipeline.name));
+        all.push(pipeline);
     }
 }
 
@@ -148,7 +147,8 @@ impl Collector for DataPathCollector {
         let mut failures = Vec::new();
         let mut breaker = Vec::new();
         for p in &pipelines {
-            for m in &p.modules {
+            let modules = p.modules.read().unwrap_or_else(|e| e.into_inner()).clone();
+            for m in &modules {
                 for (i, f) in m.manifest().functions.iter().enumerate() {
                     let (Some(stats), Some(b)) = (m.function_stats(i), m.breaker(i)) else {
                         continue;

@@ -46,6 +46,11 @@ impl PipelineStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// The consumer lag, or -1 when unknown.
+    pub fn get_lag(&self) -> i64 {
+        self.lag.load(Ordering::Relaxed)
+    }
 }
 
 /// A pipeline ready to run.
@@ -58,9 +63,24 @@ pub struct Pipeline {
     sink: Box<dyn Sink>,
     dead_letters: Option<Box<dyn DeadLetterSink>>,
     stats: Arc<PipelineStats>,
-    /// The owning tenant and the modules loaded under its policy.
+    /// The owning tenant and the modules loaded under its policy (shared
+    /// with `/metrics`; replaced when a reload swaps UDF versions).
     tenant: Arc<Tenant>,
-    modules: Vec<Arc<UdfModule>>,
+    modules: SharedModules,
+    reload: Option<Reload>,
+}
+
+/// The modules a pipeline currently runs.
+pub type SharedModules = Arc<std::sync::RwLock<Vec<Arc<UdfModule>>>>;
+
+/// Resolves a pipeline's UDFs again (e.g. `latest` from a registry).
+pub type ModuleResolver = Arc<dyn Fn() -> anyhow::Result<Vec<Arc<UdfModule>>> + Send + Sync>;
+
+/// Hot reload: when `changed` ticks, the pipeline resolves its UDFs again
+/// and, if a version changed, re-plans its query before the next batch.
+pub struct Reload {
+    pub changed: watch::Receiver<u64>,
+    pub resolve: ModuleResolver,
 }
 
 impl Pipeline {
@@ -89,22 +109,55 @@ impl Pipeline {
         tenants: &Tenants,
     ) -> anyhow::Result<Self> {
         let tenant = tenants.get(&config.tenant);
-        let ctx =
-            SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
         let mut modules = Vec::new();
         for path in &config.udfs {
-            let module = sandbox.load_file_for(path, &tenant)?;
-            crate::udf::register_module(&ctx, &module);
-            modules.push(module);
+            modules.push(sandbox.load_file_for(path, &tenant)?);
         }
+        Self::assemble(config, modules, tenant, None).await
+    }
+
+    /// Builds a pipeline whose UDF modules were resolved by the caller (the
+    /// registry of `weir serve`), optionally reloading them when told to.
+    pub async fn build_with_modules(
+        config: PipelineConfig,
+        modules: Vec<Arc<UdfModule>>,
+        tenants: &Tenants,
+        reload: Option<Reload>,
+    ) -> anyhow::Result<Self> {
+        let name = config.name.clone();
+        let tenant = tenants.get(&config.tenant);
+        Self::assemble(config, modules, tenant, reload)
+            .await
+            .with_context(|| format!("pipeline `{name}`"))
+    }
+
+    async fn plan(
+        config: &PipelineConfig,
+        modules: &[Arc<UdfModule>],
+        decoder: &RecordDecoder,
+    ) -> anyhow::Result<PlannedQuery> {
+        let ctx =
+            SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
+        for module in modules {
+            crate::udf::register_module(&ctx, module);
+        }
+        PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("sql: {}", crate::cli::user_message(&e)))
+    }
+
+    async fn assemble(
+        config: PipelineConfig,
+        modules: Vec<Arc<UdfModule>>,
+        tenant: Arc<Tenant>,
+        reload: Option<Reload>,
+    ) -> anyhow::Result<Self> {
         let decoder = RecordDecoder::new(
             config.source.format(),
             config.source.fields(),
             config.source.metadata(),
         );
-        let query = PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
-            .await
-            .map_err(|e| anyhow::anyhow!("sql: {}", crate::cli::user_message(&e)))?;
+        let query = Self::plan(&config, &modules, &decoder).await?;
         let key = match &config.sink {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
@@ -179,7 +232,8 @@ impl Pipeline {
             dead_letters,
             stats: Arc::new(PipelineStats::default()),
             tenant,
-            modules,
+            modules: Arc::new(std::sync::RwLock::new(modules)),
+            reload,
         })
     }
 
@@ -238,6 +292,7 @@ impl Pipeline {
                 return Ok(());
             }
             flight.wait_for_room(&mut *self.source).await?;
+            self.maybe_reload().await;
             let next = tokio::select! {
                 next = self.source.next_batch(max, linger) => next?,
                 _ = shutdown.changed() => return Ok(()),
@@ -261,12 +316,67 @@ impl Pipeline {
         }
     }
 
+    /// Between batches: if told that UDF versions may have changed, resolve
+    /// them again and re-plan. A failure keeps the running versions.
+    async fn maybe_reload(&mut self) {
+        let Some(reload) = &mut self.reload else {
+            return;
+        };
+        if !reload.changed.has_changed().unwrap_or(false) {
+            return;
+        }
+        reload.changed.borrow_and_update();
+        let modules = match (reload.resolve)() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.config.name, "UDF reload failed, keeping the running versions: {e:#}");
+                return;
+            }
+        };
+        let current = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let same = modules.len() == current.len()
+            && modules
+                .iter()
+                .zip(&current)
+                .all(|(a, b)| a.digest() == b.digest());
+        if same {
+            return;
+        }
+        match Self::plan(&self.config, &modules, &self.decoder)
+            .await
+            .and_then(|q| {
+                self.encoder
+                    .check_schema(&q.output_schema())
+                    .map_err(anyhow::Error::msg)
+                    .map(|()| q)
+            }) {
+            Ok(query) => {
+                self.query = query;
+                let labels: Vec<&str> = modules.iter().map(|m| m.label()).collect();
+                tracing::info!(pipeline = %self.config.name, modules = ?labels, "new UDF versions in effect from this batch");
+                *self.modules.write().unwrap_or_else(|p| p.into_inner()) = modules;
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}")
+            }
+        }
+    }
+
     /// One micro-batch's outcome per UDF for the circuit breakers: failing
     /// if any row failed in it, succeeding otherwise.
     fn record_breakers(&self, failed: &[super::isolate::FailedRow]) {
         let failing: std::collections::HashSet<&str> =
             failed.iter().filter_map(|f| f.udf.as_deref()).collect();
-        for module in &self.modules {
+        let modules = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for module in &modules {
             for f in &module.manifest().functions {
                 if self.config.sql.contains(f.name.as_str()) {
                     module.record_batch(&f.name, !failing.contains(f.name.as_str()));

@@ -159,7 +159,7 @@ impl AppState {
     }
 
     /// Admits, runs `work`, audits and counts.
-    fn handle(
+    pub(super) fn handle(
         &self,
         headers: &HeaderMap,
         action: Action,
@@ -326,6 +326,7 @@ pub async fn publish_udf(
             .publish(&tenant, &name, &bytes, module.digest(), functions, &p.name)
             .map_err(internal)?;
         if created {
+            s.pipelines.notify_registry_changed();
             let labels = TenantLabels {
                 tenant: tenant.clone(),
             };
@@ -390,9 +391,16 @@ pub async fn delete_version(
                 "delete a numbered version, not `latest`",
             ));
         };
+        if let Some(pipeline) = s.pipelines.pinned_by(&tenant, &name, v) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("version {v} of udf `{name}` is pinned by running pipeline `{pipeline}`; stop it or deploy it with another version first"),
+            ));
+        }
         if !s.registry.delete(&tenant, &name, v).map_err(internal)? {
             return Err(ApiError::not_found(&object));
         }
+        s.pipelines.notify_registry_changed();
         s.metrics
             .udf_versions
             .get_or_create(&TenantLabels {

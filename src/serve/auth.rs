@@ -38,6 +38,8 @@ pub enum Action {
     Publish,
     Delete,
     ReadAudit,
+    /// Deploy, start, stop or remove pipelines.
+    Operate,
 }
 
 impl Role {
@@ -45,7 +47,7 @@ impl Role {
         use Action::*;
         match self {
             Role::Viewer => matches!(action, List | Read),
-            Role::Operator => matches!(action, List | Read | Try),
+            Role::Operator => matches!(action, List | Read | Try | Operate),
             Role::Publisher => matches!(action, List | Read | Try | Publish),
             Role::Admin => true,
         }

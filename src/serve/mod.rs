@@ -4,7 +4,9 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod deploy;
 pub mod metrics;
+pub mod pipelines;
 pub mod registry;
 pub mod sql;
 pub mod staged;
@@ -60,6 +62,7 @@ pub struct AppState {
     pub registry: registry::Registry,
     pub audit: audit::AuditLog,
     pub metrics: metrics::Metrics,
+    pub pipelines: pipelines::Pipelines,
     /// Per-token request buckets: (tokens left, last refill).
     pub rate: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
@@ -102,6 +105,7 @@ impl AppState {
             registry,
             audit,
             metrics,
+            pipelines: pipelines::Pipelines::default(),
             rate: Default::default(),
         })
     }
@@ -127,6 +131,12 @@ impl AppState {
         api::try_module,
         api::read_audit,
         sql::run_sql,
+        deploy::deploy,
+        deploy::start,
+        deploy::stop,
+        deploy::status,
+        deploy::list,
+        deploy::remove,
         openapi_json
     )
 )]
@@ -153,6 +163,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ),
     ("post", "/v1/tenants/{tenant}/try"),
     ("post", "/v1/tenants/{tenant}/sql"),
+    ("get", "/v1/tenants/{tenant}/pipelines"),
+    ("put", "/v1/tenants/{tenant}/pipelines/{name}"),
+    ("get", "/v1/tenants/{tenant}/pipelines/{name}"),
+    ("delete", "/v1/tenants/{tenant}/pipelines/{name}"),
+    ("post", "/v1/tenants/{tenant}/pipelines/{name}/start"),
+    ("post", "/v1/tenants/{tenant}/pipelines/{name}/stop"),
     ("get", "/v1/audit"),
 ];
 
@@ -190,6 +206,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/tenants/{tenant}/sql",
             axum::routing::post(sql::run_sql),
         )
+        .route("/v1/tenants/{tenant}/pipelines", get(deploy::list))
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{name}",
+            get(deploy::status)
+                .put(deploy::deploy)
+                .delete(deploy::remove),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{name}/start",
+            axum::routing::post(deploy::start),
+        )
+        .route(
+            "/v1/tenants/{tenant}/pipelines/{name}/stop",
+            axum::routing::post(deploy::stop),
+        )
         .route("/v1/audit", get(api::read_audit))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -220,6 +251,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.listen))?;
     tracing::info!(addr = %state.config.listen, "weir serve: listening");
+    pipelines::start_stored(&state).await;
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;

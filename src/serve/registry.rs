@@ -47,7 +47,11 @@ impl Registry {
                  tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
                  sha256 TEXT NOT NULL, size INTEGER NOT NULL, functions TEXT NOT NULL,
                  published_at INTEGER NOT NULL, published_by TEXT NOT NULL,
-                 PRIMARY KEY (tenant, name, version));",
+                 PRIMARY KEY (tenant, name, version));
+             CREATE TABLE IF NOT EXISTS pipelines (
+                 tenant TEXT NOT NULL, name TEXT NOT NULL, config TEXT NOT NULL,
+                 running INTEGER NOT NULL, updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL,
+                 PRIMARY KEY (tenant, name));",
         )
         .map_err(db_err)?;
         Ok(Registry {
@@ -199,5 +203,78 @@ impl Registry {
     pub fn module_bytes(&self, v: &UdfVersion) -> Result<Vec<u8>> {
         std::fs::read(self.modules.join(format!("{}.wasm", v.sha256)))
             .map_err(|e| format!("module file of {}@v{}: {e}", v.name, v.version))
+    }
+}
+
+/// A deployed pipeline: its TOML and whether it should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredPipeline {
+    pub tenant: String,
+    pub name: String,
+    pub config: String,
+    pub running: bool,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+impl Registry {
+    pub fn save_pipeline(&self, p: &StoredPipeline) -> Result<()> {
+        self.db()
+            .execute(
+                "INSERT OR REPLACE INTO pipelines VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    p.tenant,
+                    p.name,
+                    p.config,
+                    p.running,
+                    p.updated_at,
+                    p.updated_by
+                ],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    fn pipeline_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPipeline> {
+        Ok(StoredPipeline {
+            tenant: r.get(0)?,
+            name: r.get(1)?,
+            config: r.get(2)?,
+            running: r.get(3)?,
+            updated_at: r.get(4)?,
+            updated_by: r.get(5)?,
+        })
+    }
+
+    pub fn pipeline(&self, tenant: &str, name: &str) -> Result<Option<StoredPipeline>> {
+        self.db()
+            .query_row(
+                "SELECT * FROM pipelines WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                Self::pipeline_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Pipelines of `tenant`, or of every tenant for `*`.
+    pub fn pipelines(&self, tenant: &str) -> Result<Vec<StoredPipeline>> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT * FROM pipelines WHERE ?1 = '*' OR tenant = ?1 ORDER BY tenant, name")
+            .map_err(db_err)?;
+        stmt.query_map(params![tenant], Self::pipeline_row)
+            .and_then(|rows| rows.collect())
+            .map_err(db_err)
+    }
+
+    pub fn delete_pipeline(&self, tenant: &str, name: &str) -> Result<bool> {
+        self.db()
+            .execute(
+                "DELETE FROM pipelines WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+            )
+            .map(|n| n > 0)
+            .map_err(db_err)
     }
 }

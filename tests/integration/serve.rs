@@ -955,3 +955,252 @@ async fn sql_with_published_udfs_answers_json_or_arrow_within_caps() {
     let (status, _) = query(body, None, "globex-admin").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A FIFO as a file source: the test writes records while the pipeline runs.
+fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    path
+}
+
+fn pipeline_toml(name: &str, input: &Path, output: &Path, udf: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+udfs = ["{udf}"]
+sql = "SELECT id, double(id) AS d FROM source"
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[sink]
+kind = "file"
+path = "{output}"
+[errors]
+policy = "fail"
+[batch]
+max_records = 10
+max_linger_ms = 10
+"#,
+        input = input.display(),
+        output = output.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_takes_effect_mid_stream_without_losing_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let input = fifo(dir.path(), "in.fifo");
+    let output = dir.path().join("out.ndjson");
+    // The writer: 400 records, slowly, then closes (the source ends).
+    let writer_path = input.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .unwrap();
+        for id in 0..400 {
+            writeln!(f, "{{\"id\":{id}}}").unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/doubler",
+        Some("acme-operator"),
+        Some("application/toml"),
+        pipeline_toml("doubler", &input, &output, "tools").into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    // Once output flows, publish v2 (triples).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&output)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 50
+    {
+        assert!(std::time::Instant::now() < deadline, "no output");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let v2 = String::from_utf8(guest())
+        .unwrap()
+        .replace("(i64.const 2)", "(i64.const 3)");
+    assert_eq!(
+        publish(&app, "acme-publisher", "acme", "tools", v2.into_bytes())
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    writer.join().unwrap();
+    // The source ends with the writer: wait until the pipeline finished.
+    loop {
+        let (_, st) = send(
+            &app,
+            "GET",
+            "/v1/tenants/acme/pipelines/doubler",
+            Some("acme-viewer"),
+            None,
+            vec![],
+        )
+        .await;
+        if st["state"] == "finished" {
+            assert_eq!(st["records_in"], 400);
+            assert!(st["udfs"].to_string().contains("tools@v2"), "{st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows: Vec<(i64, i64)> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_i64().unwrap(), v["d"].as_i64().unwrap())
+        })
+        .collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(
+        ids,
+        (0..400).collect::<Vec<_>>(),
+        "every record exactly once, in order"
+    );
+    let factors: Vec<i64> = rows.iter().filter(|r| r.0 > 0).map(|r| r.1 / r.0).collect();
+    let switch = factors
+        .iter()
+        .position(|f| *f == 3)
+        .expect("v2 took effect");
+    assert!(switch > 0, "v1 ran first");
+    assert!(
+        factors[switch..].iter().all(|f| *f == 3),
+        "no going back to v1 after the switch"
+    );
+    assert!(factors[..switch].iter().all(|f| *f == 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_version_cannot_be_deleted_while_its_pipeline_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let input = fifo(dir.path(), "idle.fifo");
+    let writer_path = input.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let _f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .unwrap();
+        let _ = done_rx.recv();
+    });
+    let toml = pipeline_toml("pinned", &input, &dir.path().join("out.ndjson"), "tools@1");
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/pinned",
+        Some("acme-operator"),
+        Some("application/toml"),
+        toml.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, answer) = send(
+        &app,
+        "DELETE",
+        "/v1/tenants/acme/udfs/tools/versions/1",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("pipeline `pinned`"),
+        "{answer}"
+    );
+    // Viewers cannot stop it; operators can.
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/pipelines/pinned/stop",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, st) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/pipelines/pinned/stop",
+        Some("acme-operator"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, &st["state"]),
+        (StatusCode::OK, &Value::from("stopped")),
+        "{st}"
+    );
+    let (_, list) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/pipelines",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(list["pipelines"][0]["desired"], "stopped");
+    let (status, _) = send(
+        &app,
+        "DELETE",
+        "/v1/tenants/acme/udfs/tools/versions/1",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Another tenant sees nothing of it.
+    let (status, _) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/pipelines/pinned",
+        Some("globex-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        &app,
+        "DELETE",
+        "/v1/tenants/acme/pipelines/pinned",
+        Some("acme-operator"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    done_tx.send(()).unwrap();
+    writer.join().unwrap();
+}

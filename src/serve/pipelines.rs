@@ -1,0 +1,328 @@
+//! Pipelines deployed through the API: stored with the registry, started
+//! and stopped on request (and again after a restart), their UDFs resolved
+//! from the registry (`name` follows the latest version, `name@N` pins one)
+//! and reloaded at a batch boundary when a new version is published.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::AppState;
+use crate::pipeline::runner::Reload;
+use crate::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use crate::sandbox::UdfModule;
+use crate::telemetry::PipelineTelemetry;
+
+/// A UDF reference of a deployed pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdfRef {
+    pub name: String,
+    /// `None`: follows the latest version.
+    pub version: Option<i64>,
+}
+
+impl UdfRef {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (name, version) = match text.split_once('@') {
+            Some((n, "latest")) => (n, None),
+            Some((n, v)) => (
+                n,
+                Some(v.parse().map_err(|_| {
+                    format!("udf `{text}`: the version after `@` must be a number or `latest`")
+                })?),
+            ),
+            None => (text, None),
+        };
+        Ok(UdfRef {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub telemetry: PipelineTelemetry,
+    pub udfs: Vec<UdfRef>,
+}
+
+/// The running pipelines and the registry's change signal.
+pub struct Pipelines {
+    running: Mutex<HashMap<(String, String), Running>>,
+    /// Ticks on every publish or delete: pipelines following `latest` reload.
+    pub changed: watch::Sender<u64>,
+    /// Last error of pipelines that stopped by themselves.
+    failed: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Default for Pipelines {
+    fn default() -> Self {
+        Pipelines {
+            running: Mutex::new(HashMap::new()),
+            changed: watch::Sender::new(0),
+            failed: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What the status endpoint reports.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    /// `running`, `finished`, `failed` or `stopped`.
+    pub state: String,
+    pub error: Option<String>,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dead_letters: u64,
+    pub skipped: u64,
+    pub batches: u64,
+    pub consumer_lag: Option<i64>,
+    pub paused: bool,
+    /// `udf -> {module, breaker}` of the versions in use.
+    pub udfs: Vec<serde_json::Value>,
+}
+
+impl Pipelines {
+    pub fn notify_registry_changed(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn key(tenant: &str, name: &str) -> (String, String) {
+        (tenant.to_string(), name.to_string())
+    }
+
+    /// Whether a running pipeline of `tenant` pins `name@version`.
+    pub fn pinned_by(&self, tenant: &str, name: &str, version: i64) -> Option<String> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .filter(|((t, _), r)| t == tenant && !r.task.is_finished())
+            .find(|(_, r)| {
+                r.udfs
+                    .iter()
+                    .any(|u| u.name == name && u.version == Some(version))
+            })
+            .map(|((_, p), _)| p.clone())
+    }
+
+    pub fn is_running(&self, tenant: &str, name: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&Self::key(tenant, name))
+            .is_some_and(|r| !r.task.is_finished())
+    }
+
+    /// Stops a pipeline (it finishes its in-flight batches and commits).
+    pub async fn stop(&self, tenant: &str, name: &str) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&Self::key(tenant, name));
+        if let Some(r) = running {
+            let _ = r.stop.send(true);
+            match r.task.await {
+                Ok(Err(e)) => tracing::warn!(pipeline = name, "stopped with an error: {e:#}"),
+                Err(e) => tracing::warn!(pipeline = name, "task failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    pub fn status(&self, tenant: &str, name: &str) -> Status {
+        let key = Self::key(tenant, name);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = running.get_mut(&key) else {
+            let error = self
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            return Status {
+                state: if error.is_some() { "failed" } else { "stopped" }.to_string(),
+                error,
+                records_in: 0,
+                records_out: 0,
+                dead_letters: 0,
+                skipped: 0,
+                batches: 0,
+                consumer_lag: None,
+                paused: false,
+                udfs: Vec::new(),
+            };
+        };
+        let state = if r.task.is_finished() {
+            "finished"
+        } else {
+            "running"
+        };
+        let s = &r.telemetry.stats;
+        let modules = r
+            .telemetry
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let udfs = modules
+            .iter()
+            .flat_map(|m| {
+                m.manifest()
+                    .functions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        serde_json::json!({
+                            "udf": f.name,
+                            "module": m.label(),
+                            "sha256": m.digest(),
+                            "breaker": m.breaker(i).map(|b| b.state().as_str()),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let lag = s.get_lag();
+        Status {
+            state: state.to_string(),
+            error: None,
+            records_in: PipelineStats::get(&s.records_in),
+            records_out: PipelineStats::get(&s.records_out),
+            dead_letters: PipelineStats::get(&s.dead_letters),
+            skipped: PipelineStats::get(&s.skipped),
+            batches: PipelineStats::get(&s.batches),
+            consumer_lag: (lag >= 0).then_some(lag),
+            paused: PipelineStats::get(&s.paused) == 1,
+            udfs,
+        }
+    }
+}
+
+/// Loads the modules `udfs` refer to, for `tenant`.
+fn resolve(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> Result<Vec<Arc<UdfModule>>, String> {
+    let tenant_state = state.tenants.get(tenant);
+    udfs.iter()
+        .map(|u| {
+            let v = state
+                .registry
+                .get(tenant, &u.name, u.version)?
+                .ok_or_else(|| match u.version {
+                    Some(n) => format!("udf `{}` version {n} is not in the registry", u.name),
+                    None => format!("udf `{}` is not in the registry", u.name),
+                })?;
+            let bytes = state.registry.module_bytes(&v)?;
+            state
+                .sandbox
+                .load_for(
+                    &format!("{tenant}/{}@v{}", u.name, v.version),
+                    &bytes,
+                    &tenant_state,
+                )
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Parses a deployed pipeline's TOML for `tenant`/`name`: the tenant and
+/// name come from the URL; `udfs` are registry references.
+pub fn parse(
+    tenant: &str,
+    name: &str,
+    text: &str,
+) -> Result<(PipelineConfig, Vec<UdfRef>), String> {
+    let mut config = PipelineConfig::from_toml(text).map_err(|e| e.to_string())?;
+    if config.name != name {
+        return Err(format!(
+            "the file says name = \"{}\" but the URL names pipeline `{name}`",
+            config.name
+        ));
+    }
+    config.tenant = tenant.to_string();
+    let udfs = config
+        .udfs
+        .iter()
+        .map(|p| UdfRef::parse(&p.to_string_lossy()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, udfs))
+}
+
+/// Builds and starts a pipeline.
+pub async fn start(
+    state: &Arc<AppState>,
+    tenant: &str,
+    name: &str,
+    text: &str,
+) -> Result<(), String> {
+    let (config, udfs) = parse(tenant, name, text)?;
+    let modules = resolve(state, tenant, &udfs)?;
+    let resolver_state = state.clone();
+    let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());
+    let reload = Reload {
+        changed: state.pipelines.changed.subscribe(),
+        resolve: Arc::new(move || {
+            resolve(&resolver_state, &resolver_tenant, &resolver_udfs).map_err(anyhow::Error::msg)
+        }),
+    };
+    let pipeline = Pipeline::build_with_modules(config, modules, &state.tenants, Some(reload))
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let telemetry = pipeline.telemetry();
+    state.metrics.data_path.add(telemetry.clone());
+    let (stop, stopped) = watch::channel(false);
+    let key = Pipelines::key(tenant, name);
+    let watcher = state.clone();
+    let task_key = key.clone();
+    let task = tokio::spawn(async move {
+        let result = pipeline.run(stopped).await;
+        if let Err(e) = &result {
+            tracing::error!("{e:#}");
+            watcher
+                .pipelines
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(task_key, format!("{e:#}"));
+        }
+        result
+    });
+    state
+        .pipelines
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
+    state
+        .pipelines
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            key,
+            Running {
+                stop,
+                task,
+                telemetry,
+                udfs,
+            },
+        );
+    Ok(())
+}
+
+/// Starts every stored pipeline that should run (after a restart).
+pub async fn start_stored(state: &Arc<AppState>) {
+    let stored = match state.registry.pipelines("*") {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot read stored pipelines: {e}");
+            return;
+        }
+    };
+    for p in stored.into_iter().filter(|p| p.running) {
+        if let Err(e) = start(state, &p.tenant, &p.name, &p.config).await {
+            tracing::error!(tenant = %p.tenant, pipeline = %p.name, "not restarted: {e}");
+        }
+    }
+}

@@ -1204,3 +1204,69 @@ async fn a_pinned_version_cannot_be_deleted_while_its_pipeline_runs() {
     done_tx.send(()).unwrap();
     writer.join().unwrap();
 }
+
+/// The README's serve walkthrough: publish `finance`, try it, deploy
+/// examples/pipelines/serve-payments.toml, read its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_serve_walkthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let finance = std::fs::read(support::module_path("finance")).unwrap();
+    assert_eq!(
+        publish(&app, "acme-admin", "acme", "finance", finance)
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, tried) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/udfs/finance/versions/latest/try",
+        Some("acme-admin"),
+        Some("application/x-www-form-urlencoded"), // what `curl -d` sends
+        br#"{"function": "parse_cents", "rows": [["12.50 EUR"], ["oops"]]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tried}");
+    assert_eq!(tried["outputs"][0], 1250);
+    assert_eq!(tried["errors"][0]["row"], 1);
+    // Run from a scratch directory so that the example's relative paths
+    // (input from the repository, output under out/) resolve.
+    let example =
+        std::fs::read_to_string(support::repo().join("examples/pipelines/serve-payments.toml"))
+            .unwrap()
+            .replace(
+                "examples/data/",
+                &format!("{}/examples/data/", support::repo().display()),
+            )
+            .replace("out/", &format!("{}/out/", dir.path().display()));
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/payments",
+        Some("acme-admin"),
+        None,
+        example.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, st) = send(
+            &app,
+            "GET",
+            "/v1/tenants/acme/pipelines/payments",
+            Some("acme-admin"),
+            None,
+            vec![],
+        )
+        .await;
+        if st["state"] == "finished" {
+            assert!(st["records_out"].as_u64().unwrap() > 0, "{st}");
+            assert!(st["dead_letters"].as_u64().unwrap() > 0, "{st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -242,9 +242,12 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the registry is open")))]
-pub async fn readyz() -> &'static str {
-    "ready"
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the registry answers and the brokers of running pipelines accept connections"), (status = 503, description = "what is not ready")))]
+pub async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    match s.readiness().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus / OpenMetrics text")))]

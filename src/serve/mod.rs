@@ -89,6 +89,41 @@ impl AppState {
         }
     }
 
+    /// Ready: the registry answers, and every broker of the stored running
+    /// pipelines accepts a TCP connection within a second.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let stored = self
+            .registry
+            .pipelines("*")
+            .map_err(|e| format!("registry: {e}"))?;
+        for p in stored.iter().filter(|p| p.running) {
+            let Ok((config, _)) = pipelines::parse(&p.tenant, &p.name, &p.config) else {
+                continue;
+            };
+            let brokers = match &config.source {
+                crate::pipeline::config::SourceConfig::Kafka { brokers, .. } => brokers.clone(),
+                _ => continue,
+            };
+            let mut reachable = false;
+            for addr in brokers.split(',').map(str::trim) {
+                let connect = tokio::net::TcpStream::connect(addr);
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), connect).await
+                {
+                    reachable = true;
+                    break;
+                }
+            }
+            if !reachable {
+                return Err(format!(
+                    "no broker of pipeline `{}` (tenant `{}`) is reachable: {brokers}",
+                    p.name, p.tenant
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn open(
         config: ServeConfig,
         sandbox: Sandbox,

@@ -1270,3 +1270,50 @@ async fn the_readme_serve_walkthrough() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn not_ready_while_a_running_pipelines_brokers_are_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = Arc::new(Tenants::new(Policy::default()));
+    let state = Arc::new(
+        AppState::open(
+            config(dir.path(), 1 << 20),
+            support::sandbox().clone(),
+            tenants,
+        )
+        .unwrap(),
+    );
+    let app = router(state.clone());
+    assert_eq!(
+        send(&app, "GET", "/readyz", None, None, vec![]).await.0,
+        StatusCode::OK
+    );
+    let toml = r#"
+name = "orders"
+sql = "SELECT * FROM source"
+[source]
+kind = "kafka"
+brokers = "127.0.0.1:1"
+topics = ["orders"]
+group = "g"
+format = "raw"
+[sink]
+kind = "stdout"
+[errors]
+policy = "skip"
+"#;
+    state
+        .registry
+        .save_pipeline(&weir::serve::registry::StoredPipeline {
+            tenant: "acme".into(),
+            name: "orders".into(),
+            config: toml.into(),
+            running: true,
+            updated_at: 0,
+            updated_by: "test".into(),
+        })
+        .unwrap();
+    let (status, why) = send(&app, "GET", "/readyz", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(why.to_string().contains("pipeline `orders`"), "{why}");
+}

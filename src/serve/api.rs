@@ -66,6 +66,12 @@ struct Admission {
 }
 
 impl AppState {
+    fn authenticate(&self, header: Option<&str>) -> Result<Principal, Denied> {
+        authenticate(&self.config.tokens, header, |sha| {
+            self.registry.token_by_sha256(sha).ok().flatten()
+        })
+    }
+
     /// Authenticates, authorizes for `tenant` and applies the token's rate.
     fn admit(&self, headers: &HeaderMap, action: Action, tenant: &str, object: &str) -> Admission {
         let auth = headers
@@ -87,7 +93,7 @@ impl AppState {
                 denied: Some(d.reason()),
             }
         };
-        let p = match authenticate(&self.config.tokens, auth) {
+        let p = match self.authenticate(auth) {
             Err(d) => return refuse("anonymous".to_string(), d),
             Ok(p) => p,
         };
@@ -436,7 +442,7 @@ pub async fn read_audit(
     let tenant = q
         .tenant
         .clone()
-        .or_else(|| authenticate(&s.config.tokens, auth).ok().map(|p| p.tenant))
+        .or_else(|| s.authenticate(auth).ok().map(|p| p.tenant))
         .unwrap_or_else(|| "*".to_string());
     s.handle(&headers, Action::ReadAudit, &tenant, "audit log", |_| {
         let records = s.audit.read(&tenant, q.limit.unwrap_or(1000).min(10_000));
@@ -553,5 +559,93 @@ pub async fn try_module(
             &bytes,
             &req,
         )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    role: super::auth::Role,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tokens",
+    params(("tenant" = String, Path, description = "tenant name")),
+    request_body(content = String, content_type = "application/json", description = "{\"name\", \"role\": \"viewer\" | \"operator\" | \"publisher\" | \"admin\"}"),
+    responses((status = 201, description = "the token (shown once) and its sha256"), (status = 400), (status = 403), (status = 409)))]
+pub async fn create_token(
+    State(s): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.handle(&headers, Action::ManageTokens, &tenant, "tokens", |p| {
+        let req: NewToken = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON: {e}; send {{\"name\": \"ci\", \"role\": \"publisher\"}}"),
+            )
+        })?;
+        valid_name(&req.name)?;
+        let mut bytes = [0u8; 24];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .map_err(|e| internal(format!("no randomness: {e}")))?;
+        let token = format!("weir_{}", hex::encode(bytes));
+        let config = super::auth::TokenConfig {
+            name: req.name.clone(),
+            sha256: super::auth::hash_token(&token),
+            tenant: tenant.clone(),
+            role: req.role,
+        };
+        if s.config.tokens.iter().any(|t| t.name == req.name)
+            || !s.registry.create_token(&config, &p.name, now_ms()).map_err(internal)?
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a token named `{}` exists; revoke it or pick another name", req.name),
+            ));
+        }
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({ "name": req.name, "tenant": tenant, "role": req.role, "token": token, "sha256": config.sha256 })),
+        ))
+    })
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/tokens", tag = "tokens",
+    params(("tenant" = String, Path, description = "tenant name")),
+    responses((status = 200, description = "names and roles of the tokens created through the API"), (status = 403)))]
+pub async fn list_tokens(
+    State(s): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    s.handle(&headers, Action::ManageTokens, &tenant, "tokens", |_| {
+        let tokens: Vec<Value> = s
+            .registry
+            .tokens(&tenant)
+            .map_err(internal)?
+            .into_iter()
+            .map(|t| json!({ "name": t.name, "role": t.role }))
+            .collect();
+        Ok((StatusCode::OK, Json(json!({ "tokens": tokens }))))
+    })
+}
+
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/tokens/{name}", tag = "tokens",
+    params(("tenant" = String, Path, description = "tenant name"), ("name" = String, Path, description = "token name")),
+    responses((status = 200, description = "revoked"), (status = 403), (status = 404)))]
+pub async fn revoke_token(
+    State(s): State<Arc<AppState>>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let object = format!("token `{name}`");
+    s.handle(&headers, Action::ManageTokens, &tenant, &object, |_| {
+        if !s.registry.delete_token(&tenant, &name).map_err(internal)? {
+            return Err(ApiError::not_found(&object));
+        }
+        Ok((StatusCode::OK, Json(json!({ "revoked": name }))))
     })
 }

@@ -38,6 +38,8 @@ pub enum Action {
     Publish,
     Delete,
     ReadAudit,
+    /// Create, list or revoke tokens (admins).
+    ManageTokens,
     /// Deploy, start, stop or remove pipelines.
     Operate,
 }
@@ -90,8 +92,13 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Finds the token of an `Authorization: Bearer …` header value.
-pub fn authenticate(tokens: &[TokenConfig], header: Option<&str>) -> Result<Principal, Denied> {
+/// Finds the token of an `Authorization: Bearer …` header value among the
+/// configured ones, else through `lookup` (tokens created by the API).
+pub fn authenticate(
+    tokens: &[TokenConfig],
+    header: Option<&str>,
+    lookup: impl Fn(&str) -> Option<TokenConfig>,
+) -> Result<Principal, Denied> {
     let token = header
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or(Denied::Unauthenticated)?;
@@ -99,6 +106,8 @@ pub fn authenticate(tokens: &[TokenConfig], header: Option<&str>) -> Result<Prin
     tokens
         .iter()
         .find(|t| t.sha256.eq_ignore_ascii_case(&digest))
+        .cloned()
+        .or_else(|| lookup(&digest))
         .map(|t| Principal {
             name: t.name.clone(),
             tenant: t.tenant.clone(),

@@ -172,6 +172,9 @@ impl AppState {
         deploy::status,
         deploy::list,
         deploy::remove,
+        api::create_token,
+        api::list_tokens,
+        api::revoke_token,
         openapi_json
     )
 )]
@@ -204,6 +207,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/tenants/{tenant}/pipelines/{name}"),
     ("post", "/v1/tenants/{tenant}/pipelines/{name}/start"),
     ("post", "/v1/tenants/{tenant}/pipelines/{name}/stop"),
+    ("get", "/v1/tenants/{tenant}/tokens"),
+    ("post", "/v1/tenants/{tenant}/tokens"),
+    ("delete", "/v1/tenants/{tenant}/tokens/{name}"),
     ("get", "/v1/audit"),
 ];
 
@@ -255,6 +261,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/tenants/{tenant}/pipelines/{name}/stop",
             axum::routing::post(deploy::stop),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            get(api::list_tokens).post(api::create_token),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tokens/{name}",
+            axum::routing::delete(api::revoke_token),
         )
         .route("/v1/audit", get(api::read_audit))
         .layer(DefaultBodyLimit::max(limit))

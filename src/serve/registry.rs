@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::auth::TokenConfig;
+
 /// One published version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UdfVersion {
@@ -51,7 +53,10 @@ impl Registry {
              CREATE TABLE IF NOT EXISTS pipelines (
                  tenant TEXT NOT NULL, name TEXT NOT NULL, config TEXT NOT NULL,
                  running INTEGER NOT NULL, updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL,
-                 PRIMARY KEY (tenant, name));",
+                 PRIMARY KEY (tenant, name));
+             CREATE TABLE IF NOT EXISTS tokens (
+                 name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+                 role TEXT NOT NULL, created_at INTEGER NOT NULL, created_by TEXT NOT NULL);",
         )
         .map_err(db_err)?;
         Ok(Registry {
@@ -272,6 +277,71 @@ impl Registry {
         self.db()
             .execute(
                 "DELETE FROM pipelines WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+            )
+            .map(|n| n > 0)
+            .map_err(db_err)
+    }
+}
+
+impl Registry {
+    /// Stores a token created through the API (its sha256 only). `false`
+    /// when the name is taken.
+    pub fn create_token(&self, t: &TokenConfig, by: &str, at: i64) -> Result<bool> {
+        let role = serde_json::to_value(t.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match self.db().execute(
+            "INSERT INTO tokens VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.name, t.sha256, t.tenant, role, at, by],
+        ) {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenConfig> {
+        let role: String = r.get(3)?;
+        Ok(TokenConfig {
+            name: r.get(0)?,
+            sha256: r.get(1)?,
+            tenant: r.get(2)?,
+            role: serde_json::from_value(serde_json::Value::String(role))
+                .unwrap_or(super::auth::Role::Viewer),
+        })
+    }
+
+    pub fn token_by_sha256(&self, sha256: &str) -> Result<Option<TokenConfig>> {
+        self.db()
+            .query_row(
+                "SELECT * FROM tokens WHERE sha256 = ?1",
+                params![sha256],
+                Self::token_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn tokens(&self, tenant: &str) -> Result<Vec<TokenConfig>> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT * FROM tokens WHERE tenant = ?1 ORDER BY name")
+            .map_err(db_err)?;
+        stmt.query_map(params![tenant], Self::token_row)
+            .and_then(|rows| rows.collect())
+            .map_err(db_err)
+    }
+
+    pub fn delete_token(&self, tenant: &str, name: &str) -> Result<bool> {
+        self.db()
+            .execute(
+                "DELETE FROM tokens WHERE tenant = ?1 AND name = ?2",
                 params![tenant, name],
             )
             .map(|n| n > 0)

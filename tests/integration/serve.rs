@@ -1317,3 +1317,128 @@ policy = "skip"
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(why.to_string().contains("pipeline `orders`"), "{why}");
 }
+
+#[tokio::test]
+async fn admins_create_list_and_revoke_tokens_of_their_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let body = br#"{"name": "ci", "role": "publisher"}"#.to_vec();
+    let (status, created) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/tokens",
+        Some("acme-admin"),
+        Some("application/json"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
+    assert_eq!(created["sha256"], hash_token(&token));
+    // The new token works, for its tenant and role only.
+    let with = |method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let app = app.clone();
+        let req = req.body(Body::from(body)).unwrap();
+        async move { app.oneshot(req).await.unwrap().status() }
+    };
+    assert_eq!(
+        with(
+            "POST",
+            "/v1/tenants/acme/udfs/tools",
+            Some("application/wasm"),
+            guest()
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        with(
+            "POST",
+            "/v1/tenants/globex/udfs/tools",
+            Some("application/wasm"),
+            guest()
+        )
+        .await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        with(
+            "DELETE",
+            "/v1/tenants/acme/udfs/tools/versions/1",
+            None,
+            vec![]
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    // Only the tenant's admins manage its tokens; names are unique.
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/tokens",
+        Some("acme-viewer"),
+        None,
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/tokens",
+        Some("globex-admin"),
+        None,
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/tokens",
+        Some("acme-admin"),
+        None,
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, list) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/tokens",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        list["tokens"],
+        serde_json::json!([{"name": "ci", "role": "publisher"}])
+    );
+    assert!(
+        !list.to_string().contains(&token),
+        "tokens are never shown again"
+    );
+    // Revoked: refused from then on.
+    let (status, _) = send(
+        &app,
+        "DELETE",
+        "/v1/tenants/acme/tokens/ci",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        with("GET", "/v1/tenants/acme/udfs", None, vec![]).await,
+        StatusCode::UNAUTHORIZED
+    );
+}

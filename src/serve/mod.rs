@@ -7,6 +7,7 @@ pub mod auth;
 pub mod deploy;
 pub mod metrics;
 pub mod pipelines;
+pub mod recent;
 pub mod registry;
 pub mod sql;
 pub mod staged;

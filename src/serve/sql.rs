@@ -1,5 +1,6 @@
 //! `POST /v1/tenants/{tenant}/sql`: one bounded SQL query with the tenant's
-//! published UDFs over tables given inline as JSON rows. Answers JSON rows,
+//! published UDFs over tables given inline as JSON rows and over topics'
+//! most recent records. Answers JSON rows,
 //! or an Arrow IPC stream when the request accepts
 //! `application/vnd.apache.arrow.stream`.
 
@@ -44,6 +45,10 @@ pub struct SqlRequest {
     /// Tables: name → rows (JSON objects); the schema is inferred.
     #[serde(default)]
     tables: BTreeMap<String, Vec<Value>>,
+    /// Tables of a topic's most recent records: name → topic, format,
+    /// fields, metadata and `last` (records per partition, default 100).
+    #[serde(default)]
+    topics: BTreeMap<String, super::recent::TopicTable>,
     #[serde(default)]
     max_rows: Option<usize>,
 }
@@ -55,7 +60,7 @@ fn bad(message: impl Into<String>) -> ApiError {
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/sql", tag = "sql",
     params(("tenant" = String, Path, description = "tenant name")),
     request_body(content = String, content_type = "application/json",
-        description = "{\"sql\", \"udfs\": [\"name\" | \"name@N\"], \"tables\": {name: [rows]}, \"max_rows\"}"),
+        description = "{\"sql\", \"udfs\": [\"name\" | \"name@N\"], \"tables\": {name: [rows]}, \"topics\": {name: {brokers, topic, format, fields, metadata, last}}, \"max_rows\"}"),
     responses((status = 200, description = "JSON rows, or an Arrow IPC stream (Accept)"),
         (status = 400), (status = 403), (status = 404), (status = 408), (status = 422)))]
 pub async fn run_sql(
@@ -128,6 +133,22 @@ pub async fn run_sql(
                     .flush()
                     .map_err(|e| bad(format!("table `{name}`: {e}")))?
                     .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+                let table = MemTable::try_new(schema, vec![vec![batch]])
+                    .map_err(|e| internal(e.to_string()))?;
+                ctx.register_table(name.as_str(), Arc::new(table))
+                    .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+            }
+            for (name, topic) in req.topics {
+                let t = topic.clone();
+                let batch = tokio::task::spawn_blocking(move || super::recent::read(&t))
+                    .await
+                    .map_err(|e| internal(e.to_string()))?
+                    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+                let schema = if batch.num_columns() > 0 {
+                    batch.schema()
+                } else {
+                    super::recent::schema(&topic)
+                };
                 let table = MemTable::try_new(schema, vec![vec![batch]])
                     .map_err(|e| internal(e.to_string()))?;
                 ctx.register_table(name.as_str(), Arc::new(table))

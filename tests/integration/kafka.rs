@@ -834,3 +834,51 @@ max_linger_ms = 20
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// `weir serve`'s SQL endpoint over a topic's most recent records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_over_a_topics_recent_records() {
+    use tower::ServiceExt;
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("recent", 1)]).await;
+    produce(&addr, "recent", &json_ids(0..50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = weir::serve::ServeConfig {
+        data_dir: dir.path().to_path_buf(),
+        tokens: vec![weir::serve::TokenConfig {
+            name: "me".into(),
+            sha256: weir::serve::hash_token("t"),
+            tenant: "acme".into(),
+            role: weir::serve::Role::Operator,
+        }],
+        ..Default::default()
+    };
+    let tenants = std::sync::Arc::new(weir::tenant::Tenants::new(weir::tenant::Policy::default()));
+    let state = weir::serve::AppState::open(config, support::sandbox().clone(), tenants).unwrap();
+    let app = weir::serve::router(std::sync::Arc::new(state));
+    let body = serde_json::json!({
+        "sql": "SELECT count(*) AS n, min(id) AS lo, max(id) AS hi, max(_offset) AS last_offset FROM recent",
+        "topics": {"recent": {
+            "brokers": addr, "topic": "recent", "format": "json",
+            "fields": [{"name": "id", "type": "int64"}], "metadata": ["offset"], "last": 20
+        }}
+    });
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/tenants/acme/sql")
+        .header("authorization", "Bearer t")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status, axum::http::StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["rows"][0],
+        serde_json::json!({"n": 20, "lo": 30, "hi": 49, "last_offset": 49})
+    );
+}

@@ -143,7 +143,10 @@ impl KafkaSource {
     }
 }
 
-fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> SourceRecord {
+pub(crate) fn to_record(
+    topics: &mut HashMap<String, Arc<str>>,
+    m: &BorrowedMessage<'_>,
+) -> SourceRecord {
     {
         let topic = topics
             .entry(m.topic().to_string())

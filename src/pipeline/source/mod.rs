@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 pub use file::FileSource;
 pub use kafka::KafkaSource;
+pub(crate) use kafka::to_record;
 
 use super::record::{Offsets, SourceRecord};
 

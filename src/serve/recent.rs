@@ -1,0 +1,108 @@
+//! A topic's most recent records as a table for the SQL endpoint: the last
+//! N records of each partition, read without joining any group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::pipeline::config::{FieldConfig, Format, Metadata};
+use crate::pipeline::decode::RecordDecoder;
+use crate::pipeline::record::SourceRecord;
+
+/// A topic table of a SQL request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicTable {
+    pub brokers: String,
+    pub topic: String,
+    pub format: Format,
+    #[serde(default)]
+    pub fields: Vec<FieldConfig>,
+    #[serde(default)]
+    pub metadata: Vec<Metadata>,
+    /// Records per partition, from the end.
+    #[serde(default = "default_last")]
+    pub last: i64,
+}
+
+fn default_last() -> i64 {
+    100
+}
+
+/// At most this many records per partition.
+pub const MAX_LAST: i64 = 10_000;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and decodes the table (blocking: run it off the async threads).
+/// Records that do not decode are left out.
+pub fn read(t: &TopicTable) -> Result<RecordBatch, String> {
+    let last = t.last.clamp(1, MAX_LAST);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &t.brokers)
+        .set("group.id", "weir-sql-recent")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| format!("topic `{}`: {e}", t.topic))?;
+    let metadata = consumer
+        .fetch_metadata(Some(&t.topic), TIMEOUT)
+        .map_err(|e| format!("topic `{}`: {e}", t.topic))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|m| m.name() == t.topic)
+        .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("topic `{}` does not exist", t.topic));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&t.topic, p, TIMEOUT)
+            .map_err(|e| format!("topic `{}` partition {p}: {e}", t.topic))?;
+        if high > low {
+            tpl.add_partition_offset(&t.topic, p, Offset::Offset((high - last).max(low)))
+                .map_err(|e| e.to_string())?;
+            ends.insert(p, high);
+        }
+    }
+    let mut records: Vec<SourceRecord> = Vec::new();
+    if !ends.is_empty() {
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut topics = HashMap::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while !ends.is_empty() && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let r = crate::pipeline::source::to_record(&mut topics, &m);
+                    if ends
+                        .get(&r.partition)
+                        .is_some_and(|end| r.offset + 1 >= *end)
+                    {
+                        ends.remove(&r.partition);
+                    }
+                    records.push(r);
+                }
+                Some(Err(e)) => return Err(format!("topic `{}`: {e}", t.topic)),
+                None => {}
+            }
+        }
+    }
+    let decoder = RecordDecoder::new(t.format, &t.fields, &t.metadata);
+    decoder
+        .decode(&records)
+        .map(|d| d.batch)
+        .map_err(|e| format!("topic `{}`: {e}", t.topic))
+}
+
+/// The decoded table's schema, for an empty result.
+pub fn schema(t: &TopicTable) -> Arc<datafusion::arrow::datatypes::Schema> {
+    RecordDecoder::new(t.format, &t.fields, &t.metadata).schema()
+}

@@ -146,6 +146,7 @@ impl Collector for DataPathCollector {
         let mut guest_seconds = Vec::new();
         let mut failures = Vec::new();
         let mut breaker = Vec::new();
+        let mut histograms = Vec::new();
         for p in &pipelines {
             let modules = p.modules.read().unwrap_or_else(|e| e.into_inner()).clone();
             for m in &modules {
@@ -162,6 +163,7 @@ impl Collector for DataPathCollector {
                         l.clone(),
                         ConstCounter::new(stats.invocations.load(Ordering::Relaxed)),
                     ));
+                    histograms.push((l.clone(), m.clone(), i));
                     guest_seconds.push((
                         l.clone(),
                         ConstCounter::new(stats.guest_nanos.load(Ordering::Relaxed) as f64 / 1e9),
@@ -206,6 +208,19 @@ impl Collector for DataPathCollector {
             MetricType::Counter,
             failures,
         )?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "udf_call_seconds",
+                "time of each guest call",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (labels, module, index) in &histograms {
+                if let Some(stats) = module.function_stats(*index) {
+                    stats.guest_seconds.encode(metric.encode_family(labels)?)?;
+                }
+            }
+        }
         family(
             &mut encoder,
             "udf_breaker_state",

@@ -42,14 +42,29 @@ pub struct UdfModule {
 }
 
 /// What one function of a module did (read by `/metrics`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FunctionStats {
     /// Guest calls made (cache hits and open circuits make none).
     pub invocations: AtomicU64,
     /// Time inside the guest, in nanoseconds.
     pub guest_nanos: AtomicU64,
+    /// Time of each guest call, in seconds (10 µs to ~2.6 s buckets).
+    pub guest_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Failed batches by `Failure::kind`.
     pub failures: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Default for FunctionStats {
+    fn default() -> Self {
+        FunctionStats {
+            invocations: AtomicU64::new(0),
+            guest_nanos: AtomicU64::new(0),
+            guest_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 10),
+            ),
+            failures: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for UdfModule {
@@ -270,9 +285,11 @@ impl UdfModule {
         let result = instance.invoke(self, limits, index, &plan, rows);
         let stats = &self.stats[index];
         stats.invocations.fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         stats
             .guest_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        stats.guest_seconds.observe(elapsed.as_secs_f64());
         match result {
             Ok(CallResult::Array(array)) => {
                 self.pool.checkin(instance);

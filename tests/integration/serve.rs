@@ -853,6 +853,7 @@ max_records = 50
         r#"weir_cache_hits_total{tenant="acme"} 50"#,
         r#"weir_cache_misses_total{tenant="acme"} 50"#,
         r#"weir_udf_invocations_total{tenant="acme",pipeline="numbers",udf="double"} 1"#,
+        r#"weir_udf_call_seconds_count{tenant="acme",pipeline="numbers",udf="double"} 1"#,
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
@@ -1441,4 +1442,76 @@ async fn admins_create_list_and_revoke_tokens_of_their_tenant() {
         with("GET", "/v1/tenants/acme/udfs", None, vec![]).await,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// Pipelines that should run are started again when `weir serve` restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployed_pipelines_start_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fifo(dir.path(), "in.fifo");
+    let writer_path = input.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        // Two sessions of the pipeline: reopen after the first reader left.
+        for _ in 0..2 {
+            let _f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .unwrap();
+            if done_rx.recv().is_err() {
+                return;
+            }
+        }
+    });
+    let toml = pipeline_toml("steady", &input, &dir.path().join("out.ndjson"), "tools");
+    {
+        let app = app(dir.path());
+        publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+        let (status, answer) = send(
+            &app,
+            "PUT",
+            "/v1/tenants/acme/pipelines/steady",
+            Some("acme-operator"),
+            None,
+            toml.into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let (_, st) = send(
+            &app,
+            "GET",
+            "/v1/tenants/acme/pipelines/steady",
+            Some("acme-viewer"),
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!(st["state"], "running", "{st}");
+    }
+    done_tx.send(()).unwrap();
+    // "Restart": a new state over the same data directory.
+    let tenants = Arc::new(Tenants::new(Policy::default()));
+    let state = Arc::new(
+        AppState::open(
+            config(dir.path(), 1 << 20),
+            support::sandbox().clone(),
+            tenants,
+        )
+        .unwrap(),
+    );
+    weir::serve::pipelines::start_stored(&state).await;
+    let app = router(state.clone());
+    let (_, st) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/pipelines/steady",
+        Some("acme-viewer"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(st["state"], "running", "{st}");
+    state.pipelines.stop("acme", "steady").await;
+    done_tx.send(()).unwrap();
+    writer.join().unwrap();
 }

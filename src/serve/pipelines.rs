@@ -46,6 +46,7 @@ pub struct Running {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub telemetry: PipelineTelemetry,
     pub udfs: Vec<UdfRef>,
+    started: std::time::Instant,
 }
 
 /// The running pipelines and the registry's change signal.
@@ -78,6 +79,8 @@ pub struct Status {
     pub dead_letters: u64,
     pub skipped: u64,
     pub batches: u64,
+    /// Input records per second since the pipeline (re)started.
+    pub records_per_s: f64,
     pub consumer_lag: Option<i64>,
     pub paused: bool,
     /// `udf -> {module, breaker}` of the versions in use.
@@ -150,6 +153,7 @@ impl Pipelines {
                 dead_letters: 0,
                 skipped: 0,
                 batches: 0,
+                records_per_s: 0.0,
                 consumer_lag: None,
                 paused: false,
                 udfs: Vec::new(),
@@ -194,6 +198,8 @@ impl Pipelines {
             dead_letters: PipelineStats::get(&s.dead_letters),
             skipped: PipelineStats::get(&s.skipped),
             batches: PipelineStats::get(&s.batches),
+            records_per_s: PipelineStats::get(&s.records_in) as f64
+                / r.started.elapsed().as_secs_f64().max(1e-3),
             consumer_lag: (lag >= 0).then_some(lag),
             paused: PipelineStats::get(&s.paused) == 1,
             udfs,
@@ -306,6 +312,7 @@ pub async fn start(
                 task,
                 telemetry,
                 udfs,
+                started: std::time::Instant::now(),
             },
         );
     Ok(())

@@ -93,6 +93,14 @@ async fn send(
     (status, value)
 }
 
+async fn get(app: &Router, uri: &str, token: &str) -> (StatusCode, Value) {
+    send(app, "GET", uri, Some(token), None, vec![]).await
+}
+
+async fn delete(app: &Router, uri: &str, token: &str) -> (StatusCode, Value) {
+    send(app, "DELETE", uri, Some(token), None, vec![]).await
+}
+
 fn guest() -> Vec<u8> {
     std::fs::read(support::repo().join("tests/tenant/guest.wat")).unwrap()
 }
@@ -174,65 +182,32 @@ async fn publish_versions_get_list_delete() {
         (StatusCode::CREATED, &Value::from(2))
     );
     assert_ne!(v1["sha256"], v2["sha256"]);
-    let (_, latest) = send(
+    let (_, latest) = get(
         &app,
-        "GET",
         "/v1/tenants/acme/udfs/tools/versions/latest",
-        Some("acme-viewer"),
-        None,
-        vec![],
+        "acme-viewer",
     )
     .await;
     assert_eq!(latest["version"], 2);
-    let (_, versions) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/udfs/tools",
-        Some("acme-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, versions) = get(&app, "/v1/tenants/acme/udfs/tools", "acme-viewer").await;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
-    let (_, list) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/udfs",
-        Some("acme-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, list) = get(&app, "/v1/tenants/acme/udfs", "acme-viewer").await;
     assert_eq!(list["udfs"].as_array().unwrap().len(), 1);
     assert_eq!(list["udfs"][0]["version"], 2);
     // Rollback by deleting v2: latest is v1 again.
-    let (status, _) = send(
-        &app,
-        "DELETE",
-        "/v1/tenants/acme/udfs/tools/versions/2",
-        Some("acme-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = delete(&app, "/v1/tenants/acme/udfs/tools/versions/2", "acme-admin").await;
     assert_eq!(status, StatusCode::OK);
-    let (_, latest) = send(
+    let (_, latest) = get(
         &app,
-        "GET",
         "/v1/tenants/acme/udfs/tools/versions/latest",
-        Some("acme-viewer"),
-        None,
-        vec![],
+        "acme-viewer",
     )
     .await;
     assert_eq!(latest["version"], 1);
-    let (status, _) = send(
+    let (status, _) = get(
         &app,
-        "GET",
         "/v1/tenants/acme/udfs/tools/versions/2",
-        Some("acme-viewer"),
-        None,
-        vec![],
+        "acme-viewer",
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -311,26 +286,10 @@ async fn the_authorization_matrix() {
     }
     let (status, _) = send(&app, "GET", "/v1/tenants/acme/udfs", None, None, vec![]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/udfs",
-        Some("nobody"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = get(&app, "/v1/tenants/acme/udfs", "nobody").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // globex's module was never overwritten by acme.
-    let (_, versions) = send(
-        &app,
-        "GET",
-        "/v1/tenants/globex/udfs/tools",
-        Some("globex-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, versions) = get(&app, "/v1/tenants/globex/udfs/tools", "globex-viewer").await;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
 }
 
@@ -381,15 +340,7 @@ async fn malformed_input_gets_a_clear_4xx_and_stores_nothing() {
         assert_eq!(status, expected, "{answer}");
         assert!(answer.to_string().contains(says), "{answer}");
     }
-    let (_, list) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/udfs",
-        Some("acme-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, list) = get(&app, "/v1/tenants/acme/udfs", "acme-viewer").await;
     assert_eq!(list["udfs"].as_array().unwrap().len(), 0, "{list}");
 }
 
@@ -406,13 +357,10 @@ async fn the_registry_survives_a_restart() {
         );
     }
     let app = app(dir.path());
-    let (status, v) = send(
+    let (status, v) = get(
         &app,
-        "GET",
         "/v1/tenants/acme/udfs/tools/versions/1",
-        Some("acme-viewer"),
-        None,
-        vec![],
+        "acme-viewer",
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
@@ -425,9 +373,9 @@ async fn the_audit_log_records_decisions_for_admins() {
     let app = app(dir.path());
     publish(&app, "acme-viewer", "acme", "tools", guest()).await; // denied
     publish(&app, "acme-publisher", "acme", "tools", guest()).await; // allowed
-    let (status, _) = send(&app, "GET", "/v1/audit", Some("acme-viewer"), None, vec![]).await;
+    let (status, _) = get(&app, "/v1/audit", "acme-viewer").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, audit) = send(&app, "GET", "/v1/audit", Some("acme-admin"), None, vec![]).await;
+    let (status, audit) = get(&app, "/v1/audit", "acme-admin").await;
     assert_eq!(status, StatusCode::OK, "{audit}");
     let records = audit["records"].as_array().unwrap();
     let denied = records
@@ -448,7 +396,7 @@ async fn the_audit_log_records_decisions_for_admins() {
             .any(|r| r["who"] == "acme-publisher" && r["status"] == 201)
     );
     // Another tenant's admin sees none of acme's records.
-    let (_, theirs) = send(&app, "GET", "/v1/audit", Some("globex-admin"), None, vec![]).await;
+    let (_, theirs) = get(&app, "/v1/audit", "globex-admin").await;
     assert!(
         theirs["records"]
             .as_array()
@@ -763,41 +711,17 @@ async fn each_token_is_rate_limited_on_its_own() {
         AppState::open(config, support::sandbox().clone(), tenants).unwrap(),
     ));
     for _ in 0..3 {
-        let (status, _) = send(
-            &app,
-            "GET",
-            "/v1/tenants/acme/udfs",
-            Some("acme-viewer"),
-            None,
-            vec![],
-        )
-        .await;
+        let (status, _) = get(&app, "/v1/tenants/acme/udfs", "acme-viewer").await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (status, answer) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/udfs",
-        Some("acme-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, answer) = get(&app, "/v1/tenants/acme/udfs", "acme-viewer").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(
         answer["error"].as_str().unwrap().contains("acme-viewer"),
         "{answer}"
     );
     // Another token is not affected.
-    let (status, _) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/udfs",
-        Some("acme-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = get(&app, "/v1/tenants/acme/udfs", "acme-admin").await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -1049,15 +973,7 @@ async fn a_new_version_takes_effect_mid_stream_without_losing_a_record() {
     writer.join().unwrap();
     // The source ends with the writer: wait until the pipeline finished.
     loop {
-        let (_, st) = send(
-            &app,
-            "GET",
-            "/v1/tenants/acme/pipelines/doubler",
-            Some("acme-viewer"),
-            None,
-            vec![],
-        )
-        .await;
+        let (_, st) = get(&app, "/v1/tenants/acme/pipelines/doubler", "acme-viewer").await;
         if st["state"] == "finished" {
             assert_eq!(st["records_in"], 400);
             assert!(st["udfs"].to_string().contains("tools@v2"), "{st}");
@@ -1119,15 +1035,8 @@ async fn a_pinned_version_cannot_be_deleted_while_its_pipeline_runs() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    let (status, answer) = send(
-        &app,
-        "DELETE",
-        "/v1/tenants/acme/udfs/tools/versions/1",
-        Some("acme-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, answer) =
+        delete(&app, "/v1/tenants/acme/udfs/tools/versions/1", "acme-admin").await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(
         answer["error"]
@@ -1161,46 +1070,14 @@ async fn a_pinned_version_cannot_be_deleted_while_its_pipeline_runs() {
         (StatusCode::OK, &Value::from("stopped")),
         "{st}"
     );
-    let (_, list) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/pipelines",
-        Some("acme-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, list) = get(&app, "/v1/tenants/acme/pipelines", "acme-viewer").await;
     assert_eq!(list["pipelines"][0]["desired"], "stopped");
-    let (status, _) = send(
-        &app,
-        "DELETE",
-        "/v1/tenants/acme/udfs/tools/versions/1",
-        Some("acme-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = delete(&app, "/v1/tenants/acme/udfs/tools/versions/1", "acme-admin").await;
     assert_eq!(status, StatusCode::OK);
     // Another tenant sees nothing of it.
-    let (status, _) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/pipelines/pinned",
-        Some("globex-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = get(&app, "/v1/tenants/acme/pipelines/pinned", "globex-admin").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = send(
-        &app,
-        "DELETE",
-        "/v1/tenants/acme/pipelines/pinned",
-        Some("acme-operator"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = delete(&app, "/v1/tenants/acme/pipelines/pinned", "acme-operator").await;
     assert_eq!(status, StatusCode::OK);
     done_tx.send(()).unwrap();
     writer.join().unwrap();
@@ -1253,15 +1130,7 @@ async fn the_readme_serve_walkthrough() {
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (_, st) = send(
-            &app,
-            "GET",
-            "/v1/tenants/acme/pipelines/payments",
-            Some("acme-admin"),
-            None,
-            vec![],
-        )
-        .await;
+        let (_, st) = get(&app, "/v1/tenants/acme/pipelines/payments", "acme-admin").await;
         if st["state"] == "finished" {
             assert!(st["records_out"].as_u64().unwrap() > 0, "{st}");
             assert!(st["dead_letters"].as_u64().unwrap() > 0, "{st}");
@@ -1410,15 +1279,7 @@ async fn admins_create_list_and_revoke_tokens_of_their_tenant() {
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    let (_, list) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/tokens",
-        Some("acme-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, list) = get(&app, "/v1/tenants/acme/tokens", "acme-admin").await;
     assert_eq!(
         list["tokens"],
         serde_json::json!([{"name": "ci", "role": "publisher"}])
@@ -1428,15 +1289,7 @@ async fn admins_create_list_and_revoke_tokens_of_their_tenant() {
         "tokens are never shown again"
     );
     // Revoked: refused from then on.
-    let (status, _) = send(
-        &app,
-        "DELETE",
-        "/v1/tenants/acme/tokens/ci",
-        Some("acme-admin"),
-        None,
-        vec![],
-    )
-    .await;
+    let (status, _) = delete(&app, "/v1/tenants/acme/tokens/ci", "acme-admin").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         with("GET", "/v1/tenants/acme/udfs", None, vec![]).await,
@@ -1477,15 +1330,7 @@ async fn deployed_pipelines_start_again_after_a_restart() {
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
-        let (_, st) = send(
-            &app,
-            "GET",
-            "/v1/tenants/acme/pipelines/steady",
-            Some("acme-viewer"),
-            None,
-            vec![],
-        )
-        .await;
+        let (_, st) = get(&app, "/v1/tenants/acme/pipelines/steady", "acme-viewer").await;
         assert_eq!(st["state"], "running", "{st}");
     }
     done_tx.send(()).unwrap();
@@ -1501,15 +1346,7 @@ async fn deployed_pipelines_start_again_after_a_restart() {
     );
     weir::serve::pipelines::start_stored(&state).await;
     let app = router(state.clone());
-    let (_, st) = send(
-        &app,
-        "GET",
-        "/v1/tenants/acme/pipelines/steady",
-        Some("acme-viewer"),
-        None,
-        vec![],
-    )
-    .await;
+    let (_, st) = get(&app, "/v1/tenants/acme/pipelines/steady", "acme-viewer").await;
     assert_eq!(st["state"], "running", "{st}");
     state.pipelines.stop("acme", "steady").await;
     done_tx.send(()).unwrap();

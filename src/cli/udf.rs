@@ -1,7 +1,8 @@
-//! `weir udf …`: inspect and build modules.
+//! `weir udf …`: create, build, test, inspect and publish modules.
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::Cli;
@@ -14,6 +15,54 @@ pub enum UdfCommand {
     Inspect(InspectArgs),
     /// Build a Rust UDF crate (or workspace) to wasm and print the modules.
     Build(BuildArgs),
+    /// Create a UDF project from a template (with a test and sample rows).
+    New(NewArgs),
+    /// Run a module's function on sample rows: outputs, per-row errors, time.
+    Test(TestArgs),
+    /// Upload a module to a running `weir serve` (token from WEIR_TOKEN).
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The UDF's name: lowercase letters, digits and `_`, starting with a letter.
+    pub name: String,
+    /// Template language.
+    #[arg(long, default_value = "rust")]
+    pub lang: String,
+    /// Where to create it (default: ./NAME).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The weir-udf SDK crate (default: the one this weir was built with).
+    #[arg(long, env = "WEIR_SDK_DIR")]
+    pub sdk: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The module (.wasm or .wat).
+    pub module: PathBuf,
+    /// Rows: `{"function": "f", "rows": [[arg, ...], ...]}`, or a bare array
+    /// of rows with `--function`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The function (default: from the input file, else the module's first).
+    #[arg(long)]
+    pub function: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The module (.wasm or .wat).
+    pub module: PathBuf,
+    /// The server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "WEIR_SERVER")]
+    pub server: String,
+    #[arg(long, env = "WEIR_TENANT")]
+    pub tenant: String,
+    /// The UDF's registry name (default: the module's file name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -39,7 +88,194 @@ pub fn run(cli: &Cli, cmd: &UdfCommand) -> anyhow::Result<()> {
     match cmd {
         UdfCommand::Inspect(args) => inspect(cli, args),
         UdfCommand::Build(args) => build(args),
+        UdfCommand::New(args) => new(args),
+        UdfCommand::Test(args) => test(cli, args),
+        UdfCommand::Publish(args) => publish(args),
     }
+}
+
+/// The Rust template, embedded.
+const RUST_TEMPLATE: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../templates/rust/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/rust/src/lib.rs"),
+    ),
+    ("rows.json", include_str!("../../templates/rust/rows.json")),
+    ("README.md", include_str!("../../templates/rust/README.md")),
+];
+
+fn new(args: &NewArgs) -> anyhow::Result<()> {
+    let name = &args.name;
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        anyhow::bail!(
+            "`{name}` cannot name a UDF: use lowercase letters, digits and `_`, starting with a letter"
+        );
+    }
+    let files = match args.lang.as_str() {
+        "rust" => RUST_TEMPLATE,
+        other => anyhow::bail!("no template for `{other}`; available: rust"),
+    };
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() {
+        anyhow::bail!("{} exists; pick another name or --dir", dir.display());
+    }
+    let sdk = args
+        .sdk
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/udfs/sdk")));
+    let sdk = std::path::absolute(&sdk)?;
+    if !sdk.join("Cargo.toml").exists() {
+        anyhow::bail!(
+            "the weir-udf SDK is not at {}; pass --sdk PATH/udfs/sdk (a weir checkout)",
+            sdk.display()
+        );
+    }
+    for (path, text) in files {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{sdk}}", &sdk.display().to_string());
+        std::fs::write(&target, text)?;
+    }
+    println!("created {} ({} UDF)", dir.display(), args.lang);
+    println!("next:");
+    println!("  cd {}", dir.display());
+    println!("  weir udf build");
+    println!("  weir udf test target/wasm32-unknown-unknown/release/{name}.wasm --input rows.json");
+    Ok(())
+}
+
+fn test(cli: &Cli, args: &TestArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let input: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", args.input.display()))?;
+    let (function, rows) = match &input {
+        serde_json::Value::Array(rows) => (None, rows.clone()),
+        serde_json::Value::Object(o) => (
+            o.get("function")
+                .and_then(|f| f.as_str())
+                .map(str::to_string),
+            o.get("rows")
+                .and_then(|r| r.as_array())
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{}: no `rows` array", args.input.display()))?,
+        ),
+        _ => anyhow::bail!(
+            "{}: give {{\"function\": \"f\", \"rows\": [[...], ...]}} or an array of rows",
+            args.input.display()
+        ),
+    };
+    let module = cli.sandbox()?.load_file(&args.module)?;
+    let function = args
+        .function
+        .clone()
+        .or(function)
+        .or_else(|| module.manifest().functions.first().map(|f| f.name.clone()))
+        .ok_or_else(|| anyhow::anyhow!("the module declares no function"))?;
+    let staged =
+        crate::serve::staged::run_rows(&module, &function, &rows).map_err(anyhow::Error::msg)?;
+    let errors: std::collections::HashMap<usize, &str> = staged
+        .errors
+        .iter()
+        .map(|e| (e.row, e.error.as_str()))
+        .collect();
+    for (i, (row, out)) in rows.iter().zip(&staged.outputs).enumerate() {
+        match errors.get(&i) {
+            Some(e) => println!("row {i}  {function}{}  error: {e}", args_text(row)),
+            None => println!("row {i}  {function}{} = {out}", args_text(row)),
+        }
+    }
+    println!(
+        "{} rows, {} failed; {} guest call(s), {:.3} ms in the guest",
+        rows.len(),
+        staged.errors.len(),
+        staged.calls,
+        staged.guest_ms
+    );
+    if staged.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{} row(s) failed", staged.errors.len()))
+    }
+}
+
+fn args_text(row: &serde_json::Value) -> String {
+    match row.as_array() {
+        Some(values) => format!(
+            "({})",
+            values
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => format!("({row})"),
+    }
+}
+
+fn publish(args: &PublishArgs) -> anyhow::Result<()> {
+    let token = std::env::var("WEIR_TOKEN").map_err(|_| {
+        anyhow::anyhow!(
+            "set WEIR_TOKEN to a publisher token of tenant `{}`",
+            args.tenant
+        )
+    })?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .module
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('-', "_"))
+            .ok_or_else(|| anyhow::anyhow!("give --name"))?,
+    };
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read {}", args.module.display()))?;
+    let url = format!(
+        "{}/v1/tenants/{}/udfs/{name}",
+        args.server.trim_end_matches('/'),
+        args.tenant
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/wasm")
+        .send(&bytes[..])
+        .with_context(|| format!("cannot reach {}", args.server))?;
+    let status = response.status();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    if !status.is_success() {
+        anyhow::bail!(
+            "publishing `{name}` failed ({status}): {}",
+            answer
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or(&answer.to_string())
+        );
+    }
+    println!(
+        "published {name} version {} (sha256 {})",
+        answer["version"],
+        answer["sha256"].as_str().unwrap_or("?")
+    );
+    Ok(())
 }
 
 fn inspect(cli: &Cli, args: &InspectArgs) -> anyhow::Result<()> {
@@ -97,7 +333,15 @@ fn build(args: &BuildArgs) -> anyhow::Result<()> {
         .target_dir
         .clone()
         .unwrap_or_else(|| args.dir.join("target"));
-    let modules = toolchain::build_rust(&args.dir, &target_dir)?;
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "building {} to wasm (cargo, release)",
+        args.dir.display()
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let built = toolchain::build_rust(&args.dir, &target_dir);
+    spinner.finish_and_clear();
+    let modules = built?;
     for path in modules {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("{}  ({} KiB)", path.display(), size.div_ceil(1024));

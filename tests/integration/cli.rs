@@ -204,3 +204,55 @@ fn a_bad_config_names_the_key() {
     ]);
     assert_eq!(stdout(&out), "one\n1\n");
 }
+
+/// docs/udf-guide.md §1, as written: new → build → test → SQL.
+#[test]
+fn the_udf_guide_from_scaffold_to_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let run = |args: &[&str], cwd: &std::path::Path| {
+        let out = std::process::Command::new(weir)
+            .args(args)
+            .current_dir(cwd)
+            .env("WEIR_CACHE_DIR", crate::support::cache_dir())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "weir {args:?} failed:\n{text}");
+        text
+    };
+    run(&["udf", "new", "my_score"], dir.path());
+    let project = dir.path().join("my_score");
+    let built = run(&["udf", "build"], &project);
+    assert!(built.contains("my_score.wasm"), "{built}");
+    let module = "target/wasm32-unknown-unknown/release/my_score.wasm";
+    let tested = run(&["udf", "test", module, "--input", "rows.json"], &project);
+    assert!(tested.contains("my_score(20) = 41"), "{tested}");
+    assert!(tested.contains("3 rows, 0 failed"), "{tested}");
+    let sql = run(
+        &["sql", "--udf", module, "SELECT my_score(20) AS s"],
+        &project,
+    );
+    assert!(sql.contains("41"), "{sql}");
+    // A failing row fails `weir udf test` and says why.
+    std::fs::write(
+        project.join("bad.json"),
+        r#"{"function": "my_score_ratio", "rows": [[1.0, 2.0], [1.0, 0.0]]}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(weir)
+        .args(["udf", "test", module, "--input", "bad.json"])
+        .current_dir(&project)
+        .env("WEIR_CACHE_DIR", crate::support::cache_dir())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("cannot divide 1 by zero"), "{text}");
+    assert!(text.contains("0.5"), "{text}");
+}

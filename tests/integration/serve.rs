@@ -1352,3 +1352,60 @@ async fn deployed_pipelines_start_again_after_a_restart() {
     done_tx.send(()).unwrap();
     writer.join().unwrap();
 }
+
+/// `weir udf publish` against a running `weir serve`.
+#[test]
+fn weir_udf_publish_uploads_to_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n",
+            dir.path().join("data").display(),
+            hash_token("ci-secret")
+        ),
+    )
+    .unwrap();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let _server = Killed(
+        std::process::Command::new(weir)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr);
+    let module = support::repo().join("tests/tenant/guest.wat");
+    let publish = |token: &str| {
+        std::process::Command::new(weir)
+            .args([
+                "udf",
+                "publish",
+                module.to_str().unwrap(),
+                "--tenant",
+                "acme",
+                "--name",
+                "tools",
+            ])
+            .args(["--server", &format!("http://{addr}")])
+            .env("WEIR_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = publish("ci-secret");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("published tools version 1"), "{text}");
+    let out = publish("wrong");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        text.contains("401") && text.contains("bearer token"),
+        "{text}"
+    );
+}

@@ -134,3 +134,74 @@ mod tests {
         );
     }
 }
+
+/// The C compiler for C UDFs (`WEIR_CLANG` overrides).
+fn clang() -> String {
+    std::env::var("WEIR_CLANG").unwrap_or_else(|_| "clang".to_string())
+}
+
+/// Builds every `.c` file of `dir` to its own module
+/// `target_dir/<stem>.wasm` with clang's wasm32 target (needs `clang` and
+/// `wasm-ld`: Debian packages `clang` and `lld`). `udfs/c/weir_udf.h` is on
+/// the include path after `dir`.
+pub fn build_c(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    let spawn = |error| BuildError::Spawn {
+        program: clang(),
+        error,
+    };
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(spawn)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    std::fs::create_dir_all(target_dir).map_err(spawn)?;
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("udfs/c");
+    let mut built = Vec::new();
+    for source in sources {
+        let stem = source
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let out_path = target_dir.join(format!("{stem}.wasm"));
+        let out = Command::new(clang())
+            .args([
+                "--target=wasm32",
+                "-O2",
+                "-nostdlib",
+                "-Wl,--no-entry",
+                "-Wl,--strip-debug",
+            ])
+            .arg("-I")
+            .arg(dir)
+            .arg("-I")
+            .arg(&sdk)
+            .arg("-o")
+            .arg(&out_path)
+            .arg(&source)
+            .output()
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => BuildError::Spawn {
+                    program: format!("{} (install it: apt-get install clang lld)", clang()),
+                    error,
+                },
+                _ => spawn(error),
+            })?;
+        if !out.status.success() {
+            return Err(BuildError::Failed {
+                crate_dir: source.display().to_string(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        built.push(out_path);
+    }
+    if built.is_empty() {
+        return Err(BuildError::NoArtifact(format!(
+            "{} (no .c files)",
+            dir.display()
+        )));
+    }
+    Ok(built)
+}

@@ -13,7 +13,8 @@ pub enum UdfCommand {
     /// Print a module's functions, signatures, determinism, ABI version and
     /// imported capabilities (the module is fully validated and compiled).
     Inspect(InspectArgs),
-    /// Build a Rust UDF crate (or workspace) to wasm and print the modules.
+    /// Build a UDF project to wasm and print the modules and their sizes: a
+    /// Rust crate (or workspace), or a folder of C files (clang).
     Build(BuildArgs),
     /// Create a UDF project from a template (with a test and sample rows).
     New(NewArgs),
@@ -95,6 +96,13 @@ pub fn run(cli: &Cli, cmd: &UdfCommand) -> anyhow::Result<()> {
 }
 
 /// The Rust template, embedded.
+const C_TEMPLATE: &[(&str, &str)] = &[
+    ("{{name}}.c", include_str!("../../templates/c/udf.c")),
+    ("weir_udf.h", include_str!("../../udfs/c/weir_udf.h")),
+    ("rows.json", include_str!("../../templates/rust/rows.json")),
+    ("README.md", include_str!("../../templates/c/README.md")),
+];
+
 const RUST_TEMPLATE: &[(&str, &str)] = &[
     (
         "Cargo.toml",
@@ -121,7 +129,8 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     }
     let files = match args.lang.as_str() {
         "rust" => RUST_TEMPLATE,
-        other => anyhow::bail!("no template for `{other}`; available: rust"),
+        "c" => C_TEMPLATE,
+        other => anyhow::bail!("no template for `{other}`; available: rust, c"),
     };
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
@@ -132,14 +141,14 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/udfs/sdk")));
     let sdk = std::path::absolute(&sdk)?;
-    if !sdk.join("Cargo.toml").exists() {
+    if args.lang == "rust" && !sdk.join("Cargo.toml").exists() {
         anyhow::bail!(
             "the weir-udf SDK is not at {}; pass --sdk PATH/udfs/sdk (a weir checkout)",
             sdk.display()
         );
     }
     for (path, text) in files {
-        let target = dir.join(path);
+        let target = dir.join(path.replace("{{name}}", name));
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -339,7 +348,12 @@ fn build(args: &BuildArgs) -> anyhow::Result<()> {
         args.dir.display()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let built = toolchain::build_rust(&args.dir, &target_dir);
+    // A Cargo crate is Rust; a folder of .c files is C.
+    let built = if args.dir.join("Cargo.toml").exists() {
+        toolchain::build_rust(&args.dir, &target_dir)
+    } else {
+        toolchain::build_c(&args.dir, &target_dir)
+    };
     spinner.finish_and_clear();
     let modules = built?;
     for path in modules {

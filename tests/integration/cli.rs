@@ -280,3 +280,12 @@ fn follow_the_guide(lang: &str, module: &str) {
     assert!(text.contains("by zero"), "{text}");
     assert!(text.contains("0.5"), "{text}");
 }
+
+/// The pipeline shown in docs/udf-guide.md is a valid pipeline file.
+#[test]
+fn the_udf_guides_pipeline_is_valid() {
+    let guide = std::fs::read_to_string(crate::support::repo().join("docs/udf-guide.md")).unwrap();
+    let start = guide.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + guide[start..].find("```").unwrap();
+    weir::pipeline::PipelineConfig::from_toml(&guide[start..end]).unwrap();
+}

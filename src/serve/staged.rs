@@ -10,7 +10,7 @@ use datafusion::arrow::json::ReaderBuilder;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::sandbox::UdfModule;
+use crate::sandbox::{Failure, UdfModule};
 
 /// Rows accepted by one staged run.
 pub const MAX_ROWS: usize = 1000;
@@ -109,7 +109,13 @@ pub fn run_rows(module: &Arc<UdfModule>, function: &str, rows: &[Value]) -> Resu
                 calls += 1;
                 match result {
                     Ok(out) => outputs.extend(to_json(&out)?),
-                    Err(e) => {
+                    Err(mut e) => {
+                        // Name the row of the sample, not of the 1-row batch.
+                        match &mut e.failure {
+                            Failure::RowError { row: r, .. } => *r = row,
+                            Failure::Panic { row: r, .. } => *r = Some(row),
+                            _ => {}
+                        }
                         outputs.push(Value::Null);
                         errors.push(RowError {
                             row,

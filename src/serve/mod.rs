@@ -36,6 +36,10 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Bearer tokens, stored as sha256.
     pub tokens: Vec<TokenConfig>,
+    /// Directories that pipelines deployed through the API may read and
+    /// write files in (file sources, file sinks, dead-letter files). Empty:
+    /// no file access at all — tenants must not reach the server's files.
+    pub file_roots: Vec<PathBuf>,
     /// Requests per second each token may make (sustained); 0 = unlimited.
     pub requests_per_s: u32,
     /// Requests a token may make in a burst above `requests_per_s`.
@@ -49,6 +53,7 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("weir-data"),
             max_body_bytes: 16 << 20,
             tokens: Vec::new(),
+            file_roots: Vec::new(),
             requests_per_s: 20,
             burst_requests: 100,
         }

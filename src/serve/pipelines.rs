@@ -247,12 +247,77 @@ pub fn parse(
         ));
     }
     config.tenant = tenant.to_string();
+    if !config.udfs.is_empty()
+        && config
+            .udfs
+            .iter()
+            .any(|p| p.to_string_lossy().contains('/'))
+    {
+        return Err(
+            "`udfs` of a deployed pipeline name registry UDFs (`name` or `name@N`), not files"
+                .to_string(),
+        );
+    }
     let udfs = config
         .udfs
         .iter()
         .map(|p| UdfRef::parse(&p.to_string_lossy()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((config, udfs))
+}
+
+/// Every file a pipeline would read or write must lie in one of `roots`
+/// (after resolving `..` and symbolic links).
+pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> Result<(), String> {
+    use crate::pipeline::config::{SinkConfig, SourceConfig};
+    let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
+    if let SourceConfig::File { path, .. } = &config.source {
+        files.push(("source.path", path));
+    }
+    if let SinkConfig::File { path, .. } = &config.sink {
+        files.push(("sink.path", path));
+    }
+    if let Some(path) = &config.errors.path {
+        files.push(("errors.path", path));
+    }
+    for (key, path) in files {
+        let resolved = resolve_path(path)
+            .ok_or_else(|| format!("{key} `{}` cannot be resolved", path.display()))?;
+        let inside = roots
+            .iter()
+            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| resolved.starts_with(root)));
+        if !inside {
+            return Err(format!(
+                "{key} `{}` is outside the folders deployed pipelines may use (serve.file_roots); use Kafka, or ask an operator to allow the folder",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The path made absolute: its nearest existing ancestor canonicalized
+/// (symbolic links and `..` resolved), the rest appended; `None` when the
+/// part that does not exist yet contains `..`.
+fn resolve_path(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(base) = std::fs::canonicalize(existing) {
+            let mut resolved = base;
+            for part in rest.iter().rev() {
+                resolved.push(part);
+            }
+            return Some(resolved);
+        }
+        let name = existing.file_name()?;
+        if name == ".." {
+            return None;
+        }
+        rest.push(name.to_os_string());
+        existing = existing.parent()?;
+    }
 }
 
 /// Builds and starts a pipeline.
@@ -263,6 +328,7 @@ pub async fn start(
     text: &str,
 ) -> Result<(), String> {
     let (config, udfs) = parse(tenant, name, text)?;
+    check_files(&config, &state.config.file_roots)?;
     let modules = resolve(state, tenant, &udfs)?;
     let resolver_state = state.clone();
     let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());

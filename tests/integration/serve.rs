@@ -44,6 +44,7 @@ fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
         data_dir: dir.to_path_buf(),
         max_body_bytes,
         tokens,
+        file_roots: vec![dir.to_path_buf(), support::repo().join("examples")],
         requests_per_s: 1,
         burst_requests: 1000,
     }
@@ -1407,5 +1408,60 @@ fn weir_udf_publish_uploads_to_a_running_server() {
     assert!(
         text.contains("401") && text.contains("bearer token"),
         "{text}"
+    );
+}
+
+/// Deployed pipelines cannot reach the server's files outside
+/// `serve.file_roots`, nor load modules from paths.
+#[tokio::test]
+async fn deployed_pipelines_stay_inside_the_file_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let inside = dir.path().join("out.ndjson");
+    for (input, output, says) in [
+        (
+            std::path::PathBuf::from("/etc/passwd"),
+            inside.clone(),
+            "source.path",
+        ),
+        (
+            dir.path().join("../../etc/hosts"),
+            inside.clone(),
+            "source.path",
+        ),
+        (
+            support::repo().join("examples/data/payments.ndjson"),
+            std::path::PathBuf::from("/tmp/escape.ndjson"),
+            "sink.path",
+        ),
+    ] {
+        let toml = pipeline_toml("escape", &input, &output, "tools");
+        let (status, answer) = send(
+            &app,
+            "PUT",
+            "/v1/tenants/acme/pipelines/escape",
+            Some("acme-operator"),
+            None,
+            toml.into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
+    }
+    let toml = pipeline_toml("escape", &inside, &inside, "/tmp/evil.wasm");
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/escape",
+        Some("acme-operator"),
+        None,
+        toml.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("registry UDFs"),
+        "{answer}"
     );
 }

@@ -75,9 +75,14 @@ impl InFlight {
         while let Some(front) = self.queue.front_mut() {
             match (&mut front.ack).now_or_never() {
                 None => break,
-                Some(result) => {
-                    result?;
-                    self.pop_into(&mut offsets);
+                Some(Ok(())) => self.pop_into(&mut offsets),
+                Some(Err(e)) => {
+                    // Commit what was acknowledged before it, nothing after.
+                    if !offsets.is_empty() {
+                        source.commit(&offsets).await?;
+                    }
+                    self.abandon();
+                    return Err(e);
                 }
             }
         }
@@ -124,10 +129,20 @@ impl InFlight {
         let Some(front) = self.queue.front_mut() else {
             return Ok(());
         };
-        while_pausing(&mut front.ack, source, &mut self.paused).await?;
+        if let Err(e) = while_pausing(&mut front.ack, source, &mut self.paused).await {
+            self.abandon();
+            return Err(e);
+        }
         let mut offsets = Offsets::new();
         self.pop_into(&mut offsets);
         source.commit(&offsets).await
+    }
+
+    /// A batch failed to reach its sink: forget the window without
+    /// committing any of it (its records are re-delivered after a restart).
+    fn abandon(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
     }
 
     fn pop_into(&mut self, offsets: &mut Offsets) {

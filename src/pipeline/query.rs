@@ -153,7 +153,11 @@ impl PlannedQuery {
                 slot: slot.clone(),
             }),
         )?;
-        let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+        let plan = ctx
+            .sql_with_options(sql, crate::sql::read_only())
+            .await?
+            .create_physical_plan()
+            .await?;
         if plan.properties().output_partitioning().partition_count() != 1 {
             return Err(DataFusionError::Plan(
                 "the pipeline query must produce a single stream".into(),

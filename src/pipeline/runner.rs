@@ -368,21 +368,55 @@ impl Pipeline {
 
     /// One micro-batch's outcome per UDF for the circuit breakers: failing
     /// if any row failed in it, succeeding otherwise.
-    fn record_breakers(&self, failed: &[super::isolate::FailedRow]) {
+    /// Only functions the batch actually called count: a batch that never
+    /// reached a UDF (all rows filtered out or undecodable) says nothing of
+    /// it. `before` is [`Pipeline::calls_snapshot`] from before the batch.
+    fn record_breakers(&self, failed: &[super::isolate::FailedRow], before: &[u64]) {
         let failing: std::collections::HashSet<&str> =
             failed.iter().filter_map(|f| f.udf.as_deref()).collect();
+        let after = self.calls_snapshot();
         let modules = self
             .modules
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for module in &modules {
-            for f in &module.manifest().functions {
-                if self.config.sql.contains(f.name.as_str()) {
-                    module.record_batch(&f.name, !failing.contains(f.name.as_str()));
-                }
+        let functions = modules
+            .iter()
+            .flat_map(|m| m.manifest().functions.iter().map(move |f| (m, f)));
+        for (i, (module, f)) in functions.enumerate() {
+            let called = after.get(i) != before.get(i);
+            let name = f.name.as_str();
+            if failing.contains(name) {
+                module.record_batch(name, false);
+            } else if called {
+                module.record_batch(name, true);
             }
         }
+    }
+
+    /// Guest calls so far per function of every module (breaker and cache
+    /// bookkeeping); a call refused by an open breaker counts as a failure.
+    fn calls_snapshot(&self) -> Vec<u64> {
+        let modules = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        modules
+            .iter()
+            .flat_map(|m| {
+                (0..m.manifest().functions.len()).map(move |i| {
+                    m.function_stats(i).map_or(0, |s| {
+                        s.invocations.load(Ordering::Relaxed)
+                            + s.failures
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .values()
+                                .sum::<u64>()
+                    })
+                })
+            })
+            .collect()
     }
 
     fn log_progress(&self, elapsed: Duration) {
@@ -433,8 +467,9 @@ impl Pipeline {
                 udf: None,
             })
             .collect();
+        let before = self.calls_snapshot();
         let isolated = run_isolating(&self.query, decoded.batch).await;
-        self.record_breakers(&isolated.failed);
+        self.record_breakers(&isolated.failed, &before);
         letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
             record: records[decoded.rows[f.row]].clone(),
             stage: "transform",

@@ -141,6 +141,13 @@ impl AppState {
         } else {
             "allowed"
         };
+        // A tenant named by an unauthenticated caller is not a label (it
+        // would let anyone grow the metric set without bound).
+        let label_tenant = if admission.who == "anonymous" {
+            "-".to_string()
+        } else {
+            tenant.to_string()
+        };
         self.audit.append(&AuditRecord {
             at: now_ms(),
             who: admission.who,
@@ -156,7 +163,7 @@ impl AppState {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                tenant: tenant.to_string(),
+                tenant: label_tenant,
                 action: action_name(action),
                 outcome: outcome.to_string(),
             })
@@ -252,7 +259,15 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     match s.readiness().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        Err(why) => {
+            // Unauthenticated: the details (pipeline, brokers) go to the log.
+            tracing::warn!("not ready: {why}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: see the server log",
+            )
+                .into_response()
+        }
     }
 }
 

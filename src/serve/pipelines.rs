@@ -266,6 +266,109 @@ pub fn parse(
     Ok((config, udfs))
 }
 
+/// librdkafka properties a pipeline deployed through the API may set:
+/// tuning and SASL credentials. Anything naming a file (`*.location`,
+/// keytabs) or code (`plugin.library.paths`, interceptors) is refused.
+const ALLOWED_PROPERTY_PREFIXES: &[&str] = &[
+    "fetch.",
+    "queued.",
+    "linger.ms",
+    "batch.",
+    "compression.",
+    "message.max.bytes",
+    "socket.",
+    "reconnect.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "statistics.interval.ms",
+    "request.timeout.ms",
+    "retry.backoff.ms",
+];
+
+/// Brokers, topics, group and properties of a deployed pipeline against
+/// its tenant's policy (`kafka_brokers`, `topic_prefix`).
+pub fn check_kafka(
+    config: &PipelineConfig,
+    policy: &crate::tenant::TenantPolicy,
+) -> Result<(), String> {
+    use crate::pipeline::config::{SinkConfig, SourceConfig};
+    let mut brokers = Vec::new();
+    let mut names: Vec<(&str, &str)> = Vec::new();
+    let mut properties = Vec::new();
+    if let SourceConfig::Kafka {
+        brokers: b,
+        topics,
+        group,
+        properties: p,
+        ..
+    } = &config.source
+    {
+        brokers.push(b.as_str());
+        names.extend(topics.iter().map(|t| ("source.topics", t.as_str())));
+        names.push(("source.group", group.as_str()));
+        properties.extend(p.keys());
+    }
+    if let SinkConfig::Kafka {
+        brokers: b,
+        topic,
+        properties: p,
+        ..
+    } = &config.sink
+    {
+        brokers.push(b.as_str());
+        names.push(("sink.topic", topic.as_str()));
+        properties.extend(p.keys());
+    }
+    if let Some(topic) = &config.errors.topic {
+        names.push(("errors.topic", topic.as_str()));
+    }
+    for b in brokers {
+        check_brokers(b, policy)?;
+    }
+    for (key, name) in names {
+        check_topic(key, name, policy)?;
+    }
+    if let Some(key) = properties
+        .iter()
+        .find(|k| !ALLOWED_PROPERTY_PREFIXES.iter().any(|p| k.starts_with(p)))
+    {
+        return Err(format!(
+            "property `{key}` may not be set on a pipeline deployed through the API (allowed: tuning and SASL credentials)"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_brokers(brokers: &str, policy: &crate::tenant::TenantPolicy) -> Result<(), String> {
+    if policy.kafka_brokers.is_empty() || policy.kafka_brokers.iter().any(|b| b == brokers) {
+        Ok(())
+    } else {
+        Err(format!(
+            "brokers `{brokers}` are not among the tenant's `kafka_brokers` in the policy"
+        ))
+    }
+}
+
+pub fn check_topic(
+    key: &str,
+    name: &str,
+    policy: &crate::tenant::TenantPolicy,
+) -> Result<(), String> {
+    if name.starts_with(&policy.topic_prefix) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} `{name}` does not start with the tenant's `topic_prefix` `{}`",
+            policy.topic_prefix
+        ))
+    }
+}
+
 /// Every file a pipeline would read or write must lie in one of `roots`
 /// (after resolving `..` and symbolic links).
 pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> Result<(), String> {
@@ -329,6 +432,7 @@ pub async fn start(
 ) -> Result<(), String> {
     let (config, udfs) = parse(tenant, name, text)?;
     check_files(&config, &state.config.file_roots)?;
+    check_kafka(&config, &state.tenants.get(tenant).policy())?;
     let modules = resolve(state, tenant, &udfs)?;
     let resolver_state = state.clone();
     let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());

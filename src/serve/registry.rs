@@ -55,8 +55,9 @@ impl Registry {
                  running INTEGER NOT NULL, updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL,
                  PRIMARY KEY (tenant, name));
              CREATE TABLE IF NOT EXISTS tokens (
-                 name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
-                 role TEXT NOT NULL, created_at INTEGER NOT NULL, created_by TEXT NOT NULL);",
+                 name TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+                 role TEXT NOT NULL, created_at INTEGER NOT NULL, created_by TEXT NOT NULL,
+                 PRIMARY KEY (tenant, name));",
         )
         .map_err(db_err)?;
         Ok(Registry {

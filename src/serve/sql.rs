@@ -139,6 +139,10 @@ pub async fn run_sql(
                     .map_err(|e| bad(format!("table `{name}`: {e}")))?;
             }
             for (name, topic) in req.topics {
+                let policy = tenant_state.policy();
+                super::pipelines::check_brokers(&topic.brokers, &policy)
+                    .and_then(|()| super::pipelines::check_topic("topic", &topic.topic, &policy))
+                    .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e))?;
                 let t = topic.clone();
                 let batch = tokio::task::spawn_blocking(move || super::recent::read(&t))
                     .await
@@ -155,7 +159,9 @@ pub async fn run_sql(
                     .map_err(|e| bad(format!("table `{name}`: {e}")))?;
             }
             let query = async {
-                let df = ctx.sql(&req.sql).await?;
+                let df = ctx
+                    .sql_with_options(&req.sql, crate::sql::read_only())
+                    .await?;
                 df.limit(0, Some(max_rows + 1))?.collect().await
             };
             let batches = tokio::time::timeout(TIMEOUT, query)

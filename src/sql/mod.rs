@@ -5,5 +5,5 @@ mod session;
 mod tables;
 
 pub use output::{OutputFormat, write_batches};
-pub use session::{SqlSession, session_config};
+pub use session::{SqlSession, read_only, session_config};
 pub use tables::{TableFormat, TableSpec, register_table};

@@ -13,6 +13,16 @@ use crate::udf::register_module;
 
 /// The session settings weir uses: default batch size 8192, one partition
 /// per core.
+/// Queries only: no DDL (`CREATE EXTERNAL TABLE` reads files), no DML
+/// (`COPY … TO` writes files), no statements (`SET`). Every query from a
+/// pipeline or the API is planned with these options.
+pub fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
 pub fn session_config() -> SessionConfig {
     SessionConfig::new().with_information_schema(true)
 }

@@ -69,6 +69,10 @@ impl ResultCache {
         compute: impl FnOnce(&[ArrayRef], usize) -> Result<ArrayRef, E>,
         internal: impl Fn(String) -> E,
     ) -> Result<ArrayRef, E> {
+        if args.is_empty() {
+            // Nothing to key on (a constant function): no caching.
+            return compute(args, rows);
+        }
         let fields = args
             .iter()
             .map(|a| SortField::new(a.data_type().clone()))

@@ -39,6 +39,11 @@ pub struct TenantPolicy {
     pub breaker_failures: u32,
     /// How long an open breaker waits before letting a probe batch through.
     pub breaker_cooldown_ms: u64,
+    /// Kafka bootstrap lists that pipelines and SQL deployed through the API
+    /// may use; empty = any.
+    pub kafka_brokers: Vec<String>,
+    /// Prefix every topic and consumer group they use must have; "" = any.
+    pub topic_prefix: String,
 }
 
 impl Default for TenantPolicy {
@@ -56,6 +61,8 @@ impl Default for TenantPolicy {
             capabilities: vec!["log".to_string()],
             breaker_failures: 5,
             breaker_cooldown_ms: 30_000,
+            kafka_brokers: Vec::new(),
+            topic_prefix: String::new(),
         }
     }
 }
@@ -76,6 +83,8 @@ pub struct TenantOverrides {
     pub capabilities: Option<Vec<String>>,
     pub breaker_failures: Option<u32>,
     pub breaker_cooldown_ms: Option<u64>,
+    pub kafka_brokers: Option<Vec<String>>,
+    pub topic_prefix: Option<String>,
 }
 
 /// The whole policy file.
@@ -160,7 +169,9 @@ impl Policy {
             cache_bytes,
             capabilities,
             breaker_failures,
-            breaker_cooldown_ms
+            breaker_cooldown_ms,
+            kafka_brokers,
+            topic_prefix
         );
         p
     }

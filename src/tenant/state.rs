@@ -17,6 +17,8 @@ pub struct TenantStats {
     pub throttled_ms: AtomicU64,
     /// Memory grows denied because the tenant's total was reached.
     pub memory_denied: AtomicU64,
+    /// The most guest calls of the tenant seen running at once.
+    pub peak_concurrent_calls: AtomicU64,
 }
 
 pub struct Tenant {
@@ -141,6 +143,9 @@ impl Tenant {
             running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
         }
         *running += 1;
+        self.stats
+            .peak_concurrent_calls
+            .fetch_max(u64::from(*running), Ordering::Relaxed);
         CallPermit { tenant: self }
     }
 

@@ -56,7 +56,6 @@ pub async fn deploy(
             pipelines::parse(&t, &n, &text)
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
             let existed = state.registry.pipeline(&t, &n).map_err(internal)?.is_some();
-            state.pipelines.stop(&t, &n).await;
             pipelines::start(&state, &t, &n, &text)
                 .await
                 .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;

@@ -445,6 +445,9 @@ pub async fn start(
     let pipeline = Pipeline::build_with_modules(config, modules, &state.tenants, Some(reload))
         .await
         .map_err(|e| format!("{e:#}"))?;
+    // The new pipeline is built (a bad update fails here, leaving the old
+    // one running); only now is the running one stopped and replaced.
+    state.pipelines.stop(tenant, name).await;
     let telemetry = pipeline.telemetry();
     state.metrics.data_path.add(telemetry.clone());
     let (stop, stopped) = watch::channel(false);

@@ -135,17 +135,35 @@ impl Tenant {
             });
     }
 
-    /// Waits for a slot among the tenant's `max_concurrent_calls`.
+    /// Waits for a slot among the tenant's `max_concurrent_calls`. A wait
+    /// on a tokio worker thread is announced with `block_in_place`, so the
+    /// runtime moves that worker's other tasks (other tenants' pipelines,
+    /// the API) to another thread instead of stalling them.
     pub fn enter(&self) -> CallPermit<'_> {
         let max = self.policy().max_concurrent_calls.max(1);
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        while *running >= max {
-            running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
-        }
-        *running += 1;
+        let wait = || {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            while *running >= max {
+                running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+            }
+            *running += 1;
+            *running
+        };
+        let free = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            (*running < max).then(|| {
+                *running += 1;
+                *running
+            })
+        };
+        let now = match free {
+            Some(n) => n,
+            None if on_multi_thread_runtime() => tokio::task::block_in_place(wait),
+            None => wait(),
+        };
         self.stats
             .peak_concurrent_calls
-            .fetch_max(u64::from(*running), Ordering::Relaxed);
+            .fetch_max(u64::from(now), Ordering::Relaxed);
         CallPermit { tenant: self }
     }
 
@@ -245,4 +263,11 @@ impl Tenants {
         }
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
+}
+
+/// Whether this thread belongs to a multi-threaded tokio runtime (where
+/// `block_in_place` is allowed).
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }

@@ -42,16 +42,8 @@ impl InFlight {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     pub fn is_paused(&self) -> bool {
         self.paused
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
     }
 
     fn is_full(&self) -> bool {

@@ -42,8 +42,7 @@ const KEEPALIVE_POLL_FULL: Duration = Duration::from_secs(60);
 const CARRY_SOFT_LIMIT: usize = 1024;
 
 /// Receives librdkafka's statistics (the consumer lag summed over the
-/// assigned partitions) and counts rebalances.
-#[derive(Default)]
+/// assigned partitions; -1 until known) and counts rebalances.
 pub struct LagContext {
     lag: AtomicI64,
     rebalances: AtomicU64,

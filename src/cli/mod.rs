@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+mod replay;
 mod run;
 mod serve;
 mod sql;
@@ -31,6 +32,8 @@ pub enum Command {
     /// Run pipelines (a file or a folder of *.toml) until SIGINT/SIGTERM or
     /// their sources end.
     Run(run::RunArgs),
+    /// Re-send dead letters (after a fix) to their source topic or a file.
+    Replay(replay::ReplayArgs),
     /// Work with UDF modules.
     #[command(subcommand)]
     Udf(udf::UdfCommand),
@@ -64,6 +67,7 @@ impl Cli {
         match &self.command {
             Command::Sql(args) => sql::run(self.sandbox()?, args).await,
             Command::Run(args) => run::run(self.sandbox()?, args).await,
+            Command::Replay(args) => replay::run(args).await,
             Command::Udf(cmd) => udf::run(&self, cmd),
             Command::Serve(args) => serve::run(self.config()?, self.sandbox()?, args).await,
             Command::Token(TokenCommand::New) => serve::new_token(),

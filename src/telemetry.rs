@@ -124,22 +124,30 @@ impl Collector for DataPathCollector {
             MetricType::Gauge,
             lag,
         )?;
-        let paused = pipelines
-            .iter()
-            .map(|p| {
-                (
-                    labels(p),
-                    ConstGauge::new(p.stats.paused.load(Ordering::Relaxed) as i64),
-                )
-            })
-            .collect();
-        family(
-            &mut encoder,
-            "pipeline_paused",
-            "1 while backpressure pauses the source",
-            MetricType::Gauge,
-            paused,
-        )?;
+        let gauges: [(&str, &str, fn(&PipelineStats) -> u64); 3] = [
+            (
+                "pipeline_paused",
+                "1 while backpressure pauses the source",
+                |s| s.paused.load(Ordering::Relaxed),
+            ),
+            (
+                "pipeline_breaker_paused",
+                "1 while an open circuit breaker of a UDF pauses the source",
+                |s| s.breaker_paused.load(Ordering::Relaxed),
+            ),
+            (
+                "pipeline_stalled",
+                "1 while the source has no partitions, or lag and no progress, for source.stall_warn_ms",
+                |s| s.stalled.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let samples = pipelines
+                .iter()
+                .map(|p| (labels(p), ConstGauge::new(read(&p.stats) as i64)))
+                .collect();
+            family(&mut encoder, name, help, MetricType::Gauge, samples)?;
+        }
 
         // Per UDF (function of a module version) of each pipeline.
         let mut invocations = Vec::new();

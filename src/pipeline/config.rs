@@ -109,7 +109,15 @@ pub enum SourceConfig {
         /// librdkafka properties (SASL/TLS, tuning). Values are masked in logs.
         #[serde(default)]
         properties: BTreeMap<String, String>,
+        /// No partitions assigned, or lag and no record received, for this
+        /// long: warn, and say so in status and metrics. 0 = never.
+        #[serde(default = "default_stall_warn_ms")]
+        stall_warn_ms: u64,
     },
+}
+
+fn default_stall_warn_ms() -> u64 {
+    60_000
 }
 
 impl SourceConfig {
@@ -122,6 +130,14 @@ impl SourceConfig {
     pub fn fields(&self) -> &[FieldConfig] {
         match self {
             SourceConfig::File { fields, .. } | SourceConfig::Kafka { fields, .. } => fields,
+        }
+    }
+
+    /// See `source.stall_warn_ms` (0 for file sources: they cannot stall).
+    pub fn stall_warn_ms(&self) -> u64 {
+        match self {
+            SourceConfig::File { .. } => 0,
+            SourceConfig::Kafka { stall_warn_ms, .. } => *stall_warn_ms,
         }
     }
 

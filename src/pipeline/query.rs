@@ -139,6 +139,37 @@ pub struct PlannedQuery {
     task: Arc<TaskContext>,
     /// Serializes runs: the slot holds one batch at a time.
     running: tokio::sync::Mutex<()>,
+    shape: Shape,
+    row_errors: Option<Arc<crate::udf::RowErrorCollector>>,
+}
+
+/// How the query's rows relate to its input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Projections only: output row i is input row i.
+    OneToOne,
+    /// Projections and filters: the output is some input rows, in order.
+    Subset,
+    /// Anything else (aggregates, sorts, windows, …).
+    Other,
+}
+
+/// What the operators of `plan` do to rows.
+fn shape(plan: &Arc<dyn ExecutionPlan>) -> Shape {
+    let mut shape = Shape::OneToOne;
+    let mut stack = vec![plan.clone()];
+    while let Some(node) = stack.pop() {
+        match node.name() {
+            "ProjectionExec"
+            | "MicroBatchSourceExec"
+            | "CoalesceBatchesExec"
+            | "CooperativeExec" => {}
+            "FilterExec" => shape = Shape::Subset,
+            _ => return Shape::Other,
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    shape
 }
 
 impl PlannedQuery {
@@ -165,10 +196,27 @@ impl PlannedQuery {
         }
         Ok(PlannedQuery {
             slot,
+            shape: shape(&plan),
             plan,
             task: ctx.task_ctx(),
             running: tokio::sync::Mutex::new(()),
+            row_errors: None,
         })
+    }
+
+    /// The collector the query's UDFs were registered with
+    /// ([`crate::udf::register_module_collecting`]).
+    pub fn with_row_errors(mut self, collector: Arc<crate::udf::RowErrorCollector>) -> Self {
+        self.row_errors = Some(collector);
+        self
+    }
+
+    pub fn row_errors(&self) -> Option<&Arc<crate::udf::RowErrorCollector>> {
+        self.row_errors.as_ref()
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
     }
 
     pub fn output_schema(&self) -> SchemaRef {

@@ -42,6 +42,14 @@ pub struct SinkRecord {
     pub payload: Vec<u8>,
 }
 
+impl SinkRecord {
+    /// Key and payload bytes (what a Kafka producer's `message.max.bytes`
+    /// bounds).
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// The offset to commit per (topic, partition): one past the last record.
 pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
 

@@ -16,9 +16,10 @@ use super::inflight::InFlight;
 use super::isolate::run_isolating;
 use super::query::PlannedQuery;
 use super::record::{DeadLetter, SourceRecord, next_offsets};
-use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
+use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, RecordLimit, Sink};
 use super::source::{FileSource, KafkaSource, Source};
 use crate::sandbox::{Sandbox, UdfModule};
+use crate::tenant::{BreakerAction, BreakerState};
 use crate::tenant::{Tenant, Tenants};
 
 /// How often progress is logged.
@@ -36,6 +37,13 @@ pub struct PipelineStats {
     pub lag: std::sync::atomic::AtomicI64,
     /// 1 while the source is paused by backpressure.
     pub paused: AtomicU64,
+    /// 1 while the source is paused because a UDF's circuit breaker is open.
+    pub breaker_paused: AtomicU64,
+    /// 1 while the pipeline has no partitions, or lag and no progress, for
+    /// longer than `source.stall_warn_ms`.
+    pub stalled: AtomicU64,
+    /// What holds the pipeline up right now, in words (breaker or stall).
+    pub condition: std::sync::Mutex<Option<String>>,
 }
 
 impl PipelineStats {
@@ -50,6 +58,18 @@ impl PipelineStats {
     /// The consumer lag, or -1 when unknown.
     pub fn get_lag(&self) -> i64 {
         self.lag.load(Ordering::Relaxed)
+    }
+
+    /// What holds the pipeline up, if anything.
+    pub fn condition(&self) -> Option<String> {
+        self.condition
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_condition(&self, condition: Option<String>) {
+        *self.condition.lock().unwrap_or_else(|p| p.into_inner()) = condition;
     }
 }
 
@@ -138,11 +158,13 @@ impl Pipeline {
     ) -> anyhow::Result<PlannedQuery> {
         let ctx =
             SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
+        let row_errors = Arc::new(crate::udf::RowErrorCollector::default());
         for module in modules {
-            crate::udf::register_module(&ctx, module);
+            crate::udf::register_module_collecting(&ctx, module, &row_errors);
         }
         PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
             .await
+            .map(|q| q.with_row_errors(row_errors))
             .map_err(|e| anyhow::anyhow!("sql: {}", crate::cli::user_message(&e)))
     }
 
@@ -287,21 +309,41 @@ impl Pipeline {
         let linger = Duration::from_millis(self.config.batch.max_linger_ms);
         let max = self.config.batch.max_records;
         let mut last_log = Instant::now();
+        let mut stall = StallWatch::new(self.config.source.stall_warn_ms());
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             flight.wait_for_room(&mut *self.source).await?;
             self.maybe_reload().await;
+            // An open breaker (with `breaker_action = "pause"`) holds the
+            // source; once its cool-down passed, one record probes it.
+            let size = match self.breaker_hold() {
+                Hold::None => max,
+                Hold::Probe => 1,
+                Hold::Wait => {
+                    if !self.wait_out_breaker(flight, shutdown).await? {
+                        return Ok(());
+                    }
+                    stall.progress();
+                    continue;
+                }
+            };
             let next = tokio::select! {
-                next = self.source.next_batch(max, linger) => next?,
+                next = self.source.next_batch(size, linger) => next?,
                 _ = shutdown.changed() => return Ok(()),
             };
             let Some(records) = next else {
                 return Ok(());
             };
-            if !records.is_empty() {
-                self.process(records, flight).await?;
+            if records.is_empty() {
+                self.check_stall(&mut stall);
+            } else {
+                stall.progress();
+                self.clear_stall();
+                if !self.process(records, flight, shutdown).await? {
+                    return Ok(());
+                }
             }
             self.stats
                 .lag
@@ -316,21 +358,170 @@ impl Pipeline {
         }
     }
 
-    /// Between batches: if told that UDF versions may have changed, resolve
-    /// them again and re-plan. A failure keeps the running versions.
-    async fn maybe_reload(&mut self) {
-        let Some(reload) = &mut self.reload else {
+    /// Whether an open circuit breaker of one of the pipeline's UDFs holds
+    /// the source (only with the tenant's `breaker_action = "pause"`).
+    fn breaker_hold(&self) -> Hold {
+        if self.tenant.policy().breaker_action != BreakerAction::Pause {
+            return Hold::None;
+        }
+        let mut hold = Hold::None;
+        for (module, i) in self.functions() {
+            let Some(breaker) = module.breaker(i) else {
+                continue;
+            };
+            match breaker.open_for(module.breaker_cooldown()) {
+                Some(left) if !left.is_zero() => return Hold::Wait,
+                Some(_) => hold = Hold::Probe,
+                None if breaker.state() == BreakerState::HalfOpen => hold = Hold::Probe,
+                None => {}
+            }
+        }
+        hold
+    }
+
+    /// Every function of every module: (module, index in its manifest).
+    fn functions(&self) -> Vec<(Arc<UdfModule>, usize)> {
+        let modules = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        modules
+            .into_iter()
+            .flat_map(|m| (0..m.manifest().functions.len()).map(move |i| (m.clone(), i)))
+            .collect()
+    }
+
+    /// The open breaker that holds the pipeline longest: what to tell the
+    /// user and how long is left.
+    fn open_breaker(&self) -> Option<(String, Duration)> {
+        let policy = self.tenant.policy();
+        self.functions()
+            .into_iter()
+            .filter_map(|(m, i)| {
+                let b = m.breaker(i)?;
+                let left = b.open_for(m.breaker_cooldown())?;
+                let udf = &m.manifest().functions[i].name;
+                let message = format!(
+                    "paused: the circuit breaker of udf `{udf}` ({}) of tenant `{}` is open ({}); \
+                     a probe record runs after `breaker_cooldown_ms` = {} ms, or as soon as a new \
+                     version is in effect; set `breaker_action = \"dead-letter\"` in the tenant policy \
+                     to dead-letter records instead of pausing",
+                    m.label(),
+                    self.config.tenant,
+                    b.reason().unwrap_or_else(|| "failing batches".to_string()),
+                    policy.breaker_cooldown_ms,
+                );
+                Some((message, left))
+            })
+            .max_by_key(|(_, left)| *left)
+    }
+
+    /// Pauses the source until no breaker holds it (its cool-down passed or
+    /// a new UDF version is in effect). `false` if the pipeline was told to
+    /// stop meanwhile.
+    async fn wait_out_breaker(
+        &mut self,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let Some((message, _)) = self.open_breaker() else {
+            return Ok(true);
+        };
+        tracing::warn!(pipeline = %self.config.name, "{message}");
+        self.stats.breaker_paused.store(1, Ordering::Relaxed);
+        self.stats.set_condition(Some(message));
+        let result = loop {
+            let Some((_, left)) = self.open_breaker().filter(|(_, left)| !left.is_zero()) else {
+                break Ok(true);
+            };
+            let wait = left.min(Duration::from_millis(500));
+            let stop = flight
+                .guard(&mut *self.source, async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => Ok(false),
+                        _ = shutdown.changed() => Ok(true),
+                    }
+                })
+                .await;
+            match stop {
+                Ok(true) => break Ok(false),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+            if self.maybe_reload().await {
+                break Ok(true);
+            }
+        };
+        self.stats.breaker_paused.store(0, Ordering::Relaxed);
+        self.stats.set_condition(None);
+        if matches!(result, Ok(true)) {
+            tracing::info!(pipeline = %self.config.name, "circuit breaker cool-down over or new UDF version: resuming with a probe");
+        }
+        result
+    }
+
+    /// No records arrived: warns (once per `source.stall_warn_ms`) when the
+    /// source has no partitions or lag without progress.
+    fn check_stall(&self, stall: &mut StallWatch) {
+        let Some(after) = stall.after else {
             return;
         };
-        if !reload.changed.has_changed().unwrap_or(false) {
+        let idle = stall.since.elapsed();
+        if idle < after {
             return;
+        }
+        let lag = self.source.lag().unwrap_or(0);
+        let why = match self.source.assigned_partitions() {
+            Some(0) => format!(
+                "no partitions assigned for {} s (expected only while the group has more members than partitions; otherwise check the broker's group coordinator)",
+                idle.as_secs()
+            ),
+            Some(_) if lag > 0 => format!(
+                "consumer lag {lag} and no record received for {} s",
+                idle.as_secs()
+            ),
+            _ => return,
+        };
+        let message = match &self.config.source {
+            SourceConfig::Kafka { group, topics, .. } => format!(
+                "stalled: {why} (group `{group}`, topics {}); `source.stall_warn_ms` = {}",
+                topics.join(", "),
+                after.as_millis()
+            ),
+            SourceConfig::File { .. } => format!("stalled: {why}"),
+        };
+        if stall.warned_at.is_none_or(|t| t.elapsed() >= after) {
+            tracing::warn!(pipeline = %self.config.name, "{message}");
+            stall.warned_at = Some(Instant::now());
+        }
+        self.stats.stalled.store(1, Ordering::Relaxed);
+        self.stats.set_condition(Some(message));
+    }
+
+    fn clear_stall(&self) {
+        if self.stats.stalled.swap(0, Ordering::Relaxed) == 1 {
+            self.stats.set_condition(None);
+            tracing::info!(pipeline = %self.config.name, "records flow again");
+        }
+    }
+
+    /// Between batches: if told that UDF versions may have changed, resolve
+    /// them again and re-plan. A failure keeps the running versions. `true`
+    /// when new versions are in effect.
+    async fn maybe_reload(&mut self) -> bool {
+        let Some(reload) = &mut self.reload else {
+            return false;
+        };
+        if !reload.changed.has_changed().unwrap_or(false) {
+            return false;
         }
         reload.changed.borrow_and_update();
         let modules = match (reload.resolve)() {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(pipeline = %self.config.name, "UDF reload failed, keeping the running versions: {e:#}");
-                return;
+                return false;
             }
         };
         let current = self
@@ -344,7 +535,7 @@ impl Pipeline {
                 .zip(&current)
                 .all(|(a, b)| a.digest() == b.digest());
         if same {
-            return;
+            return false;
         }
         match Self::plan(&self.config, &modules, &self.decoder)
             .await
@@ -359,21 +550,33 @@ impl Pipeline {
                 let labels: Vec<&str> = modules.iter().map(|m| m.label()).collect();
                 tracing::info!(pipeline = %self.config.name, modules = ?labels, "new UDF versions in effect from this batch");
                 *self.modules.write().unwrap_or_else(|p| p.into_inner()) = modules;
+                true
             }
             Err(e) => {
-                tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}")
+                tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}");
+                false
             }
         }
     }
 
     /// One micro-batch's outcome per UDF for the circuit breakers: failing
-    /// if any row failed in it, succeeding otherwise.
+    /// if the function itself failed on a row of it (trap, out of CPU, …),
+    /// succeeding otherwise — row errors are the function working.
     /// Only functions the batch actually called count: a batch that never
     /// reached a UDF (all rows filtered out or undecodable) says nothing of
     /// it. `before` is [`Pipeline::calls_snapshot`] from before the batch.
     fn record_breakers(&self, failed: &[super::isolate::FailedRow], before: &[u64]) {
-        let failing: std::collections::HashSet<&str> =
-            failed.iter().filter_map(|f| f.udf.as_deref()).collect();
+        let failing: std::collections::HashSet<&str> = failed
+            .iter()
+            .filter(|f| f.function_failure)
+            .filter_map(|f| f.udf.as_deref())
+            .collect();
+        // Refused by an open breaker: the function did not run.
+        let refused: std::collections::HashSet<&str> = failed
+            .iter()
+            .filter(|f| f.circuit_open)
+            .filter_map(|f| f.udf.as_deref())
+            .collect();
         let after = self.calls_snapshot();
         let modules = self
             .modules
@@ -386,6 +589,9 @@ impl Pipeline {
         for (i, (module, f)) in functions.enumerate() {
             let called = after.get(i) != before.get(i);
             let name = f.name.as_str();
+            if refused.contains(name) {
+                continue;
+            }
             if failing.contains(name) {
                 module.record_batch(name, false);
             } else if called {
@@ -434,14 +640,17 @@ impl Pipeline {
         );
     }
 
-    /// One micro-batch: decode, transform (isolating poison rows), hand
-    /// outputs and dead letters to their sinks; the batch joins the
-    /// in-flight window until both acknowledge it.
+    /// One micro-batch: decode, transform and encode (isolating poison
+    /// rows), hand outputs and dead letters to their sinks; the batch joins
+    /// the in-flight window until both acknowledge it. `false` if the
+    /// pipeline was told to stop while a breaker held the batch (nothing of
+    /// it was sent or committed).
     async fn process(
         &mut self,
         records: Vec<SourceRecord>,
         flight: &mut InFlight,
-    ) -> anyhow::Result<()> {
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
         PipelineStats::add(&self.stats.records_in, records.len());
         PipelineStats::add(&self.stats.batches, 1);
         // The tenant's rows/s quota: over it, wait (the source pauses if
@@ -467,12 +676,32 @@ impl Pipeline {
                 udf: None,
             })
             .collect();
-        let before = self.calls_snapshot();
-        let isolated = run_isolating(&self.query, decoded.batch).await;
-        self.record_breakers(&isolated.failed, &before);
+        let isolated = loop {
+            let before = self.calls_snapshot();
+            let isolated = {
+                let encoder = &self.encoder;
+                let limit = self.sink.max_record_bytes();
+                let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
+                    encode_checked(encoder, limit.as_ref(), batches)
+                };
+                run_isolating(&self.query, decoded.batch.clone(), &finish).await
+            };
+            self.record_breakers(&isolated.failed, &before);
+            // A breaker opened under the batch (another pipeline of the
+            // same UDF version tripped it): with `breaker_action = "pause"`
+            // the batch waits and runs again; nothing of it was sent.
+            let held = self.tenant.policy().breaker_action == BreakerAction::Pause
+                && isolated.failed.iter().any(|f| f.circuit_open);
+            if !held {
+                break isolated;
+            }
+            if !self.wait_out_breaker(flight, shutdown).await? {
+                return Ok(false);
+            }
+        };
         letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
             record: records[decoded.rows[f.row]].clone(),
-            stage: "transform",
+            stage: f.stage,
             error: f.error,
             udf: f.udf,
         }));
@@ -489,10 +718,7 @@ impl Pipeline {
                 first.error
             );
         }
-        let mut out = Vec::new();
-        for batch in &isolated.outputs {
-            out.extend(self.encoder.encode(batch)?);
-        }
+        let out = isolated.outputs;
         PipelineStats::add(&self.stats.records_out, out.len());
         let mut bytes: usize = out.iter().map(|r| r.payload.len()).sum();
         let sent = self.sink.send(out);
@@ -528,8 +754,67 @@ impl Pipeline {
             }
         };
         flight.push(ack, offsets, bytes);
-        Ok(())
+        Ok(true)
     }
+}
+
+/// What an open circuit breaker asks of the pipeline before the next batch.
+enum Hold {
+    None,
+    /// The cool-down passed: run one record as the probe.
+    Probe,
+    /// Still cooling down: keep the source paused.
+    Wait,
+}
+
+/// When records last arrived, and when a stall was last reported.
+struct StallWatch {
+    after: Option<Duration>,
+    since: Instant,
+    warned_at: Option<Instant>,
+}
+
+impl StallWatch {
+    fn new(after_ms: u64) -> Self {
+        StallWatch {
+            after: (after_ms > 0).then(|| Duration::from_millis(after_ms)),
+            since: Instant::now(),
+            warned_at: None,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.since = Instant::now();
+        self.warned_at = None;
+    }
+}
+
+/// Encodes a query's output for the sink; a record the sink cannot take
+/// (too large for it) fails the run, so that isolation finds its row.
+fn encode_checked(
+    encoder: &RecordEncoder,
+    limit: Option<&RecordLimit>,
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<Vec<super::record::SinkRecord>, String> {
+    let mut out = Vec::new();
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        out.extend(
+            encoder
+                .encode(batch)
+                .map_err(|e| format!("the output cannot be encoded: {e}"))?,
+        );
+    }
+    if let Some(limit) = limit
+        && let Some(r) = out.iter().find(|r| r.size() > limit.bytes)
+    {
+        return Err(format!(
+            "the output record is {} bytes, over the sink's limit of {} bytes; raise {} (and the topic's `max.message.bytes`) or make the output smaller",
+            r.size(),
+            limit.bytes,
+            limit.key
+        ));
+    }
+    Ok(out)
 }
 
 /// Loads a pipeline file, or every `*.toml` in a folder.

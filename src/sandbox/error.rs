@@ -153,6 +153,37 @@ impl Failure {
         )
     }
 
+    /// Whether the failure says the *function* is unhealthy (what circuit
+    /// breakers count): traps, exhausted CPU/memory/stack, invalid output,
+    /// panics and instance errors. A row error is the function doing its
+    /// job on bad input; an open circuit or unpreparable input never
+    /// reached the guest.
+    pub fn is_function_failure(&self) -> bool {
+        !matches!(
+            self,
+            Failure::RowError { .. } | Failure::CircuitOpen { .. } | Failure::InvalidInput(_)
+        )
+    }
+
+    /// The same failure with its row renumbered by `map` (a failure of a
+    /// slice or subset of a batch, named in the whole batch).
+    pub fn at_row(self, map: &dyn Fn(usize) -> usize) -> Failure {
+        match self {
+            Failure::RowError { row, message } => Failure::RowError {
+                row: map(row),
+                message,
+            },
+            Failure::Panic {
+                row: Some(row),
+                message,
+            } => Failure::Panic {
+                row: Some(map(row)),
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// The row the failure is attributed to, when known.
     pub fn row(&self) -> Option<usize> {
         match self {

@@ -121,23 +121,34 @@ impl UdfModule {
         self.breakers.get(index)
     }
 
+    /// How long an open breaker of this module waits before its probe.
+    pub fn breaker_cooldown(&self) -> std::time::Duration {
+        let ms = self.tenant.as_ref().map_or_else(
+            || crate::tenant::TenantPolicy::default().breaker_cooldown_ms,
+            |t| t.policy().breaker_cooldown_ms,
+        );
+        std::time::Duration::from_millis(ms)
+    }
+
     /// Records a batch's outcome for function `name` on its breaker (per
     /// UDF version: this module's digest); logs state changes.
     pub fn record_batch(&self, name: &str, ok: bool) {
         let Some(index) = self.function_index(name) else {
             return;
         };
-        let threshold = self
-            .tenant
-            .as_ref()
-            .map_or(5, |t| t.policy().breaker_failures);
-        if let Some(state) = self.breakers[index].record(ok, threshold) {
+        let settings = self.tenant.as_ref().map_or_else(
+            || crate::tenant::TenantPolicy::default().breaker_settings(),
+            |t| t.policy().breaker_settings(),
+        );
+        let breaker = &self.breakers[index];
+        if let Some(state) = breaker.record(ok, &settings) {
             tracing::warn!(
                 udf = name,
                 module = %self.label,
                 digest = &self.digest[..12],
                 tenant = self.tenant.as_ref().map(|t| t.name()),
                 state = state.as_str(),
+                reason = breaker.reason().filter(|_| state == crate::tenant::BreakerState::Open),
                 "circuit breaker changed state"
             );
         }
@@ -225,11 +236,7 @@ impl UdfModule {
             failure,
             limits: limits.clone().into_owned(),
         };
-        let cooldown = self
-            .tenant
-            .as_ref()
-            .map_or(30_000, |t| t.policy().breaker_cooldown_ms);
-        if let Err(left) = self.breakers[index].allow(std::time::Duration::from_millis(cooldown)) {
+        if let Err(left) = self.breakers[index].allow(self.breaker_cooldown()) {
             return Err(error(Failure::CircuitOpen {
                 retry_in_ms: left.as_millis() as u64,
             }));
@@ -249,6 +256,7 @@ impl UdfModule {
                     rows,
                     |args, rows| self.call_inner(index, &limits, args, rows),
                     Failure::Other,
+                    |failure, map| failure.at_row(map),
                 )
             }
         }
@@ -260,6 +268,67 @@ impl UdfModule {
             *by_kind.entry(failure.kind()).or_default() += 1;
             error(failure)
         })
+    }
+
+    /// Like [`Self::call`], but a row error does not fail the batch: the
+    /// row's result is NULL and the error is returned beside the result,
+    /// one per failing row (row numbers of `args`). Each failing row costs
+    /// two more guest calls (the rows before it, then those after it); any
+    /// other failure fails the batch as in `call`.
+    #[allow(clippy::result_large_err)]
+    pub fn call_collecting(
+        &self,
+        index: usize,
+        args: &[ArrayRef],
+        rows: usize,
+    ) -> Result<(ArrayRef, Vec<UdfError>), UdfError> {
+        let ret = self.manifest.functions[index].ret.data_type();
+        let slice = |start: usize, len: usize| -> Vec<ArrayRef> {
+            args.iter().map(|a| a.slice(start, len)).collect()
+        };
+        let mut pieces: Vec<ArrayRef> = Vec::new();
+        let mut errors = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let len = rows - start;
+            let mut error = match self.call(index, &slice(start, len), len) {
+                Ok(out) => {
+                    pieces.push(out);
+                    break;
+                }
+                Err(e) => e,
+            };
+            let row = match &error.failure {
+                Failure::RowError { row, .. } if *row < len => *row,
+                _ => return Err(error),
+            };
+            if row > 0 {
+                pieces.push(self.call(index, &slice(start, row), row)?);
+            }
+            pieces.push(datafusion::arrow::array::new_null_array(&ret, 1));
+            error.failure = error.failure.at_row(&|r| r + start);
+            error.rows = rows;
+            errors.push(error);
+            start += row + 1;
+        }
+        let out = match pieces.len() {
+            0 => new_empty_array(&ret),
+            1 => pieces.swap_remove(0),
+            _ => {
+                let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                    pieces.iter().map(|a| a.as_ref()).collect();
+                datafusion::arrow::compute::concat(&parts).map_err(|e| UdfError {
+                    udf: self.manifest.functions[index].name.clone(),
+                    module: self.label.to_string(),
+                    digest: self.digest.clone(),
+                    batch: 0,
+                    rows,
+                    failure: Failure::Other(e.to_string()),
+                    limits: self.limits.clone(),
+                })?
+            }
+        };
+        Ok((out, errors))
     }
 
     fn call_inner(

@@ -82,7 +82,14 @@ pub struct Status {
     /// Input records per second since the pipeline (re)started.
     pub records_per_s: f64,
     pub consumer_lag: Option<i64>,
+    /// The source is paused by backpressure (the sink is slow).
     pub paused: bool,
+    /// The source is paused because a UDF's circuit breaker is open.
+    pub breaker_paused: bool,
+    /// No partitions, or lag without progress, for `source.stall_warn_ms`.
+    pub stalled: bool,
+    /// What holds the pipeline up, in words (an open breaker, a stall).
+    pub condition: Option<String>,
     /// `udf -> {module, breaker}` of the versions in use.
     pub udfs: Vec<serde_json::Value>,
 }
@@ -156,6 +163,9 @@ impl Pipelines {
                 records_per_s: 0.0,
                 consumer_lag: None,
                 paused: false,
+                breaker_paused: false,
+                stalled: false,
+                condition: None,
                 udfs: Vec::new(),
             };
         };
@@ -202,6 +212,9 @@ impl Pipelines {
                 / r.started.elapsed().as_secs_f64().max(1e-3),
             consumer_lag: (lag >= 0).then_some(lag),
             paused: PipelineStats::get(&s.paused) == 1,
+            breaker_paused: PipelineStats::get(&s.breaker_paused) == 1,
+            stalled: PipelineStats::get(&s.stalled) == 1,
+            condition: s.condition(),
             udfs,
         }
     }

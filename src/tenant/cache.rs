@@ -68,6 +68,7 @@ impl ResultCache {
         rows: usize,
         compute: impl FnOnce(&[ArrayRef], usize) -> Result<ArrayRef, E>,
         internal: impl Fn(String) -> E,
+        remap_row: impl FnOnce(E, &dyn Fn(usize) -> usize) -> E,
     ) -> Result<ArrayRef, E> {
         if args.is_empty() {
             // Nothing to key on (a constant function): no caching.
@@ -133,7 +134,9 @@ impl ResultCache {
             .map(|a| take(a.as_ref(), &indices, None))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal(e.to_string()))?;
-        let computed = compute(&miss_args, misses.len())?;
+        // An error naming a row of the misses names it in `args` instead.
+        let computed = compute(&miss_args, misses.len())
+            .map_err(|e| remap_row(e, &|row| misses.get(row).map_or(row, |&i| i as usize)))?;
         self.store(
             &mut keys,
             &computed,

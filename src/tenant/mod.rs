@@ -8,7 +8,7 @@ pub mod cache;
 pub mod policy;
 pub mod state;
 
-pub use breaker::{Breaker, BreakerState};
+pub use breaker::{Breaker, BreakerSettings, BreakerState};
 pub use cache::ResultCache;
-pub use policy::{Policy, PolicyError, TenantPolicy};
+pub use policy::{BreakerAction, Policy, PolicyError, TenantPolicy};
 pub use state::{Tenant, Tenants};

@@ -35,10 +35,17 @@ pub struct TenantPolicy {
     pub cache_bytes: u64,
     /// Host capabilities granted. Known: `log`.
     pub capabilities: Vec<String>,
-    /// Consecutive failing batches that open a UDF version's breaker.
+    /// Failing batches in a row (failures of the function, never row
+    /// errors) that open a UDF version's breaker.
     pub breaker_failures: u32,
+    /// Share of failing batches among the last `breaker_window` that opens it.
+    pub breaker_failure_ratio: f64,
+    /// Batches the failure ratio is taken over.
+    pub breaker_window: u32,
     /// How long an open breaker waits before letting a probe batch through.
     pub breaker_cooldown_ms: u64,
+    /// What a pipeline does while a breaker of its UDFs is open.
+    pub breaker_action: BreakerAction,
     /// Kafka bootstrap lists that pipelines and SQL deployed through the API
     /// may use; empty = any.
     pub kafka_brokers: Vec<String>,
@@ -60,9 +67,45 @@ impl Default for TenantPolicy {
             cache_bytes: 64 << 20,
             capabilities: vec!["log".to_string()],
             breaker_failures: 5,
+            breaker_failure_ratio: 0.5,
+            breaker_window: 20,
             breaker_cooldown_ms: 30_000,
+            breaker_action: BreakerAction::Pause,
             kafka_brokers: Vec::new(),
             topic_prefix: String::new(),
+        }
+    }
+}
+
+/// What a pipeline does while a circuit breaker of one of its UDFs is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerAction {
+    /// Pause the source (backpressure) until a probe succeeds or a new
+    /// version of the UDF is in effect; no record is touched meanwhile.
+    #[default]
+    Pause,
+    /// Keep consuming and dead-letter the records that need the UDF, with
+    /// the breaker named in each dead letter.
+    DeadLetter,
+}
+
+impl BreakerAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerAction::Pause => "pause",
+            BreakerAction::DeadLetter => "dead-letter",
+        }
+    }
+}
+
+impl TenantPolicy {
+    /// When this tenant's breakers open.
+    pub fn breaker_settings(&self) -> crate::tenant::BreakerSettings {
+        crate::tenant::BreakerSettings {
+            failures: self.breaker_failures,
+            failure_ratio: self.breaker_failure_ratio,
+            window: self.breaker_window,
         }
     }
 }
@@ -82,7 +125,10 @@ pub struct TenantOverrides {
     pub cache_bytes: Option<u64>,
     pub capabilities: Option<Vec<String>>,
     pub breaker_failures: Option<u32>,
+    pub breaker_failure_ratio: Option<f64>,
+    pub breaker_window: Option<u32>,
     pub breaker_cooldown_ms: Option<u64>,
+    pub breaker_action: Option<BreakerAction>,
     pub kafka_brokers: Option<Vec<String>>,
     pub topic_prefix: Option<String>,
 }
@@ -169,7 +215,10 @@ impl Policy {
             cache_bytes,
             capabilities,
             breaker_failures,
+            breaker_failure_ratio,
+            breaker_window,
             breaker_cooldown_ms,
+            breaker_action,
             kafka_brokers,
             topic_prefix
         );
@@ -188,11 +237,18 @@ impl TenantPolicy {
             ("max_concurrent_calls", u64::from(self.max_concurrent_calls)),
             ("max_in_flight_batches", self.max_in_flight_batches as u64),
             ("breaker_failures", u64::from(self.breaker_failures)),
+            ("breaker_window", u64::from(self.breaker_window)),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("{at}.{key} must be positive"));
             }
+        }
+        if !(self.breaker_failure_ratio > 0.0 && self.breaker_failure_ratio <= 1.0) {
+            return Err(format!(
+                "{at}.breaker_failure_ratio must be above 0 and at most 1 (it is {})",
+                self.breaker_failure_ratio
+            ));
         }
         if self.memory_total_bytes < self.memory_bytes {
             return Err(format!(

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+mod row_errors;
 mod scalar;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionContext;
 
+pub use row_errors::{CollectedCall, RowErrorCollector};
 pub use scalar::WasmScalarUdf;
 
 use crate::sandbox::UdfModule;
@@ -42,6 +44,19 @@ pub fn register_module(ctx: &SessionContext, module: &Arc<UdfModule>) -> Vec<Str
             name
         })
         .collect()
+}
+
+/// Like [`register_module`], with row errors going to `collector` while it
+/// is active (pipelines).
+pub fn register_module_collecting(
+    ctx: &SessionContext,
+    module: &Arc<UdfModule>,
+    collector: &Arc<RowErrorCollector>,
+) {
+    for index in 0..module.manifest().functions.len() {
+        let udf = WasmScalarUdf::new(module.clone(), index).with_row_errors(collector.clone());
+        ctx.register_udf(ScalarUDF::new_from_impl(udf));
+    }
 }
 
 /// Like [`register_module`] for any [`FunctionRegistry`].

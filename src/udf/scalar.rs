@@ -10,6 +10,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::row_errors::{CollectedCall, RowErrorCollector};
 use crate::abi::{AbiType, FunctionDecl};
 use crate::sandbox::UdfModule;
 
@@ -25,6 +26,8 @@ pub struct WasmScalarUdf {
     index: usize,
     signature: Signature,
     return_type: DataType,
+    /// Where row errors go instead of failing the query, while active.
+    row_errors: Option<Arc<RowErrorCollector>>,
 }
 
 impl WasmScalarUdf {
@@ -46,7 +49,14 @@ impl WasmScalarUdf {
             index,
             signature,
             return_type,
+            row_errors: None,
         }
+    }
+
+    /// Row errors go to `collector` while it is active.
+    pub fn with_row_errors(mut self, collector: Arc<RowErrorCollector>) -> Self {
+        self.row_errors = Some(collector);
+        self
     }
 
     pub fn decl(&self) -> &FunctionDecl {
@@ -135,10 +145,22 @@ impl ScalarUDFImpl for WasmScalarUdf {
             .iter()
             .map(|a| a.to_array(rows))
             .collect::<Result<Vec<_>>>()?;
-        let out = self
-            .module
-            .call(self.index, &arrays, rows)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let out = match &self.row_errors {
+            Some(collector) if collector.is_active() => {
+                let (out, errors) = self
+                    .module
+                    .call_collecting(self.index, &arrays, rows)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                if !errors.is_empty() {
+                    collector.push(CollectedCall { rows, errors });
+                }
+                out
+            }
+            _ => self
+                .module
+                .call(self.index, &arrays, rows)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        };
         if all_scalar && !args.args.is_empty() && out.len() == 1 {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
         }

@@ -2,12 +2,15 @@
 
 mod support;
 
+mod breaker;
 mod cache;
 mod cli;
 mod hostile;
 mod kafka;
 mod library;
 mod pipeline;
+mod poison;
+mod replay;
 mod serve;
 mod sql_files;
 mod tenant;

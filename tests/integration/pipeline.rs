@@ -161,3 +161,72 @@ async fn bad_sql_and_unknown_columns_fail_at_build() {
         "{err}"
     );
 }
+
+/// Every folder of `tests/pipelines/` is a case: `pipeline.toml` (with
+/// `{input}`, `{out}`, `{dead_letters}` and `{finance}`/`{text}`/`{guest}`
+/// module paths filled in), `input.ndjson`, the exact output in
+/// `expected.out.ndjson` and the dead letters in
+/// `expected.dead-letters.ndjson` (each line's keys must match; `error` is a
+/// substring).
+#[tokio::test]
+async fn pipeline_cases() {
+    let cases = support::repo().join("tests/pipelines");
+    let mut dirs: Vec<_> = std::fs::read_dir(&cases)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty());
+    for case in dirs {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let (out, dead) = (dir.path().join("out.ndjson"), dir.path().join("dlq.ndjson"));
+        let toml = std::fs::read_to_string(case.join("pipeline.toml"))
+            .unwrap()
+            .replace("{input}", &case.join("input.ndjson").display().to_string())
+            .replace("{out}", &out.display().to_string())
+            .replace("{dead_letters}", &dead.display().to_string())
+            .replace(
+                "{finance}",
+                &support::module_path("finance").display().to_string(),
+            )
+            .replace(
+                "{text}",
+                &support::module_path("text").display().to_string(),
+            )
+            .replace(
+                "{guest}",
+                &support::repo()
+                    .join("tests/tenant/guest.wat")
+                    .display()
+                    .to_string(),
+            );
+        run(&toml)
+            .await
+            .unwrap_or_else(|e| panic!("case {name}: {e:#}"));
+        let expected = lines(&case.join("expected.out.ndjson"));
+        assert_eq!(lines(&out), expected, "case {name}: output");
+        let mut letters = lines(&dead);
+        letters.sort_by_key(|l| l["source_offset"].as_i64());
+        let expected = lines(&case.join("expected.dead-letters.ndjson"));
+        assert_eq!(
+            letters.len(),
+            expected.len(),
+            "case {name}: dead letters {letters:#?}"
+        );
+        for (got, want) in letters.iter().zip(&expected) {
+            for (key, value) in want.as_object().unwrap() {
+                if key == "error" {
+                    let error = got["error"].as_str().unwrap_or_default();
+                    assert!(
+                        error.contains(value.as_str().unwrap()),
+                        "case {name}: {error:?} lacks {value} in {got}"
+                    );
+                } else {
+                    assert_eq!(&got[key], value, "case {name}: `{key}` of {got}");
+                }
+            }
+        }
+    }
+}

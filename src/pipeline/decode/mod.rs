@@ -1,8 +1,11 @@
 //! Source payloads → one Arrow batch, with each bad record set aside.
 //!
-//! The fast path decodes a whole micro-batch with one Arrow decoder. If that
-//! fails (or a payload holds other than exactly one record), records are
-//! decoded one by one so that only the bad ones are set aside.
+//! Each payload is first checked to hold exactly one record (and, for JSON
+//! and CSV, to be UTF-8); the rest are set aside with the reason. The fast
+//! path then decodes the micro-batch with one Arrow decoder. If that fails,
+//! records are decoded one by one so that only the bad ones are set aside.
+
+mod framing;
 
 use std::sync::Arc;
 
@@ -81,8 +84,12 @@ impl RecordDecoder {
         let mut failed = Vec::new();
         let mut good = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            match &r.payload {
-                Some(p) if !p.is_empty() || self.format == Format::Raw => good.push(i),
+            match r.payload.as_deref() {
+                Some(_) if self.format == Format::Raw => good.push(i),
+                Some(p) if !p.is_empty() => match self.check_one_record(p) {
+                    Ok(()) => good.push(i),
+                    Err(reason) => failed.push((i, reason)),
+                },
                 _ => failed.push((i, "the record has no payload".to_string())),
             }
         }
@@ -114,6 +121,30 @@ impl RecordDecoder {
             rows,
             failed,
         })
+    }
+
+    /// A JSON or CSV payload must be UTF-8 and hold exactly one record.
+    fn check_one_record(&self, payload: &[u8]) -> Result<(), String> {
+        if let Err(e) = std::str::from_utf8(payload) {
+            return Err(format!(
+                "the record is not valid UTF-8 (invalid byte at position {})",
+                e.valid_up_to()
+            ));
+        }
+        let (found, what) = match self.format {
+            Format::Raw => return Ok(()),
+            Format::Json => (framing::json_values(payload), "JSON values"),
+            Format::Csv => (framing::csv_rows(payload), "CSV lines"),
+        };
+        match found {
+            1 => Ok(()),
+            0 => Err(format!(
+                "the record holds no {what}; a record must hold exactly one"
+            )),
+            _ => Err(format!(
+                "the record holds several {what}; a record must hold exactly one"
+            )),
+        }
     }
 
     /// Decodes every payload; each must yield exactly one row.

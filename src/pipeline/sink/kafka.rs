@@ -19,7 +19,14 @@ pub struct KafkaSink {
     producer: FutureProducer,
     topic: String,
     properties: BTreeMap<String, String>,
+    /// The producer's `message.max.bytes`: a larger record fails its send.
+    max_bytes: usize,
 }
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room kept for a dead letter's weir headers when its payload must shrink.
+const HEADER_ROOM: usize = 512;
 
 impl KafkaSink {
     pub fn new(
@@ -33,10 +40,17 @@ impl KafkaSink {
             .create()
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka producer")?;
+        let max_bytes = match properties.get("message.max.bytes") {
+            None => DEFAULT_MESSAGE_MAX_BYTES,
+            Some(v) => v.trim().parse().with_context(|| {
+                format!("property `message.max.bytes` = `{v}` is not a number of bytes")
+            })?,
+        };
         Ok(KafkaSink {
             producer,
             topic: topic.to_string(),
             properties: properties.clone(),
+            max_bytes,
         })
     }
 
@@ -90,8 +104,27 @@ impl KafkaSink {
     }
 }
 
+/// Cuts `bytes` to at most `max` bytes; whether it had to.
+fn truncate(bytes: &[u8], max: usize) -> (&[u8], bool) {
+    if bytes.len() <= max {
+        (bytes, false)
+    } else {
+        (&bytes[..max], true)
+    }
+}
+
 #[async_trait]
 impl Sink for KafkaSink {
+    fn max_record_bytes(&self) -> Option<super::RecordLimit> {
+        Some(super::RecordLimit {
+            bytes: self.max_bytes,
+            key: format!(
+                "`message.max.bytes` (now {}) in the sink's `properties`",
+                self.max_bytes
+            ),
+        })
+    }
+
     async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack> {
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
@@ -111,7 +144,9 @@ impl DeadLetterSink for KafkaSink {
         for l in &letters {
             let r = &l.record;
             let mut headers = OwnedHeaders::new();
+            let mut header_bytes = 0;
             for (k, v) in &r.headers {
+                header_bytes += k.len() + v.len();
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v),
@@ -119,30 +154,67 @@ impl DeadLetterSink for KafkaSink {
             }
             let partition = r.partition.to_string();
             let offset = r.offset.to_string();
+            // The reason is for people; a pathological one is cut short.
+            let error = match l.error.char_indices().nth(2000) {
+                Some((at, _)) => format!("{}…", &l.error[..at]),
+                None => l.error.clone(),
+            };
             let fields: [(&str, &str); 6] = [
                 ("weir.pipeline", pipeline),
                 ("weir.stage", l.stage),
-                ("weir.error", &l.error),
+                ("weir.error", &error),
                 ("weir.source.topic", &r.topic),
                 ("weir.source.partition", &partition),
                 ("weir.source.offset", &offset),
             ];
             for (k, v) in fields {
+                header_bytes += k.len() + v.len();
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v),
                 });
             }
             if let Some(udf) = &l.udf {
+                header_bytes += udf.len() + 8;
                 headers = headers.insert(Header {
                     key: "weir.udf",
                     value: Some(udf),
                 });
             }
-            deliveries.push(
-                self.enqueue(r.key.as_deref(), r.payload.as_deref(), Some(headers))
-                    .await?,
-            );
+            // A dead letter must always fit: the key, then the payload, are
+            // cut to the producer's limit, and `weir.truncated` says so
+            // (with the original payload length).
+            let room = self.max_bytes.saturating_sub(header_bytes + HEADER_ROOM);
+            let (key, key_cut) = match r.key.as_deref() {
+                Some(k) => {
+                    let (k, cut) = truncate(k, room);
+                    (Some(k), cut)
+                }
+                None => (None, false),
+            };
+            let room = room - key.map_or(0, <[u8]>::len);
+            let (payload, payload_cut) = match r.payload.as_deref() {
+                Some(p) => {
+                    let (p, cut) = truncate(p, room);
+                    (Some(p), cut)
+                }
+                None => (None, false),
+            };
+            if key_cut || payload_cut {
+                let original = r.payload.as_ref().map_or(0, Vec::len).to_string();
+                headers = headers.insert(Header {
+                    key: "weir.truncated",
+                    value: Some(&original),
+                });
+                tracing::warn!(
+                    topic = %r.topic,
+                    partition = r.partition,
+                    offset = r.offset,
+                    "dead letter truncated to the dead-letter producer's `message.max.bytes` ({})",
+                    self.max_bytes
+                );
+            }
+            deliveries.push(self.enqueue(key, payload, Some(headers)).await?);
         }
         Ok(self.ack(deliveries))
     }

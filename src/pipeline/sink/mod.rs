@@ -21,12 +21,27 @@ pub fn acked() -> Ack {
     Box::pin(std::future::ready(Ok(())))
 }
 
+/// The largest record a sink takes, and the setting that raises it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLimit {
+    /// Key plus payload bytes.
+    pub bytes: usize,
+    /// The configuration key in force, as the user writes it.
+    pub key: String,
+}
+
 /// Output records.
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Hands the records over (waiting while the sink's own queue is full)
     /// and returns their acknowledgement.
     async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack>;
+
+    /// Records larger than this are refused by the sink; the pipeline
+    /// dead-letters their source record instead of failing. `None`: no limit.
+    fn max_record_bytes(&self) -> Option<RecordLimit> {
+        None
+    }
 }
 
 /// Records that failed, with why.

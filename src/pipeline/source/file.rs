@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::Source;
 use crate::pipeline::record::{Offsets, SourceRecord};
 
 pub struct FileSource {
     path: Arc<str>,
-    lines: Lines<BufReader<tokio::fs::File>>,
+    /// Read as bytes: a line that is not UTF-8 is a bad record for the
+    /// decoder to dead-letter, not the end of the pipeline.
+    reader: BufReader<tokio::fs::File>,
     line_no: i64,
     skip_header: bool,
 }
@@ -26,7 +28,7 @@ impl FileSource {
             .with_context(|| format!("cannot open source file {}", path.display()))?;
         Ok(FileSource {
             path: path.display().to_string().into(),
-            lines: BufReader::new(file).lines(),
+            reader: BufReader::new(file),
             line_no: 0,
             skip_header,
         })
@@ -42,19 +44,31 @@ impl Source for FileSource {
     ) -> anyhow::Result<Option<Vec<SourceRecord>>> {
         let mut batch = Vec::new();
         while batch.len() < max {
-            let Some(line) = self.lines.next_line().await? else {
+            let mut line = Vec::new();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .await
+                .with_context(|| format!("reading {} after line {}", self.path, self.line_no))?;
+            if read == 0 {
                 break;
-            };
+            }
             self.line_no += 1;
             if self.skip_header && self.line_no == 1 {
                 continue;
             }
-            if line.trim().is_empty() {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             batch.push(SourceRecord {
                 key: None,
-                payload: Some(line.into_bytes()),
+                payload: Some(line),
                 topic: self.path.clone(),
                 partition: 0,
                 offset: self.line_no,

@@ -19,6 +19,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::Source;
+use super::ownership::Ownership;
 use crate::pipeline::config::StartPosition;
 use crate::pipeline::kafka::{client_config, scrub};
 use crate::pipeline::record::{Offsets, SourceRecord};
@@ -42,10 +43,25 @@ const KEEPALIVE_POLL_FULL: Duration = Duration::from_secs(60);
 const CARRY_SOFT_LIMIT: usize = 1024;
 
 /// Receives librdkafka's statistics (the consumer lag summed over the
-/// assigned partitions; -1 until known) and counts rebalances.
+/// assigned partitions; -1 until known), counts rebalances and tracks the
+/// partitions this member owns.
 pub struct LagContext {
     lag: AtomicI64,
     rebalances: AtomicU64,
+    ownership: std::sync::Mutex<Ownership>,
+}
+
+impl LagContext {
+    fn ownership(&self) -> std::sync::MutexGuard<'_, Ownership> {
+        self.ownership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (Arc::from(e.topic()), e.partition()))
+        .collect()
 }
 
 impl ClientContext for LagContext {
@@ -62,8 +78,21 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned = partitions(tpl);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                self.ownership().assign(assigned);
+            }
+            Rebalance::Revoke(tpl) => {
+                let revoked = partitions(tpl);
+                tracing::info!(partitions = ?revoked, "partitions revoked: their uncommitted batches will not be committed here");
+                self.ownership().revoke(revoked);
+            }
+            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
     }
 }
 
@@ -81,7 +110,7 @@ pub struct KafkaSource {
     paused_at: Option<Instant>,
     last_poll: Instant,
     /// The offsets of the last commit, made durable (synchronously) by `finish`.
-    last_commit: Option<TopicPartitionList>,
+    last_commit: Option<Offsets>,
 }
 
 impl KafkaSource {
@@ -117,6 +146,7 @@ impl KafkaSource {
             .create_with_context(LagContext {
                 lag: AtomicI64::new(-1),
                 rebalances: AtomicU64::new(0),
+                ownership: Default::default(),
             })
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka consumer")?;
@@ -184,8 +214,16 @@ impl Source for KafkaSource {
         linger: Duration,
     ) -> anyhow::Result<Option<Vec<SourceRecord>>> {
         if !self.carry.is_empty() {
+            // Records of partitions revoked meanwhile go to their new owner.
+            {
+                let ownership = self.consumer.context().ownership();
+                self.carry
+                    .retain(|r| ownership.is_assigned(&r.topic, r.partition));
+            }
             let n = self.carry.len().min(max);
-            return Ok(Some(self.carry.drain(..n).collect()));
+            if n > 0 {
+                return Ok(Some(self.carry.drain(..n).collect()));
+            }
         }
         // Broker outages surface as consumption errors; librdkafka
         // reconnects on its own, so they are logged and waited out.
@@ -235,7 +273,7 @@ impl Source for KafkaSource {
         self.paused_at = Some(Instant::now());
         tracing::warn!(
             partitions = self.consumer.assignment().map(|a| a.count()).unwrap_or(0),
-            "sink is slow: paused the source partitions"
+            "paused the source partitions"
         );
         Ok(())
     }
@@ -267,28 +305,29 @@ impl Source for KafkaSource {
             tracing::info!(
                 partitions = self.consumer.assignment().map(|a| a.count()).unwrap_or(0),
                 paused_for_ms = since.elapsed().as_millis() as u64,
-                "sink caught up: resumed the source partitions"
+                "resumed the source partitions"
             );
         }
         Ok(())
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-        }
+        let Some(tpl) = self.owned(offsets)? else {
+            return Ok(());
+        };
         // Asynchronous: a lost commit only means re-delivery (at-least-once),
         // and the next commit supersedes it. `finish` commits synchronously.
         let result = self.commit_with_retry(&tpl, CommitMode::Async).await;
-        self.last_commit = Some(tpl);
+        self.last_commit = Some(offsets.clone());
         result
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {
         // One synchronous attempt: if it fails (say, the partitions were just
         // revoked), the uncommitted tail is re-delivered, never lost.
-        if let Some(tpl) = self.last_commit.take()
+        let last = self.last_commit.take();
+        if let Some(offsets) = last
+            && let Some(tpl) = self.owned(&offsets)?
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync)
         {
             tracing::warn!(
@@ -298,9 +337,35 @@ impl Source for KafkaSource {
         }
         Ok(())
     }
+
+    fn assigned_partitions(&self) -> Option<usize> {
+        Some(self.consumer.context().ownership().assigned())
+    }
 }
 
 impl KafkaSource {
+    /// The offsets of `offsets` on partitions this member still owns (see
+    /// [`Ownership`]); `None` when nothing is left to commit.
+    fn owned(&self, offsets: &Offsets) -> anyhow::Result<Option<TopicPartitionList>> {
+        let (keep, dropped) = self.consumer.context().ownership().committable(offsets);
+        for ((topic, partition), offset) in dropped {
+            tracing::info!(
+                topic = %topic,
+                partition,
+                offset,
+                "not committing a partition revoked since its records were read (its new owner re-reads them)"
+            );
+        }
+        if keep.is_empty() {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &keep {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        Ok(Some(tpl))
+    }
+
     /// The next message, or `None` if none arrived within `wait`.
     async fn recv_within(&mut self, wait: Duration) -> Option<Result<SourceRecord, KafkaError>> {
         self.last_poll = Instant::now();
@@ -309,6 +374,10 @@ impl KafkaSource {
                 let r = to_record(&mut self.topics, &m);
                 drop(m);
                 self.check_gap(&r);
+                self.consumer
+                    .context()
+                    .ownership()
+                    .received(&r.topic, r.partition, r.offset);
                 Some(Ok(r))
             }
             Ok(Err(e)) => Some(Err(e)),

@@ -2,6 +2,7 @@
 
 mod file;
 mod kafka;
+mod ownership;
 
 use std::time::Duration;
 
@@ -45,6 +46,12 @@ pub trait Source: Send {
     /// Called regularly while paused, to keep group membership alive.
     async fn keepalive(&mut self) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    /// Partitions assigned to this member (Kafka); `None` for sources
+    /// without partitions.
+    fn assigned_partitions(&self) -> Option<usize> {
+        None
     }
 
     /// The pipeline is stopping: make the last commit durable.

@@ -24,6 +24,9 @@ use crate::tenant::{Tenant, Tenants};
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// While an open breaker holds the pipeline: how often it checks for a new
+/// UDF version, commits what was acknowledged and keeps the consumer alive.
+const BREAKER_POLL: Duration = Duration::from_millis(200);
 
 /// Counters of one pipeline.
 #[derive(Debug, Default)]
@@ -418,8 +421,9 @@ impl Pipeline {
     }
 
     /// Pauses the source until no breaker holds it (its cool-down passed or
-    /// a new UDF version is in effect). `false` if the pipeline was told to
-    /// stop meanwhile.
+    /// a new UDF version is in effect), keeping the consumer in its group
+    /// and committing what the sinks acknowledge meanwhile. `false` if the
+    /// pipeline was told to stop meanwhile.
     async fn wait_out_breaker(
         &mut self,
         flight: &mut InFlight,
@@ -431,28 +435,26 @@ impl Pipeline {
         tracing::warn!(pipeline = %self.config.name, "{message}");
         self.stats.breaker_paused.store(1, Ordering::Relaxed);
         self.stats.set_condition(Some(message));
-        let result = loop {
-            let Some((_, left)) = self.open_breaker().filter(|(_, left)| !left.is_zero()) else {
-                break Ok(true);
-            };
-            let wait = left.min(Duration::from_millis(500));
-            let stop = flight
-                .guard(&mut *self.source, async {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => Ok(false),
-                        _ = shutdown.changed() => Ok(true),
-                    }
-                })
-                .await;
-            match stop {
-                Ok(true) => break Ok(false),
-                Ok(false) => {}
-                Err(e) => break Err(e),
+        self.source.pause().await?;
+        let result: anyhow::Result<bool> = async {
+            loop {
+                let Some((_, left)) = self.open_breaker().filter(|(_, left)| !left.is_zero())
+                else {
+                    return Ok(true);
+                };
+                flight.commit_acknowledged(&mut *self.source).await?;
+                self.source.keepalive().await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(left.min(BREAKER_POLL)) => {}
+                    _ = shutdown.changed() => return Ok(false),
+                }
+                if self.maybe_reload().await {
+                    return Ok(true);
+                }
             }
-            if self.maybe_reload().await {
-                break Ok(true);
-            }
-        };
+        }
+        .await;
+        self.source.resume().await?;
         self.stats.breaker_paused.store(0, Ordering::Relaxed);
         self.stats.set_condition(None);
         if matches!(result, Ok(true)) {
@@ -462,26 +464,32 @@ impl Pipeline {
     }
 
     /// No records arrived: warns (once per `source.stall_warn_ms`) when the
-    /// source has no partitions or lag without progress.
+    /// source has had no partitions, or lag without progress, for that long;
+    /// clears the stall when neither holds any more.
     fn check_stall(&self, stall: &mut StallWatch) {
         let Some(after) = stall.after else {
             return;
         };
-        let idle = stall.since.elapsed();
-        if idle < after {
-            return;
+        let assigned = self.source.assigned_partitions();
+        if assigned == Some(0) {
+            stall.unassigned_since.get_or_insert_with(Instant::now);
+        } else {
+            stall.unassigned_since = None;
         }
         let lag = self.source.lag().unwrap_or(0);
-        let why = match self.source.assigned_partitions() {
-            Some(0) => format!(
+        let why = match (assigned, stall.unassigned_since) {
+            (Some(0), Some(since)) if since.elapsed() >= after => format!(
                 "no partitions assigned for {} s (expected only while the group has more members than partitions; otherwise check the broker's group coordinator)",
-                idle.as_secs()
+                since.elapsed().as_secs()
             ),
-            Some(_) if lag > 0 => format!(
+            (Some(n), _) if n > 0 && lag > 0 && stall.since.elapsed() >= after => format!(
                 "consumer lag {lag} and no record received for {} s",
-                idle.as_secs()
+                stall.since.elapsed().as_secs()
             ),
-            _ => return,
+            _ => {
+                self.clear_stall();
+                return;
+            }
         };
         let message = match &self.config.source {
             SourceConfig::Kafka { group, topics, .. } => format!(
@@ -502,7 +510,7 @@ impl Pipeline {
     fn clear_stall(&self) {
         if self.stats.stalled.swap(0, Ordering::Relaxed) == 1 {
             self.stats.set_condition(None);
-            tracing::info!(pipeline = %self.config.name, "records flow again");
+            tracing::info!(pipeline = %self.config.name, "no longer stalled");
         }
     }
 
@@ -600,28 +608,13 @@ impl Pipeline {
         }
     }
 
-    /// Guest calls so far per function of every module (breaker and cache
-    /// bookkeeping); a call refused by an open breaker counts as a failure.
+    /// Calls so far per function of every module (guest calls, calls served
+    /// by the cache and calls refused by an open breaker alike): a change
+    /// means the batch reached the function.
     fn calls_snapshot(&self) -> Vec<u64> {
-        let modules = self
-            .modules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        modules
-            .iter()
-            .flat_map(|m| {
-                (0..m.manifest().functions.len()).map(move |i| {
-                    m.function_stats(i).map_or(0, |s| {
-                        s.invocations.load(Ordering::Relaxed)
-                            + s.failures
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .values()
-                                .sum::<u64>()
-                    })
-                })
-            })
+        self.functions()
+            .into_iter()
+            .map(|(m, i)| m.calls_made(i))
             .collect()
     }
 
@@ -767,10 +760,12 @@ enum Hold {
     Wait,
 }
 
-/// When records last arrived, and when a stall was last reported.
+/// When records last arrived, since when no partition is assigned, and
+/// when a stall was last reported.
 struct StallWatch {
     after: Option<Duration>,
     since: Instant,
+    unassigned_since: Option<Instant>,
     warned_at: Option<Instant>,
 }
 
@@ -779,6 +774,7 @@ impl StallWatch {
         StallWatch {
             after: (after_ms > 0).then(|| Duration::from_millis(after_ms)),
             since: Instant::now(),
+            unassigned_since: None,
             warned_at: None,
         }
     }

@@ -155,13 +155,18 @@ impl Failure {
 
     /// Whether the failure says the *function* is unhealthy (what circuit
     /// breakers count): traps, exhausted CPU/memory/stack, invalid output,
-    /// panics and instance errors. A row error is the function doing its
-    /// job on bad input; an open circuit or unpreparable input never
-    /// reached the guest.
+    /// panics and instance errors. Not: a row error (the function doing its
+    /// job on bad input), an open circuit or unpreparable input (the guest
+    /// never ran), no free instance slot or the tenant's memory total used
+    /// up by its other instances (load, not this function).
     pub fn is_function_failure(&self) -> bool {
         !matches!(
             self,
-            Failure::RowError { .. } | Failure::CircuitOpen { .. } | Failure::InvalidInput(_)
+            Failure::RowError { .. }
+                | Failure::CircuitOpen { .. }
+                | Failure::InvalidInput(_)
+                | Failure::Busy { .. }
+                | Failure::TenantMemory { .. }
         )
     }
 

@@ -20,6 +20,10 @@ use crate::marshal::input::InputPlan;
 use crate::marshal::output::CallResult;
 use crate::tenant::{Breaker, Tenant};
 
+/// The shortest chunk [`UdfModule::call_collecting`] hands the guest after
+/// a failing row.
+const MIN_CHUNK: usize = 16;
+
 /// A validated, compiled module ready to run batches.
 pub struct UdfModule {
     label: Arc<str>,
@@ -114,6 +118,14 @@ impl UdfModule {
     /// Telemetry of function `index`.
     pub fn function_stats(&self, index: usize) -> Option<&FunctionStats> {
         self.stats.get(index)
+    }
+
+    /// Calls of function `index` with at least one row so far (guest calls,
+    /// calls served by the cache, calls refused by an open breaker).
+    pub fn calls_made(&self, index: usize) -> u64 {
+        self.calls
+            .get(index)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// The circuit breaker of function `index`.
@@ -273,8 +285,9 @@ impl UdfModule {
     /// Like [`Self::call`], but a row error does not fail the batch: the
     /// row's result is NULL and the error is returned beside the result,
     /// one per failing row (row numbers of `args`). Each failing row costs
-    /// two more guest calls (the rows before it, then those after it); any
-    /// other failure fails the batch as in `call`.
+    /// about three more guest calls (the row alone, to confirm it; the rows
+    /// before it; the next chunk after it); any other failure, or a row that
+    /// does not fail alone, fails the batch as in `call`.
     #[allow(clippy::result_large_err)]
     pub fn call_collecting(
         &self,
@@ -289,12 +302,18 @@ impl UdfModule {
         let mut pieces: Vec<ArrayRef> = Vec::new();
         let mut errors = Vec::new();
         let mut start = 0;
+        // After a failing row the guest is called on a chunk about twice as
+        // long as the rows it got through, so that dense errors do not copy
+        // the rest of the batch into the guest once per error.
+        let mut chunk = rows;
         while start < rows {
-            let len = rows - start;
+            let len = chunk.min(rows - start);
             let mut error = match self.call(index, &slice(start, len), len) {
                 Ok(out) => {
                     pieces.push(out);
-                    break;
+                    start += len;
+                    chunk = chunk.saturating_mul(2);
+                    continue;
                 }
                 Err(e) => e,
             };
@@ -302,6 +321,12 @@ impl UdfModule {
                 Failure::RowError { row, .. } if *row < len => *row,
                 _ => return Err(error),
             };
+            // The row must fail alone too: a guest that names the wrong row
+            // (or answers differently) is left to the caller's bisection.
+            match self.call(index, &slice(start + row, 1), 1) {
+                Err(alone) if matches!(alone.failure, Failure::RowError { .. }) => {}
+                _ => return Err(error),
+            }
             if row > 0 {
                 pieces.push(self.call(index, &slice(start, row), row)?);
             }
@@ -310,6 +335,7 @@ impl UdfModule {
             error.rows = rows;
             errors.push(error);
             start += row + 1;
+            chunk = (2 * row).max(MIN_CHUNK);
         }
         let out = match pieces.len() {
             0 => new_empty_array(&ret),

@@ -1,8 +1,9 @@
-//! Pipelines against a real Kafka-protocol broker (tansu on loopback).
+//! Pipelines against a real Kafka-protocol broker (nisshi on loopback).
 //!
-//! The broker binary is `$TANSU`, else `tansu` on PATH or in ~/.cargo/bin.
+//! The broker binary is `$NISSHI`, else `nisshi` on PATH or in ~/.cargo/bin.
 //! Without it these tests are skipped, unless `WEIR_REQUIRE_BROKER=1`
-//! (set by `.ci/run`, which installs tansu) makes that a failure.
+//! (set by `.ci/run`, which installs nisshi) makes that a failure. Each
+//! broker keeps its data in SQLite in a temporary folder of its own.
 
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
@@ -45,32 +46,39 @@ impl Drop for Broker {
     }
 }
 
-fn tansu() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TANSU") {
+fn nisshi() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NISSHI") {
         return Some(PathBuf::from(p));
     }
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nisshi"))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+        candidates.push(PathBuf::from(home).join(".cargo/bin/nisshi"));
     }
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// The storage every test broker uses, relative to its working directory.
+const STORAGE: &str = "sqlite://broker.db";
+
 /// Starts a broker on a free loopback port, or returns None (test skipped).
 pub fn broker() -> Option<Broker> {
-    broker_with("memory://tansu/", None, None)
+    broker_with(STORAGE, None, None)
 }
 
 /// A broker with `storage`, on `port` (or a free one), in `dir` (or a new one).
 fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>) -> Option<Broker> {
-    let Some(bin) = tansu() else {
+    let Some(bin) = nisshi() else {
         if std::env::var("WEIR_REQUIRE_BROKER").is_ok_and(|v| v == "1") {
-            panic!("WEIR_REQUIRE_BROKER=1 but no tansu binary was found");
+            panic!("WEIR_REQUIRE_BROKER=1 but no nisshi binary was found");
         }
         eprintln!(
-            "skipping: no tansu broker binary (cargo install tansu --locked --features dynostore,libsql)"
+            "skipping: no nisshi broker binary (cargo +1.96.0 install nisshi --locked --no-default-features --features libsql)"
         );
         return None;
     };
@@ -83,6 +91,7 @@ fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>)
     });
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
     let child = Command::new(bin)
         .args([
             "broker",
@@ -90,19 +99,22 @@ fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>)
             &url,
             "--advertised-listener-url",
             &url,
+            "--group-initial-rebalance-delay",
+            "500ms",
         ])
         .args(["--storage-engine", storage])
         .current_dir(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
-        .expect("start tansu");
+        .expect("start nisshi");
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
     while TcpStream::connect(&addr).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "tansu did not start"
+            "nisshi did not start: {}",
+            std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -137,23 +149,39 @@ pub async fn produce(addr: &str, topic: &str, records: &[(Option<String>, String
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
+    // Enqueue everything first (librdkafka batches), then wait for every
+    // delivery: awaiting `send` one record at a time costs a round trip each.
     let mut pending = Vec::new();
     for (key, payload) in records {
-        let mut r = FutureRecord::to(topic).payload(payload.as_bytes());
-        if let Some(k) = key {
-            r = r.key(k.as_bytes());
+        loop {
+            let mut r = FutureRecord::to(topic).payload(payload.as_bytes());
+            if let Some(k) = key {
+                r = r.key(k.as_bytes());
+            }
+            match producer.send_result(r) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
         }
-        pending.push(producer.send(r, Duration::from_secs(10)));
     }
     for p in pending {
-        p.await.unwrap();
+        p.await.unwrap().unwrap();
     }
 }
 
-type Received = (Option<String>, String, Vec<(String, String)>);
+pub type Received = (Option<String>, String, Vec<(String, String)>);
 
 /// A consumer of `topic` from its start, in a group of its own.
-fn reader(addr: &str, topic: &str) -> StreamConsumer {
+pub fn reader(addr: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", format!("reader-{topic}-{}", rand_suffix()))
@@ -315,7 +343,7 @@ max_linger_ms = 50
 }
 
 /// A pipeline file moving JSON `{"id": n}` records from `input` to `output`.
-fn passthrough_pipeline(
+pub fn passthrough_pipeline(
     dir: &std::path::Path,
     name: &str,
     addr: &str,
@@ -353,11 +381,11 @@ max_linger_ms = 20
     path
 }
 
-struct Weir(Child);
+pub struct Weir(Child);
 
 impl Weir {
     /// Starts `weir run`; its log goes next to the pipeline file.
-    fn start(pipeline: &std::path::Path) -> Weir {
+    pub fn start(pipeline: &std::path::Path) -> Weir {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -378,7 +406,7 @@ impl Weir {
         )
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         Command::new("kill")
             .args([sig, &self.0.id().to_string()])
             .status()
@@ -386,7 +414,7 @@ impl Weir {
     }
 
     /// SIGTERM, then the exit status (graceful shutdown exits 0).
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
         let started = Instant::now();
         loop {
@@ -409,14 +437,14 @@ impl Drop for Weir {
     }
 }
 
-fn ids(records: &[Received]) -> BTreeSet<i64> {
+pub fn ids(records: &[Received]) -> BTreeSet<i64> {
     records
         .iter()
         .filter_map(|(_, p, _)| serde_json::from_str::<serde_json::Value>(p).ok()?["id"].as_i64())
         .collect()
 }
 
-fn json_ids(range: std::ops::Range<i64>) -> Vec<(Option<String>, String)> {
+pub fn json_ids(range: std::ops::Range<i64>) -> Vec<(Option<String>, String)> {
     range
         .map(|i| (Some(i.to_string()), format!(r#"{{"id":{i}}}"#)))
         .collect()
@@ -541,7 +569,7 @@ async fn share_then_take_over(departure: Departure) {
 }
 
 /// Records currently in `topic` (reads until 2 s pass without a new one).
-async fn read_all(addr: &str, topic: &str) -> Vec<Received> {
+pub async fn read_all(addr: &str, topic: &str) -> Vec<Received> {
     let consumer = reader(addr, topic);
     let mut out = Vec::new();
     while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
@@ -569,7 +597,7 @@ fn rand_suffix() -> u128 {
 async fn broker_restart_mid_stream_loses_nothing() {
     // sqlite storage, relative to the broker's working directory, survives
     // the restart.
-    let storage = "sqlite://tansu.db";
+    let storage = STORAGE;
     let Some(broker) = broker_with(storage, None, None) else {
         return;
     };
@@ -881,4 +909,99 @@ async fn sql_over_a_topics_recent_records() {
         answer["rows"][0],
         serde_json::json!({"n": 20, "lo": 30, "hi": 49, "last_offset": 49})
     );
+}
+
+/// A second member joins mid-stream, then leaves: every record is delivered
+/// and no committed offset of the group ever moves backwards (a revoked
+/// partition's batches still in flight are not committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_then_leaving_never_moves_a_committed_offset_back() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("rebalance", 4), ("rebalance-out", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |name: &str| {
+        passthrough_pipeline(
+            dir.path(),
+            name,
+            &addr,
+            "rebalance",
+            "rebalance-out",
+            "weir-rebalance",
+        )
+    };
+    let a = Weir::start(&pipeline("ra"));
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let monitor = std::thread::spawn({
+        let addr = addr.clone();
+        move || watch_commits(&addr, "weir-rebalance", "rebalance", 4, finished)
+    });
+    let mut b = None;
+    let mut next = 0;
+    while next < 6000 {
+        produce(&addr, "rebalance", &json_ids(next..next + 200)).await;
+        next += 200;
+        match next {
+            1400 => b = Some(Weir::start(&pipeline("rb"))),
+            4000 => {
+                let b = b.take().expect("b started");
+                assert!(b.stop().success());
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let all: BTreeSet<i64> = (0..next).collect();
+    consume_until(&addr, "rebalance-out", |got| ids(got) == all).await;
+    assert!(a.stop().success());
+    done.send(()).unwrap();
+    let (backwards, observed) = monitor.join().unwrap();
+    assert!(observed > 0, "the group's commits were observed");
+    assert!(
+        backwards.is_empty(),
+        "offsets moved backwards: {backwards:?}"
+    );
+}
+
+/// Polls the committed offsets of `group` until told to stop: the moves
+/// backwards seen, and how many commits were observed.
+fn watch_commits(
+    addr: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    finished: std::sync::mpsc::Receiver<()>,
+) -> (Vec<String>, usize) {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let mut last = std::collections::HashMap::new();
+    let (mut backwards, mut observed) = (Vec::new(), 0);
+    // Until told to stop, or until the test is gone (a panic drops the sender).
+    while let Err(std::sync::mpsc::TryRecvError::Empty) = finished.try_recv() {
+        if let Ok(committed) = consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+            for e in committed.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    match last.insert(e.partition(), o) {
+                        Some(before) if o < before => backwards
+                            .push(format!("partition {} from {before} to {o}", e.partition())),
+                        Some(before) if o > before => observed += 1,
+                        None => observed += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (backwards, observed)
 }

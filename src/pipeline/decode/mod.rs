@@ -7,6 +7,8 @@
 
 mod framing;
 
+use framing::Framing;
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -133,16 +135,19 @@ impl RecordDecoder {
         }
         let (found, what) = match self.format {
             Format::Raw => return Ok(()),
-            Format::Json => (framing::json_values(payload), "JSON values"),
-            Format::Csv => (framing::csv_rows(payload), "CSV lines"),
+            Format::Json => (framing::json(payload), "JSON value"),
+            Format::Csv => (framing::csv(payload), "CSV line"),
         };
         match found {
-            1 => Ok(()),
-            0 => Err(format!(
+            Framing::One => Ok(()),
+            Framing::Empty => Err(format!(
                 "the record holds no {what}; a record must hold exactly one"
             )),
-            _ => Err(format!(
-                "the record holds several {what}; a record must hold exactly one"
+            Framing::Several => Err(format!(
+                "the record holds several {what}s; a record must hold exactly one"
+            )),
+            Framing::Incomplete => Err(format!(
+                "the record holds an incomplete {what} (an open string, quote or bracket)"
             )),
         }
     }

@@ -25,8 +25,14 @@ pub struct KafkaSink {
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-/// Room kept for a dead letter's weir headers when its payload must shrink.
-const HEADER_ROOM: usize = 512;
+/// librdkafka refuses a record whose key, value and headers plus this much
+/// framing exceed `message.max.bytes` (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`
+/// is 36; kept a little larger).
+const RECORD_OVERHEAD: usize = 64;
+/// Framing of one header (two varint lengths) counted generously.
+const HEADER_OVERHEAD: usize = 10;
+/// Room kept for `weir.truncated` when a dead letter must shrink.
+const HEADER_ROOM: usize = 64;
 
 impl KafkaSink {
     pub fn new(
@@ -117,7 +123,7 @@ fn truncate(bytes: &[u8], max: usize) -> (&[u8], bool) {
 impl Sink for KafkaSink {
     fn max_record_bytes(&self) -> Option<super::RecordLimit> {
         Some(super::RecordLimit {
-            bytes: self.max_bytes,
+            bytes: self.max_bytes.saturating_sub(RECORD_OVERHEAD),
             key: format!(
                 "`message.max.bytes` (now {}) in the sink's `properties`",
                 self.max_bytes
@@ -144,13 +150,23 @@ impl DeadLetterSink for KafkaSink {
         for l in &letters {
             let r = &l.record;
             let mut headers = OwnedHeaders::new();
-            let mut header_bytes = 0;
-            for (k, v) in &r.headers {
-                header_bytes += k.len() + v.len();
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
+            let mut header_bytes = RECORD_OVERHEAD;
+            // The original headers travel along unless they alone would
+            // take half the room (then `weir.headers.dropped` counts them).
+            let original: usize = r
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+                .sum();
+            let dropped_headers = original > self.max_bytes / 2;
+            if !dropped_headers {
+                header_bytes += original;
+                for (k, v) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
             }
             let partition = r.partition.to_string();
             let offset = r.offset.to_string();
@@ -167,15 +183,23 @@ impl DeadLetterSink for KafkaSink {
                 ("weir.source.partition", &partition),
                 ("weir.source.offset", &offset),
             ];
+            let count = r.headers.len().to_string();
+            if dropped_headers {
+                header_bytes += 40;
+                headers = headers.insert(Header {
+                    key: "weir.headers.dropped",
+                    value: Some(&count),
+                });
+            }
             for (k, v) in fields {
-                header_bytes += k.len() + v.len();
+                header_bytes += k.len() + v.len() + HEADER_OVERHEAD;
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v),
                 });
             }
             if let Some(udf) = &l.udf {
-                header_bytes += udf.len() + 8;
+                header_bytes += udf.len() + 8 + HEADER_OVERHEAD;
                 headers = headers.insert(Header {
                     key: "weir.udf",
                     value: Some(udf),

@@ -312,24 +312,30 @@ impl Source for KafkaSource {
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()> {
-        let Some(tpl) = self.owned(offsets)? else {
+        let Some((kept, tpl)) = self.owned(offsets)? else {
             return Ok(());
         };
         // Asynchronous: a lost commit only means re-delivery (at-least-once),
         // and the next commit supersedes it. `finish` commits synchronously.
         let result = self.commit_with_retry(&tpl, CommitMode::Async).await;
-        self.last_commit = Some(offsets.clone());
+        let last = self.last_commit.get_or_insert_with(Offsets::new);
+        last.extend(kept);
         result
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {
         // One synchronous attempt: if it fails (say, the partitions were just
         // revoked), the uncommitted tail is re-delivered, never lost.
-        let last = self.last_commit.take();
-        if let Some(offsets) = last
-            && let Some(tpl) = self.owned(&offsets)?
-            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync)
-        {
+        let last = self.last_commit.take().unwrap_or_default();
+        let again = self.consumer.context().ownership().recommittable(&last);
+        if again.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &again {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
             tracing::warn!(
                 "final offset commit failed, the last records may be re-delivered: {}",
                 scrub(e.to_string(), &self.properties)
@@ -346,14 +352,15 @@ impl Source for KafkaSource {
 impl KafkaSource {
     /// The offsets of `offsets` on partitions this member still owns (see
     /// [`Ownership`]); `None` when nothing is left to commit.
-    fn owned(&self, offsets: &Offsets) -> anyhow::Result<Option<TopicPartitionList>> {
+    fn owned(&self, offsets: &Offsets) -> anyhow::Result<Option<(Offsets, TopicPartitionList)>> {
         let (keep, dropped) = self.consumer.context().ownership().committable(offsets);
         for ((topic, partition), offset) in dropped {
-            tracing::info!(
+            tracing::debug!(
                 topic = %topic,
                 partition,
                 offset,
-                "not committing a partition revoked since its records were read (its new owner re-reads them)"
+                "offset not committed: the partition was revoked since its records were read, \
+                 or this member already committed past it (records re-read after a rebalance)"
             );
         }
         if keep.is_empty() {
@@ -363,7 +370,7 @@ impl KafkaSource {
         for ((topic, partition), offset) in &keep {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        Ok(Some(tpl))
+        Ok(Some((keep, tpl)))
     }
 
     /// The next message, or `None` if none arrived within `wait`.

@@ -483,12 +483,10 @@ async fn two_processes_share_partitions_and_one_takes_over_when_the_other_stops(
     share_then_take_over(Departure::Stop).await;
 }
 
-/// Against tansu 0.6 the survivor keeps heartbeating successfully in the
-/// old generation and the killed member's partitions are never reassigned
-/// (observed for 90 s with `session.timeout.ms` = 6000): the broker does not
-/// expire it. Run with `--ignored` against a Kafka broker.
+/// The killed member's session (`session.timeout.ms` = 6000) expires and
+/// the survivor takes its partitions over from the last committed offsets.
+/// (tansu 0.6 never expired a killed member; nisshi does.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6 never expires a killed group member"]
 async fn two_processes_share_partitions_and_one_takes_over_when_the_other_is_killed() {
     share_then_take_over(Departure::Kill).await;
 }

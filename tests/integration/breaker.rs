@@ -11,14 +11,7 @@ use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use weir::tenant::{BreakerState, Policy, Tenants};
 
 use crate::support;
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use crate::support::ndjson as lines;
 
 fn broken() -> PathBuf {
     support::repo().join("tests/breaker/broken_double.wat")

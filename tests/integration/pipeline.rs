@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 
 use crate::support;
+use crate::support::ndjson as lines;
 
 fn pipeline_toml(dir: &Path, source: &str, format: &str, fields: &str, policy: &str) -> String {
     format!(
@@ -44,14 +45,6 @@ async fn run(toml: &str) -> anyhow::Result<std::sync::Arc<PipelineStats>> {
     let (_stop, stopped) = watch::channel(false);
     pipeline.run(stopped).await?;
     Ok(stats)
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -117,3 +117,12 @@ pub fn render(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<Stri
     }
     out
 }
+
+/// The JSON objects of an NDJSON file (none when it does not exist).
+pub fn ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

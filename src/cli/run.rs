@@ -51,9 +51,7 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(path) = args.policy.clone() {
-        tokio::spawn(reload_on_sighup(path, tenants.clone()));
-    }
+    tokio::spawn(reload_on_sighup(args.policy.clone(), tenants.clone()));
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -79,8 +77,9 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
 }
 
 /// Re-reads the policy on every SIGHUP; an invalid file is logged and the
-/// policy in force is kept.
-async fn reload_on_sighup(path: PathBuf, tenants: Arc<Tenants>) {
+/// policy in force is kept. Without a policy file the signal is logged (and
+/// never terminates the process).
+pub(crate) async fn reload_on_sighup(path: Option<PathBuf>, tenants: Arc<Tenants>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -88,7 +87,11 @@ async fn reload_on_sighup(path: PathBuf, tenants: Arc<Tenants>) {
             return;
         };
         while hup.recv().await.is_some() {
-            match Policy::from_file(&path) {
+            let Some(path) = &path else {
+                tracing::warn!("SIGHUP: no policy file was given (--policy), nothing to re-read");
+                continue;
+            };
+            match Policy::from_file(path) {
                 Ok(policy) => {
                     tracing::info!(path = %path.display(), "SIGHUP: policy reloaded");
                     tenants.reload(policy);

@@ -13,7 +13,7 @@ use crate::tenant::{Policy, Tenants};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Tenant policy (docs/policy.md).
+    /// Tenant policy (docs/policy.md); re-read on SIGHUP.
     #[arg(long, env = "WEIR_POLICY")]
     pub policy: Option<PathBuf>,
     /// Overrides `serve.listen`.
@@ -35,11 +35,9 @@ pub async fn run(config: WeirConfig, sandbox: Sandbox, args: &ServeArgs) -> anyh
             "no [[serve.tokens]] configured: every /v1 request will be refused (weir token new)"
         );
     }
-    let state = Arc::new(AppState::open(
-        serve_config,
-        sandbox,
-        Arc::new(Tenants::new(policy)),
-    )?);
+    let tenants = Arc::new(Tenants::new(policy));
+    let state = Arc::new(AppState::open(serve_config, sandbox, tenants.clone())?);
+    tokio::spawn(super::run::reload_on_sighup(args.policy.clone(), tenants));
     serve(state, async {
         super::run::wait_for_signal().await;
         tracing::info!("shutting down");

@@ -306,7 +306,7 @@ impl UdfError {
             ),
             Failure::CircuitOpen { retry_in_ms } => write!(
                 f,
-                "was not called {batch}: circuit open after repeated failing batches; a probe batch runs in {retry_in_ms} ms (policy `breaker_failures`, `breaker_cooldown_ms`)"
+                "was not called {batch}: circuit open, the function itself failed (trap, out of CPU, memory or stack, invalid output) in too many batches; a probe runs in {retry_in_ms} ms (tenant policy `breaker_failures`, `breaker_failure_ratio`, `breaker_cooldown_ms`; `breaker_action = \"pause\"` holds records instead of dead-lettering them)"
             ),
             Failure::OutOfMemory { requested, limit } => write!(
                 f,

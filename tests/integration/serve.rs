@@ -1550,3 +1550,58 @@ async fn deployed_kafka_pipelines_follow_the_tenants_policy() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert!(!std::path::Path::new("/tmp/weir-copy-test.csv").exists());
 }
+
+/// `kill -HUP` makes `weir serve` re-read its policy and keep serving (it
+/// used to die of the signal).
+#[test]
+fn sighup_reloads_the_policy_and_weir_serve_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[tenants.acme]\ncpu_ms_per_batch = 1000\n").unwrap();
+    let log = dir.path().join("serve.log");
+    let mut weir = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .args(["--policy", policy.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .env("WEIR_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr);
+    std::fs::write(&policy, "[tenants.acme]\ncpu_ms_per_batch = 500\n").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &weir.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("policy reloaded")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload logged: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        weir.0.try_wait().unwrap().is_none(),
+        "weir serve is still running"
+    );
+    let (status, body) = http(&addr, "GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "{body}");
+}

@@ -170,14 +170,14 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
     let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
     let task = tokio::spawn(pipeline.run(stopped));
-    while (PipelineStats::get(&stats.records_in) as usize) < n
-        || PipelineStats::get(&stats.batches) == 0
+    while (stats.records_in.get() as usize) < n
+        || stats.batches.get() == 0
     {
         if task.is_finished() {
             let result = task.await.unwrap();
             panic!(
                 "the pipeline stopped early after {} records: {result:?}",
-                PipelineStats::get(&stats.records_in)
+                stats.records_in.get()
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -17,7 +17,7 @@ pub struct WeirConfig {
     pub cache: Option<bool>,
     pub sandbox: SandboxLimits,
     /// `weir serve`: listen address, data directory, tokens.
-    pub serve: crate::serve::ServeConfig,
+    pub serve: weir_serve::ServeConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

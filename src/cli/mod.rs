@@ -75,12 +75,4 @@ impl Cli {
     }
 }
 
-/// The most useful message of a DataFusion error: the UDF's own error when a
-/// UDF failed, the plain message otherwise.
-pub fn user_message(err: &datafusion::error::DataFusionError) -> String {
-    use datafusion::error::DataFusionError;
-    match err.find_root() {
-        DataFusionError::External(inner) => inner.to_string(),
-        root => root.strip_backtrace(),
-    }
-}
+pub use weir_core::error::user_message;

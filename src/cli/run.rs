@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Supervisor};
 use crate::pipeline::runner::load_pipelines;
 use crate::sandbox::Sandbox;
 use crate::tenant::{Policy, Tenants};
@@ -31,25 +31,23 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
         None => Policy::default(),
     };
     let tenants = Arc::new(Tenants::new(policy));
-    let mut pipelines = Vec::new();
-    for config in configs {
-        pipelines.push(Pipeline::build_for(config, &sandbox, &tenants).await?);
-    }
     if let Some(addr) = args.metrics_addr.clone() {
-        let metrics = Arc::new(crate::serve::metrics::Metrics::new(tenants.clone()));
-        for p in &pipelines {
-            metrics.data_path.add(p.telemetry());
-        }
+        // The recorder first: pipelines register their series when built.
+        crate::serve::exporter::handle();
         // Bound now, so that a busy port is an error before anything runs.
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
         tracing::info!(addr, "metrics on /metrics");
         tokio::spawn(async move {
-            if let Err(e) = crate::serve::serve_metrics(listener, metrics).await {
+            if let Err(e) = crate::serve::serve_metrics(listener).await {
                 tracing::error!("metrics server: {e:#}");
             }
         });
+    }
+    let mut pipelines = Vec::new();
+    for config in configs {
+        pipelines.push(Pipeline::build_for(config, &sandbox, &tenants).await?);
     }
     tokio::spawn(reload_on_sighup(args.policy.clone(), tenants.clone()));
     let (stop, stopped) = watch::channel(false);
@@ -58,22 +56,11 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight batches");
         let _ = stop.send(true);
     });
-    let mut tasks = tokio::task::JoinSet::new();
+    let supervisor = Supervisor::<()>::default();
     for pipeline in pipelines {
-        tasks.spawn(pipeline.run(stopped.clone()));
+        supervisor.start(pipeline, ()).await;
     }
-    let mut first_error = None;
-    while let Some(result) = tasks.join_next().await {
-        let result = result.context("pipeline task")?;
-        if let Err(e) = result {
-            tracing::error!("{e:#}");
-            first_error.get_or_insert(e);
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    supervisor.wait_all(stopped).await
 }
 
 /// Re-reads the policy on every SIGHUP; an invalid file is logged and the

@@ -18,8 +18,8 @@ pub struct SqlArgs {
     /// A table from a .csv, .json/.ndjson/.jsonl or .parquet file; repeat for several.
     #[arg(long = "table", value_name = "NAME=PATH")]
     pub tables: Vec<TableSpec>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    /// Output format: table, json or csv.
+    #[arg(long, default_value = "table")]
     pub format: OutputFormat,
     /// The query.
     pub sql: String,

@@ -194,7 +194,7 @@ fn test(cli: &Cli, args: &TestArgs) -> anyhow::Result<()> {
         .or_else(|| module.manifest().functions.first().map(|f| f.name.clone()))
         .ok_or_else(|| anyhow::anyhow!("the module declares no function"))?;
     let staged =
-        crate::serve::staged::run_rows(&module, &function, &rows).map_err(anyhow::Error::msg)?;
+        weir_core::udf::staged::run_rows(&module, &function, &rows).map_err(anyhow::Error::msg)?;
     let errors: std::collections::HashMap<usize, &str> = staged
         .errors
         .iter()

@@ -86,7 +86,7 @@ async fn row_errors_never_open_a_breaker_and_every_good_record_is_delivered() {
         let pipeline = Pipeline::build_for(config, support::sandbox(), &tenants)
             .await
             .unwrap();
-        let telemetry = pipeline.telemetry();
+        let modules = pipeline.modules();
         let (_stop, stopped) = watch::channel(false);
         pipeline.run(stopped).await.unwrap();
 
@@ -104,7 +104,7 @@ async fn row_errors_never_open_a_breaker_and_every_good_record_is_delivered() {
             .collect();
         dead.sort();
         assert_eq!(dead, bad, "1 in {error_every}: exactly the bad ones");
-        let modules = telemetry.modules.read().unwrap().clone();
+        let modules = modules.read().unwrap().clone();
         assert_eq!(
             modules[0].breaker(0).unwrap().state(),
             BreakerState::Closed,
@@ -209,15 +209,15 @@ async fn a_broken_function_pauses_the_pipeline_until_a_fixed_version_is_in_effec
     let (run, module) = run_double(policy, &broken(), next.clone(), 100, |_| {}).await;
     let stats = run.stats.clone();
     until("the breaker to pause the pipeline", || {
-        PipelineStats::get(&stats.breaker_paused) == 1
+        stats.breaker_paused.get() == 1
     })
     .await;
     assert_eq!(module.breaker(0).unwrap().state(), BreakerState::Open);
     // Two failing batches of 10 opened it; nothing else was touched.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(PipelineStats::get(&stats.records_in), 20);
-    assert_eq!(PipelineStats::get(&stats.dead_letters), 20);
-    assert_eq!(PipelineStats::get(&stats.records_out), 0);
+    assert_eq!(stats.records_in.get(), 20);
+    assert_eq!(stats.dead_letters.get(), 20);
+    assert_eq!(stats.records_out.get(), 0);
     let condition = stats.condition().unwrap();
     assert!(
         condition.contains("udf `double`")
@@ -231,7 +231,7 @@ async fn a_broken_function_pauses_the_pipeline_until_a_fixed_version_is_in_effec
     run.reload.send_modify(|v| *v += 1);
     let out = run.task.await.unwrap();
     out.unwrap();
-    assert_eq!(PipelineStats::get(&stats.breaker_paused), 0);
+    assert_eq!(stats.breaker_paused.get(), 0);
     let delivered = lines(&run.dir.path().join("out.ndjson"));
     assert_eq!(delivered.len(), 80);
     assert_eq!(delivered[0]["id"], 21);
@@ -269,7 +269,7 @@ async fn after_the_cool_down_one_record_probes_and_success_closes_the_breaker() 
     assert_eq!(lines(&run.dir.path().join("out.ndjson")).len(), 50);
     assert!(lines(&run.dir.path().join("dlq.ndjson")).is_empty());
     // One probe record, then full batches of 10.
-    assert_eq!(PipelineStats::get(&stats.batches), 1 + 5);
+    assert_eq!(stats.batches.get(), 1 + 5);
     drop(run.stop);
     drop(run.reload);
 }

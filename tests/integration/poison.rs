@@ -93,7 +93,7 @@ async fn dirty_streams_deliver_every_good_record_and_dead_letter_exactly_the_bad
         let pipeline = Pipeline::build_for(config, support::sandbox(), &tenants)
             .await
             .unwrap();
-        let telemetry = pipeline.telemetry();
+        let modules = pipeline.modules();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(pipeline.run(stopped));
 
@@ -119,7 +119,7 @@ async fn dirty_streams_deliver_every_good_record_and_dead_letter_exactly_the_bad
                 .all(|l| header(l, "weir.error").is_some_and(|e| !e.contains("circuit open"))),
             "{percent} %: no record was refused by a breaker"
         );
-        let modules = telemetry.modules.read().unwrap().clone();
+        let modules = modules.read().unwrap().clone();
         assert_eq!(modules[0].breaker(0).unwrap().state(), BreakerState::Closed);
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
@@ -312,7 +312,7 @@ max_records = 100
     consume(&addr, "replay-dlq", 300).await;
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
-    assert_eq!(PipelineStats::get(&stats.records_out), 0);
+    assert_eq!(stats.records_out.get(), 0);
 
     // Replay the letters of `double` to their source topic.
     let replay = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -402,7 +402,7 @@ policy = "skip"
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(pipeline.run(stopped));
     let started = Instant::now();
-    while PipelineStats::get(&stats.stalled) == 0 {
+    while stats.stalled.get() == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "no stall reported"

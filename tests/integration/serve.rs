@@ -136,12 +136,14 @@ async fn health_readiness_and_metrics() {
         send(&app, "GET", "/readyz", None, None, vec![]).await.0,
         StatusCode::OK
     );
-    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    // The recorder is process-wide: a tenant no other test publishes to.
+    let (status, _) = publish(&app, "root", "metrics-probe", "tools", guest()).await;
+    assert_eq!(status, StatusCode::CREATED);
     let (status, text) = send(&app, "GET", "/metrics", None, None, vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().unwrap().to_string();
     assert!(
-        text.contains("weir_udf_publishes_total{tenant=\"acme\"} 1"),
+        text.contains("weir_udf_publishes_total{tenant=\"metrics-probe\"} 1"),
         "{text}"
     );
     assert!(text.contains("weir_api_requests_total"), "{text}");
@@ -739,7 +741,7 @@ async fn data_path_metrics_count_records_calls_failures_and_cache() {
     let config = PipelineConfig::from_toml(&format!(
         r#"
 name = "numbers"
-tenant = "acme"
+tenant = "datapath"
 udfs = ["{guest}"]
 sql = "SELECT double(id) AS d FROM source"
 [source]
@@ -760,25 +762,25 @@ max_records = 50
         out = dir.path().join("out.ndjson").display(),
     ))
     .unwrap();
+    // The recorder before the pipeline: series register when it is built.
+    weir::serve::exporter::handle().expect("the test process installs no other recorder");
     let tenants = Arc::new(Tenants::new(Policy::default()));
     let pipeline = Pipeline::build_for(config, support::sandbox(), &tenants)
         .await
         .unwrap();
-    let metrics = weir::serve::metrics::Metrics::new(tenants.clone());
-    metrics.data_path.add(pipeline.telemetry());
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     pipeline.run(stopped).await.unwrap();
-    let text = metrics.encode();
+    let text = weir::serve::exporter::render();
     for expected in [
-        r#"weir_pipeline_records_in_total{tenant="acme",pipeline="numbers"} 101"#,
-        r#"weir_pipeline_records_out_total{tenant="acme",pipeline="numbers"} 100"#,
-        r#"weir_pipeline_skipped_records_total{tenant="acme",pipeline="numbers"} 1"#,
-        r#"weir_udf_breaker_state{tenant="acme",pipeline="numbers",udf="double"} 0"#,
+        r#"weir_pipeline_records_in_total{tenant="datapath",pipeline="numbers"} 101"#,
+        r#"weir_pipeline_records_out_total{tenant="datapath",pipeline="numbers"} 100"#,
+        r#"weir_pipeline_skipped_records_total{tenant="datapath",pipeline="numbers"} 1"#,
+        r#"weir_udf_breaker_state{tenant="datapath",pipeline="numbers",udf="double"} 0"#,
         // Batch 1 (50 rows) computes; batch 2 is served from the cache.
-        r#"weir_cache_hits_total{tenant="acme"} 50"#,
-        r#"weir_cache_misses_total{tenant="acme"} 50"#,
-        r#"weir_udf_invocations_total{tenant="acme",pipeline="numbers",udf="double"} 1"#,
-        r#"weir_udf_call_seconds_count{tenant="acme",pipeline="numbers",udf="double"} 1"#,
+        r#"weir_cache_hits_total{tenant="datapath"} 50"#,
+        r#"weir_cache_misses_total{tenant="datapath"} 50"#,
+        r#"weir_udf_invocations_total{tenant="datapath",pipeline="numbers",udf="double"} 1"#,
+        r#"weir_udf_call_seconds_count{tenant="datapath",pipeline="numbers",udf="double"} 1"#,
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use weir::UdfModule;
-use weir::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use weir::pipeline::{Pipeline, PipelineConfig};
 use weir::sandbox::Failure;
 use weir::tenant::{BreakerState, Policy, Tenant, Tenants};
 
@@ -113,20 +113,20 @@ fn deterministic_results_are_cached_by_value_null_and_version() {
         call(&m, "double", input.clone()).unwrap(),
         vec![Some(2), Some(4), None, Some(2)]
     );
-    let misses = cache.stats.misses.load(Ordering::Relaxed);
-    assert_eq!(cache.stats.hits.load(Ordering::Relaxed), 0);
+    let misses = cache.stats.misses.get();
+    assert_eq!(cache.stats.hits.get(), 0);
     // Same values again: all hits, same answers, in order.
     assert_eq!(
         call(&m, "double", input).unwrap(),
         vec![Some(2), Some(4), None, Some(2)]
     );
-    assert_eq!(cache.stats.hits.load(Ordering::Relaxed), 4);
+    assert_eq!(cache.stats.hits.get(), 4);
     // A mix of hits and misses merges back in row order.
     assert_eq!(
         call(&m, "double", vec![Some(3), Some(2), None, Some(5)]).unwrap(),
         vec![Some(6), Some(4), None, Some(10)]
     );
-    assert_eq!(cache.stats.misses.load(Ordering::Relaxed), misses + 2);
+    assert_eq!(cache.stats.misses.get(), misses + 2);
     // A new version of the module (another digest) is not served v1's results.
     let v2 = std::fs::read_to_string(guest())
         .unwrap()
@@ -142,14 +142,14 @@ fn deterministic_results_are_cached_by_value_null_and_version() {
     );
     // Non-deterministic functions are never cached.
     let before = (
-        cache.stats.hits.load(Ordering::Relaxed),
-        cache.stats.misses.load(Ordering::Relaxed),
+        cache.stats.hits.get(),
+        cache.stats.misses.get(),
     );
     call(&m, "noisy", vec![Some(1), Some(1)]).unwrap();
     call(&m, "noisy", vec![Some(1), Some(1)]).unwrap();
     let after = (
-        cache.stats.hits.load(Ordering::Relaxed),
-        cache.stats.misses.load(Ordering::Relaxed),
+        cache.stats.hits.get(),
+        cache.stats.misses.get(),
     );
     assert_eq!(before, after);
 }
@@ -239,7 +239,7 @@ max_records = 250
         started.elapsed()
     );
     assert!(acme.stats.throttled_ms.load(Ordering::Relaxed) > 0);
-    assert_eq!(PipelineStats::get(&stats.records_out), 3000);
+    assert_eq!(stats.records_out.get(), 3000);
     let out = std::fs::read_to_string(&output).unwrap();
     assert_eq!(out.lines().count(), 3000);
 }

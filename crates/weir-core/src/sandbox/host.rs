@@ -1,0 +1,172 @@
+//! Per-instance host state: the resource limiter every store runs under and
+//! the host functions (capabilities) a module may import.
+
+use std::sync::Arc;
+
+use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
+
+use super::limits::SandboxLimits;
+use crate::abi::IMPORT_MODULE;
+use crate::tenant::Tenant;
+
+/// Longest log line kept, in bytes.
+const MAX_LOG_LINE: usize = 1024;
+
+/// A `memory.grow` (or initial memory) beyond the configured limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("memory grow to {requested} bytes denied (limit {limit} bytes)")]
+pub struct MemoryLimitExceeded {
+    pub requested: usize,
+    pub limit: usize,
+}
+
+/// A table grow beyond the configured limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("table grow to {requested} elements denied (limit {limit})")]
+pub struct TableLimitExceeded {
+    pub requested: usize,
+    pub limit: usize,
+}
+
+/// A grow that would take the tenant's instances past `memory_total_bytes`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("memory grow denied: tenant `{tenant}` is at its total of {limit} bytes")]
+pub struct TenantMemoryExceeded {
+    pub tenant: String,
+    pub limit: u64,
+}
+
+/// Data each wasmtime `Store` carries.
+pub struct StoreState {
+    memory_limit: usize,
+    /// The tenant whose aggregate memory this instance counts against, and
+    /// how much it holds.
+    tenant: Option<Arc<Tenant>>,
+    memory_held: u64,
+    table_limit: usize,
+    log_budget: u32,
+    log_per_call: u32,
+    /// Log lines dropped by the rate limit in the current call.
+    pub logs_dropped: u32,
+    /// Name used in log lines (`udf module label`).
+    pub label: Arc<str>,
+}
+
+impl StoreState {
+    pub fn new(limits: &SandboxLimits, label: Arc<str>, tenant: Option<Arc<Tenant>>) -> Self {
+        let mut memory_limit = limits.memory_bytes;
+        if let Some(t) = &tenant {
+            memory_limit = memory_limit.min(t.policy().memory_bytes);
+        }
+        StoreState {
+            memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+            tenant,
+            memory_held: 0,
+            table_limit: usize::try_from(limits.table_elements).unwrap_or(usize::MAX),
+            log_budget: limits.log_lines_per_batch,
+            log_per_call: limits.log_lines_per_batch,
+            logs_dropped: 0,
+            label,
+        }
+    }
+
+    /// Resets per-call budgets.
+    pub fn begin_call(&mut self) {
+        self.log_budget = self.log_per_call;
+        self.logs_dropped = 0;
+    }
+}
+
+impl Drop for StoreState {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tenant {
+            t.release_memory(self.memory_held);
+        }
+    }
+}
+
+impl ResourceLimiter for StoreState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                requested: desired,
+                limit: self.memory_limit,
+            }));
+        }
+        if let Some(t) = &self.tenant {
+            let more = desired.saturating_sub(current) as u64;
+            t.reserve_memory(more).map_err(|limit| {
+                wasmtime::Error::new(TenantMemoryExceeded {
+                    tenant: t.name().to_string(),
+                    limit,
+                })
+            })?;
+            self.memory_held += more;
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_limit {
+            return Err(wasmtime::Error::new(TableLimitExceeded {
+                requested: desired,
+                limit: self.table_limit,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        1
+    }
+}
+
+/// `weir.log(ptr: i32, len: i32)`: one line of guest diagnostics, rate limited
+/// per call and truncated to [`MAX_LOG_LINE`] bytes.
+fn log(mut caller: Caller<'_, StoreState>, ptr: u32, len: u32) {
+    if caller.data().log_budget == 0 {
+        caller.data_mut().logs_dropped += 1;
+        return;
+    }
+    caller.data_mut().log_budget -= 1;
+    let Some(Extern::Memory(memory)) = caller.get_export(crate::abi::EXPORT_MEMORY) else {
+        return;
+    };
+    let data = memory.data(&caller);
+    let start = ptr as usize;
+    let end = start
+        .saturating_add((len as usize).min(MAX_LOG_LINE))
+        .min(data.len());
+    let line = String::from_utf8_lossy(data.get(start..end).unwrap_or_default());
+    tracing::info!(target: "weir_core::guest", module = %caller.data().label, "{}", line.trim_end());
+}
+
+/// A linker defining exactly the capabilities `limits` grants.
+pub fn linker(
+    engine: &wasmtime::Engine,
+    limits: &SandboxLimits,
+) -> wasmtime::Result<Linker<StoreState>> {
+    let mut linker = Linker::new(engine);
+    if limits.grants("log") {
+        linker.func_wrap(IMPORT_MODULE, "log", log)?;
+    }
+    Ok(linker)
+}

@@ -1,0 +1,714 @@
+//! Loading a module (size check → parse → manifest → imports → compile with
+//! cache → exports) and calling its functions on batches.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::{ArrayRef, new_empty_array};
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, ExternType, InstancePre, Module, ValType};
+
+use super::engine::{EngineKind, Sandbox};
+use super::error::{Failure, LoadError, UdfError};
+use super::host::{StoreState, linker};
+use super::inspect::{Import, inspect};
+use super::instance::InstancePool;
+use super::limits::{KNOWN_CAPABILITIES, SandboxLimits};
+use crate::abi::ArrowType;
+use crate::abi::{EXPORT_ALLOC, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
+use crate::marshal::input::InputPlan;
+use crate::marshal::output::CallResult;
+use crate::telemetry;
+use crate::tenant::{Breaker, BreakerState, Tenant};
+
+/// The shortest chunk [`UdfModule::call_collecting`] hands the guest after
+/// a failing row.
+const MIN_CHUNK: usize = 16;
+
+/// A validated, compiled module ready to run batches.
+pub struct UdfModule {
+    label: Arc<str>,
+    digest: String,
+    manifest: Manifest,
+    imports: Vec<Import>,
+    limits: SandboxLimits,
+    engine: Engine,
+    pre: InstancePre<StoreState>,
+    pool: InstancePool,
+    /// Calls made so far, per function (for "batch N" in errors).
+    calls: Vec<AtomicU64>,
+    from_cache: bool,
+    /// The owning tenant: its policy bounds every call (read per batch).
+    tenant: Option<Arc<Tenant>>,
+    /// One circuit breaker per function.
+    breakers: Vec<Breaker>,
+    /// Telemetry per function.
+    stats: Vec<FunctionStats>,
+}
+
+/// What one function of a module did (read by status pages; mirrored to
+/// the metrics recorder once [`UdfModule::bind_metrics`] named the
+/// pipeline).
+#[derive(Debug, Default)]
+pub struct FunctionStats {
+    /// Guest calls made (cache hits and open circuits make none).
+    pub invocations: AtomicU64,
+    /// Time inside the guest, in nanoseconds.
+    pub guest_nanos: AtomicU64,
+    /// Failed batches by `Failure::kind`.
+    pub failures: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    metrics: std::sync::OnceLock<FunctionMetrics>,
+}
+
+/// The series of one function of one pipeline.
+#[derive(Debug)]
+struct FunctionMetrics {
+    labels: telemetry::Labels,
+    invocations: metrics::Counter,
+    guest_seconds: metrics::Gauge,
+    call_seconds: metrics::Histogram,
+    breaker_state: metrics::Gauge,
+}
+
+fn breaker_level(state: BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    }
+}
+
+impl std::fmt::Debug for UdfModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdfModule")
+            .field("label", &self.label)
+            .field("digest", &self.digest)
+            .field("functions", &self.manifest.functions.len())
+            .finish()
+    }
+}
+
+impl UdfModule {
+    /// The name errors use for this module (its file name, or a label given
+    /// by the caller such as `tenant/name@v3`).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub(crate) fn label_arc(&self) -> Arc<str> {
+        self.label.clone()
+    }
+
+    /// sha256 of the module's binary form, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Position of function `name` in the manifest (the `index` of [`Self::call`]).
+    pub fn function_index(&self, name: &str) -> Option<usize> {
+        self.manifest.functions.iter().position(|f| f.name == name)
+    }
+
+    /// The host capabilities the module imports.
+    pub fn imports(&self) -> &[Import] {
+        &self.imports
+    }
+
+    pub fn tenant(&self) -> Option<&Arc<Tenant>> {
+        self.tenant.as_ref()
+    }
+
+    /// Telemetry of function `index`.
+    pub fn function_stats(&self, index: usize) -> Option<&FunctionStats> {
+        self.stats.get(index)
+    }
+
+    /// Names the pipeline this module runs in: from now on its functions'
+    /// calls, failures and breaker states reach the metrics recorder with
+    /// labels `tenant`, `pipeline`, `udf`. Only the first call counts.
+    pub fn bind_metrics(&self, pipeline: &str) {
+        let tenant = self.tenant.as_ref().map_or("", |t| t.name());
+        for (i, f) in self.manifest.functions.iter().enumerate() {
+            let labels: telemetry::Labels = vec![
+                ("tenant", tenant.to_string()),
+                ("pipeline", pipeline.to_string()),
+                ("udf", f.name.clone()),
+            ];
+            let m = FunctionMetrics {
+                invocations: telemetry::counter(telemetry::UDF_INVOCATIONS, &labels),
+                guest_seconds: telemetry::gauge(telemetry::UDF_GUEST_SECONDS, &labels),
+                call_seconds: telemetry::histogram(telemetry::UDF_CALL_SECONDS, &labels),
+                breaker_state: telemetry::gauge(telemetry::UDF_BREAKER_STATE, &labels),
+                labels,
+            };
+            m.breaker_state.set(breaker_level(self.breakers[i].state()));
+            let _ = self.stats[i].metrics.set(m);
+        }
+    }
+
+    /// Calls of function `index` with at least one row so far (guest calls,
+    /// calls served by the cache, calls refused by an open breaker).
+    pub fn calls_made(&self, index: usize) -> u64 {
+        self.calls
+            .get(index)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The circuit breaker of function `index`.
+    pub fn breaker(&self, index: usize) -> Option<&Breaker> {
+        self.breakers.get(index)
+    }
+
+    /// How long an open breaker of this module waits before its probe.
+    pub fn breaker_cooldown(&self) -> std::time::Duration {
+        let ms = self.tenant.as_ref().map_or_else(
+            || crate::tenant::TenantPolicy::default().breaker_cooldown_ms,
+            |t| t.policy().breaker_cooldown_ms,
+        );
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// Records a batch's outcome for function `name` on its breaker (per
+    /// UDF version: this module's digest); logs state changes.
+    pub fn record_batch(&self, name: &str, ok: bool) {
+        let Some(index) = self.function_index(name) else {
+            return;
+        };
+        let settings = self.tenant.as_ref().map_or_else(
+            || crate::tenant::TenantPolicy::default().breaker_settings(),
+            |t| t.policy().breaker_settings(),
+        );
+        let breaker = &self.breakers[index];
+        let changed = breaker.record(ok, &settings);
+        if let Some(m) = self.stats[index].metrics.get() {
+            m.breaker_state.set(breaker_level(breaker.state()));
+        }
+        if let Some(state) = changed {
+            tracing::warn!(
+                udf = name,
+                module = %self.label,
+                digest = &self.digest[..12],
+                tenant = self.tenant.as_ref().map(|t| t.name()),
+                state = state.as_str(),
+                reason = breaker.reason().filter(|_| state == BreakerState::Open),
+                "circuit breaker changed state"
+            );
+        }
+    }
+
+    /// The limits of one call: the sandbox's, with the tenant's CPU budget.
+    fn call_limits(&self) -> std::borrow::Cow<'_, SandboxLimits> {
+        match &self.tenant {
+            None => std::borrow::Cow::Borrowed(&self.limits),
+            Some(t) => {
+                let p = t.policy();
+                let mut l = self.limits.clone();
+                l.cpu_ms_per_batch = p.cpu_ms_per_batch;
+                l.fuel_per_batch = p.fuel_per_batch;
+                std::borrow::Cow::Owned(l)
+            }
+        }
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Whether the compiled code came from the on-disk cache.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<StoreState> {
+        &self.pre
+    }
+
+    /// Instances currently alive (idle or busy).
+    pub fn live_instances(&self) -> usize {
+        self.pool.live()
+    }
+
+    /// Instantiates one instance now, so that a module whose start function
+    /// loops or whose memory or tables exceed the limits is refused at load.
+    fn warm_up(&self) -> Result<(), LoadError> {
+        let instance = self
+            .pool
+            .checkout(self)
+            .map_err(|failure| LoadError::Start {
+                label: self.label.to_string(),
+                failure: UdfError {
+                    udf: "(start)".to_string(),
+                    module: self.label.to_string(),
+                    digest: self.digest.clone(),
+                    batch: 0,
+                    rows: 0,
+                    failure,
+                    limits: self.limits.clone(),
+                }
+                .describe_failure(),
+            })?;
+        self.pool.checkin(instance);
+        Ok(())
+    }
+
+    /// Runs function `index` of the manifest over one batch: `args` holds one
+    /// array of `rows` rows per declared argument. One guest call per batch.
+    ///
+    /// # Panics
+    /// If `index` is not a function of the manifest.
+    // A failed batch is rare and carries everything the user needs to act.
+    #[allow(clippy::result_large_err)]
+    pub fn call(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, UdfError> {
+        let decl = &self.manifest.functions[index];
+        if rows == 0 {
+            return Ok(new_empty_array(&decl.ret.data_type()));
+        }
+        let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
+        let limits = self.call_limits();
+        let error = |failure| UdfError {
+            udf: decl.name.clone(),
+            module: self.label.to_string(),
+            digest: self.digest.clone(),
+            batch,
+            rows,
+            failure,
+            limits: limits.clone().into_owned(),
+        };
+        if let Err(left) = self.breakers[index].allow(self.breaker_cooldown()) {
+            return Err(error(Failure::CircuitOpen {
+                retry_in_ms: left.as_millis() as u64,
+            }));
+        }
+        let cache = match (&self.tenant, decl.deterministic) {
+            (Some(t), true) => t.cache(),
+            _ => None,
+        };
+        match cache {
+            None => self.call_inner(index, &limits, args, rows),
+            Some(cache) => {
+                let mut prefix = self.digest.as_bytes().to_vec();
+                prefix.extend_from_slice(&(index as u32).to_le_bytes());
+                cache.get_or_compute(
+                    &prefix,
+                    args,
+                    rows,
+                    |args, rows| self.call_inner(index, &limits, args, rows),
+                    Failure::Other,
+                    |failure, map| failure.at_row(map),
+                )
+            }
+        }
+        .map_err(|failure| {
+            let mut by_kind = self.stats[index]
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *by_kind.entry(failure.kind()).or_default() += 1;
+            if let Some(m) = self.stats[index].metrics.get() {
+                let mut labels = m.labels.clone();
+                labels.push(("kind", failure.kind().to_string()));
+                telemetry::counter(telemetry::UDF_FAILURES, &labels).increment(1);
+            }
+            error(failure)
+        })
+    }
+
+    /// Like [`Self::call`], but a row error does not fail the batch: the
+    /// row's result is NULL and the error is returned beside the result,
+    /// one per failing row (row numbers of `args`). Each failing row costs
+    /// about three more guest calls (the row alone, to confirm it; the rows
+    /// before it; the next chunk after it); any other failure, or a row that
+    /// does not fail alone, fails the batch as in `call`.
+    #[allow(clippy::result_large_err)]
+    pub fn call_collecting(
+        &self,
+        index: usize,
+        args: &[ArrayRef],
+        rows: usize,
+    ) -> Result<(ArrayRef, Vec<UdfError>), UdfError> {
+        let ret = self.manifest.functions[index].ret.data_type();
+        let slice = |start: usize, len: usize| -> Vec<ArrayRef> {
+            args.iter().map(|a| a.slice(start, len)).collect()
+        };
+        let mut pieces: Vec<ArrayRef> = Vec::new();
+        let mut errors = Vec::new();
+        let mut start = 0;
+        // After a failing row the guest is called on a chunk about twice as
+        // long as the rows it got through, so that dense errors do not copy
+        // the rest of the batch into the guest once per error.
+        let mut chunk = rows;
+        while start < rows {
+            let len = chunk.min(rows - start);
+            let mut error = match self.call(index, &slice(start, len), len) {
+                Ok(out) => {
+                    pieces.push(out);
+                    start += len;
+                    chunk = chunk.saturating_mul(2);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let row = match &error.failure {
+                Failure::RowError { row, .. } if *row < len => *row,
+                _ => return Err(error),
+            };
+            // The row must fail alone too: a guest that names the wrong row
+            // (or answers differently) is left to the caller's bisection.
+            match self.call(index, &slice(start + row, 1), 1) {
+                Err(alone) if matches!(alone.failure, Failure::RowError { .. }) => {}
+                _ => return Err(error),
+            }
+            if row > 0 {
+                pieces.push(self.call(index, &slice(start, row), row)?);
+            }
+            pieces.push(datafusion::arrow::array::new_null_array(&ret, 1));
+            error.failure = error.failure.at_row(&|r| r + start);
+            error.rows = rows;
+            errors.push(error);
+            start += row + 1;
+            chunk = (2 * row).max(MIN_CHUNK);
+        }
+        let out = match pieces.len() {
+            0 => new_empty_array(&ret),
+            1 => pieces.swap_remove(0),
+            _ => {
+                let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                    pieces.iter().map(|a| a.as_ref()).collect();
+                datafusion::arrow::compute::concat(&parts).map_err(|e| UdfError {
+                    udf: self.manifest.functions[index].name.clone(),
+                    module: self.label.to_string(),
+                    digest: self.digest.clone(),
+                    batch: 0,
+                    rows,
+                    failure: Failure::Other(e.to_string()),
+                    limits: self.limits.clone(),
+                })?
+            }
+        };
+        Ok((out, errors))
+    }
+
+    fn call_inner(
+        &self,
+        index: usize,
+        limits: &SandboxLimits,
+        args: &[ArrayRef],
+        rows: usize,
+    ) -> Result<ArrayRef, Failure> {
+        let decl = &self.manifest.functions[index];
+        if args.len() != decl.args.len() {
+            return Err(Failure::InvalidInput(format!(
+                "{} arguments given, {} declared",
+                args.len(),
+                decl.args.len()
+            )));
+        }
+        let plan = InputPlan::new(args, &decl.args, rows)
+            .map_err(|e| Failure::InvalidInput(e.to_string()))?;
+        let _permit = self.tenant.as_ref().map(|t| t.enter());
+        let mut instance = self.pool.checkout(self)?;
+        let started = std::time::Instant::now();
+        let result = instance.invoke(self, limits, index, &plan, rows);
+        let stats = &self.stats[index];
+        stats.invocations.fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        stats
+            .guest_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(m) = stats.metrics.get() {
+            m.invocations.increment(1);
+            m.guest_seconds.increment(elapsed.as_secs_f64());
+            m.call_seconds.record(elapsed.as_secs_f64());
+        }
+        match result {
+            Ok(CallResult::Array(array)) => {
+                self.pool.checkin(instance);
+                Ok(array)
+            }
+            Ok(CallResult::RowError { row, message }) => {
+                self.pool.checkin(instance);
+                Err(Failure::RowError { row, message })
+            }
+            Err(failure) => {
+                if failure.poisons_instance() {
+                    self.pool.discard(instance);
+                } else {
+                    self.pool.checkin(instance);
+                }
+                Err(failure)
+            }
+        }
+    }
+}
+
+fn label_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+impl Sandbox {
+    /// Loads a `.wasm` (or `.wat`) file.
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Arc<UdfModule>, LoadError> {
+        let path = path.as_ref();
+        let label = label_of(path);
+        let io = |error| LoadError::Io {
+            label: path.display().to_string(),
+            error,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        self.check_size(&label, size)?;
+        let bytes = std::fs::read(path).map_err(io)?;
+        self.load(&label, &bytes)
+    }
+
+    fn check_size(&self, label: &str, size: u64) -> Result<(), LoadError> {
+        let limit = self.limits().max_module_bytes;
+        if size > limit {
+            return Err(LoadError::TooLarge {
+                label: label.to_string(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates, compiles (or fetches from the code cache) and prepares a
+    /// module. `label` names it in every error.
+    pub fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<UdfModule>, LoadError> {
+        self.load_with_limits(label, bytes, self.limits().clone())
+    }
+
+    /// Loads a file for `tenant`: its granted capabilities and memory per
+    /// instance apply at load; its CPU budget, aggregate memory and
+    /// concurrency at every call; deterministic results use its cache.
+    pub fn load_file_for(
+        &self,
+        path: impl AsRef<Path>,
+        tenant: &Arc<Tenant>,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        let path = path.as_ref();
+        let label = format!("{}/{}", tenant.name(), label_of(path));
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Io {
+            label: path.display().to_string(),
+            error,
+        })?;
+        self.load_for(&label, &bytes, tenant)
+    }
+
+    /// Like [`Sandbox::load_file_for`] with the module's bytes.
+    pub fn load_for(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        tenant: &Arc<Tenant>,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        let policy = tenant.policy();
+        let mut limits = self.limits().clone();
+        limits.capabilities = policy.capabilities.clone();
+        limits.memory_bytes = limits.memory_bytes.min(policy.memory_bytes);
+        self.load_inner(label, bytes, limits, Some(tenant.clone()))
+    }
+
+    /// Like [`Sandbox::load`] with per-module limits (memory, CPU, output,
+    /// capabilities). Engine-wide settings (stack, meter, pool sizes) come
+    /// from the sandbox.
+    pub fn load_with_limits(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        limits: SandboxLimits,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        self.load_inner(label, bytes, limits, None)
+    }
+
+    fn load_inner(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        mut limits: SandboxLimits,
+        tenant: Option<Arc<Tenant>>,
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        let base = self.limits();
+        limits.wasm_stack_bytes = base.wasm_stack_bytes;
+        limits.cpu_meter = base.cpu_meter;
+        limits.epoch_tick_ms = base.epoch_tick_ms;
+        limits.total_instances = base.total_instances;
+        limits.memory_bytes = limits.memory_bytes.min(base.memory_bytes);
+        limits.validate().map_err(LoadError::Config)?;
+        self.check_size(label, bytes.len() as u64)?;
+        let not_wasm = |reason: String| LoadError::NotWasm {
+            label: label.to_string(),
+            reason,
+        };
+        let wasm: std::borrow::Cow<[u8]> = if bytes.starts_with(b"\0asm") {
+            bytes.into()
+        } else {
+            wat::parse_bytes(bytes).map_err(|e| {
+                not_wasm(format!(
+                    "not binary wasm, and not valid text format either: {e}"
+                ))
+            })?
+        };
+        self.check_size(label, wasm.len() as u64)?;
+        let info = inspect(&wasm).map_err(|e| match e {
+            super::inspect::InspectError::Parse(reason) => not_wasm(reason),
+            super::inspect::InspectError::Manifest(error) => LoadError::Manifest {
+                label: label.to_string(),
+                error,
+            },
+        })?;
+        for import in &info.imports {
+            let known = import.module == IMPORT_MODULE
+                && import.kind == "function"
+                && KNOWN_CAPABILITIES.contains(&import.name.as_str());
+            if !known || !limits.grants(&import.name) {
+                return Err(LoadError::ForbiddenImport {
+                    label: label.to_string(),
+                    module: import.module.clone(),
+                    name: import.name.clone(),
+                    granted: if limits.capabilities.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        limits
+                            .capabilities
+                            .iter()
+                            .map(|c| format!("{IMPORT_MODULE}::{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                });
+            }
+        }
+        if let Some(&bytes) = info
+            .initial_memory
+            .iter()
+            .find(|&&b| b > limits.memory_bytes)
+        {
+            return Err(LoadError::InitialMemory {
+                label: label.to_string(),
+                bytes,
+                limit: limits.memory_bytes,
+            });
+        }
+        if let Some(&elements) = info
+            .initial_tables
+            .iter()
+            .find(|&&n| n > limits.table_elements)
+        {
+            return Err(LoadError::InitialTable {
+                label: label.to_string(),
+                elements,
+                limit: limits.table_elements,
+            });
+        }
+        let digest = hex::encode(Sha256::digest(&wasm));
+        let kind = if info.manifest.any_deterministic() {
+            EngineKind::Deterministic
+        } else {
+            EngineKind::Free
+        };
+        let engine = self.engine(kind)?.clone();
+        let compile_err = |e: wasmtime::Error| LoadError::Compile {
+            label: label.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let compile = || Module::new(&engine, &wasm);
+        let (module, from_cache) = match &self.inner.cache {
+            Some(cache) => cache
+                .get_or_compile(&engine, &digest, compile)
+                .map_err(compile_err)?,
+            None => (compile().map_err(compile_err)?, false),
+        };
+        check_exports(label, &module, &info.manifest)?;
+        let pre = linker(&engine, &limits)
+            .and_then(|l| l.instantiate_pre(&module))
+            .map_err(compile_err)?;
+        let calls: Vec<AtomicU64> = info
+            .manifest
+            .functions
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        tracing::debug!(module = label, digest = %digest, from_cache, "loaded udf module");
+        let module = Arc::new(UdfModule {
+            label: label.into(),
+            digest,
+            pool: InstancePool::new(limits.instances_per_module as usize),
+            manifest: info.manifest,
+            imports: info.imports,
+            limits,
+            engine,
+            pre,
+            breakers: calls.iter().map(|_| Breaker::default()).collect(),
+            stats: calls.iter().map(|_| FunctionStats::default()).collect(),
+            calls,
+            from_cache,
+            tenant,
+        });
+        module.warm_up()?;
+        Ok(module)
+    }
+}
+
+fn check_exports(label: &str, module: &Module, manifest: &Manifest) -> Result<(), LoadError> {
+    let missing = |name: &str, what: &'static str| LoadError::MissingExport {
+        label: label.to_string(),
+        name: name.to_string(),
+        what,
+    };
+    let bad = |name: &str, found: String, expected: &'static str| LoadError::BadExport {
+        label: label.to_string(),
+        name: name.to_string(),
+        found,
+        expected,
+    };
+    match module.get_export(EXPORT_MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => return Err(bad(EXPORT_MEMORY, format!("{other:?}"), "a memory")),
+        None => return Err(missing(EXPORT_MEMORY, "the linear memory")),
+    }
+    let func_shape =
+        |name: &str, params: usize, what: &'static str, expected: &'static str| match module
+            .get_export(name)
+        {
+            Some(ExternType::Func(ty)) => {
+                let ok = ty.params().len() == params
+                    && ty.params().all(|p| matches!(p, ValType::I32))
+                    && ty.results().len() == 1
+                    && ty.results().all(|r| matches!(r, ValType::I32));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(bad(name, format!("{ty:?}"), expected))
+                }
+            }
+            Some(other) => Err(bad(name, format!("{other:?}"), expected)),
+            None => Err(missing(name, what)),
+        };
+    func_shape(
+        EXPORT_ALLOC,
+        1,
+        "the scratch allocator",
+        "a function (i32) -> i32",
+    )?;
+    for decl in &manifest.functions {
+        func_shape(
+            &decl.name,
+            2,
+            "a function the manifest declares",
+            "a function (i32, i32) -> i32",
+        )?;
+    }
+    Ok(())
+}

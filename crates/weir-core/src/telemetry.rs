@@ -1,0 +1,195 @@
+//! Metrics of the data path, emitted through the [`metrics`] facade: an
+//! application embedding weir gets them in whatever recorder it installs;
+//! the `weir` binaries install the Prometheus exporter and serve
+//! `/metrics`. Every metric weir emits is listed in [`METRICS`] (and in
+//! docs/metrics.md: a test compares the two). Labels are only `tenant`,
+//! `pipeline`, `udf`, `kind`, `action`, `outcome` — never a record key.
+//!
+//! [`Count`] and [`Level`] keep their own value too, so status pages read
+//! the same numbers the recorder got.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    /// A float total that only grows (the facade's counters are integers).
+    FloatCounter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric weir emits: name, kind, labels, help.
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const P: &[&str] = &["tenant", "pipeline"];
+const U: &[&str] = &["tenant", "pipeline", "udf"];
+const T: &[&str] = &["tenant"];
+
+macro_rules! metric_names {
+    ($($id:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
+        $(pub const $id: &str = $name;)*
+        /// Every metric of weir.
+        pub const METRICS: &[MetricDef] = &[
+            $(MetricDef { name: $name, kind: Kind::$kind, labels: $labels, help: $help },)*
+        ];
+    };
+}
+
+metric_names! {
+    PIPELINE_RECORDS_IN = "weir_pipeline_records_in_total", Counter, P, "records read from the source";
+    PIPELINE_RECORDS_OUT = "weir_pipeline_records_out_total", Counter, P, "records handed to the sink";
+    PIPELINE_DEAD_LETTERS = "weir_pipeline_dead_letters_total", Counter, P, "records sent to the dead-letter target";
+    PIPELINE_SKIPPED = "weir_pipeline_skipped_records_total", Counter, P, "failed records skipped by policy";
+    PIPELINE_BATCHES = "weir_pipeline_batches_total", Counter, P, "micro-batches processed";
+    PIPELINE_LAG = "weir_pipeline_consumer_lag", Gauge, P, "records not yet consumed, over the assigned partitions";
+    PIPELINE_PAUSED = "weir_pipeline_paused", Gauge, P, "1 while backpressure pauses the source";
+    PIPELINE_BREAKER_PAUSED = "weir_pipeline_breaker_paused", Gauge, P, "1 while an open circuit breaker of a UDF pauses the source";
+    PIPELINE_STALLED = "weir_pipeline_stalled", Gauge, P, "1 while the source has no partitions, or lag and no progress, for source.stall_warn_ms";
+    UDF_INVOCATIONS = "weir_udf_invocations_total", Counter, U, "guest calls (one per batch)";
+    UDF_GUEST_SECONDS = "weir_udf_guest_seconds_total", FloatCounter, U, "time spent inside the guest";
+    UDF_CALL_SECONDS = "weir_udf_call_seconds", Histogram, U, "time of each guest call";
+    UDF_FAILURES = "weir_udf_failures_total", Counter, &["tenant", "pipeline", "udf", "kind"], "failed batches by kind";
+    UDF_BREAKER_STATE = "weir_udf_breaker_state", Gauge, U, "circuit breaker: 0 closed, 1 half-open, 2 open";
+    TENANT_MEMORY = "weir_tenant_memory_bytes", Gauge, T, "linear memory held by the tenant's instances";
+    TENANT_MEMORY_DENIED = "weir_tenant_memory_denied_total", Counter, T, "memory grows denied at the tenant's total";
+    TENANT_THROTTLED = "weir_tenant_quota_throttled_seconds_total", FloatCounter, T, "time the tenant's batches waited for its rows/s quota";
+    CACHE_HITS = "weir_cache_hits_total", Counter, T, "rows served from the deterministic-results cache";
+    CACHE_MISSES = "weir_cache_misses_total", Counter, T, "rows the guest had to compute";
+    CACHE_EVICTIONS = "weir_cache_evictions_total", Counter, T, "entries evicted for the budget";
+    API_REQUESTS = "weir_api_requests_total", Counter, &["tenant", "action", "outcome"], "API requests by tenant, action and outcome";
+    UDF_PUBLISHES = "weir_udf_publishes_total", Counter, T, "UDF versions published";
+    UDF_VERSIONS = "weir_udf_versions", Gauge, T, "UDF versions in the registry";
+}
+
+/// Buckets of [`UDF_CALL_SECONDS`]: 10 µs × 4ⁿ, n = 0..10 (up to ≈ 2.6 s).
+pub fn call_seconds_buckets() -> Vec<f64> {
+    (0..10).map(|n| 1e-5 * 4f64.powi(n)).collect()
+}
+
+/// Describes every metric to the installed recorder (help text, unit).
+pub fn describe() {
+    for m in METRICS {
+        let unit = if m.name.contains("_seconds") {
+            Some(Unit::Seconds)
+        } else if m.name.ends_with("_bytes") {
+            Some(Unit::Bytes)
+        } else {
+            None
+        };
+        match (m.kind, unit) {
+            (Kind::Counter, _) => metrics::describe_counter!(m.name, m.help),
+            (Kind::Gauge | Kind::FloatCounter, Some(u)) => metrics::describe_gauge!(m.name, u, m.help),
+            (Kind::Gauge | Kind::FloatCounter, None) => metrics::describe_gauge!(m.name, m.help),
+            (Kind::Histogram, _) => metrics::describe_histogram!(m.name, Unit::Seconds, m.help),
+        }
+    }
+}
+
+/// Labels of a series, in the order of the metric's definition.
+pub type Labels = Vec<(&'static str, String)>;
+
+fn keyed(labels: &Labels) -> Vec<metrics::Label> {
+    labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+        .collect()
+}
+
+pub fn counter(name: &'static str, labels: &Labels) -> Counter {
+    metrics::counter!(name, keyed(labels))
+}
+
+pub fn gauge(name: &'static str, labels: &Labels) -> Gauge {
+    metrics::gauge!(name, keyed(labels))
+}
+
+pub fn histogram(name: &'static str, labels: &Labels) -> Histogram {
+    metrics::histogram!(name, keyed(labels))
+}
+
+/// A counter kept here (read by status pages) and mirrored to the recorder.
+#[derive(Debug)]
+pub struct Count {
+    value: AtomicU64,
+    metric: Counter,
+}
+
+impl Default for Count {
+    fn default() -> Self {
+        Count::new(Counter::noop())
+    }
+}
+
+impl Count {
+    pub fn new(metric: Counter) -> Self {
+        Count {
+            value: AtomicU64::new(0),
+            metric,
+        }
+    }
+
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+        self.metric.increment(n);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge kept here and mirrored to the recorder.
+#[derive(Debug)]
+pub struct Level {
+    value: AtomicI64,
+    metric: Gauge,
+}
+
+impl Default for Level {
+    fn default() -> Self {
+        Level::new(Gauge::noop(), 0)
+    }
+}
+
+impl Level {
+    pub fn new(metric: Gauge, initial: i64) -> Self {
+        metric.set(initial as f64);
+        Level {
+            value: AtomicI64::new(initial),
+            metric,
+        }
+    }
+
+    pub fn set(&self, v: i64) {
+        self.value.store(v, Ordering::Relaxed);
+        self.metric.set(v as f64);
+    }
+
+    /// Unknown (-1) until first set; the recorder sees nothing until then.
+    pub fn unknown(metric: Gauge) -> Self {
+        Level {
+            value: AtomicI64::new(-1),
+            metric,
+        }
+    }
+
+    /// Sets the value and returns the previous one.
+    pub fn swap(&self, v: i64) -> i64 {
+        let old = self.value.swap(v, Ordering::Relaxed);
+        self.metric.set(v as f64);
+        old
+    }
+
+    pub fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}

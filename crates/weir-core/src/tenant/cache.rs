@@ -1,0 +1,186 @@
+//! Memoized results of deterministic functions, per tenant. Vectorized: a
+//! batch is looked up row by row, the guest runs once on the misses as one
+//! smaller batch, and the results are merged back in order.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use moka::sync::Cache;
+
+use crate::telemetry::{self, Count};
+
+/// Counters of one tenant's cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: Count,
+    pub misses: Count,
+    pub evictions: Count,
+}
+
+/// Keys: module digest, function index, then the row's argument values in
+/// arrow's row format (which encodes nulls and types unambiguously).
+pub struct ResultCache {
+    cache: Cache<Vec<u8>, ScalarValue, foldhash::fast::RandomState>,
+    pub stats: Arc<CacheStats>,
+    /// Moving average of the hit ratio of recent batches (starts at 1).
+    hit_ratio: Mutex<f64>,
+}
+
+/// Below this recent hit ratio only one miss in [`SAMPLE_EVERY`] is
+/// stored: inputs that never repeat then cost little more than the lookup,
+/// while a value that does repeat still gets in.
+const LOW_HIT_RATIO: f64 = 0.05;
+const SAMPLE_EVERY: usize = 16;
+
+impl ResultCache {
+    pub fn new(tenant: &str, budget_bytes: u64) -> Self {
+        let labels = vec![("tenant", tenant.to_string())];
+        let stats = Arc::new(CacheStats {
+            hits: Count::new(telemetry::counter(telemetry::CACHE_HITS, &labels)),
+            misses: Count::new(telemetry::counter(telemetry::CACHE_MISSES, &labels)),
+            evictions: Count::new(telemetry::counter(telemetry::CACHE_EVICTIONS, &labels)),
+        });
+        let evicted = stats.clone();
+        let cache = Cache::builder()
+            .max_capacity(budget_bytes)
+            // Plain LRU: TinyLFU's admission bookkeeping costs more per
+            // insert, and a batch's misses are all worth admitting.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .weigher(|k: &Vec<u8>, v: &ScalarValue| {
+                u32::try_from(k.len() + v.size()).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_, _, cause| {
+                if cause.was_evicted() {
+                    evicted.evictions.add(1);
+                }
+            })
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        ResultCache {
+            cache,
+            stats,
+            hit_ratio: Mutex::new(1.0),
+        }
+    }
+
+    /// Runs `compute` only on the rows of `args` not in the cache (one call
+    /// with the misses), and returns the full result in row order.
+    pub fn get_or_compute<E>(
+        &self,
+        prefix: &[u8],
+        args: &[ArrayRef],
+        rows: usize,
+        compute: impl FnOnce(&[ArrayRef], usize) -> Result<ArrayRef, E>,
+        internal: impl Fn(String) -> E,
+        remap_row: impl FnOnce(E, &dyn Fn(usize) -> usize) -> E,
+    ) -> Result<ArrayRef, E> {
+        if args.is_empty() {
+            // Nothing to key on (a constant function): no caching.
+            return compute(args, rows);
+        }
+        let fields = args
+            .iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect();
+        let keyed = RowConverter::new(fields)
+            .and_then(|c| c.convert_columns(args))
+            .map_err(|e| internal(e.to_string()));
+        let Ok(encoded) = keyed else {
+            // A type the row format cannot encode: no caching.
+            return compute(args, rows);
+        };
+        let mut keys = Vec::with_capacity(rows);
+        let mut hits: Vec<(usize, ScalarValue)> = Vec::new();
+        let mut misses: Vec<u32> = Vec::new();
+        for (i, row) in encoded.iter().enumerate() {
+            let mut key = Vec::with_capacity(prefix.len() + row.as_ref().len());
+            key.extend_from_slice(prefix);
+            key.extend_from_slice(row.as_ref());
+            match self.cache.get(&key) {
+                Some(v) => hits.push((i, v)),
+                None => misses.push(i as u32),
+            }
+            keys.push(key);
+        }
+        self.stats.hits.add(hits.len() as u64);
+        self.stats.misses.add(misses.len() as u64);
+        let sample = {
+            let mut ratio = self.hit_ratio.lock().unwrap_or_else(|p| p.into_inner());
+            *ratio = 0.5 * *ratio + 0.5 * hits.len() as f64 / rows.max(1) as f64;
+            if *ratio < LOW_HIT_RATIO {
+                SAMPLE_EVERY
+            } else {
+                1
+            }
+        };
+        if hits.is_empty() {
+            let out = compute(args, rows)?;
+            self.store(
+                &mut keys,
+                &out,
+                (0..rows).step_by(sample).map(|i| (i, i)),
+                &internal,
+            )?;
+            return Ok(out);
+        }
+        let hit_values = ScalarValue::iter_to_array(hits.iter().map(|(_, v)| v.clone()))
+            .map_err(|e| internal(e.to_string()))?;
+        if misses.is_empty() {
+            return Ok(hit_values);
+        }
+        let indices = UInt32Array::from(misses.clone());
+        let miss_args = args
+            .iter()
+            .map(|a| take(a.as_ref(), &indices, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal(e.to_string()))?;
+        // An error naming a row of the misses names it in `args` instead.
+        let computed = compute(&miss_args, misses.len())
+            .map_err(|e| remap_row(e, &|row| misses.get(row).map_or(row, |&i| i as usize)))?;
+        self.store(
+            &mut keys,
+            &computed,
+            misses
+                .iter()
+                .enumerate()
+                .step_by(sample)
+                .map(|(j, &i)| (i as usize, j)),
+            &internal,
+        )?;
+        // Merge: (source, index) per row, source 0 = computed, 1 = hits.
+        let mut order = Vec::with_capacity(rows);
+        let (mut h, mut m) = (0, 0);
+        for i in 0..rows {
+            if h < hits.len() && hits[h].0 == i {
+                order.push((1, h));
+                h += 1;
+            } else {
+                order.push((0, m));
+                m += 1;
+            }
+        }
+        interleave(&[computed.as_ref(), hit_values.as_ref()], &order)
+            .map_err(|e| internal(e.to_string()))
+    }
+
+    fn store<E>(
+        &self,
+        keys: &mut [Vec<u8>],
+        out: &ArrayRef,
+        rows: impl Iterator<Item = (usize, usize)>,
+        internal: &impl Fn(String) -> E,
+    ) -> Result<(), E> {
+        for (row, at) in rows {
+            let value =
+                ScalarValue::try_from_array(out, at).map_err(|e| internal(e.to_string()))?;
+            self.cache.insert(std::mem::take(&mut keys[row]), value);
+        }
+        Ok(())
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

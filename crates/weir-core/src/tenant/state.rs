@@ -1,0 +1,300 @@
+//! A tenant at run time: its current policy (replaced on reload, read at
+//! every batch), the memory all its instances hold, the gate on its
+//! concurrent guest calls, its rows/s bucket and its result cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::cache::ResultCache;
+use super::policy::{Policy, TenantPolicy};
+use crate::telemetry::{self, Count};
+
+/// Counters of one tenant.
+#[derive(Debug)]
+pub struct TenantStats {
+    /// Time the tenant's batches were delayed by its rows/s quota.
+    pub throttled_ms: AtomicU64,
+    throttled_seconds: metrics::Gauge,
+    /// Memory grows denied because the tenant's total was reached.
+    pub memory_denied: Count,
+    /// Linear memory held by the tenant's instances.
+    memory_bytes: metrics::Gauge,
+    /// The most guest calls of the tenant seen running at once.
+    pub peak_concurrent_calls: AtomicU64,
+}
+
+impl TenantStats {
+    fn new(tenant: &str) -> Self {
+        let labels = vec![("tenant", tenant.to_string())];
+        TenantStats {
+            throttled_ms: AtomicU64::new(0),
+            throttled_seconds: telemetry::gauge(telemetry::TENANT_THROTTLED, &labels),
+            memory_denied: Count::new(telemetry::counter(telemetry::TENANT_MEMORY_DENIED, &labels)),
+            memory_bytes: telemetry::gauge(telemetry::TENANT_MEMORY, &labels),
+            peak_concurrent_calls: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct Tenant {
+    name: Arc<str>,
+    policy: RwLock<Arc<TenantPolicy>>,
+    memory_used: AtomicU64,
+    running: Mutex<u32>,
+    freed: Condvar,
+    bucket: Mutex<Bucket>,
+    cache: RwLock<Option<Arc<ResultCache>>>,
+    pub stats: TenantStats,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    warned: Option<u8>,
+}
+
+/// Held while a guest call of the tenant runs.
+pub struct CallPermit<'a> {
+    tenant: &'a Tenant,
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .tenant
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *running = running.saturating_sub(1);
+        self.tenant.freed.notify_one();
+    }
+}
+
+impl Tenant {
+    pub fn new(name: &str, policy: TenantPolicy) -> Self {
+        let cache =
+            (policy.cache_bytes > 0).then(|| Arc::new(ResultCache::new(name, policy.cache_bytes)));
+        Tenant {
+            name: name.into(),
+            bucket: Mutex::new(Bucket {
+                tokens: policy.burst_rows as f64,
+                at: Instant::now(),
+                warned: None,
+            }),
+            policy: RwLock::new(Arc::new(policy)),
+            memory_used: AtomicU64::new(0),
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            cache: RwLock::new(cache),
+            stats: TenantStats::new(name),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The policy in force (a reload takes effect from the next batch).
+    pub fn policy(&self) -> Arc<TenantPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_policy(&self, policy: TenantPolicy) {
+        let cache_changed = self.policy().cache_bytes != policy.cache_bytes;
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy.clone());
+        if cache_changed {
+            *self.cache.write().unwrap_or_else(|p| p.into_inner()) =
+                (policy.cache_bytes > 0)
+                    .then(|| Arc::new(ResultCache::new(&self.name, policy.cache_bytes)));
+        }
+    }
+
+    pub fn cache(&self) -> Option<Arc<ResultCache>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn memory_used(&self) -> u64 {
+        self.memory_used.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes` more linear memory for one of the tenant's
+    /// instances; `Err(limit)` when that would pass `memory_total_bytes`.
+    pub fn reserve_memory(&self, bytes: u64) -> Result<(), u64> {
+        let limit = self.policy().memory_total_bytes;
+        let mut used = self.memory_used.load(Ordering::Relaxed);
+        loop {
+            let next = used.saturating_add(bytes);
+            if next > limit {
+                self.stats.memory_denied.add(1);
+                return Err(limit);
+            }
+            match self.memory_used.compare_exchange_weak(
+                used,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.stats.memory_bytes.set(next as f64);
+                    return Ok(());
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    pub fn release_memory(&self, bytes: u64) {
+        if let Ok(before) =
+            self.memory_used
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                    Some(u.saturating_sub(bytes))
+                })
+        {
+            self.stats
+                .memory_bytes
+                .set(before.saturating_sub(bytes) as f64);
+        }
+    }
+
+    /// Waits for a slot among the tenant's `max_concurrent_calls`. A wait
+    /// on a tokio worker thread is announced with `block_in_place`, so the
+    /// runtime moves that worker's other tasks (other tenants' pipelines,
+    /// the API) to another thread instead of stalling them.
+    pub fn enter(&self) -> CallPermit<'_> {
+        let max = self.policy().max_concurrent_calls.max(1);
+        let wait = || {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            while *running >= max {
+                running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+            }
+            *running += 1;
+            *running
+        };
+        let free = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            (*running < max).then(|| {
+                *running += 1;
+                *running
+            })
+        };
+        let now = match free {
+            Some(n) => n,
+            None if on_multi_thread_runtime() => tokio::task::block_in_place(wait),
+            None => wait(),
+        };
+        self.stats
+            .peak_concurrent_calls
+            .fetch_max(u64::from(now), Ordering::Relaxed);
+        CallPermit { tenant: self }
+    }
+
+    /// How long a batch of `rows` must wait to stay within `rows_per_s`
+    /// (zero when unlimited or within the burst). Takes the rows from the
+    /// bucket; logs a warning at 80 % of the burst used and when exceeded.
+    pub fn throttle(&self, rows: usize) -> Duration {
+        let policy = self.policy();
+        if policy.rows_per_s == 0 {
+            return Duration::ZERO;
+        }
+        let rate = policy.rows_per_s as f64;
+        let burst = policy.burst_rows as f64;
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        b.tokens -= rows as f64;
+        let level = if b.tokens < 0.0 {
+            2
+        } else if b.tokens < burst * 0.2 {
+            1
+        } else {
+            0
+        };
+        if level > b.warned.unwrap_or(0) {
+            tracing::warn!(
+                tenant = %self.name,
+                rows_per_s = policy.rows_per_s,
+                "{}",
+                if level == 2 {
+                    "tenant is over its rows/s quota: its pipelines are being slowed down (nothing is dropped)"
+                } else {
+                    "tenant is at 80 % of its rows/s quota burst"
+                }
+            );
+        }
+        b.warned = Some(level);
+        if b.tokens >= 0.0 {
+            return Duration::ZERO;
+        }
+        let wait = Duration::from_secs_f64(-b.tokens / rate);
+        self.stats
+            .throttled_ms
+            .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+        self.stats.throttled_seconds.increment(wait.as_secs_f64());
+        wait
+    }
+}
+
+/// Every tenant of the process, created on first use from the policy.
+#[derive(Default)]
+pub struct Tenants {
+    policy: RwLock<Policy>,
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+}
+
+impl Tenants {
+    pub fn new(policy: Policy) -> Self {
+        Tenants {
+            policy: RwLock::new(policy),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Arc<Tenant> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let policy = self
+                    .policy
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .resolve(name);
+                Arc::new(Tenant::new(name, policy))
+            })
+            .clone()
+    }
+
+    /// Every tenant in use.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Arc<Tenant>> = tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Applies a new policy to every tenant, from their next batch.
+    pub fn reload(&self, policy: Policy) {
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, tenant) in tenants.iter() {
+            let next = policy.resolve(name);
+            if *tenant.policy() != next {
+                tracing::info!(tenant = %name, "policy reloaded: new limits apply from the next batch");
+                tenant.set_policy(next);
+            }
+        }
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+}
+
+/// Whether this thread belongs to a multi-threaded tokio runtime (where
+/// `block_in_place` is allowed).
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}

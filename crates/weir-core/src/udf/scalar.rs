@@ -1,0 +1,200 @@
+//! [`WasmScalarUdf`]: a guest function as a DataFusion `ScalarUDFImpl`.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::Array;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::row_errors::{CollectedCall, RowErrorCollector};
+use crate::abi::ArrowType;
+use crate::abi::{AbiType, FunctionDecl};
+use crate::sandbox::UdfModule;
+
+/// Calls function `index` of a module once per batch.
+///
+/// Deterministic functions are `Immutable` (DataFusion may fold them over
+/// literals at plan time: the same limits apply then), others `Volatile`.
+/// Two instances are equal when they name the same function of the same
+/// module bytes.
+#[derive(Debug)]
+pub struct WasmScalarUdf {
+    module: Arc<UdfModule>,
+    index: usize,
+    signature: Signature,
+    return_type: DataType,
+    /// Where row errors go instead of failing the query, while active.
+    row_errors: Option<Arc<RowErrorCollector>>,
+}
+
+impl WasmScalarUdf {
+    pub fn new(module: Arc<UdfModule>, index: usize) -> Self {
+        let decl = &module.manifest().functions[index];
+        let volatility = if decl.deterministic {
+            Volatility::Immutable
+        } else {
+            Volatility::Volatile
+        };
+        let signature = if decl.args.is_empty() {
+            Signature::nullary(volatility)
+        } else {
+            Signature::user_defined(volatility)
+        };
+        let return_type = decl.ret.data_type();
+        WasmScalarUdf {
+            module,
+            index,
+            signature,
+            return_type,
+            row_errors: None,
+        }
+    }
+
+    /// Row errors go to `collector` while it is active.
+    pub fn with_row_errors(mut self, collector: Arc<RowErrorCollector>) -> Self {
+        self.row_errors = Some(collector);
+        self
+    }
+
+    pub fn decl(&self) -> &FunctionDecl {
+        &self.module.manifest().functions[self.index]
+    }
+
+    pub fn module(&self) -> &Arc<UdfModule> {
+        &self.module
+    }
+}
+
+impl PartialEq for WasmScalarUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.decl().name == other.decl().name && self.module.digest() == other.module.digest()
+    }
+}
+
+impl Eq for WasmScalarUdf {}
+
+impl Hash for WasmScalarUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.decl().name.hash(state);
+        self.module.digest().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for WasmScalarUdf {
+    fn name(&self) -> &str {
+        &self.decl().name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.return_type.clone())
+    }
+
+    /// Accepts what a SQL user means: any integer or float literal for a
+    /// numeric argument, any string encoding for utf8, any timestamp unit or
+    /// zone for timestamp_us, dictionaries of those. DataFusion inserts the
+    /// casts; an unconvertible value is a plan-time error naming the argument.
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let decl = self.decl();
+        if arg_types.len() != decl.args.len() {
+            return plan_err!(
+                "udf `{}` takes {} arguments ({}), {} given",
+                decl.name,
+                decl.args.len(),
+                decl.signature(),
+                arg_types.len()
+            );
+        }
+        arg_types
+            .iter()
+            .zip(&decl.args)
+            .enumerate()
+            .map(|(i, (given, wanted))| {
+                if coercible(given, *wanted) {
+                    Ok(wanted.data_type())
+                } else {
+                    plan_err!(
+                        "udf `{}` argument {} must be {wanted}, got {given}; add a CAST",
+                        decl.name,
+                        i + 1
+                    )
+                }
+            })
+            .collect()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let all_scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        // Literal-only calls run once, on one row.
+        let rows = if all_scalar && !args.args.is_empty() {
+            1
+        } else {
+            args.number_rows
+        };
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<Vec<_>>>()?;
+        let out = match &self.row_errors {
+            Some(collector) if collector.is_active() => {
+                let (out, errors) = self
+                    .module
+                    .call_collecting(self.index, &arrays, rows)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                if !errors.is_empty() {
+                    collector.push(CollectedCall { rows, errors });
+                }
+                out
+            }
+            _ => self
+                .module
+                .call(self.index, &arrays, rows)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+        };
+        if all_scalar && !args.args.is_empty() && out.len() == 1 {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
+        }
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// Whether a value of `given` may be implicitly converted to `wanted`.
+fn coercible(given: &DataType, wanted: AbiType) -> bool {
+    use DataType as D;
+    if let D::Dictionary(_, value) = given {
+        return coercible(value, wanted);
+    }
+    if matches!(given, D::Null) || *given == wanted.data_type() {
+        return true;
+    }
+    match wanted {
+        AbiType::Boolean => false,
+        AbiType::Int8
+        | AbiType::Int16
+        | AbiType::Int32
+        | AbiType::Int64
+        | AbiType::UInt8
+        | AbiType::UInt16
+        | AbiType::UInt32
+        | AbiType::UInt64 => given.is_integer(),
+        AbiType::Float32 | AbiType::Float64 => given.is_numeric(),
+        AbiType::Utf8 => matches!(given, D::Utf8 | D::LargeUtf8 | D::Utf8View),
+        AbiType::Binary => matches!(
+            given,
+            D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_)
+        ),
+        AbiType::TimestampMicros => matches!(given, D::Timestamp(_, _)),
+        AbiType::Date32 => matches!(given, D::Date32 | D::Date64),
+    }
+}

@@ -1,0 +1,160 @@
+//! Staged execution: run one function of a module on sample rows given as
+//! JSON, under dry-run limits, and report outputs, per-row errors and time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::json::ReaderBuilder;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::abi::ArrowType;
+use crate::sandbox::{Failure, UdfModule};
+
+/// Rows accepted by one staged run.
+pub const MAX_ROWS: usize = 1000;
+
+#[derive(Debug, Serialize)]
+pub struct RowError {
+    pub row: usize,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Staged {
+    /// One output per row (`null` for a failed row).
+    pub outputs: Vec<Value>,
+    pub errors: Vec<RowError>,
+    /// Wall time of the guest calls (one per batch, plus one per row when a
+    /// batch failed and rows were run alone).
+    pub guest_ms: f64,
+    pub calls: usize,
+}
+
+/// Runs `function` on `rows` (each an array of argument values).
+pub fn run_rows(module: &Arc<UdfModule>, function: &str, rows: &[Value]) -> Result<Staged, String> {
+    let index = module.function_index(function).ok_or_else(|| {
+        let known: Vec<&str> = module
+            .manifest()
+            .functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        format!(
+            "the module has no function `{function}` (it has: {})",
+            known.join(", ")
+        )
+    })?;
+    if rows.len() > MAX_ROWS {
+        return Err(format!(
+            "{} rows given; a staged run takes at most {MAX_ROWS}",
+            rows.len()
+        ));
+    }
+    let decl = &module.manifest().functions[index];
+    let fields: Vec<Field> = decl
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Field::new(format!("a{i}"), t.data_type(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let mut objects = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        let values = row
+            .as_array()
+            .filter(|v| v.len() == decl.args.len())
+            .ok_or_else(|| {
+                format!(
+                    "row {r}: give an array of {} argument value(s) for `{}`",
+                    decl.args.len(),
+                    decl.signature()
+                )
+            })?;
+        let object: Map<String, Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("a{i}"), v.clone()))
+            .collect();
+        objects.push(Value::Object(object));
+    }
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder
+        .serialize(&objects)
+        .map_err(|e| format!("rows do not match `{}`: {e}", decl.signature()))?;
+    let batch = decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema));
+    let args: Vec<ArrayRef> = batch.columns().to_vec();
+    let mut guest = std::time::Duration::ZERO;
+    let mut calls = 1;
+    let started = Instant::now();
+    let whole = module.call(index, &args, rows.len());
+    guest += started.elapsed();
+    let (outputs, errors) = match whole {
+        Ok(out) => (to_json(&out)?, Vec::new()),
+        Err(_) => {
+            // Run each row alone: which ones fail, and the others' outputs.
+            let mut outputs = Vec::with_capacity(rows.len());
+            let mut errors = Vec::new();
+            for row in 0..rows.len() {
+                let one: Vec<ArrayRef> = args.iter().map(|a| a.slice(row, 1)).collect();
+                let started = Instant::now();
+                let result = module.call(index, &one, 1);
+                guest += started.elapsed();
+                calls += 1;
+                match result {
+                    Ok(out) => outputs.extend(to_json(&out)?),
+                    Err(mut e) => {
+                        // Name the row of the sample, not of the 1-row batch.
+                        match &mut e.failure {
+                            Failure::RowError { row: r, .. } => *r = row,
+                            Failure::Panic { row: r, .. } => *r = Some(row),
+                            _ => {}
+                        }
+                        outputs.push(Value::Null);
+                        errors.push(RowError {
+                            row,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            (outputs, errors)
+        }
+    };
+    Ok(Staged {
+        outputs,
+        errors,
+        guest_ms: guest.as_secs_f64() * 1000.0,
+        calls,
+    })
+}
+
+fn to_json(array: &ArrayRef) -> Result<Vec<Value>, String> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "out",
+        array.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema, vec![array.clone()]).map_err(|e| e.to_string())?;
+    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    let text = writer.into_inner();
+    let rows: Vec<Map<String, Value>> = if text.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&text).map_err(|e| e.to_string())?
+    };
+    // The JSON writer leaves out null fields.
+    Ok(rows
+        .into_iter()
+        .map(|mut r| r.remove("out").unwrap_or(Value::Null))
+        .collect())
+}

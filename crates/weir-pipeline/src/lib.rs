@@ -1,0 +1,23 @@
+//! Streaming pipelines: source → decode → SQL with UDFs (planned once, run
+//! per micro-batch, poison rows isolated) → encode → sink, with dead letters
+//! and commits of what the sink acknowledged.
+
+pub mod config;
+pub mod decode;
+pub mod encode;
+pub mod inflight;
+pub mod isolate;
+pub mod kafka;
+pub mod query;
+pub mod record;
+pub mod runner;
+pub mod sink;
+pub mod source;
+pub mod supervisor;
+
+// The layers below, reachable as `crate::sandbox`, … inside this crate.
+use weir_core::{abi, error, sandbox, sql, telemetry, tenant, udf};
+
+pub use config::PipelineConfig;
+pub use runner::{Pipeline, PipelineStats};
+pub use supervisor::{PipelineState, Status, Supervisor};

@@ -1,0 +1,850 @@
+//! A running pipeline: the loop that moves micro-batches from the source
+//! through the query to the sink, and commits what was acknowledged.
+
+use std::sync::Arc;
+use crate::telemetry::{self, Count, Level};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use datafusion::prelude::SessionContext;
+use tokio::sync::watch;
+
+use super::config::{ErrorPolicy, PipelineConfig, SinkConfig, SourceConfig};
+use super::decode::RecordDecoder;
+use super::encode::RecordEncoder;
+use super::inflight::InFlight;
+use super::isolate::run_isolating;
+use super::query::PlannedQuery;
+use super::record::{DeadLetter, SourceRecord, next_offsets};
+use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, RecordLimit, Sink};
+use super::source::{FileSource, KafkaSource, Source};
+use crate::sandbox::{Sandbox, UdfModule};
+use crate::tenant::{BreakerAction, BreakerState};
+use crate::tenant::{Tenant, Tenants};
+
+/// How often progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// While an open breaker holds the pipeline: how often it checks for a new
+/// UDF version, commits what was acknowledged and keeps the consumer alive.
+const BREAKER_POLL: Duration = Duration::from_millis(200);
+
+/// Counters of one pipeline (read by status pages, mirrored to the
+/// metrics recorder with labels `tenant`, `pipeline`).
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub records_in: Count,
+    pub records_out: Count,
+    pub dead_letters: Count,
+    pub skipped: Count,
+    pub batches: Count,
+    /// Consumer lag summed over the assigned partitions (-1: unknown).
+    pub lag: Level,
+    /// 1 while the source is paused by backpressure.
+    pub paused: Level,
+    /// 1 while the source is paused because a UDF's circuit breaker is open.
+    pub breaker_paused: Level,
+    /// 1 while the pipeline has no partitions, or lag and no progress, for
+    /// longer than `source.stall_warn_ms`.
+    pub stalled: Level,
+    /// What holds the pipeline up right now, in words (breaker or stall).
+    condition: parking_lot::Mutex<Option<String>>,
+}
+
+impl PipelineStats {
+    /// The counters of pipeline `name` of `tenant`.
+    pub fn new(tenant: &str, name: &str) -> Self {
+        let l: telemetry::Labels = vec![("tenant", tenant.to_string()), ("pipeline", name.to_string())];
+        let count = |n| Count::new(telemetry::counter(n, &l));
+        let level = |n| Level::new(telemetry::gauge(n, &l), 0);
+        PipelineStats {
+            records_in: count(telemetry::PIPELINE_RECORDS_IN),
+            records_out: count(telemetry::PIPELINE_RECORDS_OUT),
+            dead_letters: count(telemetry::PIPELINE_DEAD_LETTERS),
+            skipped: count(telemetry::PIPELINE_SKIPPED),
+            batches: count(telemetry::PIPELINE_BATCHES),
+            lag: Level::unknown(telemetry::gauge(telemetry::PIPELINE_LAG, &l)),
+            paused: level(telemetry::PIPELINE_PAUSED),
+            breaker_paused: level(telemetry::PIPELINE_BREAKER_PAUSED),
+            stalled: level(telemetry::PIPELINE_STALLED),
+            condition: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The consumer lag, or -1 when unknown.
+    pub fn get_lag(&self) -> i64 {
+        self.lag.get()
+    }
+
+    /// What holds the pipeline up, if anything.
+    pub fn condition(&self) -> Option<String> {
+        self.condition.lock().clone()
+    }
+
+    fn set_condition(&self, condition: Option<String>) {
+        *self.condition.lock() = condition;
+    }
+}
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    config: PipelineConfig,
+    source: Box<dyn Source>,
+    decoder: RecordDecoder,
+    query: PlannedQuery,
+    encoder: RecordEncoder,
+    sink: Box<dyn Sink>,
+    dead_letters: Option<Box<dyn DeadLetterSink>>,
+    stats: Arc<PipelineStats>,
+    /// The owning tenant and the modules loaded under its policy (shared
+    /// with `/metrics`; replaced when a reload swaps UDF versions).
+    tenant: Arc<Tenant>,
+    modules: SharedModules,
+    reload: Option<Reload>,
+}
+
+/// The modules a pipeline currently runs.
+pub type SharedModules = Arc<std::sync::RwLock<Vec<Arc<UdfModule>>>>;
+
+/// Resolves a pipeline's UDFs again (e.g. `latest` from a registry).
+pub type ModuleResolver = Arc<dyn Fn() -> anyhow::Result<Vec<Arc<UdfModule>>> + Send + Sync>;
+
+/// Hot reload: when `changed` ticks, the pipeline resolves its UDFs again
+/// and, if a version changed, re-plans its query before the next batch.
+pub struct Reload {
+    pub changed: watch::Receiver<u64>,
+    pub resolve: ModuleResolver,
+}
+
+impl Pipeline {
+    /// Loads the UDFs, plans the query and opens source and sinks. Errors
+    /// name the pipeline.
+    /// Like [`Pipeline::build_for`] with the default tenant policy.
+    pub async fn build(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
+        Self::build_for(config, sandbox, &Tenants::default()).await
+    }
+
+    /// Builds the pipeline under its tenant's policy (from `tenants`).
+    pub async fn build_for(
+        config: PipelineConfig,
+        sandbox: &Sandbox,
+        tenants: &Tenants,
+    ) -> anyhow::Result<Self> {
+        let name = config.name.clone();
+        Self::build_inner(config, sandbox, tenants)
+            .await
+            .with_context(|| format!("pipeline `{name}`"))
+    }
+
+    async fn build_inner(
+        config: PipelineConfig,
+        sandbox: &Sandbox,
+        tenants: &Tenants,
+    ) -> anyhow::Result<Self> {
+        let tenant = tenants.get(&config.tenant);
+        let mut modules = Vec::new();
+        for path in &config.udfs {
+            modules.push(sandbox.load_file_for(path, &tenant)?);
+        }
+        Self::assemble(config, modules, tenant, None).await
+    }
+
+    /// Builds a pipeline whose UDF modules were resolved by the caller (the
+    /// registry of `weir serve`), optionally reloading them when told to.
+    pub async fn build_with_modules(
+        config: PipelineConfig,
+        modules: Vec<Arc<UdfModule>>,
+        tenants: &Tenants,
+        reload: Option<Reload>,
+    ) -> anyhow::Result<Self> {
+        let name = config.name.clone();
+        let tenant = tenants.get(&config.tenant);
+        Self::assemble(config, modules, tenant, reload)
+            .await
+            .with_context(|| format!("pipeline `{name}`"))
+    }
+
+    async fn plan(
+        config: &PipelineConfig,
+        modules: &[Arc<UdfModule>],
+        decoder: &RecordDecoder,
+    ) -> anyhow::Result<PlannedQuery> {
+        let ctx =
+            SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
+        let row_errors = Arc::new(crate::udf::RowErrorCollector::default());
+        for module in modules {
+            crate::udf::register_module_collecting(&ctx, module, &row_errors);
+        }
+        PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
+            .await
+            .map(|q| q.with_row_errors(row_errors))
+            .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))
+    }
+
+    async fn assemble(
+        config: PipelineConfig,
+        modules: Vec<Arc<UdfModule>>,
+        tenant: Arc<Tenant>,
+        reload: Option<Reload>,
+    ) -> anyhow::Result<Self> {
+        let decoder = RecordDecoder::new(
+            config.source.format(),
+            config.source.fields(),
+            config.source.metadata(),
+        );
+        let query = Self::plan(&config, &modules, &decoder).await?;
+        let key = match &config.sink {
+            SinkConfig::Kafka { key, .. } => key.clone(),
+            _ => None,
+        };
+        let encoder = RecordEncoder::new(config.sink.format(), key);
+        encoder
+            .check_schema(&query.output_schema())
+            .map_err(anyhow::Error::msg)?;
+        let source: Box<dyn Source> = match &config.source {
+            SourceConfig::File { path, header, .. } => {
+                Box::new(FileSource::open(path.clone(), *header).await?)
+            }
+            SourceConfig::Kafka {
+                brokers,
+                topics,
+                group,
+                start,
+                properties,
+                ..
+            } => Box::new(KafkaSource::new(
+                brokers, topics, group, *start, properties,
+            )?),
+        };
+        let sink: Box<dyn Sink> = match &config.sink {
+            SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
+            SinkConfig::File { path, .. } => Box::new(LineSink::file(path).await?),
+            SinkConfig::Kafka {
+                brokers,
+                topic,
+                properties,
+                ..
+            } => Box::new(KafkaSink::new(brokers, topic, properties)?),
+        };
+        let dead_letters: Option<Box<dyn DeadLetterSink>> = match (
+            &config.errors.path,
+            &config.errors.topic,
+        ) {
+            (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
+            (None, Some(topic)) => {
+                let (brokers, properties) = match (&config.sink, &config.source) {
+                    (
+                        SinkConfig::Kafka {
+                            brokers,
+                            properties,
+                            ..
+                        },
+                        _,
+                    )
+                    | (
+                        _,
+                        SourceConfig::Kafka {
+                            brokers,
+                            properties,
+                            ..
+                        },
+                    ) => (brokers, properties),
+                    _ => bail!(
+                        "errors.topic needs a Kafka source or sink to take the brokers from; set errors.path"
+                    ),
+                };
+                Some(Box::new(KafkaSink::new(brokers, topic, properties)?))
+            }
+            (None, None) => None,
+        };
+        for m in &modules {
+            m.bind_metrics(&config.name);
+        }
+        let stats = Arc::new(PipelineStats::new(&config.tenant, &config.name));
+        Ok(Pipeline {
+            config,
+            source,
+            decoder,
+            query,
+            encoder,
+            sink,
+            dead_letters,
+            stats,
+            tenant,
+            modules: Arc::new(std::sync::RwLock::new(modules)),
+            reload,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The owning tenant's name.
+    pub fn tenant_name(&self) -> &str {
+        &self.config.tenant
+    }
+
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        self.stats.clone()
+    }
+
+    /// The modules it runs (replaced when a reload swaps UDF versions).
+    pub fn modules(&self) -> SharedModules {
+        self.modules.clone()
+    }
+
+    /// Runs until the source ends or `shutdown` turns true; batches in
+    /// flight are acknowledged and committed first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
+        let started = Instant::now();
+        let mut flight = InFlight::new(
+            self.config
+                .batch
+                .max_in_flight_batches
+                .min(self.tenant.policy().max_in_flight_batches),
+            self.config.batch.max_in_flight_bytes,
+        );
+        let result = self.run_batches(&mut flight, &mut shutdown, started).await;
+        // Whatever happened, what the sink acknowledged is committed.
+        let drained = flight.drain(&mut *self.source).await;
+        self.source.finish().await?;
+        self.log_progress(started.elapsed());
+        tracing::info!(pipeline = %self.config.name, "pipeline stopped");
+        result
+            .and(drained)
+            .with_context(|| format!("pipeline `{}`", self.config.name))
+    }
+
+    async fn run_batches(
+        &mut self,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let linger = Duration::from_millis(self.config.batch.max_linger_ms);
+        let max = self.config.batch.max_records;
+        let mut last_log = Instant::now();
+        let mut stall = StallWatch::new(self.config.source.stall_warn_ms());
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            flight.wait_for_room(&mut *self.source).await?;
+            self.maybe_reload().await;
+            // An open breaker (with `breaker_action = "pause"`) holds the
+            // source; once its cool-down passed, one record probes it.
+            let size = match self.breaker_hold() {
+                Hold::None => max,
+                Hold::Probe => 1,
+                Hold::Wait => {
+                    if !self.wait_out_breaker(flight, shutdown).await? {
+                        return Ok(());
+                    }
+                    stall.progress();
+                    continue;
+                }
+            };
+            let next = tokio::select! {
+                next = self.source.next_batch(size, linger) => next?,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let Some(records) = next else {
+                return Ok(());
+            };
+            if records.is_empty() {
+                self.check_stall(&mut stall);
+            } else {
+                stall.progress();
+                self.clear_stall();
+                if !self.process(records, flight, shutdown).await? {
+                    return Ok(());
+                }
+            }
+            if let Some(lag) = self.source.lag() {
+                self.stats.lag.set(lag);
+            }
+            self.stats.paused.set(i64::from(flight.is_paused()));
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                self.log_progress(started.elapsed());
+                last_log = Instant::now();
+            }
+        }
+    }
+
+    /// Whether an open circuit breaker of one of the pipeline's UDFs holds
+    /// the source (only with the tenant's `breaker_action = "pause"`).
+    fn breaker_hold(&self) -> Hold {
+        if self.tenant.policy().breaker_action != BreakerAction::Pause {
+            return Hold::None;
+        }
+        let mut hold = Hold::None;
+        for (module, i) in self.functions() {
+            let Some(breaker) = module.breaker(i) else {
+                continue;
+            };
+            match breaker.open_for(module.breaker_cooldown()) {
+                Some(left) if !left.is_zero() => return Hold::Wait,
+                Some(_) => hold = Hold::Probe,
+                None if breaker.state() == BreakerState::HalfOpen => hold = Hold::Probe,
+                None => {}
+            }
+        }
+        hold
+    }
+
+    /// Every function of every module: (module, index in its manifest).
+    fn functions(&self) -> Vec<(Arc<UdfModule>, usize)> {
+        let modules = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        modules
+            .into_iter()
+            .flat_map(|m| (0..m.manifest().functions.len()).map(move |i| (m.clone(), i)))
+            .collect()
+    }
+
+    /// The open breaker that holds the pipeline longest: what to tell the
+    /// user and how long is left.
+    fn open_breaker(&self) -> Option<(String, Duration)> {
+        let policy = self.tenant.policy();
+        self.functions()
+            .into_iter()
+            .filter_map(|(m, i)| {
+                let b = m.breaker(i)?;
+                let left = b.open_for(m.breaker_cooldown())?;
+                let udf = &m.manifest().functions[i].name;
+                let message = format!(
+                    "paused: the circuit breaker of udf `{udf}` ({}) of tenant `{}` is open ({}); \
+                     a probe record runs after `breaker_cooldown_ms` = {} ms, or as soon as a new \
+                     version is in effect; set `breaker_action = \"dead-letter\"` in the tenant policy \
+                     to dead-letter records instead of pausing",
+                    m.label(),
+                    self.config.tenant,
+                    b.reason().unwrap_or_else(|| "failing batches".to_string()),
+                    policy.breaker_cooldown_ms,
+                );
+                Some((message, left))
+            })
+            .max_by_key(|(_, left)| *left)
+    }
+
+    /// Pauses the source until no breaker holds it (its cool-down passed or
+    /// a new UDF version is in effect), keeping the consumer in its group
+    /// and committing what the sinks acknowledge meanwhile. `false` if the
+    /// pipeline was told to stop meanwhile.
+    async fn wait_out_breaker(
+        &mut self,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let Some((message, _)) = self.open_breaker() else {
+            return Ok(true);
+        };
+        tracing::warn!(pipeline = %self.config.name, "{message}");
+        self.stats.breaker_paused.set(1);
+        self.stats.set_condition(Some(message));
+        self.source.pause().await?;
+        let result: anyhow::Result<bool> = async {
+            loop {
+                let Some((_, left)) = self.open_breaker().filter(|(_, left)| !left.is_zero())
+                else {
+                    return Ok(true);
+                };
+                flight.commit_acknowledged(&mut *self.source).await?;
+                self.source.keepalive().await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(left.min(BREAKER_POLL)) => {}
+                    _ = shutdown.changed() => return Ok(false),
+                }
+                if self.maybe_reload().await {
+                    return Ok(true);
+                }
+            }
+        }
+        .await;
+        self.source.resume().await?;
+        self.stats.breaker_paused.set(0);
+        self.stats.set_condition(None);
+        if matches!(result, Ok(true)) {
+            tracing::info!(pipeline = %self.config.name, "circuit breaker cool-down over or new UDF version: resuming with a probe");
+        }
+        result
+    }
+
+    /// No records arrived: warns (once per `source.stall_warn_ms`) when the
+    /// source has had no partitions, or lag without progress, for that long;
+    /// clears the stall when neither holds any more.
+    fn check_stall(&self, stall: &mut StallWatch) {
+        let Some(after) = stall.after else {
+            return;
+        };
+        let assigned = self.source.assigned_partitions();
+        if assigned == Some(0) {
+            stall.unassigned_since.get_or_insert_with(Instant::now);
+        } else {
+            stall.unassigned_since = None;
+        }
+        let lag = self.source.lag().unwrap_or(0);
+        let why = match (assigned, stall.unassigned_since) {
+            (Some(0), Some(since)) if since.elapsed() >= after => format!(
+                "no partitions assigned for {} s (expected only while the group has more members than partitions; otherwise check the broker's group coordinator)",
+                since.elapsed().as_secs()
+            ),
+            (Some(n), _) if n > 0 && lag > 0 && stall.since.elapsed() >= after => format!(
+                "consumer lag {lag} and no record received for {} s",
+                stall.since.elapsed().as_secs()
+            ),
+            _ => {
+                self.clear_stall();
+                return;
+            }
+        };
+        let message = match &self.config.source {
+            SourceConfig::Kafka { group, topics, .. } => format!(
+                "stalled: {why} (group `{group}`, topics {}); `source.stall_warn_ms` = {}",
+                topics.join(", "),
+                after.as_millis()
+            ),
+            SourceConfig::File { .. } => format!("stalled: {why}"),
+        };
+        if stall.warned_at.is_none_or(|t| t.elapsed() >= after) {
+            tracing::warn!(pipeline = %self.config.name, "{message}");
+            stall.warned_at = Some(Instant::now());
+        }
+        self.stats.stalled.set(1);
+        self.stats.set_condition(Some(message));
+    }
+
+    fn clear_stall(&self) {
+        if self.stats.stalled.swap(0) == 1 {
+            self.stats.set_condition(None);
+            tracing::info!(pipeline = %self.config.name, "no longer stalled");
+        }
+    }
+
+    /// Between batches: if told that UDF versions may have changed, resolve
+    /// them again and re-plan. A failure keeps the running versions. `true`
+    /// when new versions are in effect.
+    async fn maybe_reload(&mut self) -> bool {
+        let Some(reload) = &mut self.reload else {
+            return false;
+        };
+        if !reload.changed.has_changed().unwrap_or(false) {
+            return false;
+        }
+        reload.changed.borrow_and_update();
+        let modules = match (reload.resolve)() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.config.name, "UDF reload failed, keeping the running versions: {e:#}");
+                return false;
+            }
+        };
+        let current = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let same = modules.len() == current.len()
+            && modules
+                .iter()
+                .zip(&current)
+                .all(|(a, b)| a.digest() == b.digest());
+        if same {
+            return false;
+        }
+        match Self::plan(&self.config, &modules, &self.decoder)
+            .await
+            .and_then(|q| {
+                self.encoder
+                    .check_schema(&q.output_schema())
+                    .map_err(anyhow::Error::msg)
+                    .map(|()| q)
+            }) {
+            Ok(query) => {
+                self.query = query;
+                let labels: Vec<&str> = modules.iter().map(|m| m.label()).collect();
+                tracing::info!(pipeline = %self.config.name, modules = ?labels, "new UDF versions in effect from this batch");
+                for m in &modules {
+                    m.bind_metrics(&self.config.name);
+                }
+                *self.modules.write().unwrap_or_else(|p| p.into_inner()) = modules;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// One micro-batch's outcome per UDF for the circuit breakers: failing
+    /// if the function itself failed on a row of it (trap, out of CPU, …),
+    /// succeeding otherwise — row errors are the function working.
+    /// Only functions the batch actually called count: a batch that never
+    /// reached a UDF (all rows filtered out or undecodable) says nothing of
+    /// it. `before` is [`Pipeline::calls_snapshot`] from before the batch.
+    fn record_breakers(&self, failed: &[super::isolate::FailedRow], before: &[u64]) {
+        let failing: std::collections::HashSet<&str> = failed
+            .iter()
+            .filter(|f| f.function_failure)
+            .filter_map(|f| f.udf.as_deref())
+            .collect();
+        // Refused by an open breaker: the function did not run.
+        let refused: std::collections::HashSet<&str> = failed
+            .iter()
+            .filter(|f| f.circuit_open)
+            .filter_map(|f| f.udf.as_deref())
+            .collect();
+        let after = self.calls_snapshot();
+        let modules = self
+            .modules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let functions = modules
+            .iter()
+            .flat_map(|m| m.manifest().functions.iter().map(move |f| (m, f)));
+        for (i, (module, f)) in functions.enumerate() {
+            let called = after.get(i) != before.get(i);
+            let name = f.name.as_str();
+            if refused.contains(name) {
+                continue;
+            }
+            if failing.contains(name) {
+                module.record_batch(name, false);
+            } else if called {
+                module.record_batch(name, true);
+            }
+        }
+    }
+
+    /// Calls so far per function of every module (guest calls, calls served
+    /// by the cache and calls refused by an open breaker alike): a change
+    /// means the batch reached the function.
+    fn calls_snapshot(&self) -> Vec<u64> {
+        self.functions()
+            .into_iter()
+            .map(|(m, i)| m.calls_made(i))
+            .collect()
+    }
+
+    fn log_progress(&self, elapsed: Duration) {
+        let s = &self.stats;
+        let records_in = s.records_in.get();
+        tracing::info!(
+            pipeline = %self.config.name,
+            records_in,
+            records_out = s.records_out.get(),
+            dead_letters = s.dead_letters.get(),
+            skipped = s.skipped.get(),
+            records_per_s = (records_in as f64 / elapsed.as_secs_f64().max(1e-9)).round(),
+            lag = self.source.lag(),
+            "progress"
+        );
+    }
+
+    /// One micro-batch: decode, transform and encode (isolating poison
+    /// rows), hand outputs and dead letters to their sinks; the batch joins
+    /// the in-flight window until both acknowledge it. `false` if the
+    /// pipeline was told to stop while a breaker held the batch (nothing of
+    /// it was sent or committed).
+    async fn process(
+        &mut self,
+        records: Vec<SourceRecord>,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        self.stats.records_in.add(records.len() as u64);
+        self.stats.batches.add(1);
+        // The tenant's rows/s quota: over it, wait (the source pauses if
+        // the wait is long); nothing is dropped.
+        let wait = self.tenant.throttle(records.len());
+        if !wait.is_zero() {
+            flight
+                .guard(&mut *self.source, async {
+                    tokio::time::sleep(wait).await;
+                    Ok(())
+                })
+                .await?;
+        }
+        let offsets = next_offsets(&records);
+        let decoded = self.decoder.decode(&records)?;
+        let mut letters: Vec<DeadLetter> = decoded
+            .failed
+            .iter()
+            .map(|(i, error)| DeadLetter {
+                record: records[*i].clone(),
+                stage: "decode",
+                error: error.clone(),
+                udf: None,
+            })
+            .collect();
+        let isolated = loop {
+            let before = self.calls_snapshot();
+            let isolated = {
+                let encoder = &self.encoder;
+                let limit = self.sink.max_record_bytes();
+                let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
+                    encode_checked(encoder, limit.as_ref(), batches)
+                };
+                run_isolating(&self.query, decoded.batch.clone(), &finish).await
+            };
+            self.record_breakers(&isolated.failed, &before);
+            // A breaker opened under the batch (another pipeline of the
+            // same UDF version tripped it): with `breaker_action = "pause"`
+            // the batch waits and runs again; nothing of it was sent.
+            let held = self.tenant.policy().breaker_action == BreakerAction::Pause
+                && isolated.failed.iter().any(|f| f.circuit_open);
+            if !held {
+                break isolated;
+            }
+            if !self.wait_out_breaker(flight, shutdown).await? {
+                return Ok(false);
+            }
+        };
+        letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
+            record: records[decoded.rows[f.row]].clone(),
+            stage: f.stage,
+            error: f.error,
+            udf: f.udf,
+        }));
+        drop(records);
+        if let Some(first) = letters.first()
+            && self.config.errors.policy == ErrorPolicy::Fail
+        {
+            bail!(
+                "record at {} partition {} offset {} failed to {}: {} (errors.policy = \"fail\")",
+                first.record.topic,
+                first.record.partition,
+                first.record.offset,
+                first.stage,
+                first.error
+            );
+        }
+        let out = isolated.outputs;
+        self.stats.records_out.add(out.len() as u64);
+        let mut bytes: usize = out.iter().map(|r| r.payload.len()).sum();
+        let sent = self.sink.send(out);
+        let ack = flight
+            .guard(&mut *self.source, sent)
+            .await
+            .context("sink")?;
+        let ack = if letters.is_empty() {
+            ack
+        } else {
+            match (&self.config.errors.policy, &self.dead_letters) {
+                (ErrorPolicy::DeadLetter, Some(dlq)) => {
+                    self.stats.dead_letters.add(letters.len() as u64);
+                    bytes += letters
+                        .iter()
+                        .map(|l| l.record.payload_len())
+                        .sum::<usize>();
+                    let sent = dlq.send(&self.config.name, letters);
+                    let dlq_ack = flight
+                        .guard(&mut *self.source, sent)
+                        .await
+                        .context("dead-letter sink")?;
+                    Box::pin(async move {
+                        let (sink, dlq) = futures::join!(ack, dlq_ack);
+                        sink.context("sink")?;
+                        dlq.context("dead-letter sink")
+                    })
+                }
+                _ => {
+                    self.stats.skipped.add(letters.len() as u64);
+                    ack
+                }
+            }
+        };
+        flight.push(ack, offsets, bytes);
+        Ok(true)
+    }
+}
+
+/// What an open circuit breaker asks of the pipeline before the next batch.
+enum Hold {
+    None,
+    /// The cool-down passed: run one record as the probe.
+    Probe,
+    /// Still cooling down: keep the source paused.
+    Wait,
+}
+
+/// When records last arrived, since when no partition is assigned, and
+/// when a stall was last reported.
+struct StallWatch {
+    after: Option<Duration>,
+    since: Instant,
+    unassigned_since: Option<Instant>,
+    warned_at: Option<Instant>,
+}
+
+impl StallWatch {
+    fn new(after_ms: u64) -> Self {
+        StallWatch {
+            after: (after_ms > 0).then(|| Duration::from_millis(after_ms)),
+            since: Instant::now(),
+            unassigned_since: None,
+            warned_at: None,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.since = Instant::now();
+        self.warned_at = None;
+    }
+}
+
+/// Encodes a query's output for the sink; a record the sink cannot take
+/// (too large for it) fails the run, so that isolation finds its row.
+fn encode_checked(
+    encoder: &RecordEncoder,
+    limit: Option<&RecordLimit>,
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<Vec<super::record::SinkRecord>, String> {
+    let mut out = Vec::new();
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        out.extend(
+            encoder
+                .encode(batch)
+                .map_err(|e| format!("the output cannot be encoded: {e}"))?,
+        );
+    }
+    if let Some(limit) = limit
+        && let Some(r) = out.iter().find(|r| r.size() > limit.bytes)
+    {
+        return Err(format!(
+            "the output record is {} bytes, over the sink's limit of {} bytes; raise {} (and the topic's `max.message.bytes`) or make the output smaller",
+            r.size(),
+            limit.bytes,
+            limit.key
+        ));
+    }
+    Ok(out)
+}
+
+/// Loads a pipeline file, or every `*.toml` in a folder.
+pub fn load_pipelines(path: &std::path::Path) -> anyhow::Result<Vec<PipelineConfig>> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        bail!("no pipeline files (*.toml) in {}", path.display());
+    }
+    files
+        .iter()
+        .map(|f| PipelineConfig::from_file(f).map_err(anyhow::Error::from))
+        .collect()
+}

@@ -1,0 +1,66 @@
+//! Where records come from.
+
+mod file;
+mod kafka;
+mod ownership;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use file::FileSource;
+pub use kafka::KafkaSource;
+pub use kafka::to_record;
+
+use super::record::{Offsets, SourceRecord};
+
+/// A stream of records read in micro-batches.
+#[async_trait]
+pub trait Source: Send {
+    /// Up to `max` records, waiting at most `linger` for more once the first
+    /// arrived. Empty when nothing arrived for a while (so that the caller
+    /// can commit what was acknowledged meanwhile); `None` when the source is
+    /// finished (files).
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> anyhow::Result<Option<Vec<SourceRecord>>>;
+
+    /// Every record before `offsets` reached the sink or the dead-letter
+    /// target.
+    async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()>;
+
+    /// Records not yet consumed (Kafka: consumer lag summed over the
+    /// assigned partitions), when known.
+    fn lag(&self) -> Option<i64> {
+        None
+    }
+
+    /// The sink is slow: stop fetching (Kafka: pause the assigned
+    /// partitions) so that nothing buffers without bound.
+    async fn pause(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Called regularly while paused, to keep group membership alive.
+    async fn keepalive(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Partitions assigned to this member (Kafka); `None` for sources
+    /// without partitions.
+    fn assigned_partitions(&self) -> Option<usize> {
+        None
+    }
+
+    /// The pipeline is stopping: make the last commit durable.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The sink caught up: fetch again.
+    async fn resume(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,352 @@
+//! Pipelines deployed through the API: stored with the registry, started
+//! and stopped on request (and again after a restart), their UDFs resolved
+//! from the registry (`name` follows the latest version, `name@N` pins one)
+//! and reloaded at a batch boundary when a new version is published.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::AppState;
+use crate::pipeline::runner::Reload;
+use crate::pipeline::{Pipeline, PipelineConfig, Status, Supervisor};
+use crate::sandbox::UdfModule;
+
+/// A UDF reference of a deployed pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdfRef {
+    pub name: String,
+    /// `None`: follows the latest version.
+    pub version: Option<i64>,
+}
+
+impl UdfRef {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (name, version) = match text.split_once('@') {
+            Some((n, "latest")) => (n, None),
+            Some((n, v)) => (
+                n,
+                Some(v.parse().map_err(|_| {
+                    format!("udf `{text}`: the version after `@` must be a number or `latest`")
+                })?),
+            ),
+            None => (text, None),
+        };
+        Ok(UdfRef {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+/// The pipelines deployed through the API (run by the one pipeline
+/// supervisor) and the registry's change signal.
+pub struct Pipelines {
+    supervisor: Supervisor<Vec<UdfRef>>,
+    /// Ticks on every publish or delete: pipelines following `latest` reload.
+    pub changed: watch::Sender<u64>,
+}
+
+impl Default for Pipelines {
+    fn default() -> Self {
+        Pipelines {
+            supervisor: Supervisor::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Pipelines {
+    pub fn notify_registry_changed(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Whether a running pipeline of `tenant` pins `name@version`.
+    pub fn pinned_by(&self, tenant: &str, name: &str, version: i64) -> Option<String> {
+        self.supervisor.find_running(tenant, |udfs| {
+            udfs.iter()
+                .any(|u| u.name == name && u.version == Some(version))
+        })
+    }
+
+    pub fn is_running(&self, tenant: &str, name: &str) -> bool {
+        self.supervisor.is_running(tenant, name)
+    }
+
+    /// Stops a pipeline (it finishes its in-flight batches and commits).
+    pub async fn stop(&self, tenant: &str, name: &str) {
+        if let Some(Err(e)) = self.supervisor.stop(tenant, name).await {
+            tracing::warn!(tenant, pipeline = name, "stopped with an error: {e:#}");
+        }
+    }
+
+    /// Stops every pipeline (on shutdown).
+    pub async fn stop_all(&self) {
+        if let Err(e) = self.supervisor.stop_all().await {
+            tracing::warn!("a pipeline stopped with an error: {e:#}");
+        }
+    }
+
+    pub fn status(&self, tenant: &str, name: &str) -> Status {
+        self.supervisor.status(tenant, name)
+    }
+}
+
+/// Loads the modules `udfs` refer to, for `tenant`.
+fn resolve(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> Result<Vec<Arc<UdfModule>>, String> {
+    let tenant_state = state.tenants.get(tenant);
+    udfs.iter()
+        .map(|u| {
+            let v = state
+                .registry
+                .get(tenant, &u.name, u.version)?
+                .ok_or_else(|| match u.version {
+                    Some(n) => format!("udf `{}` version {n} is not in the registry", u.name),
+                    None => format!("udf `{}` is not in the registry", u.name),
+                })?;
+            let bytes = state.registry.module_bytes(&v)?;
+            state
+                .sandbox
+                .load_for(
+                    &format!("{tenant}/{}@v{}", u.name, v.version),
+                    &bytes,
+                    &tenant_state,
+                )
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Parses a deployed pipeline's TOML for `tenant`/`name`: the tenant and
+/// name come from the URL; `udfs` are registry references.
+pub fn parse(
+    tenant: &str,
+    name: &str,
+    text: &str,
+) -> Result<(PipelineConfig, Vec<UdfRef>), String> {
+    let mut config = PipelineConfig::from_toml(text).map_err(|e| e.to_string())?;
+    if config.name != name {
+        return Err(format!(
+            "the file says name = \"{}\" but the URL names pipeline `{name}`",
+            config.name
+        ));
+    }
+    config.tenant = tenant.to_string();
+    if !config.udfs.is_empty()
+        && config
+            .udfs
+            .iter()
+            .any(|p| p.to_string_lossy().contains('/'))
+    {
+        return Err(
+            "`udfs` of a deployed pipeline name registry UDFs (`name` or `name@N`), not files"
+                .to_string(),
+        );
+    }
+    let udfs = config
+        .udfs
+        .iter()
+        .map(|p| UdfRef::parse(&p.to_string_lossy()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, udfs))
+}
+
+/// librdkafka properties a pipeline deployed through the API may set:
+/// tuning and SASL credentials. Anything naming a file (`*.location`,
+/// keytabs) or code (`plugin.library.paths`, interceptors) is refused.
+const ALLOWED_PROPERTY_PREFIXES: &[&str] = &[
+    "fetch.",
+    "queued.",
+    "linger.ms",
+    "batch.",
+    "compression.",
+    "message.max.bytes",
+    "socket.",
+    "reconnect.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "statistics.interval.ms",
+    "request.timeout.ms",
+    "retry.backoff.ms",
+];
+
+/// Brokers, topics, group and properties of a deployed pipeline against
+/// its tenant's policy (`kafka_brokers`, `topic_prefix`).
+pub fn check_kafka(
+    config: &PipelineConfig,
+    policy: &crate::tenant::TenantPolicy,
+) -> Result<(), String> {
+    use crate::pipeline::config::{SinkConfig, SourceConfig};
+    let mut brokers = Vec::new();
+    let mut names: Vec<(&str, &str)> = Vec::new();
+    let mut properties = Vec::new();
+    if let SourceConfig::Kafka {
+        brokers: b,
+        topics,
+        group,
+        properties: p,
+        ..
+    } = &config.source
+    {
+        brokers.push(b.as_str());
+        names.extend(topics.iter().map(|t| ("source.topics", t.as_str())));
+        names.push(("source.group", group.as_str()));
+        properties.extend(p.keys());
+    }
+    if let SinkConfig::Kafka {
+        brokers: b,
+        topic,
+        properties: p,
+        ..
+    } = &config.sink
+    {
+        brokers.push(b.as_str());
+        names.push(("sink.topic", topic.as_str()));
+        properties.extend(p.keys());
+    }
+    if let Some(topic) = &config.errors.topic {
+        names.push(("errors.topic", topic.as_str()));
+    }
+    for b in brokers {
+        check_brokers(b, policy)?;
+    }
+    for (key, name) in names {
+        check_topic(key, name, policy)?;
+    }
+    if let Some(key) = properties
+        .iter()
+        .find(|k| !ALLOWED_PROPERTY_PREFIXES.iter().any(|p| k.starts_with(p)))
+    {
+        return Err(format!(
+            "property `{key}` may not be set on a pipeline deployed through the API (allowed: tuning and SASL credentials)"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_brokers(brokers: &str, policy: &crate::tenant::TenantPolicy) -> Result<(), String> {
+    if policy.kafka_brokers.is_empty() || policy.kafka_brokers.iter().any(|b| b == brokers) {
+        Ok(())
+    } else {
+        Err(format!(
+            "brokers `{brokers}` are not among the tenant's `kafka_brokers` in the policy"
+        ))
+    }
+}
+
+pub fn check_topic(
+    key: &str,
+    name: &str,
+    policy: &crate::tenant::TenantPolicy,
+) -> Result<(), String> {
+    if name.starts_with(&policy.topic_prefix) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} `{name}` does not start with the tenant's `topic_prefix` `{}`",
+            policy.topic_prefix
+        ))
+    }
+}
+
+/// Every file a pipeline would read or write must lie in one of `roots`
+/// (after resolving `..` and symbolic links).
+pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> Result<(), String> {
+    use crate::pipeline::config::{SinkConfig, SourceConfig};
+    let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
+    if let SourceConfig::File { path, .. } = &config.source {
+        files.push(("source.path", path));
+    }
+    if let SinkConfig::File { path, .. } = &config.sink {
+        files.push(("sink.path", path));
+    }
+    if let Some(path) = &config.errors.path {
+        files.push(("errors.path", path));
+    }
+    for (key, path) in files {
+        let resolved = resolve_path(path)
+            .ok_or_else(|| format!("{key} `{}` cannot be resolved", path.display()))?;
+        let inside = roots
+            .iter()
+            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| resolved.starts_with(root)));
+        if !inside {
+            return Err(format!(
+                "{key} `{}` is outside the folders deployed pipelines may use (serve.file_roots); use Kafka, or ask an operator to allow the folder",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The path made absolute: its nearest existing ancestor canonicalized
+/// (symbolic links and `..` resolved), the rest appended; `None` when the
+/// part that does not exist yet contains `..`.
+fn resolve_path(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(base) = std::fs::canonicalize(existing) {
+            let mut resolved = base;
+            for part in rest.iter().rev() {
+                resolved.push(part);
+            }
+            return Some(resolved);
+        }
+        let name = existing.file_name()?;
+        if name == ".." {
+            return None;
+        }
+        rest.push(name.to_os_string());
+        existing = existing.parent()?;
+    }
+}
+
+/// Builds and starts a pipeline.
+pub async fn start(
+    state: &Arc<AppState>,
+    tenant: &str,
+    name: &str,
+    text: &str,
+) -> Result<(), String> {
+    let (config, udfs) = parse(tenant, name, text)?;
+    check_files(&config, &state.config.file_roots)?;
+    check_kafka(&config, &state.tenants.get(tenant).policy())?;
+    let modules = resolve(state, tenant, &udfs)?;
+    let resolver_state = state.clone();
+    let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());
+    let reload = Reload {
+        changed: state.pipelines.changed.subscribe(),
+        resolve: Arc::new(move || {
+            resolve(&resolver_state, &resolver_tenant, &resolver_udfs).map_err(anyhow::Error::msg)
+        }),
+    };
+    let pipeline = Pipeline::build_with_modules(config, modules, &state.tenants, Some(reload))
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    // The new pipeline is built (a bad update fails here, leaving the old
+    // one running); only now is the running one stopped and replaced.
+    state.pipelines.supervisor.start(pipeline, udfs).await;
+    Ok(())
+}
+/// Starts every stored pipeline that should run (after a restart).
+pub async fn start_stored(state: &Arc<AppState>) {
+    let stored = match state.registry.pipelines("*") {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot read stored pipelines: {e}");
+            return;
+        }
+    };
+    for p in stored.into_iter().filter(|p| p.running) {
+        if let Err(e) = start(state, &p.tenant, &p.name, &p.config).await {
+            tracing::error!(tenant = %p.tenant, pipeline = %p.name, "not restarted: {e}");
+        }
+    }
+}

@@ -127,6 +127,13 @@ async fn bare_loop(brokers: &str, input: &str, output: &str, n: usize) -> f64 {
 }
 
 fn config(brokers: &str, input: &str, output: &str, group: &str, geo: &Path) -> PipelineConfig {
+    let debug = format!(
+        "[source.properties]\n{}\"fetch.wait.max.ms\" = \"{wait}\"\n\"fetch.error.backoff.ms\" = \"{wait}\"",
+        std::env::var("WEIR_BENCH_DEBUG")
+            .map(|d| format!("debug = \"{d}\"\n"))
+            .unwrap_or_default(),
+        wait = fetch_wait_ms()
+    );
     PipelineConfig::from_toml(&format!(
         r#"
 name = "bench"
@@ -152,13 +159,6 @@ max_records = 4096
 max_linger_ms = 20
 "#,
         geo = geo.display(),
-        debug = format!(
-            "[source.properties]\n{}\"fetch.wait.max.ms\" = \"{wait}\"\n\"fetch.error.backoff.ms\" = \"{wait}\"",
-            std::env::var("WEIR_BENCH_DEBUG")
-                .map(|d| format!("debug = \"{d}\"\n"))
-                .unwrap_or_default(),
-            wait = fetch_wait_ms()
-        )
     ))
     .unwrap()
 }
@@ -170,9 +170,7 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
     let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
     let task = tokio::spawn(pipeline.run(stopped));
-    while (stats.records_in.get() as usize) < n
-        || stats.batches.get() == 0
-    {
+    while (stats.records_in.get() as usize) < n || stats.batches.get() == 0 {
         if task.is_finished() {
             let result = task.await.unwrap();
             panic!(

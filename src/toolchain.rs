@@ -119,22 +119,6 @@ pub fn build_rust(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildEr
     Ok(wasm)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_target_is_detected_and_explained() {
-        let sysroot = std::env::temp_dir().join("weir-no-such-sysroot");
-        assert!(!target_in_sysroot(&sysroot));
-        let message = BuildError::MissingTarget.to_string();
-        assert!(
-            message.contains("rustup target add wasm32-unknown-unknown"),
-            "{message}"
-        );
-    }
-}
-
 /// The C compiler for C UDFs (`WEIR_CLANG` overrides).
 fn clang() -> String {
     std::env::var("WEIR_CLANG").unwrap_or_else(|_| "clang".to_string())
@@ -204,4 +188,20 @@ pub fn build_c(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildError
         )));
     }
     Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_target_is_detected_and_explained() {
+        let sysroot = std::env::temp_dir().join("weir-no-such-sysroot");
+        assert!(!target_in_sysroot(&sysroot));
+        let message = BuildError::MissingTarget.to_string();
+        assert!(
+            message.contains("rustup target add wasm32-unknown-unknown"),
+            "{message}"
+        );
+    }
 }

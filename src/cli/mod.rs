@@ -2,6 +2,7 @@
 
 mod replay;
 mod run;
+mod sdk;
 mod serve;
 mod sql;
 mod udf;

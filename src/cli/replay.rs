@@ -25,6 +25,9 @@ use serde_json::{Map, Value};
 
 use crate::pipeline::kafka::{client_config, scrub};
 
+/// Kafka headers: name and value (`None`: a header without a value).
+type HeaderList = Vec<(String, Option<Vec<u8>>)>;
+
 /// Metadata and watermark requests give up after this long.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reading the dead-letter topic fails when no record (or end of partition)
@@ -112,7 +115,7 @@ struct Letter {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     /// The original headers, in order (weir's own removed).
-    headers: Vec<(String, Option<Vec<u8>>)>,
+    headers: HeaderList,
     /// The payload was cut to fit: it is incomplete.
     truncated: bool,
     /// The original payload length in bytes, when truncated and known.
@@ -427,7 +430,7 @@ fn bytes_field(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<u8>>, 
 
 /// `headers`: `[{"name", "value" | "value_base64"}]`; absent (older files)
 /// or null is none. weir's own headers are left out.
-fn headers_field(obj: &Map<String, Value>) -> Result<Vec<(String, Option<Vec<u8>>)>, String> {
+fn headers_field(obj: &Map<String, Value>) -> Result<HeaderList, String> {
     let list = match obj.get("headers") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
@@ -530,7 +533,7 @@ fn kafka_letter(
     at: String,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+    headers: HeaderList,
 ) -> Letter {
     let mut letter = Letter {
         at,
@@ -585,7 +588,7 @@ fn kafka_letter(
 }
 
 fn letter_from_message(m: &BorrowedMessage<'_>) -> Letter {
-    let headers: Vec<(String, Option<Vec<u8>>)> = m
+    let headers: HeaderList = m
         .headers()
         .map(|h| {
             h.iter()

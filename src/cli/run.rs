@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::pipeline::{Pipeline, Supervisor};
 use crate::pipeline::runner::load_pipelines;
+use crate::pipeline::{Pipeline, Supervisor};
 use crate::sandbox::Sandbox;
 use crate::tenant::{Policy, Tenants};
 

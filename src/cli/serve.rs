@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::config::WeirConfig;
 use crate::sandbox::Sandbox;
-use crate::serve::{AppState, hash_token, serve};
+use crate::serve::{AppState, serve};
 use crate::tenant::{Policy, Tenants};
 
 #[derive(Debug, Args)]
@@ -47,12 +47,9 @@ pub async fn run(config: WeirConfig, sandbox: Sandbox, args: &ServeArgs) -> anyh
 
 /// Prints a new random token and its sha256.
 pub fn new_token() -> anyhow::Result<()> {
-    let mut bytes = [0u8; 24];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let token = format!("weir_{}", hex::encode(bytes));
+    let (token, sha256) = crate::serve::services::tokens::mint()?;
     println!("token:  {token}");
-    println!("sha256: {}", hash_token(&token));
+    println!("sha256: {sha256}");
     println!("(put the sha256 in [[serve.tokens]]; keep the token secret)");
     Ok(())
 }

@@ -34,7 +34,8 @@ pub struct NewArgs {
     /// Where to create it (default: ./NAME).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// The weir-udf SDK crate (default: the one this weir was built with).
+    /// The weir-udf SDK crate (default: the one inside this weir binary,
+    /// written to ~/.cache/weir/sdk/VERSION-HASH on first use).
     #[arg(long, env = "WEIR_SDK_DIR")]
     pub sdk: Option<PathBuf>,
 }
@@ -136,11 +137,11 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     if dir.exists() {
         anyhow::bail!("{} exists; pick another name or --dir", dir.display());
     }
-    let sdk = args
-        .sdk
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/udfs/sdk")));
-    let sdk = std::path::absolute(&sdk)?;
+    let sdk = match (&args.sdk, args.lang.as_str()) {
+        (Some(sdk), _) => std::path::absolute(sdk)?,
+        (None, "rust") => super::sdk::ensure()?,
+        (None, _) => PathBuf::new(),
+    };
     if args.lang == "rust" && !sdk.join("Cargo.toml").exists() {
         anyhow::bail!(
             "the weir-udf SDK is not at {}; pass --sdk PATH/udfs/sdk (a weir checkout)",

@@ -104,7 +104,7 @@ async fn row_errors_never_open_a_breaker_and_every_good_record_is_delivered() {
             .collect();
         dead.sort();
         assert_eq!(dead, bad, "1 in {error_every}: exactly the bad ones");
-        let modules = modules.read().unwrap().clone();
+        let modules = modules.read().clone();
         assert_eq!(
             modules[0].breaker(0).unwrap().state(),
             BreakerState::Closed,

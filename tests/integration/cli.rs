@@ -221,12 +221,10 @@ fn the_udf_guide_from_scaffold_to_sql_in_c() {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_clang {
-        assert!(
-            std::env::var_os("WEIR_REQUIRE_BROKER").is_none(),
-            "clang is required (apt-get install clang lld)"
-        );
-        eprintln!("skipped: clang not installed");
+    if !support::require_or_skip(
+        "clang with wasm32 support (apt-get install clang lld)",
+        has_clang,
+    ) {
         return;
     }
     follow_the_guide("c", "target/my_score.wasm");
@@ -234,12 +232,16 @@ fn the_udf_guide_from_scaffold_to_sql_in_c() {
 
 fn follow_the_guide(lang: &str, module: &str) {
     let dir = tempfile::tempdir().unwrap();
+    // The SDK comes out of the binary, not from this checkout.
+    let sdk_home = tempfile::tempdir().unwrap();
     let weir = env!("CARGO_BIN_EXE_weir");
     let run = |args: &[&str], cwd: &std::path::Path| {
         let out = std::process::Command::new(weir)
             .args(args)
             .current_dir(cwd)
             .env("WEIR_CACHE_DIR", crate::support::cache_dir())
+            .env("WEIR_SDK_HOME", sdk_home.path())
+            .env_remove("WEIR_SDK_DIR")
             .output()
             .unwrap();
         let text = format!(
@@ -252,6 +254,15 @@ fn follow_the_guide(lang: &str, module: &str) {
     };
     run(&["udf", "new", "my_score", "--lang", lang], dir.path());
     let project = dir.path().join("my_score");
+    if lang == "rust" {
+        let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+        let checkout = crate::support::repo().display().to_string();
+        assert!(
+            !manifest.contains(&checkout)
+                && manifest.contains(&sdk_home.path().display().to_string()),
+            "the scaffold must use the SDK shipped in the binary:\n{manifest}"
+        );
+    }
     let built = run(&["udf", "build"], &project);
     assert!(built.contains("my_score.wasm"), "{built}");
     let tested = run(&["udf", "test", module, "--input", "rows.json"], &project);

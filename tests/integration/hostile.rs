@@ -103,7 +103,7 @@ fn infinite_loop_runs_out_of_cpu() {
                 }
             )
         },
-        "ran out of CPU after 200 ms on batch 1 (4 rows); raise `sandbox.cpu_ms_per_batch`",
+        "ran out of CPU after 200 ms on a batch of 4 rows; raise `sandbox.cpu_ms_per_batch`",
     );
 }
 
@@ -284,9 +284,27 @@ fn a_panicking_guest_is_replaced_and_keeps_serving() {
 
 #[test]
 fn guest_logging_is_rate_limited_not_fatal() {
+    // `chatty` logs `row value {x}` for every row: 1000 lines asked for, the
+    // first `log_lines_per_batch` (16) written, the rest dropped, and the
+    // call still succeeds with every row.
     let module = support::load("testkit");
     let index = module.function_index("chatty").unwrap();
     let values: Vec<i64> = (0..1000).collect();
-    let out = module.call(index, &ints(&values), 1000).unwrap();
-    assert_eq!(out.len(), 1000);
+    let budget = SandboxLimits::default().log_lines_per_batch as i64;
+    assert_eq!(budget, 16);
+    let log = support::GuestLog::new();
+    let out = log.capture(|| module.call(index, &ints(&values), 1000).unwrap());
+    let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(out.values().to_vec(), values, "chatty returns its input");
+    let expected: Vec<String> = (0..budget).map(|x| format!("row value {x}")).collect();
+    assert_eq!(log.lines(), expected, "exactly the first {budget} lines");
+    // The budget is per call: the next call writes its first 16 lines too.
+    let again: Vec<i64> = (1000..1100).collect();
+    log.capture(|| module.call(index, &ints(&again), 100).unwrap());
+    let lines = log.lines();
+    assert_eq!(lines.len(), 2 * budget as usize, "{lines:?}");
+    let expected: Vec<String> = (1000..1000 + budget)
+        .map(|x| format!("row value {x}"))
+        .collect();
+    assert_eq!(lines[budget as usize..], expected[..]);
 }

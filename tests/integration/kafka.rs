@@ -1,8 +1,9 @@
 //! Pipelines against a real Kafka-protocol broker (nisshi on loopback).
 //!
 //! The broker binary is `$NISSHI`, else `nisshi` on PATH or in ~/.cargo/bin.
-//! Without it these tests are skipped, unless `WEIR_REQUIRE_BROKER=1`
-//! (set by `.ci/run`, which installs nisshi) makes that a failure. Each
+//! Without it these tests are skipped, unless `WEIR_REQUIRE_BROKER` is set to
+//! anything but "" or "0" (`.ci/run` sets it to 1 and installs nisshi),
+//! which makes that a failure (`support::require_or_skip`). Each
 //! broker keeps its data in SQLite in a temporary folder of its own.
 
 use std::collections::BTreeSet;
@@ -73,15 +74,14 @@ pub fn broker() -> Option<Broker> {
 
 /// A broker with `storage`, on `port` (or a free one), in `dir` (or a new one).
 fn broker_with(storage: &str, port: Option<u16>, dir: Option<tempfile::TempDir>) -> Option<Broker> {
-    let Some(bin) = nisshi() else {
-        if std::env::var("WEIR_REQUIRE_BROKER").is_ok_and(|v| v == "1") {
-            panic!("WEIR_REQUIRE_BROKER=1 but no nisshi binary was found");
-        }
-        eprintln!(
-            "skipping: no nisshi broker binary (cargo +1.96.0 install nisshi --locked --no-default-features --features libsql)"
-        );
+    let bin = nisshi();
+    if !support::require_or_skip(
+        "the nisshi broker binary ($NISSHI, or `cargo +1.96.0 install nisshi --locked --no-default-features --features libsql`)",
+        bin.is_some(),
+    ) {
         return None;
-    };
+    }
+    let bin = bin.expect("checked above");
     let port = port.unwrap_or_else(|| {
         TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -632,13 +632,19 @@ async fn broker_restart_mid_stream_loses_nothing() {
     drop(broker);
 }
 
+/// The resident set size of process `pid`, in KiB. Panics when it cannot be
+/// read: a memory bound that was never measured must not pass.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path} to measure RSS: {e}"));
+    let rss: u64 = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"));
+    assert!(rss > 0, "{path} reports an RSS of 0 KiB:\n{status}");
+    rss
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -716,7 +722,7 @@ async fn a_stalled_sink_pauses_the_source_with_bounded_memory_then_resumes() {
         .await
         .expect("all records arrive")
         .unwrap();
-    assert_eq!(seen.len(), total);
+    assert_eq!(seen, (0..total as i64).collect::<BTreeSet<i64>>());
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()
@@ -734,12 +740,10 @@ async fn the_readme_kafka_walkthrough_works_with_an_independent_client() {
         .args(["-c", "import confluent_kafka"])
         .status()
         .is_ok_and(|s| s.success());
-    if !has_client {
-        assert!(
-            std::env::var_os("WEIR_REQUIRE_BROKER").is_none(),
-            "python3 with confluent-kafka is required (pip install confluent-kafka)"
-        );
-        eprintln!("skipped: python3 with confluent-kafka not found");
+    if !support::require_or_skip(
+        "python3 with confluent-kafka (pip install confluent-kafka)",
+        has_client,
+    ) {
         return;
     }
     let Some(broker) = broker() else { return };
@@ -780,21 +784,137 @@ async fn the_readme_kafka_walkthrough_works_with_an_independent_client() {
     let weir = Weir::start(&pipeline);
     let out = python(&scripts[1]);
     assert!(weir.stop().success());
-    let clean: Vec<&str> = out.lines().filter(|l| l.starts_with("clean ")).collect();
-    let dlq: Vec<&str> = out
+    // The README's reader stops after 10 and 1 records by construction, so
+    // what it printed is compared record by record: exactly the ten keys
+    // 0..9, each once, each with its own transformed values.
+    let mut clean: Vec<(String, i64, i64, String, String)> = out
+        .lines()
+        .filter(|l| l.starts_with("clean "))
+        .map(|l| {
+            let (key, value, _) = printed(l, "clean");
+            let v: serde_json::Value =
+                serde_json::from_str(&value).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert!(
+                v["source_partition"]
+                    .as_i64()
+                    .is_some_and(|p| (0..3).contains(&p)),
+                "{l}"
+            );
+            (
+                key,
+                v["id"].as_i64().unwrap_or_else(|| panic!("{l}")),
+                v["cents"].as_i64().unwrap_or_else(|| panic!("{l}")),
+                v["currency"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{l}"))
+                    .to_string(),
+                v["card"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{l}"))
+                    .to_string(),
+            )
+        })
+        .collect();
+    clean.sort();
+    let expected: Vec<(String, i64, i64, String, String)> = (0..10i64)
+        .map(|i| {
+            (
+                i.to_string(),
+                i,
+                i * 100 + 50,
+                "EUR".to_string(),
+                "#### #".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(clean, expected, "{out}");
+    let dlq: Vec<(String, String, String)> = out
         .lines()
         .filter(|l| l.starts_with("payments-dlq "))
+        .map(|l| printed(l, "payments-dlq"))
         .collect();
-    assert_eq!(clean.len(), 10, "{out}");
     assert_eq!(dlq.len(), 1, "{out}");
-    assert!(
-        dlq[0].contains("b'bad'") && dlq[0].contains("parse_cents"),
-        "{out}"
+    let (key, value, headers) = &dlq[0];
+    assert_eq!(key, "bad", "{out}");
+    assert_eq!(
+        value, r#"{"id": 99, "amount": "oops", "card": ""}"#,
+        "the original payload: {out}"
     );
     assert!(
-        clean.iter().all(|l| l.contains("\"card\":\"#### #\"")),
+        headers.contains("'weir.udf': b'parse_cents'")
+            && headers.contains("'weir.stage': b'transform'"),
         "{out}"
     );
+    // Nothing beyond what the reader stopped at: the topics hold exactly
+    // these records (no duplicates, no strays).
+    let mut ids: Vec<i64> = read_settled(&broker.addr, "clean", 10)
+        .await
+        .iter()
+        .map(|(_, p, _)| {
+            serde_json::from_str::<serde_json::Value>(p).unwrap()["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{p}"))
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<i64>>());
+    let letters: Vec<(Option<String>, String)> = read_settled(&broker.addr, "payments-dlq", 1)
+        .await
+        .into_iter()
+        .map(|(k, p, _)| (k, p))
+        .collect();
+    assert_eq!(
+        letters,
+        vec![(
+            Some("bad".to_string()),
+            r#"{"id": 99, "amount": "oops", "card": ""}"#.to_string()
+        )]
+    );
+}
+
+/// (key, value, headers) of a line the README's reader printed:
+/// `topic b'key' b'value' {headers}` (Python reprs; the values here hold no
+/// quote or backslash to unescape).
+fn printed(line: &str, topic: &str) -> (String, String, String) {
+    let rest = line
+        .strip_prefix(topic)
+        .and_then(|r| r.strip_prefix(" b'"))
+        .unwrap_or_else(|| panic!("no `{topic} b'key'` in {line}"));
+    let (key, rest) = rest
+        .split_once("' b'")
+        .unwrap_or_else(|| panic!("no value in {line}"));
+    let (value, headers) = rest
+        .split_once("' {")
+        .unwrap_or_else(|| panic!("no headers in {line}"));
+    (key.to_string(), value.to_string(), format!("{{{headers}"))
+}
+
+/// Every record in `topic` from its start: reads until `at_least` arrived
+/// (or panics after 90 s), then on until 3 s pass without another, so that
+/// records beyond the expected ones are seen too.
+pub async fn read_settled(addr: &str, topic: &str, at_least: usize) -> Vec<Received> {
+    let consumer = reader(addr, topic);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let wait = if out.len() < at_least {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_secs(3)
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(m) => {
+                let m = m.unwrap();
+                out.push((
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    Vec::new(),
+                ));
+            }
+            Err(_) if out.len() >= at_least => return out,
+            Err(_) => panic!("gave up after {} records on `{topic}`", out.len()),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

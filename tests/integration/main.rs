@@ -2,12 +2,14 @@
 
 mod support;
 
+mod architecture;
 mod breaker;
 mod cache;
 mod cli;
 mod hostile;
 mod kafka;
 mod library;
+mod limits;
 mod pipeline;
 mod poison;
 mod replay;

@@ -119,7 +119,7 @@ async fn dirty_streams_deliver_every_good_record_and_dead_letter_exactly_the_bad
                 .all(|l| header(l, "weir.error").is_some_and(|e| !e.contains("circuit open"))),
             "{percent} %: no record was refused by a breaker"
         );
-        let modules = modules.read().unwrap().clone();
+        let modules = modules.read().clone();
         assert_eq!(modules[0].breaker(0).unwrap().state(), BreakerState::Closed);
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::prelude::SessionContext;
 use weir::sql::{TableSpec, register_table};
@@ -125,4 +125,94 @@ pub fn ndjson(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Whether a test may go on: `available` says whether the external tool it
+/// needs (`what`, with how to install it) is there. A missing tool skips the
+/// test (false, with a note on stderr), unless `WEIR_REQUIRE_BROKER` is set
+/// to anything but "" or "0": then a missing tool is a failure. Every test
+/// that needs a broker, Prometheus, clang or Python's Kafka client asks here.
+pub fn require_or_skip(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    let required = std::env::var_os("WEIR_REQUIRE_BROKER")
+        .is_some_and(|v| !v.is_empty() && v.as_os_str() != std::ffi::OsStr::new("0"));
+    if required {
+        panic!("{what} is required: WEIR_REQUIRE_BROKER is set, so a missing tool fails the test");
+    }
+    eprintln!("skipped: {what} is not available (WEIR_REQUIRE_BROKER=1 makes this a failure)");
+    false
+}
+
+/// The guest log lines (`weir.log`, tracing target `weir_core::guest`)
+/// written on threads while they run inside [`GuestLog::capture`], in the
+/// order they were written. Clones share the lines.
+#[derive(Clone)]
+pub struct GuestLog {
+    lines: Arc<Mutex<Vec<String>>>,
+    dispatch: tracing::Dispatch,
+}
+
+impl GuestLog {
+    pub fn new() -> Self {
+        use tracing_subscriber::layer::SubscriberExt;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(CollectGuestLines(lines.clone()));
+        GuestLog {
+            lines,
+            dispatch: tracing::Dispatch::new(subscriber),
+        }
+    }
+
+    /// Runs `f` on this thread with its guest log lines collected.
+    pub fn capture<R>(&self, f: impl FnOnce() -> R) -> R {
+        tracing::dispatcher::with_default(&self.dispatch, f)
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Default for GuestLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct CollectGuestLines(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CollectGuestLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "weir_core::guest" {
+            return;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        // Pushed under the lock: the order of the lines is the order the
+        // guests wrote them in.
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message.0);
+    }
+}
+
+/// The `message` field of an event.
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }

@@ -74,24 +74,32 @@ fn each_tenant_gets_its_own_cpu_budget() {
     );
     let (slow, quick) = (load(&t.get("slow")), load(&t.get("quick")));
     let work = vec![Some(300_000_000)];
-    assert!(call(&slow, "spin", work.clone()).is_ok());
+    // `spin` returns how many rounds it ran: all of them.
+    assert_eq!(call(&slow, "spin", work.clone()).unwrap(), work);
     let err = call(&quick, "spin", work).unwrap_err();
     assert!(matches!(err, Failure::OutOfCpu { .. }), "{err:?}");
 }
 
 #[test]
 fn the_aggregate_memory_cap_holds_across_instances_and_modules() {
-    // 64 KiB pages: each instance starts with 2 (+1 for the call); the
-    // tenant may hold 40 pages in total, each instance up to 32.
+    // 64 KiB pages: each instance starts with 2 (a batch's arguments fit in
+    // them); the tenant may hold 40 pages in total, each instance up to 32.
+    // `grow(n)` returns memory.grow's result in row 0, the size after in
+    // the other rows.
     let t = tenants(
         "[tenants.acme]\nmemory_bytes = 2097152\nmemory_total_bytes = 2621440\nmax_concurrent_calls = 4\n",
     );
     let acme = t.get("acme");
     let (a, b) = (load(&acme), load(&acme));
-    // a grows to ~20 pages: fine.
-    assert!(call(&a, "grow", vec![Some(17)]).is_ok());
-    // b would bring the tenant past 40 pages: denied, naming the tenant.
-    let err = call(&b, "grow", vec![Some(20)]).unwrap_err();
+    // a grows from 2 pages to 19: granted, memory.grow hands the guest the
+    // old size (row 0) and the memory has the new one (row 1).
+    assert_eq!(
+        call(&a, "grow", vec![Some(17), Some(0)]).unwrap(),
+        vec![Some(2), Some(19)]
+    );
+    // b would bring the tenant past 40 pages: denied, naming the tenant
+    // (the limiter traps the call; the guest gets no value back).
+    let err = call(&b, "grow", vec![Some(20), Some(0)]).unwrap_err();
     assert!(
         matches!(&err, Failure::TenantMemory { tenant, .. } if tenant == "acme"),
         "{err:?}"
@@ -99,7 +107,35 @@ fn the_aggregate_memory_cap_holds_across_instances_and_modules() {
     assert!(acme.memory_used() <= 2_621_440);
     // Another tenant is not affected.
     let other = load(&t.get("other"));
-    assert!(call(&other, "grow", vec![Some(20)]).is_ok());
+    assert_eq!(
+        call(&other, "grow", vec![Some(20), Some(0)]).unwrap(),
+        vec![Some(2), Some(22)]
+    );
+    // A grow that the module's own declared maximum (8 pages) refuses is not
+    // a trap: memory.grow returns -1 to the guest and the memory keeps its
+    // size; a grow within the maximum returns the old size.
+    let source = std::fs::read_to_string(guest()).unwrap();
+    let capped = source.replace(
+        "(memory (export \"memory\") 2)",
+        "(memory (export \"memory\") 2 8)",
+    );
+    assert_ne!(
+        capped, source,
+        "guest.wat declares `(memory (export \"memory\") 2)`"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("capped.wat"), capped).unwrap();
+    let capped = support::sandbox()
+        .load_file_for(dir.path().join("capped.wat"), &t.get("other"))
+        .unwrap();
+    assert_eq!(
+        call(&capped, "grow", vec![Some(20), Some(0)]).unwrap(),
+        vec![Some(-1), Some(2)]
+    );
+    assert_eq!(
+        call(&capped, "grow", vec![Some(6), Some(0)]).unwrap(),
+        vec![Some(2), Some(8)]
+    );
 }
 
 #[test]
@@ -141,16 +177,10 @@ fn deterministic_results_are_cached_by_value_null_and_version() {
         vec![Some(3), None]
     );
     // Non-deterministic functions are never cached.
-    let before = (
-        cache.stats.hits.get(),
-        cache.stats.misses.get(),
-    );
+    let before = (cache.stats.hits.get(), cache.stats.misses.get());
     call(&m, "noisy", vec![Some(1), Some(1)]).unwrap();
     call(&m, "noisy", vec![Some(1), Some(1)]).unwrap();
-    let after = (
-        cache.stats.hits.get(),
-        cache.stats.misses.get(),
-    );
+    let after = (cache.stats.hits.get(), cache.stats.misses.get());
     assert_eq!(before, after);
 }
 
@@ -186,7 +216,7 @@ fn a_policy_reload_applies_from_the_next_batch() {
     let t = tenants("[tenants.acme]\ncpu_ms_per_batch = 5000\n");
     let m = load(&t.get("acme"));
     let work = vec![Some(300_000_000)];
-    assert!(call(&m, "spin", work.clone()).is_ok());
+    assert_eq!(call(&m, "spin", work.clone()).unwrap(), work);
     t.reload(Policy::from_toml("[tenants.acme]\ncpu_ms_per_batch = 20\n").unwrap());
     let err = call(&m, "spin", work).unwrap_err();
     assert!(matches!(err, Failure::OutOfCpu { .. }), "{err:?}");
@@ -240,33 +270,111 @@ max_records = 250
     );
     assert!(acme.stats.throttled_ms.load(Ordering::Relaxed) > 0);
     assert_eq!(stats.records_out.get(), 3000);
-    let out = std::fs::read_to_string(&output).unwrap();
-    assert_eq!(out.lines().count(), 3000);
+    // Every input record arrived exactly once, doubled: the multiset of
+    // outputs is {2 * id : id in 0..3000}.
+    let out = support::ndjson(&output);
+    let mut doubled: Vec<i64> = out
+        .iter()
+        .map(|v| {
+            v["d"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("`d` is not an integer in {v}"))
+        })
+        .collect();
+    doubled.sort_unstable();
+    let expected: Vec<i64> = (0..3000).map(|id| 2 * id).collect();
+    assert_eq!(doubled, expected);
+}
+
+/// `tests/tenant/overlap.wat`: `spin` that logs `enter` before its work and
+/// `leave` after it.
+fn overlap_guest() -> PathBuf {
+    support::repo().join("tests/tenant/overlap.wat")
+}
+
+/// The most calls that were inside the guest at once, from the guests' own
+/// `enter`/`leave` lines in the order they were written.
+fn peak_overlap(lines: &[String]) -> usize {
+    let (mut inside, mut peak) = (0usize, 0usize);
+    for line in lines {
+        match line.as_str() {
+            "enter" => {
+                inside += 1;
+                peak = peak.max(inside);
+            }
+            "leave" => {
+                inside = inside
+                    .checked_sub(1)
+                    .unwrap_or_else(|| panic!("`leave` before `enter`: {lines:?}"))
+            }
+            other => panic!("unexpected guest log line {other:?}"),
+        }
+    }
+    assert_eq!(inside, 0, "a call never left: {lines:?}");
+    peak
 }
 
 #[test]
 fn concurrent_calls_wait_for_the_tenants_cap() {
     // Four threads call at once; the tenant's gate lets `cap` run together.
-    for cap in [1u64, 2] {
+    // How many ran together is seen from the guests' side, not from the
+    // gate's counter: each call logs `enter` before its work and `leave`
+    // after it, in one log that keeps the order the lines were written in.
+    // A line written while another call is between its `enter` and `leave`
+    // proves both were inside at once, so the peak seen never exceeds the
+    // real one: more than `cap` fails at once. Rounds repeat (at most 20)
+    // until `cap` calls were seen together; never seeing that fails too.
+    for cap in [1usize, 2] {
         let t = tenants(&format!(
             "[tenants.one]\nmax_concurrent_calls = {cap}\ncpu_ms_per_batch = 10000\n"
         ));
         let one = t.get("one");
-        let m = load(&one);
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let m = m.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..3 {
-                        call(&m, "spin", vec![Some(2_000_000)]).unwrap();
-                    }
+        let m = support::sandbox()
+            .load_file_for(overlap_guest(), &one)
+            .unwrap();
+        let mut peak = 0;
+        for round in 0..20 {
+            let log = support::GuestLog::new();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (m, log) = (m.clone(), log.clone());
+                    std::thread::spawn(move || {
+                        log.capture(|| {
+                            for _ in 0..3 {
+                                let work = vec![Some(5_000_000)];
+                                assert_eq!(call(&m, "spin", work.clone()).unwrap(), work);
+                            }
+                        })
+                    })
                 })
-            })
-            .collect();
-        for th in threads {
-            th.join().unwrap();
+                .collect();
+            for th in threads {
+                th.join().unwrap();
+            }
+            let lines = log.lines();
+            assert_eq!(
+                lines.len(),
+                4 * 3 * 2,
+                "every call logs `enter` and `leave`: {lines:?}"
+            );
+            let seen = peak_overlap(&lines);
+            assert!(
+                seen <= cap,
+                "cap {cap}: {seen} calls ran at once in round {round}: {lines:?}"
+            );
+            peak = peak.max(seen);
+            if peak == cap {
+                break;
+            }
         }
-        let peak = one.stats.peak_concurrent_calls.load(Ordering::Relaxed);
-        assert!(peak >= 1 && peak <= cap, "cap {cap}, peak {peak}");
+        assert_eq!(
+            peak, cap,
+            "cap {cap}: four busy threads never had {cap} calls running at once"
+        );
+        // The gate's own counter agrees.
+        assert_eq!(
+            one.stats.peak_concurrent_calls.load(Ordering::Relaxed),
+            cap as u64
+        );
     }
 }

@@ -1,7 +1,10 @@
 ;; Tenant tests' guest (docs/abi.md): int64 functions
 ;;   double(x) = 2x          deterministic (cacheable)
 ;;   spin(n)   = n           loops n times per row (CPU)
-;;   grow(n)   = pages       grows memory by n pages on each call (memory)
+;;   grow(n)   = old pages   grows memory by the first row's n pages once per
+;;                           call (memory): row 0 is memory.grow's result (the
+;;                           old size in pages, or -1 when refused), the other
+;;                           rows the size in pages afterwards
 ;;   noisy(x)  = 2x          like double, declared non-deterministic
 ;;   work(x)   = mix(x)      10 000 rounds of an LCG per row: an expensive
 ;;                           deterministic function (cache benchmark)
@@ -83,7 +86,10 @@
     (local $i i32)
     (if (i32.gt_u (local.get $rows) (i32.const 0))
       (then
-        (drop (memory.grow (i32.wrap_i64 (call $in (local.get $args) (i32.const 0)))))))
+        (call $set (i32.const 0)
+          (i64.extend_i32_s
+            (memory.grow (i32.wrap_i64 (call $in (local.get $args) (i32.const 0))))))
+        (local.set $i (i32.const 1))))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $i) (local.get $rows)))

@@ -87,7 +87,9 @@ pub fn describe() {
         };
         match (m.kind, unit) {
             (Kind::Counter, _) => metrics::describe_counter!(m.name, m.help),
-            (Kind::Gauge | Kind::FloatCounter, Some(u)) => metrics::describe_gauge!(m.name, u, m.help),
+            (Kind::Gauge | Kind::FloatCounter, Some(u)) => {
+                metrics::describe_gauge!(m.name, u, m.help)
+            }
             (Kind::Gauge | Kind::FloatCounter, None) => metrics::describe_gauge!(m.name, m.help),
             (Kind::Histogram, _) => metrics::describe_histogram!(m.name, Unit::Seconds, m.help),
         }

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod inflight;
 pub mod isolate;
 pub mod kafka;
+pub mod open;
 pub mod query;
 pub mod record;
 pub mod runner;

@@ -1,8 +1,8 @@
 //! A running pipeline: the loop that moves micro-batches from the source
 //! through the query to the sink, and commits what was acknowledged.
 
-use std::sync::Arc;
 use crate::telemetry::{self, Count, Level};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,8 +16,8 @@ use super::inflight::InFlight;
 use super::isolate::run_isolating;
 use super::query::PlannedQuery;
 use super::record::{DeadLetter, SourceRecord, next_offsets};
-use super::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, RecordLimit, Sink};
-use super::source::{FileSource, KafkaSource, Source};
+use super::sink::{DeadLetterSink, RecordLimit, Sink};
+use super::source::Source;
 use crate::sandbox::{Sandbox, UdfModule};
 use crate::tenant::{BreakerAction, BreakerState};
 use crate::tenant::{Tenant, Tenants};
@@ -53,7 +53,10 @@ pub struct PipelineStats {
 impl PipelineStats {
     /// The counters of pipeline `name` of `tenant`.
     pub fn new(tenant: &str, name: &str) -> Self {
-        let l: telemetry::Labels = vec![("tenant", tenant.to_string()), ("pipeline", name.to_string())];
+        let l: telemetry::Labels = vec![
+            ("tenant", tenant.to_string()),
+            ("pipeline", name.to_string()),
+        ];
         let count = |n| Count::new(telemetry::counter(n, &l));
         let level = |n| Level::new(telemetry::gauge(n, &l), 0);
         PipelineStats {
@@ -103,7 +106,7 @@ pub struct Pipeline {
 }
 
 /// The modules a pipeline currently runs.
-pub type SharedModules = Arc<std::sync::RwLock<Vec<Arc<UdfModule>>>>;
+pub type SharedModules = Arc<parking_lot::RwLock<Vec<Arc<UdfModule>>>>;
 
 /// Resolves a pipeline's UDFs again (e.g. `latest` from a registry).
 pub type ModuleResolver = Arc<dyn Fn() -> anyhow::Result<Vec<Arc<UdfModule>>> + Send + Sync>;
@@ -200,62 +203,9 @@ impl Pipeline {
         encoder
             .check_schema(&query.output_schema())
             .map_err(anyhow::Error::msg)?;
-        let source: Box<dyn Source> = match &config.source {
-            SourceConfig::File { path, header, .. } => {
-                Box::new(FileSource::open(path.clone(), *header).await?)
-            }
-            SourceConfig::Kafka {
-                brokers,
-                topics,
-                group,
-                start,
-                properties,
-                ..
-            } => Box::new(KafkaSource::new(
-                brokers, topics, group, *start, properties,
-            )?),
-        };
-        let sink: Box<dyn Sink> = match &config.sink {
-            SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
-            SinkConfig::File { path, .. } => Box::new(LineSink::file(path).await?),
-            SinkConfig::Kafka {
-                brokers,
-                topic,
-                properties,
-                ..
-            } => Box::new(KafkaSink::new(brokers, topic, properties)?),
-        };
-        let dead_letters: Option<Box<dyn DeadLetterSink>> = match (
-            &config.errors.path,
-            &config.errors.topic,
-        ) {
-            (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
-            (None, Some(topic)) => {
-                let (brokers, properties) = match (&config.sink, &config.source) {
-                    (
-                        SinkConfig::Kafka {
-                            brokers,
-                            properties,
-                            ..
-                        },
-                        _,
-                    )
-                    | (
-                        _,
-                        SourceConfig::Kafka {
-                            brokers,
-                            properties,
-                            ..
-                        },
-                    ) => (brokers, properties),
-                    _ => bail!(
-                        "errors.topic needs a Kafka source or sink to take the brokers from; set errors.path"
-                    ),
-                };
-                Some(Box::new(KafkaSink::new(brokers, topic, properties)?))
-            }
-            (None, None) => None,
-        };
+        let source = config.source.open().await?;
+        let sink = config.sink.open().await?;
+        let dead_letters = config.open_dead_letters().await?;
         for m in &modules {
             m.bind_metrics(&config.name);
         }
@@ -270,7 +220,7 @@ impl Pipeline {
             dead_letters,
             stats,
             tenant,
-            modules: Arc::new(std::sync::RwLock::new(modules)),
+            modules: Arc::new(parking_lot::RwLock::new(modules)),
             reload,
         })
     }
@@ -395,11 +345,7 @@ impl Pipeline {
 
     /// Every function of every module: (module, index in its manifest).
     fn functions(&self) -> Vec<(Arc<UdfModule>, usize)> {
-        let modules = self
-            .modules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let modules = self.modules.read().clone();
         modules
             .into_iter()
             .flat_map(|m| (0..m.manifest().functions.len()).map(move |i| (m.clone(), i)))
@@ -543,11 +489,7 @@ impl Pipeline {
                 return false;
             }
         };
-        let current = self
-            .modules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.modules.read().clone();
         let same = modules.len() == current.len()
             && modules
                 .iter()
@@ -571,7 +513,7 @@ impl Pipeline {
                 for m in &modules {
                     m.bind_metrics(&self.config.name);
                 }
-                *self.modules.write().unwrap_or_else(|p| p.into_inner()) = modules;
+                *self.modules.write() = modules;
                 true
             }
             Err(e) => {
@@ -600,11 +542,7 @@ impl Pipeline {
             .filter_map(|f| f.udf.as_deref())
             .collect();
         let after = self.calls_snapshot();
-        let modules = self
-            .modules
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let modules = self.modules.read().clone();
         let functions = modules
             .iter()
             .flat_map(|m| m.manifest().functions.iter().map(move |f| (m, f)));

@@ -111,7 +111,10 @@ impl<T> Supervisor<T> {
     /// Runs `pipeline`, replacing (stopping first) a running one of the
     /// same tenant and name.
     pub async fn start(&self, pipeline: Pipeline, tag: T) {
-        let (tenant, name) = (pipeline.tenant_name().to_string(), pipeline.name().to_string());
+        let (tenant, name) = (
+            pipeline.tenant_name().to_string(),
+            pipeline.name().to_string(),
+        );
         if let Some(Err(e)) = self.stop(&tenant, &name).await {
             tracing::warn!(%tenant, pipeline = %name, "replaced; it had stopped with an error: {e:#}");
         }
@@ -217,7 +220,7 @@ impl<T> Supervisor<T> {
             (true, Some(error)) => return Status::not_running(PipelineState::Failed, Some(error)),
             (true, None) => PipelineState::Finished,
         };
-        let modules = s.modules.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let modules = s.modules.read().clone();
         let udfs = modules
             .iter()
             .flat_map(|m| {
@@ -246,8 +249,7 @@ impl<T> Supervisor<T> {
             dead_letters: st.dead_letters.get(),
             skipped: st.skipped.get(),
             batches: st.batches.get(),
-            records_per_s: st.records_in.get() as f64
-                / s.started.elapsed().as_secs_f64().max(1e-3),
+            records_per_s: st.records_in.get() as f64 / s.started.elapsed().as_secs_f64().max(1e-3),
             consumer_lag: (lag >= 0).then_some(lag),
             paused: st.paused.get() == 1,
             breaker_paused: st.breaker_paused.get() == 1,

@@ -2,9 +2,9 @@
 //! object, and the decision (allowed, or denied with the reason). Append-only;
 //! admins read it back through the API.
 
+use parking_lot::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,7 @@ impl AuditLog {
             return;
         };
         line.push(b'\n');
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.file.lock();
         if let Err(e) = f.write_all(&line).and_then(|()| f.sync_data()) {
             tracing::error!("cannot write the audit log {}: {e}", self.path.display());
         }

@@ -1,8 +1,8 @@
 //! The UDF registry: immutable, numbered versions per (tenant, name),
 //! content-addressed module files, metadata in SQLite. Survives restarts.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -66,8 +66,8 @@ impl Registry {
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    fn db(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        self.db.lock()
     }
 
     /// Stores `bytes` (already validated) as the next version of `name`;

@@ -5,7 +5,7 @@ use std::fmt;
 use wasmtime::Trap;
 
 use super::host::{MemoryLimitExceeded, TableLimitExceeded, TenantMemoryExceeded};
-use super::limits::{CpuMeter, SandboxLimits};
+use super::limits::{CpuMeter, LimitKeys, SandboxLimits};
 use crate::abi::ManifestError;
 
 /// A module was refused at load time. Nothing was instantiated.
@@ -24,13 +24,15 @@ pub enum LoadError {
     #[error("module `{label}`: {error}")]
     Manifest { label: String, error: ManifestError },
     #[error(
-        "module `{label}` imports `{module}::{name}`, which is not granted (granted: {granted}); UDFs run without WASI, clocks, randomness, network or files"
+        "module `{label}` imports `{module}::{name}`, which is not granted (granted: {granted}); UDFs run without WASI, clocks, randomness, network or files{hint}"
     )]
     ForbiddenImport {
         label: String,
         module: String,
         name: String,
         granted: String,
+        /// How to grant it, when it is a capability weir knows.
+        hint: String,
     },
     #[error("module `{label}` does not export `{name}` ({what}); see docs/abi.md")]
     MissingExport {
@@ -46,12 +48,14 @@ pub enum LoadError {
         expected: &'static str,
     },
     #[error(
-        "module `{label}` declares an initial memory of {bytes} bytes, above the {limit}-byte limit; raise `sandbox.memory_bytes` or declare a smaller initial memory"
+        "module `{label}` declares an initial memory of {bytes} bytes, above the {limit}-byte limit; raise `{key}` or declare a smaller initial memory"
     )]
     InitialMemory {
         label: String,
         bytes: u64,
         limit: u64,
+        /// The key that set the limit.
+        key: String,
     },
     #[error("module `{label}` cannot start: {failure}")]
     Start { label: String, failure: String },
@@ -127,6 +131,22 @@ pub enum Failure {
 
 impl Failure {
     /// A stable, low-cardinality name (for metrics and logs).
+    /// Every value of [`Failure::kind`] (the `kind` label of
+    /// `weir_udf_failures_total`).
+    pub const KINDS: &'static [&'static str] = &[
+        "out_of_cpu",
+        "out_of_memory",
+        "circuit_open",
+        "stack_overflow",
+        "guest_error",
+        "guest_panic",
+        "invalid_output",
+        "trap",
+        "invalid_input",
+        "busy",
+        "other",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Failure::OutOfCpu { .. } => "out_of_cpu",
@@ -244,12 +264,15 @@ pub struct UdfError {
     pub module: String,
     /// Full sha256 of the module bytes.
     pub digest: String,
-    /// Sequence number of the call (batch) for this function, from 1.
+    /// Sequence number of the call for this function in this module, from
+    /// 1 (not shown to users: constant folding and other queries count).
     pub batch: u64,
     pub rows: usize,
     pub failure: Failure,
     /// The limits in force, to say what to raise.
     pub limits: SandboxLimits,
+    /// The key that set each limit in force.
+    pub keys: LimitKeys,
 }
 
 impl std::error::Error for UdfError {}
@@ -276,7 +299,10 @@ impl UdfError {
     }
 
     fn write_failure(&self, f: &mut impl fmt::Write) -> fmt::Result {
-        let batch = format!("on batch {} ({} rows)", self.batch, self.rows);
+        // Rows count from 0 within the batch the function was given. No
+        // batch number: calls are counted per module, planning-time
+        // constant folding included, which tells a user nothing.
+        let batch = format!("on a batch of {} rows", self.rows);
         let l = &self.limits;
         match &self.failure {
             Failure::OutOfCpu { during_start } => {
@@ -284,10 +310,7 @@ impl UdfError {
                     CpuMeter::Epoch => format!("{} ms", l.cpu_ms_per_batch),
                     CpuMeter::Fuel => format!("{} fuel units", l.fuel_per_batch),
                 };
-                let key = match l.cpu_meter {
-                    CpuMeter::Epoch => "cpu_ms_per_batch",
-                    CpuMeter::Fuel => "fuel_per_batch",
-                };
+                let key = self.keys.cpu(l.cpu_meter);
                 if *during_start {
                     write!(
                         f,
@@ -296,7 +319,7 @@ impl UdfError {
                 } else {
                     write!(
                         f,
-                        "ran out of CPU after {budget} {batch}; raise `sandbox.{key}`, send smaller batches, or make the function cheaper (an endless loop?)"
+                        "ran out of CPU after {budget} {batch}; raise `{key}`, send smaller batches, or make the function cheaper (an endless loop?)"
                     )
                 }
             }
@@ -310,7 +333,8 @@ impl UdfError {
             ),
             Failure::OutOfMemory { requested, limit } => write!(
                 f,
-                "ran out of memory {batch}: it asked for {requested} bytes of linear memory, the limit is {limit}; raise `sandbox.memory_bytes` or make the function use less memory"
+                "ran out of memory {batch}: it asked for {requested} bytes of linear memory, the limit is {limit}; raise `{}` or make the function use less memory",
+                self.keys.memory_bytes
             ),
             Failure::TableLimit { requested, limit } => write!(
                 f,
@@ -322,13 +346,17 @@ impl UdfError {
                 l.wasm_stack_bytes / 1024
             ),
             Failure::RowError { row, message } => {
-                write!(f, "failed on row {row} of batch {}: {message}", self.batch)
+                write!(
+                    f,
+                    "failed on row {row} (from 0) of a batch of {} rows: {message}",
+                    self.rows
+                )
             }
             Failure::Panic { row, message } => match row {
                 Some(row) => write!(
                     f,
-                    "panicked on row {row} of batch {}: {message}",
-                    self.batch
+                    "panicked on row {row} (from 0) of a batch of {} rows: {message}",
+                    self.rows
                 ),
                 None => write!(f, "panicked {batch}: {message}"),
             },

@@ -1,5 +1,9 @@
-//! The bounds every guest runs under. Defaults are documented in
-//! `docs/config.md` and `config/weir.toml`.
+//! The bounds every guest runs under: one model. `[sandbox]`
+//! (config/weir.toml) holds the engine-wide settings and the ceilings; a
+//! tenant's policy holds its per-call budgets and capabilities, which apply
+//! up to those ceilings. [`SandboxLimits::in_force`] is the one place the
+//! two are combined, and it records which key set each value so errors
+//! name the key to change. Defaults are documented in `docs/config.md`.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +70,70 @@ impl Default for SandboxLimits {
             max_output_bytes: 256 * MIB,
             log_lines_per_batch: 16,
             capabilities: vec!["log".to_string()],
+        }
+    }
+}
+
+/// What a tenant's policy grants each call, with the policy key each value
+/// came from (`tenants.acme.cpu_ms_per_batch` or `defaults.…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub cpu_ms_per_batch: u64,
+    pub fuel_per_batch: u64,
+    pub memory_bytes: u64,
+    pub capabilities: Vec<String>,
+    /// Key of each field above, by field name.
+    pub keys: Vec<(&'static str, String)>,
+}
+
+impl Budget {
+    fn key(&self, field: &str) -> String {
+        self.keys
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or_else(|| format!("defaults.{field}"), |(_, k)| k.clone())
+    }
+}
+
+/// Which configuration key set each limit in force: what an error tells
+/// the user to raise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LimitKeys {
+    pub cpu_ms_per_batch: String,
+    pub fuel_per_batch: String,
+    pub memory_bytes: String,
+    /// The tenant's `capabilities` key, when a tenant's policy applies.
+    tenant_capabilities: Option<String>,
+    /// What `[sandbox] capabilities` allows at all.
+    sandbox_capabilities: Vec<String>,
+}
+
+impl Default for LimitKeys {
+    fn default() -> Self {
+        LimitKeys {
+            cpu_ms_per_batch: "sandbox.cpu_ms_per_batch".into(),
+            fuel_per_batch: "sandbox.fuel_per_batch".into(),
+            memory_bytes: "sandbox.memory_bytes".into(),
+            tenant_capabilities: None,
+            sandbox_capabilities: Vec::new(),
+        }
+    }
+}
+
+impl LimitKeys {
+    /// The key that withholds `capability`.
+    pub fn capability(&self, capability: &str) -> String {
+        match &self.tenant_capabilities {
+            Some(key) if self.sandbox_capabilities.iter().any(|c| c == capability) => key.clone(),
+            _ => "sandbox.capabilities".to_string(),
+        }
+    }
+
+    /// The key of the CPU budget under `meter`.
+    pub fn cpu(&self, meter: CpuMeter) -> &str {
+        match meter {
+            CpuMeter::Epoch => &self.cpu_ms_per_batch,
+            CpuMeter::Fuel => &self.fuel_per_batch,
         }
     }
 }
@@ -147,6 +215,54 @@ impl SandboxLimits {
     /// Epoch ticks a call may run before it is interrupted.
     pub fn deadline_ticks(&self) -> u64 {
         self.cpu_ms_per_batch.div_ceil(self.epoch_tick_ms).max(1)
+    }
+
+    /// The limits in force for a module: these (`[sandbox]`) alone without
+    /// a tenant; with one, its budget up to these values as ceilings and
+    /// the capabilities both grant.
+    pub fn in_force(&self, budget: Option<&Budget>) -> (SandboxLimits, LimitKeys) {
+        let mut limits = self.clone();
+        let mut keys = LimitKeys {
+            sandbox_capabilities: self.capabilities.clone(),
+            ..LimitKeys::default()
+        };
+        let Some(b) = budget else {
+            return (limits, keys);
+        };
+        let pick = |field: &'static str, wanted: u64, ceiling: u64, key: &mut String| {
+            if wanted <= ceiling {
+                *key = b.key(field);
+                wanted
+            } else {
+                ceiling
+            }
+        };
+        limits.cpu_ms_per_batch = pick(
+            "cpu_ms_per_batch",
+            b.cpu_ms_per_batch,
+            self.cpu_ms_per_batch,
+            &mut keys.cpu_ms_per_batch,
+        );
+        limits.fuel_per_batch = pick(
+            "fuel_per_batch",
+            b.fuel_per_batch,
+            self.fuel_per_batch,
+            &mut keys.fuel_per_batch,
+        );
+        limits.memory_bytes = pick(
+            "memory_bytes",
+            b.memory_bytes,
+            self.memory_bytes,
+            &mut keys.memory_bytes,
+        );
+        limits.capabilities = b
+            .capabilities
+            .iter()
+            .filter(|c| self.grants(c))
+            .cloned()
+            .collect();
+        keys.tenant_capabilities = Some(b.key("capabilities"));
+        (limits, keys)
     }
 
     pub fn grants(&self, capability: &str) -> bool {

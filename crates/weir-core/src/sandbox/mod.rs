@@ -19,5 +19,5 @@ pub use cache::CodeCache;
 pub use engine::{Sandbox, SandboxOptions};
 pub use error::{Failure, LoadError, UdfError};
 pub use inspect::{Import, ModuleInfo, inspect};
-pub use limits::{CpuMeter, KNOWN_CAPABILITIES, SandboxLimits};
+pub use limits::{Budget, CpuMeter, KNOWN_CAPABILITIES, LimitKeys, SandboxLimits};
 pub use module::UdfModule;

@@ -14,7 +14,7 @@ use super::error::{Failure, LoadError, UdfError};
 use super::host::{StoreState, linker};
 use super::inspect::{Import, inspect};
 use super::instance::InstancePool;
-use super::limits::{KNOWN_CAPABILITIES, SandboxLimits};
+use super::limits::{KNOWN_CAPABILITIES, LimitKeys, SandboxLimits};
 use crate::abi::ArrowType;
 use crate::abi::{EXPORT_ALLOC, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
 use crate::marshal::input::InputPlan;
@@ -32,7 +32,13 @@ pub struct UdfModule {
     digest: String,
     manifest: Manifest,
     imports: Vec<Import>,
+    /// The limits in force at load (memory, capabilities, ...).
     limits: SandboxLimits,
+    /// The key that set each of them.
+    keys: LimitKeys,
+    /// The sandbox's own limits: the ceilings over the tenant's budget,
+    /// combined again at every call (a policy reload applies at once).
+    ceilings: SandboxLimits,
     engine: Engine,
     pre: InstancePre<StoreState>,
     pool: InstancePool,
@@ -57,7 +63,7 @@ pub struct FunctionStats {
     /// Time inside the guest, in nanoseconds.
     pub guest_nanos: AtomicU64,
     /// Failed batches by `Failure::kind`.
-    pub failures: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub failures: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     metrics: std::sync::OnceLock<FunctionMetrics>,
 }
 
@@ -201,16 +207,34 @@ impl UdfModule {
         }
     }
 
-    /// The limits of one call: the sandbox's, with the tenant's CPU budget.
-    fn call_limits(&self) -> std::borrow::Cow<'_, SandboxLimits> {
+    /// The limits of one call and their keys: those of the load, with the
+    /// CPU budget the tenant's policy grants now (up to the ceiling).
+    fn call_limits(
+        &self,
+    ) -> (
+        std::borrow::Cow<'_, SandboxLimits>,
+        std::borrow::Cow<'_, LimitKeys>,
+    ) {
         match &self.tenant {
-            None => std::borrow::Cow::Borrowed(&self.limits),
+            None => (
+                std::borrow::Cow::Borrowed(&self.limits),
+                std::borrow::Cow::Borrowed(&self.keys),
+            ),
             Some(t) => {
-                let p = t.policy();
+                let (now, now_keys) = self.ceilings.in_force(Some(&t.policy().budget()));
                 let mut l = self.limits.clone();
-                l.cpu_ms_per_batch = p.cpu_ms_per_batch;
-                l.fuel_per_batch = p.fuel_per_batch;
-                std::borrow::Cow::Owned(l)
+                l.cpu_ms_per_batch = now.cpu_ms_per_batch;
+                l.fuel_per_batch = now.fuel_per_batch;
+                let mut keys = self.keys.clone();
+                keys.cpu_ms_per_batch = now_keys.cpu_ms_per_batch;
+                keys.fuel_per_batch = now_keys.fuel_per_batch;
+                // New instances take the lower of the load's memory limit
+                // and the tenant's current one (see `StoreState::new`).
+                if now.memory_bytes < l.memory_bytes {
+                    l.memory_bytes = now.memory_bytes;
+                    keys.memory_bytes = now_keys.memory_bytes;
+                }
+                (std::borrow::Cow::Owned(l), std::borrow::Cow::Owned(keys))
             }
         }
     }
@@ -253,6 +277,7 @@ impl UdfModule {
                     rows: 0,
                     failure,
                     limits: self.limits.clone(),
+                    keys: self.keys.clone(),
                 }
                 .describe_failure(),
             })?;
@@ -273,7 +298,7 @@ impl UdfModule {
             return Ok(new_empty_array(&decl.ret.data_type()));
         }
         let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
-        let limits = self.call_limits();
+        let (limits, keys) = self.call_limits();
         let error = |failure| UdfError {
             udf: decl.name.clone(),
             module: self.label.to_string(),
@@ -282,6 +307,7 @@ impl UdfModule {
             rows,
             failure,
             limits: limits.clone().into_owned(),
+            keys: keys.clone().into_owned(),
         };
         if let Err(left) = self.breakers[index].allow(self.breaker_cooldown()) {
             return Err(error(Failure::CircuitOpen {
@@ -308,10 +334,7 @@ impl UdfModule {
             }
         }
         .map_err(|failure| {
-            let mut by_kind = self.stats[index]
-                .failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut by_kind = self.stats[index].failures.lock();
             *by_kind.entry(failure.kind()).or_default() += 1;
             if let Some(m) = self.stats[index].metrics.get() {
                 let mut labels = m.labels.clone();
@@ -391,6 +414,7 @@ impl UdfModule {
                     rows,
                     failure: Failure::Other(e.to_string()),
                     limits: self.limits.clone(),
+                    keys: self.keys.clone(),
                 })?
             }
         };
@@ -513,11 +537,8 @@ impl Sandbox {
         bytes: &[u8],
         tenant: &Arc<Tenant>,
     ) -> Result<Arc<UdfModule>, LoadError> {
-        let policy = tenant.policy();
-        let mut limits = self.limits().clone();
-        limits.capabilities = policy.capabilities.clone();
-        limits.memory_bytes = limits.memory_bytes.min(policy.memory_bytes);
-        self.load_inner(label, bytes, limits, Some(tenant.clone()))
+        let (limits, keys) = self.limits().in_force(Some(&tenant.policy().budget()));
+        self.load_inner(label, bytes, limits, keys, Some(tenant.clone()))
     }
 
     /// Like [`Sandbox::load`] with per-module limits (memory, CPU, output,
@@ -529,7 +550,8 @@ impl Sandbox {
         bytes: &[u8],
         limits: SandboxLimits,
     ) -> Result<Arc<UdfModule>, LoadError> {
-        self.load_inner(label, bytes, limits, None)
+        let keys = self.limits().in_force(None).1;
+        self.load_inner(label, bytes, limits, keys, None)
     }
 
     fn load_inner(
@@ -537,6 +559,7 @@ impl Sandbox {
         label: &str,
         bytes: &[u8],
         mut limits: SandboxLimits,
+        keys: LimitKeys,
         tenant: Option<Arc<Tenant>>,
     ) -> Result<Arc<UdfModule>, LoadError> {
         let base = self.limits();
@@ -587,6 +610,15 @@ impl Sandbox {
                             .collect::<Vec<_>>()
                             .join(", ")
                     },
+                    hint: if known {
+                        format!(
+                            "; grant it with `{}` in `{}`",
+                            import.name,
+                            keys.capability(&import.name)
+                        )
+                    } else {
+                        String::new()
+                    },
                 });
             }
         }
@@ -599,6 +631,7 @@ impl Sandbox {
                 label: label.to_string(),
                 bytes,
                 limit: limits.memory_bytes,
+                key: keys.memory_bytes.clone(),
             });
         }
         if let Some(&elements) = info
@@ -645,6 +678,8 @@ impl Sandbox {
             label: label.into(),
             digest,
             pool: InstancePool::new(limits.instances_per_module as usize),
+            keys,
+            ceilings: self.limits().clone(),
             manifest: info.manifest,
             imports: info.imports,
             limits,

@@ -2,7 +2,9 @@
 //! batch is looked up row by row, the guest runs once on the misses as one
 //! smaller batch, and the results are merged back in order.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{interleave, take};
@@ -107,7 +109,7 @@ impl ResultCache {
         self.stats.hits.add(hits.len() as u64);
         self.stats.misses.add(misses.len() as u64);
         let sample = {
-            let mut ratio = self.hit_ratio.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ratio = self.hit_ratio.lock();
             *ratio = 0.5 * *ratio + 0.5 * hits.len() as f64 / rows.max(1) as f64;
             if *ratio < LOW_HIT_RATIO {
                 SAMPLE_EVERY

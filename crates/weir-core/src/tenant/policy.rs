@@ -51,6 +51,10 @@ pub struct TenantPolicy {
     pub kafka_brokers: Vec<String>,
     /// Prefix every topic and consumer group they use must have; "" = any.
     pub topic_prefix: String,
+    /// Where each value came from: `tenants.<name>.<key>` for the keys the
+    /// tenant's section sets (the rest are `defaults.<key>`).
+    #[serde(skip)]
+    pub keys: Vec<(&'static str, String)>,
 }
 
 impl Default for TenantPolicy {
@@ -73,6 +77,7 @@ impl Default for TenantPolicy {
             breaker_action: BreakerAction::Pause,
             kafka_brokers: Vec::new(),
             topic_prefix: String::new(),
+            keys: Vec::new(),
         }
     }
 }
@@ -100,6 +105,26 @@ impl BreakerAction {
 }
 
 impl TenantPolicy {
+    /// The policy key in force for `field` (`tenants.acme.cpu_ms_per_batch`
+    /// or `defaults.cpu_ms_per_batch`).
+    pub fn key(&self, field: &str) -> String {
+        self.keys
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or_else(|| format!("defaults.{field}"), |(_, k)| k.clone())
+    }
+
+    /// What each call of the tenant may use, with the key of each value.
+    pub fn budget(&self) -> crate::sandbox::Budget {
+        crate::sandbox::Budget {
+            cpu_ms_per_batch: self.cpu_ms_per_batch,
+            fuel_per_batch: self.fuel_per_batch,
+            memory_bytes: self.memory_bytes,
+            capabilities: self.capabilities.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+
     /// When this tenant's breakers open.
     pub fn breaker_settings(&self) -> crate::tenant::BreakerSettings {
         crate::tenant::BreakerSettings {
@@ -200,7 +225,10 @@ impl Policy {
         };
         macro_rules! take {
             ($($field:ident),*) => {$(
-                if let Some(v) = &o.$field { p.$field = v.clone(); }
+                if let Some(v) = &o.$field {
+                    p.$field = v.clone();
+                    p.keys.push((stringify!($field), format!("tenants.{tenant}.{}", stringify!($field))));
+                }
             )*};
         }
         take!(

@@ -3,8 +3,10 @@
 //! concurrent guest calls, its rows/s bucket and its result cache.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::cache::ResultCache;
@@ -62,11 +64,7 @@ pub struct CallPermit<'a> {
 
 impl Drop for CallPermit<'_> {
     fn drop(&mut self) {
-        let mut running = self
-            .tenant
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut running = self.tenant.running.lock();
         *running = running.saturating_sub(1);
         self.tenant.freed.notify_one();
     }
@@ -98,24 +96,20 @@ impl Tenant {
 
     /// The policy in force (a reload takes effect from the next batch).
     pub fn policy(&self) -> Arc<TenantPolicy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.policy.read().clone()
     }
 
     fn set_policy(&self, policy: TenantPolicy) {
         let cache_changed = self.policy().cache_bytes != policy.cache_bytes;
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy.clone());
+        *self.policy.write() = Arc::new(policy.clone());
         if cache_changed {
-            *self.cache.write().unwrap_or_else(|p| p.into_inner()) =
-                (policy.cache_bytes > 0)
-                    .then(|| Arc::new(ResultCache::new(&self.name, policy.cache_bytes)));
+            *self.cache.write() = (policy.cache_bytes > 0)
+                .then(|| Arc::new(ResultCache::new(&self.name, policy.cache_bytes)));
         }
     }
 
     pub fn cache(&self) -> Option<Arc<ResultCache>> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.cache.read().clone()
     }
 
     pub fn memory_used(&self) -> u64 {
@@ -168,15 +162,15 @@ impl Tenant {
     pub fn enter(&self) -> CallPermit<'_> {
         let max = self.policy().max_concurrent_calls.max(1);
         let wait = || {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.running.lock();
             while *running >= max {
-                running = self.freed.wait(running).unwrap_or_else(|p| p.into_inner());
+                self.freed.wait(&mut running);
             }
             *running += 1;
             *running
         };
         let free = {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.running.lock();
             (*running < max).then(|| {
                 *running += 1;
                 *running
@@ -203,7 +197,7 @@ impl Tenant {
         }
         let rate = policy.rows_per_s as f64;
         let burst = policy.burst_rows as f64;
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.bucket.lock();
         let now = Instant::now();
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
@@ -256,15 +250,11 @@ impl Tenants {
     }
 
     pub fn get(&self, name: &str) -> Arc<Tenant> {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tenants = self.tenants.lock();
         tenants
             .entry(name.to_string())
             .or_insert_with(|| {
-                let policy = self
-                    .policy
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .resolve(name);
+                let policy = self.policy.read().resolve(name);
                 Arc::new(Tenant::new(name, policy))
             })
             .clone()
@@ -272,7 +262,7 @@ impl Tenants {
 
     /// Every tenant in use.
     pub fn all(&self) -> Vec<Arc<Tenant>> {
-        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let tenants = self.tenants.lock();
         let mut all: Vec<Arc<Tenant>> = tenants.values().cloned().collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
@@ -280,7 +270,7 @@ impl Tenants {
 
     /// Applies a new policy to every tenant, from their next batch.
     pub fn reload(&self, policy: Policy) {
-        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let tenants = self.tenants.lock();
         for (name, tenant) in tenants.iter() {
             let next = policy.resolve(name);
             if *tenant.policy() != next {
@@ -288,7 +278,7 @@ impl Tenants {
                 tenant.set_policy(next);
             }
         }
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        *self.policy.write() = policy;
     }
 }
 

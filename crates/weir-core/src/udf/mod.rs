@@ -1,5 +1,5 @@
 //! DataFusion integration: each function a module declares becomes a
-//! [`ScalarUDF`](datafusion::logical_expr::ScalarUDF).
+//! [`datafusion::logical_expr::ScalarUDF`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -3,7 +3,7 @@
 //! leaves the error here. A pipeline uses this to set aside the failing
 //! records of a micro-batch in one query run instead of bisecting it.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::sandbox::UdfError;
 
@@ -24,8 +24,8 @@ pub struct RowErrorCollector {
 }
 
 impl RowErrorCollector {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<CollectedCall>>> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Option<Vec<CollectedCall>>> {
+        self.calls.lock()
     }
 
     /// From now on row errors are collected.

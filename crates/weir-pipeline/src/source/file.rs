@@ -19,6 +19,8 @@ pub struct FileSource {
     reader: BufReader<tokio::fs::File>,
     line_no: i64,
     skip_header: bool,
+    /// A line read in part when the linger ran out (kept for the next call).
+    partial: Vec<u8>,
 }
 
 impl FileSource {
@@ -31,6 +33,7 @@ impl FileSource {
             reader: BufReader::new(file),
             line_no: 0,
             skip_header,
+            partial: Vec::new(),
         })
     }
 }
@@ -40,19 +43,28 @@ impl Source for FileSource {
     async fn next_batch(
         &mut self,
         max: usize,
-        _linger: Duration,
+        linger: Duration,
     ) -> anyhow::Result<Option<Vec<SourceRecord>>> {
         let mut batch = Vec::new();
+        // A file being written to (a FIFO, a growing log) hands over what it
+        // has once the first record waited `linger`.
+        let mut deadline: Option<tokio::time::Instant> = None;
         while batch.len() < max {
-            let mut line = Vec::new();
-            let read = self
-                .reader
-                .read_until(b'\n', &mut line)
-                .await
-                .with_context(|| format!("reading {} after line {}", self.path, self.line_no))?;
-            if read == 0 {
+            let read = self.reader.read_until(b'\n', &mut self.partial);
+            let read = match deadline {
+                None => read.await,
+                // `read_until` keeps what it read in `self.partial` when the
+                // linger runs out; the next call continues the line.
+                Some(at) => match tokio::time::timeout_at(at, read).await {
+                    Ok(read) => read,
+                    Err(_) => break,
+                },
+            }
+            .with_context(|| format!("reading {} after line {}", self.path, self.line_no))?;
+            if read == 0 && self.partial.is_empty() {
                 break;
             }
+            let mut line = std::mem::take(&mut self.partial);
             self.line_no += 1;
             if self.skip_header && self.line_no == 1 {
                 continue;
@@ -66,6 +78,7 @@ impl Source for FileSource {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
             batch.push(SourceRecord {
                 key: None,
                 payload: Some(line),

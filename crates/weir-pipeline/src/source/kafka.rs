@@ -48,12 +48,12 @@ const CARRY_SOFT_LIMIT: usize = 1024;
 pub struct LagContext {
     lag: AtomicI64,
     rebalances: AtomicU64,
-    ownership: std::sync::Mutex<Ownership>,
+    ownership: parking_lot::Mutex<Ownership>,
 }
 
 impl LagContext {
-    fn ownership(&self) -> std::sync::MutexGuard<'_, Ownership> {
-        self.ownership.lock().unwrap_or_else(|p| p.into_inner())
+    fn ownership(&self) -> parking_lot::MutexGuard<'_, Ownership> {
+        self.ownership.lock()
     }
 }
 
@@ -172,10 +172,7 @@ impl KafkaSource {
     }
 }
 
-pub fn to_record(
-    topics: &mut HashMap<String, Arc<str>>,
-    m: &BorrowedMessage<'_>,
-) -> SourceRecord {
+pub fn to_record(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> SourceRecord {
     {
         let topic = topics
             .entry(m.topic().to_string())

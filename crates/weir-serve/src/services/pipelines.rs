@@ -7,37 +7,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::AppState;
+use crate::AppState;
+use crate::error::{ServiceError, ServiceResult};
 use crate::pipeline::runner::Reload;
 use crate::pipeline::{Pipeline, PipelineConfig, Status, Supervisor};
+use crate::registry::StoredPipeline;
 use crate::sandbox::UdfModule;
-
-/// A UDF reference of a deployed pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdfRef {
-    pub name: String,
-    /// `None`: follows the latest version.
-    pub version: Option<i64>,
-}
-
-impl UdfRef {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (name, version) = match text.split_once('@') {
-            Some((n, "latest")) => (n, None),
-            Some((n, v)) => (
-                n,
-                Some(v.parse().map_err(|_| {
-                    format!("udf `{text}`: the version after `@` must be a number or `latest`")
-                })?),
-            ),
-            None => (text, None),
-        };
-        Ok(UdfRef {
-            name: name.to_string(),
-            version,
-        })
-    }
-}
+use crate::services::udfs::{self, UdfRef};
 
 /// The pipelines deployed through the API (run by the one pipeline
 /// supervisor) and the registry's change signal.
@@ -93,43 +69,20 @@ impl Pipelines {
 }
 
 /// Loads the modules `udfs` refer to, for `tenant`.
-fn resolve(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> Result<Vec<Arc<UdfModule>>, String> {
-    let tenant_state = state.tenants.get(tenant);
-    udfs.iter()
-        .map(|u| {
-            let v = state
-                .registry
-                .get(tenant, &u.name, u.version)?
-                .ok_or_else(|| match u.version {
-                    Some(n) => format!("udf `{}` version {n} is not in the registry", u.name),
-                    None => format!("udf `{}` is not in the registry", u.name),
-                })?;
-            let bytes = state.registry.module_bytes(&v)?;
-            state
-                .sandbox
-                .load_for(
-                    &format!("{tenant}/{}@v{}", u.name, v.version),
-                    &bytes,
-                    &tenant_state,
-                )
-                .map_err(|e| e.to_string())
-        })
-        .collect()
+fn resolve(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> ServiceResult<Vec<Arc<UdfModule>>> {
+    udfs.iter().map(|u| udfs::load(state, tenant, u)).collect()
 }
 
 /// Parses a deployed pipeline's TOML for `tenant`/`name`: the tenant and
 /// name come from the URL; `udfs` are registry references.
-pub fn parse(
-    tenant: &str,
-    name: &str,
-    text: &str,
-) -> Result<(PipelineConfig, Vec<UdfRef>), String> {
-    let mut config = PipelineConfig::from_toml(text).map_err(|e| e.to_string())?;
+pub fn parse(tenant: &str, name: &str, text: &str) -> ServiceResult<(PipelineConfig, Vec<UdfRef>)> {
+    let mut config =
+        PipelineConfig::from_toml(text).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
     if config.name != name {
-        return Err(format!(
+        return Err(ServiceError::BadRequest(format!(
             "the file says name = \"{}\" but the URL names pipeline `{name}`",
             config.name
-        ));
+        )));
     }
     config.tenant = tenant.to_string();
     if !config.udfs.is_empty()
@@ -138,10 +91,10 @@ pub fn parse(
             .iter()
             .any(|p| p.to_string_lossy().contains('/'))
     {
-        return Err(
+        return Err(ServiceError::BadRequest(
             "`udfs` of a deployed pipeline name registry UDFs (`name` or `name@N`), not files"
                 .to_string(),
-        );
+        ));
     }
     let udfs = config
         .udfs
@@ -180,7 +133,7 @@ const ALLOWED_PROPERTY_PREFIXES: &[&str] = &[
 pub fn check_kafka(
     config: &PipelineConfig,
     policy: &crate::tenant::TenantPolicy,
-) -> Result<(), String> {
+) -> ServiceResult<()> {
     use crate::pipeline::config::{SinkConfig, SourceConfig};
     let mut brokers = Vec::new();
     let mut names: Vec<(&str, &str)> = Vec::new();
@@ -222,20 +175,21 @@ pub fn check_kafka(
         .iter()
         .find(|k| !ALLOWED_PROPERTY_PREFIXES.iter().any(|p| k.starts_with(p)))
     {
-        return Err(format!(
+        return Err(ServiceError::Forbidden(format!(
             "property `{key}` may not be set on a pipeline deployed through the API (allowed: tuning and SASL credentials)"
-        ));
+        )));
     }
     Ok(())
 }
 
-pub fn check_brokers(brokers: &str, policy: &crate::tenant::TenantPolicy) -> Result<(), String> {
+pub fn check_brokers(brokers: &str, policy: &crate::tenant::TenantPolicy) -> ServiceResult<()> {
     if policy.kafka_brokers.is_empty() || policy.kafka_brokers.iter().any(|b| b == brokers) {
         Ok(())
     } else {
-        Err(format!(
-            "brokers `{brokers}` are not among the tenant's `kafka_brokers` in the policy"
-        ))
+        Err(ServiceError::Forbidden(format!(
+            "brokers `{brokers}` are not among the tenant's `{}` in the policy",
+            policy.key("kafka_brokers")
+        )))
     }
 }
 
@@ -243,20 +197,21 @@ pub fn check_topic(
     key: &str,
     name: &str,
     policy: &crate::tenant::TenantPolicy,
-) -> Result<(), String> {
+) -> ServiceResult<()> {
     if name.starts_with(&policy.topic_prefix) {
         Ok(())
     } else {
-        Err(format!(
-            "{key} `{name}` does not start with the tenant's `topic_prefix` `{}`",
-            policy.topic_prefix
-        ))
+        Err(ServiceError::Forbidden(format!(
+            "{key} `{name}` does not start with the tenant's `topic_prefix` `{}` ({})",
+            policy.topic_prefix,
+            policy.key("topic_prefix")
+        )))
     }
 }
 
 /// Every file a pipeline would read or write must lie in one of `roots`
 /// (after resolving `..` and symbolic links).
-pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> Result<(), String> {
+pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> ServiceResult<()> {
     use crate::pipeline::config::{SinkConfig, SourceConfig};
     let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
     if let SourceConfig::File { path, .. } = &config.source {
@@ -269,16 +224,17 @@ pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> Res
         files.push(("errors.path", path));
     }
     for (key, path) in files {
-        let resolved = resolve_path(path)
-            .ok_or_else(|| format!("{key} `{}` cannot be resolved", path.display()))?;
+        let resolved = resolve_path(path).ok_or_else(|| {
+            ServiceError::Forbidden(format!("{key} `{}` cannot be resolved", path.display()))
+        })?;
         let inside = roots
             .iter()
             .any(|root| std::fs::canonicalize(root).is_ok_and(|root| resolved.starts_with(root)));
         if !inside {
-            return Err(format!(
+            return Err(ServiceError::Forbidden(format!(
                 "{key} `{}` is outside the folders deployed pipelines may use (serve.file_roots); use Kafka, or ask an operator to allow the folder",
                 path.display()
-            ));
+            )));
         }
     }
     Ok(())
@@ -314,7 +270,7 @@ pub async fn start(
     tenant: &str,
     name: &str,
     text: &str,
-) -> Result<(), String> {
+) -> ServiceResult<()> {
     let (config, udfs) = parse(tenant, name, text)?;
     check_files(&config, &state.config.file_roots)?;
     check_kafka(&config, &state.tenants.get(tenant).policy())?;
@@ -324,12 +280,12 @@ pub async fn start(
     let reload = Reload {
         changed: state.pipelines.changed.subscribe(),
         resolve: Arc::new(move || {
-            resolve(&resolver_state, &resolver_tenant, &resolver_udfs).map_err(anyhow::Error::msg)
+            resolve(&resolver_state, &resolver_tenant, &resolver_udfs).map_err(anyhow::Error::from)
         }),
     };
     let pipeline = Pipeline::build_with_modules(config, modules, &state.tenants, Some(reload))
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(|e| ServiceError::Rejected(format!("{e:#}")))?;
     // The new pipeline is built (a bad update fails here, leaving the old
     // one running); only now is the running one stopped and replaced.
     state.pipelines.supervisor.start(pipeline, udfs).await;
@@ -349,4 +305,112 @@ pub async fn start_stored(state: &Arc<AppState>) {
             tracing::error!(tenant = %p.tenant, pipeline = %p.name, "not restarted: {e}");
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Deploys (or replaces) a pipeline from its TOML and starts it; `true`
+/// when it is new.
+pub async fn deploy(
+    state: &Arc<AppState>,
+    tenant: &str,
+    name: &str,
+    body: &[u8],
+    by: &str,
+) -> ServiceResult<bool> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        ServiceError::BadRequest("the pipeline file must be UTF-8 TOML".to_string())
+    })?;
+    parse(tenant, name, text)?;
+    let existed = state
+        .registry
+        .pipeline(tenant, name)
+        .map_err(ServiceError::internal)?
+        .is_some();
+    start(state, tenant, name, text).await?;
+    state
+        .registry
+        .save_pipeline(&StoredPipeline {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            config: text.to_string(),
+            running: true,
+            updated_at: now_ms(),
+            updated_by: by.to_string(),
+        })
+        .map_err(ServiceError::internal)?;
+    Ok(!existed)
+}
+
+fn stored(state: &AppState, tenant: &str, name: &str) -> ServiceResult<StoredPipeline> {
+    state
+        .registry
+        .pipeline(tenant, name)
+        .map_err(ServiceError::internal)?
+        .ok_or_else(|| ServiceError::not_found(&format!("pipeline `{name}`")))
+}
+
+/// Starts or stops a stored pipeline and remembers that as its desired state.
+pub async fn set_running(
+    state: &Arc<AppState>,
+    tenant: &str,
+    name: &str,
+    run: bool,
+    by: &str,
+) -> ServiceResult<Status> {
+    let mut stored = stored(state, tenant, name)?;
+    state.pipelines.stop(tenant, name).await;
+    if run {
+        start(state, tenant, name, &stored.config).await?;
+    }
+    stored.running = run;
+    stored.updated_at = now_ms();
+    stored.updated_by = by.to_string();
+    state
+        .registry
+        .save_pipeline(&stored)
+        .map_err(ServiceError::internal)?;
+    Ok(state.pipelines.status(tenant, name))
+}
+
+/// The status of a stored pipeline, its desired state and its file.
+pub fn describe(state: &AppState, tenant: &str, name: &str) -> ServiceResult<serde_json::Value> {
+    let stored = stored(state, tenant, name)?;
+    let mut body = serde_json::json!(state.pipelines.status(tenant, name));
+    body["desired"] = serde_json::json!(if stored.running { "running" } else { "stopped" });
+    body["config"] = serde_json::json!(stored.config);
+    Ok(body)
+}
+
+/// The tenant's stored pipelines with desired and actual state.
+pub fn list(state: &AppState, tenant: &str) -> ServiceResult<Vec<serde_json::Value>> {
+    let stored = state
+        .registry
+        .pipelines(tenant)
+        .map_err(ServiceError::internal)?;
+    Ok(stored
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "desired": if p.running { "running" } else { "stopped" },
+                "state": state.pipelines.status(tenant, &p.name).state,
+            })
+        })
+        .collect())
+}
+
+/// Stops and forgets a pipeline.
+pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceResult<()> {
+    stored(state, tenant, name)?;
+    state.pipelines.stop(tenant, name).await;
+    state
+        .registry
+        .delete_pipeline(tenant, name)
+        .map_err(ServiceError::internal)?;
+    Ok(())
 }

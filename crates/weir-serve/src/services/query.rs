@@ -1,0 +1,141 @@
+//! One bounded SQL query of a tenant: its published UDFs over tables given
+//! inline as JSON rows and over topics' most recent records; read-only,
+//! row- and time-capped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::error::{ServiceError, ServiceResult};
+use crate::recent::TopicTable;
+use crate::services::pipelines::{check_brokers, check_topic};
+use crate::services::udfs::{self, UdfRef};
+
+/// Rows returned at most, and the default.
+const MAX_ROWS: usize = 10_000;
+const DEFAULT_ROWS: usize = 1_000;
+/// Rows per inline table at most.
+const MAX_TABLE_ROWS: usize = 100_000;
+/// Wall time of one query at most.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    pub sql: String,
+    /// Published UDFs to register: `name` (latest) or `name@N`.
+    #[serde(default)]
+    pub udfs: Vec<String>,
+    /// Tables: name → rows (JSON objects); the schema is inferred.
+    #[serde(default)]
+    pub tables: BTreeMap<String, Vec<Value>>,
+    /// Tables of a topic's most recent records: name → topic, format,
+    /// fields, metadata and `last` (records per partition, default 100).
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicTable>,
+    #[serde(default)]
+    pub max_rows: Option<usize>,
+}
+
+/// The result of a query.
+pub struct Answer {
+    pub batches: Vec<RecordBatch>,
+    /// More rows than `max_rows` were produced.
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+fn bad(message: String) -> ServiceError {
+    ServiceError::BadRequest(message)
+}
+
+/// Runs `req` for `tenant`.
+pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResult<Answer> {
+    let max_rows = req.max_rows.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS);
+    let started = Instant::now();
+    let ctx = SessionContext::new_with_config(crate::sql::session_config());
+    for spec in &req.udfs {
+        let module = udfs::load(state, tenant, &UdfRef::parse(spec)?)?;
+        crate::udf::register_module(&ctx, &module);
+    }
+    for (name, rows) in &req.tables {
+        if rows.len() > MAX_TABLE_ROWS {
+            return Err(bad(format!(
+                "table `{name}`: at most {MAX_TABLE_ROWS} rows"
+            )));
+        }
+        let schema = infer_json_schema_from_iterator(rows.iter().map(|r| Ok(r.clone())))
+            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+        let schema = Arc::new(schema);
+        let mut decoder = ReaderBuilder::new(schema.clone())
+            .build_decoder()
+            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+        decoder
+            .serialize(rows)
+            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+        let batch = decoder
+            .flush()
+            .map_err(|e| bad(format!("table `{name}`: {e}")))?
+            .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+        let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(ServiceError::internal)?;
+        ctx.register_table(name.as_str(), Arc::new(table))
+            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+    }
+    let policy = state.tenants.get(tenant).policy();
+    for (name, topic) in req.topics {
+        check_brokers(&topic.brokers, &policy)?;
+        check_topic("topic", &topic.topic, &policy)?;
+        let t = topic.clone();
+        let batch = tokio::task::spawn_blocking(move || crate::recent::read(&t))
+            .await
+            .map_err(ServiceError::internal)?
+            .map_err(ServiceError::Rejected)?;
+        let schema = if batch.num_columns() > 0 {
+            batch.schema()
+        } else {
+            crate::recent::schema(&topic)
+        };
+        let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(ServiceError::internal)?;
+        ctx.register_table(name.as_str(), Arc::new(table))
+            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+    }
+    let query = async {
+        let df = ctx
+            .sql_with_options(&req.sql, crate::sql::read_only())
+            .await?;
+        df.limit(0, Some(max_rows + 1))?.collect().await
+    };
+    let batches = tokio::time::timeout(TIMEOUT, query)
+        .await
+        .map_err(|_| ServiceError::Timeout(format!("the query ran over {} s", TIMEOUT.as_secs())))?
+        .map_err(|e| ServiceError::Rejected(weir_core::error::user_message(&e)))?;
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    Ok(Answer {
+        truncated: total > max_rows,
+        batches: truncate(batches, max_rows),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn truncate(batches: Vec<RecordBatch>, max: usize) -> Vec<RecordBatch> {
+    let mut left = max;
+    let mut out = Vec::new();
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let n = b.num_rows().min(left);
+        out.push(b.slice(0, n));
+        left -= n;
+    }
+    out
+}

@@ -1,0 +1,105 @@
+//! Staged runs: one function of a published version or of an unpublished
+//! module on sample rows, under the tenant's limits tightened for a dry run.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::AppState;
+use crate::error::{ServiceError, ServiceResult};
+use crate::sandbox::SandboxLimits;
+use crate::services::udfs::{self, UdfRef};
+use crate::udf::staged::{Staged, run_rows};
+
+/// A staged run: which function, on which rows; for an unpublished module
+/// also the module (`module_base64`: binary; `module_text`: text format).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TryRequest {
+    pub function: String,
+    pub rows: Vec<Value>,
+    #[serde(default)]
+    pub module_base64: Option<String>,
+    #[serde(default)]
+    pub module_text: Option<String>,
+}
+
+impl TryRequest {
+    pub fn parse(body: &[u8]) -> ServiceResult<Self> {
+        serde_json::from_slice(body).map_err(|e| {
+            ServiceError::BadRequest(format!(
+                "invalid JSON: {e}; send {{\"function\": \"name\", \"rows\": [[arg, ...], ...]}}"
+            ))
+        })
+    }
+}
+
+/// Dry-run limits: the ones in force for the tenant, tightened.
+fn dry_run_limits(state: &AppState, tenant: &str) -> SandboxLimits {
+    let budget = state.tenants.get(tenant).policy().budget();
+    let (mut limits, _) = state.sandbox.limits().in_force(Some(&budget));
+    limits.memory_bytes = limits.memory_bytes.min(32 << 20);
+    limits.cpu_ms_per_batch = limits.cpu_ms_per_batch.min(250);
+    limits.fuel_per_batch = limits.fuel_per_batch.min(500_000_000);
+    limits.max_output_bytes = limits.max_output_bytes.min(16 << 20);
+    limits
+}
+
+fn run(
+    state: &AppState,
+    tenant: &str,
+    label: &str,
+    bytes: &[u8],
+    req: &TryRequest,
+) -> ServiceResult<Staged> {
+    let module = state
+        .sandbox
+        .load_with_limits(label, bytes, dry_run_limits(state, tenant))
+        .map_err(|e| ServiceError::Rejected(e.to_string()))?;
+    run_rows(&module, &req.function, &req.rows).map_err(ServiceError::BadRequest)
+}
+
+/// Runs a published version.
+pub fn try_version(
+    state: &AppState,
+    tenant: &str,
+    r: &UdfRef,
+    req: &TryRequest,
+) -> ServiceResult<Staged> {
+    let found = udfs::find(state, tenant, r)?;
+    let bytes = state
+        .registry
+        .module_bytes(&found)
+        .map_err(ServiceError::internal)?;
+    run(
+        state,
+        tenant,
+        &format!("{tenant}/{}@v{}", r.name, found.version),
+        &bytes,
+        req,
+    )
+}
+
+/// Runs a module given in the request.
+pub fn try_module(state: &AppState, tenant: &str, req: &TryRequest) -> ServiceResult<Staged> {
+    let bytes = match (&req.module_base64, &req.module_text) {
+        (Some(b64), None) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| ServiceError::BadRequest(format!("module_base64: {e}")))?
+        }
+        (None, Some(text)) => text.clone().into_bytes(),
+        _ => {
+            return Err(ServiceError::BadRequest(
+                "give the module as exactly one of `module_base64` or `module_text`".to_string(),
+            ));
+        }
+    };
+    run(
+        state,
+        tenant,
+        &format!("{tenant}/(unpublished)"),
+        &bytes,
+        req,
+    )
+}

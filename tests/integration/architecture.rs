@@ -1,0 +1,125 @@
+//! The architecture as checks: the crate graph keeps heavy dependencies
+//! out of the layers below them, and the metrics the code emits are the
+//! metrics docs/metrics.md lists.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use crate::support;
+
+/// Every package `package` compiles (normal dependencies, transitively).
+fn dependencies(package: &str) -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(support::repo())
+        .args([
+            "tree",
+            "-p",
+            package,
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--locked",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_embedder_of_weir_core_compiles_no_kafka_http_database_or_cli() {
+    let core = dependencies("weir-core");
+    assert!(
+        core.contains("datafusion") && core.contains("wasmtime"),
+        "{core:?}"
+    );
+    for heavy in [
+        "rdkafka",
+        "rdkafka-sys",
+        "rusqlite",
+        "libsqlite3-sys",
+        "axum",
+        "hyper",
+        "clap",
+        "metrics-exporter-prometheus",
+    ] {
+        assert!(!core.contains(heavy), "weir-core depends on {heavy}");
+    }
+    let pipeline = dependencies("weir-pipeline");
+    assert!(pipeline.contains("rdkafka"));
+    for heavy in ["rusqlite", "axum", "clap"] {
+        assert!(
+            !pipeline.contains(heavy),
+            "weir-pipeline depends on {heavy}"
+        );
+    }
+    let abi = dependencies("weir-abi");
+    assert_eq!(
+        abi,
+        BTreeSet::from(["weir-abi".to_string()]),
+        "weir-abi has no dependencies"
+    );
+}
+
+/// The backticked `weir_…` names in the first column of docs/metrics.md's tables.
+fn documented_metrics() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(support::repo().join("docs/metrics.md")).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("| `weir_"))
+        .flat_map(|l| {
+            let first = l.split('|').nth(1).unwrap_or_default();
+            first
+                .split('`')
+                .filter(|s| s.starts_with("weir_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn docs_metrics_md_lists_exactly_the_metrics_weir_emits() {
+    let emitted: BTreeSet<String> = weir::telemetry::METRICS
+        .iter()
+        .map(|m| m.name.to_string())
+        .collect();
+    let documented = documented_metrics();
+    let undocumented: Vec<_> = emitted.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&emitted).collect();
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "emitted but not in docs/metrics.md: {undocumented:?}; documented but not emitted: {stale:?}"
+    );
+}
+
+#[test]
+fn the_documented_failure_kinds_are_the_ones_counted() {
+    // `weir_udf_failures_total{kind=…}`: every kind the docs name exists.
+    let text = std::fs::read_to_string(support::repo().join("docs/metrics.md")).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| `weir_udf_failures_total`"))
+        .expect("a row for weir_udf_failures_total");
+    let kinds = weir::Failure::KINDS;
+    for documented in row
+        .split('`')
+        .skip(3)
+        .step_by(2)
+        .filter(|s| !s.is_empty() && !s.starts_with("weir_"))
+    {
+        assert!(
+            kinds.contains(&documented),
+            "docs/metrics.md names failure kind `{documented}`, the code has {kinds:?}"
+        );
+    }
+}

@@ -1000,7 +1000,13 @@ async fn sql_over_a_topics_recent_records() {
         }],
         ..Default::default()
     };
-    let tenants = std::sync::Arc::new(weir::tenant::Tenants::new(weir::tenant::Policy::default()));
+    // The tenant may use this broker (the default policy allows none).
+    let policy = weir::tenant::Policy::from_toml(&format!(
+        "[defaults]\nkafka_brokers = [\"{}\"]\n",
+        broker.addr
+    ))
+    .unwrap();
+    let tenants = std::sync::Arc::new(weir::tenant::Tenants::new(policy));
     let state = weir::serve::AppState::open(config, support::sandbox().clone(), tenants).unwrap();
     let app = weir::serve::router(std::sync::Arc::new(state));
     let body = serde_json::json!({

@@ -103,3 +103,37 @@ fn a_memory_error_names_the_tenants_key_below_the_ceiling() {
         "{err}"
     );
 }
+
+/// A compile bomb (issue 12 #0): a module far below the size cap that
+/// defines more functions than the sandbox compiles is refused before
+/// compiling, naming the key; so is one without the exports the ABI needs.
+#[test]
+fn modules_are_refused_before_compiling_when_too_big_to_compile() {
+    let engine = sandbox(SandboxLimits::default());
+    let manifest = r#"(@custom "weir.udf" "{\"abi\":1,\"name\":\"f\",\"args\":[\"int64\"],\"ret\":\"int64\"}\n")"#;
+    let mut text = format!("(module {manifest}\n");
+    for _ in 0..10_001 {
+        text.push_str("(func)\n");
+    }
+    text.push(')');
+    let err = engine
+        .load("bomb", text.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "defines 10001 functions, above the limit of 10000; raise `sandbox.max_functions`"
+        ),
+        "{err}"
+    );
+    let mut text = format!("(module {manifest} (memory (export \"memory\") 1)\n");
+    for _ in 0..5_000 {
+        text.push_str("(func)\n");
+    }
+    text.push(')');
+    let err = engine
+        .load("no-exports", text.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not export `weir_alloc`"), "{err}");
+}

@@ -1560,6 +1560,25 @@ async fn deployed_kafka_pipelines_follow_the_tenants_policy() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
         assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
     }
+    // Another tenant's policy names no brokers: none may be used (the
+    // server never connects wherever a tenant says by default).
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/globex/pipelines/k",
+        Some("globex-operator"),
+        None,
+        pipeline("127.0.0.1:9092", "in", "g", "").into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("`defaults.kafka_brokers` is empty"),
+        "{answer}"
+    );
     let body = serde_json::json!({
         "sql": "SELECT 1 FROM t",
         "topics": {"t": {"brokers": "127.0.0.1:9092", "topic": "globex.orders", "format": "raw"}}
@@ -1642,4 +1661,87 @@ fn sighup_reloads_the_policy_and_weir_serve_keeps_serving() {
     );
     let (status, body) = http(&addr, "GET", "/healthz", &[], b"");
     assert_eq!(status, 200, "{body}");
+}
+
+/// A pipeline file's secrets (`sasl.password`, …) are stored but never
+/// shown: every role of the tenant may read the file back.
+#[tokio::test]
+async fn secrets_in_a_pipeline_file_are_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml("[defaults]\nkafka_brokers = [\"127.0.0.1:9\"]\n").unwrap();
+    let state = AppState::open(
+        config(dir.path(), 1 << 20),
+        support::sandbox().clone(),
+        Arc::new(Tenants::new(policy)),
+    )
+    .unwrap();
+    let app = router(Arc::new(state));
+    let toml = "name = \"k\"\nsql = \"SELECT * FROM source\"\n[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"in\"]\ngroup = \"g\"\nformat = \"raw\"\n[source.properties]\n\"sasl.username\" = \"acme\"\n\"sasl.password\" = \"hunter2\"\n[sink]\nkind = \"stdout\"\n[errors]\npolicy = \"skip\"\n";
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/k",
+        Some("acme-operator"),
+        None,
+        toml.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    for token in ["acme-viewer", "acme-admin"] {
+        let (status, st) = get(&app, "/v1/tenants/acme/pipelines/k", token).await;
+        assert_eq!(status, StatusCode::OK, "{st}");
+        let config = st["config"].as_str().unwrap();
+        assert!(
+            !config.contains("hunter2")
+                && config.contains("<redacted>")
+                && config.contains("sasl.username"),
+            "{config}"
+        );
+    }
+    let (status, _) = delete(&app, "/v1/tenants/acme/pipelines/k", "acme-operator").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A query that would build a terabyte string (issue 12 #2) is refused
+/// with a 4xx naming the key — at plan time, where DataFusion folds
+/// constants outside any memory pool — and the process lives on.
+#[tokio::test]
+async fn string_bombs_in_sql_are_refused_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    for sql in [
+        "SELECT length(repeat(arrow_cast('x', 'LargeUtf8'), 1000000000000)) AS n",
+        "SELECT length(repeat('x', 2147483647)) AS n",
+        "SELECT length(lpad('x', 2147483647)) AS n",
+    ] {
+        let body = serde_json::json!({ "sql": sql });
+        let (status, answer) = send(
+            &app,
+            "POST",
+            "/v1/tenants/acme/sql",
+            Some("acme-operator"),
+            None,
+            body.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{sql}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains("raise `defaults.query_memory_bytes`"),
+            "{sql}: {error}"
+        );
+    }
+    // A reasonable one still answers.
+    let body = serde_json::json!({ "sql": "SELECT length(repeat('ab', 1000)) AS n" });
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        None,
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rows"][0]["n"], 2000);
 }

@@ -132,10 +132,22 @@ fn the_aggregate_memory_cap_holds_across_instances_and_modules() {
         call(&capped, "grow", vec![Some(20), Some(0)]).unwrap(),
         vec![Some(-1), Some(2)]
     );
+    // Refused grows reserve nothing of the tenant's total (issue 12 #4: the
+    // reservation used to leak until the tenant could load nothing).
+    let other_tenant = t.get("other");
+    let held = other_tenant.memory_used();
+    for _ in 0..200 {
+        assert_eq!(
+            call(&capped, "grow", vec![Some(20), Some(0)]).unwrap(),
+            vec![Some(-1), Some(2)]
+        );
+    }
+    assert_eq!(other_tenant.memory_used(), held);
     assert_eq!(
         call(&capped, "grow", vec![Some(6), Some(0)]).unwrap(),
         vec![Some(2), Some(8)]
     );
+    assert_eq!(other_tenant.memory_used(), held + 6 * 65536);
 }
 
 #[test]

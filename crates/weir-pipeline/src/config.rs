@@ -258,6 +258,9 @@ impl PipelineConfig {
         Ok(config)
     }
 
+    /// Most UDF modules one pipeline may load (each holds instances).
+    pub const MAX_UDFS: usize = 32;
+
     /// Reads a pipeline file; relative paths inside it are resolved against
     /// the file's directory.
     pub fn from_file(path: &Path) -> Result<Self, PipelineConfigError> {
@@ -294,6 +297,24 @@ impl PipelineConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.udfs.len() > Self::MAX_UDFS {
+            return Err(format!(
+                "udfs lists {} modules; a pipeline may load at most {}",
+                self.udfs.len(),
+                Self::MAX_UDFS
+            ));
+        }
+        if let Some((i, dup)) = self
+            .udfs
+            .iter()
+            .enumerate()
+            .find(|(i, u)| self.udfs[..*i].contains(u))
+        {
+            return Err(format!(
+                "udfs[{i}] `{}` is listed twice; each module is loaded once",
+                dup.display()
+            ));
+        }
         if self.name.is_empty()
             || !self
                 .name

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use datafusion::prelude::SessionContext;
 use tokio::sync::watch;
 
 use super::config::{ErrorPolicy, PipelineConfig, SinkConfig, SourceConfig};
@@ -170,9 +169,15 @@ impl Pipeline {
         config: &PipelineConfig,
         modules: &[Arc<UdfModule>],
         decoder: &RecordDecoder,
+        tenant: &Tenant,
     ) -> anyhow::Result<PlannedQuery> {
-        let ctx =
-            SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
+        // Bounded by the tenant's `query_memory_bytes`, at plan time too.
+        let policy = tenant.policy();
+        let ctx = crate::sql::bounded_context(
+            crate::sql::session_config().with_target_partitions(1),
+            policy.query_memory_bytes,
+            &policy.key("query_memory_bytes"),
+        );
         let row_errors = Arc::new(crate::udf::RowErrorCollector::default());
         for module in modules {
             crate::udf::register_module_collecting(&ctx, module, &row_errors);
@@ -194,7 +199,7 @@ impl Pipeline {
             config.source.fields(),
             config.source.metadata(),
         );
-        let query = Self::plan(&config, &modules, &decoder).await?;
+        let query = Self::plan(&config, &modules, &decoder, &tenant).await?;
         let key = match &config.sink {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
@@ -498,7 +503,7 @@ impl Pipeline {
         if same {
             return false;
         }
-        match Self::plan(&self.config, &modules, &self.decoder)
+        match Self::plan(&self.config, &modules, &self.decoder, &self.tenant)
             .await
             .and_then(|q| {
                 self.encoder

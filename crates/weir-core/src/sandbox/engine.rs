@@ -30,6 +30,8 @@ pub(crate) struct SandboxInner {
     deterministic: OnceLock<Engine>,
     free: OnceLock<Engine>,
     pub cache: Option<CodeCache>,
+    /// Bounds concurrent compilation (`sandbox.max_concurrent_compiles`).
+    pub compile_gate: super::compile_gate::CompileGate,
     stop: Arc<AtomicBool>,
     init: parking_lot::Mutex<()>,
 }
@@ -78,6 +80,9 @@ impl Sandbox {
         };
         Ok(Sandbox {
             inner: Arc::new(SandboxInner {
+                compile_gate: super::compile_gate::CompileGate::new(
+                    options.limits.max_concurrent_compiles,
+                ),
                 limits: options.limits,
                 deterministic: OnceLock::new(),
                 free: OnceLock::new(),

@@ -19,6 +19,23 @@ pub enum LoadError {
         size: u64,
         limit: u64,
     },
+    #[error(
+        "module `{label}` defines {count} functions, above the limit of {limit}; raise `sandbox.max_functions` or split the module"
+    )]
+    TooManyFunctions {
+        label: String,
+        count: u64,
+        limit: u64,
+    },
+    #[error(
+        "module `{label}`: function {index} has a {bytes}-byte body, above the {limit}-byte limit; raise `sandbox.max_function_bytes` or split the function"
+    )]
+    FunctionTooLarge {
+        label: String,
+        index: u32,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("module `{label}` is not a WebAssembly module: {reason}")]
     NotWasm { label: String, reason: String },
     #[error("module `{label}`: {error}")]

@@ -43,6 +43,8 @@ pub struct StoreState {
     /// how much it holds.
     tenant: Option<Arc<Tenant>>,
     memory_held: u64,
+    /// What the last allowed grow reserved (returned if it fails after all).
+    pending_grow: u64,
     table_limit: usize,
     log_budget: u32,
     log_per_call: u32,
@@ -62,6 +64,7 @@ impl StoreState {
             memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
             tenant,
             memory_held: 0,
+            pending_grow: 0,
             table_limit: usize::try_from(limits.table_elements).unwrap_or(usize::MAX),
             log_budget: limits.log_lines_per_batch,
             log_per_call: limits.log_lines_per_batch,
@@ -90,8 +93,14 @@ impl ResourceLimiter for StoreState {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        self.pending_grow = 0;
+        // wasmtime asks before it checks the module's own declared maximum:
+        // past it, `memory.grow` returns -1 and nothing is reserved.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         if desired > self.memory_limit {
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
                 requested: desired,
@@ -107,8 +116,20 @@ impl ResourceLimiter for StoreState {
                 })
             })?;
             self.memory_held += more;
+            self.pending_grow = more;
         }
         Ok(true)
+    }
+
+    /// A grow this limiter allowed failed after all (wasmtime's own
+    /// checks): what was reserved for it goes back to the tenant.
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        let more = std::mem::take(&mut self.pending_grow);
+        if let Some(t) = &self.tenant {
+            t.release_memory(more);
+        }
+        self.memory_held = self.memory_held.saturating_sub(more);
+        Ok(())
     }
 
     fn table_growing(

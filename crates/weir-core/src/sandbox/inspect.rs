@@ -21,6 +21,12 @@ pub struct ModuleInfo {
     pub initial_memory: Vec<u64>,
     /// Declared initial elements of each defined table.
     pub initial_tables: Vec<u64>,
+    /// Functions the module defines (compile time and memory grow with it).
+    pub functions: u64,
+    /// The largest function body, in bytes, and its index among the defined functions.
+    pub largest_body: (u64, u32),
+    /// Names of the exports.
+    pub exports: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,10 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
     let mut imports = Vec::new();
     let mut initial_memory = Vec::new();
     let mut initial_tables = Vec::new();
+    let mut functions = 0u64;
+    let mut largest_body = (0u64, 0u32);
+    let mut body_index = 0u32;
+    let mut exports = Vec::new();
     let parse = |e: wasmtime::wasmparser::BinaryReaderError| InspectError::Parse(e.to_string());
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(parse)? {
@@ -73,6 +83,21 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
                     initial_memory.push(memory.initial.saturating_mul(page));
                 }
             }
+            Payload::FunctionSection(reader) => {
+                functions = u64::from(reader.count());
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    exports.push(export.map_err(parse)?.name.to_string());
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let size = body.range().len() as u64;
+                if size > largest_body.0 {
+                    largest_body = (size, body_index);
+                }
+                body_index = body_index.saturating_add(1);
+            }
             _ => {}
         }
     }
@@ -82,5 +107,8 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
         imports,
         initial_memory,
         initial_tables,
+        functions,
+        largest_body,
+        exports,
     })
 }

@@ -28,6 +28,13 @@ pub enum CpuMeter {
 pub struct SandboxLimits {
     /// Largest module accepted, checked before parsing or compiling.
     pub max_module_bytes: u64,
+    /// Most functions a module may define, checked before compiling
+    /// (compile time and memory grow with the count).
+    pub max_functions: u64,
+    /// Largest function body, in bytes, checked before compiling.
+    pub max_function_bytes: u64,
+    /// Modules compiled at the same time in the process; more wait.
+    pub max_concurrent_compiles: u32,
     /// Linear memory per instance (initial size and every `memory.grow`).
     pub memory_bytes: u64,
     /// Elements per table.
@@ -58,6 +65,9 @@ impl Default for SandboxLimits {
     fn default() -> Self {
         SandboxLimits {
             max_module_bytes: 16 * MIB,
+            max_functions: 10_000,
+            max_function_bytes: MIB,
+            max_concurrent_compiles: 1,
             memory_bytes: 64 * MIB,
             table_elements: 10_000,
             wasm_stack_bytes: 512 * KIB,
@@ -155,6 +165,21 @@ impl SandboxLimits {
             (1024..=1024 * MIB).contains(&self.max_module_bytes),
             "max_module_bytes",
             "must be between 1 KiB and 1 GiB",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.max_functions),
+            "max_functions",
+            "must be between 1 and 1000000",
+        )?;
+        check(
+            self.max_function_bytes >= 1024,
+            "max_function_bytes",
+            "must be at least 1 KiB",
+        )?;
+        check(
+            (1..=64).contains(&self.max_concurrent_compiles),
+            "max_concurrent_compiles",
+            "must be between 1 and 64",
         )?;
         check(
             (64 * KIB..=4096 * MIB).contains(&self.memory_bytes),

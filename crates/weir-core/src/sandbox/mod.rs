@@ -7,6 +7,7 @@
 //! functions.
 
 mod cache;
+mod compile_gate;
 mod engine;
 mod error;
 mod host;

@@ -645,6 +645,38 @@ impl Sandbox {
                 limit: limits.table_elements,
             });
         }
+        // Cheap checks before the expensive compile: size of the code, and
+        // the exports the ABI needs.
+        if info.functions > limits.max_functions {
+            return Err(LoadError::TooManyFunctions {
+                label: label.to_string(),
+                count: info.functions,
+                limit: limits.max_functions,
+            });
+        }
+        if info.largest_body.0 > limits.max_function_bytes {
+            return Err(LoadError::FunctionTooLarge {
+                label: label.to_string(),
+                index: info.largest_body.1,
+                bytes: info.largest_body.0,
+                limit: limits.max_function_bytes,
+            });
+        }
+        let exported = |name: &str| info.exports.iter().any(|e| e == name);
+        let missing = |name: &str, what: &'static str| LoadError::MissingExport {
+            label: label.to_string(),
+            name: name.to_string(),
+            what,
+        };
+        if !exported(EXPORT_MEMORY) {
+            return Err(missing(EXPORT_MEMORY, "the linear memory"));
+        }
+        if !exported(EXPORT_ALLOC) {
+            return Err(missing(EXPORT_ALLOC, "the scratch allocator"));
+        }
+        if let Some(f) = info.manifest.functions.iter().find(|f| !exported(&f.name)) {
+            return Err(missing(&f.name, "a function the manifest declares"));
+        }
         let digest = hex::encode(Sha256::digest(&wasm));
         let kind = if info.manifest.any_deterministic() {
             EngineKind::Deterministic
@@ -656,7 +688,7 @@ impl Sandbox {
             label: label.to_string(),
             reason: format!("{e:#}"),
         };
-        let compile = || Module::new(&engine, &wasm);
+        let compile = || self.inner.compile_gate.run(|| Module::new(&engine, &wasm));
         let (module, from_cache) = match &self.inner.cache {
             Some(cache) => cache
                 .get_or_compile(&engine, &digest, compile)

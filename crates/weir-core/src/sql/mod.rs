@@ -1,9 +1,11 @@
 //! SQL over files with sandboxed UDFs: the engine behind `weir sql`.
 
+mod bounded;
 mod output;
 mod session;
 mod tables;
 
+pub use bounded::bounded_context;
 pub use output::{OutputFormat, write_batches};
 pub use session::{SqlSession, read_only, session_config};
 pub use tables::{TableFormat, TableSpec, register_table};

@@ -37,7 +37,10 @@ pub struct SqlSession {
 impl SqlSession {
     pub fn new(sandbox: Sandbox) -> Self {
         SqlSession {
-            ctx: SessionContext::new_with_config(session_config()),
+            ctx: {
+                let limit = crate::tenant::TenantPolicy::default().query_memory_bytes;
+                super::bounded_context(session_config(), limit, "defaults.query_memory_bytes")
+            },
             sandbox,
             modules: Vec::new(),
         }

@@ -33,6 +33,9 @@ pub struct TenantPolicy {
     pub burst_rows: u64,
     /// Budget of the tenant's cache of deterministic results; 0 = off.
     pub cache_bytes: u64,
+    /// Memory one query of the tenant (SQL request, pipeline, staged run)
+    /// may hold in DataFusion, and the largest string a built-in may build.
+    pub query_memory_bytes: u64,
     /// Host capabilities granted. Known: `log`.
     pub capabilities: Vec<String>,
     /// Failing batches in a row (failures of the function, never row
@@ -47,7 +50,7 @@ pub struct TenantPolicy {
     /// What a pipeline does while a breaker of its UDFs is open.
     pub breaker_action: BreakerAction,
     /// Kafka bootstrap lists that pipelines and SQL deployed through the API
-    /// may use; empty = any.
+    /// may use; empty = none (the default), `"*"` = any.
     pub kafka_brokers: Vec<String>,
     /// Prefix every topic and consumer group they use must have; "" = any.
     pub topic_prefix: String,
@@ -69,6 +72,7 @@ impl Default for TenantPolicy {
             rows_per_s: 0,
             burst_rows: 100_000,
             cache_bytes: 64 << 20,
+            query_memory_bytes: 256 << 20,
             capabilities: vec!["log".to_string()],
             breaker_failures: 5,
             breaker_failure_ratio: 0.5,
@@ -148,6 +152,7 @@ pub struct TenantOverrides {
     pub rows_per_s: Option<u64>,
     pub burst_rows: Option<u64>,
     pub cache_bytes: Option<u64>,
+    pub query_memory_bytes: Option<u64>,
     pub capabilities: Option<Vec<String>>,
     pub breaker_failures: Option<u32>,
     pub breaker_failure_ratio: Option<f64>,
@@ -241,6 +246,7 @@ impl Policy {
             rows_per_s,
             burst_rows,
             cache_bytes,
+            query_memory_bytes,
             capabilities,
             breaker_failures,
             breaker_failure_ratio,
@@ -262,6 +268,7 @@ impl TenantPolicy {
             ("fuel_per_batch", self.fuel_per_batch),
             ("memory_bytes", self.memory_bytes),
             ("memory_total_bytes", self.memory_total_bytes),
+            ("query_memory_bytes", self.query_memory_bytes),
             ("max_concurrent_calls", u64::from(self.max_concurrent_calls)),
             ("max_in_flight_batches", self.max_in_flight_batches as u64),
             ("breaker_failures", u64::from(self.breaker_failures)),

@@ -157,7 +157,8 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             }
         };
         *note.0.lock() = Some(entry);
-        if let Err(wait) = state.take_request(&caller.name) {
+        // Token names are unique per tenant only: the bucket is per (tenant, token).
+        if let Err(wait) = state.take_request(&format!("{}/{}", caller.tenant, caller.name)) {
             return Err(ServiceError::RateLimited(format!(
                 "token `{}` is over {} requests/s; retry in {wait:.1} s",
                 caller.name, state.config.requests_per_s
@@ -202,9 +203,10 @@ pub async fn audit(
         (None, true) => "allowed",
         (None, false) => "failed",
     };
-    // A tenant named by an unauthenticated caller is not a label (it
-    // would let anyone grow the metric set without bound).
-    let label_tenant = if entry.who == "anonymous" {
+    // Only a tenant the caller was admitted to is a label: a URL's tenant
+    // named by an unknown or refused caller would let anyone grow the
+    // metric set without bound.
+    let label_tenant = if entry.denied.is_some() {
         "-".to_string()
     } else {
         entry.tenant.clone()

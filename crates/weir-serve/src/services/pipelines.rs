@@ -183,12 +183,21 @@ pub fn check_kafka(
 }
 
 pub fn check_brokers(brokers: &str, policy: &crate::tenant::TenantPolicy) -> ServiceResult<()> {
-    if policy.kafka_brokers.is_empty() || policy.kafka_brokers.iter().any(|b| b == brokers) {
+    let key = policy.key("kafka_brokers");
+    if policy.kafka_brokers.is_empty() {
+        return Err(ServiceError::Forbidden(format!(
+            "no Kafka brokers may be used through the API: `{key}` is empty; an operator names the allowed bootstrap lists there (`[\"*\"]` allows any)"
+        )));
+    }
+    if policy
+        .kafka_brokers
+        .iter()
+        .any(|b| b == "*" || b == brokers)
+    {
         Ok(())
     } else {
         Err(ServiceError::Forbidden(format!(
-            "brokers `{brokers}` are not among the tenant's `{}` in the policy",
-            policy.key("kafka_brokers")
+            "brokers `{brokers}` are not among the tenant's `{key}` in the policy"
         )))
     }
 }
@@ -377,12 +386,57 @@ pub async fn set_running(
     Ok(state.pipelines.status(tenant, name))
 }
 
-/// The status of a stored pipeline, its desired state and its file.
+/// Whether a configuration key names a secret (its value is never shown).
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl_key",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+fn redact_value(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if is_secret(key) {
+                    *v = toml::Value::String("<redacted>".to_string());
+                } else {
+                    redact_value(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_value),
+        _ => {}
+    }
+}
+
+/// A pipeline file with the values of secret keys (`sasl.password`, …)
+/// replaced by `<redacted>`; a file that does not parse is not shown.
+pub fn redact(text: &str) -> String {
+    match text.parse::<toml::Table>() {
+        Ok(table) => {
+            let mut value = toml::Value::Table(table);
+            redact_value(&mut value);
+            toml::to_string(&value).unwrap_or_default()
+        }
+        Err(_) => "<not shown: it does not parse>".to_string(),
+    }
+}
+
+/// The status of a stored pipeline, its desired state and its file
+/// (secrets redacted: every role of the tenant may read this).
 pub fn describe(state: &AppState, tenant: &str, name: &str) -> ServiceResult<serde_json::Value> {
     let stored = stored(state, tenant, name)?;
     let mut body = serde_json::json!(state.pipelines.status(tenant, name));
     body["desired"] = serde_json::json!(if stored.running { "running" } else { "stopped" });
-    body["config"] = serde_json::json!(stored.config);
+    body["config"] = serde_json::json!(redact(&stored.config));
     Ok(body)
 }
 

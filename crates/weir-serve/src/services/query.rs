@@ -10,7 +10,6 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -62,7 +61,13 @@ fn bad(message: String) -> ServiceError {
 pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResult<Answer> {
     let max_rows = req.max_rows.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS);
     let started = Instant::now();
-    let ctx = SessionContext::new_with_config(crate::sql::session_config());
+    let policy = state.tenants.get(tenant).policy();
+    let memory_key = policy.key("query_memory_bytes");
+    let ctx = crate::sql::bounded_context(
+        crate::sql::session_config(),
+        policy.query_memory_bytes,
+        &memory_key,
+    );
     for spec in &req.udfs {
         let module = udfs::load(state, tenant, &UdfRef::parse(spec)?)?;
         crate::udf::register_module(&ctx, &module);
@@ -90,7 +95,6 @@ pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResu
         ctx.register_table(name.as_str(), Arc::new(table))
             .map_err(|e| bad(format!("table `{name}`: {e}")))?;
     }
-    let policy = state.tenants.get(tenant).policy();
     for (name, topic) in req.topics {
         check_brokers(&topic.brokers, &policy)?;
         check_topic("topic", &topic.topic, &policy)?;
@@ -117,7 +121,17 @@ pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResu
     let batches = tokio::time::timeout(TIMEOUT, query)
         .await
         .map_err(|_| ServiceError::Timeout(format!("the query ran over {} s", TIMEOUT.as_secs())))?
-        .map_err(|e| ServiceError::Rejected(weir_core::error::user_message(&e)))?;
+        .map_err(|e| {
+            let message = weir_core::error::user_message(&e);
+            if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) {
+                ServiceError::Rejected(format!(
+                    "the query of tenant `{tenant}` needs more than its `{memory_key}` ({} bytes): {message}",
+                    policy.query_memory_bytes
+                ))
+            } else {
+                ServiceError::Rejected(message)
+            }
+        })?;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     Ok(Answer {
         truncated: total > max_rows,

@@ -109,3 +109,96 @@ async fn pipeline_cases() {
         }
     }
 }
+
+/// A batch that finds the instance pool full (issue 12 #3) is load, not
+/// poison: the pipeline holds it and retries, and its record is delivered
+/// once a slot is free — never dead-lettered or skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_holds_the_batch_instead_of_dead_lettering_it() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&input)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (out, dead) = (dir.path().join("out.ndjson"), dir.path().join("dlq.ndjson"));
+    // One instance slot in the whole sandbox; calls of tenant `t` stop at 50 ms.
+    let sandbox = weir::Sandbox::with_options(weir::SandboxOptions {
+        limits: weir::SandboxLimits {
+            total_instances: 1,
+            instances_per_module: 1,
+            ..weir::SandboxLimits::default()
+        },
+        cache_dir: None,
+    })
+    .unwrap();
+    let tenants = weir::tenant::Tenants::new(
+        weir::tenant::Policy::from_toml("[tenants.t]\ncpu_ms_per_batch = 50\n").unwrap(),
+    );
+    let guest = support::repo().join("tests/tenant/guest.wat");
+    let toml = format!(
+        "name = \"full\"\ntenant = \"t\"\nudfs = [\"{}\"]\nsql = \"SELECT id, spin(n) AS s FROM source\"\n[source]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nfields = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"n\", type = \"int64\" }}]\n[sink]\nkind = \"file\"\npath = \"{}\"\n[errors]\npolicy = \"dead-letter\"\npath = \"{}\"\n[batch]\nmax_records = 10\nmax_linger_ms = 10\n",
+        guest.display(),
+        input.display(),
+        out.display(),
+        dead.display()
+    );
+    let writer_path = input.clone();
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&writer_path)
+            .unwrap();
+        for line in line_rx {
+            f.write_all(line.as_bytes()).unwrap();
+            f.flush().unwrap();
+        }
+    });
+    let config = PipelineConfig::from_toml(&toml).unwrap();
+    let pipeline = Pipeline::build_for(config, &sandbox, &tenants)
+        .await
+        .unwrap();
+    let (_stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(pipeline.run(stopped));
+    let wait_for = |path: std::path::PathBuf, n: usize| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got = lines(&path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {got:?}",
+                path.display()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    // Out of CPU: the function failed on this record (dead-lettered), and
+    // its instance is thrown away, freeing the only slot…
+    line_tx
+        .send("{\"id\":1,\"n\":1000000000000}\n".to_string())
+        .unwrap();
+    wait_for(dead.clone(), 1).await;
+    // …which another module takes.
+    let squatter = sandbox.load_file(&guest).unwrap();
+    line_tx.send("{\"id\":2,\"n\":3}\n".to_string()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(lines(&out).is_empty(), "no slot: nothing ran yet");
+    assert_eq!(lines(&dead).len(), 1, "and nothing was dead-lettered");
+    drop(squatter);
+    let delivered = wait_for(out.clone(), 1).await;
+    assert_eq!(delivered, vec![serde_json::json!({"id": 2, "s": 3})]);
+    drop(line_tx);
+    writer.join().unwrap();
+    task.await.unwrap().unwrap();
+    let letters = lines(&dead);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["source_offset"], 1);
+}

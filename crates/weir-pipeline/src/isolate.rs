@@ -27,6 +27,9 @@ pub struct FailedRow {
     pub function_failure: bool,
     /// Whether the UDF was not called because its circuit breaker is open.
     pub circuit_open: bool,
+    /// Whether it failed for want of capacity (no instance slot, the
+    /// tenant's memory total): the batch is to be retried, not dead-lettered.
+    pub capacity: bool,
 }
 
 /// Output records of the rows that succeeded, and the rows that failed.
@@ -45,12 +48,13 @@ enum RunError {
     Output(String),
 }
 
-/// Whether the query failed because a UDF's circuit breaker is open: then
-/// every row fails alike and bisecting is pointless.
-fn circuit_open(err: &RunError) -> bool {
+/// Whether the query failed because a UDF's circuit breaker is open, or
+/// for want of capacity: then every row fails alike and bisecting is
+/// pointless.
+fn fails_every_row(err: &RunError) -> bool {
     matches!(err, RunError::Query(err) if matches!(err.find_root(), DataFusionError::External(inner)
         if inner.downcast_ref::<UdfError>()
-            .is_some_and(|u| matches!(u.failure, Failure::CircuitOpen { .. }))))
+            .is_some_and(|u| matches!(u.failure, Failure::CircuitOpen { .. }) || u.failure.is_capacity())))
 }
 
 fn describe(err: &RunError, row: usize) -> FailedRow {
@@ -63,6 +67,7 @@ fn describe(err: &RunError, row: usize) -> FailedRow {
                 udf: None,
                 function_failure: false,
                 circuit_open: false,
+                capacity: false,
             };
         }
         RunError::Query(err) => err,
@@ -77,6 +82,7 @@ fn describe(err: &RunError, row: usize) -> FailedRow {
             udf: Some(udf.udf.clone()),
             function_failure: udf.failure.is_function_failure(),
             circuit_open: matches!(udf.failure, Failure::CircuitOpen { .. }),
+            capacity: udf.failure.is_capacity(),
         };
     }
     FailedRow {
@@ -86,6 +92,7 @@ fn describe(err: &RunError, row: usize) -> FailedRow {
         udf: None,
         function_failure: false,
         circuit_open: false,
+        capacity: false,
     }
 }
 
@@ -139,6 +146,7 @@ pub async fn run_isolating(
                 udf: Some(error.udf.clone()),
                 function_failure: false,
                 circuit_open: false,
+                capacity: false,
             });
         }
     }
@@ -223,7 +231,7 @@ async fn bisect(query: &PlannedQuery, batch: RecordBatch, finish: &Finish<'_>) -
         };
         match result {
             Ok(records) => outputs.extend(records),
-            Err(err) if len == 1 || circuit_open(&err) => {
+            Err(err) if len == 1 || fails_every_row(&err) => {
                 failed.extend((offset..offset + len).map(|row| describe(&err, row)));
             }
             Err(_) => {

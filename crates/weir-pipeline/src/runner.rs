@@ -26,6 +26,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// While an open breaker holds the pipeline: how often it checks for a new
 /// UDF version, commits what was acknowledged and keeps the consumer alive.
 const BREAKER_POLL: Duration = Duration::from_millis(200);
+/// A batch that finds no capacity (instance slot, tenant memory) is held and
+/// retried this many times (≈ 25 s in all) before its records are handled
+/// as failed.
+const MAX_CAPACITY_WAITS: u32 = 8;
 
 /// Counters of one pipeline (read by status pages, mirrored to the
 /// metrics recorder with labels `tenant`, `pipeline`).
@@ -425,6 +429,36 @@ impl Pipeline {
         result
     }
 
+    /// Holds the batch while the sandbox or the tenant has no capacity for
+    /// it (`attempt` from 1): the source paused, acknowledged batches
+    /// committed, the consumer kept alive; waits 100 ms doubling up to 5 s.
+    /// `false` when shut down meanwhile.
+    async fn wait_for_capacity(
+        &mut self,
+        why: &str,
+        attempt: u32,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let wait = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
+            .min(Duration::from_secs(5));
+        if attempt == 1 || attempt.is_power_of_two() {
+            tracing::warn!(pipeline = %self.config.name, attempt, "no capacity for the batch, retrying it in {wait:?} (nothing is dead-lettered): {why}");
+        }
+        self.stats
+            .set_condition(Some(format!("waiting for capacity: {why}")));
+        self.source.pause().await?;
+        flight.commit_acknowledged(&mut *self.source).await?;
+        self.source.keepalive().await?;
+        let go_on = tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.changed() => false,
+        };
+        self.source.resume().await?;
+        self.stats.set_condition(None);
+        Ok(go_on)
+    }
+
     /// No records arrived: warns (once per `source.stall_warn_ms`) when the
     /// source has had no partitions, or lag without progress, for that long;
     /// clears the stall when neither holds any more.
@@ -626,6 +660,7 @@ impl Pipeline {
                 udf: None,
             })
             .collect();
+        let mut capacity_waits = 0u32;
         let isolated = loop {
             let before = self.calls_snapshot();
             let isolated = {
@@ -640,6 +675,24 @@ impl Pipeline {
             // A breaker opened under the batch (another pipeline of the
             // same UDF version tripped it): with `breaker_action = "pause"`
             // the batch waits and runs again; nothing of it was sent.
+            if let Some(short) = isolated
+                .failed
+                .iter()
+                .find(|f| f.capacity)
+                .filter(|_| capacity_waits < MAX_CAPACITY_WAITS)
+            {
+                // No instance slot, or the tenant's memory total held by its
+                // other instances: load, not bad records. Nothing of the
+                // batch was sent; it runs again after a pause.
+                capacity_waits += 1;
+                if !self
+                    .wait_for_capacity(&short.error, capacity_waits, flight, shutdown)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                continue;
+            }
             let held = self.tenant.policy().breaker_action == BreakerAction::Pause
                 && isolated.failed.iter().any(|f| f.circuit_open);
             if !held {

@@ -143,6 +143,8 @@ pub enum Failure {
         waited_ms: u64,
     },
     /// Something else failed while instantiating or calling.
+    /// The process's instance pool had no free slot.
+    PoolFull(String),
     Other(String),
 }
 
@@ -161,6 +163,7 @@ impl Failure {
         "trap",
         "invalid_input",
         "busy",
+        "pool_full",
         "other",
     ];
 
@@ -178,6 +181,7 @@ impl Failure {
             Failure::Trap(_) => "trap",
             Failure::InvalidInput(_) => "invalid_input",
             Failure::Busy { .. } => "busy",
+            Failure::PoolFull(_) => "pool_full",
             Failure::Other(_) => "other",
         }
     }
@@ -186,7 +190,10 @@ impl Failure {
     pub fn poisons_instance(&self) -> bool {
         !matches!(
             self,
-            Failure::RowError { .. } | Failure::InvalidInput(_) | Failure::Busy { .. }
+            Failure::RowError { .. }
+                | Failure::InvalidInput(_)
+                | Failure::Busy { .. }
+                | Failure::PoolFull(_)
         )
     }
 
@@ -203,7 +210,20 @@ impl Failure {
                 | Failure::CircuitOpen { .. }
                 | Failure::InvalidInput(_)
                 | Failure::Busy { .. }
+                | Failure::PoolFull(_)
                 | Failure::TenantMemory { .. }
+        )
+    }
+
+    /// Whether the call failed for want of capacity — no free instance or
+    /// slot, the tenant's memory total held by its other instances — not
+    /// because of its input or the function: the same batch can succeed
+    /// later, so a pipeline waits and retries it rather than dead-letter
+    /// its records.
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self,
+            Failure::Busy { .. } | Failure::PoolFull(_) | Failure::TenantMemory { .. }
         )
     }
 
@@ -266,7 +286,7 @@ impl Failure {
             .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
             .is_some()
         {
-            return Failure::Other(format!(
+            return Failure::PoolFull(format!(
                 "the sandbox's instance pool is full ({err}); raise `sandbox.total_instances` or load fewer modules"
             ));
         }
@@ -387,6 +407,7 @@ impl UdfError {
                 f,
                 "had no free instance {batch} after waiting {waited_ms} ms; raise `sandbox.instances_per_module`"
             ),
+            Failure::PoolFull(reason) => write!(f, "could not run {batch}: {reason}"),
             Failure::Other(reason) => write!(f, "failed {batch}: {reason}"),
         }
     }

@@ -1745,3 +1745,47 @@ async fn string_bombs_in_sql_are_refused_not_fatal() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["rows"][0]["n"], 2000);
 }
+
+/// Issue 12: a tenant in a URL is a name — `*` (every tenant, in a token)
+/// is refused, so no API call can mint a token for every tenant — and the
+/// librdkafka properties that size buffers are bounded.
+#[tokio::test]
+async fn star_is_not_a_tenant_and_buffer_properties_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml("[defaults]\nkafka_brokers = [\"127.0.0.1:9\"]\n").unwrap();
+    let state = AppState::open(
+        config(dir.path(), 1 << 20),
+        support::sandbox().clone(),
+        Arc::new(Tenants::new(policy)),
+    )
+    .unwrap();
+    let app = router(Arc::new(state));
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/*/tokens",
+        Some("root"),
+        None,
+        br#"{"name": "everything", "role": "admin"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let toml = "name = \"k\"\nsql = \"SELECT * FROM source\"\n[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"in\"]\ngroup = \"g\"\nformat = \"raw\"\n[source.properties]\n\"queued.max.messages.kbytes\" = \"2097151\"\n[sink]\nkind = \"stdout\"\n[errors]\npolicy = \"skip\"\n";
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/k",
+        Some("acme-operator"),
+        None,
+        toml.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("queued.max.messages.kbytes"),
+        "{answer}"
+    );
+}

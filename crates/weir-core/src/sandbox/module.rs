@@ -39,6 +39,8 @@ pub struct UdfModule {
     /// The sandbox's own limits: the ceilings over the tenant's budget,
     /// combined again at every call (a policy reload applies at once).
     ceilings: SandboxLimits,
+    /// A dry run's CPU caps (ms, fuel) below whatever the tenant is granted.
+    trial_cpu: Option<(u64, u64)>,
     engine: Engine,
     pre: InstancePre<StoreState>,
     pool: InstancePool,
@@ -228,6 +230,10 @@ impl UdfModule {
                 let mut keys = self.keys.clone();
                 keys.cpu_ms_per_batch = now_keys.cpu_ms_per_batch;
                 keys.fuel_per_batch = now_keys.fuel_per_batch;
+                if let Some((ms, fuel)) = self.trial_cpu {
+                    l.cpu_ms_per_batch = l.cpu_ms_per_batch.min(ms);
+                    l.fuel_per_batch = l.fuel_per_batch.min(fuel);
+                }
                 // New instances take the lower of the load's memory limit
                 // and the tenant's current one (see `StoreState::new`).
                 if now.memory_bytes < l.memory_bytes {
@@ -538,7 +544,23 @@ impl Sandbox {
         tenant: &Arc<Tenant>,
     ) -> Result<Arc<UdfModule>, LoadError> {
         let (limits, keys) = self.limits().in_force(Some(&tenant.policy().budget()));
-        self.load_inner(label, bytes, limits, keys, Some(tenant.clone()))
+        self.load_inner(label, bytes, limits, keys, Some(tenant.clone()), false)
+    }
+
+    /// A dry run's module: loaded for `tenant` (its call gate and memory
+    /// total apply) under the limits in force tightened by `tighten`, and
+    /// never written to the disk code cache (modules tried before they are
+    /// published must not fill it).
+    pub fn load_for_trial(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        tenant: &Arc<Tenant>,
+        tighten: impl FnOnce(&mut SandboxLimits),
+    ) -> Result<Arc<UdfModule>, LoadError> {
+        let (mut limits, keys) = self.limits().in_force(Some(&tenant.policy().budget()));
+        tighten(&mut limits);
+        self.load_inner(label, bytes, limits, keys, Some(tenant.clone()), true)
     }
 
     /// Like [`Sandbox::load`] with per-module limits (memory, CPU, output,
@@ -551,7 +573,7 @@ impl Sandbox {
         limits: SandboxLimits,
     ) -> Result<Arc<UdfModule>, LoadError> {
         let keys = self.limits().in_force(None).1;
-        self.load_inner(label, bytes, limits, keys, None)
+        self.load_inner(label, bytes, limits, keys, None, false)
     }
 
     fn load_inner(
@@ -561,6 +583,7 @@ impl Sandbox {
         mut limits: SandboxLimits,
         keys: LimitKeys,
         tenant: Option<Arc<Tenant>>,
+        trial: bool,
     ) -> Result<Arc<UdfModule>, LoadError> {
         let base = self.limits();
         limits.wasm_stack_bytes = base.wasm_stack_bytes;
@@ -689,7 +712,7 @@ impl Sandbox {
             reason: format!("{e:#}"),
         };
         let compile = || self.inner.compile_gate.run(|| Module::new(&engine, &wasm));
-        let (module, from_cache) = match &self.inner.cache {
+        let (module, from_cache) = match self.inner.cache.as_ref().filter(|_| !trial) {
             Some(cache) => cache
                 .get_or_compile(&engine, &digest, compile)
                 .map_err(compile_err)?,
@@ -712,6 +735,7 @@ impl Sandbox {
             pool: InstancePool::new(limits.instances_per_module as usize),
             keys,
             ceilings: self.limits().clone(),
+            trial_cpu: trial.then_some((limits.cpu_ms_per_batch, limits.fuel_per_batch)),
             manifest: info.manifest,
             imports: info.imports,
             limits,

@@ -120,6 +120,7 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             });
         // The audit log's tenant comes from `?tenant=`, else the token's.
         let tenant = path_tenant
+            .clone()
             .or_else(|| {
                 Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
                     .ok()
@@ -128,6 +129,19 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             .or_else(|| principal.as_ref().ok().map(|p| p.tenant.clone()))
             .unwrap_or_else(|| "*".to_string());
         let object = object_of(parts.uri.path());
+        // A tenant in a URL is a name, never `*` (which in a token means
+        // every tenant): `/v1/tenants/*/tokens` must not mint a `*` token.
+        if let Some(t) = &path_tenant
+            && (t.is_empty()
+                || t.len() > 64
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid tenant `{t}`: use 1 to 64 letters, digits, `-` and `_`"
+            )));
+        }
         let note = parts.extensions.get::<Note>().cloned().unwrap_or_default();
         let mut entry = Entry {
             who: "anonymous".to_string(),

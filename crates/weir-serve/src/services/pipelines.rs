@@ -68,6 +68,13 @@ impl Pipelines {
     }
 }
 
+/// The registry versions `udfs` refer to now (a cheap lookup, no loading).
+fn versions(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> ServiceResult<Vec<i64>> {
+    udfs.iter()
+        .map(|u| udfs::find(state, tenant, u).map(|v| v.version))
+        .collect()
+}
+
 /// Loads the modules `udfs` refer to, for `tenant`.
 fn resolve(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> ServiceResult<Vec<Arc<UdfModule>>> {
     udfs.iter().map(|u| udfs::load(state, tenant, u)).collect()
@@ -128,6 +135,21 @@ const ALLOWED_PROPERTY_PREFIXES: &[&str] = &[
     "retry.backoff.ms",
 ];
 
+/// Upper bounds of the allowed librdkafka properties that size buffers:
+/// the client's memory is the server's.
+const PROPERTY_MAXIMA: &[(&str, u64)] = &[
+    ("queued.max.messages.kbytes", 65_536),
+    ("queued.min.messages", 1_000_000),
+    ("fetch.max.bytes", 64 << 20),
+    ("fetch.message.max.bytes", 16 << 20),
+    ("fetch.min.bytes", 16 << 20),
+    ("message.max.bytes", 16 << 20),
+    ("batch.size", 16 << 20),
+    ("batch.num.messages", 1_000_000),
+    ("socket.send.buffer.bytes", 16 << 20),
+    ("socket.receive.buffer.bytes", 16 << 20),
+];
+
 /// Brokers, topics, group and properties of a deployed pipeline against
 /// its tenant's policy (`kafka_brokers`, `topic_prefix`).
 pub fn check_kafka(
@@ -149,7 +171,7 @@ pub fn check_kafka(
         brokers.push(b.as_str());
         names.extend(topics.iter().map(|t| ("source.topics", t.as_str())));
         names.push(("source.group", group.as_str()));
-        properties.extend(p.keys());
+        properties.extend(p.iter());
     }
     if let SinkConfig::Kafka {
         brokers: b,
@@ -160,7 +182,7 @@ pub fn check_kafka(
     {
         brokers.push(b.as_str());
         names.push(("sink.topic", topic.as_str()));
-        properties.extend(p.keys());
+        properties.extend(p.iter());
     }
     if let Some(topic) = &config.errors.topic {
         names.push(("errors.topic", topic.as_str()));
@@ -171,9 +193,23 @@ pub fn check_kafka(
     for (key, name) in names {
         check_topic(key, name, policy)?;
     }
-    if let Some(key) = properties
+    for (key, value) in &properties {
+        if let Some((_, max)) = PROPERTY_MAXIMA.iter().find(|(k, _)| k == key) {
+            let n: u64 = value.trim().parse().map_err(|_| {
+                ServiceError::BadRequest(format!(
+                    "property `{key}` must be a number (got `{value}`)"
+                ))
+            })?;
+            if n > *max {
+                return Err(ServiceError::Forbidden(format!(
+                    "property `{key}` = {n} is above {max}, the most a pipeline deployed through the API may set (the server's memory is shared)"
+                )));
+            }
+        }
+    }
+    if let Some((key, _)) = properties
         .iter()
-        .find(|k| !ALLOWED_PROPERTY_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .find(|(k, _)| !ALLOWED_PROPERTY_PREFIXES.iter().any(|p| k.starts_with(p)))
     {
         return Err(ServiceError::Forbidden(format!(
             "property `{key}` may not be set on a pipeline deployed through the API (allowed: tuning and SASL credentials)"
@@ -286,10 +322,23 @@ pub async fn start(
     let modules = resolve(state, tenant, &udfs)?;
     let resolver_state = state.clone();
     let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());
+    // Every publish or delete ticks `changed`; only a change of the
+    // versions this pipeline resolves to loads anything.
+    let resolved = parking_lot::Mutex::new((
+        versions(state, tenant, &udfs).unwrap_or_default(),
+        modules.clone(),
+    ));
     let reload = Reload {
         changed: state.pipelines.changed.subscribe(),
         resolve: Arc::new(move || {
-            resolve(&resolver_state, &resolver_tenant, &resolver_udfs).map_err(anyhow::Error::from)
+            let now = versions(&resolver_state, &resolver_tenant, &resolver_udfs)?;
+            let mut last = resolved.lock();
+            if last.0 == now {
+                return Ok(last.1.clone());
+            }
+            let modules = resolve(&resolver_state, &resolver_tenant, &resolver_udfs)?;
+            *last = (now, modules.clone());
+            Ok(modules)
         }),
     };
     let pipeline = Pipeline::build_with_modules(config, modules, &state.tenants, Some(reload))

@@ -1789,3 +1789,49 @@ async fn star_is_not_a_tenant_and_buffer_properties_are_bounded() {
         "{answer}"
     );
 }
+
+/// Issue 12 #1: staged runs of a spinning module run off the async
+/// workers, so the server stays responsive while they spin: `/healthz`
+/// and another tenant's request are answered while every one of them is
+/// still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_staged_runs_do_not_freeze_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    publish(&app, "globex-publisher", "globex", "tools", guest()).await;
+    let rows: Vec<Value> = (0..12)
+        .map(|_| serde_json::json!([1_000_000_000_000i64]))
+        .collect();
+    let body = serde_json::json!({ "function": "spin", "rows": rows }).to_string();
+    let spinning: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, body) = (app.clone(), body.clone());
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    "POST",
+                    "/v1/tenants/acme/udfs/tools/versions/latest/try",
+                    Some("acme-operator"),
+                    None,
+                    body.into_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = send(&app, "GET", "/healthz", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, other) = get(&app, "/v1/tenants/globex/udfs", "globex-viewer").await;
+    assert_eq!(status, StatusCode::OK, "{other}");
+    assert!(
+        spinning.iter().all(|t| !t.is_finished()),
+        "answered while every staged run was still spinning"
+    );
+    for t in spinning {
+        let (status, out) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{out}");
+        assert_eq!(out["errors"].as_array().unwrap().len(), 12, "{out}");
+    }
+}

@@ -35,6 +35,18 @@ pub struct Staged {
 
 /// Runs `function` on `rows` (each an array of argument values).
 pub fn run_rows(module: &Arc<UdfModule>, function: &str, rows: &[Value]) -> Result<Staged, String> {
+    run_rows_until(module, function, rows, None)
+}
+
+/// Like [`run_rows`], but no guest call starts after `deadline`: rows not
+/// run by then are reported as such (a request's deadline cancels the rest
+/// of its guest work; a call already running ends at its CPU budget).
+pub fn run_rows_until(
+    module: &Arc<UdfModule>,
+    function: &str,
+    rows: &[Value],
+    deadline: Option<Instant>,
+) -> Result<Staged, String> {
     let index = module.function_index(function).ok_or_else(|| {
         let known: Vec<&str> = module
             .manifest()
@@ -103,6 +115,14 @@ pub fn run_rows(module: &Arc<UdfModule>, function: &str, rows: &[Value]) -> Resu
             let mut outputs = Vec::with_capacity(rows.len());
             let mut errors = Vec::new();
             for row in 0..rows.len() {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    outputs.push(Value::Null);
+                    errors.push(RowError {
+                        row,
+                        error: "not run: the staged run's deadline passed".to_string(),
+                    });
+                    continue;
+                }
                 let one: Vec<ArrayRef> = args.iter().map(|a| a.slice(row, 1)).collect();
                 let started = Instant::now();
                 let result = module.call(index, &one, 1);

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::admission::{Admit, Try};
 use crate::AppState;
-use crate::error::ServiceResult;
+use crate::error::{ServiceError, ServiceResult};
 use crate::services::staged::{self, TryRequest};
 use crate::services::udfs::{UdfRef, parse_version};
 
@@ -34,7 +34,11 @@ pub async fn try_version(
         name,
         version: parse_version(&version)?,
     };
-    let result = staged::try_version(&s, &admit.tenant, &r, &req)?;
+    // Guest calls leave the async workers (the API and pipelines run there).
+    let result =
+        tokio::task::spawn_blocking(move || staged::try_version(&s, &admit.tenant, &r, &req))
+            .await
+            .map_err(ServiceError::internal)??;
     Ok(answer(started, result))
 }
 
@@ -46,6 +50,8 @@ pub async fn try_module(
 ) -> ServiceResult<Response> {
     let started = Instant::now();
     let req = TryRequest::parse(&body)?;
-    let result = staged::try_module(&s, &admit.tenant, &req)?;
+    let result = tokio::task::spawn_blocking(move || staged::try_module(&s, &admit.tenant, &req))
+        .await
+        .map_err(ServiceError::internal)??;
     Ok(answer(started, result))
 }

@@ -44,7 +44,12 @@ pub async fn publish(
             "send the module as `Content-Type: application/wasm` (got `{content_type}`)"
         )));
     }
-    let (version, created) = udfs::publish(&s, &admit.tenant, &name, &body, &admit.caller.name)?;
+    // Compiling leaves the async workers (and waits for a compile slot).
+    let (version, created) = tokio::task::spawn_blocking(move || {
+        udfs::publish(&s, &admit.tenant, &name, &body, &admit.caller.name)
+    })
+    .await
+    .map_err(ServiceError::internal)??;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -8,7 +8,10 @@ use crate::AppState;
 use crate::error::{ServiceError, ServiceResult};
 use crate::sandbox::SandboxLimits;
 use crate::services::udfs::{self, UdfRef};
-use crate::udf::staged::{Staged, run_rows};
+use crate::udf::staged::{Staged, run_rows_until};
+
+/// Wall time a staged run may take; rows not run by then are reported.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A staged run: which function, on which rows; for an unpublished module
 /// also the module (`module_base64`: binary; `module_text`: text format).
@@ -55,7 +58,9 @@ fn run(
         .sandbox
         .load_with_limits(label, bytes, dry_run_limits(state, tenant))
         .map_err(|e| ServiceError::Rejected(e.to_string()))?;
-    run_rows(&module, &req.function, &req.rows).map_err(ServiceError::BadRequest)
+    let deadline = std::time::Instant::now() + DEADLINE;
+    run_rows_until(&module, &req.function, &req.rows, Some(deadline))
+        .map_err(ServiceError::BadRequest)
 }
 
 /// Runs a published version.

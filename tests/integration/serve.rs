@@ -1835,3 +1835,25 @@ async fn spinning_staged_runs_do_not_freeze_the_server() {
         assert_eq!(out["errors"].as_array().unwrap().len(), 12, "{out}");
     }
 }
+
+/// Issue 12 #8: unauthenticated requests cannot grow the audit log without
+/// bound (10 at once, then one per second are written; all are counted).
+#[tokio::test]
+async fn anonymous_requests_are_audited_within_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    for i in 0..300 {
+        let uri = format!("/v1/tenants/acme/udfs/{}", "x".repeat(i % 50 + 1));
+        let (status, _) = send(&app, "GET", &uri, None, None, vec![]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+    let anonymous = audit
+        .lines()
+        .filter(|l| l.contains("\"anonymous\""))
+        .count();
+    assert!(
+        (10..=20).contains(&anonymous),
+        "{anonymous} anonymous records"
+    );
+}

@@ -38,6 +38,10 @@ pub struct AppState {
     pub pipelines: pipelines::Pipelines,
     /// Per-token request buckets: (tokens left, last refill).
     pub rate: parking_lot::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    /// Audit records of unauthenticated requests: a bucket of 10, one more
+    /// per second (the rest are only counted), so anonymous traffic cannot
+    /// grow the audit log without bound.
+    pub anonymous_audit: parking_lot::Mutex<(f64, std::time::Instant)>,
 }
 
 impl AppState {
@@ -59,6 +63,21 @@ impl AppState {
             Ok(())
         } else {
             Err((1.0 - *left) / rate)
+        }
+    }
+
+    /// Whether an unauthenticated request may still be written to the
+    /// audit log (10 at once, 1 per second sustained).
+    pub fn audit_anonymous(&self) -> bool {
+        let mut bucket = self.anonymous_audit.lock();
+        let now = std::time::Instant::now();
+        bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64()).min(10.0);
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -115,6 +134,7 @@ impl AppState {
             audit,
             pipelines: pipelines::Pipelines::default(),
             rate: Default::default(),
+            anonymous_audit: parking_lot::Mutex::new((10.0, std::time::Instant::now())),
         })
     }
 }

@@ -235,21 +235,36 @@ pub async fn audit(
             })
             .flatten()
     });
-    state.audit.append(&AuditRecord {
-        at: now_ms(),
-        who: entry.who,
-        tenant: entry.tenant,
-        action: action_name(entry.action),
-        object: entry.object,
-        decision: if entry.denied.is_some() {
-            "denied"
-        } else {
-            "allowed"
-        }
-        .to_string(),
-        reason,
-        status: status.as_u16(),
-    });
+    // Unauthenticated requests: the URL is the caller's text; bound what
+    // reaches the disk.
+    let anonymous = entry.who == "anonymous";
+    let mut object = entry.object;
+    if anonymous {
+        object.truncate(
+            (0..=object.len().min(120))
+                .rev()
+                .find(|i| object.is_char_boundary(*i))
+                .unwrap_or(0),
+        );
+    }
+    let audited = !anonymous || state.audit_anonymous();
+    if audited {
+        state.audit.append(&AuditRecord {
+            at: now_ms(),
+            who: entry.who,
+            tenant: entry.tenant,
+            action: action_name(entry.action),
+            object,
+            decision: if entry.denied.is_some() {
+                "denied"
+            } else {
+                "allowed"
+            }
+            .to_string(),
+            reason,
+            status: status.as_u16(),
+        });
+    }
     telemetry::counter(
         telemetry::API_REQUESTS,
         &vec![

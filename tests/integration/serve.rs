@@ -1713,6 +1713,10 @@ async fn string_bombs_in_sql_are_refused_not_fatal() {
         "SELECT length(repeat(arrow_cast('x', 'LargeUtf8'), 1000000000000)) AS n",
         "SELECT length(repeat('x', 2147483647)) AS n",
         "SELECT length(lpad('x', 2147483647)) AS n",
+        // 4 bytes per padding character: 1 GiB.
+        "SELECT length(lpad('', 268435456, '😀')) AS n",
+        // Each argument is small; the nested replaces would build 64 GiB.
+        "SELECT length(replace(replace(repeat('x', 4096), 'x', repeat('y', 4096)), 'y', repeat('z', 4096))) AS n",
     ] {
         let body = serde_json::json!({ "sql": sql });
         let (status, answer) = send(
@@ -1770,6 +1774,19 @@ async fn star_is_not_a_tenant_and_buffer_properties_are_bounded() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    // A tenant that is not UTF-8 never falls back to the token's (`*`).
+    for uri in ["/v1/tenants/%FF/tokens", "/v1/tenants/%FF/tokens?tenant=x"] {
+        let (status, answer) = send(
+            &app,
+            "POST",
+            uri,
+            Some("root"),
+            None,
+            br#"{"name": "everything", "role": "admin"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {answer}");
+    }
     let toml = "name = \"k\"\nsql = \"SELECT * FROM source\"\n[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"in\"]\ngroup = \"g\"\nformat = \"raw\"\n[source.properties]\n\"queued.max.messages.kbytes\" = \"2097151\"\n[sink]\nkind = \"stdout\"\n[errors]\npolicy = \"skip\"\n";
     let (status, answer) = send(
         &app,

@@ -27,8 +27,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// UDF version, commits what was acknowledged and keeps the consumer alive.
 const BREAKER_POLL: Duration = Duration::from_millis(200);
 /// A batch that finds no capacity (instance slot, tenant memory) is held and
-/// retried this many times (≈ 25 s in all) before its records are handled
-/// as failed.
+/// retried this many times (≈ 21 s of waiting in all) before its records
+/// are handled as failed.
 const MAX_CAPACITY_WAITS: u32 = 8;
 
 /// Counters of one pipeline (read by status pages, mirrored to the
@@ -431,7 +431,7 @@ impl Pipeline {
 
     /// Holds the batch while the sandbox or the tenant has no capacity for
     /// it (`attempt` from 1): the source paused, acknowledged batches
-    /// committed, the consumer kept alive; waits 100 ms doubling up to 5 s.
+    /// committed, the consumer kept alive; waits 200 ms doubling up to 5 s.
     /// `false` when shut down meanwhile.
     async fn wait_for_capacity(
         &mut self,
@@ -574,10 +574,11 @@ impl Pipeline {
             .filter(|f| f.function_failure)
             .filter_map(|f| f.udf.as_deref())
             .collect();
-        // Refused by an open breaker: the function did not run.
+        // Refused by an open breaker, or no capacity to run it: the
+        // function did not run (its breaker learns nothing either way).
         let refused: std::collections::HashSet<&str> = failed
             .iter()
-            .filter(|f| f.circuit_open)
+            .filter(|f| f.circuit_open || f.capacity)
             .filter_map(|f| f.udf.as_deref())
             .collect();
         let after = self.calls_snapshot();

@@ -122,6 +122,8 @@ impl<T> Supervisor<T> {
         let modules = pipeline.modules();
         let (stop, stopped) = watch::channel(false);
         let k = key(&tenant, &name);
+        // Before the task starts: an error it reports at once must stay.
+        self.failed.lock().remove(&k);
         let failed = self.failed.clone();
         let task_key = k.clone();
         let task = tokio::spawn(async move {
@@ -132,7 +134,6 @@ impl<T> Supervisor<T> {
             }
             result
         });
-        self.failed.lock().remove(&k);
         self.running.lock().insert(
             k,
             Supervised {

@@ -1,9 +1,10 @@
 //! Every query weir plans runs in a context whose memory is bounded: a
 //! memory pool for execution, and size checks on the built-in functions
-//! whose output grows with an argument (`repeat`, `lpad`, `rpad`) — those
-//! also run at plan time, when DataFusion folds constants, outside any
-//! pool (`repeat('x', 1000000000000)` would ask for a terabyte and abort
-//! the process).
+//! whose output can grow far beyond their input (`repeat`, `lpad`, `rpad`,
+//! `replace`; weir builds DataFusion without regular expressions) — those
+//! also run at plan time, when
+//! DataFusion folds constants, outside any pool (`repeat('x',
+//! 1000000000000)` would ask for a terabyte and abort the process).
 
 use std::sync::Arc;
 
@@ -19,13 +20,16 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-/// How a function's output size follows from its arguments.
+/// How a function's output size follows from its arguments (an upper
+/// bound per row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Growth {
-    /// `repeat(s, n)`: |s| × n bytes per row.
+    /// `repeat(s, n)`: |s| × n bytes.
     Repeat,
-    /// `lpad(s, n, …)` / `rpad`: at least n bytes per row.
+    /// `lpad(s, n, …)` / `rpad`: n characters of up to 4 bytes.
     Pad,
+    /// `replace(s, from, to)`: |s| + (|s| / max(|from|, 1) + 1) × |to|.
+    Replace,
 }
 
 /// A built-in function with its output size checked first.
@@ -42,45 +46,69 @@ fn row_values(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
     arg.to_array(rows)
 }
 
-/// Per row: the number argument as i64 (NULL → 0).
-fn counts(arg: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
-    let array = cast(&row_values(arg, rows)?, &DataType::Int64)?;
+/// Per row (a scalar once, for every row): the values of an `Int64` array.
+fn per_row(array: &ArrayRef, rows: usize, scalar: bool) -> Vec<i64> {
     let ints = array.as_primitive::<Int64Type>();
-    Ok((0..ints.len())
-        .map(|i| if ints.is_null(i) { 0 } else { ints.value(i) })
-        .collect())
+    let value = |i: usize| if ints.is_null(i) { 0 } else { ints.value(i) };
+    if scalar {
+        vec![if ints.is_empty() { 0 } else { value(0) }; rows]
+    } else {
+        (0..ints.len()).map(value).collect()
+    }
 }
 
-/// Per row: the byte length of the string argument (NULL → 0).
+/// Per row: the number argument as i64 (NULL → 0).
+fn counts(arg: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
+    let scalar = matches!(arg, ColumnarValue::Scalar(_));
+    let array = cast(
+        &row_values(arg, if scalar { 1 } else { rows })?,
+        &DataType::Int64,
+    )?;
+    Ok(per_row(&array, rows, scalar))
+}
+
+/// Per row: the byte length of the string argument (NULL → 0). A scalar
+/// is measured once, not copied per row.
 fn byte_lengths(arg: &ColumnarValue, rows: usize) -> Result<Vec<i64>> {
-    let array = row_values(arg, rows)?;
+    let scalar = matches!(arg, ColumnarValue::Scalar(_));
+    let array = row_values(arg, if scalar { 1 } else { rows })?;
     let lengths = cast(&length(&array)?, &DataType::Int64)?;
-    let ints = lengths.as_primitive::<Int64Type>();
-    Ok((0..ints.len())
-        .map(|i| if ints.is_null(i) { 0 } else { ints.value(i) })
-        .collect())
+    Ok(per_row(&lengths, rows, scalar))
 }
 
 impl Bounded {
     fn predicted_bytes(&self, args: &ScalarFunctionArgs) -> Result<u64> {
         let rows = args.number_rows.max(1);
-        let (Some(text), Some(n)) = (args.args.first(), args.args.get(1)) else {
-            return Ok(0);
-        };
-        let n = counts(n, rows)?;
-        let total = match self.growth {
-            Growth::Repeat => {
-                let lengths = byte_lengths(text, rows)?;
-                lengths
+        let u = |v: i64| v.max(0) as u64;
+        let sum = |values: Vec<u64>| values.into_iter().fold(0u64, u64::saturating_add);
+        let arg = |i: usize| args.args.get(i);
+        let total = match (self.growth, arg(0), arg(1), arg(2)) {
+            (Growth::Repeat, Some(text), Some(n), _) => {
+                let (len, n) = (byte_lengths(text, rows)?, counts(n, rows)?);
+                sum(len
                     .iter()
                     .zip(&n)
-                    .map(|(l, n)| (*l.max(&0) as u64).saturating_mul(*n.max(&0) as u64))
-                    .fold(0u64, u64::saturating_add)
+                    .map(|(l, n)| u(*l).saturating_mul(u(*n)))
+                    .collect())
             }
-            Growth::Pad => n
+            (Growth::Pad, Some(_), Some(n), _) => sum(counts(n, rows)?
                 .iter()
-                .map(|n| *n.max(&0) as u64)
-                .fold(0u64, u64::saturating_add),
+                .map(|n| u(*n).saturating_mul(4))
+                .collect()),
+            (Growth::Replace, Some(text), Some(from), Some(to)) => {
+                let (len, from, to) = (
+                    byte_lengths(text, rows)?,
+                    byte_lengths(from, rows)?,
+                    byte_lengths(to, rows)?,
+                );
+                sum((0..len.len())
+                    .map(|i| {
+                        let matches = u(len[i]) / u(from[i]).max(1) + 1;
+                        u(len[i]).saturating_add(matches.saturating_mul(u(to[i])))
+                    })
+                    .collect())
+            }
+            _ => 0,
         };
         Ok(total)
     }
@@ -141,6 +169,7 @@ pub fn bounded_context(config: SessionConfig, max_bytes: u64, key: &str) -> Sess
         (datafusion::functions::string::repeat(), Growth::Repeat),
         (datafusion::functions::unicode::lpad(), Growth::Pad),
         (datafusion::functions::unicode::rpad(), Growth::Pad),
+        (datafusion::functions::string::replace(), Growth::Replace),
     ];
     for (inner, growth) in bounded {
         ctx.register_udf(ScalarUDF::new_from_impl(Bounded {

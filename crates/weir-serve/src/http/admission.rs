@@ -110,15 +110,28 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let principal = state.authenticate(header);
-        let path_tenant = RawPathParams::from_request_parts(parts, state)
-            .await
-            .ok()
-            .and_then(|p| {
-                p.iter()
-                    .find(|(k, _)| *k == "tenant")
-                    .map(|(_, v)| v.to_string())
-            });
-        // The audit log's tenant comes from `?tenant=`, else the token's.
+        // A route under `/v1/tenants/{tenant}` must name its tenant readably:
+        // never fall back to another tenant when it does not.
+        let under_tenant = parts.uri.path().starts_with("/v1/tenants/");
+        let path_tenant = match RawPathParams::from_request_parts(parts, state).await {
+            Ok(params) => params
+                .iter()
+                .find(|(k, _)| *k == "tenant")
+                .map(|(_, v)| v.to_string()),
+            Err(_) if under_tenant => {
+                return Err(ServiceError::BadRequest(
+                    "the URL's path is not valid UTF-8".to_string(),
+                ));
+            }
+            Err(_) => None,
+        };
+        if under_tenant && path_tenant.is_none() {
+            return Err(ServiceError::BadRequest(
+                "the URL names no tenant".to_string(),
+            ));
+        }
+        // Elsewhere (the audit log) the tenant comes from `?tenant=`, else
+        // the token's.
         let tenant = path_tenant
             .clone()
             .or_else(|| {
@@ -129,17 +142,29 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             .or_else(|| principal.as_ref().ok().map(|p| p.tenant.clone()))
             .unwrap_or_else(|| "*".to_string());
         let object = object_of(parts.uri.path());
-        // A tenant in a URL is a name, never `*` (which in a token means
-        // every tenant): `/v1/tenants/*/tokens` must not mint a `*` token.
-        if let Some(t) = &path_tenant
-            && (t.is_empty()
-                || t.len() > 64
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
+        // A tenant is a name; `*` (every tenant, in a token) only where the
+        // audit log is read across tenants: `/v1/tenants/*/tokens` must not
+        // mint an every-tenant token.
+        let valid_name = !tenant.is_empty()
+            && tenant.len() <= 64
+            && tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let star_allowed = tenant == "*" && P::ACTION == Action::ReadAudit;
+        if !valid_name && !star_allowed {
+            let shown: String = tenant.chars().take(64).collect();
             return Err(ServiceError::BadRequest(format!(
-                "invalid tenant `{t}`: use 1 to 64 letters, digits, `-` and `_`"
+                "invalid tenant `{shown}`: use 1 to 64 letters, digits, `-` and `_`"
+            )));
+        }
+        // Every known token spends its rate on every request, refused or not
+        // (token names are unique per tenant only: per (tenant, token)).
+        if let Ok(p) = &principal
+            && let Err(wait) = state.take_request(&format!("{}/{}", p.tenant, p.name))
+        {
+            return Err(ServiceError::RateLimited(format!(
+                "token `{}` is over {} requests/s; retry in {wait:.1} s",
+                p.name, state.config.requests_per_s
             )));
         }
         let note = parts.extensions.get::<Note>().cloned().unwrap_or_default();
@@ -171,13 +196,6 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             }
         };
         *note.0.lock() = Some(entry);
-        // Token names are unique per tenant only: the bucket is per (tenant, token).
-        if let Err(wait) = state.take_request(&format!("{}/{}", caller.tenant, caller.name)) {
-            return Err(ServiceError::RateLimited(format!(
-                "token `{}` is over {} requests/s; retry in {wait:.1} s",
-                caller.name, state.config.requests_per_s
-            )));
-        }
         Ok(Admit {
             caller,
             tenant,

@@ -68,10 +68,11 @@ impl Pipelines {
     }
 }
 
-/// The registry versions `udfs` refer to now (a cheap lookup, no loading).
-fn versions(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> ServiceResult<Vec<i64>> {
+/// The registry versions `udfs` refer to now, with their module digests
+/// (a version number can come back after a delete): a cheap lookup.
+fn versions(state: &AppState, tenant: &str, udfs: &[UdfRef]) -> ServiceResult<Vec<(i64, String)>> {
     udfs.iter()
-        .map(|u| udfs::find(state, tenant, u).map(|v| v.version))
+        .map(|u| udfs::find(state, tenant, u).map(|v| (v.version, v.sha256)))
         .collect()
 }
 

@@ -68,8 +68,20 @@ pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResu
         policy.query_memory_bytes,
         &memory_key,
     );
+    if req.udfs.len() > crate::pipeline::PipelineConfig::MAX_UDFS {
+        return Err(bad(format!(
+            "udfs lists {} modules; a query may load at most {}",
+            req.udfs.len(),
+            crate::pipeline::PipelineConfig::MAX_UDFS
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
     for spec in &req.udfs {
-        let module = udfs::load(state, tenant, &UdfRef::parse(spec)?)?;
+        let r = UdfRef::parse(spec)?;
+        if !seen.insert(r.name.clone()) {
+            return Err(bad(format!("udf `{}` is listed twice", r.name)));
+        }
+        let module = udfs::load(state, tenant, &r)?;
         crate::udf::register_module(&ctx, &module);
     }
     for (name, rows) in &req.tables {

@@ -37,14 +37,11 @@ impl TryRequest {
 }
 
 /// Dry-run limits: the ones in force for the tenant, tightened.
-fn dry_run_limits(state: &AppState, tenant: &str) -> SandboxLimits {
-    let budget = state.tenants.get(tenant).policy().budget();
-    let (mut limits, _) = state.sandbox.limits().in_force(Some(&budget));
+fn tighten(limits: &mut SandboxLimits) {
     limits.memory_bytes = limits.memory_bytes.min(32 << 20);
     limits.cpu_ms_per_batch = limits.cpu_ms_per_batch.min(250);
     limits.fuel_per_batch = limits.fuel_per_batch.min(500_000_000);
     limits.max_output_bytes = limits.max_output_bytes.min(16 << 20);
-    limits
 }
 
 fn run(
@@ -54,9 +51,11 @@ fn run(
     bytes: &[u8],
     req: &TryRequest,
 ) -> ServiceResult<Staged> {
+    // Under the tenant (its call gate, memory total and capabilities), and
+    // never into the disk code cache.
     let module = state
         .sandbox
-        .load_with_limits(label, bytes, dry_run_limits(state, tenant))
+        .load_for_trial(label, bytes, &state.tenants.get(tenant), tighten)
         .map_err(|e| ServiceError::Rejected(e.to_string()))?;
     let deadline = std::time::Instant::now() + DEADLINE;
     run_rows_until(&module, &req.function, &req.rows, Some(deadline))

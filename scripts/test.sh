@@ -46,7 +46,8 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   fi
 fi
 rustup target add wasm32-unknown-unknown
-rustup component add clippy rustfmt >/dev/null 2>&1 || true
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,4 +1,6 @@
-//! Adding sandboxed WASM UDFs to your own DataFusion `SessionContext`.
+//! Adding sandboxed WASM UDFs to your own DataFusion `SessionContext`: an
+//! application depends on `weir-core` only (no Kafka client, HTTP server,
+//! database or CLI comes with it).
 //!
 //! ```sh
 //! ./scripts/demo.sh        # builds the example modules once
@@ -14,12 +16,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "udfs/target/wasm32-unknown-unknown/release/geo.wasm".to_string());
 
     // 1. A sandbox: default limits, compiled code cached on disk.
-    let sandbox = weir::Sandbox::new()?;
+    let sandbox = weir_core::Sandbox::new()?;
     // 2. Load (validate, compile, instantiate once) a self-describing module.
     let module = sandbox.load_file(&path)?;
     // 3. Register its functions in any DataFusion session.
     let ctx = SessionContext::new();
-    let names = weir::register_module(&ctx, &module);
+    let names = weir_core::register_module(&ctx, &module);
     println!(
         "registered {names:?} from {} ({})",
         module.label(),

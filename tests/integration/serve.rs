@@ -47,6 +47,7 @@ fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
         file_roots: vec![dir.to_path_buf(), support::repo().join("examples")],
         requests_per_s: 1,
         burst_requests: 1000,
+        metrics_listen: None,
     }
 }
 
@@ -1873,4 +1874,26 @@ async fn anonymous_requests_are_audited_within_a_budget() {
         (10..=20).contains(&anonymous),
         "{anonymous} anonymous records"
     );
+}
+
+/// Issue 12 #8: `serve.metrics_listen` moves `/metrics` (every tenant's
+/// pipeline and UDF names) off the API's address.
+#[tokio::test]
+async fn metrics_can_move_off_the_api_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1 << 20);
+    config.metrics_listen = Some(format!("127.0.0.1:{}", free_port()));
+    let state = AppState::open(
+        config,
+        support::sandbox().clone(),
+        Arc::new(Tenants::new(Policy::default())),
+    )
+    .unwrap();
+    let app = router(Arc::new(state));
+    let (status, _) = send(&app, "GET", "/metrics", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, doc) = send(&app, "GET", "/openapi.json", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/healthz"].is_object(), "{doc}");
+    assert!(doc["paths"]["/metrics"].is_null(), "{doc}");
 }

@@ -27,6 +27,10 @@ pub struct ServeConfig {
     pub requests_per_s: u32,
     /// Requests a token may make in a burst above `requests_per_s`.
     pub burst_requests: u32,
+    /// Serve `/metrics` on this address only (e.g. a loopback or internal
+    /// port for Prometheus), not on `listen`: the metrics name every
+    /// tenant's pipelines and UDFs. Unset: `/metrics` is on `listen`.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -39,6 +43,7 @@ impl Default for ServeConfig {
             file_roots: Vec::new(),
             requests_per_s: 20,
             burst_requests: 100,
+            metrics_listen: None,
         }
     }
 }

@@ -155,6 +155,17 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.listen))?;
     tracing::info!(addr = %state.config.listen, "weir serve: listening");
+    if let Some(addr) = &state.config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} for metrics (serve.metrics_listen): {e}")
+        })?;
+        tracing::info!(%addr, "weir serve: /metrics on its own listener");
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(metrics).await {
+                tracing::error!("metrics listener: {e:#}");
+            }
+        });
+    }
     pipelines::start_stored(&state).await;
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)

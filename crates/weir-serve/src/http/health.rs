@@ -44,6 +44,6 @@ pub async fn metrics() -> Response {
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "this document")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi())
+pub async fn openapi_json(State(s): State<Arc<AppState>>) -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi_for(&s))
 }

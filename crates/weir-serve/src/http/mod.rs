@@ -28,12 +28,18 @@ use crate::AppState;
 ))]
 struct ApiDoc;
 
-/// The route table: every route once, with its handlers' documentation.
-fn table() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The route table: every route once, with its handlers' documentation
+/// (`/metrics` unless it has a listener of its own).
+fn table(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
+    let table = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
+        .routes(routes!(health::readyz));
+    let table = if with_metrics {
+        table.routes(routes!(health::metrics))
+    } else {
+        table
+    };
+    table
         .routes(routes!(health::openapi_json))
         .routes(routes!(udfs::list))
         .routes(routes!(udfs::versions, udfs::publish))
@@ -56,13 +62,18 @@ fn table() -> OpenApiRouter<Arc<AppState>> {
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    table().into_openapi()
+    table(true).into_openapi()
+}
+
+/// The OpenAPI document of the routes `state`'s API listener serves.
+pub fn openapi_for(state: &AppState) -> utoipa::openapi::OpenApi {
+    table(state.config.metrics_listen.is_none()).into_openapi()
 }
 
 /// Every route, with the body limit and the audit layer.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    let (router, _) = table().split_for_parts();
+    let (router, _) = table(state.config.metrics_listen.is_none()).split_for_parts();
     router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

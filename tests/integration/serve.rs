@@ -1897,3 +1897,63 @@ async fn metrics_can_move_off_the_api_listener() {
     assert!(doc["paths"]["/healthz"].is_object(), "{doc}");
     assert!(doc["paths"]["/metrics"].is_null(), "{doc}");
 }
+
+/// Issue 12 #5: `{tenant}` in `serve.file_roots` gives each tenant a folder
+/// of its own: one tenant's pipeline cannot read another's dead letters.
+#[tokio::test]
+async fn tenant_file_roots_keep_tenants_out_of_each_others_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for t in ["acme", "globex"] {
+        std::fs::create_dir_all(dir.path().join("files").join(t)).unwrap();
+        std::fs::write(
+            dir.path().join("files").join(t).join("in.ndjson"),
+            "{\"id\":1}\n",
+        )
+        .unwrap();
+    }
+    let mut config = config(dir.path(), 1 << 20);
+    config.file_roots = vec![dir.path().join("files/{tenant}")];
+    let state = AppState::open(
+        config,
+        support::sandbox().clone(),
+        Arc::new(Tenants::new(Policy::default())),
+    )
+    .unwrap();
+    let app = router(Arc::new(state));
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let files = dir.path().join("files");
+    let toml = |input: &str, output: &str| {
+        pipeline_toml("mine", &files.join(input), &files.join(output), "tools")
+    };
+    // Its own folder: allowed.
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/mine",
+        Some("acme-operator"),
+        None,
+        toml("acme/in.ndjson", "acme/out.ndjson").into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    // Another tenant's folder: refused, reading or writing.
+    for (input, output) in [
+        ("globex/in.ndjson", "acme/out2.ndjson"),
+        ("acme/in.ndjson", "globex/out.ndjson"),
+    ] {
+        let (status, answer) = send(
+            &app,
+            "PUT",
+            "/v1/tenants/acme/pipelines/theirs",
+            Some("acme-operator"),
+            None,
+            toml(input, output)
+                .replace("name = \"mine\"", "name = \"theirs\"")
+                .into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{input} {output}: {answer}");
+    }
+    let (status, _) = delete(&app, "/v1/tenants/acme/pipelines/mine", "acme-operator").await;
+    assert_eq!(status, StatusCode::OK);
+}

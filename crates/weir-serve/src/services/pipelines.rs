@@ -256,7 +256,8 @@ pub fn check_topic(
 }
 
 /// Every file a pipeline would read or write must lie in one of `roots`
-/// (after resolving `..` and symbolic links).
+/// (after resolving `..` and symbolic links); `{tenant}` in a root stands
+/// for the pipeline's tenant, so each tenant gets a folder of its own.
 pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> ServiceResult<()> {
     use crate::pipeline::config::{SinkConfig, SourceConfig};
     let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
@@ -273,9 +274,13 @@ pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> Ser
         let resolved = resolve_path(path).ok_or_else(|| {
             ServiceError::Forbidden(format!("{key} `{}` cannot be resolved", path.display()))
         })?;
-        let inside = roots
-            .iter()
-            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| resolved.starts_with(root)));
+        // `{tenant}` in a root is the pipeline's tenant: a folder of its own.
+        let inside = roots.iter().any(|root| {
+            let root = std::path::PathBuf::from(
+                root.to_string_lossy().replace("{tenant}", &config.tenant),
+            );
+            resolve_path(&root).is_some_and(|root| resolved.starts_with(root))
+        });
         if !inside {
             return Err(ServiceError::Forbidden(format!(
                 "{key} `{}` is outside the folders deployed pipelines may use (serve.file_roots); use Kafka, or ask an operator to allow the folder",

@@ -137,3 +137,32 @@ fn modules_are_refused_before_compiling_when_too_big_to_compile() {
         .to_string();
     assert!(err.contains("does not export `weir_alloc`"), "{err}");
 }
+
+/// Issue 12 #3: a tenant's modules hold at most its `max_instances` of the
+/// process's instance slots, so one tenant cannot take them all; a slot
+/// comes back when a module goes.
+#[test]
+fn a_tenant_holds_at_most_its_share_of_instance_slots() {
+    let engine = sandbox(SandboxLimits::default());
+    let t = tenants("[tenants.small]\nmax_instances = 2\n");
+    let small = t.get("small");
+    let guest = support::repo().join("tests/tenant/guest.wat");
+    let a = engine.load_file_for(&guest, &small).unwrap();
+    let b = engine.load_file_for(&guest, &small).unwrap();
+    assert_eq!(small.instances(), 2);
+    let err = engine
+        .load_file_for(&guest, &small)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds its `tenants.small.max_instances` (2) instances"),
+        "{err}"
+    );
+    // Another tenant is not affected.
+    engine.load_file_for(&guest, &t.get("other")).unwrap();
+    drop(a);
+    assert_eq!(small.instances(), 1);
+    let c = engine.load_file_for(&guest, &small).unwrap();
+    drop((b, c));
+    assert_eq!(small.instances(), 0);
+}

@@ -84,6 +84,7 @@ impl Drop for StoreState {
     fn drop(&mut self) {
         if let Some(t) = &self.tenant {
             t.release_memory(self.memory_held);
+            t.release_instance();
         }
     }
 }

@@ -57,6 +57,17 @@ impl GuestInstance {
     /// so that a start function is bounded too.
     pub fn new(module: &UdfModule) -> Result<Self, Failure> {
         let limits = module.limits();
+        // The tenant's share of the process's instance slots; the store
+        // gives it back when dropped.
+        if let Some(t) = module.tenant()
+            && let Err(limit) = t.reserve_instance()
+        {
+            return Err(Failure::PoolFull(format!(
+                "tenant `{}` holds its `{}` ({limit}) instances; raise it, or run fewer modules or pipelines",
+                t.name(),
+                t.policy().key("max_instances")
+            )));
+        }
         let state = StoreState::new(limits, module.label_arc(), module.tenant().cloned());
         let mut store = Store::new(module.engine(), state);
         store.limiter(|state| state);

@@ -23,6 +23,9 @@ pub struct TenantPolicy {
     pub memory_total_bytes: u64,
     /// Guest calls of this tenant running at the same time.
     pub max_concurrent_calls: u32,
+    /// Instances (slots of the process's pool, `sandbox.total_instances`)
+    /// the tenant's modules may hold at once, idle ones included.
+    pub max_instances: u32,
     /// In-flight micro-batches per pipeline of this tenant (at most the
     /// pipeline's own `batch.max_in_flight_batches`).
     pub max_in_flight_batches: usize,
@@ -68,6 +71,7 @@ impl Default for TenantPolicy {
             memory_bytes: 64 << 20,
             memory_total_bytes: 512 << 20,
             max_concurrent_calls: 2,
+            max_instances: 32,
             max_in_flight_batches: 8,
             rows_per_s: 0,
             burst_rows: 100_000,
@@ -148,6 +152,7 @@ pub struct TenantOverrides {
     pub memory_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
     pub max_concurrent_calls: Option<u32>,
+    pub max_instances: Option<u32>,
     pub max_in_flight_batches: Option<usize>,
     pub rows_per_s: Option<u64>,
     pub burst_rows: Option<u64>,
@@ -242,6 +247,7 @@ impl Policy {
             memory_bytes,
             memory_total_bytes,
             max_concurrent_calls,
+            max_instances,
             max_in_flight_batches,
             rows_per_s,
             burst_rows,
@@ -270,6 +276,7 @@ impl TenantPolicy {
             ("memory_total_bytes", self.memory_total_bytes),
             ("query_memory_bytes", self.query_memory_bytes),
             ("max_concurrent_calls", u64::from(self.max_concurrent_calls)),
+            ("max_instances", u64::from(self.max_instances)),
             ("max_in_flight_batches", self.max_in_flight_batches as u64),
             ("breaker_failures", u64::from(self.breaker_failures)),
             ("breaker_window", u64::from(self.breaker_window)),

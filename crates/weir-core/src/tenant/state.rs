@@ -44,6 +44,8 @@ pub struct Tenant {
     name: Arc<str>,
     policy: RwLock<Arc<TenantPolicy>>,
     memory_used: AtomicU64,
+    /// Instances its modules hold (idle or busy).
+    instances: AtomicU64,
     running: Mutex<u32>,
     freed: Condvar,
     bucket: Mutex<Bucket>,
@@ -83,6 +85,7 @@ impl Tenant {
             }),
             policy: RwLock::new(Arc::new(policy)),
             memory_used: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
             running: Mutex::new(0),
             freed: Condvar::new(),
             cache: RwLock::new(cache),
@@ -140,6 +143,31 @@ impl Tenant {
                 Err(now) => used = now,
             }
         }
+    }
+
+    /// Takes one of the tenant's `max_instances`; `Err(limit)` when all
+    /// are held.
+    pub fn reserve_instance(&self) -> Result<(), u64> {
+        let limit = u64::from(self.policy().max_instances);
+        self.instances
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| limit)
+    }
+
+    pub fn release_instance(&self) {
+        let _ = self
+            .instances
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Instances the tenant's modules hold now.
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Ordering::Relaxed)
     }
 
     pub fn release_memory(&self, bytes: u64) {

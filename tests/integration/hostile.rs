@@ -308,3 +308,14 @@ fn guest_logging_is_rate_limited_not_fatal() {
         .collect();
     assert_eq!(lines[budget as usize..], expected[..]);
 }
+
+#[test]
+fn a_guest_cannot_forge_server_log_lines() {
+    let module = load("forged_log_line").unwrap();
+    let log = support::GuestLog::new();
+    log.capture(|| module.call(0, &ints(&[7]), 1).unwrap());
+    assert_eq!(
+        log.lines(),
+        vec!["ok\\n2026-11-28T00:00:00Z ERROR weir: forged\\u{1b}[2J".to_string()]
+    );
+}

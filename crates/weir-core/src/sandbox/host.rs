@@ -178,7 +178,21 @@ fn log(mut caller: Caller<'_, StoreState>, ptr: u32, len: u32) {
         .saturating_add((len as usize).min(MAX_LOG_LINE))
         .min(data.len());
     let line = String::from_utf8_lossy(data.get(start..end).unwrap_or_default());
-    tracing::info!(target: "weir_core::guest", module = %caller.data().label, "{}", line.trim_end());
+    // Control characters escaped: a guest writes one line of the server's
+    // log, never a forged second one (or terminal escapes).
+    let line: String = line
+        .trim_end()
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    tracing::info!(target: "weir_core::guest", module = %caller.data().label, "{line}");
 }
 
 /// A linker defining exactly the capabilities `limits` grants.

@@ -735,6 +735,52 @@ async fn each_token_is_rate_limited_on_its_own() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Issue 12 #8: token names are unique per tenant only, so the rate bucket
+/// is per (tenant, token): globex's `ci` does not spend acme's `ci`.
+#[tokio::test]
+async fn same_named_tokens_of_two_tenants_have_their_own_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1 << 20);
+    for tenant in ["acme", "globex"] {
+        config.tokens.push(TokenConfig {
+            name: "ci".into(),
+            sha256: hash_token(&format!("{tenant}-ci-secret")),
+            tenant: tenant.into(),
+            role: Role::Viewer,
+        });
+    }
+    config.requests_per_s = 1;
+    config.burst_requests = 3;
+    let tenants = Arc::new(Tenants::new(Policy::default()));
+    let app = router(Arc::new(
+        AppState::open(config, support::sandbox().clone(), tenants).unwrap(),
+    ));
+    for _ in 0..3 {
+        let (status, _) = get(&app, "/v1/tenants/globex/udfs", "globex-ci").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = get(&app, "/v1/tenants/globex/udfs", "globex-ci").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, answer) = get(&app, "/v1/tenants/acme/udfs", "acme-ci").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// Issue 12 #8: a tenant named in the URL by a caller who is refused is
+/// never a metric label (anyone could grow the label set without bound).
+#[tokio::test]
+async fn refused_callers_never_become_metric_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    for probe in ["labelprobe-a", "labelprobe-b"] {
+        let (status, _) = get(&app, &format!("/v1/tenants/{probe}/udfs"), "acme-viewer").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (_, text) = send(&app, "GET", "/metrics", None, None, vec![]).await;
+    let text = text.as_str().unwrap().to_string();
+    assert!(text.contains("weir_api_requests_total"), "{text}");
+    assert!(!text.contains("labelprobe"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_path_metrics_count_records_calls_failures_and_cache() {
     use weir::pipeline::{Pipeline, PipelineConfig};

@@ -96,12 +96,17 @@ pub struct Budget {
     pub keys: Vec<(&'static str, String)>,
 }
 
+/// The policy key of `field` among `keys` (the fields a tenant's section
+/// set), else the `[defaults]` one.
+pub fn policy_key(keys: &[(&'static str, String)], field: &str) -> String {
+    keys.iter()
+        .find(|(f, _)| *f == field)
+        .map_or_else(|| format!("defaults.{field}"), |(_, k)| k.clone())
+}
+
 impl Budget {
     fn key(&self, field: &str) -> String {
-        self.keys
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map_or_else(|| format!("defaults.{field}"), |(_, k)| k.clone())
+        policy_key(&self.keys, field)
     }
 }
 

@@ -20,5 +20,5 @@ pub use cache::CodeCache;
 pub use engine::{Sandbox, SandboxOptions};
 pub use error::{Failure, LoadError, UdfError};
 pub use inspect::{Import, ModuleInfo, inspect};
-pub use limits::{Budget, CpuMeter, KNOWN_CAPABILITIES, LimitKeys, SandboxLimits};
+pub use limits::{Budget, CpuMeter, KNOWN_CAPABILITIES, LimitKeys, SandboxLimits, policy_key};
 pub use module::UdfModule;

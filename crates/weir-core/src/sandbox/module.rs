@@ -209,40 +209,42 @@ impl UdfModule {
         }
     }
 
-    /// The limits of one call and their keys: those of the load, with the
-    /// CPU budget the tenant's policy grants now (up to the ceiling).
-    fn call_limits(
-        &self,
-    ) -> (
-        std::borrow::Cow<'_, SandboxLimits>,
-        std::borrow::Cow<'_, LimitKeys>,
-    ) {
-        match &self.tenant {
-            None => (
-                std::borrow::Cow::Borrowed(&self.limits),
-                std::borrow::Cow::Borrowed(&self.keys),
-            ),
-            Some(t) => {
-                let (now, now_keys) = self.ceilings.in_force(Some(&t.policy().budget()));
-                let mut l = self.limits.clone();
-                l.cpu_ms_per_batch = now.cpu_ms_per_batch;
-                l.fuel_per_batch = now.fuel_per_batch;
-                let mut keys = self.keys.clone();
-                keys.cpu_ms_per_batch = now_keys.cpu_ms_per_batch;
-                keys.fuel_per_batch = now_keys.fuel_per_batch;
-                if let Some((ms, fuel)) = self.trial_cpu {
-                    l.cpu_ms_per_batch = l.cpu_ms_per_batch.min(ms);
-                    l.fuel_per_batch = l.fuel_per_batch.min(fuel);
-                }
-                // New instances take the lower of the load's memory limit
-                // and the tenant's current one (see `StoreState::new`).
-                if now.memory_bytes < l.memory_bytes {
-                    l.memory_bytes = now.memory_bytes;
-                    keys.memory_bytes = now_keys.memory_bytes;
-                }
-                (std::borrow::Cow::Owned(l), std::borrow::Cow::Owned(keys))
-            }
+    /// The limits of one call: those of the load, with the CPU budget the
+    /// tenant's policy grants now, up to the sandbox's ceiling (the rule of
+    /// `SandboxLimits::in_force`, without its allocations: this runs on
+    /// every call; the keys are worked out only for an error).
+    fn call_limits(&self) -> std::borrow::Cow<'_, SandboxLimits> {
+        let Some(t) = &self.tenant else {
+            return std::borrow::Cow::Borrowed(&self.limits);
+        };
+        let p = t.policy();
+        let mut l = self.limits.clone();
+        l.cpu_ms_per_batch = p.cpu_ms_per_batch.min(self.ceilings.cpu_ms_per_batch);
+        l.fuel_per_batch = p.fuel_per_batch.min(self.ceilings.fuel_per_batch);
+        if let Some((ms, fuel)) = self.trial_cpu {
+            l.cpu_ms_per_batch = l.cpu_ms_per_batch.min(ms);
+            l.fuel_per_batch = l.fuel_per_batch.min(fuel);
         }
+        // New instances take the lower of the load's memory limit and the
+        // tenant's current one (see `StoreState::new`).
+        l.memory_bytes = l.memory_bytes.min(p.memory_bytes);
+        std::borrow::Cow::Owned(l)
+    }
+
+    /// The keys that set [`Self::call_limits`]: what an error tells the
+    /// user to raise.
+    fn call_keys(&self) -> LimitKeys {
+        let Some(t) = &self.tenant else {
+            return self.keys.clone();
+        };
+        let (now, now_keys) = self.ceilings.in_force(Some(&t.policy().budget()));
+        let mut keys = self.keys.clone();
+        keys.cpu_ms_per_batch = now_keys.cpu_ms_per_batch;
+        keys.fuel_per_batch = now_keys.fuel_per_batch;
+        if now.memory_bytes < self.limits.memory_bytes {
+            keys.memory_bytes = now_keys.memory_bytes;
+        }
+        keys
     }
 
     pub fn limits(&self) -> &SandboxLimits {
@@ -304,7 +306,7 @@ impl UdfModule {
             return Ok(new_empty_array(&decl.ret.data_type()));
         }
         let batch = self.calls[index].fetch_add(1, Ordering::Relaxed) + 1;
-        let (limits, keys) = self.call_limits();
+        let limits = self.call_limits();
         let error = |failure| UdfError {
             udf: decl.name.clone(),
             module: self.label.to_string(),
@@ -313,7 +315,7 @@ impl UdfModule {
             rows,
             failure,
             limits: limits.clone().into_owned(),
-            keys: keys.clone().into_owned(),
+            keys: self.call_keys(),
         };
         if let Err(left) = self.breakers[index].allow(self.breaker_cooldown()) {
             return Err(error(Failure::CircuitOpen {

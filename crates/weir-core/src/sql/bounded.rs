@@ -101,10 +101,13 @@ impl Bounded {
                     byte_lengths(from, rows)?,
                     byte_lengths(to, rows)?,
                 );
-                sum((0..len.len())
-                    .map(|i| {
-                        let matches = u(len[i]) / u(from[i]).max(1) + 1;
-                        u(len[i]).saturating_add(matches.saturating_mul(u(to[i])))
+                sum(len
+                    .iter()
+                    .zip(&from)
+                    .zip(&to)
+                    .map(|((len, from), to)| {
+                        let matches = u(*len) / u(*from).max(1) + 1;
+                        u(*len).saturating_add(matches.saturating_mul(u(*to)))
                     })
                     .collect())
             }

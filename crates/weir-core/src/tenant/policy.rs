@@ -116,10 +116,7 @@ impl TenantPolicy {
     /// The policy key in force for `field` (`tenants.acme.cpu_ms_per_batch`
     /// or `defaults.cpu_ms_per_batch`).
     pub fn key(&self, field: &str) -> String {
-        self.keys
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map_or_else(|| format!("defaults.{field}"), |(_, k)| k.clone())
+        crate::sandbox::policy_key(&self.keys, field)
     }
 
     /// What each call of the tenant may use, with the key of each value.

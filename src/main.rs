@@ -4,9 +4,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// Host threads get this much stack: the wasm stack limit plus headroom.
-const THREAD_STACK: usize = 8 * 1024 * 1024;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -19,7 +16,7 @@ fn main() -> ExitCode {
     let cli = weir::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(THREAD_STACK)
+        .thread_stack_size(weir::sandbox::HOST_THREAD_STACK)
         .build()
     {
         Ok(rt) => rt,

@@ -30,7 +30,10 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default(),
     };
-    let tenants = Arc::new(Tenants::new(policy));
+    let tenants = Arc::new(Tenants::with_slots(
+        policy,
+        sandbox.limits().guest_threads(),
+    ));
     if let Some(addr) = args.metrics_addr.clone() {
         // The recorder first: pipelines register their series when built.
         crate::serve::exporter::handle();

@@ -35,7 +35,10 @@ pub async fn run(config: WeirConfig, sandbox: Sandbox, args: &ServeArgs) -> anyh
             "no [[serve.tokens]] configured: every /v1 request will be refused (weir token new)"
         );
     }
-    let tenants = Arc::new(Tenants::new(policy));
+    let tenants = Arc::new(Tenants::with_slots(
+        policy,
+        sandbox.limits().guest_threads(),
+    ));
     let state = Arc::new(AppState::open(serve_config, sandbox, tenants.clone())?);
     tokio::spawn(super::run::reload_on_sighup(args.policy.clone(), tenants));
     serve(state, async {

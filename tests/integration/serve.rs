@@ -1900,6 +1900,53 @@ async fn spinning_staged_runs_do_not_freeze_the_server() {
     }
 }
 
+/// Issue 12 (guest executor): SQL queries whose UDF spins run on the guest
+/// threads, not on the threads that answer the API: with every query still
+/// spinning, `/healthz` and another tenant's request are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_sql_queries_do_not_freeze_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    publish(&app, "globex-publisher", "globex", "tools", guest()).await;
+    let body = serde_json::json!({
+        "sql": "SELECT spin(v) FROM t",
+        "udfs": ["tools"],
+        "tables": {"t": [{"v": 1_000_000_000_000i64}]},
+    })
+    .to_string();
+    let spinning: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, body) = (app.clone(), body.clone());
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    "POST",
+                    "/v1/tenants/acme/sql",
+                    Some("acme-operator"),
+                    Some("application/json"),
+                    body.into_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = send(&app, "GET", "/healthz", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, other) = get(&app, "/v1/tenants/globex/udfs", "globex-viewer").await;
+    assert_eq!(status, StatusCode::OK, "{other}");
+    assert!(
+        spinning.iter().all(|t| !t.is_finished()),
+        "answered while every query was still spinning"
+    );
+    for t in spinning {
+        let (status, out) = t.await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{out}");
+        assert!(out.to_string().contains("ran out of CPU"), "{out}");
+    }
+}
+
 /// Issue 12 #8: unauthenticated requests cannot grow the audit log without
 /// bound (10 at once, then one per second are written; all are counted).
 #[tokio::test]

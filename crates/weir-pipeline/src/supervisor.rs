@@ -92,6 +92,9 @@ struct Supervised<T> {
 pub struct Supervisor<T = ()> {
     running: Mutex<HashMap<Key, Supervised<T>>>,
     failed: Arc<Mutex<HashMap<Key, String>>>,
+    /// Where pipelines run: the guest threads of `weir serve`, else the
+    /// caller's runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl<T> Default for Supervisor<T> {
@@ -99,6 +102,7 @@ impl<T> Default for Supervisor<T> {
         Supervisor {
             running: Mutex::new(HashMap::new()),
             failed: Arc::new(Mutex::new(HashMap::new())),
+            runtime: None,
         }
     }
 }
@@ -108,6 +112,15 @@ fn key(tenant: &str, name: &str) -> Key {
 }
 
 impl<T> Supervisor<T> {
+    /// A supervisor whose pipelines run on `runtime` (the guest threads,
+    /// [`crate::sandbox::GuestExecutor`]).
+    pub fn on(runtime: tokio::runtime::Handle) -> Self {
+        Supervisor {
+            runtime: Some(runtime),
+            ..Self::default()
+        }
+    }
+
     /// Runs `pipeline`, replacing (stopping first) a running one of the
     /// same tenant and name.
     pub async fn start(&self, pipeline: Pipeline, tag: T) {
@@ -126,14 +139,18 @@ impl<T> Supervisor<T> {
         self.failed.lock().remove(&k);
         let failed = self.failed.clone();
         let task_key = k.clone();
-        let task = tokio::spawn(async move {
+        let work = async move {
             let result = pipeline.run(stopped).await;
             if let Err(e) = &result {
                 tracing::error!(tenant = %task_key.0, pipeline = %task_key.1, "{e:#}");
                 failed.lock().insert(task_key, format!("{e:#}"));
             }
             result
-        });
+        };
+        let task = match &self.runtime {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        };
         self.running.lock().insert(
             k,
             Supervised {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{GuestExecutor, Sandbox};
 use crate::tenant::Tenants;
 pub use auth::{Role, TokenConfig, hash_token};
 pub use config::ServeConfig;
@@ -32,6 +32,9 @@ use services::pipelines;
 pub struct AppState {
     pub config: ServeConfig,
     pub sandbox: Sandbox,
+    /// The threads guest work runs on (queries, pipelines, staged runs,
+    /// compiles), apart from the API's.
+    pub executor: Arc<GuestExecutor>,
     pub tenants: Arc<Tenants>,
     pub registry: registry::Registry,
     pub audit: audit::AuditLog,
@@ -126,13 +129,15 @@ impl AppState {
         let audit = audit::AuditLog::open(&config.data_dir).map_err(anyhow::Error::msg)?;
         // Pipelines emit through the recorder: install it before any starts.
         exporter::handle();
+        let executor = Arc::new(GuestExecutor::new(sandbox.limits().guest_threads())?);
         Ok(AppState {
             config,
+            pipelines: pipelines::Pipelines::on(executor.handle().clone()),
+            executor,
             sandbox,
             tenants,
             registry,
             audit,
-            pipelines: pipelines::Pipelines::default(),
             rate: Default::default(),
             anonymous_audit: parking_lot::Mutex::new((10.0, std::time::Instant::now())),
         })

@@ -145,6 +145,9 @@ pub enum Failure {
     /// Something else failed while instantiating or calling.
     /// The process's instance pool had no free slot.
     PoolFull(String),
+    /// The request the call belonged to ran out of time: the call was
+    /// interrupted, or never started.
+    Cancelled,
     Other(String),
 }
 
@@ -164,6 +167,7 @@ impl Failure {
         "invalid_input",
         "busy",
         "pool_full",
+        "cancelled",
         "other",
     ];
 
@@ -182,6 +186,7 @@ impl Failure {
             Failure::InvalidInput(_) => "invalid_input",
             Failure::Busy { .. } => "busy",
             Failure::PoolFull(_) => "pool_full",
+            Failure::Cancelled => "cancelled",
             Failure::Other(_) => "other",
         }
     }
@@ -212,6 +217,7 @@ impl Failure {
                 | Failure::Busy { .. }
                 | Failure::PoolFull(_)
                 | Failure::TenantMemory { .. }
+                | Failure::Cancelled
         )
     }
 
@@ -408,6 +414,10 @@ impl UdfError {
                 "had no free instance {batch} after waiting {waited_ms} ms; raise `sandbox.instances_per_module`"
             ),
             Failure::PoolFull(reason) => write!(f, "could not run {batch}: {reason}"),
+            Failure::Cancelled => write!(
+                f,
+                "was cancelled {batch}: the request's deadline passed, so its remaining guest work was stopped"
+            ),
             Failure::Other(reason) => write!(f, "failed {batch}: {reason}"),
         }
     }

@@ -35,6 +35,11 @@ pub struct SandboxLimits {
     pub max_function_bytes: u64,
     /// Modules compiled at the same time in the process; more wait.
     pub max_concurrent_compiles: u32,
+    /// Threads that run guest work (queries, pipelines' transforms, staged
+    /// runs, compilation) apart from the API's, and guest calls running at
+    /// once in the process, shared between tenants by weight; 0 = one per
+    /// core.
+    pub guest_threads: u32,
     /// Linear memory per instance (initial size and every `memory.grow`).
     pub memory_bytes: u64,
     /// Elements per table.
@@ -68,6 +73,7 @@ impl Default for SandboxLimits {
             max_functions: 10_000,
             max_function_bytes: MIB,
             max_concurrent_compiles: 1,
+            guest_threads: 0,
             memory_bytes: 64 * MIB,
             table_elements: 10_000,
             wasm_stack_bytes: 512 * KIB,
@@ -187,6 +193,11 @@ impl SandboxLimits {
             "must be between 1 and 64",
         )?;
         check(
+            self.guest_threads <= 256,
+            "guest_threads",
+            "must be at most 256 (0 = one per core)",
+        )?;
+        check(
             (64 * KIB..=4096 * MIB).contains(&self.memory_bytes),
             "memory_bytes",
             "must be between 64 KiB (one wasm page) and 4 GiB",
@@ -240,6 +251,14 @@ impl SandboxLimits {
             }
         }
         Ok(())
+    }
+
+    /// Guest threads in force: `guest_threads`, or one per core when 0.
+    pub fn guest_threads(&self) -> usize {
+        match self.guest_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        }
     }
 
     /// Epoch ticks a call may run before it is interrupted.

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use datafusion::arrow::array::{ArrayRef, new_empty_array};
 use sha2::{Digest, Sha256};
@@ -301,6 +302,21 @@ impl UdfModule {
     // A failed batch is rare and carries everything the user needs to act.
     #[allow(clippy::result_large_err)]
     pub fn call(&self, index: usize, args: &[ArrayRef], rows: usize) -> Result<ArrayRef, UdfError> {
+        self.call_until(index, args, rows, None)
+    }
+
+    /// Like [`Self::call`] for work with a `deadline` (a request's): a call
+    /// due to start after it fails as [`Failure::Cancelled`] without
+    /// running, and a call in flight at the deadline is interrupted then
+    /// (epoch meter) rather than at its own CPU budget.
+    #[allow(clippy::result_large_err)]
+    pub fn call_until(
+        &self,
+        index: usize,
+        args: &[ArrayRef],
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ArrayRef, UdfError> {
         let decl = &self.manifest.functions[index];
         if rows == 0 {
             return Ok(new_empty_array(&decl.ret.data_type()));
@@ -327,7 +343,7 @@ impl UdfModule {
             _ => None,
         };
         match cache {
-            None => self.call_inner(index, &limits, args, rows),
+            None => self.call_inner(index, &limits, args, rows, deadline),
             Some(cache) => {
                 let mut prefix = self.digest.as_bytes().to_vec();
                 prefix.extend_from_slice(&(index as u32).to_le_bytes());
@@ -335,7 +351,7 @@ impl UdfModule {
                     &prefix,
                     args,
                     rows,
-                    |args, rows| self.call_inner(index, &limits, args, rows),
+                    |args, rows| self.call_inner(index, &limits, args, rows, deadline),
                     Failure::Other,
                     |failure, map| failure.at_row(map),
                 )
@@ -435,6 +451,7 @@ impl UdfModule {
         limits: &SandboxLimits,
         args: &[ArrayRef],
         rows: usize,
+        deadline: Option<Instant>,
     ) -> Result<ArrayRef, Failure> {
         let decl = &self.manifest.functions[index];
         if args.len() != decl.args.len() {
@@ -447,9 +464,34 @@ impl UdfModule {
         let plan = InputPlan::new(args, &decl.args, rows)
             .map_err(|e| Failure::InvalidInput(e.to_string()))?;
         let _permit = self.tenant.as_ref().map(|t| t.enter());
+        // A request's deadline bounds the call too (after the wait for a
+        // slot, which counts against it).
+        let clamped = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Failure::Cancelled);
+                }
+                let left_ms = (left.as_millis() as u64).max(1);
+                (limits.cpu_meter == crate::sandbox::CpuMeter::Epoch
+                    && left_ms < limits.cpu_ms_per_batch)
+                    .then(|| SandboxLimits {
+                        cpu_ms_per_batch: left_ms,
+                        ..limits.clone()
+                    })
+            }
+        };
+        let limits = clamped.as_ref().unwrap_or(limits);
         let mut instance = self.pool.checkout(self)?;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = instance.invoke(self, limits, index, &plan, rows);
+        let result = match result {
+            Err(Failure::OutOfCpu {
+                during_start: false,
+            }) if clamped.is_some() => Err(Failure::Cancelled),
+            other => other,
+        };
         let stats = &self.stats[index];
         stats.invocations.fetch_add(1, Ordering::Relaxed);
         let elapsed = started.elapsed();

@@ -23,6 +23,9 @@ pub struct TenantPolicy {
     pub memory_total_bytes: u64,
     /// Guest calls of this tenant running at the same time.
     pub max_concurrent_calls: u32,
+    /// The tenant's share of the guest threads when tenants contend: busy
+    /// tenants get guest time in proportion to their weights.
+    pub weight: u32,
     /// Instances (slots of the process's pool, `sandbox.total_instances`)
     /// the tenant's modules may hold at once, idle ones included.
     pub max_instances: u32,
@@ -71,6 +74,7 @@ impl Default for TenantPolicy {
             memory_bytes: 64 << 20,
             memory_total_bytes: 512 << 20,
             max_concurrent_calls: 2,
+            weight: 1,
             max_instances: 32,
             max_in_flight_batches: 8,
             rows_per_s: 0,
@@ -149,6 +153,7 @@ pub struct TenantOverrides {
     pub memory_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
     pub max_concurrent_calls: Option<u32>,
+    pub weight: Option<u32>,
     pub max_instances: Option<u32>,
     pub max_in_flight_batches: Option<usize>,
     pub rows_per_s: Option<u64>,
@@ -244,6 +249,7 @@ impl Policy {
             memory_bytes,
             memory_total_bytes,
             max_concurrent_calls,
+            weight,
             max_instances,
             max_in_flight_batches,
             rows_per_s,
@@ -282,6 +288,12 @@ impl TenantPolicy {
             if value == 0 {
                 return Err(format!("{at}.{key} must be positive"));
             }
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err(format!(
+                "{at}.weight must be between 1 and 1000 (it is {})",
+                self.weight
+            ));
         }
         if !(self.breaker_failure_ratio > 0.0 && self.breaker_failure_ratio <= 1.0) {
             return Err(format!(

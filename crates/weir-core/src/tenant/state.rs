@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::cache::ResultCache;
 use super::policy::{Policy, TenantPolicy};
+use super::share::{FairShare, SharePermit};
 use crate::telemetry::{self, Count};
 
 /// Counters of one tenant.
@@ -25,6 +26,8 @@ pub struct TenantStats {
     memory_bytes: metrics::Gauge,
     /// The most guest calls of the tenant seen running at once.
     pub peak_concurrent_calls: AtomicU64,
+    /// Time its calls waited for a guest slot (its cap or its fair share).
+    slot_wait_seconds: metrics::Gauge,
 }
 
 impl TenantStats {
@@ -36,6 +39,7 @@ impl TenantStats {
             memory_denied: Count::new(telemetry::counter(telemetry::TENANT_MEMORY_DENIED, &labels)),
             memory_bytes: telemetry::gauge(telemetry::TENANT_MEMORY, &labels),
             peak_concurrent_calls: AtomicU64::new(0),
+            slot_wait_seconds: telemetry::gauge(telemetry::TENANT_SLOT_WAIT, &labels),
         }
     }
 }
@@ -46,8 +50,8 @@ pub struct Tenant {
     memory_used: AtomicU64,
     /// Instances its modules hold (idle or busy).
     instances: AtomicU64,
-    running: Mutex<u32>,
-    freed: Condvar,
+    /// The process's guest slots, shared with every other tenant.
+    share: Arc<FairShare>,
     bucket: Mutex<Bucket>,
     cache: RwLock<Option<Arc<ResultCache>>>,
     pub stats: TenantStats,
@@ -59,21 +63,20 @@ struct Bucket {
     warned: Option<u8>,
 }
 
-/// Held while a guest call of the tenant runs.
+/// Held while a guest call of the tenant runs (its slot is released on
+/// drop).
 pub struct CallPermit<'a> {
-    tenant: &'a Tenant,
-}
-
-impl Drop for CallPermit<'_> {
-    fn drop(&mut self) {
-        let mut running = self.tenant.running.lock();
-        *running = running.saturating_sub(1);
-        self.tenant.freed.notify_one();
-    }
+    _slot: SharePermit<'a>,
 }
 
 impl Tenant {
+    /// A tenant alone with the machine's guest slots (one per core).
     pub fn new(name: &str, policy: TenantPolicy) -> Self {
+        Self::sharing(name, policy, Arc::new(FairShare::per_core()))
+    }
+
+    /// A tenant whose guest calls take slots of `share`.
+    pub fn sharing(name: &str, policy: TenantPolicy, share: Arc<FairShare>) -> Self {
         let cache =
             (policy.cache_bytes > 0).then(|| Arc::new(ResultCache::new(name, policy.cache_bytes)));
         Tenant {
@@ -86,8 +89,7 @@ impl Tenant {
             policy: RwLock::new(Arc::new(policy)),
             memory_used: AtomicU64::new(0),
             instances: AtomicU64::new(0),
-            running: Mutex::new(0),
-            freed: Condvar::new(),
+            share,
             cache: RwLock::new(cache),
             stats: TenantStats::new(name),
         }
@@ -183,36 +185,34 @@ impl Tenant {
         }
     }
 
-    /// Waits for a slot among the tenant's `max_concurrent_calls`. A wait
-    /// on a tokio worker thread is announced with `block_in_place`, so the
-    /// runtime moves that worker's other tasks (other tenants' pipelines,
-    /// the API) to another thread instead of stalling them.
+    /// Waits for a guest slot: one of the process's (shared with every
+    /// tenant by weighted fair queueing on `weight`) within the tenant's
+    /// `max_concurrent_calls`. A wait on a tokio worker thread is announced
+    /// with `block_in_place`, so the runtime moves that worker's other
+    /// tasks to another thread instead of stalling them.
     pub fn enter(&self) -> CallPermit<'_> {
-        let max = self.policy().max_concurrent_calls.max(1);
-        let wait = || {
-            let mut running = self.running.lock();
-            while *running >= max {
-                self.freed.wait(&mut running);
-            }
-            *running += 1;
-            *running
-        };
-        let free = {
-            let mut running = self.running.lock();
-            (*running < max).then(|| {
-                *running += 1;
-                *running
-            })
-        };
-        let now = match free {
-            Some(n) => n,
-            None if on_multi_thread_runtime() => tokio::task::block_in_place(wait),
-            None => wait(),
-        };
+        let policy = self.policy();
+        let slot = self.share.acquire(
+            &self.name,
+            policy.weight,
+            policy.max_concurrent_calls,
+            |wait| {
+                if on_multi_thread_runtime() {
+                    tokio::task::block_in_place(wait)
+                } else {
+                    wait()
+                }
+            },
+        );
+        if !slot.waited.is_zero() {
+            self.stats
+                .slot_wait_seconds
+                .increment(slot.waited.as_secs_f64());
+        }
         self.stats
             .peak_concurrent_calls
-            .fetch_max(u64::from(now), Ordering::Relaxed);
-        CallPermit { tenant: self }
+            .fetch_max(u64::from(slot.running), Ordering::Relaxed);
+        CallPermit { _slot: slot }
     }
 
     /// How long a batch of `rows` must wait to stay within `rows_per_s`
@@ -263,18 +263,41 @@ impl Tenant {
 }
 
 /// Every tenant of the process, created on first use from the policy.
-#[derive(Default)]
 pub struct Tenants {
     policy: RwLock<Policy>,
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    share: Arc<FairShare>,
+}
+
+impl Default for Tenants {
+    fn default() -> Self {
+        Self::new(Policy::default())
+    }
 }
 
 impl Tenants {
+    /// Tenants sharing one guest slot per core.
     pub fn new(policy: Policy) -> Self {
+        Self::with_slots(policy, 0)
+    }
+
+    /// Tenants sharing `slots` guest slots (0 = one per core): the guest
+    /// calls that may run at once in the process (`sandbox.guest_threads`).
+    pub fn with_slots(policy: Policy, slots: usize) -> Self {
         Tenants {
             policy: RwLock::new(policy),
             tenants: Mutex::new(HashMap::new()),
+            share: Arc::new(if slots == 0 {
+                FairShare::per_core()
+            } else {
+                FairShare::new(slots)
+            }),
         }
+    }
+
+    /// The guest slots the tenants share.
+    pub fn share(&self) -> &Arc<FairShare> {
+        &self.share
     }
 
     pub fn get(&self, name: &str) -> Arc<Tenant> {
@@ -283,7 +306,7 @@ impl Tenants {
             .entry(name.to_string())
             .or_insert_with(|| {
                 let policy = self.policy.read().resolve(name);
-                Arc::new(Tenant::new(name, policy))
+                Arc::new(Tenant::sharing(name, policy, self.share.clone()))
             })
             .clone()
     }

@@ -47,6 +47,19 @@ pub fn register_module(ctx: &SessionContext, module: &Arc<UdfModule>) -> Vec<Str
         .collect()
 }
 
+/// Like [`register_module`] for a request that ends at `deadline`: guest
+/// calls due after it are cancelled, one in flight then is interrupted.
+pub fn register_module_until(
+    ctx: &SessionContext,
+    module: &Arc<UdfModule>,
+    deadline: std::time::Instant,
+) {
+    for index in 0..module.manifest().functions.len() {
+        let udf = WasmScalarUdf::new(module.clone(), index).with_deadline(deadline);
+        ctx.register_udf(ScalarUDF::new_from_impl(udf));
+    }
+}
+
 /// Like [`register_module`], with row errors going to `collector` while it
 /// is active (pipelines).
 pub fn register_module_collecting(

@@ -2,6 +2,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::DataType;
@@ -29,6 +30,9 @@ pub struct WasmScalarUdf {
     return_type: DataType,
     /// Where row errors go instead of failing the query, while active.
     row_errors: Option<Arc<RowErrorCollector>>,
+    /// The deadline of the request the function serves: calls due after
+    /// it are cancelled, a call in flight then is interrupted.
+    deadline: Option<Instant>,
 }
 
 impl WasmScalarUdf {
@@ -51,7 +55,14 @@ impl WasmScalarUdf {
             signature,
             return_type,
             row_errors: None,
+            deadline: None,
         }
+    }
+
+    /// Calls stop at `deadline` (a request's), see [`UdfModule::call_until`].
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// Row errors go to `collector` while it is active.
@@ -159,7 +170,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
             }
             _ => self
                 .module
-                .call(self.index, &arrays, rows)
+                .call_until(self.index, &arrays, rows, self.deadline)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?,
         };
         if all_scalar && !args.args.is_empty() && out.len() == 1 {

@@ -40,7 +40,7 @@ pub fn run_rows(module: &Arc<UdfModule>, function: &str, rows: &[Value]) -> Resu
 
 /// Like [`run_rows`], but no guest call starts after `deadline`: rows not
 /// run by then are reported as such (a request's deadline cancels the rest
-/// of its guest work; a call already running ends at its CPU budget).
+/// of its guest work; a call running then is interrupted).
 pub fn run_rows_until(
     module: &Arc<UdfModule>,
     function: &str,
@@ -106,7 +106,7 @@ pub fn run_rows_until(
     let mut guest = std::time::Duration::ZERO;
     let mut calls = 1;
     let started = Instant::now();
-    let whole = module.call(index, &args, rows.len());
+    let whole = module.call_until(index, &args, rows.len(), deadline);
     guest += started.elapsed();
     let (outputs, errors) = match whole {
         Ok(out) => (to_json(&out)?, Vec::new()),
@@ -125,7 +125,7 @@ pub fn run_rows_until(
                 }
                 let one: Vec<ArrayRef> = args.iter().map(|a| a.slice(row, 1)).collect();
                 let started = Instant::now();
-                let result = module.call(index, &one, 1);
+                let result = module.call_until(index, &one, 1, deadline);
                 guest += started.elapsed();
                 calls += 1;
                 match result {

@@ -34,11 +34,12 @@ pub async fn try_version(
         name,
         version: parse_version(&version)?,
     };
-    // Guest calls leave the async workers (the API and pipelines run there).
-    let result =
-        tokio::task::spawn_blocking(move || staged::try_version(&s, &admit.tenant, &r, &req))
-            .await
-            .map_err(ServiceError::internal)??;
+    // On the guest threads: the API's threads never run a guest.
+    let executor = s.executor.clone();
+    let result = executor
+        .run_blocking(move || staged::try_version(&s, &admit.tenant, &r, &req))
+        .await
+        .map_err(ServiceError::internal)??;
     Ok(answer(started, result))
 }
 
@@ -50,7 +51,9 @@ pub async fn try_module(
 ) -> ServiceResult<Response> {
     let started = Instant::now();
     let req = TryRequest::parse(&body)?;
-    let result = tokio::task::spawn_blocking(move || staged::try_module(&s, &admit.tenant, &req))
+    let executor = s.executor.clone();
+    let result = executor
+        .run_blocking(move || staged::try_module(&s, &admit.tenant, &req))
         .await
         .map_err(ServiceError::internal)??;
     Ok(answer(started, result))

@@ -44,12 +44,12 @@ pub async fn publish(
             "send the module as `Content-Type: application/wasm` (got `{content_type}`)"
         )));
     }
-    // Compiling leaves the async workers (and waits for a compile slot).
-    let (version, created) = tokio::task::spawn_blocking(move || {
-        udfs::publish(&s, &admit.tenant, &name, &body, &admit.caller.name)
-    })
-    .await
-    .map_err(ServiceError::internal)??;
+    // Compiling runs on the guest threads (and waits for a compile slot).
+    let executor = s.executor.clone();
+    let (version, created) = executor
+        .run_blocking(move || udfs::publish(&s, &admit.tenant, &name, &body, &admit.caller.name))
+        .await
+        .map_err(ServiceError::internal)??;
     let status = if created {
         StatusCode::CREATED
     } else {

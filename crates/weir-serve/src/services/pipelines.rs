@@ -23,16 +23,15 @@ pub struct Pipelines {
     pub changed: watch::Sender<u64>,
 }
 
-impl Default for Pipelines {
-    fn default() -> Self {
+impl Pipelines {
+    /// Pipelines that run on `runtime` (the guest threads).
+    pub fn on(runtime: tokio::runtime::Handle) -> Self {
         Pipelines {
-            supervisor: Supervisor::default(),
+            supervisor: Supervisor::on(runtime),
             changed: watch::Sender::new(0),
         }
     }
-}
 
-impl Pipelines {
     pub fn notify_registry_changed(&self) {
         self.changed.send_modify(|g| *g += 1);
     }
@@ -325,7 +324,15 @@ pub async fn start(
     let (config, udfs) = parse(tenant, name, text)?;
     check_files(&config, &state.config.file_roots)?;
     check_kafka(&config, &state.tenants.get(tenant).policy())?;
-    let modules = resolve(state, tenant, &udfs)?;
+    let modules = {
+        // Loading may compile: on the guest threads, not the API's.
+        let (s, t, u) = (state.clone(), tenant.to_string(), udfs.clone());
+        state
+            .executor
+            .run_blocking(move || resolve(&s, &t, &u))
+            .await
+            .map_err(ServiceError::internal)??
+    };
     let resolver_state = state.clone();
     let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());
     // Every publish or delete ticks `changed`; only a change of the

@@ -58,9 +58,10 @@ fn bad(message: String) -> ServiceError {
 }
 
 /// Runs `req` for `tenant`.
-pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResult<Answer> {
+pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> ServiceResult<Answer> {
     let max_rows = req.max_rows.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS);
     let started = Instant::now();
+    let deadline = started + TIMEOUT;
     let policy = state.tenants.get(tenant).policy();
     let memory_key = policy.key("query_memory_bytes");
     let ctx = crate::sql::bounded_context(
@@ -76,13 +77,29 @@ pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResu
         )));
     }
     let mut seen = std::collections::HashSet::new();
+    let mut refs = Vec::new();
     for spec in &req.udfs {
         let r = UdfRef::parse(spec)?;
         if !seen.insert(r.name.clone()) {
             return Err(bad(format!("udf `{}` is listed twice", r.name)));
         }
-        let module = udfs::load(state, tenant, &r)?;
-        crate::udf::register_module(&ctx, &module);
+        refs.push(r);
+    }
+    // Loading may compile: on the guest threads.
+    let modules = {
+        let (s, t) = (state.clone(), tenant.to_string());
+        state
+            .executor
+            .run_blocking(move || {
+                refs.iter()
+                    .map(|r| udfs::load(&s, &t, r))
+                    .collect::<ServiceResult<Vec<_>>>()
+            })
+            .await
+            .map_err(ServiceError::internal)??
+    };
+    for module in &modules {
+        crate::udf::register_module_until(&ctx, module, deadline);
     }
     for (name, rows) in &req.tables {
         if rows.len() > MAX_TABLE_ROWS {
@@ -124,15 +141,18 @@ pub async fn run(state: &AppState, tenant: &str, req: SqlRequest) -> ServiceResu
         ctx.register_table(name.as_str(), Arc::new(table))
             .map_err(|e| bad(format!("table `{name}`: {e}")))?;
     }
-    let query = async {
-        let df = ctx
-            .sql_with_options(&req.sql, crate::sql::read_only())
-            .await?;
+    let sql = req.sql;
+    // Planning (constant folding calls guests) and execution run on the
+    // guest threads; at the deadline the rest of the work is dropped and
+    // a guest call in flight is interrupted.
+    let query = state.executor.run(async move {
+        let df = ctx.sql_with_options(&sql, crate::sql::read_only()).await?;
         df.limit(0, Some(max_rows + 1))?.collect().await
-    };
-    let batches = tokio::time::timeout(TIMEOUT, query)
+    });
+    let batches = tokio::time::timeout_at(deadline.into(), query)
         .await
         .map_err(|_| ServiceError::Timeout(format!("the query ran over {} s", TIMEOUT.as_secs())))?
+        .map_err(ServiceError::internal)?
         .map_err(|e| {
             let message = weir_core::error::user_message(&e);
             if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) {

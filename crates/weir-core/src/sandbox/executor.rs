@@ -1,0 +1,139 @@
+//! [`GuestExecutor`]: the threads guest work runs on, apart from the
+//! threads that answer the API.
+//!
+//! Everything that may call a guest or compile a module — queries,
+//! pipelines' transforms, staged runs, publishes — runs here, on a tokio
+//! runtime of its own with `sandbox.guest_threads` workers. A handler on the
+//! API's runtime hands the work over and awaits its result, so a spinning
+//! guest or a slow compile never holds a thread that `/healthz` or another
+//! tenant's request needs. Which tenant's guest call runs next on these
+//! threads is decided by the tenants' fair share
+//! ([`crate::tenant::FairShare`]). Dropping the awaited future (a request's
+//! deadline, a client gone) aborts the work at its next await point; the
+//! guest call in flight, if any, ends at its own CPU deadline.
+
+use std::future::Future;
+
+use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::task::JoinHandle;
+
+/// Stack of every thread that runs guest code: the wasm stack limit
+/// (`sandbox.wasm_stack_bytes`, at most 4 MiB) plus the host's own frames.
+pub const HOST_THREAD_STACK: usize = 8 * 1024 * 1024;
+
+/// A dedicated runtime for guest work; see the module docs.
+#[derive(Debug)]
+pub struct GuestExecutor {
+    runtime: Option<Runtime>,
+    handle: Handle,
+    threads: usize,
+}
+
+/// Aborts the task it guards when dropped before the task finished.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why work handed to the executor produced no result.
+#[derive(Debug, thiserror::Error)]
+#[error("guest work stopped before it finished: {0}")]
+pub struct Lost(String);
+
+impl GuestExecutor {
+    /// `threads` workers (at least one) named `weir-guest`.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(threads)
+            // Blocking sections (compiles, staged runs, a wait for a guest
+            // slot) get threads of their own up to this bound; CPU stays
+            // bounded by the guest slots, threads beyond it queue.
+            .max_blocking_threads(threads * 8)
+            .thread_name("weir-guest")
+            .thread_stack_size(HOST_THREAD_STACK)
+            .enable_all()
+            .build()?;
+        Ok(GuestExecutor {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            threads,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The runtime's handle, to spawn long-lived guest work (pipelines).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Runs `work` on the guest threads and waits for it without holding
+    /// the caller's thread. Dropping the returned future aborts `work`.
+    pub async fn run<F>(&self, work: F) -> Result<F::Output, Lost>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let mut task = AbortOnDrop(self.handle.spawn(work));
+        (&mut task.0).await.map_err(|e| Lost(e.to_string()))
+    }
+
+    /// Runs the blocking `work` (a compile, a staged run) on the guest
+    /// runtime's blocking threads and waits for it without holding the
+    /// caller's thread.
+    pub async fn run_blocking<F, T>(&self, work: F) -> Result<T, Lost>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut task = AbortOnDrop(self.handle.spawn_blocking(work));
+        (&mut task.0).await.map_err(|e| Lost(e.to_string()))
+    }
+}
+
+impl Drop for GuestExecutor {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code would panic; guest work still
+        // running is abandoned, as at process exit.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn work_runs_on_the_guest_threads_and_a_dropped_wait_aborts_it() {
+        let executor = GuestExecutor::new(1).unwrap();
+        let name = executor
+            .run(async { std::thread::current().name().map(str::to_string) })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("weir-guest"));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let wait = executor.run(async move {
+            let _tx = tx;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), wait)
+                .await
+                .is_err()
+        );
+        // The aborted task dropped its sender.
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+}

@@ -6,6 +6,7 @@ mod architecture;
 mod breaker;
 mod cache;
 mod cli;
+mod fuzz;
 mod hostile;
 mod kafka;
 mod library;

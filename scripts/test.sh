@@ -54,3 +54,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" \
   cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked
+# The HTTP API against its own OpenAPI document: schemathesis, every phase
+# and check, on the binary the tests just built (scripts/schemathesis.sh).
+WEIR_ST_MAX_EXAMPLES="${WEIR_ST_MAX_EXAMPLES:-50}" \
+  ./scripts/schemathesis.sh "${CARGO_TARGET_DIR:-target}/debug/weir"

@@ -118,7 +118,7 @@ impl Output {
         let mut mem = vec![0u8; 16];
         let byte = |i: usize| fill.get(i % fill.len().max(1)).copied().unwrap_or(7);
         let put = |mem: &mut Vec<u8>, data: &[u8]| -> u32 {
-            while mem.len() % 8 != 0 {
+            while !mem.len().is_multiple_of(8) {
                 mem.push(0);
             }
             let at = mem.len() as u32;

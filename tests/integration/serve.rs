@@ -642,14 +642,15 @@ async fn staged_runs_on_sample_rows_report_outputs_errors_and_time() {
         (StatusCode::OK, &serde_json::json!([42])),
         "{out}"
     );
-    // Clear 400s; viewers may not run code.
+    // Clear errors: rows that do not fit the module are 422 (the request
+    // is well-formed), malformed JSON 400; viewers may not run code.
     let (status, out) = run(
         uri,
         "acme-operator",
         serde_json::json!({"function": "nope", "rows": []}),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         out["error"]
             .as_str()
@@ -663,7 +664,7 @@ async fn staged_runs_on_sample_rows_report_outputs_errors_and_time() {
         serde_json::json!({"function": "double", "rows": [["x", 2]]}),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{out}");
     let (status, _) = send(
         &app,
         "POST",
@@ -708,6 +709,90 @@ async fn every_route_is_served_and_in_the_openapi_document() {
         }
     }
     assert_eq!(operations, 22, "{doc}");
+}
+
+/// Issue 12 (schemathesis): the document says what a client generator
+/// needs — unique operation ids, the bearer scheme and the statuses every
+/// `/v1` route answers, the module body as bytes, JSON bodies' schemas,
+/// parameter patterns — and every error is JSON, also those answered
+/// before a handler runs.
+#[tokio::test]
+async fn the_openapi_document_is_complete_and_every_error_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(dir.path(), 1024);
+    let (_, doc) = send(&app, "GET", "/openapi.json", None, None, vec![]).await;
+    let mut ids = std::collections::HashSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap().to_string();
+            assert!(ids.insert(id.clone()), "operationId {id} twice");
+            if path.starts_with("/v1") {
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"bearer": []}]),
+                    "{method} {path}"
+                );
+                for code in ["400", "401", "429"] {
+                    assert!(
+                        op["responses"][code].is_object(),
+                        "{method} {path} lacks {code}"
+                    );
+                }
+            }
+            for (code, r) in op["responses"].as_object().unwrap() {
+                if !code.starts_with('2') {
+                    assert!(
+                        r["content"]["application/json"].is_object(),
+                        "{method} {path} {code}"
+                    );
+                }
+            }
+        }
+    }
+    let publish = &doc["paths"]["/v1/tenants/{tenant}/udfs/{name}"]["post"];
+    assert_eq!(
+        publish["requestBody"]["content"]["application/wasm"]["schema"],
+        serde_json::json!({"type": "string", "format": "binary"})
+    );
+    let sql = &doc["paths"]["/v1/tenants/{tenant}/sql"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(sql["required"], serde_json::json!(["sql"]), "{sql}");
+    let version =
+        doc["paths"]["/v1/tenants/{tenant}/udfs/{name}/versions/{version}"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "version")
+            .unwrap()
+            .clone();
+    assert!(version["schema"]["pattern"].is_string(), "{version}");
+
+    // Errors axum answers itself are JSON too.
+    let (status, body) = send(
+        &app,
+        "GET",
+        "/v1/audit?limit=-1",
+        Some("acme-admin"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = send(&app, "GET", "/no/such/route", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        vec![b' '; 4096],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(body["error"].is_string(), "{body}");
 }
 
 #[tokio::test]
@@ -1547,6 +1632,25 @@ async fn deployed_pipelines_stay_inside_the_file_roots() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("registry UDFs"),
+        "{answer}"
+    );
+    // A file naming another tenant is refused, not silently re-owned.
+    let toml = format!(
+        "tenant = \"globex\"\n{}",
+        pipeline_toml("escape", &inside, &inside, "tools")
+    );
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        "/v1/tenants/acme/pipelines/escape",
+        Some("acme-operator"),
+        None,
+        toml.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("globex"),
         "{answer}"
     );
 }

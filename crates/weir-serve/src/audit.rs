@@ -1,10 +1,18 @@
 //! The audit log: one JSON line per API request — who, when, what, on which
 //! object, and the decision (allowed, or denied with the reason). Append-only;
 //! admins read it back through the API.
+//!
+//! Records are written by a thread of their own (`weir-audit`): a request
+//! hands its record over and awaits it being synced, without holding an API
+//! thread through the `fsync` (which waits for the disk, and for every
+//! other dirty page of the filesystem's journal). Records waiting together
+//! are written and synced together (group commit).
 
-use parking_lot::Mutex;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +32,11 @@ pub struct AuditRecord {
     pub status: u16,
 }
 
+type Pending = (Vec<u8>, oneshot::Sender<()>);
+
 pub struct AuditLog {
     path: PathBuf,
-    file: Mutex<std::fs::File>,
+    writer: mpsc::Sender<Pending>,
 }
 
 impl AuditLog {
@@ -37,21 +47,27 @@ impl AuditLog {
             .append(true)
             .open(&path)
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
-        Ok(AuditLog {
-            path,
-            file: Mutex::new(file),
-        })
+        let (writer, queue) = mpsc::channel::<Pending>();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("weir-audit".into())
+            .spawn(move || write_loop(file, &shown, &queue))
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok(AuditLog { path, writer })
     }
 
-    pub fn append(&self, record: &AuditRecord) {
+    /// Appends `record` and returns once it is synced to disk.
+    pub async fn append(&self, record: &AuditRecord) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };
         line.push(b'\n');
-        let mut f = self.file.lock();
-        if let Err(e) = f.write_all(&line).and_then(|()| f.sync_data()) {
-            tracing::error!("cannot write the audit log {}: {e}", self.path.display());
+        let (done, synced) = oneshot::channel();
+        if self.writer.send((line, done)).is_err() {
+            tracing::error!("the audit writer of {} stopped", self.path.display());
+            return;
         }
+        let _ = synced.await;
     }
 
     /// Records, oldest first, of `tenant` (every tenant for `*`), at most the
@@ -65,5 +81,24 @@ impl AuditLog {
             .collect();
         let skip = records.len().saturating_sub(limit);
         records.into_iter().skip(skip).collect()
+    }
+}
+
+/// Writes what is queued, one sync per group of records, until the log is
+/// dropped.
+fn write_loop(mut file: std::fs::File, path: &str, queue: &mpsc::Receiver<Pending>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        group.extend(queue.try_iter());
+        let mut bytes = Vec::new();
+        for (line, _) in &group {
+            bytes.extend_from_slice(line);
+        }
+        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+            tracing::error!("cannot write the audit log {path}: {e}");
+        }
+        for (_, done) in group {
+            let _ = done.send(());
+        }
     }
 }

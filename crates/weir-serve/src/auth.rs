@@ -44,6 +44,22 @@ pub enum Action {
     Operate,
 }
 
+impl Action {
+    /// The action in words, for a refusal.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::List => "list",
+            Action::Read => "read",
+            Action::Try => "run staged runs or SQL",
+            Action::Publish => "publish",
+            Action::Delete => "delete",
+            Action::ReadAudit => "read the audit log",
+            Action::ManageTokens => "manage tokens",
+            Action::Operate => "operate pipelines",
+        }
+    }
+}
+
 impl Role {
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
@@ -81,9 +97,11 @@ impl Denied {
         match self {
             Denied::Unauthenticated => "missing or unknown bearer token".to_string(),
             Denied::OtherTenant => "tenant not accessible to this token".to_string(),
-            Denied::Role { role, action } => {
-                format!("role `{role:?}` may not {action:?}").to_lowercase()
-            }
+            Denied::Role { role, action } => format!(
+                "role `{}` may not {}",
+                format!("{role:?}").to_lowercase(),
+                action.describe()
+            ),
         }
     }
 }

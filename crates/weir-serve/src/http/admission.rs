@@ -267,21 +267,24 @@ pub async fn audit(
     }
     let audited = !anonymous || state.audit_anonymous();
     if audited {
-        state.audit.append(&AuditRecord {
-            at: now_ms(),
-            who: entry.who,
-            tenant: entry.tenant,
-            action: action_name(entry.action),
-            object,
-            decision: if entry.denied.is_some() {
-                "denied"
-            } else {
-                "allowed"
-            }
-            .to_string(),
-            reason,
-            status: status.as_u16(),
-        });
+        state
+            .audit
+            .append(&AuditRecord {
+                at: now_ms(),
+                who: entry.who,
+                tenant: entry.tenant,
+                action: action_name(entry.action),
+                object,
+                decision: if entry.denied.is_some() {
+                    "denied"
+                } else {
+                    "allowed"
+                }
+                .to_string(),
+                reason,
+                status: status.as_u16(),
+            })
+            .await;
     }
     telemetry::counter(
         telemetry::API_REQUESTS,

@@ -91,6 +91,14 @@ pub fn parse(tenant: &str, name: &str, text: &str) -> ServiceResult<(PipelineCon
             config.name
         )));
     }
+    // A file without `tenant` says "default"; one naming another tenant is
+    // refused like a wrong name (it would run as the URL's tenant anyway).
+    if config.tenant != tenant && config.tenant != "default" {
+        return Err(ServiceError::BadRequest(format!(
+            "the file says tenant = \"{}\" but the URL names tenant `{tenant}`; drop the key or make them agree",
+            config.tenant
+        )));
+    }
     config.tenant = tenant.to_string();
     if !config.udfs.is_empty()
         && config

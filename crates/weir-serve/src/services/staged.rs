@@ -58,8 +58,10 @@ fn run(
         .load_for_trial(label, bytes, &state.tenants.get(tenant), tighten)
         .map_err(|e| ServiceError::Rejected(e.to_string()))?;
     let deadline = std::time::Instant::now() + DEADLINE;
+    // The rows are well-formed JSON; whether they fit the function is a
+    // question about the module (422).
     run_rows_until(&module, &req.function, &req.rows, Some(deadline))
-        .map_err(ServiceError::BadRequest)
+        .map_err(ServiceError::Rejected)
 }
 
 /// Runs a published version.
@@ -69,6 +71,11 @@ pub fn try_version(
     r: &UdfRef,
     req: &TryRequest,
 ) -> ServiceResult<Staged> {
+    if req.module_base64.is_some() || req.module_text.is_some() {
+        return Err(ServiceError::BadRequest(
+            "a published version is run as published: drop `module_base64` / `module_text` (POST /v1/tenants/{tenant}/try runs an unpublished module)".to_string(),
+        ));
+    }
     let found = udfs::find(state, tenant, r)?;
     let bytes = state
         .registry

@@ -18,10 +18,11 @@ use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::JoinHandle;
 
 /// How much lower the guest threads' CPU priority is than the API's (a
-/// `nice` increment: the kernel gives a thread at +10 about a tenth of the
+/// `nice` increment: the kernel gives a thread at +5 about a third of the
 /// CPU of one at 0 when both want it), so that answering `/healthz` and
-/// the API never waits behind guest or query work.
-pub const GUEST_NICE: i32 = 10;
+/// the API waits less behind guest or query work, while guest work still
+/// progresses next to other busy processes.
+pub const GUEST_NICE: i32 = 5;
 
 /// Stack of every thread that runs guest code: the wasm stack limit
 /// (`sandbox.wasm_stack_bytes`, at most 4 MiB) plus the host's own frames.

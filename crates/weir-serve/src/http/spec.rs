@@ -116,8 +116,9 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
                     schema.insert("pattern".into(), json!(pattern));
                 }
                 if name == "limit" {
-                    schema.insert("minimum".into(), json!(1));
-                    schema.insert("maximum".into(), json!(10_000));
+                    // Values above 10 000 are served as 10 000.
+                    schema.insert("minimum".into(), json!(0));
+                    schema.insert("maximum".into(), json!(1_000_000_000));
                     schema.insert("type".into(), json!("integer"));
                     schema.remove("format");
                 }
@@ -225,13 +226,14 @@ fn body_schema(path: &str, method: &str) -> Option<Body> {
                 "udfs": {
                     "type": "array",
                     "maxItems": crate::pipeline::PipelineConfig::MAX_UDFS,
+                    "uniqueItems": true,
                     "items": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}(@[1-9][0-9]{0,17})?$"},
                     "description": "published UDFs to register: `name` (latest) or `name@N`"
                 },
                 "tables": {
                     "type": "object",
-                    "additionalProperties": {"type": "array", "items": {"type": "object"}},
-                    "description": "inline tables: name → rows (JSON objects); the schema is inferred"
+                    "additionalProperties": {"type": "array", "items": {"type": "object"}, "maxItems": 100_000},
+                    "description": "inline tables: name → rows (JSON objects); the schema is inferred (rows whose values cannot form one table are refused with 422)"
                 },
                 "topics": {
                     "type": "object",

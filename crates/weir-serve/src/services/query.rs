@@ -41,8 +41,28 @@ pub struct SqlRequest {
     /// fields, metadata and `last` (records per partition, default 100).
     #[serde(default)]
     pub topics: BTreeMap<String, TopicTable>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_rows: Option<usize>,
+}
+
+/// A JSON number with no fraction (`255` or `255.0`, which JSON Schema
+/// also calls an integer).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    let n = Option::<serde_json::Number>::deserialize(d)?;
+    n.map(|n| {
+        n.as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .map(|f| f as u64)
+            })
+            .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+            .ok_or_else(|| {
+                D::Error::custom(format!("max_rows must be a whole number ≥ 0, got {n}"))
+            })
+    })
+    .transpose()
 }
 
 /// The result of a query.
@@ -55,6 +75,11 @@ pub struct Answer {
 
 fn bad(message: String) -> ServiceError {
     ServiceError::BadRequest(message)
+}
+
+/// Rows that are valid JSON but cannot form one table.
+fn rejected(table: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Rejected(format!("table `{table}`: {e}"))
 }
 
 /// Runs `req` for `tenant`.
@@ -108,17 +133,15 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
             )));
         }
         let schema = infer_json_schema_from_iterator(rows.iter().map(|r| Ok(r.clone())))
-            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+            .map_err(|e| rejected(name, e))?;
         let schema = Arc::new(schema);
         let mut decoder = ReaderBuilder::new(schema.clone())
             .build_decoder()
-            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
-        decoder
-            .serialize(rows)
-            .map_err(|e| bad(format!("table `{name}`: {e}")))?;
+            .map_err(|e| rejected(name, e))?;
+        decoder.serialize(rows).map_err(|e| rejected(name, e))?;
         let batch = decoder
             .flush()
-            .map_err(|e| bad(format!("table `{name}`: {e}")))?
+            .map_err(|e| rejected(name, e))?
             .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
         let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(ServiceError::internal)?;
         ctx.register_table(name.as_str(), Arc::new(table))

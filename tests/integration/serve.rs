@@ -1655,6 +1655,54 @@ async fn deployed_pipelines_stay_inside_the_file_roots() {
     );
 }
 
+/// A pipeline stopped on request keeps its counters in its status (they
+/// used to read 0 after a stop), until it starts again or is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_pipeline_keeps_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    publish(&app, "acme-publisher", "acme", "tools", guest()).await;
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n").unwrap();
+    let output = dir.path().join("out.ndjson");
+    let toml = pipeline_toml("counted", &input, &output, "tools");
+    let uri = "/v1/tenants/acme/pipelines/counted";
+    let (status, answer) = send(
+        &app,
+        "PUT",
+        uri,
+        Some("acme-operator"),
+        None,
+        toml.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = get(&app, uri, "acme-viewer").await.1;
+        if seen["records_out"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["records_out"], 3, "{seen}");
+    let (status, _) = send(
+        &app,
+        "POST",
+        &format!("{uri}/stop"),
+        Some("acme-operator"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, after) = get(&app, uri, "acme-viewer").await;
+    assert_eq!(after["state"], "stopped", "{after}");
+    assert_eq!(after["records_in"], 3, "{after}");
+    assert_eq!(after["records_out"], 3, "{after}");
+    assert_eq!(after["udfs"].as_array().map(Vec::len), Some(5), "{after}");
+}
+
 /// Deployed pipelines use only the brokers, topic prefix and librdkafka
 /// properties their tenant's policy allows; SQL topic tables too.
 #[tokio::test]

@@ -28,7 +28,7 @@ pub enum PipelineState {
 }
 
 /// What a status page reports about one pipeline.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub state: PipelineState,
     pub error: Option<String>,
@@ -92,6 +92,9 @@ struct Supervised<T> {
 pub struct Supervisor<T = ()> {
     running: Mutex<HashMap<Key, Supervised<T>>>,
     failed: Arc<Mutex<HashMap<Key, String>>>,
+    /// The last status of each pipeline stopped on request (its counters
+    /// at the stop), until it starts again or is forgotten.
+    stopped: Mutex<HashMap<Key, Status>>,
     /// Where pipelines run: the guest threads of `weir serve`, else the
     /// caller's runtime.
     runtime: Option<tokio::runtime::Handle>,
@@ -102,6 +105,7 @@ impl<T> Default for Supervisor<T> {
         Supervisor {
             running: Mutex::new(HashMap::new()),
             failed: Arc::new(Mutex::new(HashMap::new())),
+            stopped: Mutex::new(HashMap::new()),
             runtime: None,
         }
     }
@@ -137,6 +141,7 @@ impl<T> Supervisor<T> {
         let k = key(&tenant, &name);
         // Before the task starts: an error it reports at once must stay.
         self.failed.lock().remove(&k);
+        self.stopped.lock().remove(&k);
         let failed = self.failed.clone();
         let task_key = k.clone();
         let work = async move {
@@ -166,10 +171,30 @@ impl<T> Supervisor<T> {
 
     /// Stops a pipeline: it finishes its in-flight batches and commits.
     /// Returns its result, or `None` when it was not there.
+    /// Its counters stay readable through [`Self::status`].
     pub async fn stop(&self, tenant: &str, name: &str) -> Option<anyhow::Result<()>> {
-        let supervised = self.running.lock().remove(&key(tenant, name))?;
+        let k = key(tenant, name);
+        let supervised = self.running.lock().remove(&k)?;
         let _ = supervised.stop.send(true);
-        Some(join(supervised.task).await)
+        let Supervised {
+            task,
+            stats,
+            modules,
+            started,
+            ..
+        } = supervised;
+        let result = join(task).await;
+        let mut last = describe(&stats, &modules, started, PipelineState::Stopped);
+        last.records_per_s = 0.0;
+        self.stopped.lock().insert(k, last);
+        Some(result)
+    }
+
+    /// Drops what is kept of a stopped pipeline (it was deleted).
+    pub fn forget(&self, tenant: &str, name: &str) {
+        let k = key(tenant, name);
+        self.stopped.lock().remove(&k);
+        self.failed.lock().remove(&k);
     }
 
     /// Stops every pipeline; the first error, if any.
@@ -225,56 +250,65 @@ impl<T> Supervisor<T> {
         let k = key(tenant, name);
         let running = self.running.lock();
         let Some(s) = running.get(&k) else {
-            let error = self.failed.lock().get(&k).cloned();
-            let state = if error.is_some() {
-                PipelineState::Failed
-            } else {
-                PipelineState::Stopped
+            if let Some(error) = self.failed.lock().get(&k).cloned() {
+                return Status::not_running(PipelineState::Failed, Some(error));
+            }
+            return match self.stopped.lock().get(&k) {
+                Some(last) => last.clone(),
+                None => Status::not_running(PipelineState::Stopped, None),
             };
-            return Status::not_running(state, error);
         };
         let state = match (s.task.is_finished(), self.failed.lock().get(&k).cloned()) {
             (false, _) => PipelineState::Running,
             (true, Some(error)) => return Status::not_running(PipelineState::Failed, Some(error)),
             (true, None) => PipelineState::Finished,
         };
-        let modules = s.modules.read().clone();
-        let udfs = modules
-            .iter()
-            .flat_map(|m| {
-                m.manifest()
-                    .functions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| {
-                        serde_json::json!({
-                            "udf": f.name,
-                            "module": m.label(),
-                            "sha256": m.digest(),
-                            "breaker": m.breaker(i).map(|b| b.state().as_str()),
-                        })
+        describe(&s.stats, &s.modules, s.started, state)
+    }
+}
+
+/// The status of a pipeline from its counters and modules.
+fn describe(
+    st: &PipelineStats,
+    modules: &SharedModules,
+    started: Instant,
+    state: PipelineState,
+) -> Status {
+    let modules = modules.read().clone();
+    let udfs = modules
+        .iter()
+        .flat_map(|m| {
+            m.manifest()
+                .functions
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    serde_json::json!({
+                        "udf": f.name,
+                        "module": m.label(),
+                        "sha256": m.digest(),
+                        "breaker": m.breaker(i).map(|b| b.state().as_str()),
                     })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let st = &s.stats;
-        let lag = st.get_lag();
-        Status {
-            state,
-            error: None,
-            records_in: st.records_in.get(),
-            records_out: st.records_out.get(),
-            dead_letters: st.dead_letters.get(),
-            skipped: st.skipped.get(),
-            batches: st.batches.get(),
-            records_per_s: st.records_in.get() as f64 / s.started.elapsed().as_secs_f64().max(1e-3),
-            consumer_lag: (lag >= 0).then_some(lag),
-            paused: st.paused.get() == 1,
-            breaker_paused: st.breaker_paused.get() == 1,
-            stalled: st.stalled.get() == 1,
-            condition: st.condition(),
-            udfs,
-        }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let lag = st.get_lag();
+    Status {
+        state,
+        error: None,
+        records_in: st.records_in.get(),
+        records_out: st.records_out.get(),
+        dead_letters: st.dead_letters.get(),
+        skipped: st.skipped.get(),
+        batches: st.batches.get(),
+        records_per_s: st.records_in.get() as f64 / started.elapsed().as_secs_f64().max(1e-3),
+        consumer_lag: (lag >= 0).then_some(lag),
+        paused: st.paused.get() == 1,
+        breaker_paused: st.breaker_paused.get() == 1,
+        stalled: st.stalled.get() == 1,
+        condition: st.condition(),
+        udfs,
     }
 }
 

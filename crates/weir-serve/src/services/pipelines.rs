@@ -65,6 +65,11 @@ impl Pipelines {
     pub fn status(&self, tenant: &str, name: &str) -> Status {
         self.supervisor.status(tenant, name)
     }
+
+    /// Drops what is kept of a deleted pipeline.
+    pub fn forget(&self, tenant: &str, name: &str) {
+        self.supervisor.forget(tenant, name)
+    }
 }
 
 /// The registry versions `udfs` refer to now, with their module digests
@@ -536,5 +541,6 @@ pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceR
         .registry
         .delete_pipeline(tenant, name)
         .map_err(ServiceError::internal)?;
+    state.pipelines.forget(tenant, name);
     Ok(())
 }

@@ -793,6 +793,33 @@ async fn the_openapi_document_is_complete_and_every_error_is_json() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(body["error"].is_string(), "{body}");
+
+    // What schemathesis generated within the document: a whole number
+    // written as 255.0 is a valid `max_rows`; rows that are valid JSON but
+    // cannot form one table are 422, not 400.
+    let roomy = app_with(dir.path(), 1 << 20);
+    let sql = |body: Value| {
+        let app = roomy.clone();
+        async move {
+            send(
+                &app,
+                "POST",
+                "/v1/tenants/acme/sql",
+                Some("acme-operator"),
+                Some("application/json"),
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let (status, body) = sql(serde_json::json!({"sql": "SELECT 1 AS x", "max_rows": 255.0})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = sql(serde_json::json!({
+        "sql": "SELECT 1 AS x",
+        "tables": {"t": [{"a": [[], {}]}]},
+    }))
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
 
 #[tokio::test]
@@ -2007,6 +2034,47 @@ async fn star_is_not_a_tenant_and_buffer_properties_are_bounded() {
     );
 }
 
+/// Sends four requests of tenant `acme` that spin in a guest, then, while
+/// every one of them still runs, checks that `/healthz` and a request of
+/// tenant `globex` are answered; returns the four answers.
+async fn spin_four_and_probe(
+    app: &Router,
+    uri: &str,
+    content_type: Option<&'static str>,
+    body: &str,
+) -> Vec<(StatusCode, Value)> {
+    let spinning: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, uri, body) = (app.clone(), uri.to_string(), body.to_string());
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    "POST",
+                    &uri,
+                    Some("acme-operator"),
+                    content_type,
+                    body.into_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = send(app, "GET", "/healthz", None, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, other) = get(app, "/v1/tenants/globex/udfs", "globex-viewer").await;
+    assert_eq!(status, StatusCode::OK, "{other}");
+    assert!(
+        spinning.iter().all(|t| !t.is_finished()),
+        "answered while every spinning request was still running"
+    );
+    let mut answers = Vec::new();
+    for t in spinning {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 /// Issue 12 #1: staged runs of a spinning module run off the async
 /// workers, so the server stays responsive while they spin: `/healthz`
 /// and another tenant's request are answered while every one of them is
@@ -2021,33 +2089,14 @@ async fn spinning_staged_runs_do_not_freeze_the_server() {
         .map(|_| serde_json::json!([1_000_000_000_000i64]))
         .collect();
     let body = serde_json::json!({ "function": "spin", "rows": rows }).to_string();
-    let spinning: Vec<_> = (0..4)
-        .map(|_| {
-            let (app, body) = (app.clone(), body.clone());
-            tokio::spawn(async move {
-                send(
-                    &app,
-                    "POST",
-                    "/v1/tenants/acme/udfs/tools/versions/latest/try",
-                    Some("acme-operator"),
-                    None,
-                    body.into_bytes(),
-                )
-                .await
-            })
-        })
-        .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (status, _) = send(&app, "GET", "/healthz", None, None, vec![]).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, other) = get(&app, "/v1/tenants/globex/udfs", "globex-viewer").await;
-    assert_eq!(status, StatusCode::OK, "{other}");
-    assert!(
-        spinning.iter().all(|t| !t.is_finished()),
-        "answered while every staged run was still spinning"
-    );
-    for t in spinning {
-        let (status, out) = t.await.unwrap();
+    let spinning = spin_four_and_probe(
+        &app,
+        "/v1/tenants/acme/udfs/tools/versions/latest/try",
+        None,
+        &body,
+    )
+    .await;
+    for (status, out) in spinning {
         assert_eq!(status, StatusCode::OK, "{out}");
         assert_eq!(out["errors"].as_array().unwrap().len(), 12, "{out}");
     }
@@ -2068,33 +2117,14 @@ async fn spinning_sql_queries_do_not_freeze_the_server() {
         "tables": {"t": [{"v": 1_000_000_000_000i64}]},
     })
     .to_string();
-    let spinning: Vec<_> = (0..4)
-        .map(|_| {
-            let (app, body) = (app.clone(), body.clone());
-            tokio::spawn(async move {
-                send(
-                    &app,
-                    "POST",
-                    "/v1/tenants/acme/sql",
-                    Some("acme-operator"),
-                    Some("application/json"),
-                    body.into_bytes(),
-                )
-                .await
-            })
-        })
-        .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (status, _) = send(&app, "GET", "/healthz", None, None, vec![]).await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, other) = get(&app, "/v1/tenants/globex/udfs", "globex-viewer").await;
-    assert_eq!(status, StatusCode::OK, "{other}");
-    assert!(
-        spinning.iter().all(|t| !t.is_finished()),
-        "answered while every query was still spinning"
-    );
-    for t in spinning {
-        let (status, out) = t.await.unwrap();
+    let spinning = spin_four_and_probe(
+        &app,
+        "/v1/tenants/acme/sql",
+        Some("application/json"),
+        &body,
+    )
+    .await;
+    for (status, out) in spinning {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{out}");
         assert!(out.to_string().contains("ran out of CPU"), "{out}");
     }

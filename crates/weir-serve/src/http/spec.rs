@@ -5,6 +5,8 @@
 //! path parameters, the JSON request bodies' schemas, the wasm and TOML
 //! bodies as bytes and text, and unique operation ids.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 use utoipa::openapi::OpenApi;
 
@@ -58,7 +60,7 @@ fn complete_value(doc: &mut Value) {
                 )
             });
     }
-    let mut seen_ids: Map<String, Value> = Map::new();
+    let mut seen_ids: HashMap<String, usize> = HashMap::new();
     let Some(Value::Object(paths)) = doc.get_mut("paths") else {
         return;
     };
@@ -68,8 +70,7 @@ fn complete_value(doc: &mut Value) {
             let Value::Object(op) = op else { continue };
             complete_operation(path, method, op);
             if let Some(Value::String(id)) = op.get("operationId").cloned() {
-                let count = seen_ids.entry(id.clone()).or_insert(json!(0));
-                *count = json!(count.as_u64().unwrap_or(0) + 1);
+                *seen_ids.entry(id).or_default() += 1;
             }
         }
     }
@@ -87,7 +88,7 @@ fn complete_value(doc: &mut Value) {
             ) else {
                 continue;
             };
-            if seen_ids.get(&id).and_then(Value::as_u64).unwrap_or(0) > 1 {
+            if seen_ids.get(&id).is_some_and(|n| *n > 1) {
                 op.insert("operationId".into(), json!(format!("{tag}_{id}")));
             }
         }

@@ -198,3 +198,26 @@ impl fmt::Display for AbiType {
 pub fn bitmap_len(rows: usize) -> usize {
     rows.div_ceil(8)
 }
+
+/// Suffixes of the exports an aggregate function `NAME` is made of
+/// (`NAME__update`, …). See docs/abi.md §9.
+pub mod aggregate {
+    /// `(args: i32, rows: i32, groups: i32) -> result`: folds a batch into
+    /// the groups named by the first argument column (uint32 group ids).
+    pub const UPDATE: &str = "__update";
+    /// Like [`UPDATE`] with state columns instead of arguments.
+    pub const MERGE: &str = "__merge";
+    /// Like [`UPDATE`], removing rows from their groups (optional).
+    pub const RETRACT: &str = "__retract";
+    /// `(groups: i32, consume: i32) -> descriptors`: one result descriptor
+    /// per state column, for groups `0..groups`.
+    pub const STATE: &str = "__state";
+    /// `(groups: i32, consume: i32) -> result`: the final values of groups
+    /// `0..groups`.
+    pub const EVALUATE: &str = "__evaluate";
+}
+
+/// `kind` of a manifest record that declares an aggregate function.
+pub const KIND_AGGREGATE: &str = "aggregate";
+/// Most state columns an aggregate may declare.
+pub const MAX_STATE_COLUMNS: usize = 8;

@@ -284,3 +284,235 @@ fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<proc_macro2::Toke
         static #meta: [u8; #record_len] = *#record_bytes;
     })
 }
+
+/// `snake_case` of a type name (`TopK` → `top_k`).
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Exports the methods of an `impl` block as a vectorized weir aggregate
+/// function (docs/abi.md §9).
+///
+/// The type holds one group's state: `Default` makes an empty group, and
+/// it implements `weir_udf::State` (see `weir_udf::state!`). Methods:
+/// `update(&mut self, args…)`, `merge(&mut self, other: Self)`,
+/// `finish(&self) -> T` (or `Option<T>`, `Result<…>`), and optionally
+/// `retract(&mut self, args…)` with the arguments of `update`.
+///
+/// Options: `name = "sql_name"` (default: the type's name in snake case),
+/// `deterministic = false`.
+#[proc_macro_attribute]
+pub fn aggregate(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_aggregate(attr, item) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_aggregate(attr: TokenStream, item: TokenStream) -> syn::Result<proc_macro2::TokenStream> {
+    let options = parse_options(attr)?;
+    let block: syn::ItemImpl = syn::parse(item)?;
+    let self_ty = &block.self_ty;
+    let type_name = match ungroup(self_ty) {
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let span = syn::spanned::Spanned::span(self_ty);
+    if !block.generics.params.is_empty() || block.trait_.is_some() {
+        return Err(err(span, "#[weir_udf::aggregate] goes on a plain, non-generic `impl Type { … }`"));
+    }
+    let sql_name = options.name.unwrap_or_else(|| snake(&type_name));
+    if !valid_name(&sql_name) || sql_name.len() > 50 {
+        return Err(err(
+            span,
+            format!("`{sql_name}` is not a valid aggregate name: lowercase letters, digits and `_`, at most 50"),
+        ));
+    }
+    let method = |name: &str| {
+        block.items.iter().find_map(|i| match i {
+            syn::ImplItem::Fn(f) if f.sig.ident == name => Some(f),
+            _ => None,
+        })
+    };
+    let need = |name: &str| {
+        method(name).ok_or_else(|| err(span, format!("an aggregate needs a method `{name}`")))
+    };
+    let update = need("update")?;
+    need("merge")?;
+    let finish = need("finish")?;
+    let retract = method("retract");
+
+    // The arguments of `update` (and `retract`): after `&mut self`.
+    let mut arg_types = Vec::new();
+    let mut reads = Vec::new();
+    let mut cols = Vec::new();
+    let mut strict = Vec::new();
+    let mut names = Vec::new();
+    for (i, input) in update.sig.inputs.iter().skip(1).enumerate() {
+        let FnArg::Typed(pat) = input else {
+            return Err(err(syn::spanned::Spanned::span(input), "unexpected receiver"));
+        };
+        let (inner, nullable) = strip_option(&pat.ty);
+        arg_types.push(abi_type(inner)?);
+        let ty = &pat.ty;
+        let col = format_ident!("__col{}", i);
+        let var = format_ident!("__arg{}", i);
+        let at = i + 1;
+        cols.push(quote! {
+            let #col = ::weir_udf::__private::Column::new(&*__raw.add(#at));
+        });
+        reads.push(quote! {
+            let #var: #ty = <#ty as ::weir_udf::FromArg>::read(&#col, __row);
+        });
+        if !nullable {
+            strict.push(col.clone());
+        }
+        names.push(var);
+    }
+    let fold_result = |f: &syn::ImplItemFn| match &f.sig.output {
+        ReturnType::Default => quote! { ::core::result::Result::Ok(()) },
+        ReturnType::Type(..) => quote! { __value.map_err(|e| e.to_string()) },
+    };
+    let update_wrap = fold_result(update);
+
+    let (ret_ty, shape) = match &finish.sig.output {
+        ReturnType::Default => return Err(err(span, "`finish` must return a value")),
+        ReturnType::Type(_, ty) => match path_parts(ty) {
+            Some((name, args)) if name == "Result" && !args.is_empty() => {
+                let (inner, opt) = strip_option(args[0]);
+                (inner.clone(), if opt { Ret::ResultOption } else { Ret::Result })
+            }
+            Some((name, args)) if name == "Option" && args.len() == 1 => {
+                (args[0].clone(), Ret::Option)
+            }
+            _ => ((**ty).clone(), Ret::Plain),
+        },
+    };
+    let ret_name = abi_type(&ret_ty)?;
+    let finish_wrap = match shape {
+        Ret::Plain => quote! { ::core::result::Result::Ok(::core::option::Option::Some(__value)) },
+        Ret::Option => quote! { ::core::result::Result::Ok(__value) },
+        Ret::Result => {
+            quote! { __value.map(::core::option::Option::Some).map_err(|e| e.to_string()) }
+        }
+        Ret::ResultOption => quote! { __value.map_err(|e| e.to_string()) },
+    };
+
+    let record = format!(
+        "{{\"abi\":1,\"kind\":\"aggregate\",\"name\":\"{}\",\"args\":[{}],\"ret\":\"{}\",\"state\":[\"binary\"],\"deterministic\":{},\"retract\":{}}}\n",
+        sql_name,
+        arg_types
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(","),
+        ret_name,
+        options.deterministic,
+        retract.is_some()
+    );
+    let record_len = record.len();
+    let record_bytes = syn::LitByteStr::new(record.as_bytes(), Span::call_site());
+    let meta = format_ident!("__WEIR_MANIFEST_{}", sql_name.to_uppercase());
+    let groups = format_ident!("__WEIR_GROUPS_{}", sql_name.to_uppercase());
+    let e_update = format!("{sql_name}__update");
+    let e_merge = format!("{sql_name}__merge");
+    let e_retract = format!("{sql_name}__retract");
+    let e_state = format!("{sql_name}__state");
+    let e_evaluate = format!("{sql_name}__evaluate");
+    let f_update = format_ident!("__weir_{}_update", sql_name);
+    let f_merge = format_ident!("__weir_{}_merge", sql_name);
+    let f_retract = format_ident!("__weir_{}_retract", sql_name);
+    let f_state = format_ident!("__weir_{}_state", sql_name);
+    let f_evaluate = format_ident!("__weir_{}_evaluate", sql_name);
+
+    let fold_export = |export: &str, func: &proc_macro2::Ident, call: proc_macro2::TokenStream, wrap: &proc_macro2::TokenStream| {
+        quote! {
+            #[doc(hidden)]
+            #[unsafe(export_name = #export)]
+            pub extern "C" fn #func(__args: u32, __rows: u32, __groups: u32) -> u32 {
+                unsafe {
+                    let __raw = __args as usize as *const ::weir_udf::__private::RawArg;
+                    let __ids = ::weir_udf::__private::Column::new(&*__raw);
+                    #(#cols)*
+                    ::weir_udf::__private::fold(&#groups, __rows, __groups, &__ids, &[#(#strict),*], |__group: &mut #self_ty, __row| {
+                        #(#reads)*
+                        let __value = #call;
+                        #wrap
+                    })
+                }
+            }
+        }
+    };
+    let update_export = fold_export(&e_update, &f_update, quote! { __group.update(#(#names),*) }, &update_wrap);
+    let retract_export = match retract {
+        Some(r) => {
+            let wrap = fold_result(r);
+            fold_export(&e_retract, &f_retract, quote! { __group.retract(#(#names),*) }, &wrap)
+        }
+        None => quote! {},
+    };
+
+    Ok(quote! {
+        #block
+
+        #[doc(hidden)]
+        static #groups: ::weir_udf::__private::Groups<#self_ty> = ::weir_udf::__private::Groups::new();
+
+        #update_export
+        #retract_export
+
+        #[doc(hidden)]
+        #[unsafe(export_name = #e_merge)]
+        pub extern "C" fn #f_merge(__args: u32, __rows: u32, __groups: u32) -> u32 {
+            unsafe {
+                let __raw = __args as usize as *const ::weir_udf::__private::RawArg;
+                let __ids = ::weir_udf::__private::Column::new(&*__raw);
+                let __state = ::weir_udf::__private::Column::new(&*__raw.add(1));
+                ::weir_udf::__private::fold(&#groups, __rows, __groups, &__ids, &[__state], |__group: &mut #self_ty, __row| {
+                    let __bytes: &[u8] = <&[u8] as ::weir_udf::FromArg>::read(&__state, __row);
+                    let __other: #self_ty = ::weir_udf::__private::load_state(__bytes)?;
+                    __group.merge(__other);
+                    ::core::result::Result::Ok(())
+                })
+            }
+        }
+
+        #[doc(hidden)]
+        #[unsafe(export_name = #e_state)]
+        pub extern "C" fn #f_state(__n: u32, __consume: u32) -> u32 {
+            unsafe { ::weir_udf::__private::emit_state(&#groups, __n, __consume) }
+        }
+
+        #[doc(hidden)]
+        #[unsafe(export_name = #e_evaluate)]
+        pub extern "C" fn #f_evaluate(__n: u32, __consume: u32) -> u32 {
+            unsafe {
+                ::weir_udf::__private::emit::<#self_ty, #ret_ty, _>(&#groups, __n, __consume, |__group| {
+                    let __value = __group.finish();
+                    #finish_wrap
+                })
+            }
+        }
+
+        #[doc(hidden)]
+        #[used]
+        #[unsafe(link_section = "weir.udf")]
+        static #meta: [u8; #record_len] = *#record_bytes;
+    })
+}

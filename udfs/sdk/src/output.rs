@@ -226,6 +226,12 @@ impl OutBufs {
         &self.result as *const RawResult as u32
     }
 
+    /// Completes a successful call that returns no column (an aggregate's fold).
+    pub fn ok(&mut self) -> u32 {
+        self.result = RawResult::default();
+        &self.result as *const RawResult as u32
+    }
+
     /// Completes a call that failed on `row`.
     pub fn fail(&mut self, row: usize, message: String) -> u32 {
         self.error = message;

@@ -8,25 +8,25 @@ use crate::output::{OutBufs, OutputValue, Shape};
 
 /// Module-global state. Wasm guests are single-threaded and the host never
 /// re-enters a call, so one mutable slot per global is sound.
-struct Global<T>(UnsafeCell<Option<T>>);
+pub struct Global<T>(UnsafeCell<Option<T>>);
 
 unsafe impl<T> Sync for Global<T> {}
 
 impl<T: Default> Global<T> {
-    const fn new() -> Self {
+    pub const fn new() -> Self {
         Global(UnsafeCell::new(None))
     }
 
     #[allow(clippy::mut_from_ref)]
-    fn get(&self) -> &mut T {
+    pub fn get(&self) -> &mut T {
         // SAFETY: single-threaded, never re-entered (see above).
         unsafe { (*self.0.get()).get_or_insert_with(T::default) }
     }
 }
 
 static SCRATCH: Global<Vec<u64>> = Global::new();
-static OUT: Global<OutBufs> = Global::new();
-static ROW: Global<usize> = Global::new();
+pub(crate) static OUT: Global<OutBufs> = Global::new();
+pub(crate) static ROW: Global<usize> = Global::new();
 static PANIC: Global<(String, Option<RawPanicInfo>)> = Global::new();
 
 /// `weir_alloc(size) -> ptr`: an 8-aligned region of `size` bytes, valid
@@ -50,7 +50,7 @@ pub extern "C" fn weir_panic_info() -> u32 {
     }
 }
 
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     static INSTALLED: Global<bool> = Global::new();
     let installed = INSTALLED.get();
     if *installed {

@@ -40,11 +40,51 @@ impl FunctionDecl {
     }
 }
 
+/// One exported aggregate function (`"kind":"aggregate"`, docs/abi.md §9):
+/// the exports `NAME__update`, `NAME__merge`, `NAME__state`,
+/// `NAME__evaluate` and, with `retract`, `NAME__retract`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateDecl {
+    /// SQL name; the prefix of its exports.
+    pub name: String,
+    pub args: Vec<AbiType>,
+    pub ret: AbiType,
+    /// The columns of a group's exported state (what `merge` reads back).
+    pub state: Vec<AbiType>,
+    /// Same rows in any order ⇒ same result.
+    pub deterministic: bool,
+    /// Whether it exports `NAME__retract` (sliding windows).
+    pub retract: bool,
+}
+
+impl AggregateDecl {
+    /// `median(float64) -> float64 [state: binary]`
+    pub fn signature(&self) -> String {
+        let names = |ts: &[AbiType]| ts.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
+        format!(
+            "{}({}) -> {} [aggregate, state: {}{}]",
+            self.name,
+            names(&self.args),
+            self.ret,
+            names(&self.state),
+            if self.retract { ", retract" } else { "" }
+        )
+    }
+
+    /// The name of its export `suffix` (one of `weir_abi::aggregate::*`).
+    pub fn export(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.name)
+    }
+}
+
 /// All functions a module declares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
     pub abi_version: u32,
+    /// Scalar functions (`"kind":"scalar"`, the default).
     pub functions: Vec<FunctionDecl>,
+    /// Aggregate functions (`"kind":"aggregate"`).
+    pub aggregates: Vec<AggregateDecl>,
 }
 
 impl Manifest {
@@ -52,9 +92,14 @@ impl Manifest {
         self.functions.iter().find(|f| f.name == name)
     }
 
+    pub fn aggregate(&self, name: &str) -> Option<&AggregateDecl> {
+        self.aggregates.iter().find(|f| f.name == name)
+    }
+
     /// True when any function needs NaN canonicalization.
     pub fn any_deterministic(&self) -> bool {
         self.functions.iter().any(|f| f.deterministic)
+            || self.aggregates.iter().any(|f| f.deterministic)
     }
 }
 
@@ -92,6 +137,8 @@ pub enum ManifestError {
     TooManyFunctions(usize),
     #[error("the module declares no functions")]
     Empty,
+    #[error("function `{name}`: {reason}")]
+    BadAggregate { name: String, reason: String },
 }
 
 #[derive(Deserialize)]
@@ -103,6 +150,15 @@ struct Record {
     ret: String,
     #[serde(default = "yes")]
     deterministic: bool,
+    /// `scalar` (default) or `aggregate`.
+    #[serde(default)]
+    kind: Option<String>,
+    /// Aggregates: the state columns' types.
+    #[serde(default)]
+    state: Option<Vec<String>>,
+    /// Aggregates: whether `NAME__retract` is exported.
+    #[serde(default)]
+    retract: bool,
 }
 
 fn yes() -> bool {
@@ -135,6 +191,7 @@ impl Manifest {
             return Err(ManifestError::TooLarge(total));
         }
         let mut functions: Vec<FunctionDecl> = Vec::new();
+        let mut aggregates: Vec<AggregateDecl> = Vec::new();
         let mut line_no = 0;
         for section in sections {
             let text = std::str::from_utf8(section).map_err(|_| ManifestError::NotUtf8)?;
@@ -158,7 +215,9 @@ impl Manifest {
                 if !valid_name(&record.name) {
                     return Err(ManifestError::BadName(record.name));
                 }
-                if functions.iter().any(|f| f.name == record.name) {
+                if functions.iter().any(|f| f.name == record.name)
+                    || aggregates.iter().any(|f: &AggregateDecl| f.name == record.name)
+                {
                     return Err(ManifestError::Duplicate(record.name));
                 }
                 if record.args.len() > MAX_ARGS {
@@ -173,23 +232,71 @@ impl Manifest {
                     .map(|t| parse_type(&record.name, t))
                     .collect::<Result<Vec<_>, _>>()?;
                 let ret = parse_type(&record.name, &record.ret)?;
-                functions.push(FunctionDecl {
-                    name: record.name,
-                    args,
-                    ret,
-                    deterministic: record.deterministic,
-                });
-                if functions.len() > MAX_FUNCTIONS {
-                    return Err(ManifestError::TooManyFunctions(functions.len()));
+                let bad = |reason: &str| ManifestError::BadAggregate {
+                    name: record.name.clone(),
+                    reason: reason.to_string(),
+                };
+                match record.kind.as_deref() {
+                    None | Some("scalar") => {
+                        if record.state.is_some() || record.retract {
+                            return Err(bad(
+                                "`state` and `retract` belong to `\"kind\":\"aggregate\"` records",
+                            ));
+                        }
+                        functions.push(FunctionDecl {
+                            name: record.name,
+                            args,
+                            ret,
+                            deterministic: record.deterministic,
+                        });
+                    }
+                    Some(super::KIND_AGGREGATE) => {
+                        let Some(state) = &record.state else {
+                            return Err(bad("an aggregate declares its `state` column types"));
+                        };
+                        if state.is_empty() || state.len() > super::MAX_STATE_COLUMNS {
+                            return Err(bad(&format!(
+                                "an aggregate declares 1 to {} state columns, not {}",
+                                super::MAX_STATE_COLUMNS,
+                                state.len()
+                            )));
+                        }
+                        if record.name.len() > 50 {
+                            return Err(bad("an aggregate's name is at most 50 bytes (its exports add a suffix)"));
+                        }
+                        let state = state
+                            .iter()
+                            .map(|t| parse_type(&record.name, t))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        aggregates.push(AggregateDecl {
+                            name: record.name,
+                            args,
+                            ret,
+                            state,
+                            deterministic: record.deterministic,
+                            retract: record.retract,
+                        });
+                    }
+                    Some(other) => {
+                        return Err(bad(&format!(
+                            "unknown kind `{other}`; expected `scalar` or `aggregate`"
+                        )));
+                    }
+                }
+                if functions.len() + aggregates.len() > MAX_FUNCTIONS {
+                    return Err(ManifestError::TooManyFunctions(
+                        functions.len() + aggregates.len(),
+                    ));
                 }
             }
         }
-        if functions.is_empty() {
+        if functions.is_empty() && aggregates.is_empty() {
             return Err(ManifestError::Empty);
         }
         Ok(Manifest {
             abi_version: ABI_VERSION,
             functions,
+            aggregates,
         })
     }
 }
@@ -208,6 +315,25 @@ mod tests {
         assert_eq!(m.functions[0].signature(), "f(int64, utf8) -> boolean");
         assert!(m.functions[0].deterministic);
         assert!(!m.functions[1].deterministic);
+    }
+
+    #[test]
+    fn parses_aggregates() {
+        let a = br#"{"abi":1,"kind":"aggregate","name":"median","args":["float64"],"ret":"float64","state":["binary"]}"#;
+        let m = Manifest::parse(&[a]).unwrap();
+        assert!(m.functions.is_empty());
+        assert_eq!(
+            m.aggregates[0].signature(),
+            "median(float64) -> float64 [aggregate, state: binary]"
+        );
+        for (bytes, expected) in [
+            (&br#"{"abi":1,"kind":"aggregate","name":"m","args":[],"ret":"int8"}"#[..], "state"),
+            (br#"{"abi":1,"kind":"window","name":"m","args":[],"ret":"int8"}"#, "unknown kind"),
+            (br#"{"abi":1,"name":"m","args":[],"ret":"int8","retract":true}"#, "aggregate"),
+        ] {
+            let err = Manifest::parse(&[bytes]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
     }
 
     #[test]

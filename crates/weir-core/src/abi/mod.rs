@@ -5,6 +5,6 @@
 mod manifest;
 pub mod types;
 
-pub use manifest::{FunctionDecl, Manifest, ManifestError};
+pub use manifest::{AggregateDecl, FunctionDecl, Manifest, ManifestError};
 pub use types::ArrowType;
 pub use weir_abi::*;

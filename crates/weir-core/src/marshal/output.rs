@@ -66,6 +66,33 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Reads only the status of the result descriptor at `ptr` (an aggregate's
+/// fold): `Some((row, message))` for a row error.
+pub fn read_status(
+    mem: &[u8],
+    ptr: u32,
+    rows: usize,
+) -> Result<Option<(usize, String)>, InvalidOutput> {
+    let desc = range(mem, "the result descriptor", ptr, RESULT_SIZE)?;
+    let field = |i: usize| read_u32(desc, i * 4).unwrap_or(0);
+    match field(0) {
+        STATUS_OK => Ok(None),
+        STATUS_ROW_ERROR => {
+            let row = field(6) as usize;
+            let msg_len = (field(8) as usize).min(MAX_ERROR_MESSAGE);
+            let msg = range(mem, "the error message", field(7), msg_len)?;
+            let message = truncate(String::from_utf8_lossy(msg).into_owned(), MAX_ERROR_MESSAGE);
+            if row >= rows {
+                return invalid(format!(
+                    "reported an error on row {row} of a {rows}-row batch: {message}"
+                ));
+            }
+            Ok(Some((row, message)))
+        }
+        other => invalid(format!("unknown status {other} (expected 0 or 1)")),
+    }
+}
+
 /// Reads the result descriptor at `ptr` for a batch of `rows` rows of type
 /// `ty`. At most `max_bytes` of buffers are accepted.
 pub fn read_result(

@@ -29,7 +29,33 @@ pub(crate) struct GuestInstance {
     memory: Memory,
     alloc: TypedFunc<u32, u32>,
     funcs: Vec<TypedFunc<(u32, u32), u32>>,
+    /// The exports of each aggregate of the manifest.
+    aggregates: Vec<AggregateFuncs>,
     panic_info: Option<TypedFunc<(), u32>>,
+}
+
+/// The exports one aggregate is made of (docs/abi.md §9).
+struct AggregateFuncs {
+    update: TypedFunc<(u32, u32, u32), u32>,
+    merge: TypedFunc<(u32, u32, u32), u32>,
+    retract: Option<TypedFunc<(u32, u32, u32), u32>>,
+    state: TypedFunc<(u32, u32), u32>,
+    evaluate: TypedFunc<(u32, u32), u32>,
+}
+
+/// Which folding export of an aggregate a batch goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    Update,
+    Merge,
+    Retract,
+}
+
+/// Which emitting export of an aggregate is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    State,
+    Evaluate,
 }
 
 /// Arms the per-call CPU budget.
@@ -90,6 +116,35 @@ impl GuestInstance {
                 .map_err(|_| missing(&decl.name))?;
             funcs.push(func);
         }
+        let mut aggregates = Vec::with_capacity(module.manifest().aggregates.len());
+        for decl in &module.manifest().aggregates {
+            use crate::abi::aggregate::{EVALUATE, MERGE, RETRACT, STATE, UPDATE};
+            let mut fold = |suffix: &str| {
+                let name = decl.export(suffix);
+                instance
+                    .get_typed_func::<(u32, u32, u32), u32>(&mut store, &name)
+                    .map_err(|_| missing(&name))
+            };
+            let (update, merge) = (fold(UPDATE)?, fold(MERGE)?);
+            let retract = if decl.retract {
+                Some(fold(RETRACT)?)
+            } else {
+                None
+            };
+            let mut emit = |suffix: &str| {
+                let name = decl.export(suffix);
+                instance
+                    .get_typed_func::<(u32, u32), u32>(&mut store, &name)
+                    .map_err(|_| missing(&name))
+            };
+            aggregates.push(AggregateFuncs {
+                update,
+                merge,
+                retract,
+                state: emit(STATE)?,
+                evaluate: emit(EVALUATE)?,
+            });
+        }
         let panic_info = instance
             .get_typed_func::<(), u32>(&mut store, EXPORT_PANIC_INFO)
             .ok();
@@ -98,6 +153,7 @@ impl GuestInstance {
             memory,
             alloc,
             funcs,
+            aggregates,
             panic_info,
         })
     }
@@ -141,6 +197,115 @@ impl GuestInstance {
             read_result(mem, out, decl.ret, rows, limits.max_output_bytes as usize)
                 .map_err(|e| Failure::InvalidOutput(e.0))
         })
+    }
+
+    /// Bytes of linear memory the instance holds now (an aggregate's state
+    /// lives there between calls).
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.data_size(&self.store)
+    }
+
+    /// Folds one batch into aggregate `index`'s groups: `plan` holds the
+    /// group-id column (uint32) first, then the arguments (or the state
+    /// columns, for [`Fold::Merge`]). `Ok(Some((row, message)))` is the
+    /// guest's own error on a row.
+    pub fn invoke_fold(
+        &mut self,
+        limits: &SandboxLimits,
+        index: usize,
+        fold: Fold,
+        plan: &InputPlan,
+        rows: usize,
+        groups: usize,
+    ) -> Result<Option<(usize, String)>, Failure> {
+        let funcs = &self.aggregates[index];
+        let func = match fold {
+            Fold::Update => funcs.update.clone(),
+            Fold::Merge => funcs.merge.clone(),
+            Fold::Retract => funcs.retract.clone().ok_or_else(|| {
+                Failure::InvalidInput("the aggregate does not export `__retract`".to_string())
+            })?,
+        };
+        self.store.data_mut().begin_call();
+        arm(&mut self.store, limits)?;
+        with_stack(limits, || {
+            let base = self.write_input(plan, limits)?;
+            let out = func
+                .call(&mut self.store, (base, rows as u32, groups as u32))
+                .map_err(|e| self.trap(e, limits))?;
+            let mem = self.memory.data(&self.store);
+            crate::marshal::output::read_status(mem, out, rows).map_err(|e| Failure::InvalidOutput(e.0))
+        })
+    }
+
+    /// Calls aggregate `index`'s `__state` or `__evaluate` export for groups
+    /// `0..groups` and validates the columns it returns (`types`, one
+    /// result descriptor each, 40 bytes apart). With `consume`, the guest
+    /// drops those groups and renumbers the rest from 0.
+    pub fn invoke_emit(
+        &mut self,
+        limits: &SandboxLimits,
+        index: usize,
+        emit: Emit,
+        types: &[crate::abi::AbiType],
+        groups: usize,
+        consume: bool,
+    ) -> Result<Vec<datafusion::arrow::array::ArrayRef>, Failure> {
+        let funcs = &self.aggregates[index];
+        let func = match emit {
+            Emit::State => funcs.state.clone(),
+            Emit::Evaluate => funcs.evaluate.clone(),
+        };
+        self.store.data_mut().begin_call();
+        arm(&mut self.store, limits)?;
+        with_stack(limits, || {
+            let out = func
+                .call(&mut self.store, (groups as u32, u32::from(consume)))
+                .map_err(|e| self.trap(e, limits))?;
+            let mem = self.memory.data(&self.store);
+            let mut columns = Vec::with_capacity(types.len());
+            for (i, ty) in types.iter().enumerate() {
+                let at = (out as usize)
+                    .checked_add(i * abi::RESULT_SIZE)
+                    .filter(|&p| p <= u32::MAX as usize)
+                    .ok_or_else(|| {
+                        Failure::InvalidOutput(format!("result descriptor {i} lies outside memory"))
+                    })?;
+                match read_result(mem, at as u32, *ty, groups, limits.max_output_bytes as usize)
+                    .map_err(|e| Failure::InvalidOutput(format!("column {i}: {}", e.0)))?
+                {
+                    CallResult::Array(array) => columns.push(array),
+                    CallResult::RowError { row, message } => {
+                        return Err(Failure::RowError { row, message });
+                    }
+                }
+            }
+            Ok(columns)
+        })
+    }
+
+    /// `weir_alloc`s room for `plan` and writes it there; the region's base.
+    fn write_input(&mut self, plan: &InputPlan, limits: &SandboxLimits) -> Result<u32, Failure> {
+        let total = plan.total_bytes();
+        let base = self
+            .alloc
+            .call(&mut self.store, total as u32)
+            .map_err(|e| self.trap(e, limits))?;
+        let region = base as usize..(base as usize).saturating_add(total);
+        if base == 0 || !(base as usize).is_multiple_of(abi::BUFFER_ALIGN) {
+            return Err(Failure::InvalidOutput(format!(
+                "`{EXPORT_ALLOC}({total})` returned {base:#x}, not a non-null {}-aligned address",
+                abi::BUFFER_ALIGN
+            )));
+        }
+        let mem = self.memory.data_mut(&mut self.store);
+        let Some(dest) = mem.get_mut(region) else {
+            return Err(Failure::InvalidOutput(format!(
+                "`{EXPORT_ALLOC}({total})` returned {base:#x}, which does not leave {total} bytes inside the guest's memory"
+            )));
+        };
+        plan.write(dest, base);
+        Ok(base)
     }
 
     /// Classifies a trap, asking the guest why it panicked when it can say.

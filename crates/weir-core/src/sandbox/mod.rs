@@ -6,6 +6,7 @@
 //! wasm stack are bounded before any guest code runs, including start
 //! functions.
 
+pub mod aggregate;
 mod cache;
 mod compile_gate;
 mod engine;

@@ -54,6 +54,8 @@ pub struct UdfModule {
     breakers: Vec<Breaker>,
     /// Telemetry per function.
     stats: Vec<FunctionStats>,
+    /// Telemetry per aggregate.
+    aggregate_stats: Vec<FunctionStats>,
 }
 
 /// What one function of a module did (read by status pages; mirrored to
@@ -85,6 +87,20 @@ fn breaker_level(state: BreakerState) -> f64 {
         BreakerState::Closed => 0.0,
         BreakerState::HalfOpen => 1.0,
         BreakerState::Open => 2.0,
+    }
+}
+
+impl FunctionStats {
+    /// Counts one guest call that took `elapsed`.
+    pub(crate) fn record(&self, elapsed: std::time::Duration) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.guest_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(m) = self.metrics.get() {
+            m.invocations.increment(1);
+            m.guest_seconds.increment(elapsed.as_secs_f64());
+            m.call_seconds.record(elapsed.as_secs_f64());
+        }
     }
 }
 
@@ -137,6 +153,11 @@ impl UdfModule {
         self.stats.get(index)
     }
 
+    /// Telemetry of aggregate `index`.
+    pub fn aggregate_stats(&self, index: usize) -> Option<&FunctionStats> {
+        self.aggregate_stats.get(index)
+    }
+
     /// Names the pipeline this module runs in: from now on its functions'
     /// calls, failures and breaker states reach the metrics recorder with
     /// labels `tenant`, `pipeline`, `udf`. Only the first call counts.
@@ -157,6 +178,21 @@ impl UdfModule {
             };
             m.breaker_state.set(breaker_level(self.breakers[i].state()));
             let _ = self.stats[i].metrics.set(m);
+        }
+        for (i, f) in self.manifest.aggregates.iter().enumerate() {
+            let labels: telemetry::Labels = vec![
+                ("tenant", tenant.to_string()),
+                ("pipeline", pipeline.to_string()),
+                ("udf", f.name.clone()),
+            ];
+            let m = FunctionMetrics {
+                invocations: telemetry::counter(telemetry::UDF_INVOCATIONS, &labels),
+                guest_seconds: telemetry::gauge(telemetry::UDF_GUEST_SECONDS, &labels),
+                call_seconds: telemetry::histogram(telemetry::UDF_CALL_SECONDS, &labels),
+                breaker_state: telemetry::gauge(telemetry::UDF_BREAKER_STATE, &labels),
+                labels,
+            };
+            let _ = self.aggregate_stats[i].metrics.set(m);
         }
     }
 
@@ -214,7 +250,7 @@ impl UdfModule {
     /// tenant's policy grants now, up to the sandbox's ceiling (the rule of
     /// `SandboxLimits::in_force`, without its allocations: this runs on
     /// every call; the keys are worked out only for an error).
-    fn call_limits(&self) -> std::borrow::Cow<'_, SandboxLimits> {
+    pub(super) fn call_limits(&self) -> std::borrow::Cow<'_, SandboxLimits> {
         let Some(t) = &self.tenant else {
             return std::borrow::Cow::Borrowed(&self.limits);
         };
@@ -234,7 +270,7 @@ impl UdfModule {
 
     /// The keys that set [`Self::call_limits`]: what an error tells the
     /// user to raise.
-    fn call_keys(&self) -> LimitKeys {
+    pub(super) fn call_keys(&self) -> LimitKeys {
         let Some(t) = &self.tenant else {
             return self.keys.clone();
         };
@@ -744,6 +780,15 @@ impl Sandbox {
         if let Some(f) = info.manifest.functions.iter().find(|f| !exported(&f.name)) {
             return Err(missing(&f.name, "a function the manifest declares"));
         }
+        for agg in &info.manifest.aggregates {
+            if let Some(name) = aggregate_exports(agg)
+                .into_iter()
+                .map(|(name, _)| name)
+                .find(|name| !exported(name))
+            {
+                return Err(missing(&name, "a part of an aggregate the manifest declares"));
+            }
+        }
         let digest = hex::encode(Sha256::digest(&wasm));
         let kind = if info.manifest.any_deterministic() {
             EngineKind::Deterministic
@@ -772,6 +817,12 @@ impl Sandbox {
             .iter()
             .map(|_| AtomicU64::new(0))
             .collect();
+        let aggregate_stats = info
+            .manifest
+            .aggregates
+            .iter()
+            .map(|_| FunctionStats::default())
+            .collect();
         tracing::debug!(module = label, digest = %digest, from_cache, "loaded udf module");
         let module = Arc::new(UdfModule {
             label: label.into(),
@@ -787,6 +838,7 @@ impl Sandbox {
             pre,
             breakers: calls.iter().map(|_| Breaker::default()).collect(),
             stats: calls.iter().map(|_| FunctionStats::default()).collect(),
+            aggregate_stats,
             calls,
             from_cache,
             tenant,
@@ -845,5 +897,30 @@ fn check_exports(label: &str, module: &Module, manifest: &Manifest) -> Result<()
             "a function (i32, i32) -> i32",
         )?;
     }
+    for agg in &manifest.aggregates {
+        for (name, params) in aggregate_exports(agg) {
+            let expected = if params == 3 {
+                "a function (i32, i32, i32) -> i32"
+            } else {
+                "a function (i32, i32) -> i32"
+            };
+            func_shape(&name, params, "a part of an aggregate", expected)?;
+        }
+    }
     Ok(())
+}
+
+/// The exports aggregate `agg` is made of, with their parameter counts.
+pub(crate) fn aggregate_exports(agg: &crate::abi::AggregateDecl) -> Vec<(String, usize)> {
+    use crate::abi::aggregate::{EVALUATE, MERGE, RETRACT, STATE, UPDATE};
+    let mut parts = vec![
+        (agg.export(UPDATE), 3),
+        (agg.export(MERGE), 3),
+        (agg.export(STATE), 2),
+        (agg.export(EVALUATE), 2),
+    ];
+    if agg.retract {
+        parts.push((agg.export(RETRACT), 3));
+    }
+    parts
 }

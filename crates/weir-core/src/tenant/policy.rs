@@ -42,6 +42,10 @@ pub struct TenantPolicy {
     /// Memory one query of the tenant (SQL request, pipeline, staged run)
     /// may hold in DataFusion, and the largest string a built-in may build.
     pub query_memory_bytes: u64,
+    /// Bytes of open-window state (the buffered records of windows not
+    /// yet emitted) each windowed pipeline of the tenant may hold; over
+    /// it, the source pauses until windows close.
+    pub state_bytes: u64,
     /// Host capabilities granted. Known: `log`.
     pub capabilities: Vec<String>,
     /// Failing batches in a row (failures of the function, never row
@@ -81,6 +85,7 @@ impl Default for TenantPolicy {
             burst_rows: 100_000,
             cache_bytes: 64 << 20,
             query_memory_bytes: 256 << 20,
+            state_bytes: 256 << 20,
             capabilities: vec!["log".to_string()],
             breaker_failures: 5,
             breaker_failure_ratio: 0.5,
@@ -160,6 +165,7 @@ pub struct TenantOverrides {
     pub burst_rows: Option<u64>,
     pub cache_bytes: Option<u64>,
     pub query_memory_bytes: Option<u64>,
+    pub state_bytes: Option<u64>,
     pub capabilities: Option<Vec<String>>,
     pub breaker_failures: Option<u32>,
     pub breaker_failure_ratio: Option<f64>,
@@ -256,6 +262,7 @@ impl Policy {
             burst_rows,
             cache_bytes,
             query_memory_bytes,
+            state_bytes,
             capabilities,
             breaker_failures,
             breaker_failure_ratio,
@@ -278,6 +285,7 @@ impl TenantPolicy {
             ("memory_bytes", self.memory_bytes),
             ("memory_total_bytes", self.memory_total_bytes),
             ("query_memory_bytes", self.query_memory_bytes),
+            ("state_bytes", self.state_bytes),
             ("max_concurrent_calls", u64::from(self.max_concurrent_calls)),
             ("max_instances", u64::from(self.max_instances)),
             ("max_in_flight_batches", self.max_in_flight_batches as u64),

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+mod aggregate;
 mod row_errors;
 mod scalar;
 pub mod staged;
@@ -19,10 +20,11 @@ pub mod staged;
 use std::sync::Arc;
 
 use datafusion::execution::FunctionRegistry;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
 pub use row_errors::{CollectedCall, RowErrorCollector};
+pub use aggregate::{WasmAccumulator, WasmAggregateUdf, WasmGroupsAccumulator};
 pub use scalar::WasmScalarUdf;
 
 use crate::sandbox::UdfModule;
@@ -34,17 +36,37 @@ pub fn scalar_udfs(module: &Arc<UdfModule>) -> Vec<ScalarUDF> {
         .collect()
 }
 
-/// Registers every function of `module` in `ctx`, replacing functions of
-/// the same name. Returns the names registered.
+/// One `AggregateUDF` per aggregate of `module`.
+pub fn aggregate_udfs(module: &Arc<UdfModule>) -> Vec<AggregateUDF> {
+    (0..module.manifest().aggregates.len())
+        .map(|index| AggregateUDF::new_from_impl(WasmAggregateUdf::new(module.clone(), index)))
+        .collect()
+}
+
+fn register_aggregates(ctx: &SessionContext, module: &Arc<UdfModule>) -> Vec<String> {
+    aggregate_udfs(module)
+        .into_iter()
+        .map(|udaf| {
+            let name = udaf.name().to_string();
+            ctx.register_udaf(udaf);
+            name
+        })
+        .collect()
+}
+
+/// Registers every function (scalar and aggregate) of `module` in `ctx`,
+/// replacing functions of the same name. Returns the names registered.
 pub fn register_module(ctx: &SessionContext, module: &Arc<UdfModule>) -> Vec<String> {
-    scalar_udfs(module)
+    let mut names: Vec<String> = scalar_udfs(module)
         .into_iter()
         .map(|udf| {
             let name = udf.name().to_string();
             ctx.register_udf(udf);
             name
         })
-        .collect()
+        .collect();
+    names.extend(register_aggregates(ctx, module));
+    names
 }
 
 /// Like [`register_module`] for a request that ends at `deadline`: guest
@@ -57,6 +79,10 @@ pub fn register_module_until(
     for index in 0..module.manifest().functions.len() {
         let udf = WasmScalarUdf::new(module.clone(), index).with_deadline(deadline);
         ctx.register_udf(ScalarUDF::new_from_impl(udf));
+    }
+    for index in 0..module.manifest().aggregates.len() {
+        let udaf = WasmAggregateUdf::new(module.clone(), index).with_deadline(deadline);
+        ctx.register_udaf(AggregateUDF::new_from_impl(udaf));
     }
 }
 
@@ -71,6 +97,7 @@ pub fn register_module_collecting(
         let udf = WasmScalarUdf::new(module.clone(), index).with_row_errors(collector.clone());
         ctx.register_udf(ScalarUDF::new_from_impl(udf));
     }
+    register_aggregates(ctx, module);
 }
 
 /// Like [`register_module`] for any [`FunctionRegistry`].
@@ -78,12 +105,17 @@ pub fn register_module_in(
     registry: &mut dyn FunctionRegistry,
     module: &Arc<UdfModule>,
 ) -> datafusion::error::Result<Vec<String>> {
-    scalar_udfs(module)
+    let mut names = scalar_udfs(module)
         .into_iter()
         .map(|udf| {
             let name = udf.name().to_string();
             registry.register_udf(Arc::new(udf))?;
             Ok(name)
         })
-        .collect()
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    for udaf in aggregate_udfs(module) {
+        names.push(udaf.name().to_string());
+        registry.register_udaf(Arc::new(udaf))?;
+    }
+    Ok(names)
 }

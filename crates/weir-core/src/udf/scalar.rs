@@ -181,7 +181,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
 }
 
 /// Whether a value of `given` may be implicitly converted to `wanted`.
-fn coercible(given: &DataType, wanted: AbiType) -> bool {
+pub(super) fn coercible(given: &DataType, wanted: AbiType) -> bool {
     use DataType as D;
     if let D::Dictionary(_, value) = given {
         return coercible(value, wanted);

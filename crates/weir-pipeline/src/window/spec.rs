@@ -1,0 +1,201 @@
+//! The window table functions `tumble` and `hop`: what the query asked for
+//! ([`WindowSpec`]), captured while it is planned.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::SessionContext;
+use parking_lot::Mutex;
+
+/// The columns a window table function adds.
+pub const WINDOW_START: &str = "window_start";
+pub const WINDOW_END: &str = "window_end";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping windows of `size`.
+    Tumble,
+    /// Windows of `size` starting every `slide`; a record is in
+    /// `size / slide` of them.
+    Hop,
+}
+
+/// A window over event time, in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    /// The event-time column (a timestamp of the source table).
+    pub time_column: String,
+    pub size_us: i64,
+    /// Equal to `size_us` for tumbling windows.
+    pub slide_us: i64,
+}
+
+impl WindowSpec {
+    /// Starts of the windows holding event time `t`, latest first.
+    pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
+        let last = t.div_euclid(self.slide_us) * self.slide_us;
+        (0..)
+            .map(move |i| last - i * self.slide_us)
+            .take_while(move |s| s + self.size_us > t)
+    }
+}
+
+/// Where the table functions put what the query asked for.
+pub type Captured = Arc<Mutex<Option<WindowSpec>>>;
+
+#[derive(Debug)]
+struct WindowFunction {
+    kind: WindowKind,
+    /// The source table (its slot) and its schema.
+    source: Arc<dyn TableProvider>,
+    captured: Captured,
+    make: fn(SchemaRef, Arc<dyn TableProvider>) -> Arc<dyn TableProvider>,
+}
+
+/// The schema of a window table function over `source`: its columns, then
+/// `window_start` and `window_end`.
+pub fn windowed_schema(source: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = source.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+    fields.push(Field::new(WINDOW_START, ts.clone(), false));
+    fields.push(Field::new(WINDOW_END, ts, false));
+    Arc::new(Schema::new(fields))
+}
+
+fn interval_us(name: &str, what: &str, e: &Expr) -> Result<i64> {
+    let micros = match e {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1_000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1_000)
+        }
+        _ => None,
+    };
+    match micros {
+        Some(us) if us > 0 => Ok(us),
+        _ => plan_err!(
+            "{name}(): the {what} must be a positive INTERVAL of days or less, like INTERVAL '1' MINUTE (got {e})"
+        ),
+    }
+}
+
+impl TableFunctionImpl for WindowFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let name = match self.kind {
+            WindowKind::Tumble => "tumble",
+            WindowKind::Hop => "hop",
+        };
+        let usage = match self.kind {
+            WindowKind::Tumble => "tumble(source, <time column>, INTERVAL '<size>')",
+            WindowKind::Hop => "hop(source, <time column>, INTERVAL '<slide>', INTERVAL '<size>')",
+        };
+        let exprs = args.exprs();
+        let want = if self.kind == WindowKind::Tumble { 3 } else { 4 };
+        if exprs.len() != want {
+            return plan_err!("{name}() takes {want} arguments: {usage}");
+        }
+        match &exprs[0] {
+            Expr::Column(c) if c.name == "source" => {}
+            other => return plan_err!("{name}(): the first argument is the table `source`, not {other}; {usage}"),
+        }
+        let Expr::Column(time) = &exprs[1] else {
+            return plan_err!("{name}(): the second argument is the event-time column; {usage}");
+        };
+        let schema = self.source.schema();
+        let Ok(field) = schema.field_with_name(&time.name) else {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return plan_err!(
+                "{name}(): `{}` is not a column of source ({})",
+                time.name,
+                names.join(", ")
+            );
+        };
+        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+            return plan_err!(
+                "{name}(): the time column `{}` is {}, not a timestamp; declare it with type `timestamp_us`, or use the `_timestamp` metadata column",
+                time.name,
+                field.data_type()
+            );
+        }
+        let (size_us, slide_us) = match self.kind {
+            WindowKind::Tumble => {
+                let size = interval_us(name, "size", &exprs[2])?;
+                (size, size)
+            }
+            WindowKind::Hop => {
+                let slide = interval_us(name, "slide", &exprs[2])?;
+                let size = interval_us(name, "size", &exprs[3])?;
+                if size % slide != 0 {
+                    return plan_err!("hop(): the size must be a multiple of the slide");
+                }
+                if size / slide > 1000 {
+                    return plan_err!("hop(): a record may be in at most 1000 windows (size / slide)");
+                }
+                (size, slide)
+            }
+        };
+        let spec = WindowSpec {
+            kind: self.kind,
+            time_column: time.name.clone(),
+            size_us,
+            slide_us,
+        };
+        let mut captured = self.captured.lock();
+        if captured.as_ref().is_some_and(|c| *c != spec) {
+            return plan_err!("a pipeline's query may use one window");
+        }
+        *captured = Some(spec);
+        Ok((self.make)(windowed_schema(&schema), self.source.clone()))
+    }
+}
+
+/// Registers `tumble` and `hop` in `ctx` over `source`; `make` builds the
+/// windowed table (same slot, schema with the window columns).
+pub fn register_window_functions(
+    ctx: &SessionContext,
+    source: Arc<dyn TableProvider>,
+    make: fn(SchemaRef, Arc<dyn TableProvider>) -> Arc<dyn TableProvider>,
+) -> Captured {
+    let captured: Captured = Arc::new(Mutex::new(None));
+    for (name, kind) in [("tumble", WindowKind::Tumble), ("hop", WindowKind::Hop)] {
+        ctx.register_udtf(
+            name,
+            Arc::new(WindowFunction {
+                kind,
+                source: source.clone(),
+                captured: captured.clone(),
+                make,
+            }),
+        );
+    }
+    captured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hopping_windows_hold_each_time_size_over_slide_times() {
+        let spec = WindowSpec {
+            kind: WindowKind::Hop,
+            time_column: "ts".into(),
+            size_us: 60,
+            slide_us: 20,
+        };
+        assert_eq!(spec.starts(45).collect::<Vec<_>>(), vec![40, 20, 0]);
+        assert_eq!(spec.starts(-5).collect::<Vec<_>>(), vec![-20, -40, -60]);
+        let tumble = WindowSpec {
+            slide_us: 60,
+            kind: WindowKind::Tumble,
+            ..spec
+        };
+        assert_eq!(tumble.starts(59).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(tumble.starts(60).collect::<Vec<_>>(), vec![60]);
+    }
+}

@@ -1,0 +1,280 @@
+//! Open windows: the records of every window the watermark has not passed
+//! yet, kept as decoded rows (any aggregate, WebAssembly ones included,
+//! then runs once over a window's rows), with the offsets they hold back.
+//!
+//! No external state store: a source offset is committed only below the
+//! oldest record still in an open window ([`WindowState::commit_floor`]),
+//! so after a crash the open windows are rebuilt by replaying from the
+//! committed offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+
+use super::spec::{WindowSpec, windowed_schema};
+use super::watermark::{PartitionId, Watermarks};
+use crate::record::{Offsets, SourceRecord};
+
+/// One window not yet emitted.
+#[derive(Default)]
+struct Open {
+    end: i64,
+    /// Rows of the decoded source schema, and the record of each row.
+    batches: Vec<RecordBatch>,
+    records: Vec<SourceRecord>,
+    bytes: usize,
+}
+
+/// Windows whose end the watermark passed: their rows with `window_start`
+/// and `window_end`, ready for the query, and the record of every row.
+pub struct Closed {
+    pub batch: RecordBatch,
+    pub records: Vec<SourceRecord>,
+    pub windows: usize,
+}
+
+/// What [`WindowState::admit`] did with a batch's rows.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// Rows every window of which was already emitted: (row, why).
+    pub late: Vec<(usize, String)>,
+    /// Rows without an event time: (row, why).
+    pub untimed: Vec<(usize, String)>,
+}
+
+/// The open windows of one pipeline.
+pub struct WindowState {
+    spec: WindowSpec,
+    lateness_us: i64,
+    watermarks: Watermarks,
+    schema: SchemaRef,
+    windowed: SchemaRef,
+    time_index: usize,
+    open: BTreeMap<i64, Open>,
+    bytes: usize,
+    /// Offsets of records in open windows, per partition (a record in
+    /// several hopping windows counts once per window).
+    held: HashMap<PartitionId, BTreeMap<i64, u32>>,
+}
+
+fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
+    let cast = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))
+        .map_err(|e| e.to_string())?;
+    cast.as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| "not a timestamp".to_string())
+}
+
+fn record_bytes(r: &SourceRecord) -> usize {
+    std::mem::size_of::<SourceRecord>()
+        + r.payload_len()
+        + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
+impl WindowState {
+    /// `schema` is the decoded source schema the time column belongs to.
+    pub fn new(
+        spec: WindowSpec,
+        schema: SchemaRef,
+        config: &crate::config::WatermarkConfig,
+    ) -> Result<Self, String> {
+        let time_index = schema
+            .index_of(&spec.time_column)
+            .map_err(|_| format!("no column `{}`", spec.time_column))?;
+        Ok(WindowState {
+            lateness_us: (config.allowed_lateness_ms as i64).saturating_mul(1000),
+            watermarks: Watermarks::new(config.max_out_of_order_ms, config.idle_partition_ms),
+            windowed: windowed_schema(&schema),
+            schema,
+            time_index,
+            spec,
+            open: BTreeMap::new(),
+            bytes: 0,
+            held: HashMap::new(),
+        })
+    }
+
+    /// Bytes of the open windows' records (what `state_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermarks.current()
+    }
+
+    fn closed(&self, end: i64, watermark: i64) -> bool {
+        end.saturating_add(self.lateness_us) <= watermark
+    }
+
+    /// Puts each row of `batch` (decoded; `records[i]` is row i's record)
+    /// into its open windows, advancing the watermark row by row in arrival
+    /// order. Rows whose windows were all emitted already are late.
+    pub fn admit(
+        &mut self,
+        batch: &RecordBatch,
+        records: &[&SourceRecord],
+        now: Instant,
+    ) -> Result<Admitted, String> {
+        let times = micros(batch.column(self.time_index))?;
+        let mut admitted = Admitted::default();
+        // Rows per window start, in row order.
+        let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, record) in records.iter().enumerate() {
+            if times.is_null(row) {
+                admitted.untimed.push((
+                    row,
+                    format!(
+                        "the record has no event time (`{}` is NULL)",
+                        self.spec.time_column
+                    ),
+                ));
+                continue;
+            }
+            let t = times.value(row);
+            let partition: PartitionId = (record.topic.clone(), record.partition);
+            let watermark = self.watermarks.current();
+            let mut any = false;
+            for start in self.spec.starts(t) {
+                let end = start + self.spec.size_us;
+                if !self.closed(end, watermark) {
+                    by_window.entry(start).or_default().push(row as u32);
+                    any = true;
+                }
+            }
+            if !any {
+                admitted.late.push((
+                    row,
+                    format!(
+                        "late: event time {} is behind the watermark {} by more than the allowed lateness; its window was already emitted",
+                        fmt_us(t),
+                        fmt_us(watermark)
+                    ),
+                ));
+            }
+            self.watermarks.observe(&partition, t, now);
+        }
+        for (start, rows) in by_window {
+            let indices = UInt32Array::from(rows);
+            let columns = batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &indices, None))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let part = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())?;
+            let open = self.open.entry(start).or_default();
+            open.end = start + self.spec.size_us;
+            let mut bytes = part.get_array_memory_size();
+            for &row in indices.values() {
+                let record = records[row as usize];
+                bytes += record_bytes(record);
+                *self
+                    .held
+                    .entry((record.topic.clone(), record.partition))
+                    .or_default()
+                    .entry(record.offset)
+                    .or_default() += 1;
+                open.records.push(record.clone());
+            }
+            open.batches.push(part);
+            open.bytes += bytes;
+            self.bytes += bytes;
+        }
+        Ok(admitted)
+    }
+
+    /// Recomputes the watermark (a partition may have gone idle).
+    pub fn tick(&mut self, now: Instant) {
+        self.watermarks.advance(now);
+    }
+
+    /// Removes and returns the windows the watermark passed (all of them
+    /// with `flush`, when the source ended), oldest first.
+    pub fn take_closed(&mut self, flush: bool) -> Result<Option<Closed>, String> {
+        let watermark = self.watermarks.current();
+        let starts: Vec<i64> = self
+            .open
+            .iter()
+            .filter(|(_, w)| flush || self.closed(w.end, watermark))
+            .map(|(s, _)| *s)
+            .collect();
+        if starts.is_empty() {
+            return Ok(None);
+        }
+        let mut batches = Vec::new();
+        let mut records = Vec::new();
+        for start in &starts {
+            let Some(open) = self.open.remove(start) else {
+                continue;
+            };
+            self.bytes -= open.bytes;
+            for record in &open.records {
+                let tp = (record.topic.clone(), record.partition);
+                if let Some(offsets) = self.held.get_mut(&tp) {
+                    if let Some(n) = offsets.get_mut(&record.offset) {
+                        *n -= 1;
+                        if *n == 0 {
+                            offsets.remove(&record.offset);
+                        }
+                    }
+                    if offsets.is_empty() {
+                        self.held.remove(&tp);
+                    }
+                }
+            }
+            let rows: usize = open.batches.iter().map(RecordBatch::num_rows).sum();
+            let data = concat_batches(&self.schema, &open.batches).map_err(|e| e.to_string())?;
+            let mut columns = data.columns().to_vec();
+            let constant = |v: i64| -> ArrayRef {
+                Arc::new(TimestampMicrosecondArray::from_value(v, rows))
+            };
+            columns.push(constant(*start));
+            columns.push(constant(open.end));
+            batches.push(
+                RecordBatch::try_new(self.windowed.clone(), columns).map_err(|e| e.to_string())?,
+            );
+            records.extend(open.records);
+        }
+        let batch = concat_batches(&self.windowed, &batches).map_err(|e| e.to_string())?;
+        Ok(Some(Closed {
+            batch,
+            records,
+            windows: starts.len(),
+        }))
+    }
+
+    /// The offsets safe to commit after a batch whose records end at
+    /// `next`: per partition, never past the oldest record still held by an
+    /// open window.
+    pub fn commit_floor(&self, mut next: Offsets) -> Offsets {
+        for (tp, offsets) in &self.held {
+            if let Some((&oldest, _)) = offsets.iter().next() {
+                let e = next.entry(tp.clone()).or_insert(oldest);
+                *e = (*e).min(oldest);
+            }
+        }
+        next
+    }
+}
+
+/// An event time for messages: RFC 3339 in UTC.
+pub fn fmt_us(us: i64) -> String {
+    if us == i64::MIN {
+        return "(none yet)".to_string();
+    }
+    datafusion::arrow::temporal_conversions::timestamp_us_to_datetime(us)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .unwrap_or_else(|| format!("{us} µs"))
+}

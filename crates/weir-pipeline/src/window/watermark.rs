@@ -1,0 +1,124 @@
+//! Watermarks: per partition, the largest event time seen less the allowed
+//! out-of-orderness; the source's watermark is the minimum over the
+//! partitions that are not idle. A partition without records for
+//! `idle_partition_ms` stops holding the watermark back until its next
+//! record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A partition of the source: (topic or file, partition).
+pub type PartitionId = (Arc<str>, i32);
+
+#[derive(Debug, Clone, Copy)]
+struct Partition {
+    max_event_us: i64,
+    last_seen: Instant,
+}
+
+/// The watermarks of one source.
+#[derive(Debug)]
+pub struct Watermarks {
+    max_out_of_order_us: i64,
+    idle_after: Option<Duration>,
+    partitions: BTreeMap<PartitionId, Partition>,
+    /// Never moves back (a partition returning from idleness does not
+    /// reopen windows already emitted).
+    current: i64,
+}
+
+impl Watermarks {
+    /// `idle_partition_ms = 0` never treats a partition as idle.
+    pub fn new(max_out_of_order_ms: u64, idle_partition_ms: u64) -> Self {
+        Watermarks {
+            max_out_of_order_us: (max_out_of_order_ms as i64).saturating_mul(1000),
+            idle_after: (idle_partition_ms > 0).then(|| Duration::from_millis(idle_partition_ms)),
+            partitions: BTreeMap::new(),
+            current: i64::MIN,
+        }
+    }
+
+    /// The watermark in microseconds (`i64::MIN` before any record).
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// A record of `partition` with event time `event_us` arrived at `now`;
+    /// returns the watermark after it.
+    pub fn observe(&mut self, partition: &PartitionId, event_us: i64, now: Instant) -> i64 {
+        match self.partitions.get_mut(partition) {
+            Some(p) => {
+                p.max_event_us = p.max_event_us.max(event_us);
+                p.last_seen = now;
+            }
+            None => {
+                self.partitions.insert(
+                    partition.clone(),
+                    Partition {
+                        max_event_us: event_us,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
+        self.advance(now)
+    }
+
+    /// Recomputes the watermark at `now` (a partition may have gone idle).
+    pub fn advance(&mut self, now: Instant) -> i64 {
+        let of = |p: &Partition| p.max_event_us.saturating_sub(self.max_out_of_order_us);
+        let active = self
+            .partitions
+            .values()
+            .filter(|p| {
+                self.idle_after
+                    .is_none_or(|after| now.saturating_duration_since(p.last_seen) < after)
+            })
+            .map(of)
+            .min();
+        // Every partition idle: the most advanced one sets the pace.
+        let candidate = active.or_else(|| self.partitions.values().map(of).max());
+        if let Some(c) = candidate {
+            self.current = self.current.max(c);
+        }
+        self.current
+    }
+
+    /// Forgets a partition (revoked from this consumer).
+    pub fn forget(&mut self, partition: &PartitionId) {
+        self.partitions.remove(partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: i32) -> PartitionId {
+        ("t".into(), n)
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_the_watermark_until_it_is_idle() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5, 1000);
+        assert_eq!(w.observe(&p(0), 100_000, t0), 95_000);
+        assert_eq!(w.observe(&p(1), 50_000, t0), 95_000, "never moves back");
+        assert_eq!(w.observe(&p(0), 200_000, t0), 95_000, "partition 1 holds it");
+        assert_eq!(w.observe(&p(1), 150_000, t0), 145_000);
+        // Partition 1 goes quiet: after the idle timeout partition 0 alone counts.
+        assert_eq!(w.advance(t0 + Duration::from_millis(500)), 145_000);
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(w.observe(&p(0), 300_000, later), 295_000);
+    }
+
+    #[test]
+    fn out_of_order_records_do_not_move_it_back() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, 0);
+        assert_eq!(w.observe(&p(0), 10, t0), 10);
+        assert_eq!(w.observe(&p(0), 3, t0), 10);
+        assert_eq!(w.advance(t0 + Duration::from_secs(3600)), 10, "no idleness with 0");
+    }
+}

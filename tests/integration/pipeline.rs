@@ -52,6 +52,10 @@ async fn pipeline_cases() {
                 &support::module_path("finance").display().to_string(),
             )
             .replace(
+                "{stats}",
+                &support::module_path("stats").display().to_string(),
+            )
+            .replace(
                 "{text}",
                 &support::module_path("text").display().to_string(),
             )

@@ -54,6 +54,11 @@ metric_names! {
     PIPELINE_PAUSED = "weir_pipeline_paused", Gauge, P, "1 while backpressure pauses the source";
     PIPELINE_BREAKER_PAUSED = "weir_pipeline_breaker_paused", Gauge, P, "1 while an open circuit breaker of a UDF pauses the source";
     PIPELINE_STALLED = "weir_pipeline_stalled", Gauge, P, "1 while the source has no partitions, or lag and no progress, for source.stall_warn_ms";
+    PIPELINE_LATE = "weir_pipeline_late_records_total", Counter, P, "records behind the watermark whose windows were already emitted";
+    PIPELINE_WINDOWS_EMITTED = "weir_pipeline_windows_emitted_total", Counter, P, "event-time windows whose results were emitted";
+    PIPELINE_OPEN_WINDOWS = "weir_pipeline_open_windows", Gauge, P, "event-time windows holding records, not yet emitted";
+    PIPELINE_WINDOW_STATE_BYTES = "weir_pipeline_window_state_bytes", Gauge, P, "bytes of the open windows' records (bounded by state_bytes)";
+    PIPELINE_WATERMARK = "weir_pipeline_watermark_seconds", Gauge, P, "the source's event-time watermark, seconds since the epoch";
     UDF_INVOCATIONS = "weir_udf_invocations_total", Counter, U, "guest calls (one per batch)";
     UDF_GUEST_SECONDS = "weir_udf_guest_seconds_total", FloatCounter, U, "time spent inside the guest";
     UDF_CALL_SECONDS = "weir_udf_call_seconds", Histogram, U, "time of each guest call";

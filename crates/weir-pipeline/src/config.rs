@@ -27,6 +27,36 @@ pub struct PipelineConfig {
     pub errors: ErrorConfig,
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Event time: watermarks and lateness of windowed queries.
+    #[serde(default)]
+    pub watermark: WatermarkConfig,
+}
+
+/// `[watermark]`: how far behind the largest event time seen records may
+/// arrive, when a quiet partition stops holding windows open, and how long
+/// after its end a window still takes records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatermarkConfig {
+    /// Bounded out-of-orderness: the watermark of a partition is its
+    /// largest event time less this.
+    pub max_out_of_order_ms: u64,
+    /// A partition without records for this long no longer holds the
+    /// watermark back (0 = never idle).
+    pub idle_partition_ms: u64,
+    /// A window is emitted once the watermark passes its end plus this;
+    /// records for it until then are still counted.
+    pub allowed_lateness_ms: u64,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig {
+            max_out_of_order_ms: 0,
+            idle_partition_ms: 30_000,
+            allowed_lateness_ms: 0,
+        }
+    }
 }
 
 fn default_tenant() -> String {

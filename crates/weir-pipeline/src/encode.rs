@@ -11,11 +11,23 @@ use super::record::SinkRecord;
 pub struct RecordEncoder {
     format: Format,
     key: Option<String>,
+    key_columns: Vec<String>,
 }
 
 impl RecordEncoder {
     pub fn new(format: Format, key: Option<String>) -> Self {
-        RecordEncoder { format, key }
+        RecordEncoder {
+            format,
+            key,
+            key_columns: Vec::new(),
+        }
+    }
+
+    /// Without a `key` column: the key is these columns' values as one JSON
+    /// object (a windowed result: window start and grouping columns).
+    pub fn with_key_columns(mut self, columns: Vec<String>) -> Self {
+        self.key_columns = columns;
+        self
     }
 
     /// Checks once, at start, that the key column exists in the output.
@@ -88,6 +100,23 @@ impl RecordEncoder {
                 let f = ArrayFormatter::try_new(column.as_ref(), &options)?;
                 (0..rows)
                     .map(|i| (!column.is_null(i)).then(|| f.value(i).to_string().into_bytes()))
+                    .collect()
+            }
+            None if !self.key_columns.is_empty() => {
+                let names: Vec<usize> = self
+                    .key_columns
+                    .iter()
+                    .filter_map(|n| batch.schema().index_of(n).ok())
+                    .collect();
+                let keyed = batch.project(&names)?;
+                let mut buf = Vec::new();
+                let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+                writer.write(&keyed)?;
+                writer.finish()?;
+                drop(writer);
+                buf.split(|b| *b == b'\n')
+                    .take(rows)
+                    .map(|line| Some(line.to_vec()))
                     .collect()
             }
             None => vec![None; rows],

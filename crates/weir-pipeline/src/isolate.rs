@@ -247,3 +247,67 @@ async fn bisect(query: &PlannedQuery, batch: RecordBatch, finish: &Finish<'_>) -
         runs,
     }
 }
+
+/// Runs `batch` — the records of windows being emitted — through `query`
+/// and `finish` as a whole: an aggregate over half a window is not the
+/// window's result, so on failure the rows that fail alone are found (by
+/// bisection, its outputs discarded), set aside, and the query runs once
+/// more over the rest. If the rest still fails together, every row fails.
+pub async fn run_whole(query: &PlannedQuery, batch: RecordBatch, finish: &Finish<'_>) -> Isolated {
+    let rows = batch.num_rows();
+    let attempt = |b: RecordBatch| async move {
+        match query.run(b).await {
+            Ok(batches) => finish(&batches).map_err(RunError::Output),
+            Err(e) => Err(RunError::Query(e)),
+        }
+    };
+    let all_failed = |err: &RunError, mut failed: Vec<FailedRow>, rest: &[usize], runs| {
+        failed.extend(rest.iter().map(|&row| describe(err, row)));
+        failed.sort_by_key(|f| f.row);
+        Isolated {
+            outputs: Vec::new(),
+            failed,
+            runs,
+        }
+    };
+    let err = match attempt(batch.clone()).await {
+        Ok(outputs) => {
+            return Isolated {
+                outputs,
+                failed: Vec::new(),
+                runs: 1,
+            };
+        }
+        Err(err) => err,
+    };
+    let every: Vec<usize> = (0..rows).collect();
+    if rows == 1 || fails_every_row(&err) {
+        return all_failed(&err, Vec::new(), &every, 1);
+    }
+    let probe = bisect(query, batch.clone(), finish).await;
+    let runs = 1 + probe.runs;
+    let mut bad = vec![false; rows];
+    for f in &probe.failed {
+        bad[f.row] = true;
+    }
+    if probe.failed.is_empty() || probe.failed.iter().any(|f| f.capacity) {
+        return all_failed(&err, Vec::new(), &every, runs);
+    }
+    let good = BooleanArray::from_iter(bad.iter().map(|b| Some(!b)));
+    let rest: Vec<usize> = (0..rows).filter(|r| !bad[*r]).collect();
+    let Ok(clean) = filter_record_batch(&batch, &good) else {
+        return all_failed(&err, Vec::new(), &every, runs);
+    };
+    match attempt(clean).await {
+        Ok(outputs) => {
+            let mut failed = probe.failed;
+            failed.sort_by_key(|f| f.row);
+            Isolated {
+                outputs,
+                failed,
+                runs: runs + 1,
+            }
+        }
+        Err(again) => all_failed(&again, probe.failed, &rest, runs + 1),
+    }
+}

@@ -15,6 +15,7 @@ pub mod runner;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub mod window;
 
 // The layers below, reachable as `crate::sandbox`, … inside this crate.
 use weir_core::{abi, error, sandbox, sql, telemetry, tenant, udf};

@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -25,6 +27,9 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::SessionContext;
 use parking_lot::Mutex;
+
+use crate::window::spec::{WINDOW_END, WINDOW_START};
+use crate::window::{WindowSpec, register_window_functions};
 
 type Slot = Arc<Mutex<Option<RecordBatch>>>;
 
@@ -118,8 +123,13 @@ impl ExecutionPlan for SlotExec {
     ) -> Result<SendableRecordBatchStream> {
         let batch = self.slot.lock().clone();
         let batches = match batch {
+            // The slot may hold the windowed batch (the source's columns,
+            // then the window columns): `source` sees its own columns.
             Some(b) => vec![match &self.projection {
                 Some(p) => b.project(p)?,
+                None if b.num_columns() != self.schema.fields().len() => {
+                    b.project(&(0..self.schema.fields().len()).collect::<Vec<_>>())?
+                }
                 None => b,
             }],
             None => vec![],
@@ -132,6 +142,58 @@ impl ExecutionPlan for SlotExec {
     }
 }
 
+/// A pipeline's `GROUP BY` must group by a window: a query that aggregates
+/// per micro-batch would give numbers that depend on batch sizes. Returns
+/// the output columns that are grouping keys.
+fn check_grouping(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::Aggregate(agg) = node {
+            groups.push(
+                agg.group_expr
+                    .iter()
+                    .map(|e| e.schema_name().to_string())
+                    .collect(),
+            );
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let example = "SELECT window_start, card, count(*) AS n FROM tumble(source, ts, INTERVAL '1' MINUTE) GROUP BY window_start, card";
+    match window {
+        None if !groups.is_empty() => Err(DataFusionError::Plan(format!(
+            "a pipeline's GROUP BY (or aggregate) needs an event-time window, or its result would depend on how records fall into micro-batches; read from a window and group by its start, e.g. `{example}` (docs/pipelines.md, \"Windows\")"
+        ))),
+        Some(_) => {
+            for keys in &groups {
+                if !keys
+                    .iter()
+                    .any(|k| k.ends_with(WINDOW_START) || k.ends_with(WINDOW_END))
+                {
+                    return Err(DataFusionError::Plan(format!(
+                        "a windowed query must GROUP BY window_start (or window_end), so that each window's result is its own, e.g. `{example}`"
+                    )));
+                }
+            }
+            let output: Vec<String> = plan
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            Ok(output
+                .into_iter()
+                .filter(|name| {
+                    groups
+                        .iter()
+                        .flatten()
+                        .any(|k| k == name || k.rsplit('.').next() == Some(name.as_str()))
+                })
+                .collect())
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 /// A query planned once over a micro-batch source.
 pub struct PlannedQuery {
     slot: Slot,
@@ -141,6 +203,10 @@ pub struct PlannedQuery {
     running: tokio::sync::Mutex<()>,
     shape: Shape,
     row_errors: Option<Arc<crate::udf::RowErrorCollector>>,
+    /// The window the query reads (`tumble(source, …)`), if any.
+    window: Option<WindowSpec>,
+    /// Output columns that are grouping keys (a windowed output's key).
+    group_columns: Vec<String>,
 }
 
 /// How the query's rows relate to its input rows.
@@ -177,18 +243,26 @@ impl PlannedQuery {
     /// the pipeline's UDFs).
     pub async fn new(ctx: &SessionContext, schema: SchemaRef, sql: &str) -> Result<Self> {
         let slot: Slot = Arc::new(Mutex::new(None));
-        ctx.register_table(
-            "source",
-            Arc::new(SlotTable {
-                schema,
-                slot: slot.clone(),
+        let source: Arc<dyn TableProvider> = Arc::new(SlotTable {
+            schema,
+            slot: slot.clone(),
+        });
+        ctx.register_table("source", source.clone())?;
+        let windowed_slot = slot.clone();
+        let captured = register_window_functions(
+            ctx,
+            source,
+            Arc::new(move |schema| {
+                Arc::new(SlotTable {
+                    schema,
+                    slot: windowed_slot.clone(),
+                }) as Arc<dyn TableProvider>
             }),
-        )?;
-        let plan = ctx
-            .sql_with_options(sql, crate::sql::read_only())
-            .await?
-            .create_physical_plan()
-            .await?;
+        );
+        let frame = ctx.sql_with_options(sql, crate::sql::read_only()).await?;
+        let window = captured.lock().clone();
+        let group_columns = check_grouping(frame.logical_plan(), window.as_ref())?;
+        let plan = frame.create_physical_plan().await?;
         if plan.properties().output_partitioning().partition_count() != 1 {
             return Err(DataFusionError::Plan(
                 "the pipeline query must produce a single stream".into(),
@@ -201,7 +275,20 @@ impl PlannedQuery {
             task: ctx.task_ctx(),
             running: tokio::sync::Mutex::new(()),
             row_errors: None,
+            window,
+            group_columns,
         })
+    }
+
+    /// The window the query reads, if it reads one.
+    pub fn window(&self) -> Option<&WindowSpec> {
+        self.window.as_ref()
+    }
+
+    /// Output columns that are grouping keys of a windowed query
+    /// (`window_start` and the `GROUP BY` columns it outputs).
+    pub fn group_columns(&self) -> &[String] {
+        &self.group_columns
     }
 
     /// The collector the query's UDFs were registered with

@@ -17,6 +17,7 @@ use super::query::PlannedQuery;
 use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterSink, RecordLimit, Sink};
 use super::source::Source;
+use super::window::WindowState;
 use crate::sandbox::{Sandbox, UdfModule};
 use crate::tenant::{BreakerAction, BreakerState};
 use crate::tenant::{Tenant, Tenants};
@@ -49,6 +50,13 @@ pub struct PipelineStats {
     /// 1 while the pipeline has no partitions, or lag and no progress, for
     /// longer than `source.stall_warn_ms`.
     pub stalled: Level,
+    /// Records behind the watermark whose windows were already emitted.
+    pub late: Count,
+    pub windows_emitted: Count,
+    pub open_windows: Level,
+    pub window_state_bytes: Level,
+    /// Event-time watermark in seconds (0 before the first record).
+    pub watermark: Level,
     /// What holds the pipeline up right now, in words (breaker or stall).
     condition: parking_lot::Mutex<Option<String>>,
 }
@@ -72,6 +80,11 @@ impl PipelineStats {
             paused: level(telemetry::PIPELINE_PAUSED),
             breaker_paused: level(telemetry::PIPELINE_BREAKER_PAUSED),
             stalled: level(telemetry::PIPELINE_STALLED),
+            late: count(telemetry::PIPELINE_LATE),
+            windows_emitted: count(telemetry::PIPELINE_WINDOWS_EMITTED),
+            open_windows: level(telemetry::PIPELINE_OPEN_WINDOWS),
+            window_state_bytes: level(telemetry::PIPELINE_WINDOW_STATE_BYTES),
+            watermark: level(telemetry::PIPELINE_WATERMARK),
             condition: parking_lot::Mutex::new(None),
         }
     }
@@ -106,7 +119,14 @@ pub struct Pipeline {
     tenant: Arc<Tenant>,
     modules: SharedModules,
     reload: Option<Reload>,
+    /// Open event-time windows, when the query reads one.
+    windows: Option<WindowState>,
+    /// Whether the state bound was reported since it was last reached.
+    state_full_logged: bool,
 }
+
+/// How often a pipeline whose open windows fill `state_bytes` looks again.
+const STATE_POLL: Duration = Duration::from_millis(200);
 
 /// The modules a pipeline currently runs.
 pub type SharedModules = Arc<parking_lot::RwLock<Vec<Arc<UdfModule>>>>;
@@ -208,7 +228,21 @@ impl Pipeline {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
         };
-        let encoder = RecordEncoder::new(config.sink.format(), key);
+        let windows = match query.window() {
+            Some(spec) => Some(
+                WindowState::new(spec.clone(), decoder.schema(), &config.watermark)
+                    .map_err(|e| anyhow::anyhow!("sql: {e}"))?,
+            ),
+            None => None,
+        };
+        // A window's result is keyed by its grouping columns (window start
+        // included) unless `sink.key` says otherwise: a re-emitted window
+        // replaces itself in a compacted topic.
+        let group_key = match (&config.sink, &windows) {
+            (SinkConfig::Kafka { key: None, .. }, Some(_)) => query.group_columns().to_vec(),
+            _ => Vec::new(),
+        };
+        let encoder = RecordEncoder::new(config.sink.format(), key).with_key_columns(group_key);
         encoder
             .check_schema(&query.output_schema())
             .map_err(anyhow::Error::msg)?;
@@ -231,6 +265,8 @@ impl Pipeline {
             tenant,
             modules: Arc::new(parking_lot::RwLock::new(modules)),
             reload,
+            windows,
+            state_full_logged: false,
         })
     }
 
@@ -309,10 +345,16 @@ impl Pipeline {
                 _ = shutdown.changed() => return Ok(()),
             };
             let Some(records) = next else {
+                // The source ended (a file): every open window is complete.
+                self.emit_windows(true, flight, shutdown).await?;
                 return Ok(());
             };
             if records.is_empty() {
                 self.check_stall(&mut stall);
+                if self.windows.is_some() {
+                    // A quiet partition may have gone idle: windows may close.
+                    self.emit_windows(false, flight, shutdown).await?;
+                }
             } else {
                 stall.progress();
                 self.clear_stall();
@@ -540,6 +582,9 @@ impl Pipeline {
         match Self::plan(&self.config, &modules, &self.decoder, &self.tenant)
             .await
             .and_then(|q| {
+                if q.window() != self.query.window() {
+                    anyhow::bail!("the new versions change the query's window");
+                }
                 self.encoder
                     .check_schema(&q.output_schema())
                     .map_err(anyhow::Error::msg)
@@ -661,6 +706,26 @@ impl Pipeline {
                 udf: None,
             })
             .collect();
+        if let Some(windows) = &mut self.windows {
+            let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
+            let admitted = windows
+                .admit(&decoded.batch, &rows, Instant::now())
+                .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
+            self.stats.late.add(admitted.late.len() as u64);
+            for (stage, list) in [("late", admitted.late), ("event_time", admitted.untimed)] {
+                letters.extend(list.into_iter().map(|(row, error)| DeadLetter {
+                    record: records[decoded.rows[row]].clone(),
+                    stage,
+                    error,
+                    udf: None,
+                }));
+            }
+            drop(rows);
+            drop(records);
+            return self
+                .emit_and_deliver(false, letters, offsets, flight, shutdown)
+                .await;
+        }
         let mut capacity_waits = 0u32;
         let isolated = loop {
             let before = self.calls_snapshot();
@@ -710,6 +775,201 @@ impl Pipeline {
             udf: f.udf,
         }));
         drop(records);
+        self.deliver(isolated.outputs, letters, offsets, flight)
+            .await
+    }
+
+    /// Emits the windows the watermark passed (every open one with
+    /// `flush`), then holds the source while the open windows exceed the
+    /// tenant's `state_bytes`.
+    async fn emit_windows(
+        &mut self,
+        flush: bool,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        self.emit_and_deliver(
+            flush,
+            Vec::new(),
+            super::record::Offsets::new(),
+            flight,
+            shutdown,
+        )
+        .await
+    }
+
+    async fn emit_and_deliver(
+        &mut self,
+        flush: bool,
+        letters: Vec<DeadLetter>,
+        offsets: super::record::Offsets,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        if !self
+            .emit_closed(flush, letters, offsets, flight, shutdown)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.hold_for_state(flight, shutdown).await
+    }
+
+    /// Runs the query once over the windows the watermark passed and
+    /// delivers their results with `letters`; commits stop below the oldest
+    /// record still in an open window.
+    async fn emit_closed(
+        &mut self,
+        flush: bool,
+        mut letters: Vec<DeadLetter>,
+        offsets: super::record::Offsets,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let Some(windows) = self.windows.as_mut() else {
+            return self.deliver(Vec::new(), letters, offsets, flight).await;
+        };
+        windows.tick(Instant::now());
+        let closed = windows
+            .take_closed(flush)
+            .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
+        if closed.is_none() && letters.is_empty() && offsets.is_empty() {
+            self.window_gauges();
+            return Ok(true);
+        }
+        let mut out = Vec::new();
+        if let Some(closed) = closed {
+            let mut capacity_waits = 0u32;
+            let isolated = loop {
+                let before = self.calls_snapshot();
+                let isolated = {
+                    let encoder = &self.encoder;
+                    let limit = self.sink.max_record_bytes();
+                    let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
+                        encode_checked(encoder, limit.as_ref(), batches)
+                    };
+                    super::isolate::run_whole(&self.query, closed.batch.clone(), &finish).await
+                };
+                self.record_breakers(&isolated.failed, &before);
+                if let Some(short) = isolated
+                    .failed
+                    .iter()
+                    .find(|f| f.capacity)
+                    .filter(|_| capacity_waits < MAX_CAPACITY_WAITS)
+                {
+                    // Nothing was sent; after a shutdown meanwhile nothing
+                    // past the open windows was committed either: the
+                    // windows are rebuilt by replay.
+                    capacity_waits += 1;
+                    if !self
+                        .wait_for_capacity(&short.error, capacity_waits, flight, shutdown)
+                        .await?
+                    {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                let held = self.tenant.policy().breaker_action == BreakerAction::Pause
+                    && isolated.failed.iter().any(|f| f.circuit_open);
+                if !held {
+                    break isolated;
+                }
+                if !self.wait_out_breaker(flight, shutdown).await? {
+                    return Ok(false);
+                }
+            };
+            self.stats.windows_emitted.add(closed.windows as u64);
+            letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
+                record: closed.records[f.row].clone(),
+                stage: f.stage,
+                error: f.error,
+                udf: f.udf,
+            }));
+            out = isolated.outputs;
+        }
+        let offsets = match &self.windows {
+            Some(w) => w.commit_floor(offsets),
+            None => offsets,
+        };
+        self.window_gauges();
+        self.deliver(out, letters, offsets, flight).await
+    }
+
+    fn window_gauges(&self) {
+        if let Some(w) = &self.windows {
+            self.stats.open_windows.set(w.open_windows() as i64);
+            self.stats.window_state_bytes.set(w.bytes() as i64);
+            if w.watermark() != i64::MIN {
+                self.stats
+                    .watermark
+                    .set(w.watermark().div_euclid(1_000_000));
+            }
+        }
+    }
+
+    /// While the open windows hold more than the tenant's `state_bytes`:
+    /// pauses the source (backpressure, nothing dropped), says why, and
+    /// emits windows as the watermark moves (a partition going idle).
+    async fn hold_for_state(
+        &mut self,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let limit = self.tenant.policy().state_bytes as usize;
+        let over = |p: &Self| p.windows.as_ref().is_some_and(|w| w.bytes() > limit);
+        if !over(self) {
+            self.state_full_logged = false;
+            return Ok(true);
+        }
+        let message = format!(
+            "paused: the open windows hold {} bytes of records, over `{}` = {limit}; the source resumes as windows close (raise the key, use shorter windows or a smaller `watermark.max_out_of_order_ms`)",
+            self.windows.as_ref().map_or(0, |w| w.bytes()),
+            self.tenant.policy().key("state_bytes"),
+        );
+        if !self.state_full_logged {
+            tracing::warn!(pipeline = %self.config.name, "{message}");
+            self.state_full_logged = true;
+        }
+        self.stats.set_condition(Some(message));
+        self.source.pause().await?;
+        let result = async {
+            while over(self) {
+                flight.commit_acknowledged(&mut *self.source).await?;
+                self.source.keepalive().await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(STATE_POLL) => {}
+                    _ = shutdown.changed() => return Ok(false),
+                }
+                if !self
+                    .emit_closed(
+                        false,
+                        Vec::new(),
+                        super::record::Offsets::new(),
+                        flight,
+                        shutdown,
+                    )
+                    .await?
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        .await;
+        self.source.resume().await?;
+        self.stats.set_condition(None);
+        result
+    }
+
+    /// Hands outputs and dead letters to their sinks; the batch joins the
+    /// in-flight window with `offsets` until both acknowledge it.
+    async fn deliver(
+        &mut self,
+        out: Vec<super::record::SinkRecord>,
+        letters: Vec<DeadLetter>,
+        offsets: super::record::Offsets,
+        flight: &mut InFlight,
+    ) -> anyhow::Result<bool> {
         if let Some(first) = letters.first()
             && self.config.errors.policy == ErrorPolicy::Fail
         {
@@ -722,7 +982,6 @@ impl Pipeline {
                 first.error
             );
         }
-        let out = isolated.outputs;
         self.stats.records_out.add(out.len() as u64);
         let mut bytes: usize = out.iter().map(|r| r.payload.len()).sum();
         let sent = self.sink.send(out);

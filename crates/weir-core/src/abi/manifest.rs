@@ -216,7 +216,9 @@ impl Manifest {
                     return Err(ManifestError::BadName(record.name));
                 }
                 if functions.iter().any(|f| f.name == record.name)
-                    || aggregates.iter().any(|f: &AggregateDecl| f.name == record.name)
+                    || aggregates
+                        .iter()
+                        .any(|f: &AggregateDecl| f.name == record.name)
                 {
                     return Err(ManifestError::Duplicate(record.name));
                 }
@@ -262,7 +264,9 @@ impl Manifest {
                             )));
                         }
                         if record.name.len() > 50 {
-                            return Err(bad("an aggregate's name is at most 50 bytes (its exports add a suffix)"));
+                            return Err(bad(
+                                "an aggregate's name is at most 50 bytes (its exports add a suffix)",
+                            ));
                         }
                         let state = state
                             .iter()
@@ -327,9 +331,18 @@ mod tests {
             "median(float64) -> float64 [aggregate, state: binary]"
         );
         for (bytes, expected) in [
-            (&br#"{"abi":1,"kind":"aggregate","name":"m","args":[],"ret":"int8"}"#[..], "state"),
-            (br#"{"abi":1,"kind":"window","name":"m","args":[],"ret":"int8"}"#, "unknown kind"),
-            (br#"{"abi":1,"name":"m","args":[],"ret":"int8","retract":true}"#, "aggregate"),
+            (
+                &br#"{"abi":1,"kind":"aggregate","name":"m","args":[],"ret":"int8"}"#[..],
+                "state",
+            ),
+            (
+                br#"{"abi":1,"kind":"window","name":"m","args":[],"ret":"int8"}"#,
+                "unknown kind",
+            ),
+            (
+                br#"{"abi":1,"name":"m","args":[],"ret":"int8","retract":true}"#,
+                "aggregate",
+            ),
         ] {
             let err = Manifest::parse(&[bytes]).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");

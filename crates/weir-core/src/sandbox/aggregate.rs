@@ -50,7 +50,11 @@ impl UdfModule {
     ///
     /// # Panics
     /// If `index` is not an aggregate of the manifest.
-    pub fn aggregate_run(self: &Arc<Self>, index: usize, deadline: Option<Instant>) -> AggregateRun {
+    pub fn aggregate_run(
+        self: &Arc<Self>,
+        index: usize,
+        deadline: Option<Instant>,
+    ) -> AggregateRun {
         assert!(index < self.manifest().aggregates.len());
         AggregateRun {
             module: self.clone(),
@@ -64,7 +68,10 @@ impl UdfModule {
 
     /// Position of aggregate `name` in the manifest.
     pub fn aggregate_index(&self, name: &str) -> Option<usize> {
-        self.manifest().aggregates.iter().position(|f| f.name == name)
+        self.manifest()
+            .aggregates
+            .iter()
+            .position(|f| f.name == name)
     }
 }
 
@@ -79,7 +86,9 @@ impl AggregateRun {
 
     /// Linear memory of its instance (its groups' state), in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.instance.as_ref().map_or(0, GuestInstance::memory_bytes)
+        self.instance
+            .as_ref()
+            .map_or(0, GuestInstance::memory_bytes)
     }
 
     fn error(&self, rows: usize, failure: Failure) -> UdfError {
@@ -205,7 +214,12 @@ impl AggregateRun {
     /// (`Emit::Evaluate`) of groups `0..groups`; with `consume` those groups
     /// are dropped and the rest renumbered from 0. One guest call.
     #[allow(clippy::result_large_err)]
-    pub fn emit(&mut self, emit: Emit, groups: usize, consume: bool) -> Result<Vec<ArrayRef>, UdfError> {
+    pub fn emit(
+        &mut self,
+        emit: Emit,
+        groups: usize,
+        consume: bool,
+    ) -> Result<Vec<ArrayRef>, UdfError> {
         let decl = self.decl().clone();
         let types = match emit {
             Emit::State => decl.state.clone(),
@@ -214,7 +228,9 @@ impl AggregateRun {
         if groups == 0 {
             return Ok(types
                 .iter()
-                .map(|t| datafusion::arrow::array::new_empty_array(&crate::abi::ArrowType::data_type(*t)))
+                .map(|t| {
+                    datafusion::arrow::array::new_empty_array(&crate::abi::ArrowType::data_type(*t))
+                })
                 .collect());
         }
         let index = self.index;

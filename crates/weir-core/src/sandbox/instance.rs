@@ -234,7 +234,8 @@ impl GuestInstance {
                 .call(&mut self.store, (base, rows as u32, groups as u32))
                 .map_err(|e| self.trap(e, limits))?;
             let mem = self.memory.data(&self.store);
-            crate::marshal::output::read_status(mem, out, rows).map_err(|e| Failure::InvalidOutput(e.0))
+            crate::marshal::output::read_status(mem, out, rows)
+                .map_err(|e| Failure::InvalidOutput(e.0))
         })
     }
 
@@ -271,8 +272,14 @@ impl GuestInstance {
                     .ok_or_else(|| {
                         Failure::InvalidOutput(format!("result descriptor {i} lies outside memory"))
                     })?;
-                match read_result(mem, at as u32, *ty, groups, limits.max_output_bytes as usize)
-                    .map_err(|e| Failure::InvalidOutput(format!("column {i}: {}", e.0)))?
+                match read_result(
+                    mem,
+                    at as u32,
+                    *ty,
+                    groups,
+                    limits.max_output_bytes as usize,
+                )
+                .map_err(|e| Failure::InvalidOutput(format!("column {i}: {}", e.0)))?
                 {
                     CallResult::Array(array) => columns.push(array),
                     CallResult::RowError { row, message } => {

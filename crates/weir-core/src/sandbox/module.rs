@@ -786,7 +786,10 @@ impl Sandbox {
                 .map(|(name, _)| name)
                 .find(|name| !exported(name))
             {
-                return Err(missing(&name, "a part of an aggregate the manifest declares"));
+                return Err(missing(
+                    &name,
+                    "a part of an aggregate the manifest declares",
+                ));
             }
         }
         let digest = hex::encode(Sha256::digest(&wasm));

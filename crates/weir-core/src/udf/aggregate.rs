@@ -243,7 +243,13 @@ impl GroupsAccumulator for WasmGroupsAccumulator {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.fold(Fold::Update, values, group_indices, opt_filter, total_num_groups)
+        self.fold(
+            Fold::Update,
+            values,
+            group_indices,
+            opt_filter,
+            total_num_groups,
+        )
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {

@@ -23,8 +23,8 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
-pub use row_errors::{CollectedCall, RowErrorCollector};
 pub use aggregate::{WasmAccumulator, WasmAggregateUdf, WasmGroupsAccumulator};
+pub use row_errors::{CollectedCall, RowErrorCollector};
 pub use scalar::WasmScalarUdf;
 
 use crate::sandbox::UdfModule;

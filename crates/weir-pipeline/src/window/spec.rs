@@ -47,14 +47,16 @@ impl WindowSpec {
 /// Where the table functions put what the query asked for.
 pub type Captured = Arc<Mutex<Option<WindowSpec>>>;
 
-#[derive(Debug)]
 struct WindowFunction {
     kind: WindowKind,
     /// The source table (its slot) and its schema.
     source: Arc<dyn TableProvider>,
     captured: Captured,
-    make: fn(SchemaRef, Arc<dyn TableProvider>) -> Arc<dyn TableProvider>,
+    make: MakeTable,
 }
+
+/// Builds the windowed table (same slot as `source`) for a schema.
+pub type MakeTable = Arc<dyn Fn(SchemaRef) -> Arc<dyn TableProvider> + Send + Sync>;
 
 /// The schema of a window table function over `source`: its columns, then
 /// `window_start` and `window_end`.
@@ -84,6 +86,14 @@ fn interval_us(name: &str, what: &str, e: &Expr) -> Result<i64> {
     }
 }
 
+impl std::fmt::Debug for WindowFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowFunction")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
 impl TableFunctionImpl for WindowFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let name = match self.kind {
@@ -95,13 +105,21 @@ impl TableFunctionImpl for WindowFunction {
             WindowKind::Hop => "hop(source, <time column>, INTERVAL '<slide>', INTERVAL '<size>')",
         };
         let exprs = args.exprs();
-        let want = if self.kind == WindowKind::Tumble { 3 } else { 4 };
+        let want = if self.kind == WindowKind::Tumble {
+            3
+        } else {
+            4
+        };
         if exprs.len() != want {
             return plan_err!("{name}() takes {want} arguments: {usage}");
         }
         match &exprs[0] {
             Expr::Column(c) if c.name == "source" => {}
-            other => return plan_err!("{name}(): the first argument is the table `source`, not {other}; {usage}"),
+            other => {
+                return plan_err!(
+                    "{name}(): the first argument is the table `source`, not {other}; {usage}"
+                );
+            }
         }
         let Expr::Column(time) = &exprs[1] else {
             return plan_err!("{name}(): the second argument is the event-time column; {usage}");
@@ -134,7 +152,9 @@ impl TableFunctionImpl for WindowFunction {
                     return plan_err!("hop(): the size must be a multiple of the slide");
                 }
                 if size / slide > 1000 {
-                    return plan_err!("hop(): a record may be in at most 1000 windows (size / slide)");
+                    return plan_err!(
+                        "hop(): a record may be in at most 1000 windows (size / slide)"
+                    );
                 }
                 (size, slide)
             }
@@ -150,7 +170,7 @@ impl TableFunctionImpl for WindowFunction {
             return plan_err!("a pipeline's query may use one window");
         }
         *captured = Some(spec);
-        Ok((self.make)(windowed_schema(&schema), self.source.clone()))
+        Ok((self.make)(windowed_schema(&schema)))
     }
 }
 
@@ -159,7 +179,7 @@ impl TableFunctionImpl for WindowFunction {
 pub fn register_window_functions(
     ctx: &SessionContext,
     source: Arc<dyn TableProvider>,
-    make: fn(SchemaRef, Arc<dyn TableProvider>) -> Arc<dyn TableProvider>,
+    make: MakeTable,
 ) -> Captured {
     let captured: Captured = Arc::new(Mutex::new(None));
     for (name, kind) in [("tumble", WindowKind::Tumble), ("hop", WindowKind::Hop)] {
@@ -169,7 +189,7 @@ pub fn register_window_functions(
                 kind,
                 source: source.clone(),
                 captured: captured.clone(),
-                make,
+                make: make.clone(),
             }),
         );
     }

@@ -75,7 +75,10 @@ fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
 fn record_bytes(r: &SourceRecord) -> usize {
     std::mem::size_of::<SourceRecord>()
         + r.payload_len()
-        + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 impl WindowState {
@@ -173,7 +176,8 @@ impl WindowState {
                 .map(|c| take(c, &indices, None))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let part = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())?;
+            let part =
+                RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())?;
             let open = self.open.entry(start).or_default();
             open.end = start + self.spec.size_us;
             let mut bytes = part.get_array_memory_size();
@@ -237,9 +241,8 @@ impl WindowState {
             let rows: usize = open.batches.iter().map(RecordBatch::num_rows).sum();
             let data = concat_batches(&self.schema, &open.batches).map_err(|e| e.to_string())?;
             let mut columns = data.columns().to_vec();
-            let constant = |v: i64| -> ArrayRef {
-                Arc::new(TimestampMicrosecondArray::from_value(v, rows))
-            };
+            let constant =
+                |v: i64| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from_value(v, rows)) };
             columns.push(constant(*start));
             columns.push(constant(open.end));
             batches.push(

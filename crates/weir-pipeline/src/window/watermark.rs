@@ -105,7 +105,11 @@ mod tests {
         let mut w = Watermarks::new(5, 1000);
         assert_eq!(w.observe(&p(0), 100_000, t0), 95_000);
         assert_eq!(w.observe(&p(1), 50_000, t0), 95_000, "never moves back");
-        assert_eq!(w.observe(&p(0), 200_000, t0), 95_000, "partition 1 holds it");
+        assert_eq!(
+            w.observe(&p(0), 200_000, t0),
+            95_000,
+            "partition 1 holds it"
+        );
         assert_eq!(w.observe(&p(1), 150_000, t0), 145_000);
         // Partition 1 goes quiet: after the idle timeout partition 0 alone counts.
         assert_eq!(w.advance(t0 + Duration::from_millis(500)), 145_000);
@@ -119,6 +123,10 @@ mod tests {
         let mut w = Watermarks::new(0, 0);
         assert_eq!(w.observe(&p(0), 10, t0), 10);
         assert_eq!(w.observe(&p(0), 3, t0), 10);
-        assert_eq!(w.advance(t0 + Duration::from_secs(3600)), 10, "no idleness with 0");
+        assert_eq!(
+            w.advance(t0 + Duration::from_secs(3600)),
+            10,
+            "no idleness with 0"
+        );
     }
 }

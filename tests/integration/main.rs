@@ -2,6 +2,7 @@
 
 mod support;
 
+mod aggregate;
 mod architecture;
 mod breaker;
 mod cache;

@@ -52,6 +52,10 @@ async fn pipeline_cases() {
                 &support::module_path("finance").display().to_string(),
             )
             .replace(
+                "{hostile}",
+                &support::repo().join("tests/hostile").display().to_string(),
+            )
+            .replace(
                 "{stats}",
                 &support::module_path("stats").display().to_string(),
             )

@@ -21,6 +21,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../udfs/sdk/src/lib.rs"),
     ),
     (
+        "weir-udf/src/aggregate.rs",
+        include_str!("../../udfs/sdk/src/aggregate.rs"),
+    ),
+    (
         "weir-udf/src/abi.rs",
         include_str!("../../udfs/sdk/src/abi.rs"),
     ),

@@ -114,6 +114,10 @@ const RUST_TEMPLATE: &[(&str, &str)] = &[
         include_str!("../../templates/rust/src/lib.rs"),
     ),
     ("rows.json", include_str!("../../templates/rust/rows.json")),
+    (
+        "spread.json",
+        include_str!("../../templates/rust/spread.json"),
+    ),
     ("README.md", include_str!("../../templates/rust/README.md")),
 ];
 
@@ -163,6 +167,11 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     println!("  cd {}", dir.display());
     println!("  weir udf build");
     println!("  weir udf test target/wasm32-unknown-unknown/release/{name}.wasm --input rows.json");
+    if args.lang == "rust" {
+        println!(
+            "  weir udf test target/wasm32-unknown-unknown/release/{name}.wasm --input spread.json   # the aggregate"
+        );
+    }
     Ok(())
 }
 
@@ -193,9 +202,34 @@ fn test(cli: &Cli, args: &TestArgs) -> anyhow::Result<()> {
         .clone()
         .or(function)
         .or_else(|| module.manifest().functions.first().map(|f| f.name.clone()))
+        .or_else(|| module.manifest().aggregates.first().map(|f| f.name.clone()))
         .ok_or_else(|| anyhow::anyhow!("the module declares no function"))?;
     let staged =
         weir_core::udf::staged::run_rows(&module, &function, &rows).map_err(anyhow::Error::msg)?;
+    if module.aggregate_index(&function).is_some() {
+        // One group of every row; its states merged must agree.
+        match staged.errors.first() {
+            Some(e) => println!(
+                "aggregate {function} over {} rows  error (row {}): {}",
+                rows.len(),
+                e.row,
+                e.error
+            ),
+            None => println!(
+                "aggregate {function} over {} rows = {} (state exported and merged: same value)",
+                rows.len(),
+                staged.outputs.first().cloned().unwrap_or_default()
+            ),
+        }
+        println!(
+            "{} guest call(s), {:.3} ms in the guest",
+            staged.calls, staged.guest_ms
+        );
+        return match staged.errors.first() {
+            None => Ok(()),
+            Some(_) => Err(anyhow::anyhow!("the aggregate failed")),
+        };
+    }
     let errors: std::collections::HashMap<usize, &str> = staged
         .errors
         .iter()
@@ -305,12 +339,27 @@ fn inspect(cli: &Cli, args: &InspectArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
+        let aggregates: Vec<_> = manifest
+            .aggregates
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name,
+                    "args": f.args.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                    "ret": f.ret.name(),
+                    "state": f.state.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                    "retract": f.retract,
+                    "deterministic": f.deterministic,
+                })
+            })
+            .collect();
         let doc = serde_json::json!({
             "module": module.label(),
             "sha256": module.digest(),
             "abi_version": manifest.abi_version,
             "capabilities": capabilities,
             "functions": functions,
+            "aggregates": aggregates,
         });
         println!("{doc}");
         return Ok(());
@@ -334,6 +383,17 @@ fn inspect(cli: &Cli, args: &InspectArgs) -> anyhow::Result<()> {
             "non-deterministic"
         };
         println!("  {}  [{det}]", f.signature());
+    }
+    if !manifest.aggregates.is_empty() {
+        println!("aggregates   {}", manifest.aggregates.len());
+        for f in &manifest.aggregates {
+            let det = if f.deterministic {
+                "deterministic"
+            } else {
+                "non-deterministic"
+            };
+            println!("  {}  [{det}]", f.signature());
+        }
     }
     Ok(())
 }

@@ -168,7 +168,7 @@ fn errors_exit_non_zero_with_the_message_on_stderr() {
 
 #[test]
 fn every_example_module_passes_inspect() {
-    for name in ["geo", "text", "finance", "sampling", "fahrenheit"] {
+    for name in ["geo", "text", "finance", "sampling", "fahrenheit", "stats"] {
         let out = stdout(&weir(&["udf", "inspect", &path(name)]));
         assert!(out.contains("abi version  1"), "{name}: {out}");
     }
@@ -177,6 +177,11 @@ fn every_example_module_passes_inspect() {
     let f = &doc["functions"].as_array().unwrap()[0];
     assert_eq!(doc["abi_version"], 1);
     assert_eq!(f["deterministic"], false);
+    let out = stdout(&weir(&["udf", "inspect", &path("stats")]));
+    assert!(
+        out.contains("median(float64) -> float64 [aggregate, state: binary]  [deterministic]"),
+        "{out}"
+    );
     let out = stdout(&weir(&["udf", "inspect", &path("geo")]));
     assert!(
         out.contains(
@@ -273,6 +278,27 @@ fn follow_the_guide(lang: &str, module: &str) {
         &project,
     );
     assert!(sql.contains("41"), "{sql}");
+    if lang == "rust" {
+        // The aggregate of the template: tested (its state merges back to
+        // the same value), then in a GROUP BY.
+        let tested = run(&["udf", "test", module, "--input", "spread.json"], &project);
+        assert!(
+            tested.contains("aggregate my_score_spread over 4 rows = 6.0 (state exported and merged: same value)"),
+            "{tested}"
+        );
+        let sql = run(
+            &[
+                "sql",
+                "--udf",
+                module,
+                "--format",
+                "csv",
+                "SELECT x % 2 AS g, my_score_spread(x) AS s FROM generate_series(1, 9) AS t(x) GROUP BY x % 2 ORDER BY g",
+            ],
+            &project,
+        );
+        assert!(sql.contains("g,s\n0,6.0\n1,8.0"), "{sql}");
+    }
     // A failing row fails `weir udf test` and says why.
     std::fs::write(
         project.join("bad.json"),

@@ -1,5 +1,6 @@
 //! `{{name}}`: weir UDFs. Each `#[weir_udf::scalar]` function becomes a SQL
-//! function; weir calls it once per batch. NULL in → NULL out unless an
+//! function, each `#[weir_udf::aggregate]` impl an aggregate function;
+//! weir calls them once per batch. NULL in → NULL out unless an
 //! argument is an `Option`. Return `Result<T, E>` to fail a row with a
 //! message. See docs/udf-guide.md.
 
@@ -18,6 +19,35 @@ fn {{name}}_ratio(a: f64, b: f64) -> Result<f64, String> {
     Ok(a / b)
 }
 
+/// `{{name}}_spread(x)`: an aggregate, the largest value less the smallest.
+/// One value of the struct per group; weir calls `update` once per batch
+/// for every row (NULL rows skipped), `merge` to combine partial groups
+/// (their state saved with `weir_udf::state!`), `finish` for the result.
+#[derive(Default)]
+pub struct Spread {
+    range: Option<(f64, f64)>,
+}
+weir_udf::state!(Spread { range });
+
+#[weir_udf::aggregate(name = "{{name}}_spread")]
+impl Spread {
+    fn update(&mut self, x: f64) {
+        self.range = Some(match self.range {
+            None => (x, x),
+            Some((lo, hi)) => (lo.min(x), hi.max(x)),
+        });
+    }
+    fn merge(&mut self, other: Self) {
+        if let Some((lo, hi)) = other.range {
+            self.update(lo);
+            self.update(hi);
+        }
+    }
+    fn finish(&self) -> Option<f64> {
+        self.range.map(|(lo, hi)| hi - lo)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -25,6 +55,16 @@ mod tests {
     #[test]
     fn doubles_plus_one() {
         assert_eq!({{name}}(20), 41);
+    }
+
+    #[test]
+    fn spread_merges_partial_groups() {
+        let (mut a, mut b) = (Spread::default(), Spread::default());
+        a.update(3.0);
+        b.update(-1.0);
+        b.update(7.0);
+        a.merge(b);
+        assert_eq!(a.finish(), Some(8.0));
     }
 
     #[test]

@@ -47,12 +47,16 @@ pub fn run_rows_until(
     rows: &[Value],
     deadline: Option<Instant>,
 ) -> Result<Staged, String> {
+    if let Some(index) = module.aggregate_index(function) {
+        return run_aggregate(module, index, rows, deadline);
+    }
     let index = module.function_index(function).ok_or_else(|| {
         let known: Vec<&str> = module
             .manifest()
             .functions
             .iter()
             .map(|f| f.name.as_str())
+            .chain(module.manifest().aggregates.iter().map(|f| f.name.as_str()))
             .collect();
         format!(
             "the module has no function `{function}` (it has: {})",
@@ -66,43 +70,7 @@ pub fn run_rows_until(
         ));
     }
     let decl = &module.manifest().functions[index];
-    let fields: Vec<Field> = decl
-        .args
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Field::new(format!("a{i}"), t.data_type(), true))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let mut objects = Vec::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        let values = row
-            .as_array()
-            .filter(|v| v.len() == decl.args.len())
-            .ok_or_else(|| {
-                format!(
-                    "row {r}: give an array of {} argument value(s) for `{}`",
-                    decl.args.len(),
-                    decl.signature()
-                )
-            })?;
-        let object: Map<String, Value> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("a{i}"), v.clone()))
-            .collect();
-        objects.push(Value::Object(object));
-    }
-    let mut decoder = ReaderBuilder::new(schema.clone())
-        .build_decoder()
-        .map_err(|e| e.to_string())?;
-    decoder
-        .serialize(&objects)
-        .map_err(|e| format!("rows do not match `{}`: {e}", decl.signature()))?;
-    let batch = decoder
-        .flush()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_else(|| RecordBatch::new_empty(schema));
-    let args: Vec<ArrayRef> = batch.columns().to_vec();
+    let args = arg_columns(&decl.args, &decl.signature(), rows)?;
     let mut guest = std::time::Duration::ZERO;
     let mut calls = 1;
     let started = Instant::now();
@@ -154,6 +122,134 @@ pub fn run_rows_until(
         guest_ms: guest.as_secs_f64() * 1000.0,
         calls,
     })
+}
+
+/// An aggregate's staged run: every row is one group. The output is the
+/// group's value; the run also checks that the state the aggregate exports
+/// merges back to the same value (the rows split in two partial groups,
+/// their states merged), as the host relies on when it merges partitions.
+fn run_aggregate(
+    module: &Arc<UdfModule>,
+    index: usize,
+    rows: &[Value],
+    deadline: Option<Instant>,
+) -> Result<Staged, String> {
+    use crate::sandbox::aggregate::{Emit, Fold};
+    use datafusion::arrow::array::UInt32Array;
+    if rows.len() > MAX_ROWS {
+        return Err(format!(
+            "{} rows given; a staged run takes at most {MAX_ROWS}",
+            rows.len()
+        ));
+    }
+    let decl = module.manifest().aggregates[index].clone();
+    let args = arg_columns(&decl.args, &decl.signature(), rows)?;
+    let n = rows.len();
+    let started = Instant::now();
+    let mut calls = 0;
+    let zeros = |len: usize| -> ArrayRef { Arc::new(UInt32Array::from(vec![0u32; len])) };
+    let mut whole = module.aggregate_run(index, deadline);
+    let row_error = |e: crate::sandbox::UdfError| match &e.failure {
+        Failure::RowError { row, .. } => RowError {
+            row: *row,
+            error: e.to_string(),
+        },
+        _ => RowError {
+            row: 0,
+            error: e.to_string(),
+        },
+    };
+    calls += 1;
+    if let Err(e) = whole.fold(Fold::Update, &args, zeros(n), n, 1) {
+        return Ok(Staged {
+            outputs: vec![Value::Null],
+            errors: vec![row_error(e)],
+            guest_ms: started.elapsed().as_secs_f64() * 1000.0,
+            calls,
+        });
+    }
+    calls += 1;
+    let value = whole
+        .emit(Emit::Evaluate, 1, false)
+        .map_err(|e| e.to_string())?;
+    let value = to_json(&value[0])?;
+    // The same rows as two partial groups, merged.
+    let half = n / 2;
+    let mut merged = module.aggregate_run(index, deadline);
+    for (start, len) in [(0, half), (half, n - half)] {
+        let mut part = module.aggregate_run(index, deadline);
+        let slice: Vec<ArrayRef> = args.iter().map(|a| a.slice(start, len)).collect();
+        part.fold(Fold::Update, &slice, zeros(len), len, 1)
+            .map_err(|e| e.to_string())?;
+        let state = part.emit(Emit::State, 1, true).map_err(|e| e.to_string())?;
+        merged
+            .fold(Fold::Merge, &state, zeros(1), 1, 1)
+            .map_err(|e| e.to_string())?;
+        calls += 3;
+    }
+    calls += 1;
+    let again = merged
+        .emit(Emit::Evaluate, 1, false)
+        .map_err(|e| e.to_string())?;
+    let again = to_json(&again[0])?;
+    let mut errors = Vec::new();
+    if again != value {
+        errors.push(RowError {
+            row: 0,
+            error: format!(
+                "aggregate `{}`: merging the states of rows 0..{half} and {half}..{n} gives {}, all rows at once give {}; its state or merge loses something",
+                decl.name, again[0], value[0]
+            ),
+        });
+    }
+    Ok(Staged {
+        outputs: value,
+        errors,
+        guest_ms: started.elapsed().as_secs_f64() * 1000.0,
+        calls,
+    })
+}
+/// The argument columns of `rows` (each an array of values) for `types`.
+fn arg_columns(
+    types: &[crate::abi::AbiType],
+    signature: &str,
+    rows: &[Value],
+) -> Result<Vec<ArrayRef>, String> {
+    let fields: Vec<Field> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Field::new(format!("a{i}"), t.data_type(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let mut objects = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        let values = row
+            .as_array()
+            .filter(|v| v.len() == types.len())
+            .ok_or_else(|| {
+                format!(
+                    "row {r}: give an array of {} argument value(s) for `{signature}`",
+                    types.len(),
+                )
+            })?;
+        let object: Map<String, Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("a{i}"), v.clone()))
+            .collect();
+        objects.push(Value::Object(object));
+    }
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder
+        .serialize(&objects)
+        .map_err(|e| format!("rows do not match `{signature}`: {e}"))?;
+    let batch = decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema));
+    Ok(batch.columns().to_vec())
 }
 
 fn to_json(array: &ArrayRef) -> Result<Vec<Value>, String> {

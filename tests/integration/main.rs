@@ -19,3 +19,4 @@ mod serve;
 mod sql_files;
 mod tenant;
 mod types;
+mod windows;

@@ -210,3 +210,106 @@ async fn a_full_instance_pool_holds_the_batch_instead_of_dead_lettering_it() {
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["source_offset"], 1);
 }
+
+/// Open windows over the tenant's `state_bytes` pause the source and say
+/// why; nothing is dropped, and a shutdown meanwhile commits nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_windows_over_state_bytes_pause_the_source_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    // One window that never closes (one partition, no later record).
+    let lines: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"amount\":{i}.0,\"ts\":\"2026-01-01T00:00:{:02}Z\"}}\n",
+                i % 60
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let out = dir.path().join("out.ndjson");
+    let toml = format!(
+        "name = \"full-state\"\ntenant = \"t\"\nsql = \"SELECT window_start, count(*) AS n FROM tumble(source, ts, INTERVAL '1' HOUR) GROUP BY window_start\"\n[source]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nfields = [{{ name = \"amount\", type = \"float64\" }}, {{ name = \"ts\", type = \"timestamp_us\" }}]\n[sink]\nkind = \"file\"\npath = \"{}\"\n[errors]\npolicy = \"skip\"\n[batch]\nmax_records = 10\n",
+        input.display(),
+        out.display()
+    );
+    let tenants = weir::tenant::Tenants::new(
+        weir::tenant::Policy::from_toml("[tenants.t]\nstate_bytes = 4096\n").unwrap(),
+    );
+    let config = PipelineConfig::from_toml(&toml).unwrap();
+    let pipeline = Pipeline::build_for(config, support::sandbox(), &tenants)
+        .await
+        .unwrap();
+    let stats = pipeline.stats();
+    let (stop, stopped) = watch::channel(false);
+    let run = tokio::spawn(pipeline.run(stopped));
+    let started = std::time::Instant::now();
+    let condition = loop {
+        if let Some(c) = stats.condition() {
+            break c;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never paused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(condition.contains("tenants.t.state_bytes"), "{condition}");
+    assert!(stats.records_in.get() < 200, "the source is held back");
+    assert_eq!(stats.skipped.get(), 0, "nothing dropped");
+    assert!(stats.window_state_bytes.get() > 4096);
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    assert_eq!(std::fs::read_to_string(&out).unwrap_or_default(), "");
+}
+
+/// The README's windowed pipeline (examples/pipelines/windowed-rides.toml)
+/// runs as `weir run` and prints one row per city and minute.
+#[test]
+fn the_readme_windowed_pipeline_runs() {
+    let repo = support::repo();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = std::fs::read_to_string(repo.join("examples/pipelines/windowed-rides.toml"))
+        .unwrap()
+        .replace(
+            "../../udfs/target/wasm32-unknown-unknown/release/stats.wasm",
+            &support::module_path("stats").display().to_string(),
+        )
+        .replace(
+            "../data/rides.ndjson",
+            &repo
+                .join("examples/data/rides.ndjson")
+                .display()
+                .to_string(),
+        )
+        .replace("../../out/", &format!("{}/", dir.path().display()));
+    let file = dir.path().join("windowed-rides.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", file.to_str().unwrap()])
+        .env("WEIR_CACHE_DIR", support::cache_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Four minutes, two cities: 40 on-time rides in all.
+    assert!(rows.len() >= 7, "{rows:#?}");
+    let rides: i64 = rows.iter().map(|r| r["rides"].as_i64().unwrap()).sum();
+    assert_eq!(rides, 40, "{rows:#?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["median_fare"].is_f64() && r["top_fares"].is_string())
+    );
+    let letters =
+        std::fs::read_to_string(dir.path().join("windowed-rides.dead-letters.ndjson")).unwrap();
+    let letter: serde_json::Value = serde_json::from_str(letters.trim()).unwrap();
+    assert_eq!(letter["stage"], "late", "{letter}");
+    assert!(letter["payload"].as_str().unwrap().contains("\"ride\":99"));
+}

@@ -1,0 +1,191 @@
+//! Windowed pipelines on a real broker (nisshi): event time across
+//! partitions, a SIGKILL while windows are open, the restart that rebuilds
+//! them by replaying from the committed offsets, and an idle partition.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::kafka::{Weir, broker, consume_until, create_topics};
+use crate::support;
+
+/// Event time of second `s`, as the JSON the pipeline decodes.
+fn at(s: i64) -> String {
+    format!(
+        "2026-01-01T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+/// Produces one record per second `s` of `seconds` (amount = s) to
+/// partition `s % partitions`.
+async fn produce_seconds(addr: &str, topic: &str, seconds: std::ops::Range<i64>, partitions: i32) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for s in seconds {
+        let payload = format!(r#"{{"amount":{s}.0,"ts":"{}"}}"#, at(s));
+        let record = FutureRecord::<(), _>::to(topic)
+            .payload(payload.as_bytes())
+            .partition((s % i64::from(partitions)) as i32);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+fn windowed_pipeline(
+    dir: &std::path::Path,
+    addr: &str,
+    input: &str,
+    output: &str,
+    idle_ms: u64,
+) -> std::path::PathBuf {
+    let toml = format!(
+        r#"
+name = "windows"
+udfs = ["{stats}"]
+sql = """
+SELECT window_start, count(*) AS n, wsum(amount) AS total, median(amount) AS med
+FROM tumble(source, ts, INTERVAL '10' SECOND)
+GROUP BY window_start
+"""
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["{input}"]
+group = "weir-windows"
+format = "json"
+fields = [{{ name = "amount", type = "float64" }}, {{ name = "ts", type = "timestamp_us" }}]
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[watermark]
+idle_partition_ms = {idle_ms}
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "{output}"
+[errors]
+policy = "skip"
+[batch]
+max_records = 25
+max_linger_ms = 20
+"#,
+        stats = support::module_path("stats").display(),
+    );
+    let path = dir.join("windows.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Every window's emitted values by key (window start), in arrival order.
+fn by_window(records: &[crate::kafka::Received]) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut windows: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for (key, payload, _) in records {
+        let value: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let key = key
+            .clone()
+            .expect("a windowed result is keyed by its window");
+        windows.entry(key).or_default().push(value);
+    }
+    windows
+}
+
+/// The result window `w` (seconds 10w..10w+10) must have.
+fn expected(w: i64) -> (i64, f64, f64) {
+    let sum: i64 = (10 * w..10 * w + 10).sum();
+    (10, sum as f64, 10.0 * w as f64 + 4.5)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_open_windows_then_restart_emits_every_window_with_its_value() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("events", 2), ("events-windows", 1)]).await;
+    // Windows 0..30 of 10 s, one record per second over two partitions.
+    produce_seconds(&addr, "events", 0..300, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = windowed_pipeline(dir.path(), &addr, "events", "events-windows", 0);
+    let first = Weir::start(&pipeline);
+    // Up to [280 s, 290 s) can close; [290 s, 300 s) stays open.
+    consume_until(&addr, "events-windows", |got| by_window(got).len() >= 20).await;
+    first.signal("-KILL");
+    drop(first);
+    // The rest of the stream, then a record far ahead in each partition
+    // that closes every window before it.
+    produce_seconds(&addr, "events", 300..600, 2).await;
+    produce_seconds(&addr, "events", 100_000..100_002, 2).await;
+    let second = Weir::start(&pipeline);
+    let got = consume_until(&addr, "events-windows", |got| by_window(got).len() >= 60).await;
+    let windows = by_window(&got);
+    assert_eq!(windows.len(), 60, "{:?}", windows.keys());
+    let mut duplicates = 0;
+    for (w, (key, values)) in windows.iter().enumerate() {
+        assert!(
+            key.contains(&at(10 * w as i64).replace('Z', "")),
+            "key {key} of window {w}"
+        );
+        let (n, total, med) = expected(w as i64);
+        for v in values {
+            assert_eq!(v["n"], n, "window {w}: {v}");
+            assert_eq!(v["total"].as_f64(), Some(total), "window {w}: {v}");
+            assert_eq!(v["med"].as_f64(), Some(med), "window {w}: {v}");
+        }
+        duplicates += values.len() - 1;
+    }
+    // At-least-once: windows emitted before the kill but not yet committed
+    // come again, with the same value (a compacted topic keeps one).
+    eprintln!("windows re-emitted after the restart: {duplicates}");
+    assert!(second.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_stops_holding_the_windows_back() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("quiet", 2), ("quiet-windows", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = windowed_pipeline(dir.path(), &addr, "quiet", "quiet-windows", 2000);
+    let weir = Weir::start(&pipeline);
+    // Partition 1 gets one early record and then nothing; partition 0 goes
+    // on. Once partition 1 is idle (2 s), partition 0 alone moves the
+    // watermark and the windows close.
+    produce_seconds(&addr, "quiet", 1..2, 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let evens: Vec<i64> = (0..100).step_by(2).collect();
+    for chunk in evens.chunks(10) {
+        produce_seconds_at(&addr, "quiet", chunk, 0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let got = consume_until(&addr, "quiet-windows", |got| by_window(got).len() >= 5).await;
+    let windows = by_window(&got);
+    let first = windows.values().next().unwrap().last().unwrap();
+    // Window [0, 10): the evens 0..8 and the early odd 1.
+    assert_eq!(first["n"], 6, "{first}");
+    assert_eq!(first["total"].as_f64(), Some(21.0), "{first}");
+    assert!(weir.stop().success());
+}
+
+async fn produce_seconds_at(addr: &str, topic: &str, seconds: &[i64], partition: i32) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    for &s in seconds {
+        let payload = format!(r#"{{"amount":{s}.0,"ts":"{}"}}"#, at(s));
+        let record = FutureRecord::<(), _>::to(topic)
+            .payload(payload.as_bytes())
+            .partition(partition);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}

@@ -101,6 +101,7 @@ const C_TEMPLATE: &[(&str, &str)] = &[
     ("{{name}}.c", include_str!("../../templates/c/udf.c")),
     ("weir_udf.h", include_str!("../../udfs/c/weir_udf.h")),
     ("rows.json", include_str!("../../templates/rust/rows.json")),
+    ("total.json", include_str!("../../templates/c/total.json")),
     ("README.md", include_str!("../../templates/c/README.md")),
 ];
 

@@ -298,6 +298,26 @@ fn follow_the_guide(lang: &str, module: &str) {
             &project,
         );
         assert!(sql.contains("g,s\n0,6.0\n1,8.0"), "{sql}");
+    } else {
+        let tested = run(&["udf", "test", module, "--input", "total.json"], &project);
+        assert!(
+            tested.contains(
+                "aggregate my_score_total over 4 rows = 3.5 (state exported and merged: same value)"
+            ),
+            "{tested}"
+        );
+        let sql = run(
+            &[
+                "sql",
+                "--udf",
+                module,
+                "--format",
+                "csv",
+                "SELECT x % 2 AS g, my_score_total(x) AS s FROM generate_series(1, 9) AS t(x) GROUP BY x % 2 ORDER BY g",
+            ],
+            &project,
+        );
+        assert!(sql.contains("g,s\n0,20.0\n1,25.0"), "{sql}");
     }
     // A failing row fails `weir udf test` and says why.
     std::fs::write(

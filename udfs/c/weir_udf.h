@@ -52,8 +52,38 @@ typedef struct {
 #define WEIR_UDF_VOLATILE1(f, ret, a) WEIR__FN(f, ret, false, WEIR__S(a))
 #define WEIR_UDF_VOLATILE2(f, ret, a, b) WEIR__FN(f, ret, false, WEIR__S(a) "," WEIR__S(b))
 
+/* Declares an aggregate (docs/abi.md §9) of one argument whose group state
+ * is one column of type `state`; it exports f__update, f__merge, f__state
+ * and f__evaluate (WEIR_AGG_EXPORT(f, update) ...). */
+#define WEIR_AGGREGATE1(fname, ret, a, state)                                 \
+    __asm__(".section .custom_section.weir.udf,\"\",@\n"                       \
+            ".ascii \"{\\\"abi\\\":1,\\\"kind\\\":\\\"aggregate\\\",\\\"name\\\":" WEIR__S(fname) \
+            ",\\\"args\\\":[" WEIR__S(a) "],\\\"ret\\\":" WEIR__S(ret)          \
+            ",\\\"state\\\":[" WEIR__S(state) "]}\\n\"\n.text\n");
+#define WEIR_AGG_EXPORT(fname, part) __attribute__((export_name(#fname "__" #part)))
+
 /* Exports a function under its SQL name. */
 #define WEIR_EXPORT(name) __attribute__((export_name(#name)))
+
+/* clang turns plain loops into calls of these; there is no libc. */
+__attribute__((weak)) void *memset(void *d, int c, size_t n) {
+    unsigned char *p = d;
+    while (n--) *p++ = (unsigned char)c;
+    return d;
+}
+__attribute__((weak)) void *memmove(void *d, const void *s, size_t n) {
+    unsigned char *to = d;
+    const unsigned char *from = s;
+    if (to < from) {
+        while (n--) *to++ = *from++;
+    } else {
+        while (n--) to[n] = from[n];
+    }
+    return d;
+}
+__attribute__((weak)) void *memcpy(void *d, const void *s, size_t n) {
+    return memmove(d, s, n);
+}
 
 extern unsigned char __heap_base;
 static uintptr_t weir__next;
@@ -105,6 +135,17 @@ static inline uint32_t weir_ok(uint32_t rows, uint32_t validity, const void *val
     weir__result.validity = validity;
     weir__result.values = (uint32_t)(uintptr_t)values;
     weir__result.values_len = values_len;
+    return (uint32_t)(uintptr_t)&weir__result;
+}
+
+/* An aggregate's group of row `row` (argument 0 of a fold is the group ids). */
+static inline uint32_t weir_group(const weir_arg *ids, uint32_t row) {
+    return ((const uint32_t *)(uintptr_t)ids->values)[row];
+}
+
+/* Success of an aggregate's fold (update, merge, retract): no column. */
+static inline uint32_t weir_done(void) {
+    weir__result = (weir_result){0};
     return (uint32_t)(uintptr_t)&weir__result;
 }
 

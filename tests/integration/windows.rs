@@ -14,8 +14,9 @@ use crate::support;
 /// Event time of second `s`, as the JSON the pipeline decodes.
 fn at(s: i64) -> String {
     format!(
-        "2026-01-01T{:02}:{:02}:{:02}Z",
-        s / 3600,
+        "2026-01-{:02}T{:02}:{:02}:{:02}Z",
+        1 + s / 86_400,
+        (s / 3600) % 24,
         (s / 60) % 60,
         s % 60
     )
@@ -72,12 +73,14 @@ kind = "kafka"
 brokers = "{addr}"
 topic = "{output}"
 [errors]
-policy = "skip"
+policy = "dead-letter"
+path = "{dlq}"
 [batch]
 max_records = 25
 max_linger_ms = 20
 "#,
         stats = support::module_path("stats").display(),
+        dlq = dir.join("dlq.ndjson").display(),
     );
     let path = dir.join("windows.toml");
     std::fs::write(&path, toml).unwrap();

@@ -708,6 +708,7 @@ impl Pipeline {
             .collect();
         if let Some(windows) = &mut self.windows {
             let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
+            windows.expect_partitions(self.source.assigned_partitions(), Instant::now());
             let admitted = windows
                 .admit(&decoded.batch, &rows, Instant::now())
                 .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
@@ -829,6 +830,7 @@ impl Pipeline {
         let Some(windows) = self.windows.as_mut() else {
             return self.deliver(Vec::new(), letters, offsets, flight).await;
         };
+        windows.expect_partitions(self.source.assigned_partitions(), Instant::now());
         windows.tick(Instant::now());
         let closed = windows
             .take_closed(flush)

@@ -199,6 +199,11 @@ impl WindowState {
         Ok(admitted)
     }
 
+    /// The source is assigned `count` partitions (None for a file).
+    pub fn expect_partitions(&mut self, count: Option<usize>, now: Instant) {
+        self.watermarks.expect(count, now);
+    }
+
     /// Recomputes the watermark (a partition may have gone idle).
     pub fn tick(&mut self, now: Instant) {
         self.watermarks.advance(now);

@@ -26,6 +26,10 @@ pub struct Watermarks {
     /// Never moves back (a partition returning from idleness does not
     /// reopen windows already emitted).
     current: i64,
+    /// Partitions the source is assigned (Kafka), and since when: until
+    /// each delivered a record (or `idle_after` passed) the watermark
+    /// waits, so a partition whose records come later is not made late.
+    expected: Option<(usize, Instant)>,
 }
 
 impl Watermarks {
@@ -36,6 +40,16 @@ impl Watermarks {
             idle_after: (idle_partition_ms > 0).then(|| Duration::from_millis(idle_partition_ms)),
             partitions: BTreeMap::new(),
             current: i64::MIN,
+            expected: None,
+        }
+    }
+
+    /// The source is assigned `count` partitions (None: it cannot say).
+    pub fn expect(&mut self, count: Option<usize>, now: Instant) {
+        match (count, self.expected) {
+            (None, _) => self.expected = None,
+            (Some(n), Some((m, _))) if n == m => {}
+            (Some(n), _) => self.expected = Some((n, now)),
         }
     }
 
@@ -67,6 +81,16 @@ impl Watermarks {
 
     /// Recomputes the watermark at `now` (a partition may have gone idle).
     pub fn advance(&mut self, now: Instant) -> i64 {
+        if let Some((n, since)) = self.expected
+            && self.partitions.len() < n
+            && self
+                .idle_after
+                .is_none_or(|after| now.saturating_duration_since(since) < after)
+        {
+            // An assigned partition has not delivered yet: it holds the
+            // watermark back like a partition at the start of time.
+            return self.current;
+        }
         let of = |p: &Partition| p.max_event_us.saturating_sub(self.max_out_of_order_us);
         let active = self
             .partitions
@@ -115,6 +139,20 @@ mod tests {
         assert_eq!(w.advance(t0 + Duration::from_millis(500)), 145_000);
         let later = t0 + Duration::from_millis(1500);
         assert_eq!(w.observe(&p(0), 300_000, later), 295_000);
+    }
+
+    #[test]
+    fn an_assigned_partition_that_has_not_delivered_yet_holds_it() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, 1000);
+        w.expect(Some(2), t0);
+        assert_eq!(w.observe(&p(0), 500, t0), i64::MIN);
+        assert_eq!(w.observe(&p(1), 100, t0), 100);
+        // Unless it stays silent past the idle timeout.
+        let mut w = Watermarks::new(0, 1000);
+        w.expect(Some(2), t0);
+        w.observe(&p(0), 500, t0);
+        assert_eq!(w.observe(&p(0), 600, t0 + Duration::from_millis(1500)), 600);
     }
 
     #[test]

@@ -2233,3 +2233,53 @@ async fn tenant_file_roots_keep_tenants_out_of_each_others_files() {
     let (status, _) = delete(&app, "/v1/tenants/acme/pipelines/mine", "acme-operator").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A published WebAssembly aggregate answers in the SQL endpoint (under the
+/// tenant's limits, as the request's own session) and in a staged run.
+#[tokio::test]
+async fn published_aggregates_work_in_sql_and_staged_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let stats = std::fs::read(support::module_path("stats")).unwrap();
+    let (status, out) = publish(&app, "acme-publisher", "acme", "stats", stats).await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+    assert!(
+        out["functions"]
+            .to_string()
+            .contains("median(float64) -> float64 [aggregate, state: binary]"),
+        "{out}"
+    );
+    let body = serde_json::json!({
+        "sql": "SELECT g, median(x) AS med, top3(x) AS top FROM t GROUP BY g ORDER BY g",
+        "udfs": ["stats@1"],
+        "tables": {"t": [{"g": 1, "x": 3.0}, {"g": 1, "x": 1.0}, {"g": 2, "x": 5.0}, {"g": 1, "x": 2.0}]},
+    });
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["rows"],
+        serde_json::json!([{"g": 1, "med": 2.0, "top": "[3,2,1]"}, {"g": 2, "med": 5.0, "top": "[5]"}])
+    );
+    let (status, out) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/udfs/stats/versions/latest/try",
+        Some("acme-operator"),
+        Some("application/json"),
+        serde_json::json!({"function": "median", "rows": [[4.0], [1.0], [null], [2.0]]})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["outputs"], serde_json::json!([2.0]), "{out}");
+    assert!(out["errors"].as_array().unwrap().is_empty(), "{out}");
+}

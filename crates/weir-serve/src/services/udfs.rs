@@ -134,11 +134,12 @@ pub fn publish(
             &state.tenants.get(tenant),
         )
         .map_err(|e| ServiceError::Rejected(e.to_string()))?;
-    let functions = module
-        .manifest()
+    let manifest = module.manifest();
+    let functions = manifest
         .functions
         .iter()
         .map(|f| f.signature())
+        .chain(manifest.aggregates.iter().map(|f| f.signature()))
         .collect();
     let bytes = if body.starts_with(b"\0asm") {
         body.to_vec()

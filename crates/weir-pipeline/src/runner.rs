@@ -727,8 +727,36 @@ impl Pipeline {
                 .emit_and_deliver(false, letters, offsets, flight, shutdown)
                 .await;
         }
+        let Some(isolated) = self
+            .transform(&decoded.batch, false, flight, shutdown)
+            .await?
+        else {
+            return Ok(false);
+        };
+        letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
+            record: records[decoded.rows[f.row]].clone(),
+            stage: f.stage,
+            error: f.error,
+            udf: f.udf,
+        }));
+        drop(records);
+        self.deliver(isolated.outputs, letters, offsets, flight)
+            .await
+    }
+
+    /// Runs `batch` through the query, poison rows set aside (`whole`: as
+    /// the records of whole windows, see `run_whole`), until no row failed
+    /// for want of capacity or an open breaker that holds the pipeline.
+    /// `None` if the pipeline was told to stop meanwhile (nothing was sent).
+    async fn transform(
+        &mut self,
+        batch: &datafusion::arrow::array::RecordBatch,
+        whole: bool,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<super::isolate::Isolated>> {
         let mut capacity_waits = 0u32;
-        let isolated = loop {
+        loop {
             let before = self.calls_snapshot();
             let isolated = {
                 let encoder = &self.encoder;
@@ -736,12 +764,13 @@ impl Pipeline {
                 let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
                     encode_checked(encoder, limit.as_ref(), batches)
                 };
-                run_isolating(&self.query, decoded.batch.clone(), &finish).await
+                if whole {
+                    super::isolate::run_whole(&self.query, batch.clone(), &finish).await
+                } else {
+                    run_isolating(&self.query, batch.clone(), &finish).await
+                }
             };
             self.record_breakers(&isolated.failed, &before);
-            // A breaker opened under the batch (another pipeline of the
-            // same UDF version tripped it): with `breaker_action = "pause"`
-            // the batch waits and runs again; nothing of it was sent.
             if let Some(short) = isolated
                 .failed
                 .iter()
@@ -756,28 +785,22 @@ impl Pipeline {
                     .wait_for_capacity(&short.error, capacity_waits, flight, shutdown)
                     .await?
                 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 continue;
             }
+            // A breaker opened under the batch (another pipeline of the
+            // same UDF version tripped it): with `breaker_action = "pause"`
+            // the batch waits and runs again; nothing of it was sent.
             let held = self.tenant.policy().breaker_action == BreakerAction::Pause
                 && isolated.failed.iter().any(|f| f.circuit_open);
             if !held {
-                break isolated;
+                return Ok(Some(isolated));
             }
             if !self.wait_out_breaker(flight, shutdown).await? {
-                return Ok(false);
+                return Ok(None);
             }
-        };
-        letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
-            record: records[decoded.rows[f.row]].clone(),
-            stage: f.stage,
-            error: f.error,
-            udf: f.udf,
-        }));
-        drop(records);
-        self.deliver(isolated.outputs, letters, offsets, flight)
-            .await
+        }
     }
 
     /// Emits the windows the watermark passed (every open one with
@@ -841,44 +864,14 @@ impl Pipeline {
         }
         let mut out = Vec::new();
         if let Some(closed) = closed {
-            let mut capacity_waits = 0u32;
-            let isolated = loop {
-                let before = self.calls_snapshot();
-                let isolated = {
-                    let encoder = &self.encoder;
-                    let limit = self.sink.max_record_bytes();
-                    let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
-                        encode_checked(encoder, limit.as_ref(), batches)
-                    };
-                    super::isolate::run_whole(&self.query, closed.batch.clone(), &finish).await
-                };
-                self.record_breakers(&isolated.failed, &before);
-                if let Some(short) = isolated
-                    .failed
-                    .iter()
-                    .find(|f| f.capacity)
-                    .filter(|_| capacity_waits < MAX_CAPACITY_WAITS)
-                {
-                    // Nothing was sent; after a shutdown meanwhile nothing
-                    // past the open windows was committed either: the
-                    // windows are rebuilt by replay.
-                    capacity_waits += 1;
-                    if !self
-                        .wait_for_capacity(&short.error, capacity_waits, flight, shutdown)
-                        .await?
-                    {
-                        return Ok(false);
-                    }
-                    continue;
-                }
-                let held = self.tenant.policy().breaker_action == BreakerAction::Pause
-                    && isolated.failed.iter().any(|f| f.circuit_open);
-                if !held {
-                    break isolated;
-                }
-                if !self.wait_out_breaker(flight, shutdown).await? {
-                    return Ok(false);
-                }
+            let Some(isolated) = self
+                .transform(&closed.batch, true, flight, shutdown)
+                .await?
+            else {
+                // Nothing was sent; after a shutdown meanwhile nothing past
+                // the open windows was committed either: they are rebuilt
+                // by replay.
+                return Ok(false);
             };
             self.stats.windows_emitted.add(closed.windows as u64);
             letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {

@@ -155,6 +155,86 @@ fn parse_options(attr: TokenStream) -> syn::Result<Options> {
     Ok(options)
 }
 
+/// The value type a function returns (inside `Option` / `Result`), and the
+/// expression turning its `__value` into `Result<Option<T>, String>`.
+fn returned(
+    output: &ReturnType,
+    span: Span,
+    missing: &str,
+) -> syn::Result<(Type, proc_macro2::TokenStream)> {
+    let ReturnType::Type(_, ty) = output else {
+        return Err(err(span, missing));
+    };
+    let (ty, shape) = match path_parts(ty) {
+        Some((name, args)) if name == "Result" && !args.is_empty() => {
+            let (inner, opt) = strip_option(args[0]);
+            (inner, if opt { Ret::ResultOption } else { Ret::Result })
+        }
+        Some((name, args)) if name == "Option" && args.len() == 1 => (args[0], Ret::Option),
+        _ => (&**ty, Ret::Plain),
+    };
+    let wrap = match shape {
+        Ret::Plain => quote! { ::core::result::Result::Ok(::core::option::Option::Some(__value)) },
+        Ret::Option => quote! { ::core::result::Result::Ok(__value) },
+        Ret::Result => {
+            quote! { __value.map(::core::option::Option::Some).map_err(|e| e.to_string()) }
+        }
+        Ret::ResultOption => quote! { __value.map_err(|e| e.to_string()) },
+    };
+    Ok((ty.clone(), wrap))
+}
+
+/// The code that reads a function's arguments, one column each.
+struct Args {
+    /// ABI type names.
+    types: Vec<&'static str>,
+    /// `let __argN: T = …read(&__colN, __row);`
+    reads: Vec<proc_macro2::TokenStream>,
+    /// `let __colN = Column::new(…);`
+    cols: Vec<proc_macro2::TokenStream>,
+    /// Columns whose NULLs skip the row (arguments not taken as `Option`).
+    strict: Vec<proc_macro2::Ident>,
+    /// The `__argN` variables, in order.
+    names: Vec<proc_macro2::Ident>,
+}
+
+/// Reads `inputs` as the argument columns starting at descriptor `first`.
+fn typed_args<'a>(
+    inputs: impl Iterator<Item = &'a FnArg>,
+    first: usize,
+    receiver: &str,
+) -> syn::Result<Args> {
+    let mut args = Args {
+        types: Vec::new(),
+        reads: Vec::new(),
+        cols: Vec::new(),
+        strict: Vec::new(),
+        names: Vec::new(),
+    };
+    for (i, input) in inputs.enumerate() {
+        let FnArg::Typed(pat) = input else {
+            return Err(err(syn::spanned::Spanned::span(input), receiver));
+        };
+        let (inner, nullable) = strip_option(&pat.ty);
+        args.types.push(abi_type(inner)?);
+        let ty = &pat.ty;
+        let col = format_ident!("__col{}", i);
+        let var = format_ident!("__arg{}", i);
+        let at = i + first;
+        args.cols.push(quote! {
+            let #col = ::weir_udf::__private::Column::new(&*__raw.add(#at));
+        });
+        args.reads.push(quote! {
+            let #var: #ty = <#ty as ::weir_udf::FromArg>::read(&#col, __row);
+        });
+        if !nullable {
+            args.strict.push(col.clone());
+        }
+        args.names.push(var);
+    }
+    Ok(args)
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
@@ -188,60 +268,16 @@ fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<proc_macro2::Toke
         return Err(err(ident.span(), "weir UDFs cannot be generic"));
     }
 
-    let mut arg_types = Vec::new();
-    let mut reads = Vec::new();
-    let mut cols = Vec::new();
-    let mut strict = Vec::new();
-    let mut names = Vec::new();
-    for (i, input) in func.sig.inputs.iter().enumerate() {
-        let FnArg::Typed(pat) = input else {
-            return Err(err(
-                syn::spanned::Spanned::span(input),
-                "weir UDFs cannot take `self`",
-            ));
-        };
-        let (inner, nullable) = strip_option(&pat.ty);
-        arg_types.push(abi_type(inner)?);
-        let ty = &pat.ty;
-        let col = format_ident!("__col{}", i);
-        let var = format_ident!("__arg{}", i);
-        cols.push(quote! {
-            let #col = ::weir_udf::__private::Column::new(&*__raw.add(#i));
-        });
-        reads.push(quote! {
-            let #var: #ty = <#ty as ::weir_udf::FromArg>::read(&#col, __row);
-        });
-        if !nullable {
-            strict.push(col.clone());
-        }
-        names.push(var);
-    }
+    let Args {
+        types: arg_types,
+        reads,
+        cols,
+        strict,
+        names,
+    } = typed_args(func.sig.inputs.iter(), 0, "weir UDFs cannot take `self`")?;
 
-    let (ret_ty, shape) = match &func.sig.output {
-        ReturnType::Default => {
-            return Err(err(ident.span(), "a weir UDF must return a value"));
-        }
-        ReturnType::Type(_, ty) => {
-            let (ty, shape) = match path_parts(ty) {
-                Some((name, args)) if name == "Result" && !args.is_empty() => {
-                    let (inner, opt) = strip_option(args[0]);
-                    (inner, if opt { Ret::ResultOption } else { Ret::Result })
-                }
-                Some((name, args)) if name == "Option" && args.len() == 1 => (args[0], Ret::Option),
-                _ => (&**ty, Ret::Plain),
-            };
-            (ty.clone(), shape)
-        }
-    };
+    let (ret_ty, wrap) = returned(&func.sig.output, ident.span(), "a weir UDF must return a value")?;
     let ret_name = abi_type(&ret_ty)?;
-    let wrap = match shape {
-        Ret::Plain => quote! { ::core::result::Result::Ok(::core::option::Option::Some(__value)) },
-        Ret::Option => quote! { ::core::result::Result::Ok(__value) },
-        Ret::Result => {
-            quote! { __value.map(::core::option::Option::Some).map_err(|e| e.to_string()) }
-        }
-        Ret::ResultOption => quote! { __value.map_err(|e| e.to_string()) },
-    };
 
     let record = format!(
         "{{\"abi\":1,\"name\":\"{}\",\"args\":[{}],\"ret\":\"{}\",\"deterministic\":{}}}\n",
@@ -359,60 +395,22 @@ fn expand_aggregate(attr: TokenStream, item: TokenStream) -> syn::Result<proc_ma
     let retract = method("retract");
 
     // The arguments of `update` (and `retract`): after `&mut self`.
-    let mut arg_types = Vec::new();
-    let mut reads = Vec::new();
-    let mut cols = Vec::new();
-    let mut strict = Vec::new();
-    let mut names = Vec::new();
-    for (i, input) in update.sig.inputs.iter().skip(1).enumerate() {
-        let FnArg::Typed(pat) = input else {
-            return Err(err(syn::spanned::Spanned::span(input), "unexpected receiver"));
-        };
-        let (inner, nullable) = strip_option(&pat.ty);
-        arg_types.push(abi_type(inner)?);
-        let ty = &pat.ty;
-        let col = format_ident!("__col{}", i);
-        let var = format_ident!("__arg{}", i);
-        let at = i + 1;
-        cols.push(quote! {
-            let #col = ::weir_udf::__private::Column::new(&*__raw.add(#at));
-        });
-        reads.push(quote! {
-            let #var: #ty = <#ty as ::weir_udf::FromArg>::read(&#col, __row);
-        });
-        if !nullable {
-            strict.push(col.clone());
-        }
-        names.push(var);
-    }
+    // Column 0 of a fold is the group ids; the arguments follow.
+    let Args {
+        types: arg_types,
+        reads,
+        cols,
+        strict,
+        names,
+    } = typed_args(update.sig.inputs.iter().skip(1), 1, "unexpected receiver")?;
     let fold_result = |f: &syn::ImplItemFn| match &f.sig.output {
         ReturnType::Default => quote! { ::core::result::Result::Ok(()) },
         ReturnType::Type(..) => quote! { __value.map_err(|e| e.to_string()) },
     };
     let update_wrap = fold_result(update);
 
-    let (ret_ty, shape) = match &finish.sig.output {
-        ReturnType::Default => return Err(err(span, "`finish` must return a value")),
-        ReturnType::Type(_, ty) => match path_parts(ty) {
-            Some((name, args)) if name == "Result" && !args.is_empty() => {
-                let (inner, opt) = strip_option(args[0]);
-                (inner.clone(), if opt { Ret::ResultOption } else { Ret::Result })
-            }
-            Some((name, args)) if name == "Option" && args.len() == 1 => {
-                (args[0].clone(), Ret::Option)
-            }
-            _ => ((**ty).clone(), Ret::Plain),
-        },
-    };
+    let (ret_ty, finish_wrap) = returned(&finish.sig.output, span, "`finish` must return a value")?;
     let ret_name = abi_type(&ret_ty)?;
-    let finish_wrap = match shape {
-        Ret::Plain => quote! { ::core::result::Result::Ok(::core::option::Option::Some(__value)) },
-        Ret::Option => quote! { ::core::result::Result::Ok(__value) },
-        Ret::Result => {
-            quote! { __value.map(::core::option::Option::Some).map_err(|e| e.to_string()) }
-        }
-        Ret::ResultOption => quote! { __value.map_err(|e| e.to_string()) },
-    };
 
     let record = format!(
         "{{\"abi\":1,\"kind\":\"aggregate\",\"name\":\"{}\",\"args\":[{}],\"ret\":\"{}\",\"state\":[\"binary\"],\"deterministic\":{},\"retract\":{}}}\n",

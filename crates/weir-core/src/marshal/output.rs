@@ -104,30 +104,11 @@ pub fn read_result(
 ) -> Result<CallResult, InvalidOutput> {
     let desc = range(mem, "the result descriptor", ptr, RESULT_SIZE)?;
     let field = |i: usize| read_u32(desc, i * 4).unwrap_or(0);
-    let (status, len, validity, values, values_len, offsets) = (
-        field(0),
-        field(1),
-        field(2),
-        field(3),
-        field(4) as usize,
-        field(5),
-    );
-    match status {
-        STATUS_OK => {}
-        STATUS_ROW_ERROR => {
-            let row = field(6) as usize;
-            let msg_len = (field(8) as usize).min(MAX_ERROR_MESSAGE);
-            let msg = range(mem, "the error message", field(7), msg_len)?;
-            let message = truncate(String::from_utf8_lossy(msg).into_owned(), MAX_ERROR_MESSAGE);
-            if row >= rows {
-                return invalid(format!(
-                    "reported an error on row {row} of a {rows}-row batch: {message}"
-                ));
-            }
-            return Ok(CallResult::RowError { row, message });
-        }
-        other => return invalid(format!("unknown status {other} (expected 0 or 1)")),
+    if let Some((row, message)) = read_status(mem, ptr, rows)? {
+        return Ok(CallResult::RowError { row, message });
     }
+    let (len, validity, values, values_len, offsets) =
+        (field(1), field(2), field(3), field(4) as usize, field(5));
     if len as usize != rows {
         return invalid(format!("returned {len} rows for a batch of {rows} rows"));
     }

@@ -171,25 +171,7 @@ impl GuestInstance {
         self.store.data_mut().begin_call();
         arm(&mut self.store, limits)?;
         with_stack(limits, || {
-            let total = plan.total_bytes();
-            let base = self
-                .alloc
-                .call(&mut self.store, total as u32)
-                .map_err(|e| self.trap(e, limits))?;
-            let region = base as usize..(base as usize).saturating_add(total);
-            if base == 0 || !(base as usize).is_multiple_of(abi::BUFFER_ALIGN) {
-                return Err(Failure::InvalidOutput(format!(
-                    "`{EXPORT_ALLOC}({total})` returned {base:#x}, not a non-null {}-aligned address",
-                    abi::BUFFER_ALIGN
-                )));
-            }
-            let mem = self.memory.data_mut(&mut self.store);
-            let Some(dest) = mem.get_mut(region) else {
-                return Err(Failure::InvalidOutput(format!(
-                    "`{EXPORT_ALLOC}({total})` returned {base:#x}, which does not leave {total} bytes inside the guest's memory"
-                )));
-            };
-            plan.write(dest, base);
+            let base = self.write_input(plan, limits)?;
             let out = self.funcs[index]
                 .call(&mut self.store, (base, rows as u32))
                 .map_err(|e| self.trap(e, limits))?;

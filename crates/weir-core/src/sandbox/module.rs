@@ -163,36 +163,27 @@ impl UdfModule {
     /// labels `tenant`, `pipeline`, `udf`. Only the first call counts.
     pub fn bind_metrics(&self, pipeline: &str) {
         let tenant = self.tenant.as_ref().map_or("", |t| t.name());
-        for (i, f) in self.manifest.functions.iter().enumerate() {
+        let metrics = |udf: &str| {
             let labels: telemetry::Labels = vec![
                 ("tenant", tenant.to_string()),
                 ("pipeline", pipeline.to_string()),
-                ("udf", f.name.clone()),
+                ("udf", udf.to_string()),
             ];
-            let m = FunctionMetrics {
+            FunctionMetrics {
                 invocations: telemetry::counter(telemetry::UDF_INVOCATIONS, &labels),
                 guest_seconds: telemetry::gauge(telemetry::UDF_GUEST_SECONDS, &labels),
                 call_seconds: telemetry::histogram(telemetry::UDF_CALL_SECONDS, &labels),
                 breaker_state: telemetry::gauge(telemetry::UDF_BREAKER_STATE, &labels),
                 labels,
-            };
+            }
+        };
+        for (i, f) in self.manifest.functions.iter().enumerate() {
+            let m = metrics(&f.name);
             m.breaker_state.set(breaker_level(self.breakers[i].state()));
             let _ = self.stats[i].metrics.set(m);
         }
         for (i, f) in self.manifest.aggregates.iter().enumerate() {
-            let labels: telemetry::Labels = vec![
-                ("tenant", tenant.to_string()),
-                ("pipeline", pipeline.to_string()),
-                ("udf", f.name.clone()),
-            ];
-            let m = FunctionMetrics {
-                invocations: telemetry::counter(telemetry::UDF_INVOCATIONS, &labels),
-                guest_seconds: telemetry::gauge(telemetry::UDF_GUEST_SECONDS, &labels),
-                call_seconds: telemetry::histogram(telemetry::UDF_CALL_SECONDS, &labels),
-                breaker_state: telemetry::gauge(telemetry::UDF_BREAKER_STATE, &labels),
-                labels,
-            };
-            let _ = self.aggregate_stats[i].metrics.set(m);
+            let _ = self.aggregate_stats[i].metrics.set(metrics(&f.name));
         }
     }
 

@@ -17,7 +17,7 @@ use datafusion::logical_expr::{
 };
 use parking_lot::Mutex;
 
-use super::scalar::coercible;
+use super::scalar::coerce_args;
 use crate::abi::{AggregateDecl, ArrowType};
 use crate::sandbox::UdfModule;
 use crate::sandbox::aggregate::{AggregateRun, Emit, Fold};
@@ -104,32 +104,14 @@ impl AggregateUDFImpl for WasmAggregateUdf {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         let decl = self.decl();
-        if arg_types.len() != decl.args.len() {
-            let args: Vec<&str> = decl.args.iter().map(|t| t.name()).collect();
-            return plan_err!(
-                "aggregate `{}` takes {} arguments ({}), {} given",
-                decl.name,
-                decl.args.len(),
-                args.join(", "),
-                arg_types.len()
-            );
-        }
-        arg_types
-            .iter()
-            .zip(&decl.args)
-            .enumerate()
-            .map(|(i, (given, wanted))| {
-                if coercible(given, *wanted) {
-                    Ok(wanted.data_type())
-                } else {
-                    plan_err!(
-                        "aggregate `{}` argument {} must be {wanted}, got {given}; add a CAST",
-                        decl.name,
-                        i + 1
-                    )
-                }
-            })
-            .collect()
+        let shown: Vec<&str> = decl.args.iter().map(|t| t.name()).collect();
+        coerce_args(
+            "aggregate",
+            &decl.name,
+            &decl.args,
+            &shown.join(", "),
+            arg_types,
+        )
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {

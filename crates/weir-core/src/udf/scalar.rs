@@ -114,31 +114,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
     /// casts; an unconvertible value is a plan-time error naming the argument.
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         let decl = self.decl();
-        if arg_types.len() != decl.args.len() {
-            return plan_err!(
-                "udf `{}` takes {} arguments ({}), {} given",
-                decl.name,
-                decl.args.len(),
-                decl.signature(),
-                arg_types.len()
-            );
-        }
-        arg_types
-            .iter()
-            .zip(&decl.args)
-            .enumerate()
-            .map(|(i, (given, wanted))| {
-                if coercible(given, *wanted) {
-                    Ok(wanted.data_type())
-                } else {
-                    plan_err!(
-                        "udf `{}` argument {} must be {wanted}, got {given}; add a CAST",
-                        decl.name,
-                        i + 1
-                    )
-                }
-            })
-            .collect()
+        coerce_args("udf", &decl.name, &decl.args, &decl.signature(), arg_types)
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -180,8 +156,41 @@ impl ScalarUDFImpl for WasmScalarUdf {
     }
 }
 
+/// The declared types `args` for the `given` argument types of `kind`
+/// (`udf`, `aggregate`) `name`, or a plan error naming the argument.
+pub(super) fn coerce_args(
+    kind: &str,
+    name: &str,
+    args: &[AbiType],
+    shown: &str,
+    given: &[DataType],
+) -> Result<Vec<DataType>> {
+    if given.len() != args.len() {
+        return plan_err!(
+            "{kind} `{name}` takes {} arguments ({shown}), {} given",
+            args.len(),
+            given.len()
+        );
+    }
+    given
+        .iter()
+        .zip(args)
+        .enumerate()
+        .map(|(i, (given, wanted))| {
+            if coercible(given, *wanted) {
+                Ok(wanted.data_type())
+            } else {
+                plan_err!(
+                    "{kind} `{name}` argument {} must be {wanted}, got {given}; add a CAST",
+                    i + 1
+                )
+            }
+        })
+        .collect()
+}
+
 /// Whether a value of `given` may be implicitly converted to `wanted`.
-pub(super) fn coercible(given: &DataType, wanted: AbiType) -> bool {
+fn coercible(given: &DataType, wanted: AbiType) -> bool {
     use DataType as D;
     if let D::Dictionary(_, value) = given {
         return coercible(value, wanted);

@@ -2,7 +2,8 @@
 //!
 //! The query reads a window table function instead of `source`:
 //! `FROM tumble(source, ts, INTERVAL '1' MINUTE)` or
-//! `FROM hop(source, ts, INTERVAL '10' SECOND, INTERVAL '1' MINUTE)`, which
+//! `FROM hop(source, ts, INTERVAL '10' SECOND, INTERVAL '1' MINUTE)` or
+//! `FROM session(source, ts, INTERVAL '30' SECOND, user)`, which
 //! adds the columns `window_start` and `window_end`, and groups by
 //! `window_start`. Records wait in their open windows ([`state`]) until the
 //! watermark ([`watermark`]) passes a window's end plus the allowed

@@ -1,4 +1,4 @@
-//! The window table functions `tumble` and `hop`: what the query asked for
+//! The window table functions `tumble`, `hop` and `session`: what the query asked for
 //! ([`WindowSpec`]), captured while it is planned.
 
 use std::sync::Arc;
@@ -21,6 +21,9 @@ pub enum WindowKind {
     /// Windows of `size` starting every `slide`; a record is in
     /// `size / slide` of them.
     Hop,
+    /// Per key, records closer than the gap (`size_us`) in event time form
+    /// one session: `[first, last + gap)`.
+    Session,
 }
 
 /// A window over event time, in microseconds.
@@ -32,6 +35,8 @@ pub struct WindowSpec {
     pub size_us: i64,
     /// Equal to `size_us` for tumbling windows.
     pub slide_us: i64,
+    /// Sessions: the column whose values each have sessions of their own.
+    pub key_column: Option<String>,
 }
 
 impl WindowSpec {
@@ -99,19 +104,23 @@ impl TableFunctionImpl for WindowFunction {
         let name = match self.kind {
             WindowKind::Tumble => "tumble",
             WindowKind::Hop => "hop",
+            WindowKind::Session => "session",
         };
         let usage = match self.kind {
             WindowKind::Tumble => "tumble(source, <time column>, INTERVAL '<size>')",
             WindowKind::Hop => "hop(source, <time column>, INTERVAL '<slide>', INTERVAL '<size>')",
+            WindowKind::Session => {
+                "session(source, <time column>, INTERVAL '<gap>'[, <key column>])"
+            }
         };
         let exprs = args.exprs();
-        let want = if self.kind == WindowKind::Tumble {
-            3
-        } else {
-            4
+        let arity_ok = match self.kind {
+            WindowKind::Tumble => exprs.len() == 3,
+            WindowKind::Hop => exprs.len() == 4,
+            WindowKind::Session => exprs.len() == 3 || exprs.len() == 4,
         };
-        if exprs.len() != want {
-            return plan_err!("{name}() takes {want} arguments: {usage}");
+        if !arity_ok {
+            return plan_err!("{name}() takes the arguments {usage}");
         }
         match &exprs[0] {
             Expr::Column(c) if c.name == "source" => {}
@@ -140,7 +149,23 @@ impl TableFunctionImpl for WindowFunction {
                 field.data_type()
             );
         }
+        let mut key_column = None;
         let (size_us, slide_us) = match self.kind {
+            WindowKind::Session => {
+                let gap = interval_us(name, "gap", &exprs[2])?;
+                if let Some(key) = exprs.get(3) {
+                    let Expr::Column(key) = key else {
+                        return plan_err!(
+                            "session(): the fourth argument is a key column; {usage}"
+                        );
+                    };
+                    if schema.field_with_name(&key.name).is_err() {
+                        return plan_err!("session(): `{}` is not a column of source", key.name);
+                    }
+                    key_column = Some(key.name.clone());
+                }
+                (gap, gap)
+            }
             WindowKind::Tumble => {
                 let size = interval_us(name, "size", &exprs[2])?;
                 (size, size)
@@ -164,6 +189,7 @@ impl TableFunctionImpl for WindowFunction {
             time_column: time.name.clone(),
             size_us,
             slide_us,
+            key_column,
         };
         let mut captured = self.captured.lock();
         if captured.as_ref().is_some_and(|c| *c != spec) {
@@ -174,7 +200,7 @@ impl TableFunctionImpl for WindowFunction {
     }
 }
 
-/// Registers `tumble` and `hop` in `ctx` over `source`; `make` builds the
+/// Registers `tumble`, `hop` and `session` in `ctx` over `source`; `make` builds the
 /// windowed table (same slot, schema with the window columns).
 pub fn register_window_functions(
     ctx: &SessionContext,
@@ -182,7 +208,11 @@ pub fn register_window_functions(
     make: MakeTable,
 ) -> Captured {
     let captured: Captured = Arc::new(Mutex::new(None));
-    for (name, kind) in [("tumble", WindowKind::Tumble), ("hop", WindowKind::Hop)] {
+    for (name, kind) in [
+        ("tumble", WindowKind::Tumble),
+        ("hop", WindowKind::Hop),
+        ("session", WindowKind::Session),
+    ] {
         ctx.register_udtf(
             name,
             Arc::new(WindowFunction {
@@ -207,6 +237,7 @@ mod tests {
             time_column: "ts".into(),
             size_us: 60,
             slide_us: 20,
+            key_column: None,
         };
         assert_eq!(spec.starts(45).collect::<Vec<_>>(), vec![40, 20, 0]);
         assert_eq!(spec.starts(-5).collect::<Vec<_>>(), vec![-20, -40, -60]);

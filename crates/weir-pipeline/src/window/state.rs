@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
-use super::spec::{WindowSpec, windowed_schema};
+use super::spec::{WindowKind, WindowSpec, windowed_schema};
 use super::watermark::{PartitionId, Watermarks};
 use crate::record::{Offsets, SourceRecord};
 
@@ -56,7 +56,12 @@ pub struct WindowState {
     schema: SchemaRef,
     windowed: SchemaRef,
     time_index: usize,
-    open: BTreeMap<i64, Open>,
+    /// Session windows: the key column.
+    key_index: Option<usize>,
+    /// Open windows by (start, key); the key is "" but for sessions.
+    open: BTreeMap<(i64, String), Open>,
+    /// Sessions: the starts of each key's open sessions.
+    sessions: HashMap<String, Vec<i64>>,
     bytes: usize,
     /// Offsets of records in open windows, per partition (a record in
     /// several hopping windows counts once per window).
@@ -91,7 +96,13 @@ impl WindowState {
         let time_index = schema
             .index_of(&spec.time_column)
             .map_err(|_| format!("no column `{}`", spec.time_column))?;
+        let key_index = match &spec.key_column {
+            Some(k) => Some(schema.index_of(k).map_err(|_| format!("no column `{k}`"))?),
+            None => None,
+        };
         Ok(WindowState {
+            key_index,
+            sessions: HashMap::new(),
             lateness_us: (config.allowed_lateness_ms as i64).saturating_mul(1000),
             watermarks: Watermarks::new(config.max_out_of_order_ms, config.idle_partition_ms),
             windowed: windowed_schema(&schema),
@@ -131,9 +142,13 @@ impl WindowState {
         now: Instant,
     ) -> Result<Admitted, String> {
         let times = micros(batch.column(self.time_index))?;
+        let keys = match self.key_index {
+            Some(i) => Some(key_strings(batch.column(i))?),
+            None => None,
+        };
         let mut admitted = Admitted::default();
-        // Rows per window start, in row order.
-        let mut by_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        // Rows per window, in row order.
+        let mut by_window: BTreeMap<(i64, String), Vec<u32>> = BTreeMap::new();
         for (row, record) in records.iter().enumerate() {
             if times.is_null(row) {
                 admitted.untimed.push((
@@ -148,14 +163,27 @@ impl WindowState {
             let t = times.value(row);
             let partition: PartitionId = (record.topic.clone(), record.partition);
             let watermark = self.watermarks.current();
-            let mut any = false;
-            for start in self.spec.starts(t) {
-                let end = start + self.spec.size_us;
-                if !self.closed(end, watermark) {
-                    by_window.entry(start).or_default().push(row as u32);
-                    any = true;
+            let any = match self.spec.kind {
+                WindowKind::Session => {
+                    let key = keys.as_ref().map_or(String::new(), |k| k[row].clone());
+                    self.join_session(key, t, row as u32, watermark, &mut by_window)
                 }
-            }
+                WindowKind::Tumble | WindowKind::Hop => {
+                    let mut any = false;
+                    for start in self.spec.starts(t) {
+                        let end = start + self.spec.size_us;
+                        if !self.closed(end, watermark) {
+                            by_window
+                                .entry((start, String::new()))
+                                .or_default()
+                                .push(row as u32);
+                            self.open.entry((start, String::new())).or_default().end = end;
+                            any = true;
+                        }
+                    }
+                    any
+                }
+            };
             if !any {
                 admitted.late.push((
                     row,
@@ -168,7 +196,7 @@ impl WindowState {
             }
             self.watermarks.observe(&partition, t, now);
         }
-        for (start, rows) in by_window {
+        for (window, rows) in by_window {
             let indices = UInt32Array::from(rows);
             let columns = batch
                 .columns()
@@ -178,8 +206,9 @@ impl WindowState {
                 .map_err(|e| e.to_string())?;
             let part =
                 RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())?;
-            let open = self.open.entry(start).or_default();
-            open.end = start + self.spec.size_us;
+            let Some(open) = self.open.get_mut(&window) else {
+                return Err("internal: a window of pending rows is not open".to_string());
+            };
             let mut bytes = part.get_array_memory_size();
             for &row in indices.values() {
                 let record = records[row as usize];
@@ -204,6 +233,64 @@ impl WindowState {
         self.watermarks.expect(count, now);
     }
 
+    /// Puts the row at event time `t` into `key`'s session within the gap
+    /// of it, merging the sessions it bridges, or into a new session;
+    /// `false` if that new session would already be closed (late).
+    fn join_session(
+        &mut self,
+        key: String,
+        t: i64,
+        row: u32,
+        watermark: i64,
+        pending: &mut BTreeMap<(i64, String), Vec<u32>>,
+    ) -> bool {
+        let gap = self.spec.size_us;
+        let lateness = self.lateness_us;
+        let closed = |end: i64| end.saturating_add(lateness) <= watermark;
+        let open = &self.open;
+        let hits: Vec<i64> = self
+            .sessions
+            .get(&key)
+            .map(|starts| {
+                starts
+                    .iter()
+                    .copied()
+                    .filter(|&s| {
+                        open.get(&(s, key.clone())).is_some_and(|o| {
+                            !closed(o.end) && s.saturating_sub(gap) <= t && t < o.end
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if hits.is_empty() && closed(t.saturating_add(gap)) {
+            return false;
+        }
+        let starts = self.sessions.entry(key.clone()).or_default();
+        let mut merged = Open {
+            end: t.saturating_add(gap),
+            ..Open::default()
+        };
+        let mut rows = Vec::new();
+        let mut start = t;
+        for s in hits {
+            if let Some(o) = self.open.remove(&(s, key.clone())) {
+                merged.end = merged.end.max(o.end);
+                merged.batches.extend(o.batches);
+                merged.records.extend(o.records);
+                merged.bytes += o.bytes;
+            }
+            rows.extend(pending.remove(&(s, key.clone())).unwrap_or_default());
+            start = start.min(s);
+            starts.retain(|&x| x != s);
+        }
+        rows.push(row);
+        starts.push(start);
+        self.open.insert((start, key.clone()), merged);
+        pending.insert((start, key), rows);
+        true
+    }
+
     /// Recomputes the watermark (a partition may have gone idle).
     pub fn tick(&mut self, now: Instant) {
         self.watermarks.advance(now);
@@ -213,21 +300,28 @@ impl WindowState {
     /// with `flush`, when the source ended), oldest first.
     pub fn take_closed(&mut self, flush: bool) -> Result<Option<Closed>, String> {
         let watermark = self.watermarks.current();
-        let starts: Vec<i64> = self
+        let starts: Vec<(i64, String)> = self
             .open
             .iter()
             .filter(|(_, w)| flush || self.closed(w.end, watermark))
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s.clone())
             .collect();
         if starts.is_empty() {
             return Ok(None);
         }
         let mut batches = Vec::new();
         let mut records = Vec::new();
-        for start in &starts {
-            let Some(open) = self.open.remove(start) else {
+        for window in &starts {
+            let Some(open) = self.open.remove(window) else {
                 continue;
             };
+            let start = &window.0;
+            if let Some(list) = self.sessions.get_mut(&window.1) {
+                list.retain(|s| s != start);
+                if list.is_empty() {
+                    self.sessions.remove(&window.1);
+                }
+            }
             self.bytes -= open.bytes;
             for record in &open.records {
                 let tp = (record.topic.clone(), record.partition);
@@ -275,6 +369,22 @@ impl WindowState {
         }
         next
     }
+}
+
+/// Each row's value of a session key column, as text (NULL is a key too).
+fn key_strings(column: &ArrayRef) -> Result<Vec<String>, String> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default();
+    let f = ArrayFormatter::try_new(column.as_ref(), &options).map_err(|e| e.to_string())?;
+    Ok((0..column.len())
+        .map(|i| {
+            if column.is_null(i) {
+                "\0null".to_string()
+            } else {
+                f.value(i).to_string()
+            }
+        })
+        .collect())
 }
 
 /// An event time for messages: RFC 3339 in UTC.

@@ -143,8 +143,16 @@ async fn a_trap_loses_the_groups_state_and_the_query_can_run_again() {
 
 #[tokio::test]
 async fn aggregates_hold_no_instance_between_queries() {
-    let module = support::load("stats");
-    let before = module.live_instances();
+    // Loaded for a tenant: every accumulator's instance takes one of the
+    // tenant's instance slots while it lives, and gives it back after.
+    let tenants = weir::tenant::Tenants::new(
+        weir::tenant::Policy::from_toml("[tenants.agg]\nmax_instances = 32\n").unwrap(),
+    );
+    let tenant = tenants.get("agg");
+    let module = support::sandbox()
+        .load_file_for(support::module_path("stats"), &tenant)
+        .unwrap();
+    let before = tenant.instances();
     let ctx = session(&module, 2);
     let rows = support::rows(
         &ctx,
@@ -154,5 +162,25 @@ async fn aggregates_hold_no_instance_between_queries() {
     .unwrap();
     assert_eq!(rows, vec![vec!["0", "1505.0", "[3000,2990,2980]"]]);
     // An accumulator's instance is its own, gone with the query.
-    assert_eq!(module.live_instances(), before);
+    assert_eq!(tenant.instances(), before);
+}
+
+#[tokio::test]
+async fn aggregates_count_against_the_tenants_instances() {
+    // One slot: the module's warm-up instance holds it, so an accumulator
+    // finds none — capacity, named with the key to raise.
+    let tenants = weir::tenant::Tenants::new(
+        weir::tenant::Policy::from_toml("[tenants.tight]\nmax_instances = 1\n").unwrap(),
+    );
+    let tenant = tenants.get("tight");
+    let module = support::sandbox()
+        .load_file_for(support::module_path("stats"), &tenant)
+        .unwrap();
+    let ctx = session(&module, 1);
+    fails(
+        &ctx,
+        "SELECT median(x) FROM generate_series(1, 10) AS t(x)",
+        &["udf `median`", "tenants.tight.max_instances"],
+    )
+    .await;
 }

@@ -142,6 +142,12 @@ impl ExecutionPlan for SlotExec {
     }
 }
 
+/// The column a grouping expression's name refers to (`source.card` →
+/// `card`).
+fn column_name(expr: &str) -> &str {
+    expr.rsplit('.').next().unwrap_or(expr)
+}
+
 /// A pipeline's `GROUP BY` must group by a window: a query that aggregates
 /// per micro-batch would give numbers that depend on batch sizes. Returns
 /// the output columns that are grouping keys.
@@ -167,7 +173,7 @@ fn check_grouping(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec
             for keys in &groups {
                 if !keys
                     .iter()
-                    .any(|k| k.ends_with(WINDOW_START) || k.ends_with(WINDOW_END))
+                    .any(|k| [WINDOW_START, WINDOW_END].contains(&column_name(k)))
                 {
                     return Err(DataFusionError::Plan(format!(
                         "a windowed query must GROUP BY window_start (or window_end), so that each window's result is its own, e.g. `{example}`"
@@ -182,12 +188,7 @@ fn check_grouping(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec
                 .collect();
             Ok(output
                 .into_iter()
-                .filter(|name| {
-                    groups
-                        .iter()
-                        .flatten()
-                        .any(|k| k == name || k.rsplit('.').next() == Some(name.as_str()))
-                })
+                .filter(|name| groups.iter().flatten().any(|k| column_name(k) == name))
                 .collect())
         }
         None => Ok(Vec::new()),

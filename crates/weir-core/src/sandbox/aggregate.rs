@@ -122,14 +122,16 @@ impl AggregateRun {
                 )),
             ));
         }
-        if let Some(d) = self.deadline
-            && Instant::now() >= d
-        {
-            return Err(self.error(rows, Failure::Cancelled));
-        }
         let module = self.module.clone();
         let limits = module.call_limits();
         let _permit = module.tenant().map(|t| t.enter());
+        // A request's deadline bounds the call too (after the wait for a
+        // slot), as for scalars: a call in flight then is interrupted.
+        let clamped = match super::module::clamp_to_deadline(&limits, self.deadline) {
+            Ok(c) => c,
+            Err(failure) => return Err(self.error(rows, failure)),
+        };
+        let limits = clamped.as_ref().unwrap_or(&limits);
         if self.instance.is_none() {
             match GuestInstance::new(&module) {
                 Ok(i) => self.instance = Some(i),
@@ -140,7 +142,7 @@ impl AggregateRun {
             return Err(self.error(rows, Failure::Other("no instance".into())));
         };
         let started = Instant::now();
-        let result = f(instance, &limits);
+        let result = super::module::cancelled_if_clamped(f(instance, limits), clamped.is_some());
         if let Some(stats) = module.aggregate_stats(self.index) {
             stats.record(started.elapsed());
         }
@@ -169,7 +171,7 @@ impl AggregateRun {
         if rows == 0 {
             return Ok(());
         }
-        let decl = self.decl().clone();
+        let decl = self.decl();
         let mut types = vec![AbiType::UInt32];
         types.extend(match fold {
             Fold::Merge => decl.state.iter(),
@@ -220,10 +222,9 @@ impl AggregateRun {
         groups: usize,
         consume: bool,
     ) -> Result<Vec<ArrayRef>, UdfError> {
-        let decl = self.decl().clone();
         let types = match emit {
-            Emit::State => decl.state.clone(),
-            Emit::Evaluate => vec![decl.ret],
+            Emit::State => self.decl().state.clone(),
+            Emit::Evaluate => vec![self.decl().ret],
         };
         if groups == 0 {
             return Ok(types

@@ -493,32 +493,12 @@ impl UdfModule {
         let _permit = self.tenant.as_ref().map(|t| t.enter());
         // A request's deadline bounds the call too (after the wait for a
         // slot, which counts against it).
-        let clamped = match deadline {
-            None => None,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(Failure::Cancelled);
-                }
-                let left_ms = (left.as_millis() as u64).max(1);
-                (limits.cpu_meter == crate::sandbox::CpuMeter::Epoch
-                    && left_ms < limits.cpu_ms_per_batch)
-                    .then(|| SandboxLimits {
-                        cpu_ms_per_batch: left_ms,
-                        ..limits.clone()
-                    })
-            }
-        };
+        let clamped = clamp_to_deadline(limits, deadline)?;
         let limits = clamped.as_ref().unwrap_or(limits);
         let mut instance = self.pool.checkout(self)?;
         let started = Instant::now();
         let result = instance.invoke(self, limits, index, &plan, rows);
-        let result = match result {
-            Err(Failure::OutOfCpu {
-                during_start: false,
-            }) if clamped.is_some() => Err(Failure::Cancelled),
-            other => other,
-        };
+        let result = cancelled_if_clamped(result, clamped.is_some());
         let stats = &self.stats[index];
         stats.invocations.fetch_add(1, Ordering::Relaxed);
         let elapsed = started.elapsed();
@@ -548,6 +528,46 @@ impl UdfModule {
                 Err(failure)
             }
         }
+    }
+}
+
+/// The limits of a call due to end by `deadline` (a request's): the CPU
+/// budget cut to the time left (epoch meter), or `None` when the budget is
+/// shorter anyway. A deadline already passed is [`Failure::Cancelled`]. A
+/// call that then runs out of CPU was cut by the deadline: report it as
+/// cancelled ([`cancelled_if_clamped`]).
+pub(super) fn clamp_to_deadline(
+    limits: &SandboxLimits,
+    deadline: Option<Instant>,
+) -> Result<Option<SandboxLimits>, Failure> {
+    let Some(d) = deadline else {
+        return Ok(None);
+    };
+    let left = d.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Failure::Cancelled);
+    }
+    let left_ms = (left.as_millis() as u64).max(1);
+    Ok(
+        (limits.cpu_meter == crate::sandbox::CpuMeter::Epoch && left_ms < limits.cpu_ms_per_batch)
+            .then(|| SandboxLimits {
+                cpu_ms_per_batch: left_ms,
+                ..limits.clone()
+            }),
+    )
+}
+
+/// An out-of-CPU failure of a call whose budget [`clamp_to_deadline`] cut
+/// is the request's deadline, not the function's budget.
+pub(super) fn cancelled_if_clamped<T>(
+    result: Result<T, Failure>,
+    clamped: bool,
+) -> Result<T, Failure> {
+    match result {
+        Err(Failure::OutOfCpu {
+            during_start: false,
+        }) if clamped => Err(Failure::Cancelled),
+        other => other,
     }
 }
 

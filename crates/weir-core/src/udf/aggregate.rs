@@ -13,11 +13,11 @@ use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature,
 };
 use parking_lot::Mutex;
 
-use super::scalar::coerce_args;
+use super::scalar::{coerce_args, signature_of};
 use crate::abi::{AggregateDecl, ArrowType};
 use crate::sandbox::UdfModule;
 use crate::sandbox::aggregate::{AggregateRun, Emit, Fold};
@@ -36,16 +36,7 @@ pub struct WasmAggregateUdf {
 impl WasmAggregateUdf {
     pub fn new(module: Arc<UdfModule>, index: usize) -> Self {
         let decl = &module.manifest().aggregates[index];
-        let volatility = if decl.deterministic {
-            Volatility::Immutable
-        } else {
-            Volatility::Volatile
-        };
-        let signature = if decl.args.is_empty() {
-            Signature::nullary(volatility)
-        } else {
-            Signature::user_defined(volatility)
-        };
+        let signature = signature_of(decl.deterministic, decl.args.len());
         WasmAggregateUdf {
             return_type: decl.ret.data_type(),
             module,

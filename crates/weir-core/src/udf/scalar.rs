@@ -38,16 +38,7 @@ pub struct WasmScalarUdf {
 impl WasmScalarUdf {
     pub fn new(module: Arc<UdfModule>, index: usize) -> Self {
         let decl = &module.manifest().functions[index];
-        let volatility = if decl.deterministic {
-            Volatility::Immutable
-        } else {
-            Volatility::Volatile
-        };
-        let signature = if decl.args.is_empty() {
-            Signature::nullary(volatility)
-        } else {
-            Signature::user_defined(volatility)
-        };
+        let signature = signature_of(decl.deterministic, decl.args.len());
         let return_type = decl.ret.data_type();
         WasmScalarUdf {
             module,
@@ -153,6 +144,22 @@ impl ScalarUDFImpl for WasmScalarUdf {
             return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
         }
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// A guest function's DataFusion signature: `Immutable` when deterministic
+/// (foldable, cacheable), else `Volatile`; argument types checked by
+/// [`coerce_args`].
+pub(super) fn signature_of(deterministic: bool, args: usize) -> Signature {
+    let volatility = if deterministic {
+        Volatility::Immutable
+    } else {
+        Volatility::Volatile
+    };
+    if args == 0 {
+        Signature::nullary(volatility)
+    } else {
+        Signature::user_defined(volatility)
     }
 }
 

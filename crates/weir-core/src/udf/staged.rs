@@ -47,6 +47,12 @@ pub fn run_rows_until(
     rows: &[Value],
     deadline: Option<Instant>,
 ) -> Result<Staged, String> {
+    if rows.len() > MAX_ROWS {
+        return Err(format!(
+            "{} rows given; a staged run takes at most {MAX_ROWS}",
+            rows.len()
+        ));
+    }
     if let Some(index) = module.aggregate_index(function) {
         return run_aggregate(module, index, rows, deadline);
     }
@@ -63,12 +69,6 @@ pub fn run_rows_until(
             known.join(", ")
         )
     })?;
-    if rows.len() > MAX_ROWS {
-        return Err(format!(
-            "{} rows given; a staged run takes at most {MAX_ROWS}",
-            rows.len()
-        ));
-    }
     let decl = &module.manifest().functions[index];
     let args = arg_columns(&decl.args, &decl.signature(), rows)?;
     let mut guest = std::time::Duration::ZERO;
@@ -136,12 +136,6 @@ fn run_aggregate(
 ) -> Result<Staged, String> {
     use crate::sandbox::aggregate::{Emit, Fold};
     use datafusion::arrow::array::UInt32Array;
-    if rows.len() > MAX_ROWS {
-        return Err(format!(
-            "{} rows given; a staged run takes at most {MAX_ROWS}",
-            rows.len()
-        ));
-    }
     let decl = module.manifest().aggregates[index].clone();
     let args = arg_columns(&decl.args, &decl.signature(), rows)?;
     let n = rows.len();

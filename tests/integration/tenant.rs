@@ -196,6 +196,54 @@ fn deterministic_results_are_cached_by_value_null_and_version() {
     assert_eq!(before, after);
 }
 
+/// The cache decides per function whether looking up pays (guest time per
+/// row × hit ratio against its own time per row): a cheap function whose
+/// inputs never repeat is sent straight to the guest, probing now and then;
+/// an expensive one with repeated inputs keeps the cache.
+#[test]
+fn the_cache_backs_off_where_it_does_not_pay_and_stays_where_it_does() {
+    let t = tenants("[tenants.acme]\ncache_bytes = 67108864\n");
+    let acme = t.get("acme");
+    let m = load(&acme);
+    let cache = acme.cache().unwrap();
+    let (batches, rows) = (40, 4096);
+    for b in 0..batches {
+        let values = (0..rows).map(|i| Some((b * rows + i) as i64)).collect();
+        let out = call(&m, "double", values).unwrap();
+        assert_eq!(out[1], Some(2 * (b * rows + 1) as i64));
+    }
+    let total = (batches * rows) as u64;
+    let bypassed = cache.stats.bypassed.get();
+    assert!(
+        bypassed >= total * 3 / 4,
+        "only {bypassed} of {total} rows skipped the cache"
+    );
+    assert_eq!(cache.stats.misses.get() + bypassed, total);
+
+    // `work` costs far more per row than a lookup: at 90 % repeats the
+    // cache stays on (after the first batch, which finds it empty).
+    let before = (cache.stats.hits.get(), cache.stats.bypassed.get());
+    for b in 0..12 {
+        let values = (0..rows)
+            .map(|i| {
+                Some(if i % 10 == 0 {
+                    1_000_000 + (b * rows + i) as i64
+                } else {
+                    (i % 64) as i64
+                })
+            })
+            .collect();
+        call(&m, "work", values).unwrap();
+    }
+    let hits = cache.stats.hits.get() - before.0;
+    assert_eq!(
+        cache.stats.bypassed.get(),
+        before.1,
+        "work skipped the cache"
+    );
+    assert!(hits >= (11 * rows * 8 / 10) as u64, "{hits} hits");
+}
+
 #[test]
 fn the_breaker_opens_probes_and_closes() {
     let t = tenants("[tenants.acme]\nbreaker_failures = 3\nbreaker_cooldown_ms = 100\n");

@@ -71,6 +71,7 @@ metric_names! {
     CACHE_HITS = "weir_cache_hits_total", Counter, T, "rows served from the deterministic-results cache";
     CACHE_MISSES = "weir_cache_misses_total", Counter, T, "rows the guest had to compute";
     CACHE_EVICTIONS = "weir_cache_evictions_total", Counter, T, "entries evicted for the budget";
+    CACHE_BYPASSED = "weir_cache_bypassed_rows_total", Counter, T, "rows of deterministic functions not looked up because the cache did not pay for them";
     API_REQUESTS = "weir_api_requests_total", Counter, &["tenant", "action", "outcome"], "API requests by tenant, action and outcome";
     UDF_PUBLISHES = "weir_udf_publishes_total", Counter, T, "UDF versions published";
     UDF_VERSIONS = "weir_udf_versions", Gauge, T, "UDF versions in the registry";

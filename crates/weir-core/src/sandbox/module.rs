@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, new_empty_array};
 use sha2::{Digest, Sha256};
@@ -21,7 +21,7 @@ use crate::abi::{EXPORT_ALLOC, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
 use crate::marshal::input::InputPlan;
 use crate::marshal::output::CallResult;
 use crate::telemetry;
-use crate::tenant::{Breaker, BreakerState, Tenant};
+use crate::tenant::{Breaker, BreakerState, CacheAdvice, Tenant};
 
 /// The shortest chunk [`UdfModule::call_collecting`] hands the guest after
 /// a failing row.
@@ -54,6 +54,8 @@ pub struct UdfModule {
     breakers: Vec<Breaker>,
     /// Telemetry per function.
     stats: Vec<FunctionStats>,
+    /// Per function: whether the result cache pays for itself.
+    cache_advice: Vec<CacheAdvice>,
     /// Telemetry per aggregate.
     aggregate_stats: Vec<FunctionStats>,
 }
@@ -369,19 +371,41 @@ impl UdfModule {
             (Some(t), true) => t.cache(),
             _ => None,
         };
+        let advice = &self.cache_advice[index];
         match cache {
             None => self.call_inner(index, &limits, args, rows, deadline),
+            Some(cache) if !advice.look_up() => {
+                cache.stats.bypassed.add(rows as u64);
+                let started = Instant::now();
+                let out = self.call_inner(index, &limits, args, rows, deadline);
+                if out.is_ok() {
+                    advice.bypassed(rows, started.elapsed());
+                }
+                out
+            }
             Some(cache) => {
                 let mut prefix = self.digest.as_bytes().to_vec();
                 prefix.extend_from_slice(&(index as u32).to_le_bytes());
-                cache.get_or_compute(
+                let started = Instant::now();
+                let guest = std::cell::Cell::new((0, Duration::ZERO));
+                let out = cache.get_or_compute(
                     &prefix,
                     args,
                     rows,
-                    |args, rows| self.call_inner(index, &limits, args, rows, deadline),
+                    |args, rows| {
+                        let t = Instant::now();
+                        let out = self.call_inner(index, &limits, args, rows, deadline);
+                        guest.set((rows, t.elapsed()));
+                        out
+                    },
                     Failure::Other,
                     |failure, map| failure.at_row(map),
-                )
+                );
+                if out.is_ok() {
+                    let (computed, took) = guest.get();
+                    advice.looked_up(rows, computed, took, started.elapsed());
+                }
+                out
             }
         }
         .map_err(|failure| {
@@ -852,6 +876,7 @@ impl Sandbox {
             pre,
             breakers: calls.iter().map(|_| Breaker::default()).collect(),
             stats: calls.iter().map(|_| FunctionStats::default()).collect(),
+            cache_advice: calls.iter().map(|_| CacheAdvice::default()).collect(),
             aggregate_stats,
             calls,
             from_cache,

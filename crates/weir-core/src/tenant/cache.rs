@@ -1,10 +1,9 @@
 //! Memoized results of deterministic functions, per tenant. Vectorized: a
 //! batch is looked up row by row, the guest runs once on the misses as one
-//! smaller batch, and the results are merged back in order.
+//! smaller batch, and the results are merged back in order. Whether a
+//! function's batch is looked up at all is [`super::CacheAdvice`]'s call.
 
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{interleave, take};
@@ -20,6 +19,9 @@ pub struct CacheStats {
     pub hits: Count,
     pub misses: Count,
     pub evictions: Count,
+    /// Rows of deterministic functions sent straight to the guest because
+    /// looking them up did not pay ([`super::CacheAdvice`]).
+    pub bypassed: Count,
 }
 
 /// Keys: module digest, function index, then the row's argument values in
@@ -27,15 +29,7 @@ pub struct CacheStats {
 pub struct ResultCache {
     cache: Cache<Vec<u8>, ScalarValue, foldhash::fast::RandomState>,
     pub stats: Arc<CacheStats>,
-    /// Moving average of the hit ratio of recent batches (starts at 1).
-    hit_ratio: Mutex<f64>,
 }
-
-/// Below this recent hit ratio only one miss in [`SAMPLE_EVERY`] is
-/// stored: inputs that never repeat then cost little more than the lookup,
-/// while a value that does repeat still gets in.
-const LOW_HIT_RATIO: f64 = 0.05;
-const SAMPLE_EVERY: usize = 16;
 
 impl ResultCache {
     pub fn new(tenant: &str, budget_bytes: u64) -> Self {
@@ -44,6 +38,7 @@ impl ResultCache {
             hits: Count::new(telemetry::counter(telemetry::CACHE_HITS, &labels)),
             misses: Count::new(telemetry::counter(telemetry::CACHE_MISSES, &labels)),
             evictions: Count::new(telemetry::counter(telemetry::CACHE_EVICTIONS, &labels)),
+            bypassed: Count::new(telemetry::counter(telemetry::CACHE_BYPASSED, &labels)),
         });
         let evicted = stats.clone();
         let cache = Cache::builder()
@@ -60,11 +55,7 @@ impl ResultCache {
                 }
             })
             .build_with_hasher(foldhash::fast::RandomState::default());
-        ResultCache {
-            cache,
-            stats,
-            hit_ratio: Mutex::new(1.0),
-        }
+        ResultCache { cache, stats }
     }
 
     /// Runs `compute` only on the rows of `args` not in the cache (one call
@@ -108,23 +99,9 @@ impl ResultCache {
         }
         self.stats.hits.add(hits.len() as u64);
         self.stats.misses.add(misses.len() as u64);
-        let sample = {
-            let mut ratio = self.hit_ratio.lock();
-            *ratio = 0.5 * *ratio + 0.5 * hits.len() as f64 / rows.max(1) as f64;
-            if *ratio < LOW_HIT_RATIO {
-                SAMPLE_EVERY
-            } else {
-                1
-            }
-        };
         if hits.is_empty() {
             let out = compute(args, rows)?;
-            self.store(
-                &mut keys,
-                &out,
-                (0..rows).step_by(sample).map(|i| (i, i)),
-                &internal,
-            )?;
+            self.store(&mut keys, &out, (0..rows).map(|i| (i, i)), &internal)?;
             return Ok(out);
         }
         let hit_values = ScalarValue::iter_to_array(hits.iter().map(|(_, v)| v.clone()))
@@ -144,11 +121,7 @@ impl ResultCache {
         self.store(
             &mut keys,
             &computed,
-            misses
-                .iter()
-                .enumerate()
-                .step_by(sample)
-                .map(|(j, &i)| (i as usize, j)),
+            misses.iter().enumerate().map(|(j, &i)| (i as usize, j)),
             &internal,
         )?;
         // Merge: (source, index) per row, source 0 = computed, 1 = hits.

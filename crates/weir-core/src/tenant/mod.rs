@@ -5,12 +5,14 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod cache_advice;
 pub mod policy;
 pub mod share;
 pub mod state;
 
 pub use breaker::{Breaker, BreakerSettings, BreakerState};
 pub use cache::ResultCache;
+pub use cache_advice::CacheAdvice;
 pub use policy::{BreakerAction, Policy, PolicyError, TenantPolicy};
 pub use share::FairShare;
 pub use state::{Tenant, Tenants};

@@ -213,9 +213,10 @@ async fn a_broken_function_pauses_the_pipeline_until_a_fixed_version_is_in_effec
     })
     .await;
     assert_eq!(module.breaker(0).unwrap().state(), BreakerState::Open);
-    // Two failing batches of 10 opened it; nothing else was touched.
+    // Two failing batches of 10 opened it; nothing else was dead-lettered
+    // (a batch read ahead by a second worker is held, not failed).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stats.records_in.get(), 20);
+    assert!((20..=30).contains(&stats.records_in.get()));
     assert_eq!(stats.dead_letters.get(), 20);
     assert_eq!(stats.records_out.get(), 0);
     let condition = stats.condition().unwrap();

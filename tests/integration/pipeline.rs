@@ -23,7 +23,8 @@ async fn run(toml: &str) -> anyhow::Result<std::sync::Arc<PipelineStats>> {
 /// the exact output in `expected.out.ndjson`, the dead letters in
 /// `expected.dead-letters.ndjson` (each line's keys must match; `error` is a
 /// substring) and optionally the counters in `expected.stats.json`.
-#[tokio::test]
+// Two runtime threads: a case with `batch.workers = 2` transforms in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_cases() {
     let cases = support::repo().join("tests/pipelines");
     let mut dirs: Vec<_> = std::fs::read_dir(&cases)

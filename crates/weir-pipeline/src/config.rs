@@ -257,6 +257,9 @@ pub struct BatchConfig {
     pub max_in_flight_batches: usize,
     /// Payload bytes in flight at most.
     pub max_in_flight_bytes: usize,
+    /// Micro-batches transformed at once (0: one per core), at most the
+    /// tenant's `max_concurrent_calls` and the in-flight bound.
+    pub workers: usize,
 }
 
 impl Default for BatchConfig {
@@ -266,6 +269,7 @@ impl Default for BatchConfig {
             max_linger_ms: 100,
             max_in_flight_batches: 8,
             max_in_flight_bytes: 64 << 20,
+            workers: 0,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod sink;
 pub mod source;
 pub mod supervisor;
 pub mod window;
+pub mod workers;
 
 // The layers below, reachable as `crate::sandbox`, … inside this crate.
 use weir_core::{abi, error, sandbox, sql, telemetry, tenant, udf};

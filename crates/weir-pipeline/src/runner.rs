@@ -18,6 +18,7 @@ use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterSink, RecordLimit, Sink};
 use super::source::Source;
 use super::window::WindowState;
+use super::workers::{Encoding, Transforming, Workers};
 use crate::sandbox::{Sandbox, UdfModule};
 use crate::tenant::{BreakerAction, BreakerState};
 use crate::tenant::{Tenant, Tenants};
@@ -110,7 +111,10 @@ pub struct Pipeline {
     source: Box<dyn Source>,
     decoder: RecordDecoder,
     query: PlannedQuery,
-    encoder: RecordEncoder,
+    encoder: Arc<RecordEncoder>,
+    /// Several batches transformed at once (`batch.workers`), when more
+    /// than one worker is in force.
+    workers: Option<Workers>,
     sink: Box<dyn Sink>,
     dead_letters: Option<Box<dyn DeadLetterSink>>,
     stats: Arc<PipelineStats>,
@@ -212,6 +216,23 @@ impl Pipeline {
             .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))
     }
 
+    /// The query planned once per worker.
+    async fn plan_workers(
+        config: &PipelineConfig,
+        modules: &[Arc<UdfModule>],
+        decoder: &RecordDecoder,
+        tenant: &Tenant,
+        count: usize,
+    ) -> anyhow::Result<Vec<Arc<PlannedQuery>>> {
+        let mut queries = Vec::with_capacity(count);
+        for _ in 0..count {
+            queries.push(Arc::new(
+                Self::plan(config, modules, decoder, tenant).await?,
+            ));
+        }
+        Ok(queries)
+    }
+
     async fn assemble(
         config: PipelineConfig,
         modules: Vec<Arc<UdfModule>>,
@@ -246,6 +267,14 @@ impl Pipeline {
         encoder
             .check_schema(&query.output_schema())
             .map_err(anyhow::Error::msg)?;
+        let worker_count = worker_count(&config, &tenant, windows.is_some());
+        let workers = if worker_count > 1 {
+            Some(Workers::new(
+                Self::plan_workers(&config, &modules, &decoder, &tenant, worker_count).await?,
+            ))
+        } else {
+            None
+        };
         let source = config.source.open().await?;
         let sink = config.sink.open().await?;
         let dead_letters = config.open_dead_letters().await?;
@@ -258,7 +287,8 @@ impl Pipeline {
             source,
             decoder,
             query,
-            encoder,
+            encoder: Arc::new(encoder),
+            workers,
             sink,
             dead_letters,
             stats,
@@ -329,7 +359,13 @@ impl Pipeline {
             self.maybe_reload().await;
             // An open breaker (with `breaker_action = "pause"`) holds the
             // source; once its cool-down passed, one record probes it.
-            let size = match self.breaker_hold() {
+            let hold = self.breaker_hold();
+            if !matches!(hold, Hold::None)
+                && !self.take_transformed(Take::All, flight, shutdown).await?
+            {
+                return Ok(());
+            }
+            let size = match hold {
                 Hold::None => max,
                 Hold::Probe => 1,
                 Hold::Wait => {
@@ -346,10 +382,15 @@ impl Pipeline {
             };
             let Some(records) = next else {
                 // The source ended (a file): every open window is complete.
-                self.emit_windows(true, flight, shutdown).await?;
+                if self.take_transformed(Take::All, flight, shutdown).await? {
+                    self.emit_windows(true, flight, shutdown).await?;
+                }
                 return Ok(());
             };
             if records.is_empty() {
+                if !self.take_transformed(Take::All, flight, shutdown).await? {
+                    return Ok(());
+                }
                 self.check_stall(&mut stall);
                 if self.windows.is_some() {
                     // A quiet partition may have gone idle: windows may close.
@@ -392,6 +433,14 @@ impl Pipeline {
             }
         }
         hold
+    }
+
+    /// Whether no UDF's breaker counts a failure (the breakers of other
+    /// pipelines' batches included).
+    fn breakers_clean(&self) -> bool {
+        self.functions()
+            .iter()
+            .all(|(m, i)| m.breaker(*i).is_none_or(|b| b.is_clean()))
     }
 
     /// Every function of every module: (module, index in its manifest).
@@ -591,6 +640,27 @@ impl Pipeline {
                     .map(|()| q)
             }) {
             Ok(query) => {
+                if let Some(count) = self.workers.as_ref().map(Workers::count) {
+                    match Self::plan_workers(
+                        &self.config,
+                        &modules,
+                        &self.decoder,
+                        &self.tenant,
+                        count,
+                    )
+                    .await
+                    {
+                        Ok(queries) => {
+                            if let Some(w) = &mut self.workers {
+                                w.replace(queries);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}");
+                            return false;
+                        }
+                    }
+                }
                 self.query = query;
                 let labels: Vec<&str> = modules.iter().map(|m| m.label()).collect();
                 tracing::info!(pipeline = %self.config.name, modules = ?labels, "new UDF versions in effect from this batch");
@@ -727,21 +797,111 @@ impl Pipeline {
                 .emit_and_deliver(false, letters, offsets, flight, shutdown)
                 .await;
         }
+        // With workers: wait for a free one, then hand the batch over and
+        // deliver whatever is already done, in order. While a UDF's breaker
+        // counts failures, batches run one at a time (so that no more
+        // batches fail than the breaker lets through).
+        if self.workers.is_some() {
+            let take = if self.breakers_clean() {
+                Take::UntilRoom
+            } else {
+                Take::All
+            };
+            if !self.take_transformed(take, flight, shutdown).await? {
+                return Ok(false);
+            }
+            if !self.breakers_clean() && !self.take_transformed(Take::All, flight, shutdown).await?
+            {
+                return Ok(false);
+            }
+        }
+        if self.workers.is_some() && self.breakers_clean() {
+            // A partial batch: the source has caught up; deliver it now
+            // rather than when the next batch arrives.
+            let take = if records.len() < self.config.batch.max_records {
+                Take::All
+            } else {
+                Take::Done
+            };
+            let job = Transforming::new(
+                decoded.batch,
+                records,
+                decoded.rows,
+                letters,
+                offsets,
+                self.calls_snapshot(),
+            );
+            let encoding = Encoding {
+                encoder: self.encoder.clone(),
+                limit: self.sink.max_record_bytes(),
+            };
+            if let Some(workers) = &mut self.workers {
+                workers.start(job, encoding);
+            }
+            return self.take_transformed(take, flight, shutdown).await;
+        }
         let Some(isolated) = self
             .transform(&decoded.batch, false, flight, shutdown)
             .await?
         else {
             return Ok(false);
         };
-        letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
-            record: records[decoded.rows[f.row]].clone(),
-            stage: f.stage,
-            error: f.error,
-            udf: f.udf,
-        }));
+        letters.extend(failed_letters(isolated.failed, &records, &decoded.rows));
         drop(records);
         self.deliver(isolated.outputs, letters, offsets, flight)
             .await
+    }
+
+    /// Delivers batches the workers transformed, oldest first: every one
+    /// ([`Take::All`]), until a worker is free, or those already done.
+    /// `false` if the pipeline was told to stop meanwhile.
+    async fn take_transformed(
+        &mut self,
+        take: Take,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        loop {
+            let Some(workers) = &mut self.workers else {
+                return Ok(true);
+            };
+            let wait = match take {
+                Take::All => true,
+                Take::UntilRoom => workers.is_full(),
+                Take::Done => false,
+            };
+            if !wait && !workers.front_is_done() {
+                return Ok(true);
+            }
+            let Some(taken) = workers.take().await else {
+                return Ok(true);
+            };
+            let (job, isolated) = taken?;
+            self.record_breakers(&isolated.failed, &job.calls_before);
+            // No capacity, or a breaker that holds the pipeline opened
+            // under it: run it again here, in order, with the waits and
+            // retries of a batch of the pipeline's own loop.
+            let rerun = isolated.failed.iter().any(|f| f.capacity)
+                || (self.tenant.policy().breaker_action == BreakerAction::Pause
+                    && isolated.failed.iter().any(|f| f.circuit_open));
+            let isolated = if rerun {
+                match self.transform(&job.batch, false, flight, shutdown).await? {
+                    Some(isolated) => isolated,
+                    None => return Ok(false),
+                }
+            } else {
+                isolated
+            };
+            let mut letters = job.letters;
+            letters.extend(failed_letters(isolated.failed, &job.records, &job.rows));
+            drop(job.records);
+            if !self
+                .deliver(isolated.outputs, letters, job.offsets, flight)
+                .await?
+            {
+                return Ok(false);
+            }
+        }
     }
 
     /// Runs `batch` through the query, poison rows set aside (`whole`: as
@@ -1016,6 +1176,52 @@ impl Pipeline {
     }
 }
 
+/// Which transformed batches [`Pipeline::take_transformed`] delivers.
+#[derive(Clone, Copy)]
+enum Take {
+    All,
+    UntilRoom,
+    Done,
+}
+
+/// Dead letters of the rows a transform set aside (`rows`: the record of
+/// each row of the batch).
+fn failed_letters(
+    failed: Vec<super::isolate::FailedRow>,
+    records: &[SourceRecord],
+    rows: &[usize],
+) -> impl Iterator<Item = DeadLetter> {
+    failed.into_iter().map(move |f| DeadLetter {
+        record: records[rows[f.row]].clone(),
+        stage: f.stage,
+        error: f.error,
+        udf: f.udf,
+    })
+}
+
+/// Workers in force: `batch.workers` (0: one per core), at most the
+/// tenant's `max_concurrent_calls` and the in-flight bound; one for a
+/// windowed query (a window is computed once, over all its records).
+fn worker_count(config: &PipelineConfig, tenant: &Tenant, windowed: bool) -> usize {
+    if windowed {
+        return 1;
+    }
+    let policy = tenant.policy();
+    let wanted = match config.batch.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    wanted
+        .min(policy.max_concurrent_calls.max(1) as usize)
+        .min(
+            config
+                .batch
+                .max_in_flight_batches
+                .min(policy.max_in_flight_batches),
+        )
+        .max(1)
+}
+
 /// What an open circuit breaker asks of the pipeline before the next batch.
 enum Hold {
     None,
@@ -1052,7 +1258,7 @@ impl StallWatch {
 
 /// Encodes a query's output for the sink; a record the sink cannot take
 /// (too large for it) fails the run, so that isolation finds its row.
-fn encode_checked(
+pub(crate) fn encode_checked(
     encoder: &RecordEncoder,
     limit: Option<&RecordLimit>,
     batches: &[datafusion::arrow::array::RecordBatch],

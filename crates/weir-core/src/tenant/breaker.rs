@@ -89,6 +89,12 @@ impl Breaker {
         self.lock().state
     }
 
+    /// Closed with no failure counted since the last success.
+    pub fn is_clean(&self) -> bool {
+        let b = self.lock();
+        b.state == BreakerState::Closed && b.consecutive == 0
+    }
+
     /// Why the breaker last opened ("5 failing batches in a row", …).
     pub fn reason(&self) -> Option<String> {
         self.lock().reason.clone()

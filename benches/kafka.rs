@@ -49,13 +49,17 @@ fn payload(i: usize, ts: i64) -> String {
 }
 
 async fn create(brokers: &str, topics: &[&str]) {
+    create_with(brokers, topics, 2).await
+}
+
+async fn create_with(brokers: &str, topics: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 2, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     for r in admin
         .create_topics(&new, &AdminOptions::new())
@@ -164,13 +168,32 @@ max_linger_ms = 20
 }
 
 async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
+    weir_run_for(config, n, &weir::tenant::Tenants::default(), false).await
+}
+
+/// Records/s until `n` records were read; `from_first`: timed from the
+/// first batch read (the group join not counted).
+async fn weir_run_for(
+    config: PipelineConfig,
+    n: usize,
+    tenants: &weir::tenant::Tenants,
+    from_first: bool,
+) -> f64 {
     let sandbox = weir::Sandbox::with_options(weir::SandboxOptions::default()).unwrap();
-    let pipeline = Pipeline::build(config, &sandbox).await.unwrap();
+    let pipeline = Pipeline::build_for(config, &sandbox, tenants)
+        .await
+        .unwrap();
     let stats: Arc<PipelineStats> = pipeline.stats();
     let (stop, stopped) = watch::channel(false);
-    let started = Instant::now();
+    let mut started = Instant::now();
+    // Records read when the clock started.
+    let mut base = (!from_first).then_some(0);
     let task = tokio::spawn(pipeline.run(stopped));
     while (stats.records_in.get() as usize) < n || stats.batches.get() == 0 {
+        if base.is_none() && stats.records_in.get() > 0 {
+            base = Some(stats.records_in.get() as usize);
+            started = Instant::now();
+        }
         if task.is_finished() {
             let result = task.await.unwrap();
             panic!(
@@ -182,7 +205,45 @@ async fn weir_run(config: PipelineConfig, n: usize) -> f64 {
     }
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
-    n as f64 / started.elapsed().as_secs_f64()
+    (n - base.unwrap_or(0)) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A CPU-heavy UDF (`work`, 10 000 LCG rounds per row, from
+/// tests/tenant/guest.wat) over a 4-partition topic with `workers`
+/// transform workers; the tenant's cache is off (every input is new).
+fn heavy_config(brokers: &str, input: &str, output: &str, workers: usize) -> PipelineConfig {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tenant/guest.wat");
+    PipelineConfig::from_toml(&format!(
+        r#"
+name = "heavy"
+tenant = "bench"
+udfs = ["{guest}"]
+sql = "SELECT id, work(id) AS w FROM source"
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+topics = ["{input}"]
+group = "heavy-{workers}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[source.properties]
+"fetch.wait.max.ms" = "{wait}"
+"fetch.error.backoff.ms" = "{wait}"
+[sink]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{output}"
+[errors]
+policy = "skip"
+[batch]
+max_records = 1024
+max_linger_ms = 20
+workers = {workers}
+"#,
+        guest = guest.display(),
+        wait = fetch_wait_ms()
+    ))
+    .unwrap()
 }
 
 /// Produces to `input` at `rate` records/s for `secs` and reports p50 / p99
@@ -258,6 +319,34 @@ async fn latency(
     (pct(0.50), pct(0.99))
 }
 
+/// Records/s of the CPU-heavy pipeline with 1 and 2 workers, same input.
+async fn workers(brokers: &str) {
+    let n: usize = std::env::var("WEIR_BENCH_HEAVY_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000);
+    create_with(brokers, &["heavy-in", "heavy-out-1", "heavy-out-2"], 4).await;
+    fill(brokers, "heavy-in", n).await;
+    let tenants = weir::tenant::Tenants::new(
+        weir::tenant::Policy::from_toml("[tenants.bench]\ncache_bytes = 0\n").unwrap(),
+    );
+    let mut rates = Vec::new();
+    for w in [1, 2] {
+        let rate = weir_run_for(
+            heavy_config(brokers, "heavy-in", &format!("heavy-out-{w}"), w),
+            n,
+            &tenants,
+            true,
+        )
+        .await;
+        println!(
+            "CPU-heavy UDF, 4-partition topic, {n} records, workers = {w}: {rate:.0} records/s"
+        );
+        rates.push(rate);
+    }
+    println!("2 workers vs 1: {:.2}x", rates[1] / rates[0]);
+}
+
 fn main() {
     let Ok(brokers) = std::env::var("WEIR_BENCH_BROKERS") else {
         eprintln!("kafka bench skipped: set WEIR_BENCH_BROKERS (scripts/bench-kafka.sh does)");
@@ -288,6 +377,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if std::env::var("WEIR_BENCH_ONLY").is_ok_and(|v| v == "workers") {
+            return workers(&brokers).await;
+        }
         create(&brokers, &["bench-in", "bench-bare-out", "bench-weir-out"]).await;
         eprintln!("filling bench-in with {records} records");
         fill(&brokers, "bench-in", records).await;

@@ -3,7 +3,14 @@
 //! healthy function whose inputs are sometimes bad must keep (nearly) its
 //! error-free throughput. Results: BENCHMARKS.md.
 //!
-//! Run: `cargo bench --bench pipeline`
+//!
+//! - `pipeline_cache`: 500 000 records, `parse_cents` (cheap) at 0 %
+//!   repeated inputs: without the UDF, with the cache at its default
+//!   (self-tuning) and with `cache_bytes = 0`.
+//! - `pipeline_workers`: a CPU-heavy UDF (`work`, tests/tenant/guest.wat)
+//!   over 50 000 records with `batch.workers` 1 and 2.
+//!
+//! Run: `cargo bench --bench pipeline` (`-- pipeline_cache` for one group)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +18,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group};
 use tokio::sync::watch;
 use weir::pipeline::{Pipeline, PipelineConfig};
+use weir::tenant::{Policy, Tenants};
 use weir::{Sandbox, SandboxLimits, SandboxOptions};
 
 const RECORDS: usize = 100_000;
@@ -43,11 +51,30 @@ fn input(dir: &Path, error_every: usize) -> PathBuf {
 }
 
 fn config(dir: &Path, udf: &Path, input: &Path, policy: &str) -> PipelineConfig {
+    config_with(
+        dir,
+        udf,
+        input,
+        policy,
+        "SELECT id, parse_cents(amount) AS cents FROM source",
+        "",
+    )
+}
+
+fn config_with(
+    dir: &Path,
+    udf: &Path,
+    input: &Path,
+    policy: &str,
+    sql: &str,
+    extra: &str,
+) -> PipelineConfig {
     PipelineConfig::from_toml(&format!(
         r#"
 name = "bench"
+tenant = "bench"
 udfs = ["{udf}"]
-sql = "SELECT id, parse_cents(amount) AS cents FROM source"
+sql = "{sql}"
 [source]
 kind = "file"
 path = "{input}"
@@ -59,6 +86,7 @@ path = "{out}"
 [errors]
 policy = "{policy}"
 path = "{dlq}"
+{extra}
 "#,
         udf = udf.display(),
         input = input.display(),
@@ -108,5 +136,101 @@ fn row_errors(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, row_errors);
+/// Runs a pipeline to the end under `tenants`.
+fn run_once(
+    runtime: &tokio::runtime::Runtime,
+    config: PipelineConfig,
+    sandbox: &Sandbox,
+    tenants: &Tenants,
+) {
+    runtime.block_on(async {
+        let pipeline = Pipeline::build_for(config, sandbox, tenants).await.unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        pipeline.run(stopped).await.unwrap();
+    })
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::with_options(SandboxOptions {
+        limits: SandboxLimits::default(),
+        cache_dir: None,
+    })
+    .unwrap()
+}
+
+fn cache(c: &mut Criterion) {
+    const N: usize = 500_000;
+    let dir = tempfile::tempdir().unwrap();
+    let udf = finance();
+    let sandbox = sandbox();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let input = dir.path().join("cache.ndjson");
+    let text: String = (0..N)
+        .map(|i| format!("{{\"id\":{i},\"amount\":\"{i}.25 EUR\"}}\n"))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let mut group = c.benchmark_group("pipeline_cache");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15))
+        .throughput(Throughput::Elements(N as u64));
+    // A fresh tenant (an empty cache) per run: every input is new to it.
+    let on = "[tenants.bench]\n";
+    let off = "[tenants.bench]\ncache_bytes = 0\n";
+    let udf_sql = "SELECT id, parse_cents(amount) AS cents FROM source";
+    for (label, policy, sql) in [
+        ("no UDF", off, "SELECT id, amount FROM source"),
+        ("cache default", on, udf_sql),
+        ("cache off", off, udf_sql),
+    ] {
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let _ = std::fs::remove_file(dir.path().join("out.ndjson"));
+                let config = config_with(dir.path(), &udf, &input, "dead-letter", sql, "");
+                let tenants = Tenants::new(Policy::from_toml(policy).unwrap());
+                run_once(&runtime, config, &sandbox, &tenants);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn workers(c: &mut Criterion) {
+    const N: usize = 50_000;
+    let dir = tempfile::tempdir().unwrap();
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tenant/guest.wat");
+    let sandbox = sandbox();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let input = dir.path().join("heavy.ndjson");
+    let text: String = (0..N)
+        .map(|i| format!("{{\"id\":{i},\"amount\":\"x\"}}\n"))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    // Every input is new: the cache is off to measure the guest alone.
+    let tenants = Tenants::new(Policy::from_toml("[tenants.bench]\ncache_bytes = 0\n").unwrap());
+    let mut group = c.benchmark_group("pipeline_workers");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Elements(N as u64));
+    for workers in [1, 2] {
+        group.bench_function(format!("workers={workers}"), |b| {
+            b.iter(|| {
+                let _ = std::fs::remove_file(dir.path().join("out.ndjson"));
+                let config = config_with(
+                    dir.path(),
+                    &guest,
+                    &input,
+                    "dead-letter",
+                    "SELECT id, work(id) AS w FROM source",
+                    &format!("[batch]\nmax_records = 1024\nworkers = {workers}\n"),
+                );
+                run_once(&runtime, config, &sandbox, &tenants);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, row_errors, cache, workers);
 criterion::criterion_main!(benches);

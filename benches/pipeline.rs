@@ -186,7 +186,14 @@ fn cache(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 let _ = std::fs::remove_file(dir.path().join("out.ndjson"));
-                let config = config_with(dir.path(), &udf, &input, "dead-letter", sql, "");
+                let config = config_with(
+                    dir.path(),
+                    &udf,
+                    &input,
+                    "dead-letter",
+                    sql,
+                    "[batch]\nworkers = 1\n",
+                );
                 let tenants = Tenants::new(Policy::from_toml(policy).unwrap());
                 run_once(&runtime, config, &sandbox, &tenants);
             })
@@ -233,4 +240,67 @@ fn workers(c: &mut Criterion) {
 }
 
 criterion_group!(benches, row_errors, cache, workers);
-criterion::criterion_main!(benches);
+
+/// The cache's cost at 0 % repeats with less noise than criterion's
+/// groups (which run one after the other): `cache_bytes = 0` and the
+/// default policy alternate, one worker, 15 runs each; medians.
+fn cache_paired() {
+    const N: usize = 500_000;
+    let dir = tempfile::tempdir().unwrap();
+    let udf = finance();
+    let sandbox = sandbox();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let input = dir.path().join("paired.ndjson");
+    let text: String = (0..N)
+        .map(|i| format!("{{\"id\":{i},\"amount\":\"{i}.25 EUR\"}}\n"))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let sql = "SELECT id, parse_cents(amount) AS cents FROM source";
+    let mut times = [Vec::new(), Vec::new()];
+    for round in 0..16 {
+        for (i, policy) in ["[tenants.bench]\ncache_bytes = 0\n", "[tenants.bench]\n"]
+            .iter()
+            .enumerate()
+        {
+            let _ = std::fs::remove_file(dir.path().join("out.ndjson"));
+            let config = config_with(
+                dir.path(),
+                &udf,
+                &input,
+                "dead-letter",
+                sql,
+                "[batch]\nworkers = 1\n",
+            );
+            let tenants = Tenants::new(Policy::from_toml(policy).unwrap());
+            let started = std::time::Instant::now();
+            run_once(&runtime, config, &sandbox, &tenants);
+            // The first round warms the page cache and the code cache.
+            if round > 0 {
+                times[i].push(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let off = median(&mut times[0]);
+    let on = median(&mut times[1]);
+    println!(
+        "cache_paired ({N} records, parse_cents, 0 % repeats, 1 worker, medians of 15 alternating runs): cache off {off:.3} s, default policy {on:.3} s: {:+.1} %",
+        100.0 * (on / off - 1.0)
+    );
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if args.iter().any(|a| a == "--bench")
+        && !args.iter().any(|a| a == "--profile-time")
+        && (filters.is_empty() || filters.iter().any(|f| f.contains("cache_paired")))
+    {
+        cache_paired();
+    }
+}

@@ -39,10 +39,11 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   command -v prometheus >/dev/null 2>&1 || apt_install prometheus
   # clang + wasm-ld for C UDFs (the second authoring language) (Debian).
   { command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; } || apt_install clang lld
-  # The independent Kafka client of the README walkthrough test.
-  if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
-    python3 -m pip install --quiet confluent-kafka ||
-      python3 -m pip install --quiet --break-system-packages confluent-kafka
+  # The independent Kafka client of the README walkthrough test, with its
+  # Avro serializer and schema-registry client (the Avro tests).
+  if ! python3 -c 'import fastavro; from confluent_kafka.schema_registry.avro import AvroSerializer' 2>/dev/null; then
+    python3 -m pip install --quiet 'confluent-kafka[avro,schemaregistry]' ||
+      python3 -m pip install --quiet --break-system-packages 'confluent-kafka[avro,schemaregistry]'
   fi
 fi
 rustup target add wasm32-unknown-unknown

@@ -22,10 +22,43 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9464.
     #[arg(long, env = "WEIR_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// A json or csv source without `fields`: read a sample of the file or
+    /// topic, print the `fields = […]` line it infers, and run with it.
+    #[arg(long)]
+    pub infer: bool,
+    /// With `--infer`: print the fields and stop (run nothing).
+    #[arg(long, requires = "infer")]
+    pub dry_run: bool,
 }
 
 pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
-    let configs = load_pipelines(&args.path)?;
+    let mut configs = load_pipelines(&args.path, args.infer)?;
+    if args.infer {
+        for config in &mut configs {
+            if !config.needs_fields() {
+                continue;
+            }
+            let fields = crate::pipeline::infer::infer_fields(
+                &config.source,
+                crate::pipeline::infer::SAMPLE,
+            )
+            .await
+            .with_context(|| format!("pipeline `{}`: --infer", config.name))?;
+            println!(
+                "# pipeline `{}`: [source] fields inferred from a sample of up to {} records\n{}",
+                config.name,
+                crate::pipeline::infer::SAMPLE,
+                crate::pipeline::infer::fields_toml(&fields)
+            );
+            config.source.set_fields(fields);
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", config.name))?;
+        }
+        if args.dry_run {
+            return Ok(());
+        }
+    }
     let policy = match &args.policy {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default(),

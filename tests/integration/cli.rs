@@ -346,3 +346,48 @@ fn the_udf_guides_pipeline_is_valid() {
     let end = start + guide[start..].find("```").unwrap();
     weir::pipeline::PipelineConfig::from_toml(&guide[start..end]).unwrap();
 }
+
+/// `weir run --infer`: a pipeline without `fields` gets them from a sample
+/// of its source, printed as a line to paste; `--dry-run` stops there, and
+/// without `--dry-run` the pipeline runs with them.
+#[test]
+fn run_infer_prints_the_fields_and_runs_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        "{\"id\":1,\"amount\":\"1.25 EUR\",\"paid\":true}\n{\"id\":2,\"amount\":\"2.50 EUR\",\"paid\":false}\n",
+    )
+    .unwrap();
+    let out_path = dir.path().join("out.ndjson");
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"inferred\"\nsql = \"SELECT id, paid FROM source WHERE id > 1\"\n[source]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\n[sink]\nkind = \"file\"\npath = \"{}\"\n[errors]\npolicy = \"skip\"\n",
+            input.display(),
+            out_path.display()
+        ),
+    )
+    .unwrap();
+    let p = pipeline.to_str().unwrap();
+    // Without --infer the missing fields are refused, naming the flag.
+    let refused = weir(&["run", p]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("weir run --infer"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let printed = stdout(&weir(&["run", "--infer", "--dry-run", p]));
+    assert!(
+        printed.contains(r#"fields = [{ name = "id", type = "int64" }, { name = "amount", type = "utf8" }, { name = "paid", type = "boolean" }]"#),
+        "{printed}"
+    );
+    assert!(!out_path.exists(), "--dry-run ran nothing");
+    stdout(&weir(&["run", "--infer", p]));
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap(),
+        "{\"id\":2,\"paid\":false}\n"
+    );
+}

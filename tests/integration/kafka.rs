@@ -1129,3 +1129,106 @@ fn watch_commits(
     }
     (backwards, observed)
 }
+
+/// A group that stops with its committed offset in the middle of a
+/// producer's record batch resumes there with no record skipped: 500
+/// records produced as one record batch (one partition, long linger),
+/// consumed in micro-batches of 7, stopped after about 60, resumed.
+/// (tansu 0.6 answered such a fetch with the *next* batch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resumes_from_an_offset_inside_a_producer_batch_with_no_record_skipped() {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("inside", 1), ("inside-out", 1)]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("linger.ms", "1000")
+        .set("batch.num.messages", "100000")
+        .create()
+        .unwrap();
+    let pending: Vec<_> = (0..500)
+        .map(|i| {
+            let payload = format!(r#"{{"id":{i}}}"#);
+            producer
+                .send_result(FutureRecord::<(), _>::to("inside").payload(payload.as_bytes()))
+                .unwrap()
+        })
+        .collect();
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    let toml = format!(
+        r#"
+name = "inside"
+sql = "SELECT id FROM source"
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["inside"]
+group = "inside"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "inside-out"
+[errors]
+policy = "skip"
+[batch]
+max_records = 7
+max_linger_ms = 5
+workers = 1
+"#
+    );
+    let run = |stop_after: Option<u64>| {
+        let toml = toml.clone();
+        async move {
+            let config = PipelineConfig::from_toml(&toml).unwrap();
+            let pipeline = Pipeline::build(config, support::sandbox()).await.unwrap();
+            let stats = pipeline.stats();
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(pipeline.run(stopped));
+            let target = stop_after.unwrap_or(u64::MAX);
+            let started = Instant::now();
+            while stats.records_out.get() < target && !task.is_finished() {
+                assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if stop_after.is_none() && stats.records_in.get() >= 1 {
+                    break;
+                }
+            }
+            (stop, task, stats)
+        }
+    };
+    let (stop, task, _) = run(Some(60)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let committed = {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("group.id", "inside")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("inside", 0);
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        match got.find_partition("inside", 0).unwrap().offset() {
+            Offset::Offset(o) => o,
+            other => panic!("no committed offset: {other:?}"),
+        }
+    };
+    assert!(
+        committed > 0 && committed < 500,
+        "the commit {committed} lies inside the one producer batch"
+    );
+    let (stop, task, _) = run(None).await;
+    let all: BTreeSet<i64> = (0..500).collect();
+    let out = consume_until(&addr, "inside-out", |got| ids(got) == all).await;
+    // Every record arrived; none after the committed offset was skipped
+    // (duplicates are what at-least-once allows, none expected here).
+    assert!(out.len() >= 500);
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -4,6 +4,7 @@ mod support;
 
 mod aggregate;
 mod architecture;
+mod avro;
 mod breaker;
 mod cache;
 mod cli;

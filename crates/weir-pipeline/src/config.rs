@@ -73,6 +73,47 @@ pub enum Format {
     Csv,
     /// The payload as one `value` column (binary).
     Raw,
+    /// One Avro datum per record: plain, or in the Confluent wire format
+    /// with a schema registry (`[source.avro]`, `[sink.avro]`).
+    Avro,
+}
+
+/// `[source.avro]` / `[sink.avro]`: where Avro schemas come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AvroConfig {
+    /// An `.avsc` file. Plain Avro: the writer schema. With a registry: a
+    /// source's reader schema (default: the subject's latest version), a
+    /// sink's schema to register (default: derived from the query output).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// A schema registry URL: records in the Confluent wire format.
+    #[serde(default)]
+    pub registry: Option<String>,
+    /// The registry subject (default `<topic>-value`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// HTTP basic auth with the registry.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An environment variable holding the password (kept out of the file).
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl AvroConfig {
+    /// The basic-auth password in force, if any.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        match (&self.password, &self.password_env) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
+                format!("avro.password_env names `{var}`, which is not set in the environment")
+            }),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// Where a Kafka consumer group starts when it has no committed offset.
@@ -143,6 +184,9 @@ pub enum SourceConfig {
         /// long: warn, and say so in status and metrics. 0 = never.
         #[serde(default = "default_stall_warn_ms")]
         stall_warn_ms: u64,
+        /// Where Avro schemas come from (`format = "avro"`).
+        #[serde(default)]
+        avro: Option<Box<AvroConfig>>,
     },
 }
 
@@ -203,6 +247,9 @@ pub enum SinkConfig {
         key: Option<String>,
         #[serde(default)]
         properties: BTreeMap<String, String>,
+        /// Where the Avro schema comes from (`format = "avro"`).
+        #[serde(default)]
+        avro: Option<Box<AvroConfig>>,
     },
 }
 
@@ -292,6 +339,31 @@ impl PipelineConfig {
         Ok(config)
     }
 
+    /// Like [`Self::from_file`], but a json or csv source may leave
+    /// `fields` out (`weir run --infer` fills them, then calls
+    /// [`Self::validate`]).
+    pub fn from_file_to_infer(path: &Path) -> Result<Self, PipelineConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| PipelineConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let invalid = |message| PipelineConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut config: PipelineConfig =
+            toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.validate_with(false).map_err(invalid)?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Whether the source is json or csv and declares no `fields`.
+    pub fn needs_fields(&self) -> bool {
+        matches!(self.source.format(), Format::Json | Format::Csv)
+            && self.source.fields().is_empty()
+    }
+
     /// Most UDF modules one pipeline may load (each holds instances).
     pub const MAX_UDFS: usize = 32;
 
@@ -325,12 +397,25 @@ impl PipelineConfig {
         if let SinkConfig::File { path, .. } = &mut self.sink {
             fix(path);
         }
+        for avro in [self.source.avro_mut(), self.sink.avro_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = &mut avro.schema {
+                fix(p);
+            }
+        }
         if let Some(p) = &mut self.errors.path {
             fix(p);
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the whole file (every key's value, and that keys agree).
+    pub fn validate(&self) -> Result<(), String> {
+        self.validate_with(true)
+    }
+
+    fn validate_with(&self, need_fields: bool) -> Result<(), String> {
         if self.udfs.len() > Self::MAX_UDFS {
             return Err(format!(
                 "udfs lists {} modules; a pipeline may load at most {}",
@@ -362,9 +447,10 @@ impl PipelineConfig {
         }
         let format = self.source.format();
         let fields = self.source.fields();
-        if format != Format::Raw && fields.is_empty() {
-            return Err("source.fields must declare the record's columns for json and csv".into());
+        if need_fields && matches!(format, Format::Json | Format::Csv) && fields.is_empty() {
+            return Err("source.fields must declare the record's columns for json and csv (`weir run --infer` reads a sample and prints them)".into());
         }
+        self.validate_avro()?;
         for (i, f) in fields.iter().enumerate() {
             if AbiType::from_name(&f.ty).is_none() {
                 return Err(format!(
@@ -390,6 +476,85 @@ impl PipelineConfig {
             return Err("batch.max_records, batch.max_in_flight_batches and batch.max_in_flight_bytes must be positive".into());
         }
         Ok(())
+    }
+}
+
+impl PipelineConfig {
+    fn validate_avro(&self) -> Result<(), String> {
+        let check = |side: &str, format: Format, avro: Option<&AvroConfig>, kafka: bool| match (
+            format, avro,
+        ) {
+            (Format::Avro, _) if !kafka => Err(format!(
+                "{side}.format = \"avro\" needs a Kafka {side} (one datum per record); files hold one record per line"
+            )),
+            (Format::Avro, None) if side == "source" => Err(format!(
+                "{side}.format = \"avro\" needs [{side}.avro] with `schema` (an .avsc file) or `registry` (a schema registry URL)"
+            )),
+            (Format::Avro, Some(a))
+                if side == "source" && a.schema.is_none() && a.registry.is_none() =>
+            {
+                Err(format!(
+                    "[{side}.avro] needs `schema` (an .avsc file) or `registry` (a schema registry URL)"
+                ))
+            }
+            (Format::Avro, _) => Ok(()),
+            (_, Some(_)) => Err(format!(
+                "[{side}.avro] is set but {side}.format is not \"avro\""
+            )),
+            (_, None) => Ok(()),
+        };
+        let source_kafka = matches!(self.source, SourceConfig::Kafka { .. });
+        check(
+            "source",
+            self.source.format(),
+            self.source.avro(),
+            source_kafka,
+        )?;
+        let sink_kafka = matches!(self.sink, SinkConfig::Kafka { .. });
+        check("sink", self.sink.format(), self.sink.avro(), sink_kafka)?;
+        if self.source.format() == Format::Avro && !self.source.fields().is_empty() {
+            return Err("source.fields must be empty with format = \"avro\": the columns are the Avro schema's fields".into());
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    /// Replaces the declared fields (`weir run --infer`).
+    pub fn set_fields(&mut self, new: Vec<FieldConfig>) {
+        match self {
+            SourceConfig::File { fields, .. } | SourceConfig::Kafka { fields, .. } => *fields = new,
+        }
+    }
+
+    pub fn avro(&self) -> Option<&AvroConfig> {
+        match self {
+            SourceConfig::Kafka { avro, .. } => avro.as_deref(),
+            SourceConfig::File { .. } => None,
+        }
+    }
+
+    fn avro_mut(&mut self) -> Option<&mut AvroConfig> {
+        match self {
+            SourceConfig::Kafka { avro, .. } => avro.as_deref_mut(),
+            SourceConfig::File { .. } => None,
+        }
+    }
+}
+
+impl SinkConfig {
+    pub fn avro(&self) -> Option<&AvroConfig> {
+        match self {
+            SinkConfig::Kafka { avro, .. } => avro.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn avro_mut(&mut self) -> Option<&mut AvroConfig> {
+        match self {
+            SinkConfig::Kafka { avro, .. } => avro.as_deref_mut(),
+            _ => None,
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
+use super::avro::AvroOut;
 use super::config::Format;
 use super::record::SinkRecord;
 
@@ -12,6 +13,8 @@ pub struct RecordEncoder {
     format: Format,
     key: Option<String>,
     key_columns: Vec<String>,
+    /// Avro's schema and framing (`format = "avro"`).
+    avro: Option<AvroOut>,
 }
 
 impl RecordEncoder {
@@ -20,7 +23,14 @@ impl RecordEncoder {
             format,
             key,
             key_columns: Vec::new(),
+            avro: None,
         }
+    }
+
+    /// Writes Avro datums with `avro`'s schema and framing.
+    pub fn with_avro(mut self, avro: AvroOut) -> Self {
+        self.avro = Some(avro);
+        self
     }
 
     /// Without a `key` column: the key is these columns' values as one JSON
@@ -43,6 +53,14 @@ impl RecordEncoder {
                 "sink.key `{key}` is not a column of the query's output ({})",
                 names.join(", ")
             ));
+        }
+        if self.format == Format::Avro {
+            match &self.avro {
+                Some(avro) => {
+                    avro.schema_for(schema)?;
+                }
+                None => return Err("sink.format = \"avro\" needs its schema".into()),
+            }
         }
         if self.format == Format::Raw && schema.fields().len() != 1 {
             return Err(
@@ -83,6 +101,16 @@ impl RecordEncoder {
                     Ok(buf)
                 })
                 .collect::<Result<_, ArrowError>>()?,
+            Format::Avro => match &self.avro {
+                Some(avro) => avro
+                    .encode(batch)
+                    .map_err(ArrowError::InvalidArgumentError)?,
+                None => {
+                    return Err(ArrowError::InvalidArgumentError(
+                        "sink.format = \"avro\" needs its schema".into(),
+                    ));
+                }
+            },
             Format::Raw => {
                 let options = FormatOptions::default();
                 let f = ArrayFormatter::try_new(batch.column(0).as_ref(), &options)?;

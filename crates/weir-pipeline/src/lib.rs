@@ -2,9 +2,11 @@
 //! per micro-batch, poison rows isolated) → encode → sink, with dead letters
 //! and commits of what the sink acknowledged.
 
+pub mod avro;
 pub mod config;
 pub mod decode;
 pub mod encode;
+pub mod infer;
 pub mod inflight;
 pub mod isolate;
 pub mod kafka;

@@ -1,9 +1,13 @@
 //! Opening what a pipeline file describes: its source, its sink and its
 //! dead-letter target. The runner only runs what is opened here.
 
-use anyhow::bail;
+use std::sync::Arc;
 
-use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
+use anyhow::{Context, bail};
+
+use crate::avro::{AvroIn, AvroOut, Framing, Registry};
+use crate::config::{AvroConfig, PipelineConfig, SinkConfig, SourceConfig};
+use crate::decode::RecordDecoder;
 use crate::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
 use crate::source::{FileSource, KafkaSource, Source};
 
@@ -77,5 +81,129 @@ impl PipelineConfig {
             }
             (None, None) => None,
         })
+    }
+}
+
+fn read_schema(side: &str, avro: &AvroConfig) -> anyhow::Result<Option<String>> {
+    avro.schema
+        .as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p).with_context(|| {
+                format!(
+                    "{side}.avro.schema: cannot read the Avro schema {}",
+                    p.display()
+                )
+            })
+        })
+        .transpose()
+}
+
+fn registry(side: &str, avro: &AvroConfig, url: &str) -> anyhow::Result<Arc<Registry>> {
+    let password = avro.password().map_err(|e| anyhow::anyhow!("{side}.{e}"))?;
+    Ok(Arc::new(Registry::new(
+        url,
+        avro.username.as_deref(),
+        password.as_deref(),
+    )))
+}
+
+impl SourceConfig {
+    /// The decoder of the source's records: Avro's schemas read (and, with
+    /// a registry and no `.avsc`, the subject's latest version fetched).
+    pub async fn decoder(&self) -> anyhow::Result<RecordDecoder> {
+        let (
+            SourceConfig::Kafka {
+                avro: Some(avro),
+                topics,
+                ..
+            },
+            crate::config::Format::Avro,
+        ) = (self, self.format())
+        else {
+            return Ok(RecordDecoder::new(
+                self.format(),
+                self.fields(),
+                self.metadata(),
+            ));
+        };
+        let file = read_schema("source", avro)?;
+        let decoder = match (&avro.registry, file) {
+            (None, Some(writer)) => AvroIn::new(
+                Framing::Plain {
+                    writer: writer.as_str().into(),
+                },
+                &writer,
+            ),
+            (None, None) => bail!("[source.avro] needs `schema` or `registry`"),
+            (Some(url), file) => {
+                let registry = registry("source", avro, url)?;
+                let reader = match file {
+                    Some(reader) => reader,
+                    None => {
+                        let subject = avro
+                            .subject
+                            .clone()
+                            .unwrap_or_else(|| format!("{}-value", topics[0]));
+                        let r = registry.clone();
+                        tokio::task::spawn_blocking(move || r.latest(&subject))
+                            .await
+                            .context("fetching the reader schema")?
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "source.avro: {e}; set `subject`, or `schema` to an .avsc reader schema"
+                                )
+                            })?
+                            .1
+                    }
+                };
+                AvroIn::new(Framing::Confluent { registry }, &reader)
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("source.avro: {e}"))?;
+        Ok(RecordDecoder::avro(decoder, self.metadata()))
+    }
+}
+
+impl SinkConfig {
+    /// How the sink writes Avro, for a query whose output is `output`:
+    /// the schema (the `.avsc`, else derived from the output) and, with a
+    /// registry, the id it is registered under. `None` for other formats.
+    pub async fn avro_out(
+        &self,
+        output: &datafusion::arrow::datatypes::Schema,
+    ) -> anyhow::Result<Option<AvroOut>> {
+        let (SinkConfig::Kafka { avro, topic, .. }, crate::config::Format::Avro) =
+            (self, self.format())
+        else {
+            return Ok(None);
+        };
+        let avro = avro.as_deref().cloned().unwrap_or_default();
+        let schema = AvroOut {
+            schema: read_schema("sink", &avro)?,
+            id: None,
+        }
+        .schema_for(output)
+        .map_err(|e| anyhow::anyhow!("sink.avro: {e}"))?;
+        let id = match &avro.registry {
+            None => None,
+            Some(url) => {
+                let registry = registry("sink", &avro, url)?;
+                let subject = avro
+                    .subject
+                    .clone()
+                    .unwrap_or_else(|| format!("{topic}-value"));
+                let json = schema.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || registry.register(&subject, &json))
+                        .await
+                        .context("registering the sink's schema")?
+                        .map_err(|e| anyhow::anyhow!("sink.avro: {e}"))?,
+                )
+            }
+        };
+        Ok(Some(AvroOut {
+            schema: Some(schema),
+            id,
+        }))
     }
 }

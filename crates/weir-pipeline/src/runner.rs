@@ -239,11 +239,7 @@ impl Pipeline {
         tenant: Arc<Tenant>,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
-        let decoder = RecordDecoder::new(
-            config.source.format(),
-            config.source.fields(),
-            config.source.metadata(),
-        );
+        let decoder = config.source.decoder().await?;
         let query = Self::plan(&config, &modules, &decoder, &tenant).await?;
         let key = match &config.sink {
             SinkConfig::Kafka { key, .. } => key.clone(),
@@ -263,7 +259,10 @@ impl Pipeline {
             (SinkConfig::Kafka { key: None, .. }, Some(_)) => query.group_columns().to_vec(),
             _ => Vec::new(),
         };
-        let encoder = RecordEncoder::new(config.sink.format(), key).with_key_columns(group_key);
+        let mut encoder = RecordEncoder::new(config.sink.format(), key).with_key_columns(group_key);
+        if let Some(avro) = config.sink.avro_out(&query.output_schema()).await? {
+            encoder = encoder.with_avro(avro);
+        }
         encoder
             .check_schema(&query.output_schema())
             .map_err(anyhow::Error::msg)?;
@@ -765,6 +764,7 @@ impl Pipeline {
                 .await?;
         }
         let offsets = next_offsets(&records);
+        self.decoder.prepare(&records).await?;
         let decoded = self.decoder.decode(&records)?;
         let mut letters: Vec<DeadLetter> = decoded
             .failed
@@ -1284,8 +1284,9 @@ pub(crate) fn encode_checked(
     Ok(out)
 }
 
-/// Loads a pipeline file, or every `*.toml` in a folder.
-pub fn load_pipelines(path: &std::path::Path) -> anyhow::Result<Vec<PipelineConfig>> {
+/// Loads a pipeline file, or every `*.toml` in a folder; with `infer`, a
+/// json or csv source may leave `fields` out (see [`crate::infer`]).
+pub fn load_pipelines(path: &std::path::Path, infer: bool) -> anyhow::Result<Vec<PipelineConfig>> {
     let files: Vec<std::path::PathBuf> = if path.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
             .with_context(|| format!("cannot read {}", path.display()))?
@@ -1302,6 +1303,13 @@ pub fn load_pipelines(path: &std::path::Path) -> anyhow::Result<Vec<PipelineConf
     }
     files
         .iter()
-        .map(|f| PipelineConfig::from_file(f).map_err(anyhow::Error::from))
+        .map(|f| {
+            if infer {
+                PipelineConfig::from_file_to_infer(f)
+            } else {
+                PipelineConfig::from_file(f)
+            }
+            .map_err(anyhow::Error::from)
+        })
         .collect()
 }

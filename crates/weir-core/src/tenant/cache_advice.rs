@@ -4,7 +4,8 @@
 //! ratio. Looking up saves `hit_ratio × guest time` per row and costs the
 //! cache's time; when it costs more, the function's batches skip the cache
 //! (straight to the guest) for a while, then one batch probes it again, the
-//! wait doubling while probes keep losing.
+//! wait doubling while probes keep losing — up to what keeps the probes'
+//! cost under 2 % of the guest's time (128 batches at most).
 
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ const MIN_EVIDENCE_ROWS: u64 = 1024;
 /// Batches skipped after the first losing probe, and at most.
 const FIRST_BACKOFF: u32 = 4;
 const MAX_BACKOFF: u32 = 128;
+/// What probing may cost at most, as a share of the guest's time: a
+/// function whose guest time dwarfs the cache's probes more often (hits
+/// that come back are found sooner), a cheap one as rarely as
+/// [`MAX_BACKOFF`] allows.
+const PROBE_SHARE: f64 = 0.02;
 /// Weight of the newest batch in the moving averages.
 const ALPHA: f64 = 0.5;
 
@@ -98,8 +104,16 @@ impl CacheAdvice {
         // Even all hits would not pay; or the hits seen do not pay.
         let loses = cache >= guest || s.hit_ratio.is_some_and(|hits| hits * guest < cache);
         if loses {
+            // A probe costs `cache` per row more than the guest's `guest`:
+            // one in `cap` batches keeps that under PROBE_SHARE.
+            let cap = (cache / (PROBE_SHARE * guest.max(1.0))).ceil();
+            let cap = if cap.is_finite() {
+                cap.clamp(1.0, MAX_BACKOFF as f64) as u32
+            } else {
+                MAX_BACKOFF
+            };
             s.backoff = s.backoff.clamp(FIRST_BACKOFF, MAX_BACKOFF);
-            s.skip = s.backoff;
+            s.skip = s.backoff.min(cap);
             s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
         } else {
             s.backoff = FIRST_BACKOFF;
@@ -143,6 +157,42 @@ mod tests {
             // 90 % hits: guest 10 µs/row on the misses, cache 0.5 µs/row.
             a.looked_up(8192, 819, us(8190), us(8190 + 4096));
         }
+    }
+
+    #[test]
+    fn an_expensive_function_probes_often_and_finds_returning_hits() {
+        let a = CacheAdvice::default();
+        // Guest 10 µs/row, cache 0.5 µs/row, no repeats: after the first
+        // two batches one in four probes (3 skipped: 0.5 / (0.02 × 10)
+        // rounded up), costing 1.25 % of the guest's time.
+        let mut looked = 0;
+        for _ in 0..60 {
+            if a.look_up() {
+                looked += 1;
+                a.looked_up(4096, 4096, us(40_960), us(40_960 + 2048));
+            } else {
+                a.bypassed(4096, us(40_960));
+            }
+        }
+        assert_eq!(looked, 16);
+        // Repeats come back: within two probes the cache stays on.
+        let mut batches = 0;
+        loop {
+            if a.look_up() {
+                a.looked_up(4096, 410, us(4100), us(4100 + 2048));
+            } else {
+                a.bypassed(4096, us(40_960));
+            }
+            batches += 1;
+            if batches > 8 {
+                break;
+            }
+        }
+        assert!((0..20).all(|_| {
+            let on = a.look_up();
+            a.looked_up(4096, 410, us(4100), us(4100 + 2048));
+            on
+        }));
     }
 
     #[test]

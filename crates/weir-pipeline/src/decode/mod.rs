@@ -19,6 +19,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
+use super::avro::AvroIn;
 use super::config::{FieldConfig, Format, Metadata};
 use super::record::SourceRecord;
 use crate::abi::{AbiType, ArrowType};
@@ -29,6 +30,8 @@ pub struct RecordDecoder {
     payload_schema: SchemaRef,
     metadata: Vec<Metadata>,
     schema: SchemaRef,
+    /// Avro's schemas and framing (`format = "avro"`).
+    avro: Option<Arc<AvroIn>>,
 }
 
 /// The result of decoding a micro-batch.
@@ -59,6 +62,9 @@ impl RecordDecoder {
     pub fn new(format: Format, fields: &[FieldConfig], metadata: &[Metadata]) -> Self {
         let payload_fields: Vec<Field> = match format {
             Format::Raw => vec![Field::new("value", DataType::Binary, true)],
+            // Without its schemas (see `RecordDecoder::avro`) every Avro
+            // record is refused.
+            Format::Avro => Vec::new(),
             Format::Json | Format::Csv => fields
                 .iter()
                 .map(|f| {
@@ -67,6 +73,26 @@ impl RecordDecoder {
                 })
                 .collect(),
         };
+        Self::with_payload(format, payload_fields, metadata, None)
+    }
+
+    /// Decodes Avro records into the columns of `avro`'s reader schema.
+    pub fn avro(avro: AvroIn, metadata: &[Metadata]) -> Self {
+        let fields = avro
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        Self::with_payload(Format::Avro, fields, metadata, Some(Arc::new(avro)))
+    }
+
+    fn with_payload(
+        format: Format,
+        payload_fields: Vec<Field>,
+        metadata: &[Metadata],
+        avro: Option<Arc<AvroIn>>,
+    ) -> Self {
         let mut all = payload_fields.clone();
         all.extend(metadata.iter().map(|m| metadata_field(*m)));
         RecordDecoder {
@@ -74,7 +100,31 @@ impl RecordDecoder {
             payload_schema: Arc::new(Schema::new(payload_fields)),
             metadata: metadata.to_vec(),
             schema: Arc::new(Schema::new(all)),
+            avro,
         }
+    }
+
+    /// Before [`Self::decode`]: fetches the schemas that `records` name and
+    /// the registry has not answered yet (Confluent-framed Avro). An id the
+    /// registry does not have makes its records dead letters; a registry
+    /// that cannot be reached is an error (nothing is set aside).
+    pub async fn prepare(&self, records: &[SourceRecord]) -> anyhow::Result<()> {
+        let Some(avro) = &self.avro else {
+            return Ok(());
+        };
+        let ids = avro.missing_ids(records.iter().filter_map(|r| r.payload.as_deref()));
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let avro = avro.clone();
+        tokio::task::spawn_blocking(move || avro.fetch(&ids))
+            .await
+            .map_err(|e| anyhow::anyhow!("fetching Avro schemas stopped: {e}"))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; the records wait (nothing is dead-lettered for an unreachable registry)"
+                )
+            })
     }
 
     /// The schema of decoded batches (payload columns, then metadata columns).
@@ -127,6 +177,12 @@ impl RecordDecoder {
 
     /// A JSON or CSV payload must be UTF-8 and hold exactly one record.
     fn check_one_record(&self, payload: &[u8]) -> Result<(), String> {
+        if self.format == Format::Avro {
+            return match &self.avro {
+                Some(avro) => avro.check(payload),
+                None => Err("Avro records need the pipeline's [source.avro] schemas".to_string()),
+            };
+        }
         if let Err(e) = std::str::from_utf8(payload) {
             return Err(format!(
                 "the record is not valid UTF-8 (invalid byte at position {})",
@@ -134,7 +190,7 @@ impl RecordDecoder {
             ));
         }
         let (found, what) = match self.format {
-            Format::Raw => return Ok(()),
+            Format::Raw | Format::Avro => return Ok(()),
             Format::Json => (framing::json(payload), "JSON value"),
             Format::Csv => (framing::csv(payload), "CSV line"),
         };
@@ -168,6 +224,10 @@ impl RecordDecoder {
                         .map_err(|e| e.to_string())?;
                 self.push_lines(decoder, payloads, |d, b| d.decode(b), |d| d.flush())?
             }
+            Format::Avro => match &self.avro {
+                Some(avro) => avro.decode_all(payloads)?,
+                None => return Err("Avro records need the pipeline's [source.avro] schemas".into()),
+            },
             Format::Csv => {
                 let decoder =
                     datafusion::arrow::csv::ReaderBuilder::new(self.payload_schema.clone())

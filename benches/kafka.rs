@@ -209,7 +209,7 @@ async fn weir_run_for(
 }
 
 /// A CPU-heavy UDF (`work`, 10 000 LCG rounds per row, from
-/// tests/tenant/guest.wat, applied `WEIR_BENCH_HEAVY_DEPTH` times, 8 by
+/// tests/tenant/guest.wat, applied `WEIR_BENCH_HEAVY_DEPTH` times, 32 by
 /// default) over a 4-partition topic with `workers` transform workers,
 /// into a file (the broker on this machine takes a core's share already;
 /// writing the output back to it would bound the run at its rate); the
@@ -219,7 +219,7 @@ fn heavy_config(brokers: &str, input: &str, output: &Path, workers: usize) -> Pi
     let depth: usize = std::env::var("WEIR_BENCH_HEAVY_DEPTH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(32);
     let call = (0..depth).fold("id".to_string(), |inner, _| format!("work({inner})"));
     PipelineConfig::from_toml(&format!(
         r#"
@@ -332,7 +332,7 @@ async fn workers(brokers: &str) {
     let n: usize = std::env::var("WEIR_BENCH_HEAVY_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(12_000);
     create_with(brokers, &["heavy-in"], 4).await;
     let dir = tempfile::tempdir().unwrap();
     fill(brokers, "heavy-in", n).await;

@@ -18,6 +18,7 @@ mod poison;
 mod replay;
 mod serve;
 mod sql_files;
+mod tables;
 mod tenant;
 mod types;
 mod windows;

@@ -17,8 +17,8 @@ async fn run(toml: &str) -> anyhow::Result<std::sync::Arc<PipelineStats>> {
 }
 
 /// Every folder of `tests/pipelines/` is a case: `pipeline.toml` (with
-/// `{input}`, `{out}`, `{dead_letters}` and `{finance}`/`{text}`/`{guest}`
-/// module paths filled in) over `input.ndjson` or `input.csv`, and either
+/// `{input}`, `{out}`, `{dead_letters}`, `{case}` (the case's folder) and
+/// `{finance}`/`{text}`/`{guest}` module paths filled in) over `input.ndjson` or `input.csv`, and either
 /// `expected.error.txt` (the run fails; each line is part of the error) or
 /// the exact output in `expected.out.ndjson`, the dead letters in
 /// `expected.dead-letters.ndjson` (each line's keys must match; `error` is a
@@ -70,7 +70,8 @@ async fn pipeline_cases() {
                     .join("tests/tenant/guest.wat")
                     .display()
                     .to_string(),
-            );
+            )
+            .replace("{case}", &case.display().to_string());
         let result = run(&toml).await;
         if let Ok(expected) = std::fs::read_to_string(case.join("expected.error.txt")) {
             let err = match result {

@@ -30,6 +30,37 @@ pub struct PipelineConfig {
     /// Event time: watermarks and lateness of windowed queries.
     #[serde(default)]
     pub watermark: WatermarkConfig,
+    /// Lookup tables the SQL may JOIN (`[[tables]]`).
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// `[[tables]]`: reference data registered beside `source`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TableConfig {
+    /// A CSV (with a header), NDJSON or Parquet file, by extension;
+    /// reloaded when it changes.
+    File { name: String, path: PathBuf },
+    /// A compacted topic: the latest value per key, kept up to date.
+    Kafka {
+        name: String,
+        brokers: String,
+        topic: String,
+        format: Format,
+        #[serde(default)]
+        fields: Vec<FieldConfig>,
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
+}
+
+impl TableConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            TableConfig::File { name, .. } | TableConfig::Kafka { name, .. } => name,
+        }
+    }
 }
 
 /// `[watermark]`: how far behind the largest event time seen records may
@@ -408,6 +439,11 @@ impl PipelineConfig {
         if let Some(p) = &mut self.errors.path {
             fix(p);
         }
+        for t in &mut self.tables {
+            if let TableConfig::File { path, .. } = t {
+                fix(path);
+            }
+        }
     }
 
     /// Checks the whole file (every key's value, and that keys agree).
@@ -451,6 +487,7 @@ impl PipelineConfig {
             return Err("source.fields must declare the record's columns for json and csv (`weir run --infer` reads a sample and prints them)".into());
         }
         self.validate_avro()?;
+        self.validate_tables()?;
         for (i, f) in fields.iter().enumerate() {
             if AbiType::from_name(&f.ty).is_none() {
                 return Err(format!(
@@ -480,6 +517,44 @@ impl PipelineConfig {
 }
 
 impl PipelineConfig {
+    fn validate_tables(&self) -> Result<(), String> {
+        for (i, t) in self.tables.iter().enumerate() {
+            let name = t.name();
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!(
+                    "tables[{i}].name `{name}` must be letters, digits and `_`, not starting with a digit"
+                ));
+            }
+            if name.eq_ignore_ascii_case("source") {
+                return Err(format!(
+                    "tables[{i}].name `source` is the stream itself; name the table otherwise"
+                ));
+            }
+            if self.tables[..i].iter().any(|o| o.name() == name) {
+                return Err(format!("tables[{i}].name `{name}` is used twice"));
+            }
+            if let TableConfig::Kafka { format, fields, .. } = t {
+                match format {
+                    Format::Json | Format::Csv if fields.is_empty() => {
+                        return Err(format!(
+                            "tables[{i}] (`{name}`) needs `fields` for its json or csv values"
+                        ));
+                    }
+                    Format::Avro => {
+                        return Err(format!(
+                            "tables[{i}] (`{name}`): a topic table reads json, csv or raw values"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_avro(&self) -> Result<(), String> {
         let check = |side: &str, format: Format, avro: Option<&AvroConfig>, kafka: bool| match (
             format, avro,

@@ -17,6 +17,7 @@ pub mod runner;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub mod table;
 pub mod window;
 pub mod workers;
 

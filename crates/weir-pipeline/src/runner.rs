@@ -17,6 +17,7 @@ use super::query::PlannedQuery;
 use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterSink, RecordLimit, Sink};
 use super::source::Source;
+use super::table::Tables;
 use super::window::WindowState;
 use super::workers::{Encoding, Transforming, Workers};
 use crate::sandbox::{Sandbox, UdfModule};
@@ -115,6 +116,8 @@ pub struct Pipeline {
     /// Several batches transformed at once (`batch.workers`), when more
     /// than one worker is in force.
     workers: Option<Workers>,
+    /// Lookup tables the query joins (`[[tables]]`).
+    tables: Tables,
     sink: Box<dyn Sink>,
     dead_letters: Option<Box<dyn DeadLetterSink>>,
     stats: Arc<PipelineStats>,
@@ -198,6 +201,7 @@ impl Pipeline {
         modules: &[Arc<UdfModule>],
         decoder: &RecordDecoder,
         tenant: &Tenant,
+        tables: &Tables,
     ) -> anyhow::Result<PlannedQuery> {
         // Bounded by the tenant's `query_memory_bytes`, at plan time too.
         let policy = tenant.policy();
@@ -210,6 +214,9 @@ impl Pipeline {
         for module in modules {
             crate::udf::register_module_collecting(&ctx, module, &row_errors);
         }
+        tables
+            .register(&ctx)
+            .map_err(|e| anyhow::anyhow!("tables: {}", crate::error::user_message(&e)))?;
         PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
             .await
             .map(|q| q.with_row_errors(row_errors))
@@ -222,12 +229,13 @@ impl Pipeline {
         modules: &[Arc<UdfModule>],
         decoder: &RecordDecoder,
         tenant: &Tenant,
+        tables: &Tables,
         count: usize,
     ) -> anyhow::Result<Vec<Arc<PlannedQuery>>> {
         let mut queries = Vec::with_capacity(count);
         for _ in 0..count {
             queries.push(Arc::new(
-                Self::plan(config, modules, decoder, tenant).await?,
+                Self::plan(config, modules, decoder, tenant, tables).await?,
             ));
         }
         Ok(queries)
@@ -240,7 +248,16 @@ impl Pipeline {
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
         let decoder = config.source.decoder().await?;
-        let query = Self::plan(&config, &modules, &decoder, &tenant).await?;
+        let tables = {
+            let policy = tenant.policy();
+            Tables::open(
+                &config.name,
+                &config.tables,
+                (policy.state_bytes, &policy.key("state_bytes")),
+            )
+            .await?
+        };
+        let query = Self::plan(&config, &modules, &decoder, &tenant, &tables).await?;
         let key = match &config.sink {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
@@ -269,7 +286,8 @@ impl Pipeline {
         let worker_count = worker_count(&config, &tenant, windows.is_some());
         let workers = if worker_count > 1 {
             Some(Workers::new(
-                Self::plan_workers(&config, &modules, &decoder, &tenant, worker_count).await?,
+                Self::plan_workers(&config, &modules, &decoder, &tenant, &tables, worker_count)
+                    .await?,
             ))
         } else {
             None
@@ -288,6 +306,7 @@ impl Pipeline {
             query,
             encoder: Arc::new(encoder),
             workers,
+            tables,
             sink,
             dead_letters,
             stats,
@@ -356,6 +375,7 @@ impl Pipeline {
             }
             flight.wait_for_room(&mut *self.source).await?;
             self.maybe_reload().await;
+            self.refresh_tables().await;
             // An open breaker (with `breaker_action = "pause"`) holds the
             // source; once its cool-down passed, one record probes it.
             let hold = self.breaker_hold();
@@ -627,40 +647,8 @@ impl Pipeline {
         if same {
             return false;
         }
-        match Self::plan(&self.config, &modules, &self.decoder, &self.tenant)
-            .await
-            .and_then(|q| {
-                if q.window() != self.query.window() {
-                    anyhow::bail!("the new versions change the query's window");
-                }
-                self.encoder
-                    .check_schema(&q.output_schema())
-                    .map_err(anyhow::Error::msg)
-                    .map(|()| q)
-            }) {
-            Ok(query) => {
-                if let Some(count) = self.workers.as_ref().map(Workers::count) {
-                    match Self::plan_workers(
-                        &self.config,
-                        &modules,
-                        &self.decoder,
-                        &self.tenant,
-                        count,
-                    )
-                    .await
-                    {
-                        Ok(queries) => {
-                            if let Some(w) = &mut self.workers {
-                                w.replace(queries);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}");
-                            return false;
-                        }
-                    }
-                }
-                self.query = query;
+        match self.replan(&modules).await {
+            Ok(()) => {
                 let labels: Vec<&str> = modules.iter().map(|m| m.label()).collect();
                 tracing::info!(pipeline = %self.config.name, modules = ?labels, "new UDF versions in effect from this batch");
                 for m in &modules {
@@ -673,6 +661,60 @@ impl Pipeline {
                 tracing::warn!(pipeline = %self.config.name, "new UDF versions not applied, keeping the running ones: {e:#}");
                 false
             }
+        }
+    }
+
+    /// Plans the query (and every worker's) again with `modules` and the
+    /// tables in force; the plans in force stay if that fails.
+    async fn replan(&mut self, modules: &[Arc<UdfModule>]) -> anyhow::Result<()> {
+        let query = Self::plan(
+            &self.config,
+            modules,
+            &self.decoder,
+            &self.tenant,
+            &self.tables,
+        )
+        .await?;
+        if query.window() != self.query.window() {
+            anyhow::bail!("the new versions change the query's window");
+        }
+        self.encoder
+            .check_schema(&query.output_schema())
+            .map_err(anyhow::Error::msg)?;
+        if let Some(count) = self.workers.as_ref().map(Workers::count) {
+            let queries = Self::plan_workers(
+                &self.config,
+                modules,
+                &self.decoder,
+                &self.tenant,
+                &self.tables,
+                count,
+            )
+            .await?;
+            if let Some(w) = &mut self.workers {
+                w.replace(queries);
+            }
+        }
+        self.query = query;
+        Ok(())
+    }
+
+    /// Between batches: takes new versions of the lookup tables (a file
+    /// rewritten, values on a topic) and plans the query again with them.
+    async fn refresh_tables(&mut self) {
+        if self.tables.is_empty() {
+            return;
+        }
+        let (limit, key) = {
+            let policy = self.tenant.policy();
+            (policy.state_bytes, policy.key("state_bytes"))
+        };
+        if !self.tables.refresh(&self.config.name, (limit, &key)).await {
+            return;
+        }
+        let modules = self.modules.read().clone();
+        if let Err(e) = self.replan(&modules).await {
+            tracing::warn!(pipeline = %self.config.name, "new table versions not applied: {e:#}");
         }
     }
 
@@ -1070,7 +1112,8 @@ impl Pipeline {
         flight: &mut InFlight,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
-        let limit = self.tenant.policy().state_bytes as usize;
+        // Lookup tables take their share of `state_bytes` first.
+        let limit = (self.tenant.policy().state_bytes as usize).saturating_sub(self.tables.bytes());
         let over = |p: &Self| p.windows.as_ref().is_some_and(|w| w.bytes() > limit);
         if !over(self) {
             self.state_full_logged = false;

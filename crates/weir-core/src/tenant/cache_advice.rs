@@ -5,7 +5,8 @@
 //! cache's time; when it costs more, the function's batches skip the cache
 //! (straight to the guest) for a while, then one batch probes it again, the
 //! wait doubling while probes keep losing — up to what keeps the probes'
-//! cost under 2 % of the guest's time (128 batches at most).
+//! cost under 2 % of the guest's time (128 batches at most). A function
+//! cheaper than a lookup (no hit ratio could pay) waits the longest at once.
 
 use std::time::Duration;
 
@@ -102,7 +103,9 @@ impl CacheAdvice {
             return;
         }
         // Even all hits would not pay; or the hits seen do not pay.
-        let loses = cache >= guest || s.hit_ratio.is_some_and(|hits| hits * guest < cache);
+        // Even all hits would not pay: no reason to probe soon.
+        let hopeless = cache >= guest;
+        let loses = hopeless || s.hit_ratio.is_some_and(|hits| hits * guest < cache);
         if loses {
             // A probe costs `cache` per row more than the guest's `guest`:
             // one in `cap` batches keeps that under PROBE_SHARE.
@@ -112,7 +115,11 @@ impl CacheAdvice {
             } else {
                 MAX_BACKOFF
             };
-            s.backoff = s.backoff.clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            s.backoff = if hopeless {
+                MAX_BACKOFF
+            } else {
+                s.backoff.clamp(FIRST_BACKOFF, MAX_BACKOFF)
+            };
             s.skip = s.backoff.min(cap);
             s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
         } else {
@@ -142,8 +149,8 @@ mod tests {
                 a.bypassed(4096, us(410));
             }
         }
-        // Probes at 1, 6, 15, 32, 65, 130, 259: 7 of 300 batches.
-        assert_eq!(looked, 7);
+        // Even all hits would not pay: probes at 1, 130, 259 only.
+        assert_eq!(looked, 3);
     }
 
     #[test]

@@ -236,9 +236,10 @@ fn the_cache_backs_off_where_it_does_not_pay_and_stays_where_it_does() {
         call(&m, "work", values).unwrap();
     }
     let hits = cache.stats.hits.get() - before.0;
-    assert_eq!(
-        cache.stats.bypassed.get(),
-        before.1,
+    // Only the first batch, a probe, sent rows past its sample of 1024
+    // straight to the guest.
+    assert!(
+        cache.stats.bypassed.get() - before.1 <= rows as u64,
         "work skipped the cache"
     );
     assert!(hits >= (11 * rows * 8 / 10) as u64, "{hits} hits");

@@ -383,30 +383,32 @@ impl UdfModule {
                 }
                 out
             }
-            Some(cache) => {
-                let mut prefix = self.digest.as_bytes().to_vec();
-                prefix.extend_from_slice(&(index as u32).to_le_bytes());
+            // A probe of a function the cache does not pay for (yet) looks
+            // up a sample of the batch, the rest goes straight to the guest.
+            Some(cache) if !advice.paying() && rows > PROBE_ROWS => {
+                let head: Vec<ArrayRef> = args.iter().map(|a| a.slice(0, PROBE_ROWS)).collect();
+                let tail: Vec<ArrayRef> = args
+                    .iter()
+                    .map(|a| a.slice(PROBE_ROWS, rows - PROBE_ROWS))
+                    .collect();
+                let first = self.call_cached(&cache, index, &limits, &head, PROBE_ROWS, deadline);
                 let started = Instant::now();
-                let guest = std::cell::Cell::new((0, Duration::ZERO));
-                let out = cache.get_or_compute(
-                    &prefix,
-                    args,
-                    rows,
-                    |args, rows| {
-                        let t = Instant::now();
-                        let out = self.call_inner(index, &limits, args, rows, deadline);
-                        guest.set((rows, t.elapsed()));
-                        out
-                    },
-                    Failure::Other,
-                    |failure, map| failure.at_row(map),
-                );
-                if out.is_ok() {
-                    let (computed, took) = guest.get();
-                    advice.looked_up(rows, computed, took, started.elapsed());
+                let rest = first.and_then(|first| {
+                    self.call_inner(index, &limits, &tail, rows - PROBE_ROWS, deadline)
+                        .map(|rest| (first, rest))
+                        .map_err(|f| f.at_row(&|r| r + PROBE_ROWS))
+                });
+                match rest {
+                    Ok((first, rest)) => {
+                        cache.stats.bypassed.add((rows - PROBE_ROWS) as u64);
+                        advice.bypassed(rows - PROBE_ROWS, started.elapsed());
+                        datafusion::arrow::compute::concat(&[first.as_ref(), rest.as_ref()])
+                            .map_err(|e| Failure::Other(e.to_string()))
+                    }
+                    Err(f) => Err(f),
                 }
-                out
             }
+            Some(cache) => self.call_cached(&cache, index, &limits, args, rows, deadline),
         }
         .map_err(|failure| {
             let mut by_kind = self.stats[index].failures.lock();
@@ -496,6 +498,41 @@ impl UdfModule {
         Ok((out, errors))
     }
 
+    /// Looks `args` up in the result cache, the guest computing the
+    /// misses; tells the function's [`CacheAdvice`] what it cost.
+    fn call_cached(
+        &self,
+        cache: &crate::tenant::ResultCache,
+        index: usize,
+        limits: &SandboxLimits,
+        args: &[ArrayRef],
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ArrayRef, Failure> {
+        let mut prefix = self.digest.as_bytes().to_vec();
+        prefix.extend_from_slice(&(index as u32).to_le_bytes());
+        let started = Instant::now();
+        let guest = std::cell::Cell::new((0, Duration::ZERO));
+        let out = cache.get_or_compute(
+            &prefix,
+            args,
+            rows,
+            |args, rows| {
+                let t = Instant::now();
+                let out = self.call_inner(index, limits, args, rows, deadline);
+                guest.set((rows, t.elapsed()));
+                out
+            },
+            Failure::Other,
+            |failure, map| failure.at_row(map),
+        );
+        if out.is_ok() {
+            let (computed, took) = guest.get();
+            self.cache_advice[index].looked_up(rows, computed, took, started.elapsed());
+        }
+        out
+    }
+
     fn call_inner(
         &self,
         index: usize,
@@ -554,6 +591,10 @@ impl UdfModule {
         }
     }
 }
+
+/// Rows a cache probe looks up (the rest of a larger batch skips the
+/// cache): enough for [`CacheAdvice`] to decide, a fraction of a batch.
+const PROBE_ROWS: usize = 1024;
 
 /// The limits of a call due to end by `deadline` (a request's): the CPU
 /// budget cut to the time left (epoch meter), or `None` when the budget is

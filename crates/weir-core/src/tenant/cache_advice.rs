@@ -42,6 +42,8 @@ struct State {
     skip: u32,
     /// The next skip after a losing probe.
     backoff: u32,
+    /// Whether the last decision found the cache paying.
+    paying: bool,
 }
 
 fn average(old: Option<f64>, new: f64) -> f64 {
@@ -53,6 +55,12 @@ fn per_row(t: Duration, rows: usize) -> f64 {
 }
 
 impl CacheAdvice {
+    /// Whether the cache paid at its last decision (else a batch that
+    /// looks up is a probe, and may look up only a sample of its rows).
+    pub fn paying(&self) -> bool {
+        self.state.lock().paying
+    }
+
     /// Whether this batch should look its rows up (counts a skipped batch).
     pub fn look_up(&self) -> bool {
         let mut s = self.state.lock();
@@ -122,8 +130,10 @@ impl CacheAdvice {
             };
             s.skip = s.backoff.min(cap);
             s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
+            s.paying = false;
         } else {
             s.backoff = FIRST_BACKOFF;
+            s.paying = true;
         }
     }
 }

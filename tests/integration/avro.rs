@@ -243,3 +243,40 @@ fn avro_keys_are_checked_with_the_fix() {
     .unwrap_err();
     assert!(err.contains("source.fields must be empty"), "{err}");
 }
+
+/// Registry answers that are not schemas stop the pipeline at start with
+/// the registry, the subject and the fix: a wrong password (401) and a
+/// subject that does not exist (404).
+#[tokio::test]
+async fn registry_refusals_at_start_name_the_registry_and_the_fix() {
+    let reg = registry("weir", "right");
+    let toml = |password: &str, subject: &str| {
+        format!(
+            "name = \"p\"\nsql = \"SELECT * FROM source\"\n[source]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9\"\ntopics = [\"t\"]\ngroup = \"g\"\nformat = \"avro\"\n[source.avro]\nregistry = \"{}\"\nsubject = \"{subject}\"\nusername = \"weir\"\npassword = \"{password}\"\n[sink]\nkind = \"stdout\"\n[errors]\npolicy = \"skip\"\n",
+            reg.url
+        )
+    };
+    let err = |text: String| async move {
+        match Pipeline::build(
+            PipelineConfig::from_toml(&text).unwrap(),
+            support::sandbox(),
+        )
+        .await
+        {
+            Ok(_) => panic!("built"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let refused = err(toml("wrong", "t-value")).await;
+    assert!(
+        refused.contains("pipeline `p`")
+            && refused.contains(&reg.url)
+            && refused.contains("HTTP 401"),
+        "{refused}"
+    );
+    let missing = err(toml("right", "nope-value")).await;
+    assert!(
+        missing.contains("has no subject `nope-value`") && missing.contains("set `subject`"),
+        "{missing}"
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! A table is held in memory as Arrow batches and registered in the
 //! pipeline's session under its name before the query is planned. When a
-//! table changes — its file was rewritten ([`file`]), or its compacted
+//! table changes — its file was rewritten ([`mod@file`]), or its compacted
 //! topic delivered new values ([`topic`]) — the pipeline plans its query
 //! again between two micro-batches, so each batch joins one consistent
 //! version of every table. Tables are counted against the tenant's

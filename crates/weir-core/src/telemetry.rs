@@ -59,6 +59,8 @@ metric_names! {
     PIPELINE_OPEN_WINDOWS = "weir_pipeline_open_windows", Gauge, P, "event-time windows holding records, not yet emitted";
     PIPELINE_WINDOW_STATE_BYTES = "weir_pipeline_window_state_bytes", Gauge, P, "bytes of the open windows' records (bounded by state_bytes)";
     PIPELINE_WATERMARK = "weir_pipeline_watermark_seconds", Gauge, P, "the source's event-time watermark, seconds since the epoch";
+    PIPELINE_TXN_COMMITTED = "weir_pipeline_transactions_committed_total", Counter, P, "Kafka transactions committed by an exactly-once sink";
+    PIPELINE_TXN_ABORTED = "weir_pipeline_transactions_aborted_total", Counter, P, "Kafka transactions an exactly-once sink aborted (its records are read again)";
     UDF_INVOCATIONS = "weir_udf_invocations_total", Counter, U, "guest calls (one per batch)";
     UDF_GUEST_SECONDS = "weir_udf_guest_seconds_total", FloatCounter, U, "time spent inside the guest";
     UDF_CALL_SECONDS = "weir_udf_call_seconds", Histogram, U, "time of each guest call";

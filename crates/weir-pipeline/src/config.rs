@@ -281,7 +281,27 @@ pub enum SinkConfig {
         /// Where the Avro schema comes from (`format = "avro"`).
         #[serde(default)]
         avro: Option<Box<AvroConfig>>,
+        /// At-least-once (the default) or exactly-once (Kafka transactions).
+        #[serde(default)]
+        delivery: Delivery,
+        /// The `transactional.id` of an exactly-once sink (default
+        /// `weir.<tenant>.<pipeline>`); one per process of the pipeline.
+        #[serde(default)]
+        transactional_id: Option<String>,
     },
+}
+
+/// `sink.delivery`: what a crash may do to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Offsets are committed after the sink acknowledged: a crash may
+    /// deliver the last micro-batches again, never lose them.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, dead letters and consumed offsets of each micro-batch in one
+    /// Kafka transaction; read them with `isolation.level=read_committed`.
+    ExactlyOnce,
 }
 
 fn json() -> Format {
@@ -289,6 +309,33 @@ fn json() -> Format {
 }
 
 impl SinkConfig {
+    /// Whether `delivery = "exactly-once"` (Kafka transactions).
+    pub fn exactly_once(&self) -> bool {
+        matches!(
+            self,
+            SinkConfig::Kafka {
+                delivery: Delivery::ExactlyOnce,
+                ..
+            }
+        )
+    }
+
+    /// The transactional id of an exactly-once sink (`None`: at-least-once).
+    pub fn transactional_id(&self, tenant: &str, pipeline: &str) -> Option<String> {
+        match self {
+            SinkConfig::Kafka {
+                delivery: Delivery::ExactlyOnce,
+                transactional_id,
+                ..
+            } => Some(
+                transactional_id
+                    .clone()
+                    .unwrap_or_else(|| format!("weir.{tenant}.{pipeline}")),
+            ),
+            _ => None,
+        }
+    }
+
     pub fn format(&self) -> Format {
         match self {
             SinkConfig::Stdout { format }
@@ -508,6 +555,7 @@ impl PipelineConfig {
         {
             return Err("errors.policy = \"dead-letter\" needs errors.topic or errors.path".into());
         }
+        self.validate_delivery()?;
         let b = &self.batch;
         if b.max_records == 0 || b.max_in_flight_batches == 0 || b.max_in_flight_bytes == 0 {
             return Err("batch.max_records, batch.max_in_flight_batches and batch.max_in_flight_bytes must be positive".into());
@@ -551,6 +599,35 @@ impl PipelineConfig {
                     _ => {}
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_delivery(&self) -> Result<(), String> {
+        let SinkConfig::Kafka {
+            delivery,
+            transactional_id,
+            ..
+        } = &self.sink
+        else {
+            return Ok(());
+        };
+        if *delivery == Delivery::AtLeastOnce {
+            return match transactional_id {
+                Some(_) => Err(
+                    "sink.transactional_id is set but sink.delivery is not \"exactly-once\"".into(),
+                ),
+                None => Ok(()),
+            };
+        }
+        if !matches!(self.source, SourceConfig::Kafka { .. }) {
+            return Err("sink.delivery = \"exactly-once\" needs a Kafka source: its offsets are committed in the sink's transaction".into());
+        }
+        if self.errors.path.is_some() {
+            return Err("sink.delivery = \"exactly-once\": dead letters must go to a Kafka topic (errors.topic), in the same transaction; a file (errors.path) cannot take part".into());
+        }
+        if transactional_id.as_deref().is_some_and(str::is_empty) {
+            return Err("sink.transactional_id must not be empty".into());
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod sink;
 pub mod source;
 pub mod supervisor;
 pub mod table;
+pub mod transaction;
 pub mod window;
 pub mod workers;
 

@@ -1,5 +1,6 @@
 //! Opening what a pipeline file describes: its source, its sink and its
-//! dead-letter target. The runner only runs what is opened here.
+//! dead-letter target (sharing the transaction of an exactly-once sink).
+//! The runner only runs what is opened here.
 
 use std::sync::Arc;
 
@@ -10,11 +11,12 @@ use crate::config::{AvroConfig, PipelineConfig, SinkConfig, SourceConfig};
 use crate::decode::RecordDecoder;
 use crate::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
 use crate::source::{FileSource, KafkaSource, Source};
+use crate::transaction::{Transaction, TxnCounts};
 
 impl SourceConfig {
     /// Opens the file, or creates the Kafka consumer (it joins its group on
-    /// the first poll).
-    pub async fn open(&self) -> anyhow::Result<Box<dyn Source>> {
+    /// the first poll), committing in `txn` when exactly-once.
+    pub async fn open(&self, txn: Option<&Arc<Transaction>>) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::File { path, header, .. } => {
                 Box::new(FileSource::open(path.clone(), *header).await?)
@@ -26,16 +28,21 @@ impl SourceConfig {
                 start,
                 properties,
                 ..
-            } => Box::new(KafkaSource::new(
-                brokers, topics, group, *start, properties,
-            )?),
+            } => {
+                let source = KafkaSource::new(brokers, topics, group, *start, properties)?;
+                Box::new(match txn {
+                    Some(txn) => source.with_transaction(txn.clone()),
+                    None => source,
+                })
+            }
         })
     }
 }
 
 impl SinkConfig {
-    /// Opens stdout, the file, or creates the Kafka producer.
-    pub async fn open(&self) -> anyhow::Result<Box<dyn Sink>> {
+    /// Opens stdout, the file, or creates the Kafka producer (writing in
+    /// `txn` when exactly-once).
+    pub async fn open(&self, txn: Option<&Arc<Transaction>>) -> anyhow::Result<Box<dyn Sink>> {
         Ok(match self {
             SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
             SinkConfig::File { path, .. } => Box::new(LineSink::file(path).await?),
@@ -44,15 +51,47 @@ impl SinkConfig {
                 topic,
                 properties,
                 ..
-            } => Box::new(KafkaSink::new(brokers, topic, properties)?),
+            } => Box::new(match txn {
+                Some(txn) => KafkaSink::transactional(txn.clone(), topic, properties)?,
+                None => KafkaSink::new(brokers, topic, properties)?,
+            }),
         })
+    }
+
+    /// The transactional producer of an exactly-once sink (registered with
+    /// the broker's coordinator), `None` for at-least-once.
+    pub async fn open_transaction(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        counts: Arc<dyn TxnCounts>,
+    ) -> anyhow::Result<Option<Arc<Transaction>>> {
+        let (
+            Some(id),
+            SinkConfig::Kafka {
+                brokers,
+                properties,
+                ..
+            },
+        ) = (self.transactional_id(tenant, pipeline), self)
+        else {
+            return Ok(None);
+        };
+        Transaction::init(brokers, &id, properties, counts)
+            .await
+            .context("sink.delivery = \"exactly-once\"")
+            .map(Some)
     }
 }
 
 impl PipelineConfig {
     /// The dead-letter file or topic of `[errors]`, if any. A topic uses
-    /// the brokers and properties of the Kafka sink, else of the source.
-    pub async fn open_dead_letters(&self) -> anyhow::Result<Option<Box<dyn DeadLetterSink>>> {
+    /// the brokers and properties of the Kafka sink, else of the source;
+    /// with an exactly-once sink, its transaction.
+    pub async fn open_dead_letters(
+        &self,
+        txn: Option<&Arc<Transaction>>,
+    ) -> anyhow::Result<Option<Box<dyn DeadLetterSink>>> {
         Ok(match (&self.errors.path, &self.errors.topic) {
             (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
             (None, Some(topic)) => {
@@ -77,7 +116,10 @@ impl PipelineConfig {
                         "errors.topic needs a Kafka source or sink to take the brokers from; set errors.path"
                     ),
                 };
-                Some(Box::new(KafkaSink::new(brokers, topic, properties)?))
+                Some(Box::new(match txn {
+                    Some(txn) => KafkaSink::transactional(txn.clone(), topic, properties)?,
+                    None => KafkaSink::new(brokers, topic, properties)?,
+                }))
             }
             (None, None) => None,
         })

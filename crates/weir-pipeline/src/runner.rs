@@ -18,6 +18,7 @@ use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterSink, RecordLimit, Sink};
 use super::source::Source;
 use super::table::Tables;
+use super::transaction::Transaction;
 use super::window::WindowState;
 use super::workers::{Encoding, Transforming, Workers};
 use crate::sandbox::{Sandbox, UdfModule};
@@ -59,6 +60,9 @@ pub struct PipelineStats {
     pub window_state_bytes: Level,
     /// Event-time watermark in seconds (0 before the first record).
     pub watermark: Level,
+    /// Kafka transactions of an exactly-once sink.
+    pub transactions_committed: Count,
+    pub transactions_aborted: Count,
     /// What holds the pipeline up right now, in words (breaker or stall).
     condition: parking_lot::Mutex<Option<String>>,
 }
@@ -87,6 +91,8 @@ impl PipelineStats {
             open_windows: level(telemetry::PIPELINE_OPEN_WINDOWS),
             window_state_bytes: level(telemetry::PIPELINE_WINDOW_STATE_BYTES),
             watermark: level(telemetry::PIPELINE_WATERMARK),
+            transactions_committed: count(telemetry::PIPELINE_TXN_COMMITTED),
+            transactions_aborted: count(telemetry::PIPELINE_TXN_ABORTED),
             condition: parking_lot::Mutex::new(None),
         }
     }
@@ -106,6 +112,16 @@ impl PipelineStats {
     }
 }
 
+impl crate::transaction::TxnCounts for PipelineStats {
+    fn committed(&self) {
+        self.transactions_committed.add(1);
+    }
+
+    fn aborted(&self) {
+        self.transactions_aborted.add(1);
+    }
+}
+
 /// A pipeline ready to run.
 pub struct Pipeline {
     config: PipelineConfig,
@@ -120,6 +136,8 @@ pub struct Pipeline {
     tables: Tables,
     sink: Box<dyn Sink>,
     dead_letters: Option<Box<dyn DeadLetterSink>>,
+    /// The transaction of an exactly-once sink (`sink.delivery`).
+    txn: Option<Arc<Transaction>>,
     stats: Arc<PipelineStats>,
     /// The owning tenant and the modules loaded under its policy (shared
     /// with `/metrics`; replaced when a reload swaps UDF versions).
@@ -292,13 +310,24 @@ impl Pipeline {
         } else {
             None
         };
-        let source = config.source.open().await?;
-        let sink = config.sink.open().await?;
-        let dead_letters = config.open_dead_letters().await?;
+        if windows.is_some() && config.sink.exactly_once() {
+            bail!(
+                "sink.delivery = \"exactly-once\" is not available for windowed queries: a \
+                 window re-emitted after a restart would be written twice; use \
+                 \"at-least-once\" (window results are keyed, so a compacted topic keeps one)"
+            );
+        }
+        let stats = Arc::new(PipelineStats::new(&config.tenant, &config.name));
+        let txn = config
+            .sink
+            .open_transaction(&config.tenant, &config.name, stats.clone())
+            .await?;
+        let source = config.source.open(txn.as_ref()).await?;
+        let sink = config.sink.open(txn.as_ref()).await?;
+        let dead_letters = config.open_dead_letters(txn.as_ref()).await?;
         for m in &modules {
             m.bind_metrics(&config.name);
         }
-        let stats = Arc::new(PipelineStats::new(&config.tenant, &config.name));
         Ok(Pipeline {
             config,
             source,
@@ -309,6 +338,7 @@ impl Pipeline {
             tables,
             sink,
             dead_letters,
+            txn,
             stats,
             tenant,
             modules: Arc::new(parking_lot::RwLock::new(modules)),
@@ -341,14 +371,50 @@ impl Pipeline {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
         let started = Instant::now();
-        let mut flight = InFlight::new(
+        loop {
+            let mut flight = self.in_flight();
+            let result = self.run_batches(&mut flight, &mut shutdown, started).await;
+            match result {
+                Err(e) if self.txn.is_some() && crate::transaction::is_rewind(&e) => {
+                    // Exactly-once: what was read since the last commit is
+                    // dropped and read again by a new group member.
+                    tracing::warn!(pipeline = %self.config.name, "{e:#}");
+                    if let Some(workers) = &mut self.workers {
+                        workers.clear();
+                    }
+                    drop(flight);
+                    self.source = self
+                        .config
+                        .source
+                        .open(self.txn.as_ref())
+                        .await
+                        .with_context(|| format!("pipeline `{}`", self.config.name))?;
+                }
+                result => return self.stop(flight, result, started).await,
+            }
+        }
+    }
+
+    /// The in-flight window: one batch with an exactly-once sink (each
+    /// batch is a transaction that commits before the next is sent).
+    fn in_flight(&self) -> InFlight {
+        let batches = if self.txn.is_some() {
+            1
+        } else {
             self.config
                 .batch
                 .max_in_flight_batches
-                .min(self.tenant.policy().max_in_flight_batches),
-            self.config.batch.max_in_flight_bytes,
-        );
-        let result = self.run_batches(&mut flight, &mut shutdown, started).await;
+                .min(self.tenant.policy().max_in_flight_batches)
+        };
+        InFlight::new(batches, self.config.batch.max_in_flight_bytes)
+    }
+
+    async fn stop(
+        &mut self,
+        mut flight: InFlight,
+        result: anyhow::Result<()>,
+        started: Instant,
+    ) -> anyhow::Result<()> {
         // Whatever happened, what the sink acknowledged is committed.
         let drained = flight.drain(&mut *self.source).await;
         self.source.finish().await?;

@@ -85,6 +85,12 @@ impl Workers {
         self.next = 0;
     }
 
+    /// Drops every batch handed out (their tasks are aborted): an
+    /// exactly-once pipeline rewinds and reads them again.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+
     pub fn is_full(&self) -> bool {
         self.pending.len() >= self.queries.len()
     }

@@ -1,7 +1,9 @@
-//! Kafka sinks: the idempotent producer; every batch resolves only when each
-//! record's delivery is acknowledged.
+//! Kafka sinks: the idempotent producer, or an exactly-once pipeline's
+//! transactional one; every batch resolves only when each record's delivery
+//! is acknowledged.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +16,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use super::{Ack, DeadLetterSink, Sink};
 use crate::kafka::{client_config, scrub};
 use crate::record::{DeadLetter, SinkRecord};
+use crate::transaction::Transaction;
 
 pub struct KafkaSink {
     producer: FutureProducer,
@@ -21,6 +24,8 @@ pub struct KafkaSink {
     properties: BTreeMap<String, String>,
     /// The producer's `message.max.bytes`: a larger record fails its send.
     max_bytes: usize,
+    /// Exactly-once: records go into this transaction.
+    txn: Option<Arc<Transaction>>,
 }
 
 /// librdkafka's default `message.max.bytes`.
@@ -46,6 +51,24 @@ impl KafkaSink {
             .create()
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka producer")?;
+        Self::with_producer(producer, None, topic, properties)
+    }
+
+    /// A sink writing to `topic` inside `txn` (exactly-once).
+    pub fn transactional(
+        txn: Arc<Transaction>,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        Self::with_producer(txn.producer().clone(), Some(txn), topic, properties)
+    }
+
+    fn with_producer(
+        producer: FutureProducer,
+        txn: Option<Arc<Transaction>>,
+        topic: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let max_bytes = match properties.get("message.max.bytes") {
             None => DEFAULT_MESSAGE_MAX_BYTES,
             Some(v) => v.trim().parse().with_context(|| {
@@ -57,7 +80,16 @@ impl KafkaSink {
             topic: topic.to_string(),
             properties: properties.clone(),
             max_bytes,
+            txn,
         })
+    }
+
+    /// Opens the pipeline's transaction first, when exactly-once.
+    fn begin(&self) -> anyhow::Result<()> {
+        match &self.txn {
+            Some(txn) => txn.begin(),
+            None => Ok(()),
+        }
     }
 
     /// Enqueues one record, waiting while the producer queue is full.
@@ -132,6 +164,7 @@ impl Sink for KafkaSink {
     }
 
     async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack> {
+        self.begin()?;
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
             deliveries.push(
@@ -146,6 +179,7 @@ impl Sink for KafkaSink {
 #[async_trait]
 impl DeadLetterSink for KafkaSink {
     async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack> {
+        self.begin()?;
         let mut deliveries = Vec::with_capacity(letters.len());
         for l in &letters {
             let r = &l.record;

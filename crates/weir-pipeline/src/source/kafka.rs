@@ -1,6 +1,8 @@
 //! A Kafka consumer-group member. Offsets are committed only after every
 //! record of a micro-batch reached the sink or the dead-letter topic
-//! (at-least-once); a rebalance re-delivers what was not committed.
+//! (at-least-once); a rebalance re-delivers what was not committed. An
+//! exactly-once pipeline commits them inside its sink's transaction instead
+//! (`crate::transaction`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use super::ownership::Ownership;
 use crate::config::StartPosition;
 use crate::kafka::{client_config, scrub};
 use crate::record::{Offsets, SourceRecord};
+use crate::transaction::{Rewind, Transaction};
 
 /// How long a failing offset commit is retried before the pipeline stops.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(120);
@@ -111,6 +114,15 @@ pub struct KafkaSource {
     last_poll: Instant,
     /// The offsets of the last commit, made durable (synchronously) by `finish`.
     last_commit: Option<Offsets>,
+    /// Exactly-once: offsets are committed in this transaction.
+    txn: Option<Arc<Transaction>>,
+    /// Exactly-once: the rebalance count when the oldest record not yet
+    /// committed was received (`None`: nothing held). A rebalance since
+    /// then may have handed those partitions to another member, or back to
+    /// this one from the committed offset: the batch must not commit.
+    held_since: Option<u64>,
+    /// Exactly-once: the offsets committed in transactions, per partition.
+    txn_committed: HashMap<(Arc<str>, i32), i64>,
 }
 
 impl KafkaSource {
@@ -128,6 +140,9 @@ impl KafkaSource {
                 ("queued.max.messages.kbytes", "16384"),
                 ("fetch.max.bytes", "8388608"),
                 ("statistics.interval.ms", "5000"),
+                // Records of open or aborted transactions are never read
+                // (librdkafka's default, stated).
+                ("isolation.level", "read_committed"),
             ],
             properties,
         );
@@ -168,7 +183,16 @@ impl KafkaSource {
             paused_at: None,
             last_poll: Instant::now(),
             last_commit: None,
+            txn: None,
+            held_since: None,
+            txn_committed: HashMap::new(),
         })
+    }
+
+    /// Commits offsets in `txn` (exactly-once) instead of to the group.
+    pub fn with_transaction(mut self, txn: Arc<Transaction>) -> Self {
+        self.txn = Some(txn);
+        self
     }
 }
 
@@ -309,6 +333,9 @@ impl Source for KafkaSource {
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()> {
+        if let Some(txn) = self.txn.clone() {
+            return self.commit_in_transaction(&txn, offsets).await;
+        }
         let Some((kept, tpl)) = self.owned(offsets)? else {
             return Ok(());
         };
@@ -321,6 +348,11 @@ impl Source for KafkaSource {
     }
 
     async fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(txn) = &self.txn {
+            // Every acknowledged batch was committed in its transaction;
+            // one left open holds nothing that was committed.
+            return txn.abort("the pipeline stops").await;
+        }
         // One synchronous attempt: if it fails (say, the partitions were just
         // revoked), the uncommitted tail is re-delivered, never lost.
         let last = self.last_commit.take().unwrap_or_default();
@@ -347,6 +379,58 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// Exactly-once: commits the open transaction with `offsets` as the
+    /// group's offsets, unless a rebalance came between reading and
+    /// committing, or a partition was revoked: then the transaction is
+    /// aborted ([`Rewind`]).
+    async fn commit_in_transaction(
+        &mut self,
+        txn: &Arc<Transaction>,
+        offsets: &Offsets,
+    ) -> anyhow::Result<()> {
+        let rebalances = self.consumer.context().rebalances.load(Ordering::Relaxed);
+        let (kept, dropped) = self.consumer.context().ownership().committable(offsets);
+        let why = if !dropped.is_empty() {
+            Some(format!(
+                "partitions {:?} were revoked while their records were being processed",
+                dropped
+                    .iter()
+                    .map(|((t, p), _)| format!("{t}/{p}"))
+                    .collect::<Vec<_>>()
+            ))
+        } else if self.held_since.is_some_and(|at| at != rebalances) {
+            Some("the consumer group rebalanced while records were being processed".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            txn.abort(&why).await?;
+            return Err(Rewind(why).into());
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &kept {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .context("the consumer has no group metadata to commit in a transaction")?;
+        txn.commit(tpl, group).await?;
+        self.txn_committed.extend(kept);
+        // Records received after the committed ones are still held (they
+        // were all received since `rebalances`, checked above).
+        let all_committed = self.expected.iter().all(|(p, next)| {
+            self.txn_committed
+                .get(p)
+                .is_some_and(|&committed| committed >= *next)
+        });
+        self.held_since = (!all_committed).then_some(rebalances);
+        Ok(())
+    }
+
     /// The offsets of `offsets` on partitions this member still owns (see
     /// [`Ownership`]); `None` when nothing is left to commit.
     fn owned(&self, offsets: &Offsets) -> anyhow::Result<Option<(Offsets, TopicPartitionList)>> {
@@ -378,6 +462,10 @@ impl KafkaSource {
                 let r = to_record(&mut self.topics, &m);
                 drop(m);
                 self.check_gap(&r);
+                if self.txn.is_some() && self.held_since.is_none() {
+                    self.held_since =
+                        Some(self.consumer.context().rebalances.load(Ordering::Relaxed));
+                }
                 self.consumer
                     .context()
                     .ownership()

@@ -319,3 +319,43 @@ fn a_guest_cannot_forge_server_log_lines() {
         vec!["ok\\n2026-11-28T00:00:00Z ERROR weir: forged\\u{1b}[2J".to_string()]
     );
 }
+
+/// A batch larger than one guest call takes (8192 rows) goes to the guest
+/// in slices: the result is the whole batch's, and a failing row is named
+/// by its row in the batch, not in the slice.
+#[test]
+fn a_large_batch_is_called_in_slices_and_rows_keep_their_batch_numbers() {
+    let module = support::load("testkit");
+    let index = module.function_index("panics_on_three").unwrap();
+    let calls = |m: &UdfModule| {
+        m.function_stats(index)
+            .unwrap()
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let values: Vec<i64> = (0..20_000).map(|i| if i == 3 { 4 } else { i }).collect();
+    let before = calls(&module);
+    let out = module.call(index, &ints(&values), values.len()).unwrap();
+    assert_eq!(
+        calls(&module) - before,
+        3,
+        "20000 rows: slices of 8192, 8192, 3616"
+    );
+    let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(out.values().as_ref(), values.as_slice());
+    let mut poisoned = values.clone();
+    poisoned[17_000] = 3;
+    let err = module
+        .call(index, &ints(&poisoned), poisoned.len())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err.failure,
+            Failure::Panic {
+                row: Some(17_000),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -549,6 +549,49 @@ impl UdfModule {
                 decl.args.len()
             )));
         }
+        if rows <= GUEST_CALL_ROWS || limits.cpu_meter != crate::sandbox::CpuMeter::Epoch {
+            return self.call_slice(index, limits, args, rows, deadline);
+        }
+        // A large batch goes to the guest in slices, one instance call
+        // each, within the batch's one CPU budget.
+        let started = Instant::now();
+        let budget = Duration::from_millis(limits.cpu_ms_per_batch);
+        let mut pieces = Vec::with_capacity(rows.div_ceil(GUEST_CALL_ROWS));
+        let mut start = 0;
+        while start < rows {
+            let len = GUEST_CALL_ROWS.min(rows - start);
+            let left = budget.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Failure::OutOfCpu {
+                    during_start: false,
+                });
+            }
+            let slice_limits = SandboxLimits {
+                cpu_ms_per_batch: (left.as_millis() as u64).max(1),
+                ..limits.clone()
+            };
+            let slice: Vec<ArrayRef> = args.iter().map(|a| a.slice(start, len)).collect();
+            let out = self
+                .call_slice(index, &slice_limits, &slice, len, deadline)
+                .map_err(|f| f.at_row(&|r| r + start))?;
+            pieces.push(out);
+            start += len;
+        }
+        let parts: Vec<&dyn datafusion::arrow::array::Array> =
+            pieces.iter().map(|a| a.as_ref()).collect();
+        datafusion::arrow::compute::concat(&parts).map_err(|e| Failure::Other(e.to_string()))
+    }
+
+    /// One guest call over `rows` rows.
+    fn call_slice(
+        &self,
+        index: usize,
+        limits: &SandboxLimits,
+        args: &[ArrayRef],
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ArrayRef, Failure> {
+        let decl = &self.manifest.functions[index];
         let plan = InputPlan::new(args, &decl.args, rows)
             .map_err(|e| Failure::InvalidInput(e.to_string()))?;
         let _permit = self.tenant.as_ref().map(|t| t.enter());
@@ -591,6 +634,13 @@ impl UdfModule {
         }
     }
 }
+
+/// Rows of one guest call at most: a larger batch is passed in slices of
+/// this many, so that a call's working set (its inputs and output, in host
+/// and in guest memory) stays within a core's L2 cache. At 65 536 rows in
+/// one call, `a*1.5+b` cost 5.7× native against 4.7× at 8192 (BENCHMARKS.md).
+/// Only with the epoch meter: a fuel budget is one call's.
+const GUEST_CALL_ROWS: usize = 8192;
 
 /// Rows a cache probe looks up (the rest of a larger batch skips the
 /// cache): enough for [`CacheAdvice`] to decide, a fraction of a batch.

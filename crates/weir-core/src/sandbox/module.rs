@@ -553,8 +553,9 @@ impl UdfModule {
             return self.call_slice(index, limits, args, rows, deadline);
         }
         // A large batch goes to the guest in slices, one instance call
-        // each, within the batch's one CPU budget.
+        // each, within the batch's one CPU budget and output bound.
         let started = Instant::now();
+        let mut output_left = limits.max_output_bytes;
         let budget = Duration::from_millis(limits.cpu_ms_per_batch);
         let mut pieces = Vec::with_capacity(rows.div_ceil(GUEST_CALL_ROWS));
         let mut start = 0;
@@ -568,12 +569,14 @@ impl UdfModule {
             }
             let slice_limits = SandboxLimits {
                 cpu_ms_per_batch: (left.as_millis() as u64).max(1),
+                max_output_bytes: output_left,
                 ..limits.clone()
             };
             let slice: Vec<ArrayRef> = args.iter().map(|a| a.slice(start, len)).collect();
             let out = self
                 .call_slice(index, &slice_limits, &slice, len, deadline)
                 .map_err(|f| f.at_row(&|r| r + start))?;
+            output_left = output_left.saturating_sub(out.get_buffer_memory_size() as u64);
             pieces.push(out);
             start += len;
         }

@@ -37,6 +37,9 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   fi
   # The real Prometheus server the metrics test scrapes weir with (Debian).
   command -v prometheus >/dev/null 2>&1 || apt_install prometheus
+  # The cluster tests' shared control plane: PostgreSQL from Debian, started
+  # by the tests themselves as an unprivileged user on loopback.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   # clang + wasm-ld for C UDFs (the second authoring language) (Debian).
   { command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; } || apt_install clang lld
   # The independent Kafka client of the README walkthrough test, with its

@@ -77,6 +77,10 @@ metric_names! {
     API_REQUESTS = "weir_api_requests_total", Counter, &["tenant", "action", "outcome"], "API requests by tenant, action and outcome";
     UDF_PUBLISHES = "weir_udf_publishes_total", Counter, T, "UDF versions published";
     UDF_VERSIONS = "weir_udf_versions", Gauge, T, "UDF versions in the registry";
+    CLUSTER_DATABASE_UP = "weir_cluster_database_up", Gauge, &[], "1 while this node's last heartbeat reached the shared database";
+    CLUSTER_NODES = "weir_cluster_nodes", Gauge, &[], "nodes whose heartbeat is recent, as this node last read them";
+    CLUSTER_LEASES_HELD = "weir_cluster_leases_held", Gauge, &[], "pipelines that cannot be shared (file sources) this node holds the lease of";
+    CLUSTER_NOTIFICATIONS = "weir_cluster_notifications_total", Counter, &["kind"], "changes announced by the shared database, by kind (udf, pipeline, token, resync)";
 }
 
 /// Buckets of [`UDF_CALL_SECONDS`]: 10 µs × 4ⁿ, n = 0..10 (up to ≈ 2.6 s).

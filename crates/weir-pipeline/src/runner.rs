@@ -65,6 +65,9 @@ pub struct PipelineStats {
     pub transactions_aborted: Count,
     /// What holds the pipeline up right now, in words (breaker or stall).
     condition: parking_lot::Mutex<Option<String>>,
+    /// The source's partitions (`topic/partition`), refreshed between
+    /// micro-batches.
+    partitions: parking_lot::Mutex<Vec<String>>,
 }
 
 impl PipelineStats {
@@ -94,6 +97,7 @@ impl PipelineStats {
             transactions_committed: count(telemetry::PIPELINE_TXN_COMMITTED),
             transactions_aborted: count(telemetry::PIPELINE_TXN_ABORTED),
             condition: parking_lot::Mutex::new(None),
+            partitions: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -109,6 +113,11 @@ impl PipelineStats {
 
     fn set_condition(&self, condition: Option<String>) {
         *self.condition.lock() = condition;
+    }
+
+    /// The partitions the pipeline read at the last micro-batch boundary.
+    pub fn partitions(&self) -> Vec<String> {
+        self.partitions.lock().clone()
     }
 }
 
@@ -491,6 +500,7 @@ impl Pipeline {
             if let Some(lag) = self.source.lag() {
                 self.stats.lag.set(lag);
             }
+            *self.stats.partitions.lock() = self.source.partitions();
             self.stats.paused.set(i64::from(flight.is_paused()));
             if last_log.elapsed() >= PROGRESS_EVERY {
                 self.log_progress(started.elapsed());

@@ -50,6 +50,8 @@ pub struct Status {
     pub condition: Option<String>,
     /// `udf -> {module, sha256, breaker}` of the versions in use.
     pub udfs: Vec<serde_json::Value>,
+    /// The partitions this member reads (`topic/partition`; Kafka).
+    pub partitions: Vec<String>,
 }
 
 impl Status {
@@ -69,6 +71,7 @@ impl Status {
             stalled: false,
             condition: None,
             udfs: Vec::new(),
+            partitions: Vec::new(),
         }
     }
 }
@@ -309,6 +312,7 @@ fn describe(
         stalled: st.stalled.get() == 1,
         condition: st.condition(),
         udfs,
+        partitions: st.partitions(),
     }
 }
 

@@ -42,6 +42,8 @@ pub enum Action {
     ManageTokens,
     /// Deploy, start, stop or remove pipelines.
     Operate,
+    /// Read the cluster's nodes and what each runs (admins of every tenant).
+    ReadCluster,
 }
 
 impl Action {
@@ -56,6 +58,7 @@ impl Action {
             Action::ReadAudit => "read the audit log",
             Action::ManageTokens => "manage tokens",
             Action::Operate => "operate pipelines",
+            Action::ReadCluster => "read the cluster view",
         }
     }
 }

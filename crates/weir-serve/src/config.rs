@@ -31,6 +31,20 @@ pub struct ServeConfig {
     /// port for Prometheus), not on `listen`: the metrics name every
     /// tenant's pipelines and UDFs. Unset: `/metrics` is on `listen`.
     pub metrics_listen: Option<String>,
+    /// The cluster's shared control plane, `postgres://user@host/db`
+    /// (password from `WEIR_DATABASE_PASSWORD` when the URL has none).
+    /// Unset: a single node, its registry in SQLite under `data_dir`.
+    pub database: Option<String>,
+    /// This node's name in the cluster (default: hostname and listen port).
+    pub node: Option<String>,
+    /// How often a node writes its heartbeat and renews its leases.
+    pub heartbeat_ms: u64,
+    /// How long a node keeps a pipeline that cannot be shared (a file
+    /// source) without renewing its lease; another node takes it after.
+    pub lease_ms: u64,
+    /// How often a node compares what it runs with what is stored (changes
+    /// arrive at once by notification; this catches any it missed).
+    pub reconcile_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -44,6 +58,41 @@ impl Default for ServeConfig {
             requests_per_s: 20,
             burst_requests: 100,
             metrics_listen: None,
+            database: None,
+            node: None,
+            heartbeat_ms: 1000,
+            lease_ms: 10_000,
+            reconcile_ms: 5000,
         }
+    }
+}
+
+impl ServeConfig {
+    /// This node's name: `serve.node`, else hostname and listen port.
+    pub fn node_name(&self) -> String {
+        if let Some(node) = &self.node {
+            return node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "weir".to_string());
+        let port = self.listen.rsplit(':').next().unwrap_or("8080");
+        format!("{host}:{port}")
+    }
+
+    /// The cluster timings hold together: a lease outlives a few heartbeats.
+    pub fn check_cluster(&self) -> Result<(), String> {
+        if self.heartbeat_ms == 0 || self.reconcile_ms == 0 {
+            return Err("serve.heartbeat_ms and serve.reconcile_ms must be above 0".to_string());
+        }
+        if self.lease_ms < 3 * self.heartbeat_ms {
+            return Err(format!(
+                "serve.lease_ms ({}) must be at least 3 × serve.heartbeat_ms ({}): a lease is renewed by heartbeats",
+                self.lease_ms, self.heartbeat_ms
+            ));
+        }
+        Ok(())
     }
 }

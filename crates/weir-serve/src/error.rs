@@ -42,6 +42,9 @@ pub enum ServiceError {
     /// weir's own fault (storage, I/O).
     #[error("{0}")]
     Internal(String),
+    /// The cluster's shared database does not answer (retry).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The message of an error answer, kept on the response for the audit log.
@@ -61,6 +64,7 @@ impl ServiceError {
             ServiceError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ServiceError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,7 +79,8 @@ impl ServiceError {
             | ServiceError::Rejected(m)
             | ServiceError::Timeout(m)
             | ServiceError::RateLimited(m)
-            | ServiceError::Internal(m) => m,
+            | ServiceError::Internal(m)
+            | ServiceError::Unavailable(m) => m,
         }
     }
 
@@ -84,9 +89,15 @@ impl ServiceError {
         ServiceError::NotFound(format!("{what} not found"))
     }
 
-    /// Storage and other internal errors given as text.
+    /// Storage and other internal errors given as text; the shared
+    /// database not answering is `503`, for the caller to retry.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        ServiceError::Internal(e.to_string())
+        let message = e.to_string();
+        if crate::database::is_unreachable(&message) {
+            ServiceError::Unavailable(message)
+        } else {
+            ServiceError::Internal(message)
+        }
     }
 }
 

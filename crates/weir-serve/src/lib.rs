@@ -3,7 +3,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
+pub mod database;
 pub mod error;
 pub mod exporter;
 pub mod http;
@@ -36,8 +38,10 @@ pub struct AppState {
     /// compiles), apart from the API's.
     pub executor: Arc<GuestExecutor>,
     pub tenants: Arc<Tenants>,
-    pub registry: registry::Registry,
+    pub registry: Arc<dyn registry::Registry>,
     pub audit: audit::AuditLog,
+    /// This node's part of a cluster (`serve.database` set).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     pub pipelines: pipelines::Pipelines,
     /// Per-token request buckets: (tokens left, last refill).
     pub rate: parking_lot::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
@@ -56,6 +60,22 @@ impl AppState {
             return Ok(());
         }
         let burst = f64::from(self.config.burst_requests.max(1));
+        // In a cluster the bucket is shared, whichever node answers; while
+        // the database does not answer, each node keeps its own.
+        if let Some(cluster) = &self.cluster {
+            let key = token.to_string();
+            match cluster.db.run(move |c| {
+                c.query_one(
+                    "SELECT weir_take_request($1, $2, $3)",
+                    &[&key, &rate, &burst],
+                )?
+                .try_get::<_, f64>(0)
+            }) {
+                Ok(wait) if wait <= 0.0 => return Ok(()),
+                Ok(wait) => return Err(wait),
+                Err(e) => tracing::debug!("rate limit on this node only: {e}"),
+            }
+        }
         let now = std::time::Instant::now();
         let mut buckets = self.rate.lock();
         let (left, at) = buckets.entry(token.to_string()).or_insert((burst, now));
@@ -125,8 +145,29 @@ impl AppState {
         tenants: Arc<Tenants>,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let registry = registry::Registry::open(&config.data_dir).map_err(anyhow::Error::msg)?;
-        let audit = audit::AuditLog::open(&config.data_dir).map_err(anyhow::Error::msg)?;
+        let (registry, audit, cluster): (Arc<dyn registry::Registry>, _, _) = match &config.database
+        {
+            None => (
+                Arc::new(
+                    registry::SqliteRegistry::open(&config.data_dir).map_err(anyhow::Error::msg)?,
+                ),
+                audit::AuditLog::open(&config.data_dir).map_err(anyhow::Error::msg)?,
+                None,
+            ),
+            Some(url) => {
+                config.check_cluster().map_err(anyhow::Error::msg)?;
+                let db = Arc::new(database::Database::open(url).map_err(anyhow::Error::msg)?);
+                let cluster = Arc::new(cluster::Cluster::new(db.clone(), &config));
+                (
+                    Arc::new(
+                        registry::PostgresRegistry::new(db.clone(), &config.data_dir)
+                            .map_err(anyhow::Error::msg)?,
+                    ),
+                    audit::AuditLog::shared(&config.data_dir, db, cluster.node.clone()),
+                    Some(cluster),
+                )
+            }
+        };
         // Pipelines emit through the recorder: install it before any starts.
         exporter::handle();
         let executor = Arc::new(GuestExecutor::new(sandbox.limits().guest_threads())?);
@@ -138,6 +179,7 @@ impl AppState {
             tenants,
             registry,
             audit,
+            cluster,
             rate: Default::default(),
             anonymous_audit: parking_lot::Mutex::new((10.0, std::time::Instant::now())),
         })
@@ -171,11 +213,24 @@ pub async fn serve(
             }
         });
     }
-    pipelines::start_stored(&state).await;
+    // A single node starts what it stored; a cluster node starts what the
+    // database says once its listener is connected.
+    let tasks = if state.cluster.is_some() {
+        cluster::spawn(&state).map_err(anyhow::Error::msg)?
+    } else {
+        pipelines::start_stored(&state).await;
+        Vec::new()
+    };
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
+    for task in tasks {
+        task.abort();
+    }
     // Pipelines finish their in-flight batches and commit before exit.
     state.pipelines.stop_all().await;
+    if let Some(cluster) = state.cluster.clone() {
+        let _ = tokio::task::spawn_blocking(move || cluster.leave()).await;
+    }
     Ok(())
 }

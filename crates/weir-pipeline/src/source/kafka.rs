@@ -376,6 +376,10 @@ impl Source for KafkaSource {
     fn assigned_partitions(&self) -> Option<usize> {
         Some(self.consumer.context().ownership().assigned())
     }
+
+    fn partitions(&self) -> Vec<String> {
+        self.consumer.context().ownership().partitions()
+    }
 }
 
 impl KafkaSource {

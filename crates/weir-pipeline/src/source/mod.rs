@@ -54,6 +54,12 @@ pub trait Source: Send {
         None
     }
 
+    /// The partitions this member reads, as `topic/partition` (Kafka);
+    /// empty for sources without partitions.
+    fn partitions(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The pipeline is stopping: make the last commit durable.
     async fn finish(&mut self) -> anyhow::Result<()> {
         Ok(())

@@ -55,6 +55,17 @@ impl Ownership {
         self.assigned.len()
     }
 
+    /// The assigned partitions as `topic/partition`, sorted.
+    pub fn partitions(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .assigned
+            .iter()
+            .map(|(topic, partition)| format!("{topic}/{partition}"))
+            .collect();
+        all.sort();
+        all
+    }
+
     /// A record arrived.
     pub fn received(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
         let p = (topic.clone(), partition);

@@ -48,6 +48,8 @@ permissions! {
     ManageTokens;
     /// Deploy, start, stop or remove pipelines.
     Operate;
+    /// Read the cluster's nodes (every tenant's pipelines: `*` admins).
+    ReadCluster;
 }
 
 /// An admitted caller of a route with permission `P` on `tenant`.
@@ -75,6 +77,7 @@ fn object_of(path: &str) -> String {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["v1", "audit"] => "audit log".to_string(),
+        ["v1", "cluster"] => "cluster".to_string(),
         ["v1", "tenants", _, "udfs"] => "udfs".to_string(),
         ["v1", "tenants", _, "udfs", name] => format!("udf `{name}`"),
         ["v1", "tenants", _, "udfs", name, "versions", version, ..] => {
@@ -132,8 +135,12 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
         }
         // Elsewhere (the audit log) the tenant comes from `?tenant=`, else
         // the token's.
+        // The cluster view spans every tenant.
+        let every_tenant = P::ACTION == Action::ReadCluster;
         let tenant = path_tenant
             .clone()
+            .filter(|_| !every_tenant)
+            .or_else(|| every_tenant.then(|| "*".to_string()))
             .or_else(|| {
                 Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
                     .ok()
@@ -150,7 +157,7 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
             && tenant
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        let star_allowed = tenant == "*" && P::ACTION == Action::ReadAudit;
+        let star_allowed = tenant == "*" && (P::ACTION == Action::ReadAudit || every_tenant);
         if !valid_name && !star_allowed {
             let shown: String = tenant.chars().take(64).collect();
             return Err(ServiceError::BadRequest(format!(
@@ -189,6 +196,9 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
                 *note.0.lock() = Some(entry);
                 return Err(match d {
                     Denied::Unauthenticated => ServiceError::Unauthenticated(d.reason()),
+                    Denied::OtherTenant if every_tenant => ServiceError::Forbidden(
+                        "the cluster view shows every tenant's pipelines: it takes an admin token of every tenant (`tenant = \"*\"`)".to_string(),
+                    ),
                     // Another tenant's objects do not exist for this token.
                     Denied::OtherTenant => ServiceError::not_found(&object),
                     Denied::Role { .. } => ServiceError::Forbidden(d.reason()),

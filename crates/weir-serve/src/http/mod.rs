@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod cluster;
 pub mod health;
 pub mod pipelines;
 pub mod query;
@@ -63,6 +64,7 @@ fn table(with_metrics: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(audit::read))
+        .routes(routes!(cluster::view))
 }
 
 /// The OpenAPI document of every route.

@@ -172,6 +172,10 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
             "429",
             "the token's request rate (`serve.requests_per_s`) is spent",
         );
+        add(
+            "503",
+            "the cluster's shared database (`serve.database`) does not answer: retry",
+        );
         if path.contains("{tenant}") || path == "/v1/audit" {
             add(
                 "404",

@@ -327,13 +327,25 @@ fn resolve_path(path: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Builds and starts a pipeline.
-pub async fn start(
+/// Whether every node of a cluster may run the pipeline at once: a Kafka
+/// source shares its partitions through the consumer group; any other
+/// source runs on the one node holding its lease.
+pub fn shared(text: &str) -> bool {
+    PipelineConfig::from_toml(text).map_or(true, |c| {
+        matches!(
+            c.source,
+            crate::pipeline::config::SourceConfig::Kafka { .. }
+        )
+    })
+}
+
+/// Parses and checks a pipeline against the policy and loads its UDFs.
+async fn prepare(
     state: &Arc<AppState>,
     tenant: &str,
     name: &str,
     text: &str,
-) -> ServiceResult<()> {
+) -> ServiceResult<(PipelineConfig, Vec<UdfRef>, Vec<Arc<UdfModule>>)> {
     let (config, udfs) = parse(tenant, name, text)?;
     check_files(&config, &state.config.file_roots)?;
     check_kafka(&config, &state.tenants.get(tenant).policy())?;
@@ -346,6 +358,17 @@ pub async fn start(
             .await
             .map_err(ServiceError::internal)??
     };
+    Ok((config, udfs, modules))
+}
+
+/// Builds and starts a pipeline.
+pub async fn start(
+    state: &Arc<AppState>,
+    tenant: &str,
+    name: &str,
+    text: &str,
+) -> ServiceResult<()> {
+    let (config, udfs, modules) = prepare(state, tenant, name, text).await?;
     let resolver_state = state.clone();
     let (resolver_tenant, resolver_udfs) = (tenant.to_string(), udfs.clone());
     // Every publish or delete ticks `changed`; only a change of the
@@ -415,7 +438,19 @@ pub async fn deploy(
         .pipeline(tenant, name)
         .map_err(ServiceError::internal)?
         .is_some();
-    start(state, tenant, name, text).await?;
+    let _turn = match &state.cluster {
+        Some(c) => Some(c.ops.lock().await),
+        None => None,
+    };
+    let updated_at = now_ms();
+    if run_here(state, tenant, name, text)? {
+        start(state, tenant, name, text).await?;
+        started_here(state, tenant, name, updated_at);
+    } else {
+        // Another node holds the lease: it restarts the pipeline once the
+        // change is stored; here it is only checked.
+        prepare(state, tenant, name, text).await?;
+    }
     state
         .registry
         .save_pipeline(&StoredPipeline {
@@ -423,11 +458,44 @@ pub async fn deploy(
             name: name.to_string(),
             config: text.to_string(),
             running: true,
-            updated_at: now_ms(),
+            updated_at,
             updated_by: by.to_string(),
         })
         .map_err(ServiceError::internal)?;
     Ok(!existed)
+}
+
+/// Whether this node runs the pipeline: always on a single node; in a
+/// cluster when it is shared or this node gets its lease.
+fn run_here(state: &AppState, tenant: &str, name: &str, text: &str) -> ServiceResult<bool> {
+    match &state.cluster {
+        Some(cluster) if !shared(text) => cluster
+            .acquire(tenant, name)
+            .map_err(ServiceError::Unavailable),
+        _ => Ok(true),
+    }
+}
+
+/// Remembers (in a cluster) which stored version this node started, so the
+/// change's own notification does not restart it.
+fn started_here(state: &AppState, tenant: &str, name: &str, updated_at: i64) {
+    if let Some(cluster) = &state.cluster {
+        cluster
+            .deployed
+            .lock()
+            .insert((tenant.to_string(), name.to_string()), (updated_at, true));
+    }
+}
+
+/// Forgets (in a cluster) that this node runs the pipeline.
+fn stopped_here(state: &AppState, tenant: &str, name: &str) {
+    if let Some(cluster) = &state.cluster {
+        cluster
+            .deployed
+            .lock()
+            .remove(&(tenant.to_string(), name.to_string()));
+        cluster.release(tenant, name);
+    }
 }
 
 fn stored(state: &AppState, tenant: &str, name: &str) -> ServiceResult<StoredPipeline> {
@@ -447,12 +515,19 @@ pub async fn set_running(
     by: &str,
 ) -> ServiceResult<Status> {
     let mut stored = stored(state, tenant, name)?;
+    let _turn = match &state.cluster {
+        Some(c) => Some(c.ops.lock().await),
+        None => None,
+    };
     state.pipelines.stop(tenant, name).await;
-    if run {
+    stored.updated_at = now_ms();
+    if run && run_here(state, tenant, name, &stored.config)? {
         start(state, tenant, name, &stored.config).await?;
+        started_here(state, tenant, name, stored.updated_at);
+    } else if !run {
+        stopped_here(state, tenant, name);
     }
     stored.running = run;
-    stored.updated_at = now_ms();
     stored.updated_by = by.to_string();
     state
         .registry
@@ -536,7 +611,12 @@ pub fn list(state: &AppState, tenant: &str) -> ServiceResult<Vec<serde_json::Val
 /// Stops and forgets a pipeline.
 pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceResult<()> {
     stored(state, tenant, name)?;
+    let _turn = match &state.cluster {
+        Some(c) => Some(c.ops.lock().await),
+        None => None,
+    };
     state.pipelines.stop(tenant, name).await;
+    stopped_here(state, tenant, name);
     state
         .registry
         .delete_pipeline(tenant, name)

@@ -1,42 +1,23 @@
-//! The UDF registry: immutable, numbered versions per (tenant, name),
-//! content-addressed module files, metadata in SQLite. Survives restarts.
+//! The embedded registry of a single node: metadata in SQLite under
+//! `data_dir`, module bytes as content-addressed files beside it.
 
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 
+use super::{Registry, Result, StoredPipeline, UdfVersion};
+use crate::auth::TokenConfig;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
-use super::auth::TokenConfig;
-
-/// One published version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UdfVersion {
-    pub tenant: String,
-    pub name: String,
-    pub version: i64,
-    /// sha256 of the module's binary form.
-    pub sha256: String,
-    pub size: i64,
-    /// `name(args) -> ret` of each function the module declares.
-    pub functions: Vec<String>,
-    /// Milliseconds since the epoch.
-    pub published_at: i64,
-    pub published_by: String,
-}
-
-pub struct Registry {
+pub struct SqliteRegistry {
     db: Mutex<Connection>,
     modules: PathBuf,
 }
-
-type Result<T> = std::result::Result<T, String>;
 
 fn db_err(e: rusqlite::Error) -> String {
     format!("registry database: {e}")
 }
 
-impl Registry {
+impl SqliteRegistry {
     /// Opens (or creates) the registry under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let modules = data_dir.join("modules");
@@ -60,7 +41,7 @@ impl Registry {
                  PRIMARY KEY (tenant, name));",
         )
         .map_err(db_err)?;
-        Ok(Registry {
+        Ok(SqliteRegistry {
             db: Mutex::new(db),
             modules,
         })
@@ -69,11 +50,10 @@ impl Registry {
     fn db(&self) -> parking_lot::MutexGuard<'_, Connection> {
         self.db.lock()
     }
+}
 
-    /// Stores `bytes` (already validated) as the next version of `name`;
-    /// publishing the latest version's exact bytes again returns it
-    /// unchanged (`false`).
-    pub fn publish(
+impl Registry for SqliteRegistry {
+    fn publish(
         &self,
         tenant: &str,
         name: &str,
@@ -131,22 +111,7 @@ impl Registry {
         Ok((v, true))
     }
 
-    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UdfVersion> {
-        let functions: String = r.get(5)?;
-        Ok(UdfVersion {
-            tenant: r.get(0)?,
-            name: r.get(1)?,
-            version: r.get(2)?,
-            sha256: r.get(3)?,
-            size: r.get(4)?,
-            functions: serde_json::from_str(&functions).unwrap_or_default(),
-            published_at: r.get(6)?,
-            published_by: r.get(7)?,
-        })
-    }
-
-    /// The latest version of every UDF of `tenant`.
-    pub fn list(&self, tenant: &str) -> Result<Vec<UdfVersion>> {
+    fn list(&self, tenant: &str) -> Result<Vec<UdfVersion>> {
         let db = self.db();
         let mut stmt = db
             .prepare(
@@ -155,46 +120,40 @@ impl Registry {
                  ORDER BY name",
             )
             .map_err(db_err)?;
-        stmt.query_map(params![tenant], Self::row)
+        stmt.query_map(params![tenant], udf_row)
             .and_then(|rows| rows.collect())
             .map_err(db_err)
     }
 
-    pub fn versions(&self, tenant: &str, name: &str) -> Result<Vec<UdfVersion>> {
+    fn versions(&self, tenant: &str, name: &str) -> Result<Vec<UdfVersion>> {
         let db = self.db();
         let mut stmt = db
             .prepare("SELECT * FROM udf_versions WHERE tenant = ?1 AND name = ?2 ORDER BY version")
             .map_err(db_err)?;
-        stmt.query_map(params![tenant, name], Self::row)
+        stmt.query_map(params![tenant, name], udf_row)
             .and_then(|rows| rows.collect())
             .map_err(db_err)
     }
 
-    /// A version, or the latest when `version` is `None`.
-    pub fn get(
-        &self,
-        tenant: &str,
-        name: &str,
-        version: Option<i64>,
-    ) -> Result<Option<UdfVersion>> {
+    fn get(&self, tenant: &str, name: &str, version: Option<i64>) -> Result<Option<UdfVersion>> {
         let db = self.db();
         let found = match version {
             Some(v) => db.query_row(
                 "SELECT * FROM udf_versions WHERE tenant = ?1 AND name = ?2 AND version = ?3",
                 params![tenant, name, v],
-                Self::row,
+                udf_row,
             ),
             None => db.query_row(
                 "SELECT * FROM udf_versions WHERE tenant = ?1 AND name = ?2 ORDER BY version DESC LIMIT 1",
                 params![tenant, name],
-                Self::row,
+                udf_row,
             ),
         };
         found.optional().map_err(db_err)
     }
 
-    /// Removes a version (its module file stays while another version uses it).
-    pub fn delete(&self, tenant: &str, name: &str, version: i64) -> Result<bool> {
+    // The module file stays: another version may use it.
+    fn delete(&self, tenant: &str, name: &str, version: i64) -> Result<bool> {
         let db = self.db();
         let n = db
             .execute(
@@ -205,26 +164,12 @@ impl Registry {
         Ok(n > 0)
     }
 
-    /// The module bytes of a version.
-    pub fn module_bytes(&self, v: &UdfVersion) -> Result<Vec<u8>> {
+    fn module_bytes(&self, v: &UdfVersion) -> Result<Vec<u8>> {
         std::fs::read(self.modules.join(format!("{}.wasm", v.sha256)))
             .map_err(|e| format!("module file of {}@v{}: {e}", v.name, v.version))
     }
-}
 
-/// A deployed pipeline: its TOML and whether it should run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredPipeline {
-    pub tenant: String,
-    pub name: String,
-    pub config: String,
-    pub running: bool,
-    pub updated_at: i64,
-    pub updated_by: String,
-}
-
-impl Registry {
-    pub fn save_pipeline(&self, p: &StoredPipeline) -> Result<()> {
+    fn save_pipeline(&self, p: &StoredPipeline) -> Result<()> {
         self.db()
             .execute(
                 "INSERT OR REPLACE INTO pipelines VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -241,40 +186,28 @@ impl Registry {
             .map_err(db_err)
     }
 
-    fn pipeline_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPipeline> {
-        Ok(StoredPipeline {
-            tenant: r.get(0)?,
-            name: r.get(1)?,
-            config: r.get(2)?,
-            running: r.get(3)?,
-            updated_at: r.get(4)?,
-            updated_by: r.get(5)?,
-        })
-    }
-
-    pub fn pipeline(&self, tenant: &str, name: &str) -> Result<Option<StoredPipeline>> {
+    fn pipeline(&self, tenant: &str, name: &str) -> Result<Option<StoredPipeline>> {
         self.db()
             .query_row(
                 "SELECT * FROM pipelines WHERE tenant = ?1 AND name = ?2",
                 params![tenant, name],
-                Self::pipeline_row,
+                pipeline_row,
             )
             .optional()
             .map_err(db_err)
     }
 
-    /// Pipelines of `tenant`, or of every tenant for `*`.
-    pub fn pipelines(&self, tenant: &str) -> Result<Vec<StoredPipeline>> {
+    fn pipelines(&self, tenant: &str) -> Result<Vec<StoredPipeline>> {
         let db = self.db();
         let mut stmt = db
             .prepare("SELECT * FROM pipelines WHERE ?1 = '*' OR tenant = ?1 ORDER BY tenant, name")
             .map_err(db_err)?;
-        stmt.query_map(params![tenant], Self::pipeline_row)
+        stmt.query_map(params![tenant], pipeline_row)
             .and_then(|rows| rows.collect())
             .map_err(db_err)
     }
 
-    pub fn delete_pipeline(&self, tenant: &str, name: &str) -> Result<bool> {
+    fn delete_pipeline(&self, tenant: &str, name: &str) -> Result<bool> {
         self.db()
             .execute(
                 "DELETE FROM pipelines WHERE tenant = ?1 AND name = ?2",
@@ -283,12 +216,8 @@ impl Registry {
             .map(|n| n > 0)
             .map_err(db_err)
     }
-}
 
-impl Registry {
-    /// Stores a token created through the API (its sha256 only). `false`
-    /// when the name is taken.
-    pub fn create_token(&self, t: &TokenConfig, by: &str, at: i64) -> Result<bool> {
+    fn create_token(&self, t: &TokenConfig, by: &str, at: i64) -> Result<bool> {
         let role = serde_json::to_value(t.role)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -307,39 +236,28 @@ impl Registry {
         }
     }
 
-    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenConfig> {
-        let role: String = r.get(3)?;
-        Ok(TokenConfig {
-            name: r.get(0)?,
-            sha256: r.get(1)?,
-            tenant: r.get(2)?,
-            role: serde_json::from_value(serde_json::Value::String(role))
-                .unwrap_or(super::auth::Role::Viewer),
-        })
-    }
-
-    pub fn token_by_sha256(&self, sha256: &str) -> Result<Option<TokenConfig>> {
+    fn token_by_sha256(&self, sha256: &str) -> Result<Option<TokenConfig>> {
         self.db()
             .query_row(
                 "SELECT * FROM tokens WHERE sha256 = ?1",
                 params![sha256],
-                Self::token_row,
+                token_row,
             )
             .optional()
             .map_err(db_err)
     }
 
-    pub fn tokens(&self, tenant: &str) -> Result<Vec<TokenConfig>> {
+    fn tokens(&self, tenant: &str) -> Result<Vec<TokenConfig>> {
         let db = self.db();
         let mut stmt = db
             .prepare("SELECT * FROM tokens WHERE tenant = ?1 ORDER BY name")
             .map_err(db_err)?;
-        stmt.query_map(params![tenant], Self::token_row)
+        stmt.query_map(params![tenant], token_row)
             .and_then(|rows| rows.collect())
             .map_err(db_err)
     }
 
-    pub fn delete_token(&self, tenant: &str, name: &str) -> Result<bool> {
+    fn delete_token(&self, tenant: &str, name: &str) -> Result<bool> {
         self.db()
             .execute(
                 "DELETE FROM tokens WHERE tenant = ?1 AND name = ?2",
@@ -348,4 +266,40 @@ impl Registry {
             .map(|n| n > 0)
             .map_err(db_err)
     }
+}
+
+fn udf_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UdfVersion> {
+    let functions: String = r.get(5)?;
+    Ok(UdfVersion {
+        tenant: r.get(0)?,
+        name: r.get(1)?,
+        version: r.get(2)?,
+        sha256: r.get(3)?,
+        size: r.get(4)?,
+        functions: serde_json::from_str(&functions).unwrap_or_default(),
+        published_at: r.get(6)?,
+        published_by: r.get(7)?,
+    })
+}
+
+fn pipeline_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPipeline> {
+    Ok(StoredPipeline {
+        tenant: r.get(0)?,
+        name: r.get(1)?,
+        config: r.get(2)?,
+        running: r.get(3)?,
+        updated_at: r.get(4)?,
+        updated_by: r.get(5)?,
+    })
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenConfig> {
+    let role: String = r.get(3)?;
+    Ok(TokenConfig {
+        name: r.get(0)?,
+        sha256: r.get(1)?,
+        tenant: r.get(2)?,
+        role: serde_json::from_value(serde_json::Value::String(role))
+            .unwrap_or(crate::auth::Role::Viewer),
+    })
 }

@@ -1,0 +1,185 @@
+//! The cluster's shared PostgreSQL database (`serve.database`): a few
+//! connections, each owned by a thread of its own (the blocking client runs
+//! its own runtime, which must not nest in the server's), fed jobs over a
+//! channel. A lost connection is opened again on the next job; while the
+//! database is unreachable every job fails fast with the reason.
+
+pub mod listen;
+pub mod migrate;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use postgres::{Client, NoTls};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed attempt, jobs fail at once for this long.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// The longest a caller waits for its job (statements time out at 5 s).
+const JOB_TIMEOUT: Duration = Duration::from_secs(8);
+/// Connections (threads) serving jobs.
+const CONNECTIONS: usize = 2;
+
+type Job = Box<dyn FnOnce(Result<&mut Client, String>) + Send>;
+
+/// A handle on the shared database.
+pub struct Database {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    config: postgres::Config,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+/// The connection settings of `url` (`serve.database`), with the password
+/// from `WEIR_DATABASE_PASSWORD` when the URL has none.
+pub fn config(url: &str) -> Result<(postgres::Config, String), String> {
+    let mut config: postgres::Config = url.parse().map_err(|e| {
+        format!(
+            "serve.database `{}` is not a PostgreSQL URL: {e}",
+            shown(url)
+        )
+    })?;
+    if config.get_password().is_none()
+        && let Ok(password) = std::env::var("WEIR_DATABASE_PASSWORD")
+    {
+        config.password(password);
+    }
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .application_name("weir")
+        .options("-c statement_timeout=5000 -c lock_timeout=5000");
+    Ok((config, shown(url)))
+}
+
+/// `url` with any password replaced by `***`.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether an error of [`Database::run`] says the database is unreachable
+/// (rather than that it refused a statement).
+pub fn is_unreachable(message: &str) -> bool {
+    message.starts_with("database `")
+        && (message.contains("unreachable")
+            || message.contains("did not answer")
+            || message.contains("connection closed")
+            || message.contains("threads stopped"))
+}
+
+/// A database error in words, with its SQLSTATE detail when the server sent one.
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+impl Database {
+    /// Connects (once, to fail at start when the URL is wrong) and applies
+    /// the schema migrations.
+    pub fn open(url: &str) -> Result<Self, String> {
+        let (config, shown) = config(url)?;
+        // The blocking client must not run on a thread of the server's runtime.
+        let (c, s) = (config.clone(), shown.clone());
+        let client = std::thread::spawn(move || {
+            let mut client = c
+                .connect(NoTls)
+                .map_err(|e| format!("cannot connect to serve.database `{s}`: {}", describe(&e)))?;
+            migrate::apply(&mut client).map_err(|e| format!("serve.database `{s}`: {e}"))?;
+            Ok::<_, String>(client)
+        })
+        .join()
+        .map_err(|_| "the database connection thread failed".to_string())??;
+        let mut first = Some(client);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = std::sync::Arc::new(Mutex::new(queue));
+        for i in 0..CONNECTIONS {
+            let (queue, config) = (queue.clone(), config.clone());
+            let mut client = if i == 0 { first.take() } else { None };
+            std::thread::Builder::new()
+                .name(format!("weir-db-{i}"))
+                .spawn(move || {
+                    let mut last_error = (Instant::now() - RETRY_AFTER, String::new());
+                    loop {
+                        let job = match queue.lock().recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        if client.as_ref().is_none_or(Client::is_closed) {
+                            client = None;
+                            if last_error.0.elapsed() >= RETRY_AFTER {
+                                match config.connect(NoTls) {
+                                    Ok(c) => client = Some(c),
+                                    Err(e) => last_error = (Instant::now(), describe(&e)),
+                                }
+                            }
+                        }
+                        match client.as_mut() {
+                            Some(c) => job(Ok(c)),
+                            None => job(Err(format!("unreachable ({})", last_error.1))),
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start a database thread: {e}"))?;
+        }
+        Ok(Database {
+            jobs: Mutex::new(jobs),
+            config,
+            shown,
+        })
+    }
+
+    /// Runs `f` on a connection and waits for its answer.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let shown = self.shown.clone();
+        let job: Job = Box::new(move |client| {
+            let answer = client
+                .and_then(|c| f(c).map_err(|e| describe(&e)))
+                .map_err(|e| format!("database `{shown}`: {e}"));
+            let _ = tx.send(answer);
+        });
+        self.jobs
+            .lock()
+            .send(job)
+            .map_err(|_| "the database threads stopped".to_string())?;
+        rx.recv_timeout(JOB_TIMEOUT).map_err(|_| {
+            format!(
+                "database `{}` did not answer within {} s",
+                self.shown,
+                JOB_TIMEOUT.as_secs()
+            )
+        })?
+    }
+
+    /// The connection settings (for the listener's own connection).
+    pub fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// The URL without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}

@@ -8,6 +8,7 @@ mod avro;
 mod breaker;
 mod cache;
 mod cli;
+mod cluster;
 mod exactly_once;
 mod fuzz;
 mod hostile;

@@ -48,6 +48,7 @@ fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
         requests_per_s: 1,
         burst_requests: 1000,
         metrics_listen: None,
+        ..ServeConfig::default()
     }
 }
 
@@ -420,7 +421,7 @@ async fn the_audit_log_records_decisions_for_admins() {
 }
 
 /// A minimal HTTP/1.0 exchange (no client library needed): (status, body).
-fn http(
+pub fn http(
     addr: &str,
     method: &str,
     path: &str,
@@ -457,7 +458,7 @@ fn http(
     (status, body)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -708,7 +709,7 @@ async fn every_route_is_served_and_in_the_openapi_document() {
             );
         }
     }
-    assert_eq!(operations, 22, "{doc}");
+    assert_eq!(operations, 23, "{doc}");
 }
 
 /// Issue 12 (schemathesis): the document says what a client generator

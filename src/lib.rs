@@ -18,7 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod toolchain;
 
-pub use weir_core::{abi, error, marshal, sandbox, sql, telemetry, tenant, udf};
+pub use weir_core::{abi, error, lang, marshal, sandbox, sql, telemetry, tenant, udf};
 pub use weir_pipeline as pipeline;
 pub use weir_serve as serve;
 

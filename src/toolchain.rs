@@ -190,6 +190,69 @@ pub fn build_c(dir: &Path, target_dir: &Path) -> Result<Vec<PathBuf>, BuildError
     Ok(built)
 }
 
+/// Whether `dir` holds a file ending in `.ext`.
+pub fn has_files(dir: &Path, ext: &str) -> bool {
+    sources(dir, ext).is_ok_and(|s| !s.is_empty())
+}
+
+fn sources(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Builds every `.js` file of `dir` to its own module
+/// `target_dir/<stem>.wasm`: the functions its `// @udf` lines declare,
+/// compiled to QuickJS bytecode in `sandbox` (no toolchain needed), then
+/// loaded once so that a missing function or a failing top level is
+/// reported here.
+pub fn build_js(
+    sandbox: &weir_core::Sandbox,
+    dir: &Path,
+    target_dir: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    use weir_core::lang::javascript;
+    let io = |error| BuildError::Spawn {
+        program: "weir (javascript)".into(),
+        error,
+    };
+    let failed = |source: &Path, stderr: String| BuildError::Failed {
+        crate_dir: source.display().to_string(),
+        status: "error".into(),
+        stderr,
+    };
+    std::fs::create_dir_all(target_dir).map_err(io)?;
+    let mut built = Vec::new();
+    for source in sources(dir, "js").map_err(io)? {
+        let file = source
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&source).map_err(io)?;
+        let module = javascript::declarations(&file, &text)
+            .and_then(|sigs| javascript::module(sandbox, &file, &text, &sigs))
+            .map_err(|e| failed(&source, e.to_string()))?;
+        sandbox
+            .load(&file, &module)
+            .map_err(|e| failed(&source, e.to_string()))?;
+        let stem = source.file_stem().unwrap_or_default().to_string_lossy();
+        let out_path = target_dir.join(format!("{stem}.wasm"));
+        std::fs::write(&out_path, module).map_err(io)?;
+        built.push(out_path);
+    }
+    if built.is_empty() {
+        return Err(BuildError::NoArtifact(format!(
+            "{} (no .js files)",
+            dir.display()
+        )));
+    }
+    Ok(built)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

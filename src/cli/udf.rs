@@ -14,7 +14,8 @@ pub enum UdfCommand {
     /// imported capabilities (the module is fully validated and compiled).
     Inspect(InspectArgs),
     /// Build a UDF project to wasm and print the modules and their sizes: a
-    /// Rust crate (or workspace), or a folder of C files (clang).
+    /// Rust crate (or workspace), a folder of C files (clang), or a folder
+    /// of JavaScript files (compiled by weir itself).
     Build(BuildArgs),
     /// Create a UDF project from a template (with a test and sample rows).
     New(NewArgs),
@@ -89,7 +90,7 @@ pub struct BuildArgs {
 pub fn run(cli: &Cli, cmd: &UdfCommand) -> anyhow::Result<()> {
     match cmd {
         UdfCommand::Inspect(args) => inspect(cli, args),
-        UdfCommand::Build(args) => build(args),
+        UdfCommand::Build(args) => build(cli, args),
         UdfCommand::New(args) => new(args),
         UdfCommand::Test(args) => test(cli, args),
         UdfCommand::Publish(args) => publish(args),
@@ -103,6 +104,13 @@ const C_TEMPLATE: &[(&str, &str)] = &[
     ("rows.json", include_str!("../../templates/rust/rows.json")),
     ("total.json", include_str!("../../templates/c/total.json")),
     ("README.md", include_str!("../../templates/c/README.md")),
+];
+
+const JS_TEMPLATE: &[(&str, &str)] = &[
+    ("{{name}}.js", include_str!("../../templates/js/udf.js")),
+    ("rows.json", include_str!("../../templates/rust/rows.json")),
+    ("title.json", include_str!("../../templates/js/title.json")),
+    ("README.md", include_str!("../../templates/js/README.md")),
 ];
 
 const RUST_TEMPLATE: &[(&str, &str)] = &[
@@ -136,7 +144,8 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     let files = match args.lang.as_str() {
         "rust" => RUST_TEMPLATE,
         "c" => C_TEMPLATE,
-        other => anyhow::bail!("no template for `{other}`; available: rust, c"),
+        "js" | "javascript" => JS_TEMPLATE,
+        other => anyhow::bail!("no template for `{other}`; available: rust, c, js"),
     };
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
@@ -167,7 +176,14 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     println!("next:");
     println!("  cd {}", dir.display());
     println!("  weir udf build");
-    println!("  weir udf test target/wasm32-unknown-unknown/release/{name}.wasm --input rows.json");
+    let built = match args.lang.as_str() {
+        "rust" => format!("target/wasm32-unknown-unknown/release/{name}.wasm"),
+        _ => format!("target/{name}.wasm"),
+    };
+    println!("  weir udf test {built} --input rows.json");
+    if matches!(args.lang.as_str(), "js" | "javascript") {
+        println!("  weir udf test {built} --input title.json");
+    }
     if args.lang == "rust" {
         println!(
             "  weir udf test target/wasm32-unknown-unknown/release/{name}.wasm --input spread.json   # the aggregate"
@@ -399,7 +415,7 @@ fn inspect(cli: &Cli, args: &InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(args: &BuildArgs) -> anyhow::Result<()> {
+fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
     let target_dir = args
         .target_dir
         .clone()
@@ -410,9 +426,11 @@ fn build(args: &BuildArgs) -> anyhow::Result<()> {
         args.dir.display()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    // A Cargo crate is Rust; a folder of .c files is C.
+    // A Cargo crate is Rust; a folder of .js files is JavaScript; else C.
     let built = if args.dir.join("Cargo.toml").exists() {
         toolchain::build_rust(&args.dir, &target_dir)
+    } else if toolchain::has_files(&args.dir, "js") {
+        toolchain::build_js(&cli.sandbox()?, &args.dir, &target_dir)
     } else {
         toolchain::build_c(&args.dir, &target_dir)
     };

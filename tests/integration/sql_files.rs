@@ -51,6 +51,28 @@ impl AsyncDB for Db {
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SqlError> {
         let message = |e: datafusion::error::DataFusionError| SqlError(weir::cli::user_message(&e));
+        // `CREATE FUNCTION … LANGUAGE javascript` (alone or before a query)
+        // goes through the script runner, as in `weir sql`.
+        if sql.to_ascii_lowercase().contains("create function") {
+            let host = weir::sql::LocalFunctions(support::sandbox());
+            let options = datafusion::execution::context::SQLOptions::new();
+            let batches = weir::sql::run_script(&self.ctx, sql, options, &host)
+                .await
+                .map_err(message)?;
+            if batches.is_empty() {
+                return Ok(DBOutput::StatementComplete(0));
+            }
+            let types = batches[0]
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| column_type(f.data_type()))
+                .collect();
+            return Ok(DBOutput::Rows {
+                types,
+                rows: support::render(&batches),
+            });
+        }
         let frame = self.ctx.sql(sql).await.map_err(message)?;
         // The result's types come from its schema, so that a query without
         // rows has them too.

@@ -26,6 +26,12 @@ pub fn modules() -> &'static BTreeMap<String, PathBuf> {
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
             map.insert(stem, path);
         }
+        let js = weir::toolchain::build_js(sandbox(), &repo().join("udfs/js/examples"), &target)
+            .unwrap_or_else(|e| panic!("building the JavaScript UDFs failed: {e}"));
+        for path in js {
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            map.insert(stem, path);
+        }
         for entry in std::fs::read_dir(repo().join("udfs/examples/wat")).unwrap() {
             let path = entry.unwrap().path();
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();

@@ -14,6 +14,19 @@ pub const ABI_VERSION: u32 = 1;
 /// Custom section holding the module's self-description (JSON lines).
 pub const MANIFEST_SECTION: &str = "weir.udf";
 
+/// Optional custom section: data the host hands the guest once per instance
+/// through [`EXPORT_INIT`] (docs/abi.md §10), e.g. a JavaScript program.
+pub const INIT_SECTION: &str = "weir.init";
+
+/// Largest [`INIT_SECTION`] accepted, in bytes.
+pub const MAX_INIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Export required with an [`INIT_SECTION`]: `weir_init(ptr: i32, len: i32)
+/// -> i32`, called once per instance before its first batch with the
+/// section's bytes at `ptr` (from `weir_alloc`); returns a result
+/// descriptor whose `status` 1 refuses the instance with its message.
+pub const EXPORT_INIT: &str = "weir_init";
+
 /// Export: the guest's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
 

@@ -32,6 +32,7 @@
 
 pub mod abi;
 pub mod error;
+pub mod lang;
 pub mod marshal;
 pub mod sandbox;
 pub mod sql;

@@ -23,16 +23,25 @@ pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 /// One exported scalar function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionDecl {
-    /// SQL name, and the name of the wasm export implementing it.
+    /// SQL name, and the name of the wasm export implementing it unless
+    /// `export` names another.
     pub name: String,
     pub args: Vec<AbiType>,
     pub ret: AbiType,
     /// Same inputs always give the same output. Deterministic functions are
     /// constant-folded, may be cached, and run with NaN canonicalization.
     pub deterministic: bool,
+    /// The export implementing it when not `name` (`"export"` key): one
+    /// runtime module serving programs it does not know the names of.
+    pub export: Option<String>,
 }
 
 impl FunctionDecl {
+    /// The name of the wasm export that implements it.
+    pub fn export_name(&self) -> &str {
+        self.export.as_deref().unwrap_or(&self.name)
+    }
+
     /// `name(float64, utf8) -> boolean`
     pub fn signature(&self) -> String {
         let args: Vec<&str> = self.args.iter().map(|t| t.name()).collect();
@@ -129,6 +138,10 @@ pub enum ManifestError {
         "function name `{0}` is not a valid SQL name: use lowercase letters, digits and `_`, starting with a letter or `_`, at most 64 characters"
     )]
     BadName(String),
+    #[error(
+        "function `{name}` names export `{export}`: an export name is letters, digits and `_`, at most 64 bytes"
+    )]
+    BadExport { name: String, export: String },
     #[error("function `{0}` is declared twice")]
     Duplicate(String),
     #[error("function `{name}` declares {count} arguments; at most {MAX_ARGS} are allowed")]
@@ -159,6 +172,9 @@ struct Record {
     /// Aggregates: whether `NAME__retract` is exported.
     #[serde(default)]
     retract: bool,
+    /// Scalars: the export implementing it, when not `name`.
+    #[serde(default)]
+    export: Option<String>,
 }
 
 fn yes() -> bool {
@@ -170,6 +186,13 @@ fn valid_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && name.len() <= 64
+}
+
+/// An export name: printable ASCII without quotes, at most 64 bytes.
+fn valid_export(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn parse_type(fn_name: &str, ty: &str) -> Result<AbiType, ManifestError> {
@@ -240,6 +263,14 @@ impl Manifest {
                 };
                 match record.kind.as_deref() {
                     None | Some("scalar") => {
+                        if let Some(export) = &record.export
+                            && !valid_export(export)
+                        {
+                            return Err(ManifestError::BadExport {
+                                name: record.name,
+                                export: export.clone(),
+                            });
+                        }
                         if record.state.is_some() || record.retract {
                             return Err(bad(
                                 "`state` and `retract` belong to `\"kind\":\"aggregate\"` records",
@@ -250,6 +281,7 @@ impl Manifest {
                             args,
                             ret,
                             deterministic: record.deterministic,
+                            export: record.export,
                         });
                     }
                     Some(super::KIND_AGGREGATE) => {

@@ -30,6 +30,9 @@ pub(crate) struct SandboxInner {
     deterministic: OnceLock<Engine>,
     free: OnceLock<Engine>,
     pub cache: Option<CodeCache>,
+    /// Modules compiled in this process, by engine and code digest: the
+    /// JavaScript runtime under every JavaScript program is compiled once.
+    pub compiled: moka::sync::Cache<(EngineKind, String), wasmtime::Module>,
     /// Bounds concurrent compilation (`sandbox.max_concurrent_compiles`).
     pub compile_gate: super::compile_gate::CompileGate,
     stop: Arc<AtomicBool>,
@@ -41,6 +44,9 @@ impl Drop for SandboxInner {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Compiled modules a sandbox keeps in memory (see `SandboxInner::compiled`).
+const COMPILED_IN_MEMORY: u64 = 16;
 
 /// Builder-style options for a [`Sandbox`].
 #[derive(Debug, Clone, Default)]
@@ -87,6 +93,7 @@ impl Sandbox {
                 deterministic: OnceLock::new(),
                 free: OnceLock::new(),
                 cache,
+                compiled: moka::sync::Cache::new(COMPILED_IN_MEMORY),
                 stop: Arc::new(AtomicBool::new(false)),
                 init: parking_lot::Mutex::new(()),
             }),

@@ -2,7 +2,9 @@
 
 use wasmtime::wasmparser::{Parser, Payload, TypeRef};
 
-use crate::abi::{MANIFEST_SECTION, Manifest, ManifestError};
+use sha2::{Digest, Sha256};
+
+use crate::abi::{INIT_SECTION, MANIFEST_SECTION, MAX_INIT_BYTES, Manifest, ManifestError};
 
 /// One import the module asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,12 @@ pub struct ModuleInfo {
     pub largest_body: (u64, u32),
     /// Names of the exports.
     pub exports: Vec<String>,
+    /// The `weir.init` section: what `weir_init` receives per instance.
+    pub init: Option<Vec<u8>>,
+    /// sha256 of every section but `weir.udf` and `weir.init`: modules that
+    /// differ only in those share one compiled artifact (the JavaScript
+    /// runtime under every JavaScript program).
+    pub code_digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,8 @@ pub enum InspectError {
     Parse(String),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Init(String),
 }
 
 /// Parses the binary module's sections (not its code) for the manifest,
@@ -48,11 +58,35 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
     let mut largest_body = (0u64, 0u32);
     let mut body_index = 0u32;
     let mut exports = Vec::new();
+    let mut init: Option<Vec<u8>> = None;
+    let mut code = Sha256::new();
     let parse = |e: wasmtime::wasmparser::BinaryReaderError| InspectError::Parse(e.to_string());
     for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(parse)? {
+        let payload = payload.map_err(parse)?;
+        let ours = matches!(&payload, Payload::CustomSection(r)
+            if r.name() == MANIFEST_SECTION || r.name() == INIT_SECTION);
+        if let (false, Some((id, range))) = (ours, payload.as_section()) {
+            code.update([id]);
+            code.update((range.len() as u64).to_le_bytes());
+            code.update(&wasm[range]);
+        }
+        match payload {
             Payload::CustomSection(reader) if reader.name() == MANIFEST_SECTION => {
                 sections.push(reader.data());
+            }
+            Payload::CustomSection(reader) if reader.name() == INIT_SECTION => {
+                if init.is_some() {
+                    return Err(InspectError::Init(format!(
+                        "the module has two `{INIT_SECTION}` sections; it may have one"
+                    )));
+                }
+                if reader.data().len() > MAX_INIT_BYTES {
+                    return Err(InspectError::Init(format!(
+                        "the `{INIT_SECTION}` section is {} bytes, above the {MAX_INIT_BYTES}-byte limit",
+                        reader.data().len()
+                    )));
+                }
+                init = Some(reader.data().to_vec());
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
@@ -110,5 +144,7 @@ pub fn inspect(wasm: &[u8]) -> Result<ModuleInfo, InspectError> {
         functions,
         largest_body,
         exports,
+        init,
+        code_digest: hex::encode(code.finalize()),
     })
 }

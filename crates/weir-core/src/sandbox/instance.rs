@@ -13,7 +13,9 @@ use super::error::Failure;
 use super::host::StoreState;
 use super::limits::{CpuMeter, SandboxLimits};
 use super::module::UdfModule;
-use crate::abi::{self, EXPORT_ALLOC, EXPORT_MEMORY, EXPORT_PANIC_INFO, PANIC_INFO_SIZE};
+use crate::abi::{
+    self, EXPORT_ALLOC, EXPORT_INIT, EXPORT_MEMORY, EXPORT_PANIC_INFO, PANIC_INFO_SIZE,
+};
 use crate::marshal::input::InputPlan;
 use crate::marshal::output::{CallResult, MAX_ERROR_MESSAGE, read_result};
 use crate::marshal::read_u32;
@@ -112,8 +114,8 @@ impl GuestInstance {
         let mut funcs = Vec::with_capacity(module.manifest().functions.len());
         for decl in &module.manifest().functions {
             let func = instance
-                .get_typed_func::<(u32, u32), u32>(&mut store, &decl.name)
-                .map_err(|_| missing(&decl.name))?;
+                .get_typed_func::<(u32, u32), u32>(&mut store, decl.export_name())
+                .map_err(|_| missing(decl.export_name()))?;
             funcs.push(func);
         }
         let mut aggregates = Vec::with_capacity(module.manifest().aggregates.len());
@@ -148,13 +150,68 @@ impl GuestInstance {
         let panic_info = instance
             .get_typed_func::<(), u32>(&mut store, EXPORT_PANIC_INFO)
             .ok();
-        Ok(GuestInstance {
+        let mut guest = GuestInstance {
             store,
             memory,
             alloc,
             funcs,
             aggregates,
             panic_info,
+        };
+        if let Some(data) = module.init_data() {
+            let init = instance
+                .get_typed_func::<(u32, u32), u32>(&mut guest.store, EXPORT_INIT)
+                .map_err(|_| missing(EXPORT_INIT))?;
+            guest.initialise(init, data, limits)?;
+        }
+        Ok(guest)
+    }
+
+    /// Hands the module's `weir.init` bytes to `weir_init` (docs/abi.md
+    /// §10), under a CPU budget of its own; a refusal carries the guest's
+    /// message.
+    fn initialise(
+        &mut self,
+        init: TypedFunc<(u32, u32), u32>,
+        data: &[u8],
+        limits: &SandboxLimits,
+    ) -> Result<(), Failure> {
+        arm(&mut self.store, limits)?;
+        with_stack(limits, || {
+            let len = data.len();
+            let base = self
+                .alloc
+                .call(&mut self.store, len as u32)
+                .map_err(|e| Failure::classify(&e, true))?;
+            let mem = self.memory.data_mut(&mut self.store);
+            let Some(dest) = mem.get_mut(base as usize..(base as usize).saturating_add(len)) else {
+                return Err(Failure::InvalidOutput(format!(
+                    "`{EXPORT_ALLOC}({len})` returned {base:#x}, which does not leave {len} bytes inside the guest's memory"
+                )));
+            };
+            dest.copy_from_slice(data);
+            let out = init
+                .call(&mut self.store, (base, len as u32))
+                .map_err(|e| Failure::classify(&e, true))?;
+            let mem = self.memory.data(&self.store);
+            let field = |i: usize| read_u32(mem, (out as usize).saturating_add(4 * i));
+            match field(0) {
+                Some(abi::STATUS_OK) => Ok(()),
+                Some(abi::STATUS_ROW_ERROR) => {
+                    let (msg, len) = (field(7).unwrap_or(0), field(8).unwrap_or(0));
+                    let len = (len as usize).min(MAX_ERROR_MESSAGE);
+                    let text = mem
+                        .get(msg as usize..(msg as usize).saturating_add(len))
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    Err(Failure::Other(format!(
+                        "`{EXPORT_INIT}` refused its program: {text}"
+                    )))
+                }
+                _ => Err(Failure::InvalidOutput(format!(
+                    "`{EXPORT_INIT}` returned {out:#x}, not the address of a result descriptor"
+                ))),
+            }
         })
     }
 

@@ -17,7 +17,7 @@ use super::inspect::{Import, inspect};
 use super::instance::InstancePool;
 use super::limits::{KNOWN_CAPABILITIES, LimitKeys, SandboxLimits};
 use crate::abi::ArrowType;
-use crate::abi::{EXPORT_ALLOC, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
+use crate::abi::{EXPORT_ALLOC, EXPORT_INIT, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
 use crate::marshal::input::InputPlan;
 use crate::marshal::output::CallResult;
 use crate::telemetry;
@@ -31,6 +31,8 @@ const MIN_CHUNK: usize = 16;
 pub struct UdfModule {
     label: Arc<str>,
     digest: String,
+    /// The `weir.init` section, handed to every new instance.
+    init: Option<Arc<[u8]>>,
     manifest: Manifest,
     imports: Vec<Import>,
     /// The limits in force at load (memory, capabilities, ...).
@@ -130,6 +132,11 @@ impl UdfModule {
     /// sha256 of the module's binary form, lowercase hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The module's `weir.init` bytes (docs/abi.md §10), if it has any.
+    pub fn init_data(&self) -> Option<&[u8]> {
+        self.init.as_deref()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -817,7 +824,8 @@ impl Sandbox {
         };
         self.check_size(label, wasm.len() as u64)?;
         let info = inspect(&wasm).map_err(|e| match e {
-            super::inspect::InspectError::Parse(reason) => not_wasm(reason),
+            super::inspect::InspectError::Parse(reason)
+            | super::inspect::InspectError::Init(reason) => not_wasm(reason),
             super::inspect::InspectError::Manifest(error) => LoadError::Manifest {
                 label: label.to_string(),
                 error,
@@ -906,8 +914,19 @@ impl Sandbox {
         if !exported(EXPORT_ALLOC) {
             return Err(missing(EXPORT_ALLOC, "the scratch allocator"));
         }
-        if let Some(f) = info.manifest.functions.iter().find(|f| !exported(&f.name)) {
-            return Err(missing(&f.name, "a function the manifest declares"));
+        if info.init.is_some() && !exported(EXPORT_INIT) {
+            return Err(missing(
+                EXPORT_INIT,
+                "what the `weir.init` section is handed to",
+            ));
+        }
+        if let Some(f) = info
+            .manifest
+            .functions
+            .iter()
+            .find(|f| !exported(f.export_name()))
+        {
+            return Err(missing(f.export_name(), "a function the manifest declares"));
         }
         for agg in &info.manifest.aggregates {
             if let Some(name) = aggregate_exports(agg)
@@ -933,13 +952,21 @@ impl Sandbox {
             reason: format!("{e:#}"),
         };
         let compile = || self.inner.compile_gate.run(|| Module::new(&engine, &wasm));
-        let (module, from_cache) = match self.inner.cache.as_ref().filter(|_| !trial) {
-            Some(cache) => cache
-                .get_or_compile(&engine, &digest, compile)
-                .map_err(compile_err)?,
-            None => (compile().map_err(compile_err)?, false),
+        let memo = (kind, info.code_digest.clone());
+        let (module, from_cache) = match self.inner.compiled.get(&memo) {
+            Some(module) => (module, true),
+            None => {
+                let (module, from_cache) = match self.inner.cache.as_ref().filter(|_| !trial) {
+                    Some(cache) => cache
+                        .get_or_compile(&engine, &info.code_digest, compile)
+                        .map_err(compile_err)?,
+                    None => (compile().map_err(compile_err)?, false),
+                };
+                self.inner.compiled.insert(memo, module.clone());
+                (module, from_cache)
+            }
         };
-        check_exports(label, &module, &info.manifest)?;
+        check_exports(label, &module, &info.manifest, info.init.is_some())?;
         let pre = linker(&engine, &limits)
             .and_then(|l| l.instantiate_pre(&module))
             .map_err(compile_err)?;
@@ -959,6 +986,7 @@ impl Sandbox {
         let module = Arc::new(UdfModule {
             label: label.into(),
             digest,
+            init: info.init.map(Arc::from),
             pool: InstancePool::new(limits.instances_per_module as usize),
             keys,
             ceilings: self.limits().clone(),
@@ -981,7 +1009,12 @@ impl Sandbox {
     }
 }
 
-fn check_exports(label: &str, module: &Module, manifest: &Manifest) -> Result<(), LoadError> {
+fn check_exports(
+    label: &str,
+    module: &Module,
+    manifest: &Manifest,
+    has_init: bool,
+) -> Result<(), LoadError> {
     let missing = |name: &str, what: &'static str| LoadError::MissingExport {
         label: label.to_string(),
         name: name.to_string(),
@@ -1022,9 +1055,17 @@ fn check_exports(label: &str, module: &Module, manifest: &Manifest) -> Result<()
         "the scratch allocator",
         "a function (i32) -> i32",
     )?;
+    if has_init {
+        func_shape(
+            EXPORT_INIT,
+            2,
+            "what the `weir.init` section is handed to",
+            "a function (i32, i32) -> i32",
+        )?;
+    }
     for decl in &manifest.functions {
         func_shape(
-            &decl.name,
+            decl.export_name(),
             2,
             "a function the manifest declares",
             "a function (i32, i32) -> i32",

@@ -2,10 +2,12 @@
 
 mod bounded;
 mod output;
+mod script;
 mod session;
 mod tables;
 
 pub use bounded::bounded_context;
 pub use output::{OutputFormat, write_batches};
-pub use session::{SqlSession, read_only, session_config};
+pub use script::{FunctionHost, run_script};
+pub use session::{LocalFunctions, SqlSession, read_only, session_config};
 pub use tables::{TableFormat, TableSpec, register_table};

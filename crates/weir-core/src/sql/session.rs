@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::Result;
+use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::tables::{TableSpec, register_table};
@@ -62,8 +63,29 @@ impl SqlSession {
         register_table(&self.ctx, spec).await
     }
 
-    /// Plans and runs `sql`, collecting every batch.
+    /// Plans and runs `sql` (one or more `;`-separated statements,
+    /// `CREATE FUNCTION … LANGUAGE javascript` among them), collecting
+    /// every batch of the last.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        self.ctx.sql(sql).await?.collect().await
+        let host = LocalFunctions(&self.sandbox);
+        super::run_script(&self.ctx, sql, SQLOptions::new(), &host).await
+    }
+}
+
+/// `CREATE FUNCTION` in a local session (`weir sql`): the sandbox's own
+/// limits, no tenant.
+pub struct LocalFunctions<'a>(pub &'a Sandbox);
+
+impl super::FunctionHost for LocalFunctions<'_> {
+    fn sandbox(&self) -> &Sandbox {
+        self.0
+    }
+
+    fn load(&self, label: &str, wasm: &[u8]) -> std::result::Result<Arc<UdfModule>, LoadError> {
+        self.0.load(label, wasm)
+    }
+
+    fn register(&self, ctx: &SessionContext, module: &Arc<UdfModule>) {
+        register_module(ctx, module);
     }
 }

@@ -1,0 +1,241 @@
+//! JavaScript UDFs: a script and its declared signatures become a module.
+//!
+//! The runtime is QuickJS-NG compiled to `wasm32-unknown-unknown` with no
+//! imports (`udfs/js/weir_js.wasm`, built from crates.io sources by
+//! `udfs/js/build.sh`, embedded here). A JavaScript module is that runtime,
+//! unchanged, plus two custom sections: the manifest, each function naming
+//! the runtime's export `weir_js_fn_K` that serves it, and the program
+//! (`weir.init`: the signatures and the script's QuickJS bytecode), which
+//! each instance reads once when it starts (docs/abi.md §10). The bytecode
+//! is compiled by the same runtime, run in the caller's sandbox under its
+//! limits: nothing of the script runs in the host.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
+
+use super::signature::{Signature, SignatureError, parse_signature};
+use crate::abi::{INIT_SECTION, MANIFEST_SECTION, MAX_INIT_BYTES, Manifest};
+use crate::sandbox::{Failure, Sandbox};
+
+/// The runtime module (QuickJS-NG 0.16.2 and its adapter `weir_js.c`).
+pub static RUNTIME: &[u8] = include_bytes!("../../../../udfs/js/weir_js.wasm");
+
+/// Most functions one script may declare (the runtime's `weir_js_fn_K`).
+pub const MAX_FUNCTIONS: usize = 32;
+
+/// How a script declares a function: a comment line
+/// `// @udf name(a DOUBLE, b VARCHAR) RETURNS VARCHAR` (or the same inside
+/// a `/** … */` block) above or anywhere near the function.
+pub const DECLARATION_TAG: &str = "@udf";
+
+/// The runtime's build-time export: (file name, source) -> bytecode.
+const COMPILER: &str = "weir_js_compile";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsError {
+    #[error(
+        "{file} declares no function: add a line `// {DECLARATION_TAG} name(a DOUBLE) RETURNS DOUBLE` for each function SQL may call"
+    )]
+    NoFunctions { file: String },
+    #[error("{file} declares {count} functions; a script may declare at most {MAX_FUNCTIONS}")]
+    TooMany { file: String, count: usize },
+    #[error("{file}, line {line}: {error}")]
+    Signature {
+        file: String,
+        line: usize,
+        error: SignatureError,
+    },
+    #[error("{file}: function `{name}` is declared twice")]
+    Duplicate { file: String, name: String },
+    #[error("{file}: {message}")]
+    Compile { file: String, message: String },
+    #[error(
+        "{file}: the program is {bytes} bytes, above the {MAX_INIT_BYTES}-byte limit of a module's program"
+    )]
+    TooLarge { file: String, bytes: usize },
+}
+
+/// The functions a script declares with `// @udf …` lines, in order.
+pub fn declarations(file: &str, source: &str) -> Result<Vec<Signature>, JsError> {
+    let mut out: Vec<Signature> = Vec::new();
+    for (i, line) in source.lines().enumerate() {
+        let text = line
+            .trim_start()
+            .trim_start_matches('/')
+            .trim_start_matches('*')
+            .trim_start();
+        let Some(rest) = text.strip_prefix(DECLARATION_TAG) else {
+            continue;
+        };
+        if !rest.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let rest = rest.trim().trim_end_matches("*/").trim();
+        let sig = parse_signature(rest).map_err(|error| JsError::Signature {
+            file: file.to_string(),
+            line: i + 1,
+            error,
+        })?;
+        if out.iter().any(|s| s.name == sig.name) {
+            return Err(JsError::Duplicate {
+                file: file.to_string(),
+                name: sig.name,
+            });
+        }
+        out.push(sig);
+    }
+    Ok(out)
+}
+
+/// Compiles `source` to QuickJS bytecode inside `sandbox` (its limits bound
+/// the compiler: a script that makes it run out of CPU or memory fails
+/// here with the sandbox's message).
+pub fn compile(sandbox: &Sandbox, file: &str, source: &str) -> Result<Vec<u8>, JsError> {
+    let compile_err = |message: String| JsError::Compile {
+        file: file.to_string(),
+        message,
+    };
+    let compiler = compiler_module();
+    let module = sandbox
+        .load("javascript compiler", &compiler)
+        .map_err(|e| compile_err(e.to_string()))?;
+    let args: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![file])),
+        Arc::new(StringArray::from(vec![source])),
+    ];
+    let out = module.call(0, &args, 1).map_err(|e| match &e.failure {
+        Failure::RowError { message, .. } => compile_err(message.clone()),
+        _ => compile_err(e.to_string()),
+    })?;
+    let code = out
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .filter(|a| a.len() == 1 && !a.is_null(0))
+        .map(|a| a.value(0).to_vec())
+        .ok_or_else(|| compile_err("the compiler returned no bytecode".into()))?;
+    Ok(code)
+}
+
+/// The runtime with a manifest that declares only its compiler.
+fn compiler_module() -> Vec<u8> {
+    let line = format!(
+        "{{\"abi\":1,\"name\":\"{COMPILER}\",\"args\":[\"utf8\",\"utf8\"],\"ret\":\"binary\"}}\n"
+    );
+    let mut wasm = RUNTIME.to_vec();
+    append_custom_section(&mut wasm, MANIFEST_SECTION, line.as_bytes());
+    wasm
+}
+
+/// The module running `functions` of the script `source`.
+pub fn module(
+    sandbox: &Sandbox,
+    file: &str,
+    source: &str,
+    functions: &[Signature],
+) -> Result<Vec<u8>, JsError> {
+    if functions.is_empty() {
+        return Err(JsError::NoFunctions {
+            file: file.to_string(),
+        });
+    }
+    if functions.len() > MAX_FUNCTIONS {
+        return Err(JsError::TooMany {
+            file: file.to_string(),
+            count: functions.len(),
+        });
+    }
+    let code = compile(sandbox, file, source)?;
+    let mut manifest = String::new();
+    let mut program = b"WJS1".to_vec();
+    program.extend((functions.len() as u32).to_le_bytes());
+    for (k, f) in functions.iter().enumerate() {
+        let record = serde_json::json!({
+            "abi": 1,
+            "name": f.name,
+            "args": f.args.iter().map(|(_, t)| t.name()).collect::<Vec<_>>(),
+            "ret": f.ret.name(),
+            "deterministic": f.deterministic,
+            "export": format!("weir_js_fn_{k}"),
+        });
+        manifest.push_str(&record.to_string());
+        manifest.push('\n');
+        program.extend((f.name.len() as u32).to_le_bytes());
+        program.extend(f.name.as_bytes());
+        program.extend((f.args.len() as u32).to_le_bytes());
+        program.extend(f.args.iter().map(|(_, t)| type_code(*t)));
+        program.push(type_code(f.ret));
+        program.push(u8::from(f.deterministic));
+    }
+    // The names and types are checked here, where the script is named,
+    // rather than at load.
+    Manifest::parse(&[manifest.as_bytes()]).map_err(|e| JsError::Compile {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    program.extend(code);
+    if program.len() > MAX_INIT_BYTES {
+        return Err(JsError::TooLarge {
+            file: file.to_string(),
+            bytes: program.len(),
+        });
+    }
+    let mut wasm = RUNTIME.to_vec();
+    append_custom_section(&mut wasm, MANIFEST_SECTION, manifest.as_bytes());
+    append_custom_section(&mut wasm, INIT_SECTION, &program);
+    Ok(wasm)
+}
+
+/// A type's code in the program: its position in [`crate::abi::AbiType::ALL`]
+/// (the order of `weir_js.c`'s type enum).
+fn type_code(t: crate::abi::AbiType) -> u8 {
+    crate::abi::AbiType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(0) as u8
+}
+
+/// Appends custom section `name` with `data` (id 0, size, name, data).
+pub fn append_custom_section(wasm: &mut Vec<u8>, name: &str, data: &[u8]) {
+    let mut body = Vec::with_capacity(name.len() + data.len() + 5);
+    leb128(&mut body, name.len() as u64);
+    body.extend(name.as_bytes());
+    body.extend(data);
+    wasm.push(0);
+    leb128(wasm, body.len() as u64);
+    wasm.extend(body);
+}
+
+fn leb128(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_are_comment_lines() {
+        let src = "// @udf f(a BIGINT) RETURNS BIGINT\nfunction f(a) { return a }\n/** @udf g() RETURNS DOUBLE VOLATILE */\n// @udfx not(a INT) RETURNS INT\n";
+        let d = declarations("t.js", src).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].name, "g");
+        assert!(!d[1].deterministic);
+        let e = declarations("t.js", "// @udf f(a) RETURNS INT").unwrap_err();
+        assert!(e.to_string().starts_with("t.js, line 1:"), "{e}");
+    }
+
+    #[test]
+    fn the_runtime_has_no_imports() {
+        let info = crate::sandbox::inspect(&compiler_module()).unwrap();
+        assert!(info.imports.is_empty(), "{:?}", info.imports);
+    }
+}

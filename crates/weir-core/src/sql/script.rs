@@ -1,0 +1,211 @@
+//! Several `;`-separated statements in one request, and the one piece of
+//! DDL weir opens: `CREATE FUNCTION … LANGUAGE javascript AS $$ … $$`,
+//! which adds a JavaScript function to the session (only to it).
+//!
+//! Every other statement is planned and checked against the caller's
+//! [`SQLOptions`] exactly as a single query is.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{CreateFunction, DdlStatement, Expr, LogicalPlan, Volatility};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+
+use crate::abi::AbiType;
+use crate::lang::Signature;
+use crate::lang::javascript;
+use crate::sandbox::{LoadError, Sandbox, UdfModule};
+
+/// Loads a function's module for the caller (its tenant and limits) and
+/// registers it in the session.
+pub trait FunctionHost: Send + Sync {
+    /// The sandbox that compiles the script.
+    fn sandbox(&self) -> &Sandbox;
+    /// Loads module bytes under the caller's limits and policy.
+    fn load(&self, label: &str, wasm: &[u8]) -> std::result::Result<Arc<UdfModule>, LoadError>;
+    /// Registers the module's functions in `ctx`.
+    fn register(&self, ctx: &SessionContext, module: &Arc<UdfModule>);
+}
+
+/// Runs every statement of `sql` in order and returns the batches of the
+/// last one (a `CREATE FUNCTION` returns none).
+pub async fn run_script(
+    ctx: &SessionContext,
+    sql: &str,
+    options: SQLOptions,
+    host: &dyn FunctionHost,
+) -> Result<Vec<RecordBatch>> {
+    let statements = {
+        let state = ctx.state();
+        let config = state.config().options();
+        let dialect = dialect_from_str(config.sql_parser.dialect).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "unsupported SQL dialect `{}`",
+                config.sql_parser.dialect
+            ))
+        })?;
+        DFParserBuilder::new(sql)
+            .with_dialect(dialect.as_ref())
+            .with_recursion_limit(config.sql_parser.recursion_limit.get())
+            .build()?
+            .parse_statements()?
+    };
+    if statements.is_empty() {
+        return Err(DataFusionError::Plan(
+            "no SQL statement was given".to_string(),
+        ));
+    }
+    let mut last = Vec::new();
+    for statement in statements {
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
+            create_function(ctx, create, host)?;
+            last = Vec::new();
+            continue;
+        }
+        options.verify_plan(&plan)?;
+        last = ctx.execute_logical_plan(plan).await?.collect().await?;
+    }
+    Ok(last)
+}
+
+fn plan_err(message: String) -> DataFusionError {
+    DataFusionError::Plan(message)
+}
+
+/// `CREATE FUNCTION name(a DOUBLE, …) RETURNS T LANGUAGE javascript AS $$ … $$`:
+/// the body is either a script defining `function name(…)`, or the body of
+/// that function (its parameters are the SQL arguments' names).
+fn create_function(
+    ctx: &SessionContext,
+    create: &CreateFunction,
+    host: &dyn FunctionHost,
+) -> Result<()> {
+    let name = create.name.to_ascii_lowercase();
+    let language = create
+        .params
+        .language
+        .as_ref()
+        .map(|l| l.value.to_ascii_lowercase());
+    if !matches!(language.as_deref(), Some("javascript" | "js")) {
+        return Err(plan_err(format!(
+            "CREATE FUNCTION {name}: weir creates functions in LANGUAGE javascript only{}; other languages are modules (`weir udf build`)",
+            language
+                .map(|l| format!(" (not `{l}`)"))
+                .unwrap_or_default()
+        )));
+    }
+    let mut args = Vec::new();
+    for (i, arg) in create.args.iter().flatten().enumerate() {
+        if arg.default_expr.is_some() {
+            return Err(plan_err(format!(
+                "CREATE FUNCTION {name}: argument {} has a default; weir functions take every argument",
+                i + 1
+            )));
+        }
+        let arg_name = arg
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| format!("arg{i}"));
+        args.push((
+            arg_name.clone(),
+            abi_type(&name, &arg_name, &arg.data_type)?,
+        ));
+    }
+    let ret_type = create.return_type.as_ref().ok_or_else(|| {
+        plan_err(format!(
+            "CREATE FUNCTION {name}: declare the result type with RETURNS"
+        ))
+    })?;
+    let ret = abi_type(&name, "the result", ret_type)?;
+    let body = match &create.params.function_body {
+        Some(Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
+            _,
+        )) => s.clone(),
+        _ => {
+            return Err(plan_err(format!(
+                "CREATE FUNCTION {name}: give the JavaScript as a string, `AS $$ … $$`"
+            )));
+        }
+    };
+    let source = if defines_function(&body, &name) {
+        body
+    } else {
+        let params: Vec<&str> = args.iter().map(|(n, _)| n.as_str()).collect();
+        format!("function {name}({}) {{\n{body}\n}}\n", params.join(", "))
+    };
+    let signature = Signature {
+        name: name.clone(),
+        args,
+        ret,
+        deterministic: !matches!(create.params.behavior, Some(Volatility::Volatile)),
+    };
+    let file = format!("{name}.js");
+    let wasm = javascript::module(host.sandbox(), &file, &source, &[signature])
+        .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
+    let module = host
+        .load(&format!("function `{name}` (CREATE FUNCTION)"), &wasm)
+        .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
+    host.register(ctx, &module);
+    Ok(())
+}
+
+/// Whether `body` is a script that defines `function name(`.
+fn defines_function(body: &str, name: &str) -> bool {
+    body.match_indices("function").any(|(at, _)| {
+        let rest = body[at + "function".len()..].trim_start();
+        rest.strip_prefix(name)
+            .is_some_and(|r| r.trim_start().starts_with('('))
+    })
+}
+
+fn abi_type(
+    function: &str,
+    what: &str,
+    t: &datafusion::arrow::datatypes::DataType,
+) -> Result<AbiType> {
+    use datafusion::arrow::datatypes::DataType as D;
+    Ok(match t {
+        D::Boolean => AbiType::Boolean,
+        D::Int8 => AbiType::Int8,
+        D::Int16 => AbiType::Int16,
+        D::Int32 => AbiType::Int32,
+        D::Int64 => AbiType::Int64,
+        D::UInt8 => AbiType::UInt8,
+        D::UInt16 => AbiType::UInt16,
+        D::UInt32 => AbiType::UInt32,
+        D::UInt64 => AbiType::UInt64,
+        D::Float32 => AbiType::Float32,
+        D::Float64 => AbiType::Float64,
+        D::Utf8 | D::Utf8View | D::LargeUtf8 => AbiType::Utf8,
+        D::Binary | D::BinaryView | D::LargeBinary => AbiType::Binary,
+        D::Timestamp(_, _) => AbiType::TimestampMicros,
+        D::Date32 | D::Date64 => AbiType::Date32,
+        other => {
+            return Err(plan_err(format!(
+                "CREATE FUNCTION {function}: {what} is {other}, which a weir function cannot take; use BOOLEAN, an integer, REAL/DOUBLE, VARCHAR, BYTEA, TIMESTAMP or DATE"
+            )));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::defines_function;
+
+    #[test]
+    fn a_body_that_defines_the_function_is_a_script() {
+        assert!(defines_function("function f (a) { return a }", "f"));
+        assert!(!defines_function("return a + 1", "f"));
+        assert!(!defines_function("function fx(a) {}", "f"));
+    }
+}

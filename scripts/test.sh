@@ -42,6 +42,10 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   # clang + wasm-ld for C UDFs (the second authoring language) (Debian).
   { command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; } || apt_install clang lld
+  # The JavaScript runtime guest's toolchain: clang's wasm32 runtime and
+  # wasi-libc (Debian), to rebuild udfs/js/weir_js.wasm below.
+  { [ -f /usr/lib/wasm32-wasi/libc.a ] && ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; } ||
+    apt_install libclang-rt-14-dev-wasm32 wasi-libc
   # The independent Kafka client of the README walkthrough test, with its
   # Avro serializer and schema-registry client (the Avro tests).
   if ! python3 -c 'import fastavro; from confluent_kafka.schema_registry.avro import AvroSerializer' 2>/dev/null; then
@@ -54,6 +58,14 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 
 cargo fmt --all --check
+if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
+  # The checked-in JavaScript runtime is what its sources give (QuickJS-NG
+  # from crates.io, weir_js.c): rebuilt and compared byte for byte.
+  rebuilt="$(mktemp -d)/weir_js.wasm"
+  ./udfs/js/build.sh "$rebuilt" >/dev/null
+  cmp "$rebuilt" udfs/js/weir_js.wasm ||
+    { echo "udfs/js/weir_js.wasm differs from what udfs/js/build.sh builds; rebuild it and commit" >&2; exit 1; }
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" \
   cargo doc --workspace --no-deps --locked

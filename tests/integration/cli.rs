@@ -235,6 +235,12 @@ fn the_udf_guide_from_scaffold_to_sql_in_c() {
     follow_the_guide("c", "target/my_score.wasm");
 }
 
+/// The same in JavaScript: nothing to install, weir compiles the script.
+#[test]
+fn the_udf_guide_from_scaffold_to_sql_in_javascript() {
+    follow_the_guide("js", "target/my_score.wasm");
+}
+
 fn follow_the_guide(lang: &str, module: &str) {
     let dir = tempfile::tempdir().unwrap();
     // The SDK comes out of the binary, not from this checkout.
@@ -298,6 +304,12 @@ fn follow_the_guide(lang: &str, module: &str) {
             &project,
         );
         assert!(sql.contains("g,s\n0,6.0\n1,8.0"), "{sql}");
+    } else if lang == "js" {
+        let tested = run(&["udf", "test", module, "--input", "title.json"], &project);
+        assert!(
+            tested.contains(r#"my_score_title("ça va") = "Ça Va""#),
+            "{tested}"
+        );
     } else {
         let tested = run(&["udf", "test", module, "--input", "total.json"], &project);
         assert!(

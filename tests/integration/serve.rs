@@ -2284,3 +2284,74 @@ async fn published_aggregates_work_in_sql_and_staged_runs() {
     assert_eq!(out["outputs"], serde_json::json!([2.0]), "{out}");
     assert!(out["errors"].as_array().unwrap().is_empty(), "{out}");
 }
+
+/// Issue 16: `CREATE FUNCTION … LANGUAGE javascript` before a query in the
+/// SQL endpoint adds the function to that request's session only, loaded
+/// under the tenant's limits (the CPU budget in force names its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_functions_created_in_a_request_live_in_that_request_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = Arc::new(Tenants::new(
+        Policy::from_toml("[tenants.acme]\ncpu_ms_per_batch = 200\n").unwrap(),
+    ));
+    let state = AppState::open(
+        config(dir.path(), 1 << 20),
+        support::sandbox().clone(),
+        tenants,
+    )
+    .unwrap();
+    let app = router(Arc::new(state));
+    let sql = |text: &str| serde_json::json!({ "sql": text }).to_string().into_bytes();
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        sql("CREATE FUNCTION js_twice(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ return 2 * x; $$; \
+             SELECT js_twice(21) AS v"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rows"], serde_json::json!([{"v": 42}]), "{answer}");
+    // The next request does not see it.
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        sql("SELECT js_twice(1)"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer.to_string().contains("js_twice"), "{answer}");
+    // A spinning function is stopped by the tenant's CPU budget.
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        sql("CREATE FUNCTION js_spin(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ for (;;) {} $$; \
+             SELECT js_spin(v) FROM (VALUES (1), (2)) t(v)"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let text = answer.to_string();
+    assert!(
+        text.contains("ran out of CPU") && text.contains("tenants.acme.cpu_ms_per_batch"),
+        "{answer}"
+    );
+    // Other DDL stays closed.
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        sql("CREATE TABLE x AS SELECT 1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+}

@@ -5,6 +5,7 @@
 //! Every other statement is planned and checked against the caller's
 //! [`SQLOptions`] exactly as a single query is.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -13,7 +14,8 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{CreateFunction, DdlStatement, Expr, LogicalPlan, Volatility};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 use crate::abi::AbiType;
@@ -33,33 +35,16 @@ pub trait FunctionHost: Send + Sync {
 }
 
 /// Runs every statement of `sql` in order and returns the batches of the
-/// last one (a `CREATE FUNCTION` returns none).
+/// last one (a `CREATE FUNCTION` returns none), at most `limit` rows of
+/// each query when given.
 pub async fn run_script(
     ctx: &SessionContext,
     sql: &str,
     options: SQLOptions,
     host: &dyn FunctionHost,
+    limit: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
-    let statements = {
-        let state = ctx.state();
-        let config = state.config().options();
-        let dialect = dialect_from_str(config.sql_parser.dialect).ok_or_else(|| {
-            DataFusionError::Plan(format!(
-                "unsupported SQL dialect `{}`",
-                config.sql_parser.dialect
-            ))
-        })?;
-        DFParserBuilder::new(sql)
-            .with_dialect(dialect.as_ref())
-            .with_recursion_limit(config.sql_parser.recursion_limit.get())
-            .build()?
-            .parse_statements()?
-    };
-    if statements.is_empty() {
-        return Err(DataFusionError::Plan(
-            "no SQL statement was given".to_string(),
-        ));
-    }
+    let statements = parse(ctx, sql)?;
     let mut last = Vec::new();
     for statement in statements {
         let plan = ctx.state().statement_to_plan(statement).await?;
@@ -69,9 +54,89 @@ pub async fn run_script(
             continue;
         }
         options.verify_plan(&plan)?;
-        last = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let frame = ctx.execute_logical_plan(plan).await?;
+        let frame = match limit {
+            Some(n) => frame.limit(0, Some(n))?,
+            None => frame,
+        };
+        last = frame.collect().await?;
     }
     Ok(last)
+}
+
+/// The statements of `sql` in the session's dialect; at least one.
+fn parse(ctx: &SessionContext, sql: &str) -> Result<VecDeque<DFStatement>> {
+    let state = ctx.state();
+    let config = state.config().options();
+    let dialect = dialect_from_str(config.sql_parser.dialect).ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "unsupported SQL dialect `{}`",
+            config.sql_parser.dialect
+        ))
+    })?;
+    let statements = DFParserBuilder::new(sql)
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(config.sql_parser.recursion_limit.get())
+        .build()?
+        .parse_statements()?;
+    if statements.is_empty() {
+        return Err(DataFusionError::Plan(
+            "no SQL statement was given".to_string(),
+        ));
+    }
+    Ok(statements)
+}
+
+/// A function a `CREATE FUNCTION` statement defines: its name and module.
+pub struct InlineFunction {
+    pub name: String,
+    /// The module (the JavaScript runtime with the function's program).
+    pub wasm: Vec<u8>,
+}
+
+impl InlineFunction {
+    /// The label modules loaded from it carry (in messages and metrics).
+    pub fn label(&self) -> String {
+        format!("function `{}` (CREATE FUNCTION)", self.name)
+    }
+}
+
+/// A pipeline's SQL: `CREATE FUNCTION … LANGUAGE javascript` statements,
+/// then the one query run for every micro-batch. Returns the functions'
+/// modules (compiled in `sandbox`, to be loaded under the pipeline's
+/// tenant) and the query's text; SQL without `CREATE FUNCTION` comes back
+/// unchanged.
+pub async fn split_functions(
+    sql: &str,
+    sandbox: &Sandbox,
+) -> Result<(Vec<InlineFunction>, String)> {
+    let ctx = SessionContext::new_with_config(super::session_config());
+    let statements = parse(&ctx, sql)?;
+    let is_create = |s: &DFStatement| matches!(s, DFStatement::Statement(s) if matches!(**s, SqlStatement::CreateFunction(_)));
+    if !statements.iter().any(is_create) {
+        return Ok((Vec::new(), sql.to_string()));
+    }
+    let mut functions = Vec::new();
+    let mut query = None;
+    for statement in statements {
+        if query.is_some() {
+            return Err(plan_err(
+                "a pipeline's SQL is `CREATE FUNCTION` statements, then one query: nothing may follow the query".to_string(),
+            ));
+        }
+        if !is_create(&statement) {
+            query = Some(statement.to_string());
+            continue;
+        }
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
+            functions.push(function_module(create, sandbox)?);
+        }
+    }
+    let query = query.ok_or_else(|| {
+        plan_err("the SQL creates functions but has no query to run; add a `SELECT … FROM source` after them".to_string())
+    })?;
+    Ok((functions, query))
 }
 
 fn plan_err(message: String) -> DataFusionError {
@@ -86,6 +151,16 @@ fn create_function(
     create: &CreateFunction,
     host: &dyn FunctionHost,
 ) -> Result<()> {
+    let function = function_module(create, host.sandbox())?;
+    let module = host
+        .load(&function.label(), &function.wasm)
+        .map_err(|e| plan_err(format!("CREATE FUNCTION {}: {e}", function.name)))?;
+    host.register(ctx, &module);
+    Ok(())
+}
+
+/// The module of a `CREATE FUNCTION`, compiled in `sandbox`.
+fn function_module(create: &CreateFunction, sandbox: &Sandbox) -> Result<InlineFunction> {
     let name = create.name.to_ascii_lowercase();
     let language = create
         .params
@@ -150,13 +225,9 @@ fn create_function(
         deterministic: !matches!(create.params.behavior, Some(Volatility::Volatile)),
     };
     let file = format!("{name}.js");
-    let wasm = javascript::module(host.sandbox(), &file, &source, &[signature])
+    let wasm = javascript::module(sandbox, &file, &source, &[signature])
         .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
-    let module = host
-        .load(&format!("function `{name}` (CREATE FUNCTION)"), &wasm)
-        .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
-    host.register(ctx, &module);
-    Ok(())
+    Ok(InlineFunction { name, wasm })
 }
 
 /// Whether `body` is a script that defines `function name(`.

@@ -68,7 +68,7 @@ impl SqlSession {
     /// every batch of the last.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         let host = LocalFunctions(&self.sandbox);
-        super::run_script(&self.ctx, sql, SQLOptions::new(), &host).await
+        super::run_script(&self.ctx, sql, SQLOptions::new(), &host, None).await
     }
 }
 

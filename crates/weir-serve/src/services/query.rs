@@ -165,12 +165,19 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
             .map_err(|e| bad(format!("table `{name}`: {e}")))?;
     }
     let sql = req.sql;
+    let host = TenantFunctions {
+        state: state.clone(),
+        tenant: state.tenants.get(tenant),
+        deadline,
+    };
     // Planning (constant folding calls guests) and execution run on the
     // guest threads; at the deadline the rest of the work is dropped and
-    // a guest call in flight is interrupted.
+    // a guest call in flight is interrupted. `CREATE FUNCTION … LANGUAGE
+    // javascript` statements before the query add functions to this
+    // request's session only, loaded under the tenant's limits and policy.
     let query = state.executor.run(async move {
-        let df = ctx.sql_with_options(&sql, crate::sql::read_only()).await?;
-        df.limit(0, Some(max_rows + 1))?.collect().await
+        let options = crate::sql::read_only();
+        crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
     });
     let batches = tokio::time::timeout_at(deadline.into(), query)
         .await
@@ -193,6 +200,37 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
         batches: truncate(batches, max_rows),
         elapsed: started.elapsed(),
     })
+}
+
+/// `CREATE FUNCTION` in a request: the tenant's limits, policy and
+/// capabilities, the request's deadline.
+struct TenantFunctions {
+    state: Arc<AppState>,
+    tenant: Arc<weir_core::tenant::Tenant>,
+    deadline: Instant,
+}
+
+impl crate::sql::FunctionHost for TenantFunctions {
+    fn sandbox(&self) -> &weir_core::Sandbox {
+        &self.state.sandbox
+    }
+
+    fn load(
+        &self,
+        label: &str,
+        wasm: &[u8],
+    ) -> Result<Arc<weir_core::UdfModule>, weir_core::LoadError> {
+        let label = format!("{}/{label}", self.tenant.name());
+        self.state.sandbox.load_for(&label, wasm, &self.tenant)
+    }
+
+    fn register(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+        module: &Arc<weir_core::UdfModule>,
+    ) {
+        crate::udf::register_module_until(ctx, module, self.deadline);
+    }
 }
 
 fn truncate(batches: Vec<RecordBatch>, max: usize) -> Vec<RecordBatch> {

@@ -169,6 +169,7 @@ max_records = 10
     });
     let pipeline = Pipeline::build_with_modules(
         config,
+        support::sandbox(),
         vec![module.clone()],
         &tenants,
         Some(weir::pipeline::runner::Reload { changed, resolve }),

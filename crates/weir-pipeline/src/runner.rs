@@ -152,11 +152,36 @@ pub struct Pipeline {
     /// with `/metrics`; replaced when a reload swaps UDF versions).
     tenant: Arc<Tenant>,
     modules: SharedModules,
+    /// Functions the SQL creates (`CREATE FUNCTION … LANGUAGE javascript`
+    /// before the query), loaded under the tenant; kept through reloads.
+    inline: Vec<Arc<UdfModule>>,
     reload: Option<Reload>,
     /// Open event-time windows, when the query reads one.
     windows: Option<WindowState>,
     /// Whether the state bound was reported since it was last reached.
     state_full_logged: bool,
+}
+
+/// Takes the `CREATE FUNCTION` statements off the front of the pipeline's
+/// SQL (leaving the query in `config.sql`) and loads their modules under
+/// `tenant`.
+async fn inline_functions(
+    mut config: PipelineConfig,
+    sandbox: &Sandbox,
+    tenant: &Arc<Tenant>,
+) -> anyhow::Result<(PipelineConfig, Vec<Arc<UdfModule>>)> {
+    let (functions, query) = crate::sql::split_functions(&config.sql, sandbox)
+        .await
+        .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))?;
+    let mut modules = Vec::with_capacity(functions.len());
+    for f in &functions {
+        let module = sandbox
+            .load_for(&f.label(), &f.wasm, tenant)
+            .map_err(|e| anyhow::anyhow!("sql: CREATE FUNCTION {}: {e}", f.name))?;
+        modules.push(module);
+    }
+    config.sql = query;
+    Ok((config, modules))
 }
 
 /// How often a pipeline whose open windows fill `state_bytes` looks again.
@@ -205,22 +230,31 @@ impl Pipeline {
         for path in &config.udfs {
             modules.push(sandbox.load_file_for(path, &tenant)?);
         }
-        Self::assemble(config, modules, tenant, None).await
+        let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
+        Self::assemble(config, modules, inline, tenant, None).await
     }
 
     /// Builds a pipeline whose UDF modules were resolved by the caller (the
     /// registry of `weir serve`), optionally reloading them when told to.
+    ///
+    /// `CREATE FUNCTION` statements before the query are compiled in
+    /// `sandbox` and loaded under the pipeline's tenant; they stay through
+    /// reloads.
     pub async fn build_with_modules(
         config: PipelineConfig,
+        sandbox: &Sandbox,
         modules: Vec<Arc<UdfModule>>,
         tenants: &Tenants,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
         let name = config.name.clone();
         let tenant = tenants.get(&config.tenant);
-        Self::assemble(config, modules, tenant, reload)
-            .await
-            .with_context(|| format!("pipeline `{name}`"))
+        async {
+            let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
+            Self::assemble(config, modules, inline, tenant, reload).await
+        }
+        .await
+        .with_context(|| format!("pipeline `{name}`"))
     }
 
     async fn plan(
@@ -271,6 +305,7 @@ impl Pipeline {
     async fn assemble(
         config: PipelineConfig,
         modules: Vec<Arc<UdfModule>>,
+        inline: Vec<Arc<UdfModule>>,
         tenant: Arc<Tenant>,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
@@ -284,7 +319,8 @@ impl Pipeline {
             )
             .await?
         };
-        let query = Self::plan(&config, &modules, &decoder, &tenant, &tables).await?;
+        let all = [modules.as_slice(), inline.as_slice()].concat();
+        let query = Self::plan(&config, &all, &decoder, &tenant, &tables).await?;
         let key = match &config.sink {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
@@ -313,8 +349,7 @@ impl Pipeline {
         let worker_count = worker_count(&config, &tenant, windows.is_some());
         let workers = if worker_count > 1 {
             Some(Workers::new(
-                Self::plan_workers(&config, &modules, &decoder, &tenant, &tables, worker_count)
-                    .await?,
+                Self::plan_workers(&config, &all, &decoder, &tenant, &tables, worker_count).await?,
             ))
         } else {
             None
@@ -334,10 +369,11 @@ impl Pipeline {
         let source = config.source.open(txn.as_ref()).await?;
         let sink = config.sink.open(txn.as_ref()).await?;
         let dead_letters = config.open_dead_letters(txn.as_ref()).await?;
-        for m in &modules {
+        for m in &all {
             m.bind_metrics(&config.name);
         }
         Ok(Pipeline {
+            inline,
             config,
             source,
             decoder,
@@ -743,6 +779,7 @@ impl Pipeline {
     /// Plans the query (and every worker's) again with `modules` and the
     /// tables in force; the plans in force stay if that fails.
     async fn replan(&mut self, modules: &[Arc<UdfModule>]) -> anyhow::Result<()> {
+        let modules = &[modules, self.inline.as_slice()].concat()[..];
         let query = Self::plan(
             &self.config,
             modules,

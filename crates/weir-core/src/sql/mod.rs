@@ -8,6 +8,6 @@ mod tables;
 
 pub use bounded::bounded_context;
 pub use output::{OutputFormat, write_batches};
-pub use script::{FunctionHost, run_script};
+pub use script::{FunctionHost, InlineFunction, run_script, split_functions};
 pub use session::{LocalFunctions, SqlSession, read_only, session_config};
 pub use tables::{TableFormat, TableSpec, register_table};

@@ -390,9 +390,15 @@ pub async fn start(
             Ok(modules)
         }),
     };
-    let pipeline = Pipeline::build_with_modules(config, modules, &state.tenants, Some(reload))
-        .await
-        .map_err(|e| ServiceError::Rejected(format!("{e:#}")))?;
+    let pipeline = Pipeline::build_with_modules(
+        config,
+        &state.sandbox,
+        modules,
+        &state.tenants,
+        Some(reload),
+    )
+    .await
+    .map_err(|e| ServiceError::Rejected(format!("{e:#}")))?;
     // The new pipeline is built (a bad update fails here, leaving the old
     // one running); only now is the running one stopped and replaced.
     state.pipelines.supervisor.start(pipeline, udfs).await;

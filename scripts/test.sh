@@ -46,6 +46,8 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   # wasi-libc (Debian), to rebuild udfs/js/weir_js.wasm below.
   { [ -f /usr/lib/wasm32-wasi/libc.a ] && ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; } ||
     apt_install libclang-rt-14-dev-wasm32 wasi-libc
+  # AssemblyScript's compiler for the AssemblyScript UDF tests (npm).
+  command -v asc >/dev/null 2>&1 || npm install -g --no-fund --no-audit assemblyscript@0.28.20
   # The independent Kafka client of the README walkthrough test, with its
   # Avro serializer and schema-registry client (the Avro tests).
   if ! python3 -c 'import fastavro; from confluent_kafka.schema_registry.avro import AvroSerializer' 2>/dev/null; then

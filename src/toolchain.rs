@@ -1,4 +1,5 @@
-//! Building Rust UDF crates to WebAssembly with the local toolchain.
+//! Building UDFs to WebAssembly: Rust crates with cargo, C files with
+//! clang, JavaScript with weir's own runtime, AssemblyScript with `asc`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -233,7 +234,8 @@ pub fn build_js(
             .to_string_lossy()
             .into_owned();
         let text = std::fs::read_to_string(&source).map_err(io)?;
-        let module = javascript::declarations(&file, &text)
+        let module = weir_core::lang::declarations(&file, &text)
+            .map_err(javascript::JsError::from)
             .and_then(|sigs| javascript::module(sandbox, &file, &text, &sigs))
             .map_err(|e| failed(&source, e.to_string()))?;
         sandbox
@@ -247,6 +249,128 @@ pub fn build_js(
     if built.is_empty() {
         return Err(BuildError::NoArtifact(format!(
             "{} (no .js files)",
+            dir.display()
+        )));
+    }
+    Ok(built)
+}
+
+/// AssemblyScript's compiler: `WEIR_ASC`, else `node_modules/.bin/asc` in
+/// `dir` or a folder above it, else `asc` on the `PATH`.
+pub fn asc(dir: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WEIR_ASC") {
+        return Some(PathBuf::from(path));
+    }
+    let dir = std::path::absolute(dir).ok()?;
+    for folder in dir.ancestors() {
+        let local = folder.join("node_modules/.bin/asc");
+        if local.is_file() {
+            return Some(local);
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|p| p.join("asc"))
+        .find(|p| p.is_file())
+}
+
+/// Builds every `.ts` file of `dir` that declares functions (`// @udf`
+/// lines) to its own module `target_dir/<stem>.wasm`: weir writes the glue
+/// (`weir_core::lang::assemblyscript`) and the adapter `weir.ts` into
+/// `target_dir/.assemblyscript/<stem>/` beside copies of the folder's `.ts`
+/// files, AssemblyScript's `asc` compiles them, weir appends the manifest
+/// and loads the module once so that a problem is reported here.
+pub fn build_assemblyscript(
+    sandbox: &weir_core::Sandbox,
+    dir: &Path,
+    target_dir: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    use weir_core::lang::{assemblyscript as asm, declarations, javascript};
+    let io = |error| BuildError::Spawn {
+        program: "weir (assemblyscript)".into(),
+        error,
+    };
+    let failed = |source: &Path, stderr: String| BuildError::Failed {
+        crate_dir: source.display().to_string(),
+        status: "error".into(),
+        stderr,
+    };
+    let asc = asc(dir).ok_or_else(|| BuildError::Spawn {
+        program: format!(
+            "asc (AssemblyScript's compiler; install it: `npm install -g assemblyscript@{}`, or `npm install --save-dev assemblyscript@{}` in {})",
+            asm::ASC_VERSION,
+            asm::ASC_VERSION,
+            dir.display()
+        ),
+        error: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    let files = sources(dir, "ts").map_err(io)?;
+    let target_dir = std::path::absolute(target_dir).map_err(io)?;
+    std::fs::create_dir_all(&target_dir).map_err(io)?;
+    let mut built = Vec::new();
+    for source in &files {
+        let file = source
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if file == asm::ADAPTER_FILE || file == asm::ENTRY || file.ends_with(".d.ts") {
+            continue;
+        }
+        let text = std::fs::read_to_string(source).map_err(io)?;
+        let functions = declarations(&file, &text).map_err(|e| failed(source, e.to_string()))?;
+        if functions.is_empty() {
+            continue; // a helper the others import
+        }
+        let stem = source
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let work = target_dir.join(".assemblyscript").join(&stem);
+        std::fs::create_dir_all(&work).map_err(io)?;
+        for other in &files {
+            if let Some(name) = other.file_name() {
+                std::fs::copy(other, work.join(name)).map_err(io)?;
+            }
+        }
+        std::fs::write(work.join(asm::ADAPTER_FILE), asm::ADAPTER).map_err(io)?;
+        std::fs::write(work.join(asm::ENTRY), asm::glue(&stem, &functions)).map_err(io)?;
+        let out_path = target_dir.join(format!("{stem}.wasm"));
+        let out = Command::new(&asc)
+            .current_dir(&work)
+            .arg(asm::ENTRY)
+            .args(asm::ASC_FLAGS)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .map_err(|error| BuildError::Spawn {
+                program: asc.display().to_string(),
+                error,
+            })?;
+        if !out.status.success() {
+            // Point at the user's folder, not the copies.
+            let stderr = String::from_utf8_lossy(&out.stderr).replace(
+                &format!("{}/", work.display()),
+                &format!("{}/", dir.display()),
+            );
+            return Err(failed(source, stderr));
+        }
+        let mut wasm = std::fs::read(&out_path).map_err(io)?;
+        javascript::append_custom_section(
+            &mut wasm,
+            weir_core::abi::MANIFEST_SECTION,
+            asm::manifest(&functions).as_bytes(),
+        );
+        sandbox
+            .load(&file, &wasm)
+            .map_err(|e| failed(source, e.to_string()))?;
+        std::fs::write(&out_path, wasm).map_err(io)?;
+        built.push(out_path);
+    }
+    if built.is_empty() {
+        return Err(BuildError::NoArtifact(format!(
+            "{} (no .ts file declares a function with a `// @udf` line)",
             dir.display()
         )));
     }

@@ -14,8 +14,8 @@ pub enum UdfCommand {
     /// imported capabilities (the module is fully validated and compiled).
     Inspect(InspectArgs),
     /// Build a UDF project to wasm and print the modules and their sizes: a
-    /// Rust crate (or workspace), a folder of C files (clang), or a folder
-    /// of JavaScript files (compiled by weir itself).
+    /// Rust crate (or workspace), a folder of C files (clang), of JavaScript
+    /// files (compiled by weir itself) or of AssemblyScript files (`asc`).
     Build(BuildArgs),
     /// Create a UDF project from a template (with a test and sample rows).
     New(NewArgs),
@@ -29,7 +29,7 @@ pub enum UdfCommand {
 pub struct NewArgs {
     /// The UDF's name: lowercase letters, digits and `_`, starting with a letter.
     pub name: String,
-    /// Template language.
+    /// Template language: rust, c, js (javascript) or as (assemblyscript).
     #[arg(long, default_value = "rust")]
     pub lang: String,
     /// Where to create it (default: ./NAME).
@@ -113,6 +113,18 @@ const JS_TEMPLATE: &[(&str, &str)] = &[
     ("README.md", include_str!("../../templates/js/README.md")),
 ];
 
+const AS_TEMPLATE: &[(&str, &str)] = &[
+    ("{{name}}.ts", include_str!("../../templates/as/udf.ts")),
+    ("weir.ts", include_str!("../../udfs/as/weir.ts")),
+    (
+        "tsconfig.json",
+        include_str!("../../templates/as/tsconfig.json"),
+    ),
+    ("rows.json", include_str!("../../templates/rust/rows.json")),
+    ("title.json", include_str!("../../templates/js/title.json")),
+    ("README.md", include_str!("../../templates/as/README.md")),
+];
+
 const RUST_TEMPLATE: &[(&str, &str)] = &[
     (
         "Cargo.toml",
@@ -145,7 +157,8 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
         "rust" => RUST_TEMPLATE,
         "c" => C_TEMPLATE,
         "js" | "javascript" => JS_TEMPLATE,
-        other => anyhow::bail!("no template for `{other}`; available: rust, c, js"),
+        "as" | "assemblyscript" => AS_TEMPLATE,
+        other => anyhow::bail!("no template for `{other}`; available: rust, c, js, as"),
     };
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
@@ -181,7 +194,10 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
         _ => format!("target/{name}.wasm"),
     };
     println!("  weir udf test {built} --input rows.json");
-    if matches!(args.lang.as_str(), "js" | "javascript") {
+    if matches!(
+        args.lang.as_str(),
+        "js" | "javascript" | "as" | "assemblyscript"
+    ) {
         println!("  weir udf test {built} --input title.json");
     }
     if args.lang == "rust" {
@@ -426,11 +442,14 @@ fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
         args.dir.display()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    // A Cargo crate is Rust; a folder of .js files is JavaScript; else C.
+    // A Cargo crate is Rust; a folder of .js files is JavaScript, of .ts
+    // files AssemblyScript; else C.
     let built = if args.dir.join("Cargo.toml").exists() {
         toolchain::build_rust(&args.dir, &target_dir)
     } else if toolchain::has_files(&args.dir, "js") {
         toolchain::build_js(&cli.sandbox()?, &args.dir, &target_dir)
+    } else if toolchain::has_files(&args.dir, "ts") {
+        toolchain::build_assemblyscript(&cli.sandbox()?, &args.dir, &target_dir)
     } else {
         toolchain::build_c(&args.dir, &target_dir)
     };

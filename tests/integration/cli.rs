@@ -241,6 +241,18 @@ fn the_udf_guide_from_scaffold_to_sql_in_javascript() {
     follow_the_guide("js", "target/my_score.wasm");
 }
 
+/// The same in AssemblyScript (its compiler `asc`, from npm).
+#[test]
+fn the_udf_guide_from_scaffold_to_sql_in_assemblyscript() {
+    if !support::require_or_skip(
+        "AssemblyScript's compiler asc (npm install -g assemblyscript@0.28)",
+        support::has_asc(),
+    ) {
+        return;
+    }
+    follow_the_guide("as", "target/my_score.wasm");
+}
+
 fn follow_the_guide(lang: &str, module: &str) {
     let dir = tempfile::tempdir().unwrap();
     // The SDK comes out of the binary, not from this checkout.
@@ -304,7 +316,7 @@ fn follow_the_guide(lang: &str, module: &str) {
             &project,
         );
         assert!(sql.contains("g,s\n0,6.0\n1,8.0"), "{sql}");
-    } else if lang == "js" {
+    } else if lang == "js" || lang == "as" {
         let tested = run(&["udf", "test", module, "--input", "title.json"], &project);
         assert!(
             tested.contains(r#"my_score_title("ça va") = "Ça Va""#),

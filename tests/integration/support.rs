@@ -32,6 +32,21 @@ pub fn modules() -> &'static BTreeMap<String, PathBuf> {
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
             map.insert(stem, path);
         }
+        // AssemblyScript needs its compiler, `asc` (npm): without it the
+        // modules are missing and `assemblyscript.slt` is skipped.
+        if has_asc() {
+            for dir in ["udfs/as/examples", "tests/as"] {
+                let built =
+                    weir::toolchain::build_assemblyscript(sandbox(), &repo().join(dir), &target)
+                        .unwrap_or_else(|e| {
+                            panic!("building the AssemblyScript UDFs of {dir} failed: {e}")
+                        });
+                for path in built {
+                    let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+                    map.insert(stem, path);
+                }
+            }
+        }
         for entry in std::fs::read_dir(repo().join("udfs/examples/wat")).unwrap() {
             let path = entry.unwrap().path();
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
@@ -39,6 +54,11 @@ pub fn modules() -> &'static BTreeMap<String, PathBuf> {
         }
         map
     })
+}
+
+/// Whether AssemblyScript's compiler is installed.
+pub fn has_asc() -> bool {
+    weir::toolchain::asc(&repo().join("udfs/as/examples")).is_some()
 }
 
 pub fn module_path(name: &str) -> &'static Path {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
 
-use super::signature::{Signature, SignatureError, parse_signature};
+use super::declaration::{DECLARATION_TAG, DeclarationError};
+use super::signature::Signature;
 use crate::abi::{INIT_SECTION, MANIFEST_SECTION, MAX_INIT_BYTES, Manifest};
 use crate::sandbox::{Failure, Sandbox};
 
@@ -23,11 +24,6 @@ pub static RUNTIME: &[u8] = include_bytes!("../../../../udfs/js/weir_js.wasm");
 
 /// Most functions one script may declare (the runtime's `weir_js_fn_K`).
 pub const MAX_FUNCTIONS: usize = 32;
-
-/// How a script declares a function: a comment line
-/// `// @udf name(a DOUBLE, b VARCHAR) RETURNS VARCHAR` (or the same inside
-/// a `/** … */` block) above or anywhere near the function.
-pub const DECLARATION_TAG: &str = "@udf";
 
 /// The runtime's build-time export: (file name, source) -> bytecode.
 const COMPILER: &str = "weir_js_compile";
@@ -40,52 +36,14 @@ pub enum JsError {
     NoFunctions { file: String },
     #[error("{file} declares {count} functions; a script may declare at most {MAX_FUNCTIONS}")]
     TooMany { file: String, count: usize },
-    #[error("{file}, line {line}: {error}")]
-    Signature {
-        file: String,
-        line: usize,
-        error: SignatureError,
-    },
-    #[error("{file}: function `{name}` is declared twice")]
-    Duplicate { file: String, name: String },
+    #[error(transparent)]
+    Declaration(#[from] DeclarationError),
     #[error("{file}: {message}")]
     Compile { file: String, message: String },
     #[error(
         "{file}: the program is {bytes} bytes, above the {MAX_INIT_BYTES}-byte limit of a module's program"
     )]
     TooLarge { file: String, bytes: usize },
-}
-
-/// The functions a script declares with `// @udf …` lines, in order.
-pub fn declarations(file: &str, source: &str) -> Result<Vec<Signature>, JsError> {
-    let mut out: Vec<Signature> = Vec::new();
-    for (i, line) in source.lines().enumerate() {
-        let text = line
-            .trim_start()
-            .trim_start_matches('/')
-            .trim_start_matches('*')
-            .trim_start();
-        let Some(rest) = text.strip_prefix(DECLARATION_TAG) else {
-            continue;
-        };
-        if !rest.starts_with(char::is_whitespace) {
-            continue;
-        }
-        let rest = rest.trim().trim_end_matches("*/").trim();
-        let sig = parse_signature(rest).map_err(|error| JsError::Signature {
-            file: file.to_string(),
-            line: i + 1,
-            error,
-        })?;
-        if out.iter().any(|s| s.name == sig.name) {
-            return Err(JsError::Duplicate {
-                file: file.to_string(),
-                name: sig.name,
-            });
-        }
-        out.push(sig);
-    }
-    Ok(out)
 }
 
 /// Compiles `source` to QuickJS bytecode inside `sandbox` (its limits bound
@@ -221,17 +179,6 @@ fn leb128(out: &mut Vec<u8>, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn declarations_are_comment_lines() {
-        let src = "// @udf f(a BIGINT) RETURNS BIGINT\nfunction f(a) { return a }\n/** @udf g() RETURNS DOUBLE VOLATILE */\n// @udfx not(a INT) RETURNS INT\n";
-        let d = declarations("t.js", src).unwrap();
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[1].name, "g");
-        assert!(!d[1].deterministic);
-        let e = declarations("t.js", "// @udf f(a) RETURNS INT").unwrap_err();
-        assert!(e.to_string().starts_with("t.js, line 1:"), "{e}");
-    }
 
     #[test]
     fn the_runtime_has_no_imports() {

@@ -1,8 +1,13 @@
-//! Guest languages weir builds modules for itself, with no toolchain on the
-//! user's machine: a program in the language plus its declared signatures
-//! become an ordinary weir module (docs/abi.md), run like any other.
+//! Guest languages weir builds modules for: a program in the language plus
+//! its declared signatures become an ordinary weir module (docs/abi.md),
+//! run like any other. JavaScript needs no toolchain (weir carries the
+//! runtime and compiles the script itself); AssemblyScript is compiled by
+//! its own compiler `asc` from glue weir writes (`assemblyscript`).
 
+pub mod assemblyscript;
+mod declaration;
 pub mod javascript;
 mod signature;
 
+pub use declaration::{DECLARATION_TAG, DeclarationError, declarations};
 pub use signature::{Signature, SignatureError, parse_signature, sql_type};

@@ -101,8 +101,18 @@ fn modules() -> Modules {
     let languages = vec![
         ("rust_wasm", find(&rust, "geo"), "gcd", ""),
         ("rust_wasm", find(&rust, "text"), "", "shout"),
-        ("assemblyscript", find(&as_built, "text_as"), "as_gcd", "as_upper"),
-        ("javascript", find(&js_built, "bench_js"), "js_gcd", "js_upper"),
+        (
+            "assemblyscript",
+            find(&as_built, "text_as"),
+            "as_gcd",
+            "as_upper",
+        ),
+        (
+            "javascript",
+            find(&js_built, "bench_js"),
+            "js_gcd",
+            "js_upper",
+        ),
     ];
     Modules { sandbox, languages }
 }

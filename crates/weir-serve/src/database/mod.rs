@@ -19,6 +19,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// The longest a caller waits for its job (statements time out at 5 s).
 const JOB_TIMEOUT: Duration = Duration::from_secs(8);
+/// A connection idle this long is checked before it serves a job.
+const CHECK_IDLE: Duration = Duration::from_secs(1);
 /// Connections (threads) serving jobs.
 const CONNECTIONS: usize = 2;
 
@@ -111,30 +113,62 @@ impl Database {
         let mut first = Some(client);
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = std::sync::Arc::new(Mutex::new(queue));
+        // The last failed connection attempt of any thread, cleared when one
+        // connects: once the database is back (and `/readyz` says so), every
+        // thread connects at its next job instead of failing fast on an
+        // attempt of its own made while the database was down.
+        let failed: std::sync::Arc<Mutex<Option<(Instant, String)>>> = Default::default();
         for i in 0..CONNECTIONS {
-            let (queue, config) = (queue.clone(), config.clone());
+            let (queue, config, failed) = (queue.clone(), config.clone(), failed.clone());
             let mut client = if i == 0 { first.take() } else { None };
             std::thread::Builder::new()
                 .name(format!("weir-db-{i}"))
                 .spawn(move || {
-                    let mut last_error = (Instant::now() - RETRY_AFTER, String::new());
+                    let mut used = Instant::now();
                     loop {
                         let job = match queue.lock().recv() {
                             Ok(job) => job,
                             Err(_) => return,
                         };
+                        // A connection idle for a while may have been closed
+                        // by a database restart the client has not noticed.
+                        if used.elapsed() >= CHECK_IDLE
+                            && client
+                                .as_mut()
+                                .is_some_and(|c| c.is_valid(CONNECT_TIMEOUT).is_err())
+                        {
+                            client = None;
+                        }
+                        used = Instant::now();
                         if client.as_ref().is_none_or(Client::is_closed) {
                             client = None;
-                            if last_error.0.elapsed() >= RETRY_AFTER {
-                                match config.connect(NoTls) {
-                                    Ok(c) => client = Some(c),
-                                    Err(e) => last_error = (Instant::now(), describe(&e)),
+                            let recent = failed
+                                .lock()
+                                .as_ref()
+                                .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
+                                .map(|(_, e)| e.clone());
+                            match recent {
+                                Some(e) => {
+                                    job(Err(format!("unreachable ({e})")));
+                                    continue;
                                 }
+                                None => match config.connect(NoTls) {
+                                    Ok(c) => {
+                                        client = Some(c);
+                                        *failed.lock() = None;
+                                    }
+                                    Err(e) => {
+                                        let e = describe(&e);
+                                        *failed.lock() = Some((Instant::now(), e.clone()));
+                                        job(Err(format!("unreachable ({e})")));
+                                        continue;
+                                    }
+                                },
                             }
                         }
                         match client.as_mut() {
                             Some(c) => job(Ok(c)),
-                            None => job(Err(format!("unreachable ({})", last_error.1))),
+                            None => job(Err("unreachable".to_string())),
                         }
                     }
                 })

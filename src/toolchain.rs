@@ -350,10 +350,16 @@ pub fn build_assemblyscript(
             })?;
         if !out.status.success() {
             // Point at the user's folder, not the copies.
-            let stderr = String::from_utf8_lossy(&out.stderr).replace(
+            let mut stderr = String::from_utf8_lossy(&out.stderr).replace(
                 &format!("{}/", work.display()),
                 &format!("{}/", dir.display()),
             );
+            if stderr.contains(asm::ENTRY) {
+                stderr.push_str(&format!(
+                    "\n{} is the glue weir wrote for the `// @udf` lines of {file}: a type error there means a function's AssemblyScript types differ from its @udf line (BIGINT is i64, INT i32, DOUBLE f64, REAL f32, VARCHAR string, BYTEA Uint8Array, BOOLEAN bool, TIMESTAMP i64, DATE i32; docs/udf-guide.md)\n",
+                    work.join(asm::ENTRY).display()
+                ));
+            }
             return Err(failed(source, stderr));
         }
         let mut wasm = std::fs::read(&out_path).map_err(io)?;

@@ -415,3 +415,41 @@ fn run_infer_prints_the_fields_and_runs_with_them() {
         "{\"id\":2,\"paid\":false}\n"
     );
 }
+
+/// AssemblyScript whose types differ from its `@udf` line, or that would
+/// need an import (a clock, randomness), fails at `weir udf build` and
+/// says why.
+#[test]
+fn assemblyscript_mistakes_fail_the_build_with_the_reason() {
+    if !support::require_or_skip(
+        "AssemblyScript's compiler asc (npm install -g assemblyscript@0.28)",
+        support::has_asc(),
+    ) {
+        return;
+    }
+    let build = |source: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.ts"), source).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["udf", "build"])
+            .current_dir(dir.path())
+            .env("WEIR_CACHE_DIR", crate::support::cache_dir())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let text = build(
+        "// @udf bad_add(a BIGINT, b VARCHAR) RETURNS BIGINT\n\
+         export function bad_add(a: i64, b: i64): i64 { return a + b; }\n",
+    );
+    assert!(
+        text.contains("not assignable") && text.contains("differ from its @udf line"),
+        "{text}"
+    );
+    let text = build(
+        "// @udf now_ms(a BIGINT) RETURNS DOUBLE\n\
+         export function now_ms(a: i64): f64 { return <f64>Date.now() + Math.random(); }\n",
+    );
+    assert!(text.contains("which is not granted"), "{text}");
+}

@@ -2301,41 +2301,29 @@ async fn javascript_functions_created_in_a_request_live_in_that_request_only() {
     )
     .unwrap();
     let app = router(Arc::new(state));
-    let sql = |text: &str| serde_json::json!({ "sql": text }).to_string().into_bytes();
-    let (status, answer) = send(
-        &app,
-        "POST",
-        "/v1/tenants/acme/sql",
-        Some("acme-operator"),
-        Some("application/json"),
-        sql("CREATE FUNCTION js_twice(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ return 2 * x; $$; \
-             SELECT js_twice(21) AS v"),
-    )
+    let sql = |text: &str| {
+        let body = serde_json::json!({ "sql": text }).to_string().into_bytes();
+        send(
+            &app,
+            "POST",
+            "/v1/tenants/acme/sql",
+            Some("acme-operator"),
+            Some("application/json"),
+            body,
+        )
+    };
+    let (status, answer) = sql("CREATE FUNCTION js_twice(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ return 2 * x; $$; \
+             SELECT js_twice(21) AS v")
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["rows"], serde_json::json!([{"v": 42}]), "{answer}");
     // The next request does not see it.
-    let (status, answer) = send(
-        &app,
-        "POST",
-        "/v1/tenants/acme/sql",
-        Some("acme-operator"),
-        Some("application/json"),
-        sql("SELECT js_twice(1)"),
-    )
-    .await;
+    let (status, answer) = sql("SELECT js_twice(1)").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert!(answer.to_string().contains("js_twice"), "{answer}");
     // A spinning function is stopped by the tenant's CPU budget.
-    let (status, answer) = send(
-        &app,
-        "POST",
-        "/v1/tenants/acme/sql",
-        Some("acme-operator"),
-        Some("application/json"),
-        sql("CREATE FUNCTION js_spin(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ for (;;) {} $$; \
-             SELECT js_spin(v) FROM (VALUES (1), (2)) t(v)"),
-    )
+    let (status, answer) = sql("CREATE FUNCTION js_spin(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ for (;;) {} $$; \
+             SELECT js_spin(v) FROM (VALUES (1), (2)) t(v)")
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     let text = answer.to_string();
@@ -2344,14 +2332,6 @@ async fn javascript_functions_created_in_a_request_live_in_that_request_only() {
         "{answer}"
     );
     // Other DDL stays closed.
-    let (status, answer) = send(
-        &app,
-        "POST",
-        "/v1/tenants/acme/sql",
-        Some("acme-operator"),
-        Some("application/json"),
-        sql("CREATE TABLE x AS SELECT 1"),
-    )
-    .await;
+    let (status, answer) = sql("CREATE TABLE x AS SELECT 1").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
 }

@@ -191,19 +191,7 @@ pub fn glue(stem: &str, functions: &[Signature]) -> String {
 
 /// The manifest (`weir.udf`) of `functions`: one JSON line each.
 pub fn manifest(functions: &[Signature]) -> String {
-    let mut out = String::new();
-    for f in functions {
-        let line = serde_json::json!({
-            "abi": 1,
-            "name": f.name,
-            "args": f.args.iter().map(|(_, t)| t.name()).collect::<Vec<_>>(),
-            "ret": f.ret.name(),
-            "deterministic": f.deterministic,
-        });
-        out.push_str(&line.to_string());
-        out.push('\n');
-    }
-    out
+    functions.iter().map(|f| f.manifest_line(None)).collect()
 }
 
 #[cfg(test)]

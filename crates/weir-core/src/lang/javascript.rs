@@ -108,16 +108,7 @@ pub fn module(
     let mut program = b"WJS1".to_vec();
     program.extend((functions.len() as u32).to_le_bytes());
     for (k, f) in functions.iter().enumerate() {
-        let record = serde_json::json!({
-            "abi": 1,
-            "name": f.name,
-            "args": f.args.iter().map(|(_, t)| t.name()).collect::<Vec<_>>(),
-            "ret": f.ret.name(),
-            "deterministic": f.deterministic,
-            "export": format!("weir_js_fn_{k}"),
-        });
-        manifest.push_str(&record.to_string());
-        manifest.push('\n');
+        manifest.push_str(&f.manifest_line(Some(&format!("weir_js_fn_{k}"))));
         program.extend((f.name.len() as u32).to_le_bytes());
         program.extend(f.name.as_bytes());
         program.extend((f.args.len() as u32).to_le_bytes());

@@ -15,6 +15,24 @@ pub struct Signature {
     pub deterministic: bool,
 }
 
+impl Signature {
+    /// Its manifest line (docs/abi.md §2), `\n`-terminated, served by the
+    /// export `export` when that is not the function's name.
+    pub fn manifest_line(&self, export: Option<&str>) -> String {
+        let mut record = serde_json::json!({
+            "abi": 1,
+            "name": self.name,
+            "args": self.args.iter().map(|(_, t)| t.name()).collect::<Vec<_>>(),
+            "ret": self.ret.name(),
+            "deterministic": self.deterministic,
+        });
+        if let Some(export) = export {
+            record["export"] = export.into();
+        }
+        format!("{record}\n")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "`{text}`: {reason}; write it as `name(a DOUBLE, b VARCHAR) RETURNS VARCHAR`, adding `VOLATILE` for a function that is not deterministic"

@@ -1,5 +1,6 @@
 //! One bounded SQL query of a tenant: its published UDFs over tables given
-//! inline as JSON rows and over topics' most recent records; read-only,
+//! inline as JSON rows and over topics' most recent records; read-only
+//! apart from `CREATE FUNCTION … LANGUAGE javascript` for the request,
 //! row- and time-capped.
 
 use std::collections::BTreeMap;

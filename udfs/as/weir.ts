@@ -37,6 +37,7 @@ let failMessage: string = "";
 let messageBuf: usize = 0;
 let messageCap: usize = 0;
 let row: u32 = 0;
+let aborting: bool = false;
 
 /** Fails the current row with `message`. Return its result from the UDF. */
 export function fail<T>(message: string): T {
@@ -232,6 +233,9 @@ export function __weir_failed(i: u32): usize {
 
 /** AssemblyScript's `abort` (a `throw`, a failed assertion, an index out of range): recorded for `weir_panic_info`, then a trap. */
 export function __weir_abort(msg: string | null, file: string | null, line: u32, column: u32): void {
+  // Reporting allocates: an abort while reporting one just traps.
+  if (aborting) unreachable();
+  aborting = true;
   let text = msg !== null ? msg : "abort";
   if (file !== null) text += " (at " + file + ":" + line.toString() + ":" + column.toString() + ")";
   const len = message(text);

@@ -175,10 +175,11 @@ function reserve(more: usize): void {
 
 /** A VARCHAR result at row `i`, as UTF-8 (an unpaired surrogate becomes U+FFFD). */
 export function __weir_put_str(i: u32, s: string): void {
-  const len = <usize>String.UTF8.byteLength(s);
-  reserve(len);
-  String.UTF8.encodeUnsafe(changetype<usize>(s), s.length, values + used, false, String.UTF8.ErrorMode.REPLACE);
-  used += len;
+  // Short strings: room for the worst case (3 bytes a UTF-16 unit), then
+  // one pass; long ones are measured first.
+  const units = <usize>s.length;
+  reserve(units <= 4096 ? units * 3 : <usize>String.UTF8.byteLength(s));
+  used += String.UTF8.encodeUnsafe(changetype<usize>(s), <i32>units, values + used, false, String.UTF8.ErrorMode.REPLACE);
   store<i32>(offsets + ((<usize>i + 1) << 2), <i32>used);
 }
 

@@ -2292,7 +2292,10 @@ async fn published_aggregates_work_in_sql_and_staged_runs() {
 async fn javascript_functions_created_in_a_request_live_in_that_request_only() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = Arc::new(Tenants::new(
-        Policy::from_toml("[tenants.acme]\ncpu_ms_per_batch = 200\n").unwrap(),
+        Policy::from_toml(
+            "[tenants.acme]\ncpu_ms_per_batch = 200\n[tenants.globex]\nmemory_bytes = 1048576\n",
+        )
+        .unwrap(),
     ));
     let state = AppState::open(
         config(dir.path(), 1 << 20),
@@ -2334,4 +2337,24 @@ async fn javascript_functions_created_in_a_request_live_in_that_request_only() {
     // Other DDL stays closed.
     let (status, answer) = sql("CREATE TABLE x AS SELECT 1").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    // The compiler itself runs under the tenant's limits: globex's 1 MiB
+    // cannot hold it.
+    let body = serde_json::json!({
+        "sql": "CREATE FUNCTION js_one(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ return 1; $$; SELECT js_one(1)"
+    });
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/globex/sql",
+        Some("globex-operator"),
+        Some("application/json"),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let text = answer.to_string();
+    assert!(
+        text.contains("javascript compiler") && text.contains("tenants.globex.memory_bytes"),
+        "{answer}"
+    );
 }

@@ -170,7 +170,8 @@ async fn inline_functions(
     sandbox: &Sandbox,
     tenant: &Arc<Tenant>,
 ) -> anyhow::Result<(PipelineConfig, Vec<Arc<UdfModule>>)> {
-    let (functions, query) = crate::sql::split_functions(&config.sql, sandbox)
+    let load = |label: &str, wasm: &[u8]| sandbox.load_for(label, wasm, tenant);
+    let (functions, query) = crate::sql::split_functions(&config.sql, &load)
         .await
         .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))?;
     let mut modules = Vec::with_capacity(functions.len());

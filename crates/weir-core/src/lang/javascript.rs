@@ -17,7 +17,7 @@ use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
 use super::declaration::{DECLARATION_TAG, DeclarationError};
 use super::signature::Signature;
 use crate::abi::{INIT_SECTION, MANIFEST_SECTION, MAX_INIT_BYTES, Manifest};
-use crate::sandbox::{Failure, Sandbox};
+use crate::sandbox::{Failure, LoadError, Sandbox, UdfModule};
 
 /// The runtime module (QuickJS-NG 0.16.2 and its adapter `weir_js.c`).
 pub static RUNTIME: &[u8] = include_bytes!("../../../../udfs/js/weir_js.wasm");
@@ -46,18 +46,26 @@ pub enum JsError {
     TooLarge { file: String, bytes: usize },
 }
 
+/// How the compiler (the runtime itself, a module) is loaded: under whose
+/// limits and policy it runs.
+pub type Loader<'a> = &'a (dyn Fn(&str, &[u8]) -> Result<Arc<UdfModule>, LoadError> + Sync);
+
 /// Compiles `source` to QuickJS bytecode inside `sandbox` (its limits bound
 /// the compiler: a script that makes it run out of CPU or memory fails
 /// here with the sandbox's message).
 pub fn compile(sandbox: &Sandbox, file: &str, source: &str) -> Result<Vec<u8>, JsError> {
+    compile_with(&|label, wasm| sandbox.load(label, wasm), file, source)
+}
+
+/// Like [`compile`], the compiler loaded by `load` (a tenant's limits, its
+/// share of guest time).
+pub fn compile_with(load: Loader<'_>, file: &str, source: &str) -> Result<Vec<u8>, JsError> {
     let compile_err = |message: String| JsError::Compile {
         file: file.to_string(),
         message,
     };
     let compiler = compiler_module();
-    let module = sandbox
-        .load("javascript compiler", &compiler)
-        .map_err(|e| compile_err(e.to_string()))?;
+    let module = load("javascript compiler", &compiler).map_err(|e| compile_err(e.to_string()))?;
     let args: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![file])),
         Arc::new(StringArray::from(vec![source])),
@@ -92,6 +100,21 @@ pub fn module(
     source: &str,
     functions: &[Signature],
 ) -> Result<Vec<u8>, JsError> {
+    module_with(
+        &|label, wasm| sandbox.load(label, wasm),
+        file,
+        source,
+        functions,
+    )
+}
+
+/// Like [`module`], the compiler loaded by `load`.
+pub fn module_with(
+    load: Loader<'_>,
+    file: &str,
+    source: &str,
+    functions: &[Signature],
+) -> Result<Vec<u8>, JsError> {
     if functions.is_empty() {
         return Err(JsError::NoFunctions {
             file: file.to_string(),
@@ -103,7 +126,7 @@ pub fn module(
             count: functions.len(),
         });
     }
-    let code = compile(sandbox, file, source)?;
+    let code = compile_with(load, file, source)?;
     let mut manifest = String::new();
     let mut program = b"WJS1".to_vec();
     program.extend((functions.len() as u32).to_le_bytes());

@@ -21,14 +21,13 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use crate::abi::AbiType;
 use crate::lang::Signature;
 use crate::lang::javascript;
-use crate::sandbox::{LoadError, Sandbox, UdfModule};
+use crate::sandbox::{LoadError, UdfModule};
 
 /// Loads a function's module for the caller (its tenant and limits) and
 /// registers it in the session.
 pub trait FunctionHost: Send + Sync {
-    /// The sandbox that compiles the script.
-    fn sandbox(&self) -> &Sandbox;
-    /// Loads module bytes under the caller's limits and policy.
+    /// Loads module bytes under the caller's limits and policy (the
+    /// JavaScript compiler too: it runs as a guest of the caller's).
     fn load(&self, label: &str, wasm: &[u8]) -> std::result::Result<Arc<UdfModule>, LoadError>;
     /// Registers the module's functions in `ctx`.
     fn register(&self, ctx: &SessionContext, module: &Arc<UdfModule>);
@@ -103,12 +102,12 @@ impl InlineFunction {
 
 /// A pipeline's SQL: `CREATE FUNCTION … LANGUAGE javascript` statements,
 /// then the one query run for every micro-batch. Returns the functions'
-/// modules (compiled in `sandbox`, to be loaded under the pipeline's
-/// tenant) and the query's text; SQL without `CREATE FUNCTION` comes back
-/// unchanged.
+/// modules (compiled by the JavaScript compiler that `load` loads: the
+/// pipeline's tenant's limits) and the query's text; SQL without `CREATE
+/// FUNCTION` comes back unchanged.
 pub async fn split_functions(
     sql: &str,
-    sandbox: &Sandbox,
+    load: javascript::Loader<'_>,
 ) -> Result<(Vec<InlineFunction>, String)> {
     let ctx = SessionContext::new_with_config(super::session_config());
     let statements = parse(&ctx, sql)?;
@@ -130,7 +129,7 @@ pub async fn split_functions(
         }
         let plan = ctx.state().statement_to_plan(statement).await?;
         if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
-            functions.push(function_module(create, sandbox)?);
+            functions.push(function_module(create, load)?);
         }
     }
     let query = query.ok_or_else(|| {
@@ -151,7 +150,7 @@ fn create_function(
     create: &CreateFunction,
     host: &dyn FunctionHost,
 ) -> Result<()> {
-    let function = function_module(create, host.sandbox())?;
+    let function = function_module(create, &|label, wasm| host.load(label, wasm))?;
     let module = host
         .load(&function.label(), &function.wasm)
         .map_err(|e| plan_err(format!("CREATE FUNCTION {}: {e}", function.name)))?;
@@ -159,8 +158,11 @@ fn create_function(
     Ok(())
 }
 
-/// The module of a `CREATE FUNCTION`, compiled in `sandbox`.
-fn function_module(create: &CreateFunction, sandbox: &Sandbox) -> Result<InlineFunction> {
+/// The module of a `CREATE FUNCTION`, compiled by the compiler `load` loads.
+fn function_module(
+    create: &CreateFunction,
+    load: javascript::Loader<'_>,
+) -> Result<InlineFunction> {
     let name = create.name.to_ascii_lowercase();
     let language = create
         .params
@@ -225,7 +227,7 @@ fn function_module(create: &CreateFunction, sandbox: &Sandbox) -> Result<InlineF
         deterministic: !matches!(create.params.behavior, Some(Volatility::Volatile)),
     };
     let file = format!("{name}.js");
-    let wasm = javascript::module(sandbox, &file, &source, &[signature])
+    let wasm = javascript::module_with(load, &file, &source, &[signature])
         .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
     Ok(InlineFunction { name, wasm })
 }

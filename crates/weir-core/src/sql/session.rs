@@ -77,10 +77,6 @@ impl SqlSession {
 pub struct LocalFunctions<'a>(pub &'a Sandbox);
 
 impl super::FunctionHost for LocalFunctions<'_> {
-    fn sandbox(&self) -> &Sandbox {
-        self.0
-    }
-
     fn load(&self, label: &str, wasm: &[u8]) -> std::result::Result<Arc<UdfModule>, LoadError> {
         self.0.load(label, wasm)
     }

@@ -212,10 +212,6 @@ struct TenantFunctions {
 }
 
 impl crate::sql::FunctionHost for TenantFunctions {
-    fn sandbox(&self) -> &weir_core::Sandbox {
-        &self.state.sandbox
-    }
-
     fn load(
         &self,
         label: &str,

@@ -115,7 +115,7 @@ const JS_TEMPLATE: &[(&str, &str)] = &[
 
 const AS_TEMPLATE: &[(&str, &str)] = &[
     ("{{name}}.ts", include_str!("../../templates/as/udf.ts")),
-    ("weir.ts", include_str!("../../udfs/as/weir.ts")),
+    ("weir.ts", weir_core::lang::assemblyscript::ADAPTER),
     (
         "tsconfig.json",
         include_str!("../../templates/as/tsconfig.json"),

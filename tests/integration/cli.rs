@@ -244,10 +244,7 @@ fn the_udf_guide_from_scaffold_to_sql_in_javascript() {
 /// The same in AssemblyScript (its compiler `asc`, from npm).
 #[test]
 fn the_udf_guide_from_scaffold_to_sql_in_assemblyscript() {
-    if !support::require_or_skip(
-        "AssemblyScript's compiler asc (npm install -g assemblyscript@0.28)",
-        support::has_asc(),
-    ) {
+    if !support::require_asc() {
         return;
     }
     follow_the_guide("as", "target/my_score.wasm");
@@ -421,10 +418,7 @@ fn run_infer_prints_the_fields_and_runs_with_them() {
 /// says why.
 #[test]
 fn assemblyscript_mistakes_fail_the_build_with_the_reason() {
-    if !support::require_or_skip(
-        "AssemblyScript's compiler asc (npm install -g assemblyscript@0.28)",
-        support::has_asc(),
-    ) {
+    if !support::require_asc() {
         return;
     }
     let build = |source: &str| {

@@ -61,6 +61,15 @@ pub fn has_asc() -> bool {
     weir::toolchain::asc(&repo().join("udfs/as/examples")).is_some()
 }
 
+/// Whether a test that needs AssemblyScript's compiler may go on (see
+/// [`require_or_skip`]).
+pub fn require_asc() -> bool {
+    require_or_skip(
+        "AssemblyScript's compiler asc (npm install -g assemblyscript@0.28)",
+        has_asc(),
+    )
+}
+
 pub fn module_path(name: &str) -> &'static Path {
     modules()
         .get(name)

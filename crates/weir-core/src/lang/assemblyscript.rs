@@ -21,7 +21,7 @@ use super::signature::Signature;
 use crate::abi::AbiType;
 
 /// The adapter library, written next to the glue as `weir.ts`.
-pub static ADAPTER: &str = include_str!("../../../../udfs/as/weir.ts");
+pub const ADAPTER: &str = include_str!("../../../../udfs/as/weir.ts");
 
 /// The entry file the glue is written to.
 pub const ENTRY: &str = "__weir_main.ts";

@@ -359,3 +359,22 @@ fn a_large_batch_is_called_in_slices_and_rows_keep_their_batch_numbers() {
         "{err}"
     );
 }
+
+/// Issue 27 finding 8: a failing call over literals (`SELECT spin(1)`) is
+/// made once. DataFusion folds it in every optimizer pass and keeps it for
+/// execution when folding fails; each attempt used to get a fresh CPU
+/// budget (a 1 s budget ran to the request's 10 s deadline).
+#[tokio::test]
+async fn a_failing_constant_call_fails_the_query_once() {
+    let module = load("constant_spin").unwrap();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(weir::sql::session_config());
+    weir::register_module(&ctx, &module);
+    let result = match ctx.sql("SELECT spin(1) AS s").await {
+        Ok(frame) => frame.collect().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let err = weir::cli::user_message(&result.expect_err("the query must fail"));
+    assert!(err.contains("ran out of CPU after 200 ms"), "{err}");
+    assert_eq!(module.calls_made(0), 1, "{err}");
+    engine_still_works();
+}

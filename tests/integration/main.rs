@@ -5,6 +5,7 @@ mod support;
 mod aggregate;
 mod architecture;
 mod avro;
+mod boundary;
 mod breaker;
 mod cache;
 mod cli;

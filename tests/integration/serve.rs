@@ -21,7 +21,7 @@ const ROLES: [(&str, Role); 4] = [
     ("admin", Role::Admin),
 ];
 
-fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
+pub(crate) fn config(dir: &Path, max_body_bytes: usize) -> ServeConfig {
     let mut tokens = Vec::new();
     for tenant in ["acme", "globex"] {
         for (name, role) in ROLES {
@@ -67,7 +67,7 @@ fn app_with(dir: &Path, max_body_bytes: usize) -> Router {
     router(Arc::new(state))
 }
 
-async fn send(
+pub(crate) async fn send(
     app: &Router,
     method: &str,
     uri: &str,
@@ -104,11 +104,11 @@ async fn delete(app: &Router, uri: &str, token: &str) -> (StatusCode, Value) {
     send(app, "DELETE", uri, Some(token), None, vec![]).await
 }
 
-fn guest() -> Vec<u8> {
+pub(crate) fn guest() -> Vec<u8> {
     std::fs::read(support::repo().join("tests/tenant/guest.wat")).unwrap()
 }
 
-async fn publish(
+pub(crate) async fn publish(
     app: &Router,
     token: &str,
     tenant: &str,
@@ -519,6 +519,15 @@ fn prometheus_scrapes_weir_serve() {
             .unwrap(),
     );
     wait_for(&weir_addr);
+    // Issue 27 #10: a fresh server's scrape is not empty: the counters of
+    // the tenants it knows start at zero (`rate()` and alerts need them).
+    let (status, fresh) = http(&weir_addr, "GET", "/metrics", &[], &[]);
+    assert_eq!(status, 200, "{fresh}");
+    assert!(
+        fresh.contains("weir_udf_publishes_total{tenant=\"acme\"} 0")
+            && fresh.contains("weir_cache_hits_total{tenant=\"acme\"} 0"),
+        "{fresh}"
+    );
     let (status, body) = http(
         &weir_addr,
         "POST",

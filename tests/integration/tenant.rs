@@ -531,3 +531,29 @@ fn a_requests_deadline_cancels_its_guest_work() {
     assert_eq!(err, Failure::Cancelled);
     assert!(log.lines().is_empty(), "the guest ran: {:?}", log.lines());
 }
+
+/// Issue 27 #7: instantiating at load (start functions, `weir_init`) is
+/// guest code and takes one of the tenant's slots: with its only slot
+/// held, a load waits for it.
+#[test]
+fn warm_up_at_load_waits_for_the_tenants_slot() {
+    let t = tenants("[tenants.one]\nmax_concurrent_calls = 1\n");
+    let one = t.get("one");
+    let permit = one.enter();
+    let loader = {
+        let one = one.clone();
+        std::thread::spawn(move || {
+            support::sandbox()
+                .load_file_for(overlap_guest(), &one)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !loader.is_finished(),
+        "the load instantiated while the tenant's only slot was taken"
+    );
+    drop(permit);
+    loader.join().unwrap().unwrap();
+}

@@ -35,6 +35,7 @@ pub mod error;
 pub mod lang;
 pub mod marshal;
 pub mod sandbox;
+pub mod secrets;
 pub mod sql;
 pub mod telemetry;
 pub mod tenant;

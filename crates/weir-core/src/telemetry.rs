@@ -61,6 +61,7 @@ metric_names! {
     PIPELINE_WATERMARK = "weir_pipeline_watermark_seconds", Gauge, P, "the source's event-time watermark, seconds since the epoch";
     PIPELINE_TXN_COMMITTED = "weir_pipeline_transactions_committed_total", Counter, P, "Kafka transactions committed by an exactly-once sink";
     PIPELINE_TXN_ABORTED = "weir_pipeline_transactions_aborted_total", Counter, P, "Kafka transactions an exactly-once sink aborted (its records are read again)";
+    PIPELINE_REGISTRY_RETRIES = "weir_pipeline_schema_registry_retries_total", Counter, P, "Avro schema fetches tried again because the registry failed (unreachable or 5xx); the batch waited";
     UDF_INVOCATIONS = "weir_udf_invocations_total", Counter, U, "guest calls (one per batch)";
     UDF_GUEST_SECONDS = "weir_udf_guest_seconds_total", FloatCounter, U, "time spent inside the guest";
     UDF_CALL_SECONDS = "weir_udf_call_seconds", Histogram, U, "time of each guest call";
@@ -105,6 +106,32 @@ pub fn describe() {
             }
             (Kind::Gauge | Kind::FloatCounter, None) => metrics::describe_gauge!(m.name, m.help),
             (Kind::Histogram, _) => metrics::describe_histogram!(m.name, Unit::Seconds, m.help),
+        }
+    }
+}
+
+/// Emits the counters a scrape should show from the start, at zero: those
+/// without labels, and the tenant-labelled ones of each of `tenants` (so
+/// `rate()` and alerts see a series before its first event). Gauges are
+/// left to their first reading: a zero could be false.
+pub fn start_series(tenants: &[String]) {
+    for m in METRICS {
+        let label_sets: Vec<Labels> = if m.labels.is_empty() {
+            vec![Vec::new()]
+        } else if m.labels == T {
+            tenants
+                .iter()
+                .map(|t| vec![("tenant", t.clone())])
+                .collect()
+        } else {
+            continue;
+        };
+        for labels in label_sets {
+            match m.kind {
+                Kind::Counter => counter(m.name, &labels).increment(0),
+                Kind::FloatCounter => gauge(m.name, &labels).increment(0.0),
+                Kind::Gauge | Kind::Histogram => {}
+            }
         }
     }
 }

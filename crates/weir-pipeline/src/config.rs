@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::AbiType;
 
 /// One pipeline: a source, UDF modules, one SQL query, a sink, an error policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     pub name: String,
@@ -33,10 +34,16 @@ pub struct PipelineConfig {
     /// Lookup tables the SQL may JOIN (`[[tables]]`).
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Not a key of the file: the folders its files must stay in, set by
+    /// `weir serve` for a deployed pipeline (checked again at every open
+    /// and reload of a file); `None` for `weir run`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub file_roots: Option<crate::resources::FileRoots>,
 }
 
 /// `[[tables]]`: reference data registered beside `source`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TableConfig {
     /// A CSV (with a header), NDJSON or Parquet file, by extension;
@@ -66,7 +73,7 @@ impl TableConfig {
 /// `[watermark]`: how far behind the largest event time seen records may
 /// arrive, when a quiet partition stops holding windows open, and how long
 /// after its end a window still takes records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatermarkConfig {
     /// Bounded out-of-orderness: the watermark of a partition is its
@@ -95,7 +102,7 @@ fn default_tenant() -> String {
 }
 
 /// Record payload formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One JSON object per record.
@@ -110,7 +117,7 @@ pub enum Format {
 }
 
 /// `[source.avro]` / `[sink.avro]`: where Avro schemas come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AvroConfig {
     /// An `.avsc` file. Plain Avro: the writer schema. With a registry: a
@@ -148,7 +155,7 @@ impl AvroConfig {
 }
 
 /// Where a Kafka consumer group starts when it has no committed offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StartPosition {
     #[default]
@@ -158,7 +165,7 @@ pub enum StartPosition {
 
 /// Kafka metadata exposed as columns `_key`, `_partition`, `_offset`,
 /// `_timestamp`, `_headers`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Metadata {
     Key,
@@ -169,7 +176,7 @@ pub enum Metadata {
 }
 
 /// A declared column.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldConfig {
     pub name: String,
@@ -184,7 +191,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SourceConfig {
     /// A file read as a stream of records (NDJSON lines or CSV rows).
@@ -254,7 +261,7 @@ impl SourceConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
     /// Records to standard output, one per line.
@@ -292,7 +299,7 @@ pub enum SinkConfig {
 }
 
 /// `sink.delivery`: what a crash may do to the output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
     /// Offsets are committed after the sink acknowledged: a crash may
@@ -346,7 +353,7 @@ impl SinkConfig {
 }
 
 /// What happens to a record that fails to decode or makes a UDF fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorPolicy {
     /// Stop the pipeline with the error (nothing is committed past it).
@@ -358,7 +365,7 @@ pub enum ErrorPolicy {
     Skip,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorConfig {
     #[serde(default)]
@@ -371,7 +378,7 @@ pub struct ErrorConfig {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Records per micro-batch at most.
@@ -434,6 +441,11 @@ impl PipelineConfig {
         config.validate_with(false).map_err(invalid)?;
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(config)
+    }
+
+    /// The JSON schema of a pipeline file: every key, with its docs.
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(PipelineConfig)).unwrap_or_default()
     }
 
     /// Whether the source is json or csv and declares no `fields`.
@@ -710,26 +722,12 @@ impl SinkConfig {
     }
 }
 
-/// Masks values of properties that look secret (`*password*`, `*secret*`,
-/// `*key*`, `sasl.*`, `ssl.*` except locations), for logs and errors.
+/// Properties as they may be logged or shown: secret values redacted by
+/// weir-core's one rule (`secrets::shown`).
 pub fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     properties
         .iter()
-        .map(|(k, v)| {
-            let lower = k.to_ascii_lowercase();
-            let secret = ["password", "secret", "key", "token", "jaas", "credential"]
-                .iter()
-                .any(|s| lower.contains(s))
-                && !lower.ends_with(".location");
-            (
-                k.clone(),
-                if secret {
-                    "******".to_string()
-                } else {
-                    v.clone()
-                },
-            )
-        })
+        .map(|(k, v)| (k.clone(), weir_core::secrets::shown(k, v)))
         .collect()
 }
 
@@ -778,7 +776,7 @@ policy = "skip"
         p.insert("ssl.ca.location".to_string(), "/etc/ca.pem".to_string());
         p.insert("linger.ms".to_string(), "5".to_string());
         let m = masked(&p);
-        assert_eq!(m["sasl.password"], "******");
+        assert_eq!(m["sasl.password"], weir_core::secrets::REDACTED);
         assert_eq!(m["ssl.ca.location"], "/etc/ca.pem");
         assert_eq!(m["linger.ms"], "5");
     }

@@ -31,7 +31,7 @@ pub fn scrub(message: String, properties: &BTreeMap<String, String>) -> String {
     let masked = masked(properties);
     properties.iter().fold(message, |msg, (k, v)| {
         if masked[k] != *v && !v.is_empty() {
-            msg.replace(v.as_str(), "******")
+            msg.replace(v.as_str(), weir_core::secrets::REDACTED)
         } else {
             msg
         }

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use crate::avro::{AvroIn, AvroOut, Framing, Registry};
 use crate::config::{AvroConfig, PipelineConfig, SinkConfig, SourceConfig};
 use crate::decode::RecordDecoder;
+use crate::resources::FileRoots;
 use crate::sink::{DeadLetterFile, DeadLetterSink, KafkaSink, LineSink, Sink};
 use crate::source::{FileSource, KafkaSource, Source};
 use crate::transaction::{Transaction, TxnCounts};
@@ -16,10 +17,16 @@ use crate::transaction::{Transaction, TxnCounts};
 impl SourceConfig {
     /// Opens the file, or creates the Kafka consumer (it joins its group on
     /// the first poll), committing in `txn` when exactly-once.
-    pub async fn open(&self, txn: Option<&Arc<Transaction>>) -> anyhow::Result<Box<dyn Source>> {
+    /// A file is held to `roots` (a deployed pipeline's folders).
+    pub async fn open(
+        &self,
+        txn: Option<&Arc<Transaction>>,
+        roots: Option<&FileRoots>,
+    ) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::File { path, header, .. } => {
-                Box::new(FileSource::open(path.clone(), *header).await?)
+                let path = FileRoots::confine(roots, "source.path", path)?;
+                Box::new(FileSource::open(path, *header).await?)
             }
             SourceConfig::Kafka {
                 brokers,
@@ -42,10 +49,18 @@ impl SourceConfig {
 impl SinkConfig {
     /// Opens stdout, the file, or creates the Kafka producer (writing in
     /// `txn` when exactly-once).
-    pub async fn open(&self, txn: Option<&Arc<Transaction>>) -> anyhow::Result<Box<dyn Sink>> {
+    /// A file is held to `roots` (a deployed pipeline's folders).
+    pub async fn open(
+        &self,
+        txn: Option<&Arc<Transaction>>,
+        roots: Option<&FileRoots>,
+    ) -> anyhow::Result<Box<dyn Sink>> {
         Ok(match self {
             SinkConfig::Stdout { .. } => Box::new(LineSink::stdout()),
-            SinkConfig::File { path, .. } => Box::new(LineSink::file(path).await?),
+            SinkConfig::File { path, .. } => {
+                let path = FileRoots::confine(roots, "sink.path", path)?;
+                Box::new(LineSink::file(&path).await?)
+            }
             SinkConfig::Kafka {
                 brokers,
                 topic,
@@ -93,7 +108,10 @@ impl PipelineConfig {
         txn: Option<&Arc<Transaction>>,
     ) -> anyhow::Result<Option<Box<dyn DeadLetterSink>>> {
         Ok(match (&self.errors.path, &self.errors.topic) {
-            (Some(path), _) => Some(Box::new(DeadLetterFile::open(path).await?)),
+            (Some(path), _) => {
+                let path = FileRoots::confine(self.file_roots.as_ref(), "errors.path", path)?;
+                Some(Box::new(DeadLetterFile::open(&path).await?))
+            }
             (None, Some(topic)) => {
                 let (brokers, properties) = match (&self.sink, &self.source) {
                     (
@@ -126,16 +144,19 @@ impl PipelineConfig {
     }
 }
 
-fn read_schema(side: &str, avro: &AvroConfig) -> anyhow::Result<Option<String>> {
+fn read_schema(
+    side: &str,
+    avro: &AvroConfig,
+    roots: Option<&FileRoots>,
+) -> anyhow::Result<Option<String>> {
     avro.schema
         .as_ref()
         .map(|p| {
-            std::fs::read_to_string(p).with_context(|| {
-                format!(
-                    "{side}.avro.schema: cannot read the Avro schema {}",
-                    p.display()
-                )
-            })
+            let key = format!("{side}.avro.schema");
+            let path = FileRoots::confine(roots, &key, p)?;
+            // The error never quotes the file: it may not be an .avsc.
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("{key}: cannot read the Avro schema {}", p.display()))
         })
         .transpose()
 }
@@ -152,7 +173,7 @@ fn registry(side: &str, avro: &AvroConfig, url: &str) -> anyhow::Result<Arc<Regi
 impl SourceConfig {
     /// The decoder of the source's records: Avro's schemas read (and, with
     /// a registry and no `.avsc`, the subject's latest version fetched).
-    pub async fn decoder(&self) -> anyhow::Result<RecordDecoder> {
+    pub async fn decoder(&self, roots: Option<&FileRoots>) -> anyhow::Result<RecordDecoder> {
         let (
             SourceConfig::Kafka {
                 avro: Some(avro),
@@ -168,7 +189,7 @@ impl SourceConfig {
                 self.metadata(),
             ));
         };
-        let file = read_schema("source", avro)?;
+        let file = read_schema("source", avro, roots)?;
         let decoder = match (&avro.registry, file) {
             (None, Some(writer)) => AvroIn::new(
                 Framing::Plain {
@@ -213,6 +234,7 @@ impl SinkConfig {
     pub async fn avro_out(
         &self,
         output: &datafusion::arrow::datatypes::Schema,
+        roots: Option<&FileRoots>,
     ) -> anyhow::Result<Option<AvroOut>> {
         let (SinkConfig::Kafka { avro, topic, .. }, crate::config::Format::Avro) =
             (self, self.format())
@@ -221,7 +243,7 @@ impl SinkConfig {
         };
         let avro = avro.as_deref().cloned().unwrap_or_default();
         let schema = AvroOut {
-            schema: read_schema("sink", &avro)?,
+            schema: read_schema("sink", &avro, roots)?,
             id: None,
         }
         .schema_for(output)

@@ -274,6 +274,7 @@ impl PlannedQuery {
                 }) as Arc<dyn TableProvider>
             }),
         );
+        crate::sql::check_bounds(ctx, sql)?;
         let frame = ctx.sql_with_options(sql, crate::sql::read_only()).await?;
         let window = captured.lock().clone();
         let group_columns = check_grouping(frame.logical_plan(), window.as_ref())?;

@@ -171,9 +171,10 @@ async fn inline_functions(
     tenant: &Arc<Tenant>,
 ) -> anyhow::Result<(PipelineConfig, Vec<Arc<UdfModule>>)> {
     let load = |label: &str, wasm: &[u8]| sandbox.load_for(label, wasm, tenant);
-    let (functions, query) = crate::sql::split_functions(&config.sql, &load)
-        .await
-        .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))?;
+    let (functions, query) =
+        crate::sql::split_functions(&config.sql, tenant.policy().sql_bounds(), &load)
+            .await
+            .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))?;
     let mut modules = Vec::with_capacity(functions.len());
     for f in &functions {
         let module = sandbox
@@ -268,7 +269,9 @@ impl Pipeline {
         // Bounded by the tenant's `query_memory_bytes`, at plan time too.
         let policy = tenant.policy();
         let ctx = crate::sql::bounded_context(
-            crate::sql::session_config().with_target_partitions(1),
+            policy
+                .sql_bounds()
+                .install(crate::sql::session_config().with_target_partitions(1)),
             policy.query_memory_bytes,
             &policy.key("query_memory_bytes"),
         );
@@ -310,13 +313,14 @@ impl Pipeline {
         tenant: Arc<Tenant>,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
-        let decoder = config.source.decoder().await?;
+        let decoder = config.source.decoder(config.file_roots.as_ref()).await?;
         let tables = {
             let policy = tenant.policy();
             Tables::open(
                 &config.name,
                 &config.tables,
                 (policy.state_bytes, &policy.key("state_bytes")),
+                config.file_roots.as_ref(),
             )
             .await?
         };
@@ -341,7 +345,11 @@ impl Pipeline {
             _ => Vec::new(),
         };
         let mut encoder = RecordEncoder::new(config.sink.format(), key).with_key_columns(group_key);
-        if let Some(avro) = config.sink.avro_out(&query.output_schema()).await? {
+        if let Some(avro) = config
+            .sink
+            .avro_out(&query.output_schema(), config.file_roots.as_ref())
+            .await?
+        {
             encoder = encoder.with_avro(avro);
         }
         encoder
@@ -367,8 +375,9 @@ impl Pipeline {
             .sink
             .open_transaction(&config.tenant, &config.name, stats.clone())
             .await?;
-        let source = config.source.open(txn.as_ref()).await?;
-        let sink = config.sink.open(txn.as_ref()).await?;
+        let roots = config.file_roots.as_ref();
+        let source = config.source.open(txn.as_ref(), roots).await?;
+        let sink = config.sink.open(txn.as_ref(), roots).await?;
         let dead_letters = config.open_dead_letters(txn.as_ref()).await?;
         for m in &all {
             m.bind_metrics(&config.name);
@@ -432,7 +441,7 @@ impl Pipeline {
                     self.source = self
                         .config
                         .source
-                        .open(self.txn.as_ref())
+                        .open(self.txn.as_ref(), self.config.file_roots.as_ref())
                         .await
                         .with_context(|| format!("pipeline `{}`", self.config.name))?;
                 }
@@ -895,6 +904,45 @@ impl Pipeline {
         );
     }
 
+    /// Fetches the schemas `records` name (Avro with a registry). A
+    /// registry that fails (unreachable, 5xx) is capacity, not poison: the
+    /// batch waits and the fetch is tried again with backoff, the source
+    /// paused, until it answers or the pipeline is told to stop (`false`).
+    async fn prepare_decoder(
+        &mut self,
+        records: &[SourceRecord],
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Err(e) = self.decoder.prepare(records).await else {
+                return Ok(true);
+            };
+            tracing::warn!(pipeline = %self.config.name, tenant = %self.config.tenant, "{e:#}; trying again in {} ms", backoff.as_millis());
+            crate::telemetry::counter(
+                crate::telemetry::PIPELINE_REGISTRY_RETRIES,
+                &vec![
+                    ("tenant", self.config.tenant.clone()),
+                    ("pipeline", self.config.name.clone()),
+                ],
+            )
+            .increment(1);
+            let stop = flight
+                .guard(&mut *self.source, async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => Ok(false),
+                        _ = shutdown.changed() => Ok(true),
+                    }
+                })
+                .await?;
+            if stop {
+                return Ok(false);
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
     /// One micro-batch: decode, transform and encode (isolating poison
     /// rows), hand outputs and dead letters to their sinks; the batch joins
     /// the in-flight window until both acknowledge it. `false` if the
@@ -920,7 +968,9 @@ impl Pipeline {
                 .await?;
         }
         let offsets = next_offsets(&records);
-        self.decoder.prepare(&records).await?;
+        if !self.prepare_decoder(&records, flight, shutdown).await? {
+            return Ok(false);
+        }
         let decoded = self.decoder.decode(&records)?;
         let mut letters: Vec<DeadLetter> = decoded
             .failed

@@ -168,8 +168,19 @@ impl AppState {
                 )
             }
         };
-        // Pipelines emit through the recorder: install it before any starts.
+        // Pipelines emit through the recorder: install it before any starts;
+        // the counters of every tenant the server knows start at zero.
         exporter::handle();
+        let mut known: Vec<String> = config
+            .tokens
+            .iter()
+            .map(|t| t.tenant.clone())
+            .chain(tenants.all().iter().map(|t| t.name().to_string()))
+            .filter(|t| t != "*")
+            .collect();
+        known.sort();
+        known.dedup();
+        telemetry::start_series(&known);
         let executor = Arc::new(GuestExecutor::new(sandbox.limits().guest_threads())?);
         Ok(AppState {
             config,

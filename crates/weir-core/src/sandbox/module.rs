@@ -308,7 +308,10 @@ impl UdfModule {
 
     /// Instantiates one instance now, so that a module whose start function
     /// loops or whose memory or tables exceed the limits is refused at load.
+    /// Start functions and `weir_init` are guest code: they run in one of
+    /// the tenant's guest slots, within its `max_concurrent_calls`.
     fn warm_up(&self) -> Result<(), LoadError> {
+        let _permit = self.tenant.as_ref().map(|t| t.enter());
         let instance = self
             .pool
             .checkout(self)

@@ -7,6 +7,7 @@
 //! 1000000000000)` would ask for a terabyte and abort the process).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
@@ -40,6 +41,28 @@ struct Bounded {
     max_bytes: u64,
     /// What to raise, named in the error.
     key: String,
+    /// Bytes all bounded calls over literals of the session built so far:
+    /// constants folded at plan time live in the plan, outside the pool,
+    /// so together they are held to `max_bytes` too (twelve calls each
+    /// just under the bound used to make twelve times it).
+    folded: Folded,
+}
+
+/// A total shared by the bounded functions of one session (not part of
+/// their identity).
+#[derive(Debug, Default, Clone)]
+struct Folded(Arc<AtomicU64>);
+
+impl PartialEq for Folded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Folded {}
+
+impl std::hash::Hash for Folded {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 fn row_values(arg: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
@@ -152,6 +175,25 @@ impl ScalarUDFImpl for Bounded {
                 self.key
             );
         }
+        let literal = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        if literal {
+            let total = self
+                .folded
+                .0
+                .fetch_add(bytes, Ordering::Relaxed)
+                .saturating_add(bytes);
+            if total > self.max_bytes {
+                return exec_err!(
+                    "{}() over constants would bring the query's constant strings to {total} bytes, above the {} bytes a query may hold; raise `{}` or ask for less",
+                    self.inner.name(),
+                    self.max_bytes,
+                    self.key
+                );
+            }
+        }
         self.inner.invoke_with_args(args)
     }
 }
@@ -174,12 +216,14 @@ pub fn bounded_context(config: SessionConfig, max_bytes: u64, key: &str) -> Sess
         (datafusion::functions::unicode::rpad(), Growth::Pad),
         (datafusion::functions::string::replace(), Growth::Replace),
     ];
+    let folded = Folded::default();
     for (inner, growth) in bounded {
         ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
             inner,
             growth,
             max_bytes,
             key: key.to_string(),
+            folded: folded.clone(),
         }));
     }
     ctx

@@ -1,12 +1,14 @@
 //! SQL over files with sandboxed UDFs: the engine behind `weir sql`.
 
 mod bounded;
+mod bounds;
 mod output;
 mod script;
 mod session;
 mod tables;
 
 pub use bounded::bounded_context;
+pub use bounds::{SqlBounds, check_bounds};
 pub use output::{OutputFormat, write_batches};
 pub use script::{FunctionHost, InlineFunction, run_script, split_functions};
 pub use session::{LocalFunctions, SqlSession, read_only, session_config};

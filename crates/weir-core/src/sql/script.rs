@@ -58,13 +58,36 @@ pub async fn run_script(
             Some(n) => frame.limit(0, Some(n))?,
             None => frame,
         };
-        last = frame.collect().await?;
+        last = collect_bounded(ctx, frame).await?;
     }
     Ok(last)
 }
 
+/// The frame's batches, held to the session's memory pool while they are
+/// gathered: the answer counts toward the query's memory like its
+/// operators (a `ResourcesExhausted` error past it).
+async fn collect_bounded(
+    ctx: &SessionContext,
+    frame: datafusion::dataframe::DataFrame,
+) -> Result<Vec<RecordBatch>> {
+    use datafusion::execution::memory_pool::MemoryConsumer;
+    use futures::StreamExt;
+    let reservation = MemoryConsumer::new("query answer").register(&ctx.runtime_env().memory_pool);
+    let mut stream = frame.execute_stream().await?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        reservation.try_grow(batch.get_array_memory_size())?;
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
 /// The statements of `sql` in the session's dialect; at least one.
+/// The text is first held to the session's [`super::SqlBounds`]: nothing
+/// recursive runs on a text over them.
 fn parse(ctx: &SessionContext, sql: &str) -> Result<VecDeque<DFStatement>> {
+    super::check_bounds(ctx, sql)?;
     let state = ctx.state();
     let config = state.config().options();
     let dialect = dialect_from_str(config.sql_parser.dialect).ok_or_else(|| {
@@ -104,12 +127,13 @@ impl InlineFunction {
 /// then the one query run for every micro-batch. Returns the functions'
 /// modules (compiled by the JavaScript compiler that `load` loads: the
 /// pipeline's tenant's limits) and the query's text; SQL without `CREATE
-/// FUNCTION` comes back unchanged.
+/// FUNCTION` comes back unchanged. `bounds`: the pipeline tenant's.
 pub async fn split_functions(
     sql: &str,
+    bounds: super::SqlBounds,
     load: javascript::Loader<'_>,
 ) -> Result<(Vec<InlineFunction>, String)> {
-    let ctx = SessionContext::new_with_config(super::session_config());
+    let ctx = SessionContext::new_with_config(bounds.install(super::session_config()));
     let statements = parse(&ctx, sql)?;
     let is_create = |s: &DFStatement| matches!(s, DFStatement::Statement(s) if matches!(**s, SqlStatement::CreateFunction(_)));
     if !statements.iter().any(is_create) {

@@ -64,6 +64,20 @@ pub struct TenantPolicy {
     pub kafka_brokers: Vec<String>,
     /// Prefix every topic and consumer group they use must have; "" = any.
     pub topic_prefix: String,
+    /// Schema registries (URLs: scheme, host, port and a path prefix)
+    /// that pipelines deployed through the API may send requests to;
+    /// empty = none (the default).
+    pub registries: Vec<String>,
+    /// Environment variables of the server that a deployed pipeline may
+    /// read (`avro.password_env`); empty = none (the default).
+    pub env_vars: Vec<String>,
+    /// Bytes of one SQL text (a request, a pipeline's `sql`).
+    pub sql_max_bytes: u64,
+    /// Parentheses open at once in one SQL text.
+    pub sql_max_depth: u32,
+    /// Operators joining two expressions or queries (`+`, `AND`, `UNION`,
+    /// `JOIN`, …) in one SQL text.
+    pub sql_max_terms: u32,
     /// Where each value came from: `tenants.<name>.<key>` for the keys the
     /// tenant's section sets (the rest are `defaults.<key>`).
     #[serde(skip)]
@@ -94,6 +108,11 @@ impl Default for TenantPolicy {
             breaker_action: BreakerAction::Pause,
             kafka_brokers: Vec::new(),
             topic_prefix: String::new(),
+            registries: Vec::new(),
+            env_vars: Vec::new(),
+            sql_max_bytes: crate::sql::SqlBounds::DEFAULT_MAX_BYTES,
+            sql_max_depth: crate::sql::SqlBounds::DEFAULT_MAX_DEPTH,
+            sql_max_terms: crate::sql::SqlBounds::DEFAULT_MAX_TERMS,
             keys: Vec::new(),
         }
     }
@@ -139,6 +158,20 @@ impl TenantPolicy {
         }
     }
 
+    /// How big the tenant's SQL texts may be, with the keys in force.
+    pub fn sql_bounds(&self) -> crate::sql::SqlBounds {
+        crate::sql::SqlBounds {
+            max_bytes: self.sql_max_bytes,
+            max_depth: self.sql_max_depth,
+            max_terms: self.sql_max_terms,
+            keys: [
+                self.key("sql_max_bytes"),
+                self.key("sql_max_depth"),
+                self.key("sql_max_terms"),
+            ],
+        }
+    }
+
     /// When this tenant's breakers open.
     pub fn breaker_settings(&self) -> crate::tenant::BreakerSettings {
         crate::tenant::BreakerSettings {
@@ -174,6 +207,11 @@ pub struct TenantOverrides {
     pub breaker_action: Option<BreakerAction>,
     pub kafka_brokers: Option<Vec<String>>,
     pub topic_prefix: Option<String>,
+    pub registries: Option<Vec<String>>,
+    pub env_vars: Option<Vec<String>>,
+    pub sql_max_bytes: Option<u64>,
+    pub sql_max_depth: Option<u32>,
+    pub sql_max_terms: Option<u32>,
 }
 
 /// The whole policy file.
@@ -270,7 +308,12 @@ impl Policy {
             breaker_cooldown_ms,
             breaker_action,
             kafka_brokers,
-            topic_prefix
+            topic_prefix,
+            registries,
+            env_vars,
+            sql_max_bytes,
+            sql_max_depth,
+            sql_max_terms
         );
         p
     }
@@ -289,6 +332,9 @@ impl TenantPolicy {
             ("max_concurrent_calls", u64::from(self.max_concurrent_calls)),
             ("max_instances", u64::from(self.max_instances)),
             ("max_in_flight_batches", self.max_in_flight_batches as u64),
+            ("sql_max_bytes", self.sql_max_bytes),
+            ("sql_max_depth", u64::from(self.sql_max_depth)),
+            ("sql_max_terms", u64::from(self.sql_max_terms)),
             ("breaker_failures", u64::from(self.breaker_failures)),
             ("breaker_window", u64::from(self.breaker_window)),
         ];
@@ -319,6 +365,25 @@ impl TenantPolicy {
             return Err(format!(
                 "{at}.burst_rows must be positive when rows_per_s is set"
             ));
+        }
+        use crate::sql::SqlBounds;
+        for (key, value, ceiling) in [
+            (
+                "sql_max_depth",
+                self.sql_max_depth,
+                SqlBounds::CEILING_DEPTH,
+            ),
+            (
+                "sql_max_terms",
+                self.sql_max_terms,
+                SqlBounds::CEILING_TERMS,
+            ),
+        ] {
+            if value > ceiling {
+                return Err(format!(
+                    "{at}.{key} = {value} is over {ceiling}, the most the planner handles on a guest thread's stack"
+                ));
+            }
         }
         if let Some(c) = self
             .capabilities

@@ -1,7 +1,7 @@
 //! [`WasmScalarUdf`]: a guest function as a DataFusion `ScalarUDFImpl`.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::array::Array;
@@ -33,7 +33,15 @@ pub struct WasmScalarUdf {
     /// The deadline of the request the function serves: calls due after
     /// it are cancelled, a call in flight then is interrupted.
     deadline: Option<Instant>,
+    /// Literal arguments whose call failed, and why. DataFusion folds a
+    /// call over literals in every optimizer pass and, when it fails,
+    /// keeps the call for execution: each attempt would get a fresh CPU
+    /// budget. A failed literal call fails at once after the first.
+    failed_literals: Arc<Mutex<Vec<(Vec<ScalarValue>, String)>>>,
 }
+
+/// Failed literal calls remembered per function (the oldest forgotten).
+const FAILED_LITERALS: usize = 16;
 
 impl WasmScalarUdf {
     pub fn new(module: Arc<UdfModule>, index: usize) -> Self {
@@ -47,6 +55,7 @@ impl WasmScalarUdf {
             return_type,
             row_errors: None,
             deadline: None,
+            failed_literals: Arc::default(),
         }
     }
 
@@ -68,6 +77,45 @@ impl WasmScalarUdf {
 
     pub fn module(&self) -> &Arc<UdfModule> {
         &self.module
+    }
+}
+
+impl WasmScalarUdf {
+    /// A call over literals only: refused at once when the same literals
+    /// failed before (see `failed_literals`).
+    fn call_literal(
+        &self,
+        args: &[ColumnarValue],
+        arrays: &[datafusion::arrow::array::ArrayRef],
+        rows: usize,
+    ) -> Result<datafusion::arrow::array::ArrayRef> {
+        let literals: Vec<ScalarValue> = args
+            .iter()
+            .filter_map(|a| match a {
+                ColumnarValue::Scalar(s) => Some(s.clone()),
+                ColumnarValue::Array(_) => None,
+            })
+            .collect();
+        let failed = |list: &Vec<(Vec<ScalarValue>, String)>| {
+            list.iter()
+                .find(|(l, _)| *l == literals)
+                .map(|(_, why)| why.clone())
+        };
+        if let Some(why) = self.failed_literals.lock().ok().and_then(|l| failed(&l)) {
+            return Err(DataFusionError::Execution(why));
+        }
+        self.module
+            .call_until(self.index, arrays, rows, self.deadline)
+            .map_err(|e| {
+                let why = e.to_string();
+                if let Ok(mut list) = self.failed_literals.lock() {
+                    if list.len() == FAILED_LITERALS {
+                        list.remove(0);
+                    }
+                    list.push((literals.clone(), why));
+                }
+                DataFusionError::External(Box::new(e))
+            })
     }
 }
 
@@ -135,6 +183,7 @@ impl ScalarUDFImpl for WasmScalarUdf {
                 }
                 out
             }
+            _ if all_scalar => self.call_literal(&args.args, &arrays, rows)?,
             _ => self
                 .module
                 .call_until(self.index, &arrays, rows, self.deadline)

@@ -7,6 +7,7 @@ pub mod registry;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_avro::reader::ReaderBuilder;
 use arrow_avro::schema::{
@@ -25,6 +26,11 @@ pub use registry::{Registry, RegistryError};
 const CONFLUENT_HEADER: usize = 5;
 /// The id a plain (unframed) record's schema gets inside the decoder.
 const PLAIN_ID: u32 = 0;
+/// How long an id the registry did not have stays unknown (its records
+/// dead-lettered) before it is asked for again.
+pub const UNKNOWN_FOR: Duration = Duration::from_secs(30);
+/// The pause before a 404 is asked again, once.
+const NOT_FOUND_RETRY: Duration = Duration::from_millis(500);
 
 /// How records are framed.
 #[derive(Debug, Clone)]
@@ -41,8 +47,10 @@ pub struct AvroIn {
     framing: Framing,
     reader: Arc<str>,
     schema: SchemaRef,
-    /// Ids the registry does not have (their records are dead-lettered).
-    unknown: Mutex<HashMap<u32, String>>,
+    /// Ids the registry did not have, and when it said so: their records
+    /// are dead-lettered until [`UNKNOWN_FOR`] has passed, then the id is
+    /// asked for again (a lagging registry follower catches up).
+    unknown: Mutex<HashMap<u32, (String, Instant)>>,
 }
 
 impl AvroIn {
@@ -72,12 +80,14 @@ impl AvroIn {
         self.schema.clone()
     }
 
-    /// Schema ids of Confluent-framed `payloads` not yet fetched.
+    /// Schema ids of Confluent-framed `payloads` not yet fetched (an id
+    /// the registry did not have longer than [`UNKNOWN_FOR`] ago again).
     pub fn missing_ids<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<u32> {
         let Framing::Confluent { registry } = &self.framing else {
             return Vec::new();
         };
-        let unknown = self.unknown.lock();
+        let mut unknown = self.unknown.lock();
+        unknown.retain(|_, (_, since)| since.elapsed() < UNKNOWN_FOR);
         let ids: BTreeSet<u32> = payloads
             .filter_map(confluent_id)
             .filter(|id| !registry.knows(*id) && !unknown.contains_key(id))
@@ -93,10 +103,19 @@ impl AvroIn {
             return Ok(());
         };
         for &id in ids {
-            match registry.schema_by_id(id) {
+            // A 404 is asked again once, shortly after: a schema registered
+            // a moment ago may not have reached the follower answering.
+            let mut answer = registry.schema_by_id(id);
+            if matches!(answer, Err(RegistryError::NotFound { .. })) {
+                std::thread::sleep(NOT_FOUND_RETRY);
+                answer = registry.schema_by_id(id);
+            }
+            match answer {
                 Ok(_) => {}
                 Err(e @ RegistryError::NotFound { .. }) => {
-                    self.unknown.lock().insert(id, e.to_string());
+                    self.unknown
+                        .lock()
+                        .insert(id, (e.to_string(), Instant::now()));
                 }
                 Err(e) => return Err(e),
             }
@@ -118,7 +137,7 @@ impl AvroIn {
                     ));
                 };
                 match self.unknown.lock().get(&id) {
-                    Some(why) => Err(format!("unknown schema id {id}: {why}")),
+                    Some((why, _)) => Err(format!("unknown schema id {id}: {why}")),
                     None => Ok(()),
                 }
             }

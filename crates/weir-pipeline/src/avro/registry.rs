@@ -28,12 +28,13 @@ pub enum RegistryError {
     /// The registry has no such schema or subject (HTTP 404).
     #[error("the schema registry at {url} has no {what}")]
     NotFound { url: String, what: String },
-    #[error("the schema registry at {url} refused {what}: HTTP {status}: {message}")]
+    /// Its answer's body is not quoted: the URL is the tenant's to choose,
+    /// the body another service's.
+    #[error("the schema registry at {url} refused {what}: HTTP {status}")]
     Refused {
         url: String,
         what: String,
         status: u16,
-        message: String,
     },
     #[error("the schema registry at {url} cannot be reached for {what}: {message}")]
     Unreachable {
@@ -52,6 +53,8 @@ pub enum RegistryError {
 /// One registry, with the schemas it answered by id.
 pub struct Registry {
     url: String,
+    /// `url` as errors show it (no password).
+    shown: String,
     auth: Option<String>,
     agent: ureq::Agent,
     by_id: Mutex<HashMap<u32, Arc<str>>>,
@@ -74,19 +77,23 @@ impl Registry {
         });
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // The policy allowed this URL, not wherever it redirects.
+            .max_redirects(0)
             .timeout_global(Some(TIMEOUT))
             .build()
             .into();
         Registry {
             url: url.trim_end_matches('/').to_string(),
+            shown: weir_core::secrets::redact_url(url.trim_end_matches('/')),
             auth,
             agent,
             by_id: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The URL as it may be shown (no password).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
     /// The schema a record's header names; cached.
@@ -145,9 +152,9 @@ impl Registry {
     ) -> Result<serde_json::Value, RegistryError> {
         let url = format!("{}{path}", self.url);
         let unreachable = |e: ureq::Error| RegistryError::Unreachable {
-            url: self.url.clone(),
+            url: self.shown.clone(),
             what: what.to_string(),
-            message: e.to_string(),
+            message: e.to_string().replace(&self.url, &self.shown),
         };
         let response = if method == "POST" {
             let mut request = self
@@ -179,17 +186,13 @@ impl Registry {
         match status {
             200..=299 => Ok(answer),
             404 => Err(RegistryError::NotFound {
-                url: self.url.clone(),
+                url: self.shown.clone(),
                 what: what.to_string(),
             }),
             _ => Err(RegistryError::Refused {
-                url: self.url.clone(),
+                url: self.shown.clone(),
                 what: what.to_string(),
                 status,
-                message: answer
-                    .get("message")
-                    .and_then(|m| m.as_str())
-                    .map_or_else(|| answer.to_string(), str::to_string),
             }),
         }
     }
@@ -204,7 +207,7 @@ impl Registry {
             .get("schema")
             .and_then(|s| s.as_str())
             .map(str::to_string)
-            .ok_or_else(|| self.bad(what, format!("no `schema` string: {answer}")))
+            .ok_or_else(|| self.bad(what, "no `schema` string".to_string()))
     }
 
     fn id_of(&self, answer: &serde_json::Value, what: &str) -> Result<u32, RegistryError> {
@@ -212,12 +215,12 @@ impl Registry {
             .get("id")
             .and_then(|i| i.as_u64())
             .and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| self.bad(what, format!("no numeric `id`: {answer}")))
+            .ok_or_else(|| self.bad(what, "no numeric `id`".to_string()))
     }
 
     fn bad(&self, what: &str, message: String) -> RegistryError {
         RegistryError::BadAnswer {
-            url: self.url.clone(),
+            url: self.shown.clone(),
             what: what.to_string(),
             message,
         }
@@ -234,4 +237,72 @@ fn path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-shot HTTP server answering every request with `response`.
+    fn serve(response: &'static str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { return };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// Issue 27 #3: the URL is the tenant's choice, the body another
+    /// service's: an error names the status, never the body.
+    #[test]
+    fn errors_never_quote_the_answer() {
+        let url = serve(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 25\r\nconnection: close\r\n\r\n{\"message\":\"SECRET-BODY\"}",
+        );
+        let e = Registry::new(&url, None, None).schema_by_id(1).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("HTTP 500") && !text.contains("SECRET"),
+            "{text}"
+        );
+        let url = serve(
+            "HTTP/1.1 200 OK\r\ncontent-length: 22\r\nconnection: close\r\n\r\n{\"other\":\"SECRET-ANS\"}",
+        );
+        let text = Registry::new(&url, None, None)
+            .schema_by_id(1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("no `schema`") && !text.contains("SECRET"),
+            "{text}"
+        );
+    }
+
+    /// A redirect is not followed (the policy allowed this URL, not
+    /// wherever it points), and a password in the URL is not shown.
+    #[test]
+    fn redirects_are_not_followed_and_passwords_not_shown() {
+        let url = serve(
+            "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/latest\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        let with_password = url.replace("http://", "http://user:hunter2@");
+        let e = Registry::new(&with_password, None, None)
+            .schema_by_id(1)
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e, RegistryError::Refused { status: 302, .. }),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+    }
 }

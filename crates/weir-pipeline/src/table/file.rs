@@ -11,6 +11,7 @@ use datafusion::prelude::SessionContext;
 
 use super::Snapshot;
 use crate::config::TableConfig;
+use crate::resources::FileRoots;
 use crate::sql::{TableSpec, register_table};
 
 /// How often a table file is looked at for a change.
@@ -19,6 +20,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 pub struct FileTable {
     name: String,
     path: PathBuf,
+    /// `tables[i].path`, the key named when the file leaves `roots`.
+    key: String,
+    /// A deployed pipeline's folders: the file is held to them at every
+    /// read, a reload included.
+    roots: Option<FileRoots>,
     /// Modification time and size of the version in force.
     seen: Option<(SystemTime, u64)>,
     checked: Instant,
@@ -30,13 +36,20 @@ fn stamp(path: &PathBuf) -> std::io::Result<(SystemTime, u64)> {
 }
 
 impl FileTable {
-    pub async fn open(config: &TableConfig) -> anyhow::Result<(Self, Snapshot)> {
+    /// `index`: the table's place in `[[tables]]`.
+    pub async fn open(
+        config: &TableConfig,
+        index: usize,
+        roots: Option<FileRoots>,
+    ) -> anyhow::Result<(Self, Snapshot)> {
         let TableConfig::File { name, path } = config else {
             anyhow::bail!("table `{}` is not a file table", config.name());
         };
         let mut table = FileTable {
             name: name.clone(),
             path: path.clone(),
+            key: format!("tables[{index}].path"),
+            roots,
             seen: None,
             checked: Instant::now(),
         };
@@ -48,10 +61,11 @@ impl FileTable {
     }
 
     async fn read(&self) -> anyhow::Result<Snapshot> {
+        let path = FileRoots::confine(self.roots.as_ref(), &self.key, &self.path)?;
         let ctx = SessionContext::new();
         let spec = TableSpec {
             name: "t".to_string(),
-            path: self.path.clone(),
+            path,
         };
         let what = || format!("table `{}`: {}", self.name, self.path.display());
         register_table(&ctx, &spec)

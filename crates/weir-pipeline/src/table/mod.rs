@@ -71,13 +71,14 @@ impl Tables {
         pipeline: &str,
         configs: &[TableConfig],
         limit: (u64, &str),
+        roots: Option<&crate::resources::FileRoots>,
     ) -> anyhow::Result<Self> {
         let mut tables = Vec::new();
         let mut total = 0usize;
-        for config in configs {
+        for (i, config) in configs.iter().enumerate() {
             let (kind, current) = match config {
                 TableConfig::File { .. } => {
-                    let (t, s) = file::FileTable::open(config).await?;
+                    let (t, s) = file::FileTable::open(config, i, roots.cloned()).await?;
                     (Kind::File(t), s)
                 }
                 TableConfig::Kafka { .. } => {

@@ -2,6 +2,7 @@
 //! Each returns [`ServiceError`](crate::error::ServiceError), mapped to a
 //! status in one place.
 
+pub mod boundary;
 pub mod pipelines;
 pub mod query;
 pub mod staged;

@@ -13,6 +13,7 @@ use crate::pipeline::runner::Reload;
 use crate::pipeline::{Pipeline, PipelineConfig, Status, Supervisor};
 use crate::registry::StoredPipeline;
 use crate::sandbox::UdfModule;
+use crate::services::boundary;
 use crate::services::udfs::{self, UdfRef};
 
 /// The pipelines deployed through the API (run by the one pipeline
@@ -124,209 +125,6 @@ pub fn parse(tenant: &str, name: &str, text: &str) -> ServiceResult<(PipelineCon
     Ok((config, udfs))
 }
 
-/// librdkafka properties a pipeline deployed through the API may set:
-/// tuning and SASL credentials. Anything naming a file (`*.location`,
-/// keytabs) or code (`plugin.library.paths`, interceptors) is refused.
-const ALLOWED_PROPERTY_PREFIXES: &[&str] = &[
-    "fetch.",
-    "queued.",
-    "linger.ms",
-    "batch.",
-    "compression.",
-    "message.max.bytes",
-    "socket.",
-    "reconnect.",
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "max.poll.interval.ms",
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.username",
-    "sasl.password",
-    "statistics.interval.ms",
-    "request.timeout.ms",
-    "retry.backoff.ms",
-];
-
-/// Upper bounds of the allowed librdkafka properties that size buffers:
-/// the client's memory is the server's.
-const PROPERTY_MAXIMA: &[(&str, u64)] = &[
-    ("queued.max.messages.kbytes", 65_536),
-    ("queued.min.messages", 1_000_000),
-    ("fetch.max.bytes", 64 << 20),
-    ("fetch.message.max.bytes", 16 << 20),
-    ("fetch.min.bytes", 16 << 20),
-    ("message.max.bytes", 16 << 20),
-    ("batch.size", 16 << 20),
-    ("batch.num.messages", 1_000_000),
-    ("socket.send.buffer.bytes", 16 << 20),
-    ("socket.receive.buffer.bytes", 16 << 20),
-];
-
-/// Brokers, topics, group and properties of a deployed pipeline against
-/// its tenant's policy (`kafka_brokers`, `topic_prefix`).
-pub fn check_kafka(
-    config: &PipelineConfig,
-    policy: &crate::tenant::TenantPolicy,
-) -> ServiceResult<()> {
-    use crate::pipeline::config::{SinkConfig, SourceConfig};
-    let mut brokers = Vec::new();
-    let mut names: Vec<(&str, &str)> = Vec::new();
-    let mut properties = Vec::new();
-    if let SourceConfig::Kafka {
-        brokers: b,
-        topics,
-        group,
-        properties: p,
-        ..
-    } = &config.source
-    {
-        brokers.push(b.as_str());
-        names.extend(topics.iter().map(|t| ("source.topics", t.as_str())));
-        names.push(("source.group", group.as_str()));
-        properties.extend(p.iter());
-    }
-    if let SinkConfig::Kafka {
-        brokers: b,
-        topic,
-        properties: p,
-        ..
-    } = &config.sink
-    {
-        brokers.push(b.as_str());
-        names.push(("sink.topic", topic.as_str()));
-        properties.extend(p.iter());
-    }
-    if let Some(topic) = &config.errors.topic {
-        names.push(("errors.topic", topic.as_str()));
-    }
-    for b in brokers {
-        check_brokers(b, policy)?;
-    }
-    for (key, name) in names {
-        check_topic(key, name, policy)?;
-    }
-    for (key, value) in &properties {
-        if let Some((_, max)) = PROPERTY_MAXIMA.iter().find(|(k, _)| k == key) {
-            let n: u64 = value.trim().parse().map_err(|_| {
-                ServiceError::BadRequest(format!(
-                    "property `{key}` must be a number (got `{value}`)"
-                ))
-            })?;
-            if n > *max {
-                return Err(ServiceError::Forbidden(format!(
-                    "property `{key}` = {n} is above {max}, the most a pipeline deployed through the API may set (the server's memory is shared)"
-                )));
-            }
-        }
-    }
-    if let Some((key, _)) = properties
-        .iter()
-        .find(|(k, _)| !ALLOWED_PROPERTY_PREFIXES.iter().any(|p| k.starts_with(p)))
-    {
-        return Err(ServiceError::Forbidden(format!(
-            "property `{key}` may not be set on a pipeline deployed through the API (allowed: tuning and SASL credentials)"
-        )));
-    }
-    Ok(())
-}
-
-pub fn check_brokers(brokers: &str, policy: &crate::tenant::TenantPolicy) -> ServiceResult<()> {
-    let key = policy.key("kafka_brokers");
-    if policy.kafka_brokers.is_empty() {
-        return Err(ServiceError::Forbidden(format!(
-            "no Kafka brokers may be used through the API: `{key}` is empty; an operator names the allowed bootstrap lists there (`[\"*\"]` allows any)"
-        )));
-    }
-    if policy
-        .kafka_brokers
-        .iter()
-        .any(|b| b == "*" || b == brokers)
-    {
-        Ok(())
-    } else {
-        Err(ServiceError::Forbidden(format!(
-            "brokers `{brokers}` are not among the tenant's `{key}` in the policy"
-        )))
-    }
-}
-
-pub fn check_topic(
-    key: &str,
-    name: &str,
-    policy: &crate::tenant::TenantPolicy,
-) -> ServiceResult<()> {
-    if name.starts_with(&policy.topic_prefix) {
-        Ok(())
-    } else {
-        Err(ServiceError::Forbidden(format!(
-            "{key} `{name}` does not start with the tenant's `topic_prefix` `{}` ({})",
-            policy.topic_prefix,
-            policy.key("topic_prefix")
-        )))
-    }
-}
-
-/// Every file a pipeline would read or write must lie in one of `roots`
-/// (after resolving `..` and symbolic links); `{tenant}` in a root stands
-/// for the pipeline's tenant, so each tenant gets a folder of its own.
-pub fn check_files(config: &PipelineConfig, roots: &[std::path::PathBuf]) -> ServiceResult<()> {
-    use crate::pipeline::config::{SinkConfig, SourceConfig};
-    let mut files: Vec<(&str, &std::path::Path)> = Vec::new();
-    if let SourceConfig::File { path, .. } = &config.source {
-        files.push(("source.path", path));
-    }
-    if let SinkConfig::File { path, .. } = &config.sink {
-        files.push(("sink.path", path));
-    }
-    if let Some(path) = &config.errors.path {
-        files.push(("errors.path", path));
-    }
-    for (key, path) in files {
-        let resolved = resolve_path(path).ok_or_else(|| {
-            ServiceError::Forbidden(format!("{key} `{}` cannot be resolved", path.display()))
-        })?;
-        // `{tenant}` in a root is the pipeline's tenant: a folder of its own.
-        let inside = roots.iter().any(|root| {
-            let root = std::path::PathBuf::from(
-                root.to_string_lossy().replace("{tenant}", &config.tenant),
-            );
-            resolve_path(&root).is_some_and(|root| resolved.starts_with(root))
-        });
-        if !inside {
-            return Err(ServiceError::Forbidden(format!(
-                "{key} `{}` is outside the folders deployed pipelines may use (serve.file_roots); use Kafka, or ask an operator to allow the folder",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The path made absolute: its nearest existing ancestor canonicalized
-/// (symbolic links and `..` resolved), the rest appended; `None` when the
-/// part that does not exist yet contains `..`.
-fn resolve_path(path: &std::path::Path) -> Option<std::path::PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(base) = std::fs::canonicalize(existing) {
-            let mut resolved = base;
-            for part in rest.iter().rev() {
-                resolved.push(part);
-            }
-            return Some(resolved);
-        }
-        let name = existing.file_name()?;
-        if name == ".." {
-            return None;
-        }
-        rest.push(name.to_os_string());
-        existing = existing.parent()?;
-    }
-}
-
 /// Whether every node of a cluster may run the pipeline at once: a Kafka
 /// source shares its partitions through the consumer group; any other
 /// source runs on the one node holding its lease.
@@ -346,9 +144,12 @@ async fn prepare(
     name: &str,
     text: &str,
 ) -> ServiceResult<(PipelineConfig, Vec<UdfRef>, Vec<Arc<UdfModule>>)> {
-    let (config, udfs) = parse(tenant, name, text)?;
-    check_files(&config, &state.config.file_roots)?;
-    check_kafka(&config, &state.tenants.get(tenant).policy())?;
+    let (mut config, udfs) = parse(tenant, name, text)?;
+    // Every resource the file names, held to the tenant's policy; its files
+    // are held to the roots again whenever the pipeline opens them.
+    let roots = boundary::file_roots(&state.config.file_roots, tenant);
+    boundary::check(&config, &state.tenants.get(tenant).policy(), &roots)?;
+    config.file_roots = Some(roots);
     let modules = {
         // Loading may compile: on the guest threads, not the API's.
         let (s, t, u) = (state.clone(), tenant.to_string(), udfs.clone());
@@ -360,6 +161,9 @@ async fn prepare(
     };
     Ok((config, udfs, modules))
 }
+
+/// The longest a deploy may take to build its pipeline.
+const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Builds and starts a pipeline.
 pub async fn start(
@@ -390,15 +194,30 @@ pub async fn start(
             Ok(modules)
         }),
     };
-    let pipeline = Pipeline::build_with_modules(
-        config,
-        &state.sandbox,
-        modules,
-        &state.tenants,
-        Some(reload),
-    )
-    .await
-    .map_err(|e| ServiceError::Rejected(format!("{e:#}")))?;
+    // Building compiles inline functions, runs their warm-up and plans
+    // the query (constant folding calls guests): on the guest threads,
+    // within the deploy's deadline, never on the API's.
+    let builder = state.clone();
+    let build = state.executor.run(async move {
+        Pipeline::build_with_modules(
+            config,
+            &builder.sandbox,
+            modules,
+            &builder.tenants,
+            Some(reload),
+        )
+        .await
+    });
+    let pipeline = tokio::time::timeout(BUILD_TIMEOUT, build)
+        .await
+        .map_err(|_| {
+            ServiceError::Timeout(format!(
+                "pipeline `{name}` of tenant `{tenant}` took over {} s to build (compile, warm-up, plan); make its functions' top level or its query cheaper",
+                BUILD_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(ServiceError::internal)?
+        .map_err(|e| ServiceError::Rejected(format!("{e:#}")))?;
     // The new pipeline is built (a bad update fails here, leaving the old
     // one running); only now is the running one stopped and replaced.
     state.pipelines.supervisor.start(pipeline, udfs).await;
@@ -542,33 +361,30 @@ pub async fn set_running(
     Ok(state.pipelines.status(tenant, name))
 }
 
-/// Whether a configuration key names a secret (its value is never shown).
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "sasl.oauthbearer.config",
-        "ssl.key.pem",
-        "ssl_key",
-    ]
-    .iter()
-    .any(|s| key.contains(s))
-}
-
+/// Secret values (weir-core's one rule, `secrets`: secret keys, and
+/// passwords inside URLs) replaced, at any depth.
 fn redact_value(value: &mut toml::Value) {
+    use weir_core::secrets;
     match value {
         toml::Value::Table(table) => {
             for (key, v) in table.iter_mut() {
-                if is_secret(key) {
-                    *v = toml::Value::String("<redacted>".to_string());
-                } else {
-                    redact_value(v);
+                match v {
+                    toml::Value::String(s) => *s = secrets::shown(key, s),
+                    _ if secrets::is_secret_key(key) => {
+                        *v = toml::Value::String(secrets::REDACTED.to_string())
+                    }
+                    _ => redact_value(v),
                 }
             }
         }
-        toml::Value::Array(items) => items.iter_mut().for_each(redact_value),
+        toml::Value::Array(items) => {
+            for item in items {
+                match item {
+                    toml::Value::String(s) => *s = secrets::redact_url(s),
+                    _ => redact_value(item),
+                }
+            }
+        }
         _ => {}
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::AppState;
 use crate::error::{ServiceError, ServiceResult};
 use crate::recent::TopicTable;
-use crate::services::pipelines::{check_brokers, check_topic};
+use crate::services::boundary::{check_brokers, check_topic};
 use crate::services::udfs::{self, UdfRef};
 
 /// Rows returned at most, and the default.
@@ -91,7 +91,7 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     let policy = state.tenants.get(tenant).policy();
     let memory_key = policy.key("query_memory_bytes");
     let ctx = crate::sql::bounded_context(
-        crate::sql::session_config(),
+        policy.sql_bounds().install(crate::sql::session_config()),
         policy.query_memory_bytes,
         &memory_key,
     );
@@ -149,8 +149,8 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
             .map_err(|e| bad(format!("table `{name}`: {e}")))?;
     }
     for (name, topic) in req.topics {
-        check_brokers(&topic.brokers, &policy)?;
-        check_topic("topic", &topic.topic, &policy)?;
+        check_brokers(&format!("topics.{name}.brokers"), &topic.brokers, &policy)?;
+        check_topic(&format!("topics.{name}.topic"), &topic.topic, &policy)?;
         let t = topic.clone();
         let batch = tokio::task::spawn_blocking(move || crate::recent::read(&t))
             .await

@@ -378,11 +378,7 @@ async fn kafka_tables_and_transactional_ids_follow_the_policy() {
             &["sink.transactional_id", "weir.acme."][..],
         ),
     ] {
-        let (status, answer) = deploy(
-            &app,
-            &toml.replace("[errors]\npolicy = \"skip\"", "[errors]\npolicy = \"skip\""),
-        )
-        .await;
+        let (status, answer) = deploy(&app, &toml).await;
         refused(status, &answer, names);
     }
 }

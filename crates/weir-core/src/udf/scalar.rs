@@ -37,8 +37,11 @@ pub struct WasmScalarUdf {
     /// call over literals in every optimizer pass and, when it fails,
     /// keeps the call for execution: each attempt would get a fresh CPU
     /// budget. A failed literal call fails at once after the first.
-    failed_literals: Arc<Mutex<Vec<(Vec<ScalarValue>, String)>>>,
+    failed_literals: Arc<Mutex<Vec<FailedLiteral>>>,
 }
+
+/// Literal arguments of a failed call, and the error.
+type FailedLiteral = (Vec<ScalarValue>, String);
 
 /// Failed literal calls remembered per function (the oldest forgotten).
 const FAILED_LITERALS: usize = 16;
@@ -96,7 +99,7 @@ impl WasmScalarUdf {
                 ColumnarValue::Array(_) => None,
             })
             .collect();
-        let failed = |list: &Vec<(Vec<ScalarValue>, String)>| {
+        let failed = |list: &Vec<FailedLiteral>| {
             list.iter()
                 .find(|(l, _)| *l == literals)
                 .map(|(_, why)| why.clone())

@@ -92,7 +92,7 @@ impl Registry {
     }
 
     /// The URL as it may be shown (no password).
-    pub fn url(&self) -> &str {
+    pub fn shown_url(&self) -> &str {
         &self.shown
     }
 

@@ -607,3 +607,19 @@ async fn query_memory_covers_the_whole_query() {
         query(serde_json::json!({ "sql": "SELECT repeat('x', 1000) AS c" })).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
+
+/// Issue 28: every node of a cluster runs a plain Kafka pipeline (the
+/// group shares the partitions), but a windowed one only on the node
+/// holding its lease: on several nodes each would emit partial windows.
+#[test]
+fn a_cluster_runs_a_windowed_pipeline_on_one_node() {
+    use weir::serve::services::pipelines::shared;
+    let plain = kafka_pipeline("format = \"raw\"", "[sink]\nkind = \"stdout\"", "");
+    assert!(shared(&plain));
+    let windowed = plain.replace(
+        "sql = \"SELECT * FROM source\"",
+        "sql = \"SELECT window_start, count(*) AS n FROM tumble(source, _timestamp, INTERVAL '1' MINUTE) GROUP BY window_start\"",
+    );
+    assert_ne!(plain, windowed);
+    assert!(!shared(&windowed));
+}

@@ -557,3 +557,25 @@ fn warm_up_at_load_waits_for_the_tenants_slot() {
     drop(permit);
     loader.join().unwrap().unwrap();
 }
+
+/// Issue 27 #7: a tenant's requests beyond `max_concurrent_calls` wait for
+/// admission as futures (no thread held), and go on when one finishes.
+#[tokio::test]
+async fn requests_beyond_the_cap_wait_for_admission_without_a_thread() {
+    let t = tenants("[tenants.one]\nmax_concurrent_calls = 2\n");
+    let one = t.get("one");
+    let first = one.admit().await;
+    let _second = one.admit().await;
+    let third = one.admit();
+    tokio::pin!(third);
+    assert!(
+        futures::poll!(third.as_mut()).is_pending(),
+        "a third request was admitted over the cap of 2"
+    );
+    // Another tenant is not held up by this one's requests.
+    let _other = t.get("two").admit().await;
+    drop(first);
+    let _third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("admitted once a request finished");
+}

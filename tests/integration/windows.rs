@@ -192,3 +192,41 @@ async fn produce_seconds_at(addr: &str, topic: &str, seconds: &[i64], partition:
             .unwrap();
     }
 }
+
+/// Issue 28: two `weir run` processes of one windowed pipeline split the
+/// partitions and each would emit partial windows (597 and 601 instead of
+/// 1198). Until key-partitioned state lands, each says so: a log line at
+/// error level naming the partitions it owns (and the gauge
+/// `weir_pipeline_partial_windows`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_of_a_windowed_pipeline_say_their_windows_are_partial() {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("partial-in", 4), ("partial-out", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let a = Weir::start(&windowed_pipeline(&one, &addr, "partial-in", "partial-out", 0));
+    let b = Weir::start(&windowed_pipeline(&two, &addr, "partial-in", "partial-out", 0));
+    let said = |d: &std::path::Path| {
+        std::fs::read_to_string(d.join("windows.log"))
+            .unwrap_or_default()
+            .contains("of its source's 4 partitions")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut s = 0;
+    while !(said(&one) && said(&two)) {
+        produce_seconds(&addr, "partial-in", s..s + 8, 4).await;
+        s += 8;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the members never said their windows were partial:\n{}\n{}",
+            std::fs::read_to_string(one.join("windows.log")).unwrap_or_default(),
+            std::fs::read_to_string(two.join("windows.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop((a, b));
+}

@@ -54,6 +54,7 @@ metric_names! {
     PIPELINE_PAUSED = "weir_pipeline_paused", Gauge, P, "1 while backpressure pauses the source";
     PIPELINE_BREAKER_PAUSED = "weir_pipeline_breaker_paused", Gauge, P, "1 while an open circuit breaker of a UDF pauses the source";
     PIPELINE_STALLED = "weir_pipeline_stalled", Gauge, P, "1 while the source has no partitions, or lag and no progress, for source.stall_warn_ms";
+    PIPELINE_PARTIAL_WINDOWS = "weir_pipeline_partial_windows", Gauge, P, "1 while a windowed pipeline owns only some of its source's partitions: other members of its group hold the rest, and each emits partial windows";
     PIPELINE_LATE = "weir_pipeline_late_records_total", Counter, P, "records behind the watermark whose windows were already emitted";
     PIPELINE_WINDOWS_EMITTED = "weir_pipeline_windows_emitted_total", Counter, P, "event-time windows whose results were emitted";
     PIPELINE_OPEN_WINDOWS = "weir_pipeline_open_windows", Gauge, P, "event-time windows holding records, not yet emitted";

@@ -448,6 +448,13 @@ impl PipelineConfig {
         serde_json::to_value(schemars::schema_for!(PipelineConfig)).unwrap_or_default()
     }
 
+    /// Whether the query reads an event-time window: its state (the open
+    /// windows) must see every partition of the source, so one process
+    /// runs it at a time (`weir serve` clusters: the lease holder).
+    pub fn is_windowed(&self) -> bool {
+        crate::window::spec::reads_a_window(&self.sql)
+    }
+
     /// Whether the source is json or csv and declares no `fields`.
     pub fn needs_fields(&self) -> bool {
         matches!(self.source.format(), Format::Json | Format::Csv)

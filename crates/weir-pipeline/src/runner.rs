@@ -53,6 +53,9 @@ pub struct PipelineStats {
     /// 1 while the pipeline has no partitions, or lag and no progress, for
     /// longer than `source.stall_warn_ms`.
     pub stalled: Level,
+    /// 1 while a windowed pipeline owns only some of its source's
+    /// partitions (its windows miss the others' records).
+    pub partial_windows: Level,
     /// Records behind the watermark whose windows were already emitted.
     pub late: Count,
     pub windows_emitted: Count,
@@ -89,6 +92,7 @@ impl PipelineStats {
             paused: level(telemetry::PIPELINE_PAUSED),
             breaker_paused: level(telemetry::PIPELINE_BREAKER_PAUSED),
             stalled: level(telemetry::PIPELINE_STALLED),
+            partial_windows: level(telemetry::PIPELINE_PARTIAL_WINDOWS),
             late: count(telemetry::PIPELINE_LATE),
             windows_emitted: count(telemetry::PIPELINE_WINDOWS_EMITTED),
             open_windows: level(telemetry::PIPELINE_OPEN_WINDOWS),
@@ -520,6 +524,7 @@ impl Pipeline {
                 next = self.source.next_batch(size, linger) => next?,
                 _ = shutdown.changed() => return Ok(()),
             };
+            self.check_partial_windows();
             let Some(records) = next else {
                 // The source ended (a file): every open window is complete.
                 if self.take_transformed(Take::All, flight, shutdown).await? {
@@ -733,6 +738,36 @@ impl Pipeline {
         }
         self.stats.stalled.set(1);
         self.stats.set_condition(Some(message));
+    }
+
+    /// A windowed pipeline must see every partition of its source: with
+    /// some owned by other members of its group, each member's windows
+    /// hold part of the records and their results are partial. Said loudly
+    /// (log, `weir_pipeline_partial_windows`) for as long as it lasts.
+    fn check_partial_windows(&self) {
+        if self.windows.is_none() {
+            return;
+        }
+        let (Some(assigned), Some(known)) = (
+            self.source.assigned_partitions(),
+            self.source.known_partitions(),
+        ) else {
+            return;
+        };
+        let partial = assigned > 0 && assigned < known;
+        if partial && self.stats.partial_windows.swap(1) == 0 {
+            let group = match &self.config.source {
+                SourceConfig::Kafka { group, .. } => group.as_str(),
+                SourceConfig::File { .. } => "",
+            };
+            tracing::error!(
+                pipeline = %self.config.name,
+                tenant = %self.config.tenant,
+                "this windowed pipeline owns {assigned} of its source's {known} partitions: other members of group `{group}` read the rest, so every member's windows are partial; run it in one process (a `weir serve` cluster runs a windowed pipeline on one node)"
+            );
+        } else if !partial && assigned > 0 && self.stats.partial_windows.swap(0) == 1 {
+            tracing::info!(pipeline = %self.config.name, "the windowed pipeline owns every partition again");
+        }
     }
 
     fn clear_stall(&self) {

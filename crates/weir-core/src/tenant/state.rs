@@ -54,7 +54,24 @@ pub struct Tenant {
     share: Arc<FairShare>,
     bucket: Mutex<Bucket>,
     cache: RwLock<Option<Arc<ResultCache>>>,
+    /// Requests of the tenant on the guest threads now (see [`Tenant::admit`]).
+    admitted: Mutex<u32>,
+    /// Wakes requests waiting for admission.
+    admission: tokio::sync::Notify,
     pub stats: TenantStats,
+}
+
+/// Held while a request of the tenant (a query, a staged run, a deploy's
+/// build) has work on the guest threads.
+pub struct Admission<'a> {
+    tenant: &'a Tenant,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        *self.tenant.admitted.lock() -= 1;
+        self.tenant.admission.notify_waiters();
+    }
 }
 
 struct Bucket {
@@ -91,6 +108,8 @@ impl Tenant {
             instances: AtomicU64::new(0),
             share,
             cache: RwLock::new(cache),
+            admitted: Mutex::new(0),
+            admission: tokio::sync::Notify::new(),
             stats: TenantStats::new(name),
         }
     }
@@ -182,6 +201,28 @@ impl Tenant {
             self.stats
                 .memory_bytes
                 .set(before.saturating_sub(bytes) as f64);
+        }
+    }
+
+    /// Waits, without holding a thread, until fewer than the tenant's
+    /// `max_concurrent_calls` requests have work on the guest threads, and
+    /// counts this one. A tenant's flood of requests then waits as futures
+    /// outside the guest runtime: it cannot fill that runtime's threads
+    /// with calls parked on the tenant's slots (they starved every other
+    /// tenant's queries) nor run more of its guest code at once than its cap.
+    pub async fn admit(&self) -> Admission<'_> {
+        loop {
+            let notified = self.admission.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut admitted = self.admitted.lock();
+                if *admitted < self.policy().max_concurrent_calls.max(1) {
+                    *admitted += 1;
+                    return Admission { tenant: self };
+                }
+            }
+            notified.await;
         }
     }
 

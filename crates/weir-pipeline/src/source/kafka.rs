@@ -50,6 +50,9 @@ const CARRY_SOFT_LIMIT: usize = 1024;
 /// partitions this member owns.
 pub struct LagContext {
     lag: AtomicI64,
+    /// Partitions of the subscribed topics, as the statistics last listed
+    /// them (-1 until known).
+    known: AtomicI64,
     rebalances: AtomicU64,
     ownership: parking_lot::Mutex<Ownership>,
 }
@@ -77,6 +80,13 @@ impl ClientContext for LagContext {
             .map(|p| p.consumer_lag)
             .sum();
         self.lag.store(lag, Ordering::Relaxed);
+        let known = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0)
+            .count();
+        self.known.store(known as i64, Ordering::Relaxed);
     }
 }
 
@@ -160,6 +170,7 @@ impl KafkaSource {
         let consumer: StreamConsumer<LagContext> = config
             .create_with_context(LagContext {
                 lag: AtomicI64::new(-1),
+                known: AtomicI64::new(-1),
                 rebalances: AtomicU64::new(0),
                 ownership: Default::default(),
             })
@@ -375,6 +386,10 @@ impl Source for KafkaSource {
 
     fn assigned_partitions(&self) -> Option<usize> {
         Some(self.consumer.context().ownership().assigned())
+    }
+
+    fn known_partitions(&self) -> Option<usize> {
+        usize::try_from(self.consumer.context().known.load(Ordering::Relaxed)).ok()
     }
 
     fn partitions(&self) -> Vec<String> {

@@ -54,6 +54,12 @@ pub trait Source: Send {
         None
     }
 
+    /// Partitions of the source's topics in all (Kafka, once known):
+    /// with fewer assigned, other members of the group read the rest.
+    fn known_partitions(&self) -> Option<usize> {
+        None
+    }
+
     /// The partitions this member reads, as `topic/partition` (Kafka);
     /// empty for sources without partitions.
     fn partitions(&self) -> Vec<String> {

@@ -200,6 +200,33 @@ impl TableFunctionImpl for WindowFunction {
     }
 }
 
+/// The names of the window table functions (`FROM tumble(source, …)`).
+pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
+
+/// Whether `sql` reads from a window table function: the pipeline then
+/// keeps state (open windows) across micro-batches. Read off the tokens
+/// (a name followed by `(`), without planning.
+pub fn reads_a_window(sql: &str) -> bool {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return false;
+    };
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .peekable();
+    while let Some(token) = words.next() {
+        if let Token::Word(w) = token
+            && WINDOW_FUNCTIONS.iter().any(|f| w.value.eq_ignore_ascii_case(f))
+            && matches!(words.peek(), Some(Token::LParen))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Registers `tumble`, `hop` and `session` in `ctx` over `source`; `make` builds the
 /// windowed table (same slot, schema with the window columns).
 pub fn register_window_functions(
@@ -228,6 +255,16 @@ pub fn register_window_functions(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn windowed_queries_are_told_from_their_tokens() {
+        assert!(super::reads_a_window(
+            "SELECT window_start, count(*) FROM TUMBLE (source, ts, INTERVAL '1' MINUTE) GROUP BY 1"
+        ));
+        assert!(super::reads_a_window("select * from hop(source, ts, interval '1' second, interval '1' minute)"));
+        assert!(!super::reads_a_window("SELECT session, hop FROM source -- tumble(x)"));
+        assert!(!super::reads_a_window("SELECT 'tumble(source)' AS s FROM source"));
+    }
     use super::*;
 
     #[test]

@@ -34,7 +34,10 @@ pub async fn try_version(
         name,
         version: parse_version(&version)?,
     };
-    // On the guest threads: the API's threads never run a guest.
+    // On the guest threads: the API's threads never run a guest; within
+    // the tenant's admission (its requests beyond its cap wait as futures).
+    let tenant = s.tenants.get(&admit.tenant);
+    let _admitted = tenant.admit().await;
     let executor = s.executor.clone();
     let result = executor
         .run_blocking(move || staged::try_version(&s, &admit.tenant, &r, &req))
@@ -51,6 +54,8 @@ pub async fn try_module(
 ) -> ServiceResult<Response> {
     let started = Instant::now();
     let req = TryRequest::parse(&body)?;
+    let tenant = s.tenants.get(&admit.tenant);
+    let _admitted = tenant.admit().await;
     let executor = s.executor.clone();
     let result = executor
         .run_blocking(move || staged::try_module(&s, &admit.tenant, &req))

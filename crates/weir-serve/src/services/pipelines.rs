@@ -126,14 +126,16 @@ pub fn parse(tenant: &str, name: &str, text: &str) -> ServiceResult<(PipelineCon
 }
 
 /// Whether every node of a cluster may run the pipeline at once: a Kafka
-/// source shares its partitions through the consumer group; any other
-/// source runs on the one node holding its lease.
+/// source shares its partitions through the consumer group. Any other
+/// source, and a windowed query (each node would hold the windows of its
+/// partitions only and emit partial results), run on the one node holding
+/// the pipeline's lease; another takes over when it leaves.
 pub fn shared(text: &str) -> bool {
     PipelineConfig::from_toml(text).map_or(true, |c| {
         matches!(
             c.source,
             crate::pipeline::config::SourceConfig::Kafka { .. }
-        )
+        ) && !c.is_windowed()
     })
 }
 
@@ -198,16 +200,24 @@ pub async fn start(
     // the query (constant folding calls guests): on the guest threads,
     // within the deploy's deadline, never on the API's.
     let builder = state.clone();
-    let build = state.executor.run(async move {
-        Pipeline::build_with_modules(
-            config,
-            &builder.sandbox,
-            modules,
-            &builder.tenants,
-            Some(reload),
-        )
-        .await
-    });
+    let owner = state.tenants.get(tenant);
+    let build = async move {
+        let _admitted = owner.admit().await;
+        builder
+            .executor
+            .clone()
+            .run(async move {
+                Pipeline::build_with_modules(
+                    config,
+                    &builder.sandbox,
+                    modules,
+                    &builder.tenants,
+                    Some(reload),
+                )
+                .await
+            })
+            .await
+    };
     let pipeline = tokio::time::timeout(BUILD_TIMEOUT, build)
         .await
         .map_err(|_| {

@@ -176,10 +176,19 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     // a guest call in flight is interrupted. `CREATE FUNCTION … LANGUAGE
     // javascript` statements before the query add functions to this
     // request's session only, loaded under the tenant's limits and policy.
-    let query = state.executor.run(async move {
-        let options = crate::sql::read_only();
-        crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
-    });
+    // The tenant's requests beyond its cap wait here, as futures, within
+    // the deadline: never on the guest threads.
+    let tenant_ref = state.tenants.get(tenant);
+    let executor = state.executor.clone();
+    let query = async move {
+        let _admitted = tenant_ref.admit().await;
+        executor
+            .run(async move {
+                let options = crate::sql::read_only();
+                crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
+            })
+            .await
+    };
     let batches = tokio::time::timeout_at(deadline.into(), query)
         .await
         .map_err(|_| ServiceError::Timeout(format!("the query ran over {} s", TIMEOUT.as_secs())))?

@@ -29,6 +29,7 @@ const RESOURCE_KEYS: &[&str] = &[
     "source.avro.schema",
     "source.avro.registry",
     "source.avro.password_env",
+    "source.avro.subject",
     "sink.path",
     "sink.brokers",
     "sink.topic",
@@ -36,6 +37,7 @@ const RESOURCE_KEYS: &[&str] = &[
     "sink.avro.schema",
     "sink.avro.registry",
     "sink.avro.password_env",
+    "sink.avro.subject",
     "sink.transactional_id",
     "errors.topic",
     "errors.path",
@@ -60,14 +62,12 @@ const PLAIN_KEYS: &[&str] = &[
     "source.start",
     "source.metadata[]",
     "source.stall_warn_ms",
-    "source.avro.subject",
     "source.avro.username",
     "source.avro.password",
     "sink.kind",
     "sink.format",
     "sink.key",
     "sink.delivery",
-    "sink.avro.subject",
     "sink.avro.username",
     "sink.avro.password",
     "errors.policy",
@@ -169,6 +169,7 @@ properties = { "linger.ms" = "5" }
 [source.avro]
 schema = "r.avsc"
 registry = "http://registry"
+subject = "in-value"
 password_env = "PW"
 [sink]
 kind = "kafka"
@@ -180,6 +181,7 @@ properties = { "linger.ms" = "5" }
 [sink.avro]
 schema = "w.avsc"
 registry = "http://registry"
+subject = "out-value"
 password_env = "PW"
 [errors]
 topic = "dead"
@@ -355,6 +357,14 @@ async fn kafka_tables_and_transactional_ids_follow_the_policy() {
         ),
         (
             kafka_pipeline(
+                "format = \"raw\"\nproperties = { \"statistics.interval.ms\" = \"1\" }",
+                stdout,
+                "",
+            ),
+            &["source.properties.statistics.interval.ms", "below"][..],
+        ),
+        (
+            kafka_pipeline(
                 "format = \"raw\"",
                 stdout,
                 &table("10.1.2.3:9092", "acme.t", ""),
@@ -455,6 +465,18 @@ async fn registries_and_environment_variables_follow_the_policy() {
         (
             "registry = \"http://127.0.0.1:8081\"\nusername = \"u\"\npassword_env = \"WEIR_DATABASE_PASSWORD\"",
             &["source.avro.password_env", "tenants.acme.env_vars"][..],
+        ),
+        (
+            "registry = \"http://127.0.0.1:8081/../metrics\"",
+            &["source.avro.registry"][..],
+        ),
+        (
+            "registry = \"http://127.0.0.1:8081/%2e%2e/metrics\"",
+            &["source.avro.registry"][..],
+        ),
+        (
+            "registry = \"http://127.0.0.1:8081\"\nsubject = \"globex.orders-value\"",
+            &["source.avro.subject", "tenants.acme.topic_prefix"][..],
         ),
     ] {
         let toml = kafka_pipeline(
@@ -622,4 +644,34 @@ fn a_cluster_runs_a_windowed_pipeline_on_one_node() {
     );
     assert_ne!(plain, windowed);
     assert!(!shared(&windowed));
+}
+
+/// The SQL endpoint's topic tables are bounded in number (each one a
+/// read of up to 10 000 records per partition, held in memory).
+#[tokio::test]
+async fn sql_topic_tables_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let topic =
+        serde_json::json!({"brokers": "127.0.0.1:9092", "topic": "acme.t", "format": "raw"});
+    let topics: serde_json::Map<String, Value> =
+        (0..5).map(|i| (format!("t{i}"), topic.clone())).collect();
+    let body = serde_json::json!({"sql": "SELECT 1", "topics": topics});
+    let (status, answer) = send(
+        &app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        None,
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 4"),
+        "{answer}"
+    );
 }

@@ -208,8 +208,20 @@ async fn two_members_of_a_windowed_pipeline_say_their_windows_are_partial() {
     let two = dir.path().join("two");
     std::fs::create_dir_all(&one).unwrap();
     std::fs::create_dir_all(&two).unwrap();
-    let a = Weir::start(&windowed_pipeline(&one, &addr, "partial-in", "partial-out", 0));
-    let b = Weir::start(&windowed_pipeline(&two, &addr, "partial-in", "partial-out", 0));
+    let a = Weir::start(&windowed_pipeline(
+        &one,
+        &addr,
+        "partial-in",
+        "partial-out",
+        0,
+    ));
+    let b = Weir::start(&windowed_pipeline(
+        &two,
+        &addr,
+        "partial-in",
+        "partial-out",
+        0,
+    ));
     let said = |d: &std::path::Path| {
         std::fs::read_to_string(d.join("windows.log"))
             .unwrap_or_default()

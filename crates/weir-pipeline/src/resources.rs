@@ -35,6 +35,9 @@ pub enum Resource<'a> {
     Topic { name: &'a str },
     /// A Kafka consumer group joined.
     Group { name: &'a str },
+    /// A schema-registry subject read or written (one namespace for every
+    /// user of the registry, like topics).
+    Subject { name: &'a str },
     /// The `transactional.id` of an exactly-once producer (the default one
     /// too: it is derived from the tenant and the pipeline).
     TransactionalId { id: String },
@@ -178,6 +181,9 @@ impl<'a> Walk<'a> {
         }
         if let Some(url) = &avro.registry {
             self.add(format!("{key}.registry"), Resource::Url { url });
+        }
+        if let Some(name) = &avro.subject {
+            self.add(format!("{key}.subject"), Resource::Subject { name });
         }
         if let Some(name) = &avro.password_env {
             self.add(format!("{key}.password_env"), Resource::EnvVar { name });

@@ -88,8 +88,10 @@ impl SqlBounds {
                     deepest = deepest.max(depth);
                 }
                 Token::RParen | Token::RBracket | Token::RBrace => depth = depth.saturating_sub(1),
-                t if joins_two(t) => terms += 1,
                 _ => {}
+            }
+            if joins_two(token) {
+                terms += 1;
             }
             if deepest > self.max_depth {
                 return Err(refused(format!(
@@ -117,13 +119,18 @@ fn refused(message: String) -> DataFusionError {
     DataFusionError::Plan(message)
 }
 
-/// Whether a token joins two expressions or two queries.
+/// Whether a token joins two expressions or two queries. Counted by
+/// exclusion: every operator the tokenizer knows (today's and any a newer
+/// sqlparser adds) is a term; only names, literals and punctuation are not,
+/// plus the keywords that act as operators.
 fn joins_two(token: &Token) -> bool {
     match token {
         Token::Word(w) => matches!(
             w.keyword,
             Keyword::AND
                 | Keyword::OR
+                | Keyword::XOR
+                | Keyword::NOT
                 | Keyword::UNION
                 | Keyword::INTERSECT
                 | Keyword::EXCEPT
@@ -131,38 +138,50 @@ fn joins_two(token: &Token) -> bool {
                 | Keyword::WHEN
                 | Keyword::LIKE
                 | Keyword::ILIKE
+                | Keyword::SIMILAR
                 | Keyword::BETWEEN
                 | Keyword::IS
                 | Keyword::IN
+                | Keyword::OVERLAPS
+                | Keyword::AT
+                | Keyword::COLLATE
+                | Keyword::DIV
+                | Keyword::OPERATOR
         ),
-        Token::Plus
-        | Token::Minus
-        | Token::Mul
-        | Token::Div
-        | Token::DuckIntDiv
-        | Token::Mod
-        | Token::Eq
-        | Token::DoubleEq
-        | Token::Neq
-        | Token::Lt
-        | Token::Gt
-        | Token::LtEq
-        | Token::GtEq
-        | Token::Spaceship
-        | Token::StringConcat
-        | Token::Caret
-        | Token::Ampersand
-        | Token::Pipe
-        | Token::ShiftLeft
-        | Token::ShiftRight
-        | Token::Tilde
-        | Token::TildeAsterisk
-        | Token::ExclamationMarkTilde
-        | Token::ExclamationMarkTildeAsterisk
-        | Token::DoubleColon
-        | Token::Arrow
-        | Token::LongArrow => true,
-        _ => false,
+        Token::EOF
+        | Token::Number(..)
+        | Token::Char(_)
+        | Token::SingleQuotedString(_)
+        | Token::DoubleQuotedString(_)
+        | Token::TripleSingleQuotedString(_)
+        | Token::TripleDoubleQuotedString(_)
+        | Token::DollarQuotedString(_)
+        | Token::SingleQuotedByteStringLiteral(_)
+        | Token::DoubleQuotedByteStringLiteral(_)
+        | Token::TripleSingleQuotedByteStringLiteral(_)
+        | Token::TripleDoubleQuotedByteStringLiteral(_)
+        | Token::SingleQuotedRawStringLiteral(_)
+        | Token::DoubleQuotedRawStringLiteral(_)
+        | Token::TripleSingleQuotedRawStringLiteral(_)
+        | Token::TripleDoubleQuotedRawStringLiteral(_)
+        | Token::NationalStringLiteral(_)
+        | Token::QuoteDelimitedStringLiteral(_)
+        | Token::NationalQuoteDelimitedStringLiteral(_)
+        | Token::EscapedStringLiteral(_)
+        | Token::UnicodeStringLiteral(_)
+        | Token::HexStringLiteral(_)
+        | Token::Comma
+        | Token::Whitespace(_)
+        | Token::Period
+        | Token::SemiColon
+        | Token::LParen
+        | Token::RParen
+        | Token::RBracket
+        | Token::LBrace
+        | Token::RBrace => false,
+        // `[` subscripts (`a[1][1]…` chains without nesting), `*`, `::`,
+        // `->`, `XOR`'s symbolic forms, `@>`, `~~`, `!`, …
+        _ => true,
     }
 }
 
@@ -193,6 +212,13 @@ mod tests {
         let big = format!("SELECT '{}'", "x".repeat(2 << 20));
         let e = b.check(&big).unwrap_err().to_string();
         assert!(e.contains("defaults.sql_max_bytes"), "{e}");
+        // Operators the first version missed: keywords and symbols alike.
+        let xor = format!("SELECT {}", vec!["1"; 5_000].join(" XOR "));
+        assert!(b.check(&xor).is_err());
+        let subscripts = format!("SELECT a{} FROM t", "[1]".repeat(5_000));
+        assert!(b.check(&subscripts).is_err());
+        let arrows = format!("SELECT a{} FROM t", " @> a".repeat(5_000));
+        assert!(b.check(&arrows).is_err());
         // Operators inside strings and comments are not terms.
         b.check(&format!(
             "SELECT '{}' -- {}",

@@ -62,12 +62,13 @@ pub struct Tenant {
 }
 
 /// Held while a request of the tenant (a query, a staged run, a deploy's
-/// build) has work on the guest threads.
-pub struct Admission<'a> {
-    tenant: &'a Tenant,
+/// build) has work on the guest threads: moved into that work, so that a
+/// request whose caller gave up still counts until its work has ended.
+pub struct Admission {
+    tenant: Arc<Tenant>,
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
         *self.tenant.admitted.lock() -= 1;
         self.tenant.admission.notify_waiters();
@@ -210,7 +211,7 @@ impl Tenant {
     /// outside the guest runtime: it cannot fill that runtime's threads
     /// with calls parked on the tenant's slots (they starved every other
     /// tenant's queries) nor run more of its guest code at once than its cap.
-    pub async fn admit(&self) -> Admission<'_> {
+    pub async fn admit(self: &Arc<Self>) -> Admission {
         loop {
             let notified = self.admission.notified();
             tokio::pin!(notified);
@@ -219,7 +220,9 @@ impl Tenant {
                 let mut admitted = self.admitted.lock();
                 if *admitted < self.policy().max_concurrent_calls.max(1) {
                     *admitted += 1;
-                    return Admission { tenant: self };
+                    return Admission {
+                        tenant: self.clone(),
+                    };
                 }
             }
             notified.await;

@@ -218,7 +218,9 @@ pub fn reads_a_window(sql: &str) -> bool {
         .peekable();
     while let Some(token) = words.next() {
         if let Token::Word(w) = token
-            && WINDOW_FUNCTIONS.iter().any(|f| w.value.eq_ignore_ascii_case(f))
+            && WINDOW_FUNCTIONS
+                .iter()
+                .any(|f| w.value.eq_ignore_ascii_case(f))
             && matches!(words.peek(), Some(Token::LParen))
         {
             return true;
@@ -261,9 +263,15 @@ mod tests {
         assert!(super::reads_a_window(
             "SELECT window_start, count(*) FROM TUMBLE (source, ts, INTERVAL '1' MINUTE) GROUP BY 1"
         ));
-        assert!(super::reads_a_window("select * from hop(source, ts, interval '1' second, interval '1' minute)"));
-        assert!(!super::reads_a_window("SELECT session, hop FROM source -- tumble(x)"));
-        assert!(!super::reads_a_window("SELECT 'tumble(source)' AS s FROM source"));
+        assert!(super::reads_a_window(
+            "select * from hop(source, ts, interval '1' second, interval '1' minute)"
+        ));
+        assert!(!super::reads_a_window(
+            "SELECT session, hop FROM source -- tumble(x)"
+        ));
+        assert!(!super::reads_a_window(
+            "SELECT 'tumble(source)' AS s FROM source"
+        ));
     }
     use super::*;
 

@@ -37,10 +37,13 @@ pub async fn try_version(
     // On the guest threads: the API's threads never run a guest; within
     // the tenant's admission (its requests beyond its cap wait as futures).
     let tenant = s.tenants.get(&admit.tenant);
-    let _admitted = tenant.admit().await;
+    let admitted = tenant.admit().await;
     let executor = s.executor.clone();
     let result = executor
-        .run_blocking(move || staged::try_version(&s, &admit.tenant, &r, &req))
+        .run_blocking(move || {
+            let _admitted = admitted;
+            staged::try_version(&s, &admit.tenant, &r, &req)
+        })
         .await
         .map_err(ServiceError::internal)??;
     Ok(answer(started, result))
@@ -55,10 +58,13 @@ pub async fn try_module(
     let started = Instant::now();
     let req = TryRequest::parse(&body)?;
     let tenant = s.tenants.get(&admit.tenant);
-    let _admitted = tenant.admit().await;
+    let admitted = tenant.admit().await;
     let executor = s.executor.clone();
     let result = executor
-        .run_blocking(move || staged::try_module(&s, &admit.tenant, &req))
+        .run_blocking(move || {
+            let _admitted = admitted;
+            staged::try_module(&s, &admit.tenant, &req)
+        })
         .await
         .map_err(ServiceError::internal)??;
     Ok(answer(started, result))

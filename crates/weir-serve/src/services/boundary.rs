@@ -38,7 +38,9 @@ pub fn check(
             }
             Resource::Url { url } => check_url(&key, url, policy)?,
             Resource::Brokers { brokers } => check_brokers(&key, brokers, policy)?,
-            Resource::Topic { name } | Resource::Group { name } => check_topic(&key, name, policy)?,
+            Resource::Topic { name } | Resource::Group { name } | Resource::Subject { name } => {
+                check_topic(&key, name, policy)?
+            }
             Resource::TransactionalId { id } => check_transactional_id(&key, &id, &config.tenant)?,
             Resource::EnvVar { name } => check_env_var(&key, name, policy)?,
             Resource::Property { name, value } => check_property(&key, name, value)?,
@@ -107,6 +109,18 @@ const ALLOWED_VALUES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Lower bounds of the allowed properties that set how often the client
+/// works: below them it would spin (statistics parsed every millisecond,
+/// reconnects in a tight loop).
+const PROPERTY_MINIMA: &[(&str, u64)] = &[
+    ("statistics.interval.ms", 1_000),
+    ("reconnect.backoff.ms", 10),
+    ("reconnect.backoff.max.ms", 100),
+    ("retry.backoff.ms", 10),
+    ("fetch.error.backoff.ms", 10),
+    ("socket.timeout.ms", 100),
+];
+
 /// Upper bounds of the allowed properties that size buffers: the client's
 /// memory is the server's.
 const PROPERTY_MAXIMA: &[(&str, u64)] = &[
@@ -136,6 +150,16 @@ fn check_property(key: &str, name: &str, value: &str) -> ServiceResult<()> {
             "{key} = `{value}` is not allowed through the API (one of: {})",
             values.join(", ")
         )));
+    }
+    if let Some((_, min)) = PROPERTY_MINIMA.iter().find(|(k, _)| *k == name) {
+        let n: u64 = value.trim().parse().map_err(|_| {
+            ServiceError::BadRequest(format!("{key} must be a number (got `{value}`)"))
+        })?;
+        if n < *min {
+            return Err(ServiceError::Forbidden(format!(
+                "{key} = {n} is below {min}, the least a pipeline deployed through the API may set (the client would spin on the server's CPU)"
+            )));
+        }
     }
     if let Some((_, max)) = PROPERTY_MAXIMA.iter().find(|(k, _)| *k == name) {
         let n: u64 = value.trim().parse().map_err(|_| {
@@ -208,7 +232,7 @@ fn check_url(key: &str, url: &str, policy: &TenantPolicy) -> ServiceResult<()> {
             && (url == r
                 || url
                     .strip_prefix(r)
-                    .is_some_and(|rest| rest.starts_with('/')))
+                    .is_some_and(|rest| rest.starts_with('/') && !leaves_the_path(rest)))
     });
     let clean = !url.chars().any(|c| c.is_whitespace() || c.is_control())
         && url
@@ -222,6 +246,19 @@ fn check_url(key: &str, url: &str, policy: &TenantPolicy) -> ServiceResult<()> {
             weir_core::secrets::redact_url(url)
         )))
     }
+}
+
+/// Whether a path below an allowed one could lead out of it once a server
+/// normalises it: dot segments, encoded dots or slashes, backslashes.
+fn leaves_the_path(rest: &str) -> bool {
+    let lower = rest.to_ascii_lowercase();
+    rest.contains('\\')
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || rest
+            .split(['/', '?', '#'])
+            .any(|segment| segment == "." || segment == "..")
 }
 
 /// An environment variable the tenant's `env_vars` names.

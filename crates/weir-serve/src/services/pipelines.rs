@@ -202,11 +202,12 @@ pub async fn start(
     let builder = state.clone();
     let owner = state.tenants.get(tenant);
     let build = async move {
-        let _admitted = owner.admit().await;
+        let admitted = owner.admit().await;
         builder
             .executor
             .clone()
             .run(async move {
+                let _admitted = admitted;
                 Pipeline::build_with_modules(
                     config,
                     &builder.sandbox,

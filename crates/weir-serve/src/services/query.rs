@@ -74,6 +74,9 @@ pub struct Answer {
     pub elapsed: Duration,
 }
 
+/// Topic tables one query may read.
+const MAX_TOPICS: usize = 4;
+
 fn bad(message: String) -> ServiceError {
     ServiceError::BadRequest(message)
 }
@@ -148,14 +151,37 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
         ctx.register_table(name.as_str(), Arc::new(table))
             .map_err(|e| bad(format!("table `{name}`: {e}")))?;
     }
+    if req.topics.len() > MAX_TOPICS {
+        return Err(bad(format!(
+            "topics names {} tables; a query may read at most {MAX_TOPICS}",
+            req.topics.len()
+        )));
+    }
+    // What the topic tables hold counts toward the query's memory; they
+    // are read within the request's deadline.
+    let mut topic_bytes = 0usize;
     for (name, topic) in req.topics {
         check_brokers(&format!("topics.{name}.brokers"), &topic.brokers, &policy)?;
         check_topic(&format!("topics.{name}.topic"), &topic.topic, &policy)?;
         let t = topic.clone();
-        let batch = tokio::task::spawn_blocking(move || crate::recent::read(&t))
+        let read = tokio::task::spawn_blocking(move || crate::recent::read(&t));
+        let batch = tokio::time::timeout_at(deadline.into(), read)
             .await
+            .map_err(|_| {
+                ServiceError::Timeout(format!(
+                    "reading topic table `{name}` ran over the query's {} s",
+                    TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(ServiceError::internal)?
             .map_err(ServiceError::Rejected)?;
+        topic_bytes += batch.get_array_memory_size();
+        if topic_bytes as u64 > policy.query_memory_bytes {
+            return Err(ServiceError::Rejected(format!(
+                "the topic tables of tenant `{tenant}`'s query hold {topic_bytes} bytes, more than its `{memory_key}` ({} bytes); ask for fewer records (`last`)",
+                policy.query_memory_bytes
+            )));
+        }
         let schema = if batch.num_columns() > 0 {
             batch.schema()
         } else {
@@ -181,9 +207,10 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     let tenant_ref = state.tenants.get(tenant);
     let executor = state.executor.clone();
     let query = async move {
-        let _admitted = tenant_ref.admit().await;
+        let admitted = tenant_ref.admit().await;
         executor
             .run(async move {
+                let _admitted = admitted;
                 let options = crate::sql::read_only();
                 crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
             })

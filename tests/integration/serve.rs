@@ -929,8 +929,11 @@ kind = "file"
 path = "{out}"
 [errors]
 policy = "skip"
+# One batch after the other: the second is served from the cache the
+# first filled (two at once would both miss).
 [batch]
 max_records = 50
+workers = 1
 "#,
         guest = support::repo().join("tests/tenant/guest.wat").display(),
         input = input.display(),

@@ -127,7 +127,9 @@ impl Output {
         };
         let mut desc = [0u32; 10];
         desc[1] = rows as u32;
-        if let Some(row) = row_error {
+        // An even row: one row error (status 1); an odd one: the column
+        // with up to two failing rows (status 2, ABI 1.1).
+        if let Some(row) = row_error.filter(|r| r % 2 == 0) {
             let msg = put(&mut mem, b"bad row: \xff\xfe not utf-8");
             desc[0] = 1;
             desc[6] = row as u32;
@@ -163,6 +165,23 @@ impl Output {
                     desc[5] = put(&mut mem, &raw);
                 }
             }
+        }
+        if let Some(first) = row_error.filter(|r| r % 2 == 1 && rows > 0) {
+            let first = first % rows;
+            let msg = put(&mut mem, b"row failed");
+            let failed: Vec<u32> = [first, first + 1 + first % 3]
+                .into_iter()
+                .filter(|r| *r < rows)
+                .map(|r| r as u32)
+                .collect();
+            let records: Vec<u8> = failed
+                .iter()
+                .flat_map(|r| [*r, msg, 10])
+                .flat_map(u32::to_le_bytes)
+                .collect();
+            desc[0] = 2;
+            desc[6] = failed.len() as u32;
+            desc[7] = put(&mut mem, &records);
         }
         let raw: Vec<u8> = desc.iter().flat_map(|v| v.to_le_bytes()).collect();
         let ptr = put(&mut mem, &raw);
@@ -233,6 +252,18 @@ fn check_output(out: &Output) -> Result<(), TestCaseError> {
         Ok(CallResult::RowError { row, message }) => {
             prop_assert!(row < out.rows);
             prop_assert!(message.len() <= MAX_ERROR_MESSAGE + '…'.len_utf8());
+        }
+        Ok(CallResult::RowErrors { array, errors }) => {
+            prop_assert_eq!(array.len(), out.rows);
+            prop_assert_eq!(array.data_type(), &out.ty.data_type());
+            prop_assert!(array.to_data().validate_full().is_ok());
+            prop_assert!(!errors.is_empty() && errors.len() <= out.rows);
+            prop_assert!(errors.windows(2).all(|w| w[0].0 < w[1].0));
+            for (row, message) in &errors {
+                prop_assert!(*row < out.rows);
+                prop_assert!(array.is_null(*row), "a failed row must be NULL");
+                prop_assert!(message.len() <= MAX_ERROR_MESSAGE + '…'.len_utf8());
+            }
         }
     }
     Ok(())

@@ -419,3 +419,38 @@ policy = "skip"
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Issue 29 (ABI 1.1): a batch with several bad rows costs one guest call.
+/// The Rust SDK reports every failing row with the column (status 2); the
+/// host takes the column and dead-letters exactly those rows. The host used
+/// to re-call around each failing row (about three more calls per error).
+#[test]
+fn every_row_error_of_a_batch_comes_back_from_one_call() {
+    use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+    let module = support::load("finance");
+    let index = module.function_index("parse_cents").unwrap();
+    let text: Vec<&str> = (0..100)
+        .map(|i| if i % 20 == 3 { "not money" } else { "1.25 EUR" })
+        .collect();
+    let args: Vec<ArrayRef> = vec![Arc::new(StringArray::from(text))];
+    let calls = |m: &weir::UdfModule| {
+        m.function_stats(index)
+            .unwrap()
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = calls(&module);
+    let (out, errors) = module.call_collecting(index, &args, 100).unwrap();
+    assert_eq!(calls(&module) - before, 1, "one guest call for the batch");
+    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    assert_eq!(failed, vec![3, 23, 43, 63, 83]);
+    assert!(errors[0].to_string().contains("not money"), "{}", errors[0]);
+    let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
+    for row in 0..100 {
+        if failed.contains(&row) {
+            assert!(out.is_null(row), "row {row} failed: NULL");
+        } else {
+            assert_eq!(out.value(row), 125, "row {row}");
+        }
+    }
+}

@@ -155,6 +155,28 @@ static inline uint32_t weir__strlen(const char *s) {
     return n;
 }
 
+/* One failing row of a status-2 result (ABI 1.1, docs/abi.md §4.3). */
+typedef struct {
+    uint32_t row;     /* 0-based; rows strictly increase */
+    uint32_t msg;     /* address of its UTF-8 message */
+    uint32_t msg_len; /* its length in bytes (the first 4096 are read) */
+} weir_row_error;
+
+/* ABI 1.1: the column finished by weir_ok_* (its descriptor `result`)
+ * failed on `count` rows, each NULL in it and named in `errors` (which,
+ * with the messages, must outlive the call). One call reports every bad
+ * row of the batch; the host computes no row twice. */
+static inline uint32_t weir_with_row_errors(uint32_t result, const weir_row_error *errors,
+                                            uint32_t count) {
+    weir_result *r = (weir_result *)(uintptr_t)result;
+    if (count == 0) return result;
+    r->status = 2;
+    r->error_row = count;
+    r->error_msg = (uint32_t)(uintptr_t)errors;
+    r->error_len = 0;
+    return result;
+}
+
 /* Failure of one row, with a message (a string that outlives the call). */
 static inline uint32_t weir_fail(uint32_t row, const char *message) {
     weir__result = (weir_result){0};

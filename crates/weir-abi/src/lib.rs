@@ -57,6 +57,29 @@ pub const PANIC_INFO_SIZE: usize = 12;
 pub const STATUS_OK: u32 = 0;
 /// `status` value of a call that failed on one row (the guest's own error).
 pub const STATUS_ROW_ERROR: u32 = 1;
+/// `status` value of a call that produced its column and failed on some
+/// rows (ABI 1.1): the result describes all `n` rows (the failing ones
+/// NULL), `error_row` holds how many rows failed and `error_msg` points at
+/// that many [`RawRowError`] records, rows strictly increasing. One call
+/// reports every failing row of the batch; no row is computed twice.
+pub const STATUS_ROW_ERRORS: u32 = 2;
+
+/// Size of one [`RawRowError`] record: three u32 `row, msg, msg_len`.
+pub const ROW_ERROR_SIZE: usize = 12;
+
+/// One failing row of a [`STATUS_ROW_ERRORS`] result ([`ROW_ERROR_SIZE`] bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawRowError {
+    /// The row, 0-based.
+    pub row: u32,
+    /// Address of its UTF-8 message.
+    pub msg: u32,
+    /// The message's length in bytes (only the first 4096 are read).
+    pub msg_len: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<RawRowError>() == ROW_ERROR_SIZE);
 
 /// Alignment the host uses for every buffer it writes into guest memory.
 pub const BUFFER_ALIGN: usize = 8;

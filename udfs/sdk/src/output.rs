@@ -1,6 +1,6 @@
 //! Building the result column.
 
-use crate::abi::{RawResult, STATUS_OK, STATUS_ROW_ERROR};
+use crate::abi::{RawResult, RawRowError, STATUS_OK, STATUS_ROW_ERROR, STATUS_ROW_ERRORS};
 use crate::input::{Column, bit};
 use crate::types::{Date32, Timestamp};
 
@@ -21,6 +21,11 @@ pub struct OutBufs {
     has_validity: bool,
     offsets: Vec<i32>,
     error: String,
+    /// Rows that failed in this call (ABI 1.1): `(row, start, len)` of each
+    /// message in `messages`.
+    failed: Vec<(u32, u32, u32)>,
+    messages: String,
+    row_errors: Vec<RawRowError>,
     result: RawResult,
 }
 
@@ -141,6 +146,8 @@ impl OutBufs {
         self.validity.clear();
         self.offsets.clear();
         self.has_validity = false;
+        self.failed.clear();
+        self.messages.clear();
         match shape {
             Shape::Fixed(width) => self.values.reserve(rows * width),
             Shape::Bits => self.values.resize(rows.div_ceil(8), 0),
@@ -200,7 +207,20 @@ impl OutBufs {
         }
     }
 
-    /// Completes a successful call; returns the result descriptor's address.
+    /// Row `row` failed with `message`: it is NULL in the column and
+    /// reported with the others when the call finishes (one call reports
+    /// every failing row of the batch, ABI 1.1).
+    #[cold]
+    pub fn row_error(&mut self, shape: Shape, rows: usize, row: usize, message: String) {
+        self.null(shape, rows, row);
+        let start = self.messages.len() as u32;
+        self.messages.push_str(&message);
+        self.failed
+            .push((row as u32, start, message.len() as u32));
+    }
+
+    /// Completes a call; returns the result descriptor's address. With
+    /// failed rows, the status says so and the row errors follow.
     pub fn finish(&mut self, shape: Shape, rows: usize) -> u32 {
         if let Shape::Fixed(width) = shape {
             // SAFETY: every row was written (a value or zeroes for NULL).
@@ -223,6 +243,19 @@ impl OutBufs {
             },
             ..RawResult::default()
         };
+        if !self.failed.is_empty() {
+            let base = self.messages.as_ptr() as u32;
+            self.row_errors.clear();
+            self.row_errors
+                .extend(self.failed.iter().map(|&(row, start, len)| RawRowError {
+                    row,
+                    msg: base + start,
+                    msg_len: len,
+                }));
+            self.result.status = STATUS_ROW_ERRORS;
+            self.result.error_row = self.row_errors.len() as u32;
+            self.result.error_msg = self.row_errors.as_ptr() as u32;
+        }
         &self.result as *const RawResult as u32
     }
 

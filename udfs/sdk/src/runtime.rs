@@ -105,7 +105,7 @@ where
                 // SAFETY: `begin` reserved rows * width bytes at `dst`.
                 Ok(Some(value)) => unsafe { value.write_raw(dst, row) },
                 Ok(None) => out.null(T::SHAPE, rows, row),
-                Err(message) => return out.fail(row, message),
+                Err(message) => out.row_error(T::SHAPE, rows, row, message),
             }
         }
         return out.finish(T::SHAPE, rows);
@@ -119,7 +119,7 @@ where
         match body(row) {
             Ok(Some(value)) => value.write(out, row),
             Ok(None) => out.null(T::SHAPE, rows, row),
-            Err(message) => return out.fail(row, message),
+            Err(message) => out.row_error(T::SHAPE, rows, row, message),
         }
     }
     out.finish(T::SHAPE, rows)

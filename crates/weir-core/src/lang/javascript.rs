@@ -72,6 +72,13 @@ pub fn compile_with(load: Loader<'_>, file: &str, source: &str) -> Result<Vec<u8
     ];
     let out = module.call(0, &args, 1).map_err(|e| match &e.failure {
         Failure::RowError { message, .. } => compile_err(message.clone()),
+        Failure::RowErrors(partial) => compile_err(
+            partial
+                .errors
+                .first()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default(),
+        ),
         _ => compile_err(e.to_string()),
     })?;
     let code = out

@@ -12,7 +12,8 @@ use datafusion::arrow::datatypes::*;
 
 use super::read_u32;
 use crate::abi::{
-    AbiType, RESULT_SIZE, STATUS_OK, STATUS_ROW_ERROR, types::Layout, types::bitmap_len,
+    AbiType, RESULT_SIZE, ROW_ERROR_SIZE, STATUS_OK, STATUS_ROW_ERROR, STATUS_ROW_ERRORS,
+    types::Layout, types::bitmap_len,
 };
 
 /// Longest guest error message kept, in bytes.
@@ -26,6 +27,12 @@ pub enum CallResult {
     RowError {
         row: usize,
         message: String,
+    },
+    /// ABI 1.1: the column of the whole batch, and the rows that failed
+    /// (NULL in it), each with the guest's message; rows increasing.
+    RowErrors {
+        array: ArrayRef,
+        errors: Vec<(usize, String)>,
     },
 }
 
@@ -89,8 +96,47 @@ pub fn read_status(
             }
             Ok(Some((row, message)))
         }
-        other => invalid(format!("unknown status {other} (expected 0 or 1)")),
+        STATUS_ROW_ERRORS => Ok(None),
+        other => invalid(format!("unknown status {other} (expected 0, 1 or 2)")),
     }
+}
+
+/// The row errors of a [`STATUS_ROW_ERRORS`] result: `count` records at
+/// `ptr`, rows strictly increasing and below `rows`, messages in memory.
+fn read_row_errors(
+    mem: &[u8],
+    ptr: u32,
+    count: usize,
+    rows: usize,
+) -> Result<Vec<(usize, String)>, InvalidOutput> {
+    if count == 0 || count > rows {
+        return invalid(format!(
+            "reported {count} failing rows (status 2) for a {rows}-row batch; it takes 1 to {rows}"
+        ));
+    }
+    let len = count
+        .checked_mul(ROW_ERROR_SIZE)
+        .ok_or_else(|| InvalidOutput(format!("{count} row errors overflow")))?;
+    let records = range(mem, "the row errors", ptr, len)?;
+    let mut errors = Vec::with_capacity(count);
+    let mut last: Option<usize> = None;
+    for i in 0..count {
+        let field = |f: usize| read_u32(records, i * ROW_ERROR_SIZE + f * 4).unwrap_or(0);
+        let row = field(0) as usize;
+        if row >= rows || last.is_some_and(|l| row <= l) {
+            return invalid(format!(
+                "row error {i} names row {row}: rows must increase and stay below {rows}"
+            ));
+        }
+        last = Some(row);
+        let msg_len = (field(2) as usize).min(MAX_ERROR_MESSAGE);
+        let msg = range(mem, "a row error's message", field(1), msg_len)?;
+        errors.push((
+            row,
+            truncate(String::from_utf8_lossy(msg).into_owned(), MAX_ERROR_MESSAGE),
+        ));
+    }
+    Ok(errors)
 }
 
 /// Reads the result descriptor at `ptr` for a batch of `rows` rows of type
@@ -174,7 +220,26 @@ pub fn read_result(
             }
         }
     };
-    Ok(CallResult::Array(array))
+    if field(0) != STATUS_ROW_ERRORS {
+        return Ok(CallResult::Array(array));
+    }
+    let errors = read_row_errors(mem, field(7), field(6) as usize, rows)?;
+    // A failing row is NULL in the column whatever the guest left there.
+    let mut valid = vec![true; rows];
+    for (row, _) in &errors {
+        valid[*row] = false;
+    }
+    let failed = NullBuffer::from(valid);
+    let nulls = NullBuffer::union(array.nulls(), Some(&failed));
+    let array = datafusion::arrow::array::make_array(
+        array
+            .to_data()
+            .into_builder()
+            .nulls(nulls)
+            .build()
+            .map_err(|e| InvalidOutput(format!("output with its failed rows: {e}")))?,
+    );
+    Ok(CallResult::RowErrors { array, errors })
 }
 
 /// Offsets must start at or after 0, never decrease and end within the values.

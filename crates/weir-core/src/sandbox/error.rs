@@ -127,6 +127,11 @@ pub enum Failure {
         row: usize,
         message: String,
     },
+    /// ABI 1.1: the guest computed its column and reported every row that
+    /// failed (NULL in it). Not a failure of the function, like
+    /// [`Failure::RowError`]; callers that collect row errors take the
+    /// column and the rows as they are, others fail on the first row.
+    RowErrors(Box<PartialOutput>),
     /// The guest panicked (it exported `weir_panic_info`).
     Panic {
         row: Option<usize>,
@@ -150,6 +155,23 @@ pub enum Failure {
     Cancelled,
     Other(String),
 }
+
+/// A column with the rows that failed in it (see [`Failure::RowErrors`]).
+#[derive(Debug, Clone)]
+pub struct PartialOutput {
+    /// The call's column: the rows it was called on, failing ones NULL.
+    pub array: datafusion::arrow::array::ArrayRef,
+    /// The failing rows, increasing, each with the guest's message.
+    pub errors: Vec<(usize, String)>,
+}
+
+impl PartialEq for PartialOutput {
+    fn eq(&self, other: &Self) -> bool {
+        self.errors == other.errors && self.array.as_ref() == other.array.as_ref()
+    }
+}
+
+impl Eq for PartialOutput {}
 
 impl Failure {
     /// A stable, low-cardinality name (for metrics and logs).
@@ -179,7 +201,7 @@ impl Failure {
             | Failure::TenantMemory { .. } => "out_of_memory",
             Failure::CircuitOpen { .. } => "circuit_open",
             Failure::StackOverflow => "stack_overflow",
-            Failure::RowError { .. } => "guest_error",
+            Failure::RowError { .. } | Failure::RowErrors(_) => "guest_error",
             Failure::Panic { .. } => "guest_panic",
             Failure::InvalidOutput(_) => "invalid_output",
             Failure::Trap(_) => "trap",
@@ -196,6 +218,7 @@ impl Failure {
         !matches!(
             self,
             Failure::RowError { .. }
+                | Failure::RowErrors(_)
                 | Failure::InvalidInput(_)
                 | Failure::Busy { .. }
                 | Failure::PoolFull(_)
@@ -212,6 +235,7 @@ impl Failure {
         !matches!(
             self,
             Failure::RowError { .. }
+                | Failure::RowErrors(_)
                 | Failure::CircuitOpen { .. }
                 | Failure::InvalidInput(_)
                 | Failure::Busy { .. }
@@ -248,6 +272,25 @@ impl Failure {
                 row: Some(map(row)),
                 message,
             },
+            Failure::RowErrors(mut partial) => {
+                for (row, _) in &mut partial.errors {
+                    *row = map(*row);
+                }
+                Failure::RowErrors(partial)
+            }
+            other => other,
+        }
+    }
+
+    /// A [`Failure::RowErrors`] as the row error of its first failing row
+    /// (for callers that fail a batch on its first bad row); any other
+    /// failure unchanged.
+    pub fn first_row_error(self) -> Failure {
+        match self {
+            Failure::RowErrors(partial) => match partial.errors.into_iter().next() {
+                Some((row, message)) => Failure::RowError { row, message },
+                None => Failure::InvalidOutput("reported row errors without a row".into()),
+            },
             other => other,
         }
     }
@@ -256,6 +299,7 @@ impl Failure {
     pub fn row(&self) -> Option<usize> {
         match self {
             Failure::RowError { row, .. } => Some(*row),
+            Failure::RowErrors(partial) => partial.errors.first().map(|(row, _)| *row),
             Failure::Panic { row, .. } => *row,
             _ => None,
         }
@@ -394,6 +438,18 @@ impl UdfError {
                     "failed on row {row} (from 0) of a batch of {} rows: {message}",
                     self.rows
                 )
+            }
+            Failure::RowErrors(partial) => {
+                let (row, message) = partial.errors.first().cloned().unwrap_or_default();
+                write!(
+                    f,
+                    "failed on row {row} (from 0) of a batch of {} rows: {message}",
+                    self.rows
+                )?;
+                match partial.errors.len() {
+                    0 | 1 => Ok(()),
+                    n => write!(f, " (and {} more rows)", n - 1),
+                }
             }
             Failure::Panic { row, message } => match row {
                 Some(row) => write!(

@@ -324,6 +324,10 @@ impl GuestInstance {
                     CallResult::RowError { row, message } => {
                         return Err(Failure::RowError { row, message });
                     }
+                    CallResult::RowErrors { errors, .. } => {
+                        let (row, message) = errors.into_iter().next().unwrap_or_default();
+                        return Err(Failure::RowError { row, message });
+                    }
                 }
             }
             Ok(columns)

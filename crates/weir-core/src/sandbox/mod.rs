@@ -20,7 +20,7 @@ mod module;
 
 pub use cache::CodeCache;
 pub use engine::{Sandbox, SandboxOptions};
-pub use error::{Failure, LoadError, UdfError};
+pub use error::{Failure, LoadError, PartialOutput, UdfError};
 pub use executor::{GuestExecutor, HOST_THREAD_STACK, Lost};
 pub use inspect::{Import, ModuleInfo, inspect};
 pub use limits::{Budget, CpuMeter, KNOWN_CAPABILITIES, LimitKeys, SandboxLimits, policy_key};

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, ExternType, InstancePre, Module, ValType};
 
 use super::engine::{EngineKind, Sandbox};
-use super::error::{Failure, LoadError, UdfError};
+use super::error::{Failure, LoadError, PartialOutput, UdfError};
 use super::host::{StoreState, linker};
 use super::inspect::{Import, inspect};
 use super::instance::InstancePool;
@@ -467,6 +467,37 @@ impl UdfModule {
                 }
                 Err(e) => e,
             };
+            // ABI 1.1: the guest reported every failing row with the whole
+            // column: taken as it is, no row computed twice. (Not when the
+            // column covers only part of the chunk: cache misses, slices.)
+            if let Failure::RowErrors(partial) = &error.failure
+                && partial.array.len() == len
+                && partial.errors.iter().all(|(row, _)| *row < len)
+            {
+                let failure = std::mem::replace(&mut error.failure, Failure::Cancelled);
+                let Failure::RowErrors(partial) = failure else {
+                    unreachable!("matched above")
+                };
+                let PartialOutput {
+                    array,
+                    errors: failed,
+                } = *partial;
+                pieces.push(array);
+                for (row, message) in failed {
+                    errors.push(UdfError {
+                        failure: Failure::RowError {
+                            row: start + row,
+                            message,
+                        },
+                        rows,
+                        ..error.clone()
+                    });
+                }
+                start += len;
+                chunk = chunk.saturating_mul(2);
+                continue;
+            }
+            error.failure = error.failure.first_row_error();
             let row = match &error.failure {
                 Failure::RowError { row, .. } if *row < len => *row,
                 _ => return Err(error),
@@ -474,7 +505,11 @@ impl UdfModule {
             // The row must fail alone too: a guest that names the wrong row
             // (or answers differently) is left to the caller's bisection.
             match self.call(index, &slice(start + row, 1), 1) {
-                Err(alone) if matches!(alone.failure, Failure::RowError { .. }) => {}
+                Err(alone)
+                    if matches!(
+                        alone.failure,
+                        Failure::RowError { .. } | Failure::RowErrors(_)
+                    ) => {}
                 _ => return Err(error),
             }
             if row > 0 {
@@ -635,6 +670,13 @@ impl UdfModule {
             Ok(CallResult::RowError { row, message }) => {
                 self.pool.checkin(instance);
                 Err(Failure::RowError { row, message })
+            }
+            Ok(CallResult::RowErrors { array, errors }) => {
+                self.pool.checkin(instance);
+                Err(Failure::RowErrors(Box::new(PartialOutput {
+                    array,
+                    errors,
+                })))
             }
             Err(failure) => {
                 if failure.poisons_instance() {

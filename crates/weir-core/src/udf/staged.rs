@@ -78,6 +78,21 @@ pub fn run_rows_until(
     guest += started.elapsed();
     let (outputs, errors) = match whole {
         Ok(out) => (to_json(&out)?, Vec::new()),
+        // ABI 1.1: every failing row in one call, with the others' outputs.
+        Err(e) if matches!(&e.failure, Failure::RowErrors(p) if p.array.len() == rows.len()) => {
+            let Failure::RowErrors(partial) = &e.failure else {
+                unreachable!("matched above")
+            };
+            let errors = partial
+                .errors
+                .iter()
+                .map(|(row, message)| RowError {
+                    row: *row,
+                    error: message.clone(),
+                })
+                .collect();
+            (to_json(&partial.array)?, errors)
+        }
         Err(_) => {
             // Run each row alone: which ones fail, and the others' outputs.
             let mut outputs = Vec::with_capacity(rows.len());
@@ -100,11 +115,9 @@ pub fn run_rows_until(
                     Ok(out) => outputs.extend(to_json(&out)?),
                     Err(mut e) => {
                         // Name the row of the sample, not of the 1-row batch.
-                        match &mut e.failure {
-                            Failure::RowError { row: r, .. } => *r = row,
-                            Failure::Panic { row: r, .. } => *r = Some(row),
-                            _ => {}
-                        }
+                        e.failure = std::mem::replace(&mut e.failure, Failure::Cancelled)
+                            .first_row_error()
+                            .at_row(&|_| row);
                         outputs.push(Value::Null);
                         errors.push(RowError {
                             row,

@@ -454,3 +454,37 @@ fn every_row_error_of_a_batch_comes_back_from_one_call() {
         }
     }
 }
+
+/// The same for JavaScript: the runtime reports every row that threw,
+/// with the column, in one call (ABI 1.1).
+#[test]
+fn every_thrown_row_of_a_javascript_batch_comes_back_from_one_call() {
+    use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+    let source = "// @udf halve(x BIGINT) RETURNS BIGINT\nfunction halve(x) {\n  if (x % 2 !== 0) throw new Error(`${x} is odd`);\n  return x / 2;\n}\n";
+    let functions = weir::lang::declarations("halve.js", source).unwrap();
+    let wasm =
+        weir::lang::javascript::module(support::sandbox(), "halve.js", source, &functions).unwrap();
+    let module = support::sandbox().load("halve.js", &wasm).unwrap();
+    let index = module.function_index("halve").unwrap();
+    let args: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![2, 3, 4, 5, 6, 8, 9]))];
+    let (out, errors) = module.call_collecting(index, &args, 7).unwrap();
+    assert_eq!(
+        module
+            .function_stats(index)
+            .unwrap()
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one guest call for the batch"
+    );
+    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    assert_eq!(failed, vec![1, 3, 6]);
+    assert!(errors[1].to_string().contains("5 is odd"), "{}", errors[1]);
+    let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(
+        (0..7)
+            .map(|i| (!out.is_null(i)).then(|| out.value(i)))
+            .collect::<Vec<_>>(),
+        vec![Some(1), None, Some(2), None, Some(3), Some(4), None]
+    );
+}

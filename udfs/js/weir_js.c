@@ -521,6 +521,24 @@ static uint32_t returned_wrong(uint32_t row, uint8_t type, JSValueConst r) {
     return fail_text(row, buf, k);
 }
 
+/* ABI 1.1 (docs/abi.md 4.3): the rows of this call that failed, each NULL in
+ * the column, reported together with it (status 2). */
+typedef struct {
+    uint32_t row, msg, msg_len;
+} row_error;
+static row_error *failed_rows;
+static uint32_t nfailed;
+
+/* Row `row` failed (the message is in `result`, set by fail*): keeps a copy
+ * of the message and the row; the call goes on with the next row. */
+static void row_failed(uint32_t row) {
+    uint32_t len = result.error_len;
+    char *copy = batch_malloc(len ? len : 1);
+    if (!copy) __builtin_trap(); /* only when the memory limit refused to grow */
+    memcpy(copy, (const char *)(uintptr_t)result.error_msg, len);
+    failed_rows[nfailed++] = (row_error){row, (uint32_t)(uintptr_t)copy, len};
+}
+
 static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
     if (k >= nfuncs) return fail(0, "no such function: the program was not loaded");
     js_func *f = &funcs[k];
@@ -543,6 +561,16 @@ static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
     memset(validity, 0xff, bitmap);
     if (type == T_BOOLEAN) memset(c.values, 0, bitmap);
     int any_null = 0;
+    nfailed = 0;
+    failed_rows = batch_malloc(rows ? rows * sizeof(row_error) : 8);
+    if (!failed_rows) __builtin_trap();
+#define ROW_FAILED(row)                                                     \
+    do {                                                                    \
+        row_failed(row);                                                    \
+        validity[(row) >> 3] &= (uint8_t)~(1u << ((row) & 7));              \
+        any_null = 1;                                                       \
+        if (c.offsets) c.offsets[(row) + 1] = (int32_t)c.used;              \
+    } while (0)
     JSValue argv[MAX_ARGS];
     for (uint32_t row = 0; row < rows; row++) {
         int null = 0;
@@ -557,11 +585,17 @@ static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
         for (uint32_t a = 0; a < f->nargs; a++) argv[a] = to_js(&args[a], f->args[a], row, &bad);
         if (bad) {
             for (uint32_t a = 0; a < f->nargs; a++) JS_FreeValue(ctx, argv[a]);
-            return fail(row, "an argument is beyond 2^53 and has no exact JavaScript number; pass it as VARCHAR or DOUBLE");
+            fail(row, "an argument is beyond 2^53 and has no exact JavaScript number; pass it as VARCHAR or DOUBLE");
+            ROW_FAILED(row);
+            continue;
         }
         JSValue r = JS_Call(ctx, f->fn, JS_UNDEFINED, (int)f->nargs, argv);
         for (uint32_t a = 0; a < f->nargs; a++) JS_FreeValue(ctx, argv[a]);
-        if (JS_IsException(r)) return fail_exception(row);
+        if (JS_IsException(r)) {
+            fail_exception(row);
+            ROW_FAILED(row);
+            continue;
+        }
         if (JS_IsNull(r) || JS_IsUndefined(r)) {
             validity[row >> 3] &= (uint8_t)~(1u << (row & 7));
             any_null = 1;
@@ -571,14 +605,23 @@ static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
         int put_ok = put(&c, type, row, r);
         if (put_ok < 0) __builtin_trap();
         if (!put_ok) {
-            uint32_t out = returned_wrong(row, type, r);
+            returned_wrong(row, type, r);
             JS_FreeValue(ctx, r);
-            return out;
+            ROW_FAILED(row);
+            continue;
         }
         JS_FreeValue(ctx, r);
     }
+#undef ROW_FAILED
     if (c.offsets) values_len = c.used;
-    return ok(rows, any_null ? validity : NULL, c.values, values_len, c.offsets);
+    uint32_t out = ok(rows, any_null ? validity : NULL, c.values, values_len, c.offsets);
+    if (nfailed) {
+        result.status = 2;
+        result.error_row = nfailed;
+        result.error_msg = (uint32_t)(uintptr_t)failed_rows;
+        result.error_len = 0;
+    }
+    return out;
 }
 
 #define FN(k)                                                                          \

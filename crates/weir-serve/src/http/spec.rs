@@ -242,7 +242,8 @@ fn body_schema(path: &str, method: &str) -> Option<Body> {
                 },
                 "topics": {
                     "type": "object",
-                    "description": "tables of a topic's most recent records",
+                    "maxProperties": crate::services::query::MAX_TOPICS,
+                    "description": "tables of a topic's most recent records (at most 4, read within the query's deadline, counted against the tenant's query_memory_bytes)",
                     "additionalProperties": {
                         "type": "object",
                         "additionalProperties": false,

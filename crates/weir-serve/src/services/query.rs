@@ -75,7 +75,7 @@ pub struct Answer {
 }
 
 /// Topic tables one query may read.
-const MAX_TOPICS: usize = 4;
+pub const MAX_TOPICS: usize = 4;
 
 fn bad(message: String) -> ServiceError {
     ServiceError::BadRequest(message)

@@ -460,7 +460,7 @@ fn every_row_error_of_a_batch_comes_back_from_one_call() {
 #[test]
 fn every_thrown_row_of_a_javascript_batch_comes_back_from_one_call() {
     use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
-    let source = "// @udf halve(x BIGINT) RETURNS BIGINT\nfunction halve(x) {\n  if (x % 2 !== 0) throw new Error(`${x} is odd`);\n  return x / 2;\n}\n";
+    let source = "// @udf halve(x BIGINT) RETURNS BIGINT\nfunction halve(x) {\n  if (x % 2 !== 0) throw new Error(`${x} is odd`);\n  return x / 2;\n}\n// @udf name(x BIGINT) RETURNS VARCHAR\nfunction name(x) {\n  if (x % 2 !== 0) throw new Error(`${x} is odd`);\n  return `n${x}`;\n}\n";
     let functions = weir::lang::declarations("halve.js", source).unwrap();
     let wasm =
         weir::lang::javascript::module(support::sandbox(), "halve.js", source, &functions).unwrap();
@@ -487,4 +487,65 @@ fn every_thrown_row_of_a_javascript_batch_comes_back_from_one_call() {
             .collect::<Vec<_>>(),
         vec![Some(1), None, Some(2), None, Some(3), Some(4), None]
     );
+    // Many failing rows of a text result (each message kept in one block).
+    let index = module.function_index("name").unwrap();
+    let args: Vec<ArrayRef> = vec![Arc::new(Int64Array::from((0..40).collect::<Vec<i64>>()))];
+    let (out, errors) = module.call_collecting(index, &args, 40).unwrap();
+    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    assert_eq!(failed, (0..40).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+    assert!(
+        errors[19].to_string().contains("39 is odd"),
+        "{}",
+        errors[19]
+    );
+    let out = out
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!(out.value(38), "n38");
+    assert!(out.is_null(39));
+}
+
+/// With the tenant's result cache on (a deterministic function), a large
+/// batch is probed through the cache and the rest called directly: the row
+/// errors of both parts come back without a call per bad row, and no
+/// failed row is cached (a second run reports the same errors).
+#[test]
+fn row_errors_through_the_result_cache_cost_no_extra_calls() {
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    let tenants = Tenants::new(Policy::default());
+    let tenant = tenants.get("cached");
+    let module = support::sandbox()
+        .load_file_for(support::module_path("finance"), &tenant)
+        .unwrap();
+    let index = module.function_index("parse_cents").unwrap();
+    let text: Vec<String> = (0..4096)
+        .map(|i| {
+            if i % 20 == 7 {
+                format!("bad {i}")
+            } else {
+                format!("{i}.25 EUR")
+            }
+        })
+        .collect();
+    let args: Vec<ArrayRef> = vec![Arc::new(StringArray::from(text))];
+    let calls = || {
+        module
+            .function_stats(index)
+            .unwrap()
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let bad: Vec<usize> = (0..4096).filter(|i| i % 20 == 7).collect();
+    for round in 0..2 {
+        let before = calls();
+        let (_, errors) = module.call_collecting(index, &args, 4096).unwrap();
+        let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+        assert_eq!(failed, bad, "round {round}");
+        assert!(
+            calls() - before <= 2,
+            "round {round}: {} guest calls for one batch",
+            calls() - before
+        );
+    }
 }

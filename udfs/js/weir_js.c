@@ -528,15 +528,25 @@ typedef struct {
 } row_error;
 static row_error *failed_rows;
 static uint32_t nfailed;
+/* The failed rows' messages, one after the other in one block of the batch
+ * (`msg` holds an offset into it until the call ends). */
+static char *failed_text;
+static uint32_t failed_used, failed_cap;
 
 /* Row `row` failed (the message is in `result`, set by fail*): keeps a copy
  * of the message and the row; the call goes on with the next row. */
 static void row_failed(uint32_t row) {
     uint32_t len = result.error_len;
-    char *copy = batch_malloc(len ? len : 1);
-    if (!copy) __builtin_trap(); /* only when the memory limit refused to grow */
-    memcpy(copy, (const char *)(uintptr_t)result.error_msg, len);
-    failed_rows[nfailed++] = (row_error){row, (uint32_t)(uintptr_t)copy, len};
+    if (failed_used + len > failed_cap) {
+        uint32_t cap = (failed_used + len) * 2 + 256;
+        char *grown = batch_realloc(failed_text, cap);
+        if (!grown) __builtin_trap(); /* only when the memory limit refused to grow */
+        failed_text = grown;
+        failed_cap = cap;
+    }
+    memcpy(failed_text + failed_used, (const char *)(uintptr_t)result.error_msg, len);
+    failed_rows[nfailed++] = (row_error){row, failed_used, len};
+    failed_used += len;
 }
 
 static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
@@ -563,7 +573,10 @@ static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
     int any_null = 0;
     nfailed = 0;
     failed_rows = batch_malloc(rows ? rows * sizeof(row_error) : 8);
-    if (!failed_rows) __builtin_trap();
+    failed_cap = 256;
+    failed_used = 0;
+    failed_text = batch_malloc(failed_cap);
+    if (!failed_rows || !failed_text) __builtin_trap();
 #define ROW_FAILED(row)                                                     \
     do {                                                                    \
         row_failed(row);                                                    \
@@ -616,6 +629,8 @@ static uint32_t call(uint32_t k, const weir_arg *args, uint32_t rows) {
     if (c.offsets) values_len = c.used;
     uint32_t out = ok(rows, any_null ? validity : NULL, c.values, values_len, c.offsets);
     if (nfailed) {
+        for (uint32_t i = 0; i < nfailed; i++)
+            failed_rows[i].msg += (uint32_t)(uintptr_t)failed_text;
         result.status = 2;
         result.error_row = nfailed;
         result.error_msg = (uint32_t)(uintptr_t)failed_rows;

@@ -18,6 +18,8 @@ use crate::abi::{
 
 /// Longest guest error message kept, in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 4096;
+/// Text of all row errors of one call kept, in bytes (ABI 1.1).
+pub const MAX_ROW_ERRORS_TEXT: usize = 64 << 10;
 
 /// What a call produced.
 #[derive(Debug)]
@@ -74,11 +76,21 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 /// Reads only the status of the result descriptor at `ptr` (an aggregate's
-/// fold): `Some((row, message))` for a row error.
+/// fold): `Some((row, message))` for a row error. Status 2 (a column with
+/// failed rows) is invalid for a call that returns no column.
 pub fn read_status(
     mem: &[u8],
     ptr: u32,
     rows: usize,
+) -> Result<Option<(usize, String)>, InvalidOutput> {
+    read_status_of(mem, ptr, rows, false)
+}
+
+fn read_status_of(
+    mem: &[u8],
+    ptr: u32,
+    rows: usize,
+    column: bool,
 ) -> Result<Option<(usize, String)>, InvalidOutput> {
     let desc = range(mem, "the result descriptor", ptr, RESULT_SIZE)?;
     let field = |i: usize| read_u32(desc, i * 4).unwrap_or(0);
@@ -96,7 +108,10 @@ pub fn read_status(
             }
             Ok(Some((row, message)))
         }
-        STATUS_ROW_ERRORS => Ok(None),
+        STATUS_ROW_ERRORS if column => Ok(None),
+        STATUS_ROW_ERRORS => invalid(
+            "returned status 2 (a column with failed rows) from a call that returns no column; report one row error with status 1",
+        ),
         other => invalid(format!("unknown status {other} (expected 0, 1 or 2)")),
     }
 }
@@ -120,6 +135,9 @@ fn read_row_errors(
     let records = range(mem, "the row errors", ptr, len)?;
     let mut errors = Vec::with_capacity(count);
     let mut last: Option<usize> = None;
+    // The messages of one call together: beyond this the rest are cut (a
+    // guest could point every row at the same 4 KiB).
+    let mut left = MAX_ROW_ERRORS_TEXT;
     for i in 0..count {
         let field = |f: usize| read_u32(records, i * ROW_ERROR_SIZE + f * 4).unwrap_or(0);
         let row = field(0) as usize;
@@ -131,10 +149,14 @@ fn read_row_errors(
         last = Some(row);
         let msg_len = (field(2) as usize).min(MAX_ERROR_MESSAGE);
         let msg = range(mem, "a row error's message", field(1), msg_len)?;
-        errors.push((
-            row,
-            truncate(String::from_utf8_lossy(msg).into_owned(), MAX_ERROR_MESSAGE),
-        ));
+        let kept = msg_len.min(left);
+        left -= kept;
+        let mut message = String::from_utf8_lossy(&msg[..kept]).into_owned();
+        if kept < msg_len {
+            message = truncate(message, kept);
+            message.push_str(" (cut: this batch's row errors passed 64 KiB of text)");
+        }
+        errors.push((row, truncate(message, MAX_ERROR_MESSAGE + 64)));
     }
     Ok(errors)
 }
@@ -150,7 +172,7 @@ pub fn read_result(
 ) -> Result<CallResult, InvalidOutput> {
     let desc = range(mem, "the result descriptor", ptr, RESULT_SIZE)?;
     let field = |i: usize| read_u32(desc, i * 4).unwrap_or(0);
-    if let Some((row, message)) = read_status(mem, ptr, rows)? {
+    if let Some((row, message)) = read_status_of(mem, ptr, rows, true)? {
         return Ok(CallResult::RowError { row, message });
     }
     let (len, validity, values, values_len, offsets) =

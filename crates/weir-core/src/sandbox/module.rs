@@ -401,22 +401,19 @@ impl UdfModule {
                     .iter()
                     .map(|a| a.slice(PROBE_ROWS, rows - PROBE_ROWS))
                     .collect();
-                let first = self.call_cached(&cache, index, &limits, &head, PROBE_ROWS, deadline);
-                let started = Instant::now();
-                let rest = first.and_then(|first| {
-                    self.call_inner(index, &limits, &tail, rows - PROBE_ROWS, deadline)
-                        .map(|rest| (first, rest))
-                        .map_err(|f| f.at_row(&|r| r + PROBE_ROWS))
-                });
-                match rest {
-                    Ok((first, rest)) => {
-                        cache.stats.bypassed.add((rows - PROBE_ROWS) as u64);
-                        advice.bypassed(rows - PROBE_ROWS, started.elapsed());
-                        datafusion::arrow::compute::concat(&[first.as_ref(), rest.as_ref()])
-                            .map_err(|e| Failure::Other(e.to_string()))
-                    }
-                    Err(f) => Err(f),
-                }
+                let probe = || -> Result<ArrayRef, Failure> {
+                    let mut parts = Parts::new(rows);
+                    let head =
+                        self.call_cached(&cache, index, &limits, &head, PROBE_ROWS, deadline);
+                    parts.add(0, PROBE_ROWS, head)?;
+                    let started = Instant::now();
+                    let rest = self.call_inner(index, &limits, &tail, rows - PROBE_ROWS, deadline);
+                    parts.add(PROBE_ROWS, rows - PROBE_ROWS, rest)?;
+                    cache.stats.bypassed.add((rows - PROBE_ROWS) as u64);
+                    advice.bypassed(rows - PROBE_ROWS, started.elapsed());
+                    parts.finish()
+                };
+                probe()
             }
             Some(cache) => self.call_cached(&cache, index, &limits, args, rows, deadline),
         }
@@ -558,6 +555,9 @@ impl UdfModule {
         prefix.extend_from_slice(&(index as u32).to_le_bytes());
         let started = Instant::now();
         let guest = std::cell::Cell::new((0, Duration::ZERO));
+        // The messages of rows the guest reported failed (ABI 1.1), by row
+        // of the computed column: those rows are never cached.
+        let messages = std::cell::RefCell::new(Vec::new());
         let out = cache.get_or_compute(
             &prefix,
             args,
@@ -566,7 +566,16 @@ impl UdfModule {
                 let t = Instant::now();
                 let out = self.call_inner(index, limits, args, rows, deadline);
                 guest.set((rows, t.elapsed()));
-                out
+                match out {
+                    Ok(array) => Ok((array, Vec::new())),
+                    Err(Failure::RowErrors(partial)) if partial.array.len() == rows => {
+                        let PartialOutput { array, errors } = *partial;
+                        let failed = errors.iter().map(|(row, _)| *row).collect();
+                        *messages.borrow_mut() = errors;
+                        Ok((array, failed))
+                    }
+                    Err(other) => Err(other),
+                }
             },
             Failure::Other,
             |failure, map| failure.at_row(map),
@@ -575,7 +584,27 @@ impl UdfModule {
             let (computed, took) = guest.get();
             self.cache_advice[index].looked_up(rows, computed, took, started.elapsed());
         }
-        out
+        let (array, failed) = out?;
+        if failed.is_empty() {
+            return Ok(array);
+        }
+        let messages = messages.into_inner();
+        let mut errors: Vec<(usize, String)> = failed
+            .into_iter()
+            .map(|(row, computed)| {
+                let message = messages
+                    .iter()
+                    .find(|(r, _)| *r == computed)
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default();
+                (row, message)
+            })
+            .collect();
+        errors.sort_by_key(|(row, _)| *row);
+        Err(Failure::RowErrors(Box::new(PartialOutput {
+            array,
+            errors,
+        })))
     }
 
     fn call_inner(
@@ -602,7 +631,7 @@ impl UdfModule {
         let started = Instant::now();
         let mut output_left = limits.max_output_bytes;
         let budget = Duration::from_millis(limits.cpu_ms_per_batch);
-        let mut pieces = Vec::with_capacity(rows.div_ceil(GUEST_CALL_ROWS));
+        let mut parts = Parts::new(rows);
         let mut start = 0;
         while start < rows {
             let len = GUEST_CALL_ROWS.min(rows - start);
@@ -618,16 +647,12 @@ impl UdfModule {
                 ..limits.clone()
             };
             let slice: Vec<ArrayRef> = args.iter().map(|a| a.slice(start, len)).collect();
-            let out = self
-                .call_slice(index, &slice_limits, &slice, len, deadline)
-                .map_err(|f| f.at_row(&|r| r + start))?;
-            output_left = output_left.saturating_sub(out.get_buffer_memory_size() as u64);
-            pieces.push(out);
+            let out = self.call_slice(index, &slice_limits, &slice, len, deadline);
+            let bytes = parts.add(start, len, out)?;
+            output_left = output_left.saturating_sub(bytes as u64);
             start += len;
         }
-        let parts: Vec<&dyn datafusion::arrow::array::Array> =
-            pieces.iter().map(|a| a.as_ref()).collect();
-        datafusion::arrow::compute::concat(&parts).map_err(|e| Failure::Other(e.to_string()))
+        parts.finish()
     }
 
     /// One guest call over `rows` rows.
@@ -686,6 +711,65 @@ impl UdfModule {
                 }
                 Err(failure)
             }
+        }
+    }
+}
+
+/// The outputs of consecutive parts of a batch joined into one column.
+/// A part whose rows partly failed (ABI 1.1, its whole column returned)
+/// joins with its failed rows renumbered; any other failure fails all.
+struct Parts {
+    pieces: Vec<ArrayRef>,
+    errors: Vec<(usize, String)>,
+}
+
+impl Parts {
+    fn new(rows: usize) -> Self {
+        Parts {
+            pieces: Vec::with_capacity(rows.div_ceil(GUEST_CALL_ROWS)),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The output of rows `start..start + len`; its buffer bytes.
+    fn add(
+        &mut self,
+        start: usize,
+        len: usize,
+        out: Result<ArrayRef, Failure>,
+    ) -> Result<usize, Failure> {
+        let array = match out {
+            Ok(array) => array,
+            Err(Failure::RowErrors(partial)) if partial.array.len() == len => {
+                let PartialOutput { array, errors } = *partial;
+                self.errors
+                    .extend(errors.into_iter().map(|(row, m)| (row + start, m)));
+                array
+            }
+            Err(failure) => return Err(failure.at_row(&|r| r + start)),
+        };
+        let bytes = array.get_buffer_memory_size();
+        self.pieces.push(array);
+        Ok(bytes)
+    }
+
+    fn finish(mut self) -> Result<ArrayRef, Failure> {
+        let array = match self.pieces.len() {
+            1 => self.pieces.swap_remove(0),
+            _ => {
+                let parts: Vec<&dyn datafusion::arrow::array::Array> =
+                    self.pieces.iter().map(|a| a.as_ref()).collect();
+                datafusion::arrow::compute::concat(&parts)
+                    .map_err(|e| Failure::Other(e.to_string()))?
+            }
+        };
+        if self.errors.is_empty() {
+            Ok(array)
+        } else {
+            Err(Failure::RowErrors(Box::new(PartialOutput {
+                array,
+                errors: self.errors,
+            })))
         }
     }
 }

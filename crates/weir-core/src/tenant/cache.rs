@@ -60,18 +60,26 @@ impl ResultCache {
 
     /// Runs `compute` only on the rows of `args` not in the cache (one call
     /// with the misses), and returns the full result in row order.
+    ///
+    /// `compute` returns its column and the rows of it that failed (NULL
+    /// in it, never cached); the answer names those rows as `(row of
+    /// args, row of the computed column)`.
     pub fn get_or_compute<E>(
         &self,
         prefix: &[u8],
         args: &[ArrayRef],
         rows: usize,
-        compute: impl FnOnce(&[ArrayRef], usize) -> Result<ArrayRef, E>,
+        compute: impl FnOnce(&[ArrayRef], usize) -> Result<(ArrayRef, Vec<usize>), E>,
         internal: impl Fn(String) -> E,
         remap_row: impl FnOnce(E, &dyn Fn(usize) -> usize) -> E,
-    ) -> Result<ArrayRef, E> {
+    ) -> Result<(ArrayRef, Vec<(usize, usize)>), E> {
+        let identity = |(out, failed): (ArrayRef, Vec<usize>)| {
+            let failed = failed.into_iter().map(|r| (r, r)).collect();
+            (out, failed)
+        };
         if args.is_empty() {
             // Nothing to key on (a constant function): no caching.
-            return compute(args, rows);
+            return compute(args, rows).map(identity);
         }
         let fields = args
             .iter()
@@ -82,7 +90,7 @@ impl ResultCache {
             .map_err(|e| internal(e.to_string()));
         let Ok(encoded) = keyed else {
             // A type the row format cannot encode: no caching.
-            return compute(args, rows);
+            return compute(args, rows).map(identity);
         };
         let mut keys = Vec::with_capacity(rows);
         let mut hits: Vec<(usize, ScalarValue)> = Vec::new();
@@ -100,14 +108,15 @@ impl ResultCache {
         self.stats.hits.add(hits.len() as u64);
         self.stats.misses.add(misses.len() as u64);
         if hits.is_empty() {
-            let out = compute(args, rows)?;
-            self.store(&mut keys, &out, (0..rows).map(|i| (i, i)), &internal)?;
-            return Ok(out);
+            let (out, failed) = compute(args, rows)?;
+            let stored = (0..rows).filter(|i| !failed.contains(i)).map(|i| (i, i));
+            self.store(&mut keys, &out, stored, &internal)?;
+            return Ok(identity((out, failed)));
         }
         let hit_values = ScalarValue::iter_to_array(hits.iter().map(|(_, v)| v.clone()))
             .map_err(|e| internal(e.to_string()))?;
         if misses.is_empty() {
-            return Ok(hit_values);
+            return Ok((hit_values, Vec::new()));
         }
         let indices = UInt32Array::from(misses.clone());
         let miss_args = args
@@ -116,14 +125,22 @@ impl ResultCache {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal(e.to_string()))?;
         // An error naming a row of the misses names it in `args` instead.
-        let computed = compute(&miss_args, misses.len())
+        let (computed, failed) = compute(&miss_args, misses.len())
             .map_err(|e| remap_row(e, &|row| misses.get(row).map_or(row, |&i| i as usize)))?;
         self.store(
             &mut keys,
             &computed,
-            misses.iter().enumerate().map(|(j, &i)| (i as usize, j)),
+            misses
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| !failed.contains(j))
+                .map(|(j, &i)| (i as usize, j)),
             &internal,
         )?;
+        let failed: Vec<(usize, usize)> = failed
+            .into_iter()
+            .filter_map(|j| misses.get(j).map(|&i| (i as usize, j)))
+            .collect();
         // Merge: (source, index) per row, source 0 = computed, 1 = hits.
         let mut order = Vec::with_capacity(rows);
         let (mut h, mut m) = (0, 0);
@@ -137,6 +154,7 @@ impl ResultCache {
             }
         }
         interleave(&[computed.as_ref(), hit_values.as_ref()], &order)
+            .map(|out| (out, failed))
             .map_err(|e| internal(e.to_string()))
     }
 

@@ -33,6 +33,7 @@ Client, free_port, pct = bench.Client, bench.free_port, bench.pct
 
 WEIR = sys.argv[1] if len(sys.argv) > 1 else bench.WEIR
 PHASE_S = float(os.environ.get("WEIR_BENCH_PHASE_S", "20"))
+# WEIR_FLOOD_DEPLOYS / WEIR_FLOOD_QUERIES: clients of each kind (16 / 50).
 
 SPIN = "CREATE FUNCTION spin(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ for (;;) {} $$;"
 
@@ -110,8 +111,10 @@ def main():
                         flood.call("POST", "/v1/tenants/flood/sql", body, "application/json")
                         counts["queries"] += 1
 
-                threads += [threading.Thread(target=deploys, args=(i,)) for i in range(16)]
-                threads += [threading.Thread(target=queries) for _ in range(50)]
+                n_deploys = int(os.environ.get("WEIR_FLOOD_DEPLOYS", "16"))
+                n_queries = int(os.environ.get("WEIR_FLOOD_QUERIES", "50"))
+                threads += [threading.Thread(target=deploys, args=(i,)) for i in range(n_deploys)]
+                threads += [threading.Thread(target=queries) for _ in range(n_queries)]
             for t in threads:
                 t.start()
             time.sleep(PHASE_S)

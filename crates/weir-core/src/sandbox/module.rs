@@ -674,7 +674,9 @@ impl UdfModule {
         let limits = clamped.as_ref().unwrap_or(limits);
         let mut instance = self.pool.checkout(self)?;
         let started = Instant::now();
-        let result = instance.invoke(self, limits, index, &plan, rows);
+        let result = crate::tenant::state::off_the_workers(|| {
+            instance.invoke(self, limits, index, &plan, rows)
+        });
         let result = cancelled_if_clamped(result, clamped.is_some());
         let stats = &self.stats[index];
         stats.invocations.fetch_add(1, Ordering::Relaxed);

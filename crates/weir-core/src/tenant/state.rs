@@ -211,14 +211,20 @@ impl Tenant {
     /// outside the guest runtime: it cannot fill that runtime's threads
     /// with calls parked on the tenant's slots (they starved every other
     /// tenant's queries) nor run more of its guest code at once than its cap.
+    ///
+    /// With more than one guest slot, one tenant's requests never take all
+    /// of them: a guest call holds its thread until it returns (up to its
+    /// CPU budget), and another tenant's query needs a thread to run on.
     pub async fn admit(self: &Arc<Self>) -> Admission {
+        let slots = u32::try_from(self.share.slots()).unwrap_or(u32::MAX);
+        let others = if slots > 1 { slots - 1 } else { 1 };
         loop {
             let notified = self.admission.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut admitted = self.admitted.lock();
-                if *admitted < self.policy().max_concurrent_calls.max(1) {
+                if *admitted < self.policy().max_concurrent_calls.min(others).max(1) {
                     *admitted += 1;
                     return Admission {
                         tenant: self.clone(),
@@ -379,6 +385,18 @@ impl Tenants {
 
 /// Whether this thread belongs to a multi-threaded tokio runtime (where
 /// `block_in_place` is allowed).
+/// Runs `work` (a guest call: up to its CPU budget) announced to tokio
+/// with `block_in_place` when on a multi-thread runtime's worker: the
+/// runtime hands that worker's other tasks (another tenant's query, an
+/// API answer) to another thread instead of leaving them behind the call.
+pub(crate) fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    if on_multi_thread_runtime() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 fn on_multi_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)

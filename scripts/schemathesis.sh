@@ -220,15 +220,27 @@ st_args=(
 )
 [ -n "${WEIR_ST_SEED:-}" ] && st_args+=(--seed "$WEIR_ST_SEED")
 
+run_st() {
+  # In $tmp: schemathesis keeps its example database in the working directory.
+  (
+    cd "$tmp"
+    WEIR_ST_TOKEN="$admin_token" SCHEMATHESIS_HOOKS=weir_st_hooks PYTHONPATH="$tmp" \
+      timeout --kill-after=10 "$st_timeout" \
+      "$venv/bin/st" --config-file "$tmp/schemathesis.toml" "${st_args[@]}" "$@"
+  ) 2>&1 | tee "$tmp/st.out"
+  return "${PIPESTATUS[0]}"
+}
 set +e
-# In $tmp: schemathesis keeps its example database in the working directory.
-(
-  cd "$tmp"
-  WEIR_ST_TOKEN="$admin_token" SCHEMATHESIS_HOOKS=weir_st_hooks PYTHONPATH="$tmp" \
-    timeout --kill-after=10 "$st_timeout" \
-    "$venv/bin/st" --config-file "$tmp/schemathesis.toml" "${st_args[@]}" "$@"
-)
+run_st "$@"
 status=$?
+# An internal error of schemathesis itself (seen: hypothesis's "AST
+# constructor recursion depth mismatch" while it generated cases), with no
+# finding about the API, is run once more; a finding never is.
+if [ "$status" = 1 ] && grep -q 'Runtime Error' "$tmp/st.out" && ! grep -q '^Failures:' "$tmp/st.out"; then
+  echo "schemathesis.sh: schemathesis failed inside itself, not on the API; running it once more" >&2
+  run_st "$@"
+  status=$?
+fi
 set -e
 if [ "$status" = 124 ]; then
   echo "schemathesis.sh: schemathesis ran over ${st_timeout} s" >&2

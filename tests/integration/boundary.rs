@@ -268,6 +268,19 @@ fn app_with(dir: &std::path::Path, acme: &str) -> axum::Router {
     router(Arc::new(state))
 }
 
+/// `body` to `acme`'s SQL endpoint as its operator.
+async fn post_sql(app: &axum::Router, body: Value) -> (StatusCode, Value) {
+    send(
+        app,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        None,
+        body.to_string().into_bytes(),
+    )
+    .await
+}
+
 async fn deploy(app: &axum::Router, toml: &str) -> (StatusCode, Value) {
     send(
         app,
@@ -505,20 +518,7 @@ async fn registries_and_environment_variables_follow_the_policy() {
 async fn oversized_sql_is_refused_before_planning() {
     let dir = tempfile::tempdir().unwrap();
     let app = app(dir.path());
-    let sql = |text: String| {
-        let (app, body) = (app.clone(), serde_json::json!({ "sql": text }));
-        async move {
-            send(
-                &app,
-                "POST",
-                "/v1/tenants/acme/sql",
-                Some("acme-operator"),
-                None,
-                body.to_string().into_bytes(),
-            )
-            .await
-        }
-    };
+    let sql = |text: String| post_sql(&app, serde_json::json!({ "sql": text }));
     let terms = |n: usize| format!("SELECT {} AS s", vec!["1"; n].join("+"));
     for (text, key) in [
         (terms(20_000), "sql_max_terms"),
@@ -579,20 +579,7 @@ fn passwords_inside_urls_are_redacted() {
 async fn query_memory_covers_the_whole_query() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(dir.path(), "query_memory_bytes = 16777216\n");
-    let query = |body: Value| {
-        let app = app.clone();
-        async move {
-            send(
-                &app,
-                "POST",
-                "/v1/tenants/acme/sql",
-                Some("acme-operator"),
-                None,
-                body.to_string().into_bytes(),
-            )
-            .await
-        }
-    };
+    let query = |body: Value| post_sql(&app, body);
     let columns = (0..12)
         .map(|i| format!("repeat('x', 15000000) AS c{i}"))
         .collect::<Vec<_>>()
@@ -657,15 +644,7 @@ async fn sql_topic_tables_are_bounded() {
     let topics: serde_json::Map<String, Value> =
         (0..5).map(|i| (format!("t{i}"), topic.clone())).collect();
     let body = serde_json::json!({"sql": "SELECT 1", "topics": topics});
-    let (status, answer) = send(
-        &app,
-        "POST",
-        "/v1/tenants/acme/sql",
-        Some("acme-operator"),
-        None,
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (status, answer) = post_sql(&app, body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(
         answer["error"]

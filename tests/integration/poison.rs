@@ -549,3 +549,41 @@ fn row_errors_through_the_result_cache_cost_no_extra_calls() {
         );
     }
 }
+
+/// The same for AssemblyScript (`fail<T>`): every failed row of the batch
+/// in one call, each NULL, the others computed.
+#[test]
+fn every_failed_row_of_an_assemblyscript_batch_comes_back_from_one_call() {
+    use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+    if !support::require_asc() {
+        return;
+    }
+    let module = support::load("text_as");
+    let index = module.function_index("as_parse_cents").unwrap();
+    let text: Vec<String> = (0..30)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("bad{i}")
+            } else {
+                format!("{i}.5 EUR")
+            }
+        })
+        .collect();
+    let args: Vec<ArrayRef> = vec![Arc::new(StringArray::from(text))];
+    let (out, errors) = module.call_collecting(index, &args, 30).unwrap();
+    assert_eq!(
+        module
+            .function_stats(index)
+            .unwrap()
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one guest call for the batch"
+    );
+    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    assert_eq!(failed, (0..30).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+    assert!(errors[9].to_string().contains("`bad27`"), "{}", errors[9]);
+    let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(out.value(1), 150);
+    assert!(out.is_null(27));
+}

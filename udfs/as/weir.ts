@@ -38,6 +38,14 @@ let messageBuf: usize = 0;
 let messageCap: usize = 0;
 let row: u32 = 0;
 let aborting: bool = false;
+// Rows of this batch that failed (ABI 1.1): 12-byte records {row, offset of
+// the message in `failedText`, length}; addresses once the batch is done.
+let failedRows: usize = 0;
+let failedRowsCap: usize = 0;
+let failedCount: u32 = 0;
+let failedText: usize = 0;
+let failedTextCap: usize = 0;
+let failedUsed: usize = 0;
 
 /** Fails the current row with `message`. Return its result from the UDF. */
 export function fail<T>(message: string): T {
@@ -87,6 +95,8 @@ export function __weir_begin(n: u32, width: i32): usize {
   memory.fill(validity, 0xff, bitmap);
   anyNull = false;
   flag = 0;
+  failedCount = 0;
+  failedUsed = 0;
   varLen = width < 0;
   let bytes: usize = width == 0 ? bitmap : width < 0 ? 0 : <usize>n * <usize>width;
   if (varLen) {
@@ -192,6 +202,33 @@ export function __weir_put_bytes(i: u32, b: Uint8Array): void {
   store<i32>(offsets + ((<usize>i + 1) << 2), <i32>used);
 }
 
+// `ptr` grown to at least `need` bytes, contents kept.
+function grown(ptr: usize, need: usize): usize {
+  return ptr == 0 ? heap.alloc(need) : heap.realloc(ptr, need);
+}
+
+/** Row `i` failed (after `fail`): NULL in the column, its message kept; the batch goes on and reports every failed row at once (ABI 1.1). */
+export function __weir_row_failed(i: u32): void {
+  __weir_null(i);
+  const len = <usize>String.UTF8.byteLength(failMessage);
+  if (failedUsed + len > failedTextCap) {
+    failedTextCap = capacity(failedUsed + len);
+    failedText = grown(failedText, failedTextCap);
+  }
+  String.UTF8.encodeUnsafe(changetype<usize>(failMessage), failMessage.length, failedText + failedUsed, false, String.UTF8.ErrorMode.REPLACE);
+  const need = (<usize>failedCount + 1) * 12;
+  if (need > failedRowsCap) {
+    failedRowsCap = capacity(need);
+    failedRows = grown(failedRows, failedRowsCap);
+  }
+  const at = failedRows + <usize>failedCount * 12;
+  store<u32>(at, i);
+  store<u32>(at, <u32>failedUsed, 4);
+  store<u32>(at, <u32>len, 8);
+  failedUsed += len;
+  failedCount++;
+}
+
 /** The result descriptor of `n` rows. */
 export function __weir_done(n: u32, width: i32): usize {
   store<u32>(RESULT, 0);
@@ -205,6 +242,15 @@ export function __weir_done(n: u32, width: i32): usize {
   store<u32>(RESULT, 0, 28);
   store<u32>(RESULT, 0, 32);
   store<u32>(RESULT, 0, 36);
+  if (failedCount > 0) {
+    for (let k: u32 = 0; k < failedCount; k++) {
+      const at = failedRows + <usize>k * 12 + 4;
+      store<u32>(at, load<u32>(at) + <u32>failedText);
+    }
+    store<u32>(RESULT, 2);
+    store<u32>(RESULT, failedCount, 24);
+    store<u32>(RESULT, <u32>failedRows, 28);
+  }
   return RESULT;
 }
 

@@ -100,7 +100,7 @@ pub fn glue(stem: &str, functions: &[Signature]) -> String {
          // A type error here means a function's AssemblyScript types differ from its @udf line\n\
          // (BIGINT is i64, INT i32, DOUBLE f64, REAL f32, VARCHAR string, BYTEA Uint8Array,\n\
          // BOOLEAN bool, TIMESTAMP i64, DATE i32; see docs/udf-guide.md).\n\
-         import {{ __weir_alloc, __weir_panic_info, __weir_begin, __weir_done, __weir_failed, __weir_valid,\n\
+         import {{ __weir_alloc, __weir_panic_info, __weir_begin, __weir_done, __weir_row_failed, __weir_valid,\n\
          \x20 __weir_bool, __weir_str, __weir_bytes, __weir_at, __weir_flag, __weir_null, __weir_put_bool,\n\
          \x20 __weir_put_str, __weir_put_bytes }} from \"./weir\";\n\
          import * as udf from \"./{stem}\";\n\
@@ -163,7 +163,7 @@ pub fn glue(stem: &str, functions: &[Signature]) -> String {
         let _ = writeln!(out, "    const r = {call};");
         let _ = writeln!(
             out,
-            "    if (__weir_flag() != 0) {{\n      if (__weir_flag() == 2) return __weir_failed(i);\n      __weir_null(i);\n      continue;\n    }}"
+            "    if (__weir_flag() != 0) {{\n      if (__weir_flag() == 2) __weir_row_failed(i);\n      else __weir_null(i);\n      continue;\n    }}"
         );
         let store = match (w, f.ret) {
             (0, _) => "__weir_put_bool(i, r);".to_string(),

@@ -467,34 +467,29 @@ impl UdfModule {
             // ABI 1.1: the guest reported every failing row with the whole
             // column: taken as it is, no row computed twice. (Not when the
             // column covers only part of the chunk: cache misses, slices.)
-            if let Failure::RowErrors(partial) = &error.failure
-                && partial.array.len() == len
-                && partial.errors.iter().all(|(row, _)| *row < len)
-            {
-                let failure = std::mem::replace(&mut error.failure, Failure::Cancelled);
-                let Failure::RowErrors(partial) = failure else {
-                    unreachable!("matched above")
-                };
-                let PartialOutput {
-                    array,
-                    errors: failed,
-                } = *partial;
-                pieces.push(array);
-                for (row, message) in failed {
-                    errors.push(UdfError {
-                        failure: Failure::RowError {
-                            row: start + row,
-                            message,
-                        },
-                        rows,
-                        ..error.clone()
-                    });
+            error.failure = match std::mem::replace(&mut error.failure, Failure::Cancelled) {
+                Failure::RowErrors(partial) if partial.array.len() == len => {
+                    let PartialOutput {
+                        array,
+                        errors: failed,
+                    } = *partial;
+                    pieces.push(array);
+                    for (row, message) in failed {
+                        errors.push(UdfError {
+                            failure: Failure::RowError {
+                                row: start + row,
+                                message,
+                            },
+                            rows,
+                            ..error.clone()
+                        });
+                    }
+                    start += len;
+                    chunk = chunk.saturating_mul(2);
+                    continue;
                 }
-                start += len;
-                chunk = chunk.saturating_mul(2);
-                continue;
-            }
-            error.failure = error.failure.first_row_error();
+                other => other.first_row_error(),
+            };
             let row = match &error.failure {
                 Failure::RowError { row, .. } if *row < len => *row,
                 _ => return Err(error),

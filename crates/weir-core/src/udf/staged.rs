@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::abi::ArrowType;
-use crate::sandbox::{Failure, UdfModule};
+use crate::sandbox::{Failure, UdfError, UdfModule};
 
 /// Rows accepted by one staged run.
 pub const MAX_ROWS: usize = 1000;
@@ -79,10 +79,10 @@ pub fn run_rows_until(
     let (outputs, errors) = match whole {
         Ok(out) => (to_json(&out)?, Vec::new()),
         // ABI 1.1: every failing row in one call, with the others' outputs.
-        Err(e) if matches!(&e.failure, Failure::RowErrors(p) if p.array.len() == rows.len()) => {
-            let Failure::RowErrors(partial) = &e.failure else {
-                unreachable!("matched above")
-            };
+        Err(UdfError {
+            failure: Failure::RowErrors(partial),
+            ..
+        }) if partial.array.len() == rows.len() => {
             let errors = partial
                 .errors
                 .iter()

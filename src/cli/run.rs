@@ -26,8 +26,10 @@ pub struct RunArgs {
     /// topic, print the `fields = […]` line it infers, and run with it.
     #[arg(long)]
     pub infer: bool,
-    /// With `--infer`: print the fields and stop (run nothing).
-    #[arg(long, requires = "infer")]
+    /// Check and plan each pipeline, print what it would run (its output
+    /// columns, how its windows keep state; with `--infer`, the fields) and
+    /// stop: nothing is read or written.
+    #[arg(long)]
     pub dry_run: bool,
 }
 
@@ -55,9 +57,6 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", config.name))?;
         }
-        if args.dry_run {
-            return Ok(());
-        }
     }
     let policy = match &args.policy {
         Some(path) => Policy::from_file(path)?,
@@ -67,6 +66,12 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
         policy,
         sandbox.limits().guest_threads(),
     ));
+    if args.dry_run {
+        for config in configs {
+            println!("{}", Pipeline::explain(config, &sandbox, &tenants).await?);
+        }
+        return Ok(());
+    }
     if let Some(addr) = args.metrics_addr.clone() {
         // The recorder first: pipelines register their series when built.
         crate::serve::exporter::handle();

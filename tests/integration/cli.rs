@@ -413,6 +413,44 @@ fn run_infer_prints_the_fields_and_runs_with_them() {
     );
 }
 
+/// `weir run --dry-run` plans a pipeline and says how its open windows
+/// keep state: folded groups for built-in aggregates, records (and why)
+/// for the rest; nothing is read or written.
+#[test]
+fn dry_run_says_how_windows_keep_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.ndjson");
+    let write = |name: &str, select: &str| {
+        let pipeline = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &pipeline,
+            format!(
+                "name = \"{name}\"\nsql = \"SELECT window_start, {select} FROM tumble(source, ts, INTERVAL '1' MINUTE) GROUP BY window_start\"\n[source]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nfields = [{{ name = \"v\", type = \"int64\" }}, {{ name = \"ts\", type = \"timestamp_us\" }}]\n[sink]\nkind = \"file\"\npath = \"{}\"\n[errors]\npolicy = \"skip\"\n",
+                dir.path().join("missing.ndjson").display(),
+                out_path.display()
+            ),
+        )
+        .unwrap();
+        pipeline
+    };
+    let folded = write("folded", "count(*) AS n, sum(v) AS total");
+    let printed = stdout(&weir(&["run", "--dry-run", folded.to_str().unwrap()]));
+    assert!(
+        printed.contains("output columns: window_start Timestamp(µs), n Int64, total Int64"),
+        "{printed}"
+    );
+    assert!(printed.contains("running aggregates"), "{printed}");
+    let kept = write("kept", "count(DISTINCT v) AS n");
+    let printed = stdout(&weir(&["run", "--dry-run", kept.to_str().unwrap()]));
+    assert!(
+        printed.contains(
+            "keeps its records until it closes, because the query aggregates more than once"
+        ),
+        "{printed}"
+    );
+    assert!(!out_path.exists(), "--dry-run ran nothing");
+}
+
 /// AssemblyScript whose types differ from its `@udf` line, or that would
 /// need an import (a clock, randomness), fails at `weir udf build` and
 /// says why.

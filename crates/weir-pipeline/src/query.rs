@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNode;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -20,6 +20,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{
@@ -209,6 +210,30 @@ fn check_grouping(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec
     }
 }
 
+/// Operators that treat each row on its own: a query whose stage before
+/// its aggregate has only these can fold batch by batch.
+const ROW_BY_ROW: [&str; 9] = [
+    "ProjectionExec",
+    "FilterExec",
+    "CoalesceBatchesExec",
+    "CooperativeExec",
+    "MicroBatchSourceExec",
+    // A join with a lookup table: the micro-batch probes the table.
+    "HashJoinExec",
+    "DataSourceExec",
+    "RepartitionExec",
+    "CoalescePartitionsExec",
+];
+
+/// A windowed query cut at its aggregate ([`PlannedQuery::split_at`]).
+pub struct Split {
+    pub aggregate: Arc<AggregateExec>,
+    /// Source rows (windowed) in, the aggregate's feed out.
+    pub below: PlannedQuery,
+    /// The aggregate's output in, the query's output out.
+    pub above: PlannedQuery,
+}
+
 /// A query planned once over a micro-batch source.
 pub struct PlannedQuery {
     slot: Slot,
@@ -324,6 +349,110 @@ impl PlannedQuery {
 
     pub fn output_schema(&self) -> SchemaRef {
         self.plan.schema()
+    }
+
+    /// The query's aggregate, if it has exactly one and everything before
+    /// it treats rows one by one (what windows that fold their rows need,
+    /// `window/groups.rs`); or why not.
+    pub fn aggregate(&self) -> std::result::Result<Arc<AggregateExec>, String> {
+        let mut aggregates = Vec::new();
+        let mut stack = vec![self.plan.clone()];
+        while let Some(node) = stack.pop() {
+            if let Some(a) = node.downcast_ref::<AggregateExec>() {
+                aggregates.push(a.clone());
+            }
+            stack.extend(node.children().into_iter().cloned());
+        }
+        let aggregate = match aggregates.len() {
+            0 => return Err("the query does not aggregate".to_string()),
+            1 => aggregates.remove(0),
+            _ => {
+                return Err(
+                    "the query aggregates more than once (DISTINCT, or nested aggregates)"
+                        .to_string(),
+                );
+            }
+        };
+        let mut stack = vec![aggregate.input().clone()];
+        while let Some(node) = stack.pop() {
+            if !ROW_BY_ROW.contains(&node.name()) {
+                return Err(format!(
+                    "the query's `{}` before its aggregate works across rows",
+                    node.name()
+                ));
+            }
+            stack.extend(node.children().into_iter().cloned());
+        }
+        Ok(Arc::new(aggregate))
+    }
+
+    /// The query cut at `aggregate` (from [`Self::aggregate`]): the stage
+    /// that feeds it (its input, then `feed` evaluated: row by row), and
+    /// the stage after it (`HAVING`, projections, `ORDER BY`) over the
+    /// aggregate's output.
+    pub fn split_at(
+        &self,
+        aggregate: Arc<AggregateExec>,
+        feed: Vec<datafusion::physical_plan::projection::ProjectionExpr>,
+    ) -> std::result::Result<Split, String> {
+        let below: Arc<dyn ExecutionPlan> = Arc::new(
+            datafusion::physical_plan::projection::ProjectionExec::try_new(
+                feed,
+                aggregate.input().clone(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let mut found = None;
+        let mut stack = vec![self.plan.clone()];
+        while let Some(node) = stack.pop() {
+            if node.downcast_ref::<AggregateExec>().is_some() {
+                found = Some(Arc::as_ptr(&node) as *const ());
+            }
+            stack.extend(node.children().into_iter().cloned());
+        }
+        let Some(target) = found else {
+            return Err("internal: the aggregate is not in the plan".into());
+        };
+        let slot: Slot = Arc::new(Mutex::new(None));
+        let schema = aggregate.schema();
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec {
+            properties: Arc::new(PlanProperties::new(
+                EquivalenceProperties::new(schema.clone()),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )),
+            schema,
+            projection: None,
+            slot: slot.clone(),
+        });
+        let above = self
+            .plan
+            .clone()
+            .transform_up(|n| {
+                Ok(if Arc::as_ptr(&n) as *const () == target {
+                    Transformed::yes(leaf.clone())
+                } else {
+                    Transformed::no(n)
+                })
+            })
+            .map_err(|e| e.to_string())?
+            .data;
+        let stage = |slot: Slot, plan: Arc<dyn ExecutionPlan>| PlannedQuery {
+            slot,
+            shape: shape(&plan),
+            plan,
+            task: self.task.clone(),
+            running: tokio::sync::Mutex::new(()),
+            row_errors: self.row_errors.clone(),
+            window: None,
+            group_columns: Vec::new(),
+        };
+        Ok(Split {
+            aggregate,
+            below: stage(self.slot.clone(), below),
+            above: stage(slot, above),
+        })
     }
 
     /// Runs the planned query over one batch.

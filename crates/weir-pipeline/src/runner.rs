@@ -13,7 +13,7 @@ use super::decode::RecordDecoder;
 use super::encode::RecordEncoder;
 use super::inflight::InFlight;
 use super::isolate::run_isolating;
-use super::query::PlannedQuery;
+use super::query::{PlannedQuery, Split};
 use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterSink, RecordLimit, Sink};
 use super::source::Source;
@@ -162,6 +162,9 @@ pub struct Pipeline {
     reload: Option<Reload>,
     /// Open event-time windows, when the query reads one.
     windows: Option<WindowState>,
+    /// The query cut at its aggregate, when windows fold their rows
+    /// (`window/groups.rs`).
+    stages: Option<Arc<Split>>,
     /// Whether the state bound was reported since it was last reached.
     state_full_logged: bool,
 }
@@ -238,6 +241,67 @@ impl Pipeline {
         }
         let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
         Self::assemble(config, modules, inline, tenant, None).await
+    }
+
+    /// What the pipeline would run, without opening its source or sinks
+    /// (`weir run --dry-run`): the query's output columns, and for a
+    /// windowed query how its open windows keep state.
+    pub async fn explain(
+        config: PipelineConfig,
+        sandbox: &Sandbox,
+        tenants: &Tenants,
+    ) -> anyhow::Result<String> {
+        let name = config.name.clone();
+        async {
+            let tenant = tenants.get(&config.tenant);
+            let mut modules = Vec::new();
+            for path in &config.udfs {
+                modules.push(sandbox.load_file_for(path, &tenant)?);
+            }
+            let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
+            modules.extend(inline);
+            let decoder = config.source.decoder(config.file_roots.as_ref()).await?;
+            let tables = {
+                let policy = tenant.policy();
+                Tables::open(
+                    &config.name,
+                    &config.tables,
+                    (policy.state_bytes, &policy.key("state_bytes")),
+                    config.file_roots.as_ref(),
+                )
+                .await?
+            };
+            let query = Self::plan(&config, &modules, &decoder, &tenant, &tables).await?;
+            let columns: Vec<String> = query
+                .output_schema()
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect();
+            let mut text = format!(
+                "pipeline `{}`: output columns: {}",
+                config.name,
+                columns.join(", ")
+            );
+            if let Some(spec) = query.window() {
+                let state = match folding(&query) {
+                    Ok(_) => "each open window keeps its groups' running aggregates (the records are folded in as they arrive)".to_string(),
+                    Err(why) => format!("each open window keeps its records until it closes, because {why}"),
+                };
+                let kind = match spec.kind {
+                    crate::window::WindowKind::Tumble => "tumble",
+                    crate::window::WindowKind::Hop => "hop",
+                    crate::window::WindowKind::Session => "session",
+                };
+                text.push_str(&format!(
+                    "\nwindow: {kind} over `{}`; {state}",
+                    spec.time_column
+                ));
+            }
+            Ok::<_, anyhow::Error>(text)
+        }
+        .await
+        .with_context(|| format!("pipeline `{name}`"))
     }
 
     /// Builds a pipeline whose UDF modules were resolved by the caller (the
@@ -334,12 +398,21 @@ impl Pipeline {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
         };
-        let windows = match query.window() {
-            Some(spec) => Some(
-                WindowState::new(spec.clone(), decoder.schema(), &config.watermark)
-                    .map_err(|e| anyhow::anyhow!("sql: {e}"))?,
-            ),
-            None => None,
+        let (windows, stages) = match query.window() {
+            Some(spec) => {
+                let state = WindowState::new(spec.clone(), decoder.schema(), &config.watermark)
+                    .map_err(|e| anyhow::anyhow!("sql: {e}"))?;
+                match folding(&query) {
+                    Ok((split, aggregation)) => {
+                        (Some(state.folding(aggregation)), Some(Arc::new(split)))
+                    }
+                    Err(why) => {
+                        tracing::info!(pipeline = %config.name, "open windows keep their records: {why}");
+                        (Some(state), None)
+                    }
+                }
+            }
+            None => (None, None),
         };
         // A window's result is keyed by its grouping columns (window start
         // included) unless `sink.key` says otherwise: a re-emitted window
@@ -403,6 +476,7 @@ impl Pipeline {
             modules: Arc::new(parking_lot::RwLock::new(modules)),
             reload,
             windows,
+            stages,
             state_full_logged: false,
         })
     }
@@ -836,6 +910,21 @@ impl Pipeline {
         if query.window() != self.query.window() {
             anyhow::bail!("the new versions change the query's window");
         }
+        let stages = match &self.stages {
+            Some(running) => {
+                let (split, aggregation) = folding(&query).map_err(|why| {
+                    anyhow::anyhow!("the open windows fold their rows, and with the new versions they could not: {why}")
+                })?;
+                if aggregation.output()
+                    != datafusion::physical_plan::ExecutionPlan::schema(running.aggregate.as_ref())
+                    || split.below.output_schema() != running.below.output_schema()
+                {
+                    anyhow::bail!("the new versions change the query's aggregate");
+                }
+                Some(Arc::new(split))
+            }
+            None => None,
+        };
         self.encoder
             .check_schema(&query.output_schema())
             .map_err(anyhow::Error::msg)?;
@@ -854,6 +943,7 @@ impl Pipeline {
             }
         }
         self.query = query;
+        self.stages = stages;
         Ok(())
     }
 
@@ -1020,11 +1110,15 @@ impl Pipeline {
         if let Some(windows) = &mut self.windows {
             let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
             windows.expect_partitions(self.source.assigned_partitions(), Instant::now());
-            let admitted = windows
+            let mut admitted = windows
                 .admit(&decoded.batch, &rows, Instant::now())
                 .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
+            drop(rows);
             self.stats.late.add(admitted.late.len() as u64);
-            for (stage, list) in [("late", admitted.late), ("event_time", admitted.untimed)] {
+            for (stage, list) in [
+                ("late", std::mem::take(&mut admitted.late)),
+                ("event_time", std::mem::take(&mut admitted.untimed)),
+            ] {
                 letters.extend(list.into_iter().map(|(row, error)| DeadLetter {
                     record: records[decoded.rows[row]].clone(),
                     stage,
@@ -1032,7 +1126,35 @@ impl Pipeline {
                     udf: None,
                 }));
             }
-            drop(rows);
+            if let Some(windowed) = admitted.windowed {
+                // The query's stage before its aggregate, poison rows set
+                // aside before anything of the batch is folded.
+                let stash = parking_lot::Mutex::new(Vec::new());
+                let Some(isolated) = self
+                    .transform_as(&windowed.batch, Stage::Fold(&stash), flight, shutdown)
+                    .await?
+                else {
+                    return Ok(false);
+                };
+                let mut seen = std::collections::HashSet::new();
+                for f in isolated.failed {
+                    let row = decoded.rows[windowed.rows[f.row]];
+                    // A row in several (hopping) windows fails once.
+                    if seen.insert(row) {
+                        letters.push(DeadLetter {
+                            record: records[row].clone(),
+                            stage: f.stage,
+                            error: f.error,
+                            udf: f.udf,
+                        });
+                    }
+                }
+                if let Some(windows) = &mut self.windows {
+                    windows
+                        .fold(&stash.into_inner())
+                        .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
+                }
+            }
             drop(records);
             return self
                 .emit_and_deliver(false, letters, offsets, flight, shutdown)
@@ -1156,7 +1278,26 @@ impl Pipeline {
         flight: &mut InFlight,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Option<super::isolate::Isolated>> {
+        let stage = if whole { Stage::Whole } else { Stage::Rows };
+        self.transform_as(batch, stage, flight, shutdown).await
+    }
+
+    /// [`Self::transform`] through the query, or one of its stages around
+    /// the aggregate of folding windows.
+    async fn transform_as(
+        &mut self,
+        batch: &datafusion::arrow::array::RecordBatch,
+        stage: Stage<'_>,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<super::isolate::Isolated>> {
         let mut capacity_waits = 0u32;
+        let stages = self.stages.clone();
+        let split = || {
+            stages
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("internal: the query is not cut at its aggregate"))
+        };
         loop {
             let before = self.calls_snapshot();
             let isolated = {
@@ -1165,10 +1306,24 @@ impl Pipeline {
                 let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
                     encode_checked(encoder, limit.as_ref(), batches)
                 };
-                if whole {
-                    super::isolate::run_whole(&self.query, batch.clone(), &finish).await
-                } else {
-                    run_isolating(&self.query, batch.clone(), &finish).await
+                match stage {
+                    Stage::Rows => run_isolating(&self.query, batch.clone(), &finish).await,
+                    Stage::Whole => {
+                        super::isolate::run_whole(&self.query, batch.clone(), &finish).await
+                    }
+                    Stage::Fold(stash) => {
+                        // Outputs of an attempt that waited for capacity
+                        // are not kept: it runs again whole.
+                        stash.lock().clear();
+                        let keep = |batches: &[datafusion::arrow::array::RecordBatch]| {
+                            stash.lock().extend(batches.iter().cloned());
+                            Ok(Vec::new())
+                        };
+                        run_isolating(&split()?.below, batch.clone(), &keep).await
+                    }
+                    Stage::Emit => {
+                        super::isolate::run_whole(&split()?.above, batch.clone(), &finish).await
+                    }
                 }
             };
             self.record_breakers(&isolated.failed, &before);
@@ -1265,8 +1420,13 @@ impl Pipeline {
         }
         let mut out = Vec::new();
         if let Some(closed) = closed {
+            let stage = if closed.aggregated {
+                Stage::Emit
+            } else {
+                Stage::Whole
+            };
             let Some(isolated) = self
-                .transform(&closed.batch, true, flight, shutdown)
+                .transform_as(&closed.batch, stage, flight, shutdown)
                 .await?
             else {
                 // Nothing was sent; after a shutdown meanwhile nothing past
@@ -1319,7 +1479,7 @@ impl Pipeline {
             return Ok(true);
         }
         let message = format!(
-            "paused: the open windows hold {} bytes of records, over `{}` = {limit}; the source resumes as windows close (raise the key, use shorter windows or a smaller `watermark.max_out_of_order_ms`)",
+            "paused: the open windows hold {} bytes of state, over `{}` = {limit}; the source resumes as windows close (raise the key, use shorter windows or a smaller `watermark.max_out_of_order_ms`)",
             self.windows.as_ref().map_or(0, |w| w.bytes()),
             self.tenant.policy().key("state_bytes"),
         );
@@ -1439,6 +1599,36 @@ fn failed_letters(
         error: f.error,
         udf: f.udf,
     })
+}
+
+/// How a batch goes through the query ([`Pipeline::transform_as`]).
+#[derive(Clone, Copy)]
+enum Stage<'a> {
+    /// Row by row, poison rows set aside.
+    Rows,
+    /// The records of whole windows (`isolate::run_whole`).
+    Whole,
+    /// Folding windows: the stage before the aggregate, row by row; its
+    /// output is kept in the stash.
+    Fold(&'a parking_lot::Mutex<Vec<datafusion::arrow::array::RecordBatch>>),
+    /// Folding windows: the stage after the aggregate, over the
+    /// aggregate's output rows of whole windows.
+    Emit,
+}
+
+/// The query cut at its aggregate and the aggregation its windows fold
+/// into, or why its windows keep their records.
+fn folding(query: &PlannedQuery) -> Result<(Split, super::window::groups::Aggregation), String> {
+    let Some(spec) = query.window() else {
+        return Err("the query reads no window".into());
+    };
+    let aggregate = query.aggregate()?;
+    let is_guest = |a: &datafusion::physical_expr::aggregate::AggregateFunctionExpr| {
+        a.fun().inner().is::<crate::udf::WasmAggregateUdf>()
+    };
+    let aggregation = super::window::groups::Aggregation::new(&aggregate, spec, &is_guest)?;
+    let split = query.split_at(aggregate, aggregation.feed())?;
+    Ok((split, aggregation))
 }
 
 /// Workers in force: `batch.workers` (0: one per core), at most the

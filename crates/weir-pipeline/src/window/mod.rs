@@ -10,10 +10,11 @@
 //! lateness; then the query runs once over the window's records and its
 //! result is emitted, once.
 
+pub mod groups;
 pub mod spec;
 pub mod state;
 pub mod watermark;
 
 pub use spec::{WindowKind, WindowSpec, register_window_functions};
-pub use state::{Closed, WindowState};
+pub use state::{Closed, WindowState, Windowed};
 pub use watermark::Watermarks;

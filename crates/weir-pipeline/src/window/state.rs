@@ -1,10 +1,12 @@
-//! Open windows: the records of every window the watermark has not passed
-//! yet, kept as decoded rows (any aggregate, WebAssembly ones included,
-//! then runs once over a window's rows), with the offsets they hold back.
+//! Open windows: every window the watermark has not passed yet, with the
+//! offsets it holds back. A window holds either its groups' running
+//! aggregate state ([`super::groups`], when the query's aggregate can be
+//! folded incrementally) or its records as decoded rows (any aggregate,
+//! WebAssembly ones included, then runs once over a window's rows).
 //!
 //! No external state store: a source offset is committed only below the
-//! oldest record still in an open window ([`WindowState::commit_floor`]),
-//! so after a crash the open windows are rebuilt by replaying from the
+//! oldest record of an open window ([`WindowState::commit_floor`]), so
+//! after a crash the open windows are rebuilt by replaying from the
 //! committed offsets.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +19,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
+use super::groups::{Aggregation, Groups};
 use super::spec::{WindowKind, WindowSpec, windowed_schema};
 use super::watermark::{PartitionId, Watermarks};
 use crate::record::{Offsets, SourceRecord};
@@ -25,18 +28,37 @@ use crate::record::{Offsets, SourceRecord};
 #[derive(Default)]
 struct Open {
     end: i64,
-    /// Rows of the decoded source schema, and the record of each row.
+    /// Rows of the decoded source schema, and the record of each row
+    /// (when the window keeps records).
     batches: Vec<RecordBatch>,
     records: Vec<SourceRecord>,
+    /// The groups' aggregate state (when the window folds its rows).
+    groups: Option<Groups>,
+    /// Per partition, the offset of the oldest record in the window.
+    floor: HashMap<PartitionId, i64>,
     bytes: usize,
 }
 
-/// Windows whose end the watermark passed: their rows with `window_start`
-/// and `window_end`, ready for the query, and the record of every row.
+impl Open {
+    fn hold(&mut self, record: &SourceRecord) {
+        let e = self
+            .floor
+            .entry((record.topic.clone(), record.partition))
+            .or_insert(record.offset);
+        *e = (*e).min(record.offset);
+    }
+}
+
+/// Windows whose end the watermark passed, ready for the query: their rows
+/// with `window_start` and `window_end` and the record of every row, or
+/// (folded windows) the aggregate's output rows, each described by a
+/// record of its own for a dead letter.
 pub struct Closed {
     pub batch: RecordBatch,
     pub records: Vec<SourceRecord>,
     pub windows: usize,
+    /// `batch` holds the aggregate's output (folded windows).
+    pub aggregated: bool,
 }
 
 /// What [`WindowState::admit`] did with a batch's rows.
@@ -46,6 +68,17 @@ pub struct Admitted {
     pub late: Vec<(usize, String)>,
     /// Rows without an event time: (row, why).
     pub untimed: Vec<(usize, String)>,
+    /// Folded windows: the admitted rows with `window_start` and
+    /// `window_end` (a row once per window it is in), for the query's
+    /// stage before its aggregate, then [`WindowState::fold`].
+    pub windowed: Option<Windowed>,
+}
+
+/// Rows to fold, and the batch row each came from.
+#[derive(Debug)]
+pub struct Windowed {
+    pub batch: RecordBatch,
+    pub rows: Vec<usize>,
 }
 
 /// The open windows of one pipeline.
@@ -63,9 +96,8 @@ pub struct WindowState {
     /// Sessions: the starts of each key's open sessions.
     sessions: HashMap<String, Vec<i64>>,
     bytes: usize,
-    /// Offsets of records in open windows, per partition (a record in
-    /// several hopping windows counts once per window).
-    held: HashMap<PartitionId, BTreeMap<i64, u32>>,
+    /// The query's aggregate, when windows fold their rows into it.
+    aggregation: Option<Aggregation>,
 }
 
 fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
@@ -111,11 +143,22 @@ impl WindowState {
             spec,
             open: BTreeMap::new(),
             bytes: 0,
-            held: HashMap::new(),
+            aggregation: None,
         })
     }
 
-    /// Bytes of the open windows' records (what `state_bytes` bounds).
+    /// Windows fold their rows into `aggregation` rather than keep them.
+    pub fn folding(mut self, aggregation: Aggregation) -> Self {
+        self.aggregation = Some(aggregation);
+        self
+    }
+
+    /// Whether windows fold their rows (or keep records).
+    pub fn folds(&self) -> bool {
+        self.aggregation.is_some()
+    }
+
+    /// Bytes of the open windows' state (what `state_bytes` bounds).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -196,6 +239,8 @@ impl WindowState {
             }
             self.watermarks.observe(&partition, t, now);
         }
+        let mut windowed: Vec<RecordBatch> = Vec::new();
+        let mut windowed_rows: Vec<usize> = Vec::new();
         for (window, rows) in by_window {
             let indices = UInt32Array::from(rows);
             let columns = batch
@@ -209,21 +254,40 @@ impl WindowState {
             let Some(open) = self.open.get_mut(&window) else {
                 return Err("internal: a window of pending rows is not open".to_string());
             };
+            for &row in indices.values() {
+                open.hold(records[row as usize]);
+            }
+            if self.aggregation.is_some() {
+                let rows = part.num_rows();
+                let mut columns = part.columns().to_vec();
+                columns.push(Arc::new(TimestampMicrosecondArray::from_value(
+                    window.0, rows,
+                )));
+                columns.push(Arc::new(TimestampMicrosecondArray::from_value(
+                    open.end, rows,
+                )));
+                windowed.push(
+                    RecordBatch::try_new(self.windowed.clone(), columns)
+                        .map_err(|e| e.to_string())?,
+                );
+                windowed_rows.extend(indices.values().iter().map(|&r| r as usize));
+                continue;
+            }
             let mut bytes = part.get_array_memory_size();
             for &row in indices.values() {
                 let record = records[row as usize];
                 bytes += record_bytes(record);
-                *self
-                    .held
-                    .entry((record.topic.clone(), record.partition))
-                    .or_default()
-                    .entry(record.offset)
-                    .or_default() += 1;
                 open.records.push(record.clone());
             }
             open.batches.push(part);
             open.bytes += bytes;
             self.bytes += bytes;
+        }
+        if !windowed.is_empty() {
+            admitted.windowed = Some(Windowed {
+                batch: concat_batches(&self.windowed, &windowed).map_err(|e| e.to_string())?,
+                rows: windowed_rows,
+            });
         }
         Ok(admitted)
     }
@@ -231,6 +295,33 @@ impl WindowState {
     /// The source is assigned `count` partitions (None for a file).
     pub fn expect_partitions(&mut self, count: Option<usize>, now: Instant) {
         self.watermarks.expect(count, now);
+    }
+
+    /// Folds `batches` (the admitted rows after the query's stage before
+    /// its aggregate) into their windows' groups.
+    pub fn fold(&mut self, batches: &[RecordBatch]) -> Result<(), String> {
+        let Some(aggregation) = &self.aggregation else {
+            return Err("internal: these windows keep records".into());
+        };
+        for batch in batches {
+            for (start, rows) in aggregation.by_window(batch)? {
+                let Some(open) = self.open.get_mut(&(start, String::new())) else {
+                    return Err(format!(
+                        "internal: rows of window {} arrived after it closed",
+                        fmt_us(start)
+                    ));
+                };
+                let groups = match &mut open.groups {
+                    Some(g) => g,
+                    None => open.groups.insert(Groups::new(aggregation)?),
+                };
+                groups.update(aggregation, &rows)?;
+                let bytes = groups.bytes();
+                self.bytes = self.bytes - open.bytes + bytes;
+                open.bytes = bytes;
+            }
+        }
+        Ok(())
     }
 
     /// Puts the row at event time `t` into `key`'s session within the gap
@@ -279,6 +370,10 @@ impl WindowState {
                 merged.batches.extend(o.batches);
                 merged.records.extend(o.records);
                 merged.bytes += o.bytes;
+                for (tp, offset) in o.floor {
+                    let e = merged.floor.entry(tp).or_insert(offset);
+                    *e = (*e).min(offset);
+                }
             }
             rows.extend(pending.remove(&(s, key.clone())).unwrap_or_default());
             start = start.min(s);
@@ -323,19 +418,15 @@ impl WindowState {
                 }
             }
             self.bytes -= open.bytes;
-            for record in &open.records {
-                let tp = (record.topic.clone(), record.partition);
-                if let Some(offsets) = self.held.get_mut(&tp) {
-                    if let Some(n) = offsets.get_mut(&record.offset) {
-                        *n -= 1;
-                        if *n == 0 {
-                            offsets.remove(&record.offset);
-                        }
-                    }
-                    if offsets.is_empty() {
-                        self.held.remove(&tp);
-                    }
-                }
+            if let Some(aggregation) = &self.aggregation {
+                let Some(groups) = open.groups else {
+                    // Every row of the window was filtered out (or failed).
+                    continue;
+                };
+                let rows = groups.emit(aggregation)?;
+                records.extend(describe_rows(&rows, *start)?);
+                batches.push(rows);
+                continue;
             }
             let rows: usize = open.batches.iter().map(RecordBatch::num_rows).sum();
             let data = concat_batches(&self.schema, &open.batches).map_err(|e| e.to_string())?;
@@ -349,11 +440,16 @@ impl WindowState {
             );
             records.extend(open.records);
         }
-        let batch = concat_batches(&self.windowed, &batches).map_err(|e| e.to_string())?;
+        let schema = match &self.aggregation {
+            Some(a) => a.output(),
+            None => self.windowed.clone(),
+        };
+        let batch = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
         Ok(Some(Closed {
             batch,
             records,
             windows: starts.len(),
+            aggregated: self.aggregation.is_some(),
         }))
     }
 
@@ -361,14 +457,49 @@ impl WindowState {
     /// `next`: per partition, never past the oldest record still held by an
     /// open window.
     pub fn commit_floor(&self, mut next: Offsets) -> Offsets {
-        for (tp, offsets) in &self.held {
-            if let Some((&oldest, _)) = offsets.iter().next() {
+        for open in self.open.values() {
+            for (tp, &oldest) in &open.floor {
                 let e = next.entry(tp.clone()).or_insert(oldest);
                 *e = (*e).min(oldest);
             }
         }
         next
     }
+}
+
+/// A record describing each output row of a folded window (its source
+/// records are not kept): what a dead letter of the row carries.
+fn describe_rows(batch: &RecordBatch, start: i64) -> Result<Vec<SourceRecord>, String> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let schema = batch.schema();
+    let topic: Arc<str> = Arc::from(format!("window {}", fmt_us(start)));
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            let text = schema
+                .fields()
+                .iter()
+                .zip(&formatters)
+                .map(|(f, v)| format!("{}={}", f.name(), v.value(row)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            SourceRecord {
+                key: None,
+                payload: Some(text.into_bytes()),
+                topic: topic.clone(),
+                partition: -1,
+                offset: row as i64,
+                timestamp: None,
+                headers: Vec::new(),
+            }
+        })
+        .collect())
 }
 
 /// Each row's value of a session key column, as text (NULL is a key too).

@@ -280,3 +280,130 @@ async fn registry_refusals_at_start_name_the_registry_and_the_fix() {
         "{missing}"
     );
 }
+
+/// Issue 27 #11: a registry that answers 5xx mid-stream is a fault of
+/// capacity, not of the records: the pipeline holds the batch and asks
+/// again with backoff, nothing is dead-lettered or skipped, and every
+/// record is delivered once the registry is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_holds_the_batch_until_the_registry_is_back() {
+    if !support::require_or_skip(
+        "python3 with confluent-kafka[avro,schemaregistry] (pip install 'confluent-kafka[avro,schemaregistry]')",
+        has_python_avro(),
+    ) {
+        return;
+    }
+    let Some(broker) = broker() else { return };
+    let (user, password) = ("weir", "outage-pw");
+    let reg = registry(user, password);
+    create_topics(&broker.addr, &[("rides-outage", 2)]).await;
+    let n = 20;
+    client(&[
+        "produce",
+        &broker.addr,
+        "rides-outage",
+        &reg.url,
+        user,
+        password,
+        &n.to_string(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let (out, dlq) = (dir.path().join("out.ndjson"), dir.path().join("dlq.ndjson"));
+    let config = PipelineConfig::from_toml(&format!(
+        r#"
+name = "avro-outage"
+sql = "SELECT id FROM source"
+[source]
+kind = "kafka"
+brokers = "{brokers}"
+topics = ["rides-outage"]
+group = "avro-outage"
+format = "avro"
+[source.avro]
+registry = "{url}"
+username = "{user}"
+password = "{password}"
+[sink]
+kind = "file"
+path = "{out}"
+[errors]
+policy = "dead-letter"
+path = "{dlq}"
+[batch]
+max_records = 64
+max_linger_ms = 20
+"#,
+        brokers = broker.addr,
+        url = reg.url,
+        user = user,
+        password = password,
+        out = out.display(),
+        dlq = dlq.display(),
+    ))
+    .unwrap();
+    // Built while the registry answers (the reader schema is its latest).
+    let pipeline = Pipeline::build(config, support::sandbox()).await.unwrap();
+    let stats = pipeline.stats();
+    let outage = |status: u16| {
+        let addr = reg.url.trim_start_matches("http://").to_string();
+        let body = format!("{{\"status\":{status}}}");
+        let auth = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{user}:{password}")
+            )
+        );
+        let (code, text) = crate::serve::http(
+            &addr,
+            "POST",
+            "/test/outage",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(code, 200, "{text}");
+    };
+    outage(503);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(pipeline.run(stopped));
+    let started = Instant::now();
+    while stats.records_in.get() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held, not failed: the pipeline is still running, and nothing of the
+    // batch went anywhere.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!task.is_finished(), "the outage ended the pipeline");
+    assert_eq!(stats.records_out.get(), 0);
+    assert_eq!(stats.dead_letters.get(), 0);
+    assert_eq!(stats.skipped.get(), 0);
+    outage(0);
+    let started = Instant::now();
+    while stats.records_out.get() < n as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "out {} dead {}",
+            stats.records_out.get(),
+            stats.dead_letters.get()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let mut ids: Vec<i64> = support::ndjson(&out)
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..n as i64).collect::<Vec<_>>());
+    // Only the client's deliberately bad records are dead letters.
+    let letters = support::ndjson(&dlq);
+    assert!(
+        letters.iter().all(|l| l["stage"] == "decode") && letters.len() == 4,
+        "{letters:?}"
+    );
+}

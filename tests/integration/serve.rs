@@ -581,6 +581,79 @@ fn prometheus_scrapes_weir_serve() {
     }
 }
 
+/// Issue 27 #10: the series of a deleted pipeline's functions (here an
+/// inline JavaScript one) leave `/metrics` once idle for
+/// `WEIR_METRICS_IDLE_SECS` (15 minutes by default), rather than piling
+/// up with every redeploy.
+#[test]
+fn series_of_a_deleted_pipelines_functions_leave_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nfile_roots = [\"{}\"]\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"operator\"\n",
+            dir.path().join("data").display(),
+            dir.path().display(),
+            hash_token("ci-secret")
+        ),
+    )
+    .unwrap();
+    let _weir = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .env("WEIR_METRICS_IDLE_SECS", "2")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr);
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"id\":1}\n{\"id\":2}\n").unwrap();
+    let pipeline = format!(
+        "name = \"gone\"\nsql = \"\"\"\nCREATE FUNCTION js_gone(x BIGINT) RETURNS BIGINT LANGUAGE javascript AS $$ return 2 * x; $$;\nSELECT id, js_gone(id) AS d FROM source\n\"\"\"\n[source]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\nfields = [{{ name = \"id\", type = \"int64\" }}]\n[sink]\nkind = \"file\"\npath = \"{}\"\n[errors]\npolicy = \"fail\"\n",
+        input.display(),
+        dir.path().join("out.ndjson").display()
+    );
+    let auth = [
+        ("Authorization", "Bearer ci-secret"),
+        ("Content-Type", "application/toml"),
+    ];
+    let (status, answer) = http(
+        &addr,
+        "PUT",
+        "/v1/tenants/acme/pipelines/gone",
+        &auth,
+        pipeline.as_bytes(),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http(&addr, "GET", "/metrics", &[], &[]);
+        if metrics.contains("udf=\"js_gone\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, answer) = http(
+        &addr,
+        "DELETE",
+        "/v1/tenants/acme/pipelines/gone",
+        &auth,
+        b"",
+    );
+    assert!(status == 200 || status == 204, "{status} {answer}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (_, metrics) = http(&addr, "GET", "/metrics", &[], &[]);
+    assert!(
+        !metrics.contains("udf=\"js_gone\""),
+        "the deleted pipeline's function series are still there: {metrics}"
+    );
+}
+
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
         .into_iter()

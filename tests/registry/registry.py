@@ -15,6 +15,9 @@ reference):
   GET  /schemas/ids/{id}               -> {"schema": "..."}   (404: error_code 40403)
   GET  /subjects                       -> ["subject", ...]
 
+and, for fault tests: POST /test/outage {"status": 503} makes every other
+request answer that status until POST /test/outage {"status": 0}.
+
 Usage: registry.py PORT [USER PASSWORD]  (basic auth required when given).
 Query strings are accepted and ignored; schemas are compared as JSON.
 """
@@ -30,6 +33,7 @@ LOCK = threading.Lock()
 SCHEMAS = {}   # id -> schema string
 SUBJECTS = {}  # subject -> [id, ...] (versions in order)
 AUTH = None
+OUTAGE = [0]   # a status every request answers (a registry fault), or 0
 
 
 def canonical(schema):
@@ -62,8 +66,14 @@ class Handler(BaseHTTPRequestHandler):
     def parts(self):
         return [unquote(p) for p in urlparse(self.path).path.strip("/").split("/") if p]
 
+    def down(self):
+        if OUTAGE[0]:
+            self.answer(OUTAGE[0], {"error_code": OUTAGE[0], "message": "outage"})
+            return True
+        return False
+
     def do_GET(self):
-        if not self.authorized():
+        if not self.authorized() or self.down():
             return
         p = self.parts()
         with LOCK:
@@ -97,6 +107,11 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             return self.answer(422, {"error_code": 42201, "message": "Invalid JSON"})
+        if p == ["test", "outage"]:
+            OUTAGE[0] = int(body.get("status", 0))
+            return self.answer(200, {"status": OUTAGE[0]})
+        if self.down():
+            return
         if len(p) == 3 and p[0] == "subjects" and p[2] == "versions":
             schema = body.get("schema")
             if not isinstance(schema, str):

@@ -11,8 +11,19 @@ use crate::telemetry;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// How long a series may go without an update before `/metrics` drops it.
+/// How long a series may go without an update before `/metrics` drops it
+/// (environment variable `WEIR_METRICS_IDLE_SECS` overrides; docs/metrics.md).
 pub const IDLE_SERIES: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// [`IDLE_SERIES`], or `WEIR_METRICS_IDLE_SECS` when it is a whole number
+/// of seconds above zero.
+fn idle_series() -> std::time::Duration {
+    std::env::var("WEIR_METRICS_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(IDLE_SERIES, std::time::Duration::from_secs)
+}
 
 /// The renderer of the process's metrics. Installs the Prometheus recorder
 /// on first use; `None` when the embedding application installed a
@@ -24,7 +35,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 // A series not updated for this long is dropped: those of a
                 // deleted pipeline or an unloaded module go away (a quiet
                 // one comes back at its next update, as a counter reset).
-                .idle_timeout(MetricKindMask::ALL, Some(IDLE_SERIES))
+                .idle_timeout(MetricKindMask::ALL, Some(idle_series()))
                 .set_buckets_for_metric(
                     Matcher::Full(telemetry::UDF_CALL_SECONDS.to_string()),
                     &telemetry::call_seconds_buckets(),

@@ -377,4 +377,89 @@ mod tests {
             vec![9]
         );
     }
+
+    /// A registry answering each request with the next of `responses`
+    /// (status, body), then 404s; its URL.
+    fn scripted(responses: Vec<(u16, String)>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut answers = responses.into_iter();
+            for stream in listener.incoming().take(16) {
+                let Ok(mut stream) = stream else { return };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let (status, body) = answers.next().unwrap_or((404, "{}".into()));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn confluent(url: &str) -> AvroIn {
+        AvroIn::new(
+            Framing::Confluent {
+                registry: Arc::new(Registry::new(url, None, None)),
+            },
+            RIDE,
+        )
+        .unwrap()
+    }
+
+    fn framed(id: u32) -> Vec<u8> {
+        let mut p = vec![0u8];
+        p.extend(id.to_be_bytes());
+        p.extend(&datums(1)[0]);
+        p
+    }
+
+    /// Issue 27 #11: a 404 from a lagging follower is asked again shortly
+    /// after, and the schema it then has is used.
+    #[test]
+    fn a_404_is_asked_again_once() {
+        let schema = serde_json::json!({ "schema": RIDE }).to_string();
+        let avro = confluent(&scripted(vec![(404, "{}".into()), (200, schema)]));
+        let payload = framed(7);
+        assert_eq!(avro.missing_ids(std::iter::once(&payload[..])), vec![7]);
+        avro.fetch(&[7]).unwrap();
+        assert!(avro.check(&payload).is_ok());
+        assert!(avro.missing_ids(std::iter::once(&payload[..])).is_empty());
+    }
+
+    /// Issue 27 #11: an id the registry still does not have is dead-lettered
+    /// for [`UNKNOWN_FOR`], then asked for again (not for the pipeline's
+    /// life).
+    #[test]
+    fn an_unknown_id_is_forgotten_after_a_while() {
+        let avro = confluent(&scripted(vec![(404, "{}".into()), (404, "{}".into())]));
+        let payload = framed(9);
+        avro.fetch(&[9]).unwrap();
+        let why = avro.check(&payload).unwrap_err();
+        assert!(why.contains("unknown schema id 9"), "{why}");
+        assert!(avro.missing_ids(std::iter::once(&payload[..])).is_empty());
+        // As if UNKNOWN_FOR had passed.
+        for (_, since) in avro.unknown.lock().values_mut() {
+            *since -= UNKNOWN_FOR + Duration::from_secs(1);
+        }
+        assert_eq!(avro.missing_ids(std::iter::once(&payload[..])), vec![9]);
+    }
+
+    /// Issue 27 #11: a 5xx is the registry's fault, not the record's: an
+    /// error for the caller to hold the batch and retry, and the id is not
+    /// marked unknown (nothing would be dead-lettered).
+    #[test]
+    fn a_5xx_is_an_error_and_marks_nothing_unknown() {
+        let schema = serde_json::json!({ "schema": RIDE }).to_string();
+        let avro = confluent(&scripted(vec![(503, "{}".into()), (200, schema)]));
+        let payload = framed(3);
+        assert!(avro.fetch(&[3]).is_err());
+        assert_eq!(avro.missing_ids(std::iter::once(&payload[..])), vec![3]);
+        avro.fetch(&[3]).unwrap();
+        assert!(avro.check(&payload).is_ok());
+    }
 }

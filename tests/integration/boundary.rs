@@ -611,6 +611,29 @@ async fn query_memory_covers_the_whole_query() {
             .contains("tenants.acme.query_memory_bytes"),
         "{answer}"
     );
+    // Not constants, not the answer: three strings alive together as the
+    // arguments of one call (18 MB) while the answer is one number.
+    let (status, answer) = query(serde_json::json!({
+        "sql": "SELECT length(concat(repeat(s, 6000000), repeat(s, 6000001), repeat(s, 6000002))) AS n FROM t",
+        "tables": {"t": [{"s": "x"}]},
+    }))
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tenants.acme.query_memory_bytes"),
+        "{answer}"
+    );
+    // Alive one after the other: each is released with its array.
+    let (status, answer) = query(serde_json::json!({
+        "sql": "SELECT length(repeat(s, 6000000)) AS a, length(repeat(s, 6000001)) AS b, length(repeat(s, 6000002)) AS c FROM t",
+        "tables": {"t": [{"s": "x"}]},
+    }))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rows"][0]["c"], 6000002, "{answer}");
     // Under it: answered.
     let (status, answer) =
         query(serde_json::json!({ "sql": "SELECT repeat('x', 1000) AS c" })).await;

@@ -9,12 +9,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use datafusion::arrow::array::make_array;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::{Result, exec_err};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -46,6 +50,62 @@ struct Bounded {
     /// so together they are held to `max_bytes` too (twelve calls each
     /// just under the bound used to make twelve times it).
     folded: Folded,
+    /// The query's memory pool: a call over columns reserves its output
+    /// there for as long as the output lives (arguments of one call, or
+    /// columns of one batch, are alive together).
+    pool: Pool,
+}
+
+/// The session's memory pool (not part of the functions' identity).
+#[derive(Debug, Clone)]
+struct Pool(Arc<dyn MemoryPool>);
+
+impl PartialEq for Pool {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Pool {}
+
+impl std::hash::Hash for Pool {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+/// What keeps a bounded call's output buffer alive, with the pool
+/// reservation that accounts for it: both go when the buffer goes.
+struct Held {
+    _buffer: Buffer,
+    _reservation: std::panic::AssertUnwindSafe<MemoryReservation>,
+}
+
+/// `output` with `reservation` tied to the life of its largest buffer.
+fn hold(output: ColumnarValue, reservation: MemoryReservation) -> ColumnarValue {
+    let ColumnarValue::Array(array) = output else {
+        return output;
+    };
+    let data = array.to_data();
+    let mut buffers = data.buffers().to_vec();
+    let Some((largest, _)) = buffers.iter().enumerate().max_by_key(|(_, b)| b.len()) else {
+        return ColumnarValue::Array(array);
+    };
+    let buffer = buffers[largest].clone();
+    let Some(ptr) = std::ptr::NonNull::new(buffer.as_ptr().cast_mut()) else {
+        return ColumnarValue::Array(array);
+    };
+    let len = buffer.len();
+    let owner = Arc::new(Held {
+        _buffer: buffer,
+        _reservation: std::panic::AssertUnwindSafe(reservation),
+    });
+    // SAFETY: `ptr` and `len` describe the bytes of `buffer`, which the
+    // owner keeps alive (and never mutates) for as long as the new buffer
+    // exists.
+    buffers[largest] = unsafe { Buffer::from_custom_allocation(ptr, len, owner) };
+    match data.into_builder().buffers(buffers).build() {
+        Ok(data) => ColumnarValue::Array(make_array(data)),
+        Err(_) => ColumnarValue::Array(array),
+    }
 }
 
 /// A total shared by the bounded functions of one session (not part of
@@ -193,8 +253,23 @@ impl ScalarUDFImpl for Bounded {
                     self.key
                 );
             }
+            return self.inner.invoke_with_args(args);
         }
-        self.inner.invoke_with_args(args)
+        let mut reservation =
+            MemoryConsumer::new(format!("{}()", self.inner.name())).register(&self.pool.0);
+        if reservation
+            .try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))
+            .is_err()
+        {
+            return exec_err!(
+                "{}() would produce {bytes} bytes while the query already holds {} of the {} bytes it may; raise `{}` or ask for less",
+                self.inner.name(),
+                self.pool.0.reserved(),
+                self.max_bytes,
+                self.key
+            );
+        }
+        Ok(hold(self.inner.invoke_with_args(args)?, reservation))
     }
 }
 
@@ -202,9 +277,11 @@ impl ScalarUDFImpl for Bounded {
 /// `max_bytes` (named by `key` in errors): execution draws from a pool of
 /// that size, and `repeat`/`lpad`/`rpad` refuse to produce more.
 pub fn bounded_context(config: SessionConfig, max_bytes: u64, key: &str) -> SessionContext {
-    let pool = GreedyMemoryPool::new(usize::try_from(max_bytes).unwrap_or(usize::MAX));
+    let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(
+        usize::try_from(max_bytes).unwrap_or(usize::MAX),
+    ));
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(pool))
+        .with_memory_pool(pool.clone())
         .build_arc();
     let ctx = match runtime {
         Ok(runtime) => SessionContext::new_with_config_rt(config, runtime),
@@ -224,6 +301,7 @@ pub fn bounded_context(config: SessionConfig, max_bytes: u64, key: &str) -> Sess
             max_bytes,
             key: key.to_string(),
             folded: folded.clone(),
+            pool: Pool(pool.clone()),
         }));
     }
     ctx

@@ -15,6 +15,7 @@ mod fuzz;
 mod hostile;
 mod kafka;
 mod library;
+mod nexmark;
 mod limits;
 mod pipeline;
 mod poison;

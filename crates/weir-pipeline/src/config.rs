@@ -226,6 +226,25 @@ pub enum SourceConfig {
         #[serde(default)]
         avro: Option<Box<AvroConfig>>,
     },
+    /// The Nexmark benchmark's events, generated (`source/nexmark.rs`).
+    Nexmark {
+        /// How many events, then the source ends.
+        events: u64,
+        /// Events per second of event time (their spacing, not a pace).
+        #[serde(default = "default_nexmark_rate")]
+        rate: u64,
+        /// The same seed gives the same events.
+        #[serde(default)]
+        seed: u64,
+        /// The event stream's columns (fixed).
+        #[serde(skip, default = "crate::source::nexmark::fields")]
+        #[schemars(skip)]
+        fields: Vec<FieldConfig>,
+    },
+}
+
+fn default_nexmark_rate() -> u64 {
+    10_000
 }
 
 fn default_stall_warn_ms() -> u64 {
@@ -236,26 +255,29 @@ impl SourceConfig {
     pub fn format(&self) -> Format {
         match self {
             SourceConfig::File { format, .. } | SourceConfig::Kafka { format, .. } => *format,
+            SourceConfig::Nexmark { .. } => Format::Json,
         }
     }
 
     pub fn fields(&self) -> &[FieldConfig] {
         match self {
-            SourceConfig::File { fields, .. } | SourceConfig::Kafka { fields, .. } => fields,
+            SourceConfig::File { fields, .. }
+            | SourceConfig::Kafka { fields, .. }
+            | SourceConfig::Nexmark { fields, .. } => fields,
         }
     }
 
     /// See `source.stall_warn_ms` (0 for file sources: they cannot stall).
     pub fn stall_warn_ms(&self) -> u64 {
         match self {
-            SourceConfig::File { .. } => 0,
+            SourceConfig::File { .. } | SourceConfig::Nexmark { .. } => 0,
             SourceConfig::Kafka { stall_warn_ms, .. } => *stall_warn_ms,
         }
     }
 
     pub fn metadata(&self) -> &[Metadata] {
         match self {
-            SourceConfig::File { .. } => &[],
+            SourceConfig::File { .. } | SourceConfig::Nexmark { .. } => &[],
             SourceConfig::Kafka { metadata, .. } => metadata,
         }
     }
@@ -695,20 +717,21 @@ impl SourceConfig {
     pub fn set_fields(&mut self, new: Vec<FieldConfig>) {
         match self {
             SourceConfig::File { fields, .. } | SourceConfig::Kafka { fields, .. } => *fields = new,
+            SourceConfig::Nexmark { .. } => {}
         }
     }
 
     pub fn avro(&self) -> Option<&AvroConfig> {
         match self {
             SourceConfig::Kafka { avro, .. } => avro.as_deref(),
-            SourceConfig::File { .. } => None,
+            SourceConfig::File { .. } | SourceConfig::Nexmark { .. } => None,
         }
     }
 
     fn avro_mut(&mut self) -> Option<&mut AvroConfig> {
         match self {
             SourceConfig::Kafka { avro, .. } => avro.as_deref_mut(),
-            SourceConfig::File { .. } => None,
+            SourceConfig::File { .. } | SourceConfig::Nexmark { .. } => None,
         }
     }
 }

@@ -28,6 +28,9 @@ pub async fn infer_fields(
         );
     }
     let (records, header) = match source {
+        SourceConfig::Nexmark { .. } => {
+            bail!("a nexmark source has its fields already (the event stream's columns)")
+        }
         SourceConfig::File { path, header, .. } => {
             let text = tokio::fs::read_to_string(path)
                 .await

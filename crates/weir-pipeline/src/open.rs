@@ -28,6 +28,9 @@ impl SourceConfig {
                 let path = FileRoots::confine(roots, "source.path", path)?;
                 Box::new(FileSource::open(path, *header).await?)
             }
+            SourceConfig::Nexmark {
+                events, rate, seed, ..
+            } => Box::new(crate::source::NexmarkSource::new(*seed, *rate, *events)),
             SourceConfig::Kafka {
                 brokers,
                 topics,

@@ -62,6 +62,8 @@ impl PipelineConfig {
             walk.add(format!("udfs[{i}]"), Resource::Module { name: m });
         }
         match &self.source {
+            // Generated in the process: names nothing.
+            SourceConfig::Nexmark { .. } => {}
             SourceConfig::File { path, .. } => walk.add(
                 "source.path",
                 Resource::File {

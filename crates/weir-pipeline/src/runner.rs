@@ -804,7 +804,9 @@ impl Pipeline {
                 topics.join(", "),
                 after.as_millis()
             ),
-            SourceConfig::File { .. } => format!("stalled: {why}"),
+            SourceConfig::File { .. } | SourceConfig::Nexmark { .. } => {
+                format!("stalled: {why}")
+            }
         };
         if stall.warned_at.is_none_or(|t| t.elapsed() >= after) {
             tracing::warn!(pipeline = %self.config.name, "{message}");
@@ -832,7 +834,7 @@ impl Pipeline {
         if partial && self.stats.partial_windows.swap(1) == 0 {
             let group = match &self.config.source {
                 SourceConfig::Kafka { group, .. } => group.as_str(),
-                SourceConfig::File { .. } => "",
+                SourceConfig::File { .. } | SourceConfig::Nexmark { .. } => "",
             };
             tracing::error!(
                 pipeline = %self.config.name,

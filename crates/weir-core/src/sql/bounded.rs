@@ -255,7 +255,7 @@ impl ScalarUDFImpl for Bounded {
             }
             return self.inner.invoke_with_args(args);
         }
-        let mut reservation =
+        let reservation =
             MemoryConsumer::new(format!("{}()", self.inner.name())).register(&self.pool.0);
         if reservation
             .try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))

@@ -2,6 +2,7 @@
 
 mod file;
 mod kafka;
+pub mod nexmark;
 mod ownership;
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 pub use file::FileSource;
 pub use kafka::KafkaSource;
 pub use kafka::to_record;
+pub use nexmark::NexmarkSource;
 
 use super::record::{Offsets, SourceRecord};
 

@@ -52,12 +52,24 @@ fn an_embedder_of_weir_core_compiles_no_kafka_http_database_or_cli() {
         "hyper",
         "clap",
         "metrics-exporter-prometheus",
+        "postgres",
+        "tokio-postgres",
+        "ureq",
+        "reqwest",
     ] {
         assert!(!core.contains(heavy), "weir-core depends on {heavy}");
     }
     let pipeline = dependencies("weir-pipeline");
     assert!(pipeline.contains("rdkafka"));
-    for heavy in ["rusqlite", "axum", "clap"] {
+    for heavy in [
+        "rusqlite",
+        "axum",
+        "hyper",
+        "clap",
+        "postgres",
+        "tokio-postgres",
+        "metrics-exporter-prometheus",
+    ] {
         assert!(
             !pipeline.contains(heavy),
             "weir-pipeline depends on {heavy}"

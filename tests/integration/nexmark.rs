@@ -134,7 +134,10 @@ async fn every_nexmark_query_streams_what_it_gives_in_batch() {
                 "[sink]\nkind = \"stdout\"",
                 &format!("[sink]\nkind = \"file\"\npath = \"{}\"", out.display()),
             );
-        assert!(toml.contains(&format!("events = {EVENTS}")), "{name}: {toml}");
+        assert!(
+            toml.contains(&format!("events = {EVENTS}")),
+            "{name}: {toml}"
+        );
         let config = PipelineConfig::from_toml(&toml).unwrap();
         let pipeline = Pipeline::build(config, support::sandbox())
             .await

@@ -507,9 +507,12 @@ fn a_requests_deadline_cancels_its_guest_work() {
         )
         .unwrap_err();
     assert_eq!(err.failure, Failure::Cancelled, "{err}");
+    // Interrupted at its 200 ms deadline (the epoch ticker's period and a
+    // loaded debug build on top), nowhere near its 60 s CPU budget.
     assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the call ran to its 60 s CPU budget"
+        started.elapsed() < Duration::from_secs(3),
+        "the call ran {:?} for a 200 ms deadline",
+        started.elapsed()
     );
     assert!(err.to_string().contains("deadline"), "{err}");
 

@@ -286,10 +286,7 @@ mod tests {
         let kind = |t: i64| all.iter().filter(|e| e["event_type"] == t).count();
         assert_eq!((kind(0), kind(1), kind(2)), (100, 300, 4600));
         // People and auctions are numbered in order from 1000.
-        let people: Vec<i64> = all
-            .iter()
-            .filter_map(|e| e["person_id"].as_i64())
-            .collect();
+        let people: Vec<i64> = all.iter().filter_map(|e| e["person_id"].as_i64()).collect();
         assert_eq!(people, (1000..1100).collect::<Vec<_>>());
         let auctions: Vec<i64> = all
             .iter()
@@ -300,7 +297,10 @@ mod tests {
         for (i, e) in all.iter().enumerate() {
             if e["event_type"] == 2 {
                 let auction = e["auction"].as_i64().unwrap();
-                assert!(auction >= 1000 && auction < 1000 + 3 * (i as i64 / 50 + 1), "{e}");
+                assert!(
+                    auction >= 1000 && auction < 1000 + 3 * (i as i64 / 50 + 1),
+                    "{e}"
+                );
                 let bidder = e["bidder"].as_i64().unwrap();
                 assert!(bidder >= 1000 && bidder < 1000 + (i as i64 / 50 + 1), "{e}");
             }

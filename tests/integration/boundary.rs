@@ -62,6 +62,13 @@ const PLAIN_KEYS: &[&str] = &[
     "source.start",
     "source.metadata[]",
     "source.stall_warn_ms",
+    // Re-keying goes to an internal topic named after the source topic
+    // and a group named after the source group, so under their checks.
+    "source.repartition",
+    // The Nexmark generator names nothing.
+    "source.events",
+    "source.rate",
+    "source.seed",
     "source.avro.username",
     "source.avro.password",
     "sink.kind",

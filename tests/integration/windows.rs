@@ -242,3 +242,224 @@ async fn two_members_of_a_windowed_pipeline_say_their_windows_are_partial() {
     }
     drop((a, b));
 }
+
+/// Rides keyed by ride id over `partitions` partitions (ride i to partition
+/// i % partitions), `minutes` minutes of event time from 08:00, five
+/// cities; the true (window, city) → (count, sum of fares in cents) of
+/// those produced.
+async fn produce_rides(
+    addr: &str,
+    topic: &str,
+    rides: std::ops::Range<i64>,
+    partitions: i32,
+    truth: &mut BTreeMap<(String, String), (i64, i64)>,
+) {
+    const CITIES: [&str; 5] = ["rome", "oslo", "lima", "kyiv", "baku"];
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in rides {
+        // 2 400 rides per minute of event time, in order per partition.
+        let second = 8 * 3600 + i / 40;
+        let city = CITIES[(i * 7 % 5) as usize];
+        let fare = 100 + i % 900;
+        let ts = at(second);
+        let minute = format!(
+            "2026-01-01T{:02}:{:02}:00",
+            second / 3600,
+            (second / 60) % 60
+        );
+        let e = truth.entry((minute, city.to_string())).or_default();
+        e.0 += 1;
+        e.1 += fare;
+        let payload = format!(r#"{{"ride":{i},"city":"{city}","fare":{fare},"ts":"{ts}"}}"#);
+        let key = i.to_string();
+        let record = FutureRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_bytes())
+            .partition((i % i64::from(partitions)) as i32);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+fn repartitioned_pipeline(
+    dir: &std::path::Path,
+    addr: &str,
+    input: &str,
+    output: &str,
+) -> std::path::PathBuf {
+    let toml = format!(
+        r#"
+name = "rides"
+sql = """
+SELECT window_start, city, count(*) AS n, sum(fare) AS cents
+FROM tumble(source, ts, INTERVAL '1' MINUTE)
+GROUP BY window_start, city
+"""
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["{input}"]
+group = "weir-rides"
+format = "json"
+fields = [{{ name = "ride", type = "int64" }}, {{ name = "city", type = "utf8" }}, {{ name = "fare", type = "int64" }}, {{ name = "ts", type = "timestamp_us" }}]
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+repartition = true
+[watermark]
+idle_partition_ms = 0
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "{output}"
+[errors]
+policy = "dead-letter"
+path = "{dlq}"
+[batch]
+max_records = 100
+max_linger_ms = 20
+"#,
+        dlq = dir.join("dlq.ndjson").display(),
+    );
+    let path = dir.join("rides.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Issue 28: N `weir run` processes of one windowed pipeline with
+/// `repartition = true` (the issue's case: a 4-partition topic of rides
+/// keyed by ride id, windows by city), optionally with one more joining
+/// and one SIGKILLed mid-stream: every (window, city) result equals the
+/// truth computed from the produced records. A result repeated with the
+/// same value (a replay) is allowed and counted; a partial one never.
+async fn members_give_whole_windows(members: usize, kill_one: bool) {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    let (input, output) = (
+        format!("rides-{members}-{kill_one}"),
+        format!("rides-out-{members}-{kill_one}"),
+    );
+    create_topics(&addr, &[(&input, 4), (&output, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = Vec::new();
+    for m in 0..members {
+        let d = dir.path().join(format!("m{m}"));
+        std::fs::create_dir_all(&d).unwrap();
+        procs.push(Weir::start(&repartitioned_pipeline(
+            &d, &addr, &input, &output,
+        )));
+    }
+    // Every member owns partitions of both stages before records come.
+    let joined = |m: usize| {
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("m{m}/rides.log"))).unwrap_or_default();
+        let assigned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("partitions assigned"))
+            .collect();
+        assigned.iter().any(|l| l.contains("weir-repartition"))
+            && assigned.iter().any(|l| l.contains(&format!("\"{input}\"")))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(0..members).all(joined) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the members never all owned partitions of both stages"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut truth = BTreeMap::new();
+    // Five minutes of rides in steps; with `kill_one`, a member is killed
+    // once the first windows were emitted, with windows of its keys open.
+    // …and, with `kill_one`, one more member joins while windows are open
+    // (taking partitions, with their open windows, from the others).
+    for step in 0..6i64 {
+        produce_rides(&addr, &input, step * 2400..(step + 1) * 2400, 4, &mut truth).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if kill_one && step == 1 {
+            let d = dir.path().join(format!("m{members}"));
+            std::fs::create_dir_all(&d).unwrap();
+            procs.push(Weir::start(&repartitioned_pipeline(
+                &d, &addr, &input, &output,
+            )));
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !joined(members) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the new member never joined"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if kill_one && step == 3 {
+            consume_until(&addr, &output, |got| !got.is_empty()).await;
+            procs.remove(0).signal("-KILL");
+        }
+    }
+    // Rides of every city two minutes later on every partition move each
+    // member's watermark past the five minutes (their windows stay open).
+    let mut later = BTreeMap::new();
+    produce_rides(&addr, &input, 8 * 2400..8 * 2400 + 40, 4, &mut later).await;
+    let expected: BTreeMap<String, (i64, i64)> = truth
+        .iter()
+        .map(|((minute, city), v)| {
+            (
+                format!(r#"{{"window_start":"{minute}","city":"{city}"}}"#),
+                *v,
+            )
+        })
+        .collect();
+    let keys: std::collections::BTreeSet<String> = expected.keys().cloned().collect();
+    let got = consume_until(&addr, &output, |got| {
+        got.iter()
+            .filter_map(|(k, _, _)| k.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .is_superset(&keys)
+    })
+    .await;
+    let mut repeats = 0;
+    for (key, values) in by_window(&got) {
+        let Some((n, cents)) = expected.get(&key) else {
+            panic!("a result for a window that is not complete yet: {key} {values:?}");
+        };
+        for v in &values {
+            assert_eq!(
+                (v["n"].as_i64(), v["cents"].as_i64()),
+                (Some(*n), Some(*cents)),
+                "{key}: a partial or wrong result among {values:?}"
+            );
+        }
+        repeats += values.len() - 1;
+    }
+    println!(
+        "{members} members{}: {} windows whole, {repeats} repeated with the same value",
+        if kill_one {
+            ", one joining and one killed"
+        } else {
+            ""
+        },
+        expected.len()
+    );
+    for p in procs {
+        let _ = p.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_of_a_repartitioned_pipeline_emit_whole_windows() {
+    members_give_whole_windows(2, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_of_a_repartitioned_pipeline_emit_whole_windows() {
+    members_give_whole_windows(3, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_killed_mid_stream_emit_whole_windows() {
+    members_give_whole_windows(2, true).await;
+}

@@ -225,6 +225,11 @@ pub enum SourceConfig {
         /// Where Avro schemas come from (`format = "avro"`).
         #[serde(default)]
         avro: Option<Box<AvroConfig>>,
+        /// A windowed query: re-key the records by its grouping columns
+        /// through an internal topic, so that the members of the group each
+        /// hold whole windows of their keys (`repartition.rs`).
+        #[serde(default)]
+        repartition: bool,
     },
     /// The Nexmark benchmark's events, generated (`source/nexmark.rs`).
     Nexmark {
@@ -475,6 +480,19 @@ impl PipelineConfig {
     /// runs it at a time (`weir serve` clusters: the lease holder).
     pub fn is_windowed(&self) -> bool {
         crate::window::spec::reads_a_window(&self.sql)
+    }
+
+    /// Whether a windowed query's records are re-keyed through an internal
+    /// topic (`source.repartition`): then every member of the group holds
+    /// whole windows, and the pipeline may run on several at once.
+    pub fn repartitions(&self) -> bool {
+        matches!(
+            self.source,
+            SourceConfig::Kafka {
+                repartition: true,
+                ..
+            }
+        ) && self.is_windowed()
     }
 
     /// Whether the source is json or csv and declares no `fields`.

@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod open;
 pub mod query;
 pub mod record;
+pub mod repartition;
 pub mod resources;
 pub mod runner;
 pub mod sink;

@@ -234,6 +234,28 @@ pub struct Split {
     pub above: PlannedQuery,
 }
 
+/// The columns every `GROUP BY` of `plan` reads, window columns aside,
+/// and a session window's key column.
+fn key_sources(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    plan.apply(|node| {
+        if let LogicalPlan::Aggregate(agg) = node {
+            for e in &agg.group_expr {
+                for c in e.column_refs() {
+                    if c.name != WINDOW_START && c.name != WINDOW_END {
+                        names.insert(c.name.clone());
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if let Some(key) = window.and_then(|w| w.key_column.clone()) {
+        names.insert(key);
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// A query planned once over a micro-batch source.
 pub struct PlannedQuery {
     slot: Slot,
@@ -247,6 +269,8 @@ pub struct PlannedQuery {
     window: Option<WindowSpec>,
     /// Output columns that are grouping keys (a windowed output's key).
     group_columns: Vec<String>,
+    /// Columns the grouping keys read ([`PlannedQuery::key_sources`]).
+    key_sources: Vec<String>,
 }
 
 /// How the query's rows relate to its input rows.
@@ -303,6 +327,7 @@ impl PlannedQuery {
         let frame = ctx.sql_with_options(sql, crate::sql::read_only()).await?;
         let window = captured.lock().clone();
         let group_columns = check_grouping(frame.logical_plan(), window.as_ref())?;
+        let key_sources = key_sources(frame.logical_plan(), window.as_ref())?;
         let plan = frame.create_physical_plan().await?;
         if plan.properties().output_partitioning().partition_count() != 1 {
             return Err(DataFusionError::Plan(
@@ -318,7 +343,16 @@ impl PlannedQuery {
             row_errors: None,
             window,
             group_columns,
+            key_sources,
         })
+    }
+
+    /// The columns the query's windows are keyed by (its grouping keys and
+    /// a session's key, as the columns they read; the window columns
+    /// aside): records with equal values of these meet in the same
+    /// windows' groups.
+    pub fn key_sources(&self) -> &[String] {
+        &self.key_sources
     }
 
     /// The window the query reads, if it reads one.
@@ -447,6 +481,7 @@ impl PlannedQuery {
             row_errors: self.row_errors.clone(),
             window: None,
             group_columns: Vec::new(),
+            key_sources: Vec::new(),
         };
         Ok(Split {
             aggregate,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use datafusion::arrow::datatypes::SchemaRef;
 use tokio::sync::watch;
 
 use super::config::{ErrorPolicy, PipelineConfig, SinkConfig, SourceConfig};
@@ -165,6 +166,11 @@ pub struct Pipeline {
     /// The query cut at its aggregate, when windows fold their rows
     /// (`window/groups.rs`).
     stages: Option<Arc<Split>>,
+    /// The windows stage of a repartitioned pipeline (`repartition.rs`):
+    /// where its records came from.
+    origin: Option<Origin>,
+    /// The re-keying stage that feeds it, run alongside.
+    feeder: Option<Box<Pipeline>>,
     /// Whether the state bound was reported since it was last reached.
     state_full_logged: bool,
 }
@@ -240,7 +246,7 @@ impl Pipeline {
             modules.push(sandbox.load_file_for(path, &tenant)?);
         }
         let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
-        Self::assemble(config, modules, inline, tenant, None).await
+        Self::assemble_any(config, modules, inline, tenant, None).await
     }
 
     /// What the pipeline would run, without opening its source or sinks
@@ -271,7 +277,7 @@ impl Pipeline {
                 )
                 .await?
             };
-            let query = Self::plan(&config, &modules, &decoder, &tenant, &tables).await?;
+            let query = Self::plan(&config, &modules, decoder.schema(), &tenant, &tables).await?;
             let columns: Vec<String> = query
                 .output_schema()
                 .fields()
@@ -321,7 +327,7 @@ impl Pipeline {
         let tenant = tenants.get(&config.tenant);
         async {
             let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
-            Self::assemble(config, modules, inline, tenant, reload).await
+            Self::assemble_any(config, modules, inline, tenant, reload).await
         }
         .await
         .with_context(|| format!("pipeline `{name}`"))
@@ -330,7 +336,7 @@ impl Pipeline {
     async fn plan(
         config: &PipelineConfig,
         modules: &[Arc<UdfModule>],
-        decoder: &RecordDecoder,
+        schema: SchemaRef,
         tenant: &Tenant,
         tables: &Tables,
     ) -> anyhow::Result<PlannedQuery> {
@@ -350,7 +356,7 @@ impl Pipeline {
         tables
             .register(&ctx)
             .map_err(|e| anyhow::anyhow!("tables: {}", crate::error::user_message(&e)))?;
-        PlannedQuery::new(&ctx, decoder.schema(), &config.sql)
+        PlannedQuery::new(&ctx, schema, &config.sql)
             .await
             .map(|q| q.with_row_errors(row_errors))
             .map_err(|e| anyhow::anyhow!("sql: {}", crate::error::user_message(&e)))
@@ -360,7 +366,7 @@ impl Pipeline {
     async fn plan_workers(
         config: &PipelineConfig,
         modules: &[Arc<UdfModule>],
-        decoder: &RecordDecoder,
+        schema: SchemaRef,
         tenant: &Tenant,
         tables: &Tables,
         count: usize,
@@ -368,19 +374,25 @@ impl Pipeline {
         let mut queries = Vec::with_capacity(count);
         for _ in 0..count {
             queries.push(Arc::new(
-                Self::plan(config, modules, decoder, tenant, tables).await?,
+                Self::plan(config, modules, schema.clone(), tenant, tables).await?,
             ));
         }
         Ok(queries)
     }
 
-    async fn assemble(
+    /// [`Self::assemble`], or for a repartitioned pipeline its two stages
+    /// (`repartition.rs`): the windows stage, with the re-keying one as its
+    /// feeder.
+    async fn assemble_any(
         config: PipelineConfig,
         modules: Vec<Arc<UdfModule>>,
         inline: Vec<Arc<UdfModule>>,
         tenant: Arc<Tenant>,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
+        if !config.repartitions() {
+            return Self::assemble(config, modules, inline, tenant, reload, None).await;
+        }
         let decoder = config.source.decoder(config.file_roots.as_ref()).await?;
         let tables = {
             let policy = tenant.policy();
@@ -393,14 +405,81 @@ impl Pipeline {
             .await?
         };
         let all = [modules.as_slice(), inline.as_slice()].concat();
-        let query = Self::plan(&config, &all, &decoder, &tenant, &tables).await?;
+        let query = Self::plan(&config, &all, decoder.schema(), &tenant, &tables).await?;
+        if query
+            .window()
+            .is_some_and(|w| w.kind == crate::window::WindowKind::Session)
+        {
+            bail!(
+                "`source.repartition` does not take session windows yet (a session merges as records arrive); run the pipeline in one process"
+            );
+        }
+        let stages =
+            crate::repartition::stages(&config, &decoder.schema(), query.key_sources()).await?;
+        drop((query, tables));
+        let feeder = Self::assemble(
+            stages.rekey,
+            Vec::new(),
+            Vec::new(),
+            tenant.clone(),
+            None,
+            None,
+        )
+        .await
+        .context("the re-keying stage")?;
+        let visible = stages.windows.source.decoder(None).await?.schema();
+        let n = visible.fields().len() - 3;
+        let origin = Origin {
+            topic: stages.source_topic.clone(),
+            partitions: stages.source_partitions,
+            columns: n,
+            visible: Arc::new(visible.project(&(0..n).collect::<Vec<_>>())?),
+            owned: Default::default(),
+        };
+        let mut windows = Self::assemble(
+            stages.windows,
+            modules,
+            inline,
+            tenant,
+            reload,
+            Some(origin),
+        )
+        .await?;
+        windows.feeder = Some(Box::new(feeder));
+        Ok(windows)
+    }
+
+    async fn assemble(
+        config: PipelineConfig,
+        modules: Vec<Arc<UdfModule>>,
+        inline: Vec<Arc<UdfModule>>,
+        tenant: Arc<Tenant>,
+        reload: Option<Reload>,
+        origin: Option<Origin>,
+    ) -> anyhow::Result<Self> {
+        let decoder = config.source.decoder(config.file_roots.as_ref()).await?;
+        let schema = origin
+            .as_ref()
+            .map_or_else(|| decoder.schema(), |o| o.visible.clone());
+        let tables = {
+            let policy = tenant.policy();
+            Tables::open(
+                &config.name,
+                &config.tables,
+                (policy.state_bytes, &policy.key("state_bytes")),
+                config.file_roots.as_ref(),
+            )
+            .await?
+        };
+        let all = [modules.as_slice(), inline.as_slice()].concat();
+        let query = Self::plan(&config, &all, schema.clone(), &tenant, &tables).await?;
         let key = match &config.sink {
             SinkConfig::Kafka { key, .. } => key.clone(),
             _ => None,
         };
         let (windows, stages) = match query.window() {
             Some(spec) => {
-                let state = WindowState::new(spec.clone(), decoder.schema(), &config.watermark)
+                let state = WindowState::new(spec.clone(), schema.clone(), &config.watermark)
                     .map_err(|e| anyhow::anyhow!("sql: {e}"))?;
                 match folding(&query) {
                     Ok((split, aggregation)) => {
@@ -435,7 +514,15 @@ impl Pipeline {
         let worker_count = worker_count(&config, &tenant, windows.is_some());
         let workers = if worker_count > 1 {
             Some(Workers::new(
-                Self::plan_workers(&config, &all, &decoder, &tenant, &tables, worker_count).await?,
+                Self::plan_workers(
+                    &config,
+                    &all,
+                    schema.clone(),
+                    &tenant,
+                    &tables,
+                    worker_count,
+                )
+                .await?,
             ))
         } else {
             None
@@ -477,12 +564,43 @@ impl Pipeline {
             reload,
             windows,
             stages,
+            origin,
+            feeder: None,
             state_full_logged: false,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The columns the query reads: the decoder's (less what a windows
+    /// stage's records carry for it, `repartition.rs`).
+    fn query_schema(&self) -> SchemaRef {
+        self.origin
+            .as_ref()
+            .map_or_else(|| self.decoder.schema(), |o| o.visible.clone())
+    }
+
+    /// A windows stage (`repartition.rs`): drops the windows of internal
+    /// partitions another member took (their keys' state is rebuilt there
+    /// from the committed offsets); partitions gained start from their
+    /// committed offsets, below every open window's records.
+    fn follow_internal_partitions(&mut self) {
+        let (Some(origin), Some(windows)) = (&mut self.origin, &mut self.windows) else {
+            return;
+        };
+        let now: std::collections::BTreeSet<i32> = self
+            .source
+            .partitions()
+            .iter()
+            .filter_map(|tp| tp.rsplit('/').next()?.parse().ok())
+            .collect();
+        for gone in origin.owned.difference(&now) {
+            tracing::info!(pipeline = %self.config.name, partition = gone, "internal partition revoked: its keys' windows are rebuilt by their new owner");
+            windows.revoke(*gone);
+        }
+        origin.owned = now;
     }
 
     /// The owning tenant's name.
@@ -501,7 +619,38 @@ impl Pipeline {
 
     /// Runs until the source ends or `shutdown` turns true; batches in
     /// flight are acknowledged and committed first.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        if let Some(feeder) = self.feeder.take() {
+            // The re-keying stage runs beside the windows stage and stops
+            // with it; either failing ends both.
+            let (stop_feeder, feeder_stopped) = watch::channel(false);
+            let mut fed = tokio::spawn(feeder.run_alone(feeder_stopped));
+            let name = self.config.name.clone();
+            let windows = self.run_alone(shutdown.clone());
+            tokio::pin!(windows);
+            let result = tokio::select! {
+                r = &mut windows => r,
+                f = &mut fed => {
+                    let f = f.map_err(|e| anyhow::anyhow!("the re-keying stage of `{name}`: {e}"))
+                        .and_then(|r| r.with_context(|| format!("the re-keying stage of `{name}`")));
+                    match f {
+                        // Its source ended (it does not: Kafka): run on.
+                        Ok(()) => windows.await,
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let _ = stop_feeder.send(true);
+            if !fed.is_finished() {
+                let _ = fed.await;
+            }
+            return result;
+        }
+        self.run_alone(shutdown).await
+    }
+
+    /// The run loop of one pipeline (a stage of a repartitioned one).
+    async fn run_alone(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         tracing::info!(pipeline = %self.config.name, tenant = %self.config.tenant, "pipeline started");
         let started = Instant::now();
         loop {
@@ -821,7 +970,8 @@ impl Pipeline {
     /// hold part of the records and their results are partial. Said loudly
     /// (log, `weir_pipeline_partial_windows`) for as long as it lasts.
     fn check_partial_windows(&self) {
-        if self.windows.is_none() {
+        // A windows stage owns whole keys, whichever partitions it reads.
+        if self.windows.is_none() || self.origin.is_some() {
             return;
         }
         let (Some(assigned), Some(known)) = (
@@ -904,7 +1054,7 @@ impl Pipeline {
         let query = Self::plan(
             &self.config,
             modules,
-            &self.decoder,
+            self.query_schema(),
             &self.tenant,
             &self.tables,
         )
@@ -934,7 +1084,7 @@ impl Pipeline {
             let queries = Self::plan_workers(
                 &self.config,
                 modules,
-                &self.decoder,
+                self.query_schema(),
                 &self.tenant,
                 &self.tables,
                 count,
@@ -1109,11 +1259,32 @@ impl Pipeline {
                 udf: None,
             })
             .collect();
+        if self.origin.is_some() {
+            self.follow_internal_partitions();
+        }
         if let Some(windows) = &mut self.windows {
             let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
-            windows.expect_partitions(self.source.assigned_partitions(), Instant::now());
+            let origins = match &self.origin {
+                Some(o) => Some(o.split(&decoded.batch)?),
+                None => None,
+            };
+            let batch = match &origins {
+                Some((visible, _)) => visible,
+                None => &decoded.batch,
+            };
+            match &self.origin {
+                Some(o) => windows.expect_sources(o.partitions, Instant::now()),
+                None => {
+                    windows.expect_partitions(self.source.assigned_partitions(), Instant::now())
+                }
+            }
             let mut admitted = windows
-                .admit(&decoded.batch, &rows, Instant::now())
+                .admit(
+                    batch,
+                    &rows,
+                    origins.as_ref().map(|(_, o)| o),
+                    Instant::now(),
+                )
                 .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
             drop(rows);
             self.stats.late.add(admitted.late.len() as u64);
@@ -1128,7 +1299,7 @@ impl Pipeline {
                     udf: None,
                 }));
             }
-            if let Some(windowed) = admitted.windowed {
+            for windowed in std::mem::take(&mut admitted.windowed) {
                 // The query's stage before its aggregate, poison rows set
                 // aside before anything of the batch is folded.
                 let stash = parking_lot::Mutex::new(Vec::new());
@@ -1153,7 +1324,7 @@ impl Pipeline {
                 }
                 if let Some(windows) = &mut self.windows {
                     windows
-                        .fold(&stash.into_inner())
+                        .fold(&windowed.tag, &stash.into_inner())
                         .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
                 }
             }
@@ -1408,10 +1579,16 @@ impl Pipeline {
         flight: &mut InFlight,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
+        if self.origin.is_some() {
+            self.follow_internal_partitions();
+        }
         let Some(windows) = self.windows.as_mut() else {
             return self.deliver(Vec::new(), letters, offsets, flight).await;
         };
-        windows.expect_partitions(self.source.assigned_partitions(), Instant::now());
+        match &self.origin {
+            Some(o) => windows.expect_sources(o.partitions, Instant::now()),
+            None => windows.expect_partitions(self.source.assigned_partitions(), Instant::now()),
+        }
         windows.tick(Instant::now());
         let closed = windows
             .take_closed(flush)
@@ -1601,6 +1778,59 @@ fn failed_letters(
         error: f.error,
         udf: f.udf,
     })
+}
+
+/// A windows stage's records carry the key and the source partition and
+/// offset of each record after its columns (`repartition.rs`).
+struct Origin {
+    topic: Arc<str>,
+    /// Partitions of the source topic.
+    partitions: usize,
+    /// The query's columns: the first `columns` of the decoded batch.
+    columns: usize,
+    visible: SchemaRef,
+    /// The internal partitions this member owned at the last batch.
+    owned: std::collections::BTreeSet<i32>,
+}
+
+impl Origin {
+    /// The query's columns of `batch`, and where each row came from.
+    fn split(
+        &self,
+        batch: &datafusion::arrow::array::RecordBatch,
+    ) -> anyhow::Result<(
+        datafusion::arrow::array::RecordBatch,
+        super::window::Origins,
+    )> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+        let column = |i: usize| {
+            batch
+                .columns()
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("internal: a re-keyed record lacks its origin"))
+        };
+        let partitions = column(self.columns + 1)?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| anyhow::anyhow!("internal: the origin partition is not an int32"))?;
+        let offsets = column(self.columns + 2)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| anyhow::anyhow!("internal: the origin offset is not an int64"))?;
+        let visible = batch.project(&(0..self.columns).collect::<Vec<_>>())?;
+        let visible = datafusion::arrow::array::RecordBatch::try_new(
+            self.visible.clone(),
+            visible.columns().to_vec(),
+        )?;
+        Ok((
+            visible,
+            super::window::Origins {
+                topic: self.topic.clone(),
+                partitions: partitions.values().to_vec(),
+                offsets: offsets.values().to_vec(),
+                owned: self.owned.clone(),
+            },
+        ))
+    }
 }
 
 /// How a batch goes through the query ([`Pipeline::transform_as`]).

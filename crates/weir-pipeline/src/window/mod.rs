@@ -16,5 +16,5 @@ pub mod state;
 pub mod watermark;
 
 pub use spec::{WindowKind, WindowSpec, register_window_functions};
-pub use state::{Closed, WindowState, Windowed};
+pub use state::{Closed, Origins, WindowState, Windowed};
 pub use watermark::Watermarks;

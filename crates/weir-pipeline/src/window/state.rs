@@ -68,15 +68,33 @@ pub struct Admitted {
     pub late: Vec<(usize, String)>,
     /// Rows without an event time: (row, why).
     pub untimed: Vec<(usize, String)>,
+    /// Rows of a windows stage admitted before (a copy on the internal
+    /// topic): left out.
+    pub repeated: usize,
     /// Folded windows: the admitted rows with `window_start` and
     /// `window_end` (a row once per window it is in), for the query's
-    /// stage before its aggregate, then [`WindowState::fold`].
-    pub windowed: Option<Windowed>,
+    /// stage before its aggregate, then [`WindowState::fold`]; one part per
+    /// internal partition of a windows stage.
+    pub windowed: Vec<Windowed>,
+}
+
+/// Where each row of a windows stage's batch came from
+/// (`repartition.rs`): its source topic's partition and offset.
+#[derive(Debug)]
+pub struct Origins {
+    pub topic: Arc<str>,
+    pub partitions: Vec<i32>,
+    pub offsets: Vec<i64>,
+    /// The internal partitions this member owns: a record of another one
+    /// (fetched before it was revoked) is its new owner's.
+    pub owned: std::collections::BTreeSet<i32>,
 }
 
 /// Rows to fold, and the batch row each came from.
 #[derive(Debug)]
 pub struct Windowed {
+    /// Which windows they fold into (see [`WindowState::fold`]).
+    pub tag: String,
     pub batch: RecordBatch,
     pub rows: Vec<usize>,
 }
@@ -98,6 +116,18 @@ pub struct WindowState {
     bytes: usize,
     /// The query's aggregate, when windows fold their rows into it.
     aggregation: Option<Aggregation>,
+    /// A windows stage: per (internal partition, source partition), the
+    /// last source offset admitted — a record written again to the
+    /// internal topic is recognised and admitted once.
+    admitted_up_to: HashMap<(i32, i32), i64>,
+    /// A windows stage: one watermark per internal partition (over the
+    /// source partitions whose records it carries, in order within it):
+    /// the partition's windows close by it, and move with the partition to
+    /// another member, which rebuilds it from the replay.
+    internal: HashMap<i32, Watermarks>,
+    /// What a new internal partition's watermark waits for.
+    sources: Option<usize>,
+    config: crate::config::WatermarkConfig,
 }
 
 fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
@@ -144,6 +174,10 @@ impl WindowState {
             open: BTreeMap::new(),
             bytes: 0,
             aggregation: None,
+            admitted_up_to: HashMap::new(),
+            internal: HashMap::new(),
+            sources: None,
+            config: config.clone(),
         })
     }
 
@@ -168,7 +202,13 @@ impl WindowState {
     }
 
     pub fn watermark(&self) -> i64 {
-        self.watermarks.current()
+        // A windows stage: the least advanced of its internal partitions.
+        self.internal
+            .values()
+            .map(Watermarks::current)
+            .filter(|w| *w != i64::MIN)
+            .min()
+            .unwrap_or_else(|| self.watermarks.current())
     }
 
     fn closed(&self, end: i64, watermark: i64) -> bool {
@@ -178,10 +218,14 @@ impl WindowState {
     /// Puts each row of `batch` (decoded; `records[i]` is row i's record)
     /// into its open windows, advancing the watermark row by row in arrival
     /// order. Rows whose windows were all emitted already are late.
+    /// A windows stage's rows (`origins`) are watermarked per partition of
+    /// the source topic they came from, and a row whose source offset was
+    /// admitted already is a copy: counted in `repeated`, not admitted.
     pub fn admit(
         &mut self,
         batch: &RecordBatch,
         records: &[&SourceRecord],
+        origins: Option<&Origins>,
         now: Instant,
     ) -> Result<Admitted, String> {
         let times = micros(batch.column(self.time_index))?;
@@ -204,23 +248,51 @@ impl WindowState {
                 continue;
             }
             let t = times.value(row);
-            let partition: PartitionId = (record.topic.clone(), record.partition);
-            let watermark = self.watermarks.current();
+            let partition: PartitionId = match origins {
+                Some(o) => {
+                    if !o.owned.contains(&record.partition) {
+                        admitted.repeated += 1;
+                        continue;
+                    }
+                    let (p, offset) = (o.partitions[row], o.offsets[row]);
+                    let last = self
+                        .admitted_up_to
+                        .entry((record.partition, p))
+                        .or_insert(i64::MIN);
+                    if offset <= *last {
+                        admitted.repeated += 1;
+                        continue;
+                    }
+                    *last = offset;
+                    (o.topic.clone(), p)
+                }
+                None => (record.topic.clone(), record.partition),
+            };
+            let watermark = match origins {
+                Some(_) => self.internal_watermarks(record.partition, now).current(),
+                None => self.watermarks.current(),
+            };
             let any = match self.spec.kind {
                 WindowKind::Session => {
                     let key = keys.as_ref().map_or(String::new(), |k| k[row].clone());
                     self.join_session(key, t, row as u32, watermark, &mut by_window)
                 }
                 WindowKind::Tumble | WindowKind::Hop => {
+                    // A windows stage keeps each internal partition's
+                    // groups apart: they leave with the partition.
+                    let tag = match origins {
+                        Some(_) => internal_tag(record.partition),
+                        None => String::new(),
+                    };
                     let mut any = false;
                     for start in self.spec.starts(t) {
                         let end = start + self.spec.size_us;
                         if !self.closed(end, watermark) {
                             by_window
-                                .entry((start, String::new()))
+                                .entry((start, tag.clone()))
                                 .or_default()
                                 .push(row as u32);
-                            self.open.entry((start, String::new())).or_default().end = end;
+                            self.open.entry((start, tag.clone())).or_default().end = end;
                             any = true;
                         }
                     }
@@ -237,10 +309,17 @@ impl WindowState {
                     ),
                 ));
             }
-            self.watermarks.observe(&partition, t, now);
+            match origins {
+                Some(_) => {
+                    self.internal_watermarks(record.partition, now)
+                        .observe(&partition, t, now);
+                }
+                None => {
+                    self.watermarks.observe(&partition, t, now);
+                }
+            }
         }
-        let mut windowed: Vec<RecordBatch> = Vec::new();
-        let mut windowed_rows: Vec<usize> = Vec::new();
+        let mut windowed: BTreeMap<String, (Vec<RecordBatch>, Vec<usize>)> = BTreeMap::new();
         for (window, rows) in by_window {
             let indices = UInt32Array::from(rows);
             let columns = batch
@@ -266,11 +345,12 @@ impl WindowState {
                 columns.push(Arc::new(TimestampMicrosecondArray::from_value(
                     open.end, rows,
                 )));
-                windowed.push(
+                let part = windowed.entry(window.1.clone()).or_default();
+                part.0.push(
                     RecordBatch::try_new(self.windowed.clone(), columns)
                         .map_err(|e| e.to_string())?,
                 );
-                windowed_rows.extend(indices.values().iter().map(|&r| r as usize));
+                part.1.extend(indices.values().iter().map(|&r| r as usize));
                 continue;
             }
             let mut bytes = part.get_array_memory_size();
@@ -283,10 +363,11 @@ impl WindowState {
             open.bytes += bytes;
             self.bytes += bytes;
         }
-        if !windowed.is_empty() {
-            admitted.windowed = Some(Windowed {
-                batch: concat_batches(&self.windowed, &windowed).map_err(|e| e.to_string())?,
-                rows: windowed_rows,
+        for (tag, (batches, rows)) in windowed {
+            admitted.windowed.push(Windowed {
+                tag,
+                batch: concat_batches(&self.windowed, &batches).map_err(|e| e.to_string())?,
+                rows,
             });
         }
         Ok(admitted)
@@ -297,15 +378,65 @@ impl WindowState {
         self.watermarks.expect(count, now);
     }
 
-    /// Folds `batches` (the admitted rows after the query's stage before
-    /// its aggregate) into their windows' groups.
-    pub fn fold(&mut self, batches: &[RecordBatch]) -> Result<(), String> {
+    /// A windows stage lost internal partition `partition` to another
+    /// member: the state of its keys goes (the new owner rebuilds it from
+    /// the committed offset, below every open window's records), and so do
+    /// its watermarks and the offsets admitted from it.
+    pub fn revoke(&mut self, partition: i32) {
+        let tag = internal_tag(partition);
+        let gone: Vec<(i64, String)> = self
+            .open
+            .keys()
+            .filter(|(_, t)| *t == tag)
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(open) = self.open.remove(&key) {
+                self.bytes -= open.bytes;
+            }
+        }
+        self.internal.remove(&partition);
+        self.admitted_up_to.retain(|(p, _), _| *p != partition);
+    }
+
+    /// A windows stage: its records come from `count` source partitions,
+    /// each of which holds the watermark until it delivered.
+    pub fn expect_sources(&mut self, count: usize, now: Instant) {
+        if self.sources != Some(count) {
+            self.sources = Some(count);
+            for w in self.internal.values_mut() {
+                w.expect(Some(count), now);
+            }
+        }
+    }
+
+    /// The watermark of internal partition `p` (a windows stage).
+    fn internal_watermarks(&mut self, p: i32, now: Instant) -> &mut Watermarks {
+        let (config, sources) = (&self.config, self.sources);
+        self.internal.entry(p).or_insert_with(|| {
+            let mut w = Watermarks::new(config.max_out_of_order_ms, config.idle_partition_ms);
+            w.expect(sources, now);
+            w
+        })
+    }
+
+    /// The watermark windows tagged `tag` close by.
+    fn watermark_of(&self, tag: &str) -> i64 {
+        match tag.strip_prefix('@').and_then(|p| p.parse::<i32>().ok()) {
+            Some(p) => self.internal.get(&p).map_or(i64::MIN, Watermarks::current),
+            None => self.watermarks.current(),
+        }
+    }
+
+    /// Folds `batches` (the admitted rows of part `tag` after the query's
+    /// stage before its aggregate) into their windows' groups.
+    pub fn fold(&mut self, tag: &str, batches: &[RecordBatch]) -> Result<(), String> {
         let Some(aggregation) = &self.aggregation else {
             return Err("internal: these windows keep records".into());
         };
         for batch in batches {
             for (start, rows) in aggregation.by_window(batch)? {
-                let Some(open) = self.open.get_mut(&(start, String::new())) else {
+                let Some(open) = self.open.get_mut(&(start, tag.to_string())) else {
                     return Err(format!(
                         "internal: rows of window {} arrived after it closed",
                         fmt_us(start)
@@ -389,16 +520,18 @@ impl WindowState {
     /// Recomputes the watermark (a partition may have gone idle).
     pub fn tick(&mut self, now: Instant) {
         self.watermarks.advance(now);
+        for w in self.internal.values_mut() {
+            w.advance(now);
+        }
     }
 
     /// Removes and returns the windows the watermark passed (all of them
     /// with `flush`, when the source ended), oldest first.
     pub fn take_closed(&mut self, flush: bool) -> Result<Option<Closed>, String> {
-        let watermark = self.watermarks.current();
         let starts: Vec<(i64, String)> = self
             .open
             .iter()
-            .filter(|(_, w)| flush || self.closed(w.end, watermark))
+            .filter(|((_, tag), w)| flush || self.closed(w.end, self.watermark_of(tag)))
             .map(|(s, _)| s.clone())
             .collect();
         if starts.is_empty() {
@@ -516,6 +649,11 @@ fn key_strings(column: &ArrayRef) -> Result<Vec<String>, String> {
             }
         })
         .collect())
+}
+
+/// The windows of a windows stage's internal partition `p`.
+fn internal_tag(p: i32) -> String {
+    format!("@{p}")
 }
 
 /// An event time for messages: RFC 3339 in UTC.

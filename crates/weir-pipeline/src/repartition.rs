@@ -1,0 +1,277 @@
+//! Key-partitioned windows over Kafka (`source.repartition = true`,
+//! docs/pipelines.md "Windows on several members"): a windowed pipeline
+//! runs as two pipelines in the same process, joined by an internal topic.
+//!
+//! 1. **Re-key** (`<name>.repartition`): the pipeline's source and group;
+//!    decodes each record and writes its columns to the internal topic
+//!    `<first source topic>.weir-repartition.<name>` (as many partitions as
+//!    the source), keyed by the query's grouping columns, with the record's
+//!    source partition and offset. Kafka's partitioner sends every record of
+//!    a key to the same partition.
+//! 2. **Windows** (`<name>`): reads the internal topic in group
+//!    `<group>.windows` and runs the query. Each member owns some keys'
+//!    partitions, so its windows hold *all* the records of their groups.
+//!    Watermarks are kept per *source* partition (from the columns carried
+//!    along), so a window closes when every source partition has passed it,
+//!    whichever member re-keyed it; a record written twice to the internal
+//!    topic (a re-keying member that crashed before its commit) is
+//!    recognised by its source offset and folded once.
+//!
+//! No protocol of weir's own: Kafka's consumer groups move the keys (and
+//! with them the windows) between members.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{FieldConfig, Format, Metadata, PipelineConfig, SinkConfig, SourceConfig};
+use crate::kafka::{client_config, scrub};
+use weir_core::abi::{AbiType, ArrowType};
+
+/// Columns the re-keying stage adds (and the windows stage removes).
+pub const KEY: &str = "__weir_key";
+pub const ORIGIN_PARTITION: &str = "__weir_origin_partition";
+pub const ORIGIN_OFFSET: &str = "__weir_origin_offset";
+
+/// The two pipelines of a repartitioned one, and what the windows stage
+/// needs to know of the source.
+pub struct Stages {
+    pub rekey: PipelineConfig,
+    pub windows: PipelineConfig,
+    /// Partitions of the source topic (what the watermark waits for).
+    pub source_partitions: usize,
+    /// The source topic (watermarks are kept per partition of it).
+    pub source_topic: Arc<str>,
+}
+
+/// The internal topic of `config`'s pipeline.
+pub fn internal_topic(config: &PipelineConfig) -> Option<String> {
+    match &config.source {
+        SourceConfig::Kafka { topics, .. } => topics
+            .first()
+            .map(|t| format!("{t}.weir-repartition.{}", config.name)),
+        _ => None,
+    }
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The stages of `config` (whose source decodes into `schema` and whose
+/// query groups by `keys`), with the internal topic created.
+pub async fn stages(
+    config: &PipelineConfig,
+    schema: &SchemaRef,
+    keys: &[String],
+) -> anyhow::Result<Stages> {
+    let SourceConfig::Kafka {
+        brokers,
+        topics,
+        group,
+        metadata,
+        properties,
+        stall_warn_ms,
+        ..
+    } = &config.source
+    else {
+        bail!("`source.repartition` needs a Kafka source");
+    };
+    let [topic] = topics.as_slice() else {
+        bail!(
+            "`source.repartition` reads one topic (watermarks are kept per partition of it); this source reads {}",
+            topics.len()
+        );
+    };
+    if matches!(config.sink, SinkConfig::Kafka { ref delivery, .. } if *delivery == crate::config::Delivery::ExactlyOnce)
+    {
+        bail!(
+            "`source.repartition` is at-least-once; `sink.delivery = \"exactly-once\"` is not available with it"
+        );
+    }
+    for key in keys {
+        if schema.field_with_name(key).is_err() {
+            bail!(
+                "`source.repartition` keys records by the columns the query groups by, and `{key}` is not a column of the source (group by source columns, or join after the window)"
+            );
+        }
+    }
+    // The columns the windows stage decodes again: every source column as
+    // its ABI type (timestamps of any unit as µs).
+    let mut select = Vec::new();
+    let mut fields = Vec::new();
+    for f in schema.fields() {
+        let (expr, ty) = match f.data_type() {
+            DataType::Timestamp(TimeUnit::Microsecond, None) => {
+                (quoted(f.name()), AbiType::TimestampMicros)
+            }
+            DataType::Timestamp(_, _) => (
+                format!("to_timestamp_micros({})", quoted(f.name())),
+                AbiType::TimestampMicros,
+            ),
+            dt => match AbiType::ALL
+                .into_iter()
+                .find(|t| t.data_type() == *dt && *t != AbiType::Binary)
+            {
+                Some(t) => (quoted(f.name()), t),
+                None => bail!(
+                    "`source.repartition` carries the source's columns through an internal topic as JSON, and column `{}` is {dt}, which it cannot",
+                    f.name()
+                ),
+            },
+        };
+        select.push(format!("{expr} AS {}", quoted(f.name())));
+        fields.push(FieldConfig {
+            name: f.name().clone(),
+            ty: ty.name().to_string(),
+            nullable: true,
+        });
+    }
+    let key = if keys.is_empty() {
+        "''".to_string()
+    } else {
+        format!(
+            "concat_ws('\u{1}', {})",
+            keys.iter()
+                .map(|k| format!("coalesce(CAST({} AS VARCHAR), '\u{2}')", quoted(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    select.push(format!("{key} AS {KEY}"));
+    select.push(format!("\"_partition\" AS {ORIGIN_PARTITION}"));
+    select.push(format!("\"_offset\" AS {ORIGIN_OFFSET}"));
+    for (name, ty) in [
+        (KEY, AbiType::Utf8),
+        (ORIGIN_PARTITION, AbiType::Int32),
+        (ORIGIN_OFFSET, AbiType::Int64),
+    ] {
+        fields.push(FieldConfig {
+            name: name.to_string(),
+            ty: ty.name().to_string(),
+            nullable: false,
+        });
+    }
+    let internal = internal_topic(config).context("no source topic")?;
+    let partitions = source_partitions(brokers, topic, properties).await?;
+    create_topic(brokers, &internal, partitions, properties).await?;
+
+    let mut rekey = config.clone();
+    rekey.name = format!("{}.repartition", config.name);
+    rekey.udfs.clear();
+    rekey.tables.clear();
+    rekey.sql = format!("SELECT {} FROM source", select.join(", "));
+    if let SourceConfig::Kafka {
+        metadata: m,
+        repartition,
+        ..
+    } = &mut rekey.source
+    {
+        for needed in [Metadata::Partition, Metadata::Offset] {
+            if !m.contains(&needed) {
+                m.push(needed);
+            }
+        }
+        *repartition = false;
+    }
+    rekey.sink = SinkConfig::Kafka {
+        brokers: brokers.clone(),
+        topic: internal.clone(),
+        format: Format::Json,
+        key: Some(KEY.to_string()),
+        properties: properties.clone(),
+        avro: None,
+        delivery: crate::config::Delivery::AtLeastOnce,
+        transactional_id: None,
+    };
+
+    let mut windows = config.clone();
+    windows.source = SourceConfig::Kafka {
+        brokers: brokers.clone(),
+        topics: vec![internal],
+        group: format!("{group}.windows"),
+        start: crate::config::StartPosition::Earliest,
+        format: Format::Json,
+        fields,
+        metadata: Vec::new(),
+        properties: properties.clone(),
+        stall_warn_ms: *stall_warn_ms,
+        avro: None,
+        repartition: false,
+    };
+    let _ = metadata;
+    Ok(Stages {
+        rekey,
+        windows,
+        source_partitions: partitions,
+        source_topic: Arc::from(topic.as_str()),
+    })
+}
+
+/// Partitions of `topic`, from the cluster's metadata.
+async fn source_partitions(
+    brokers: &str,
+    topic: &str,
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<usize> {
+    let config = client_config(brokers, &[], properties);
+    let topic = topic.to_string();
+    let properties = properties.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), &properties)))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), &properties)))
+            .with_context(|| format!("reading the partitions of `{topic}`"))?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if count == 0 {
+            bail!("topic `{topic}` has no partitions (does it exist?)");
+        }
+        Ok(count)
+    })
+    .await
+    .context("reading the source's partitions")?
+}
+
+/// Creates `topic` with `partitions` (nothing if it exists).
+async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[], properties)
+        .create()
+        .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))?;
+    let new = NewTopic::new(
+        topic,
+        i32::try_from(partitions).unwrap_or(i32::MAX),
+        TopicReplication::Fixed(1),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
+        .with_context(|| format!("creating the internal topic `{topic}`"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating the internal topic `{t}`: {e}"),
+        }
+    }
+    Ok(())
+}

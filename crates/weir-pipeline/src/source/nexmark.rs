@@ -110,8 +110,8 @@ fn price(rng: &mut ChaCha8Rng) -> u64 {
 
 /// The newest person (base 0) when event `n` is generated.
 fn last_person(n: u64) -> u64 {
-    let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
-    epoch * PERSON_PROPORTION + offset.min(PERSON_PROPORTION - 1)
+    // One person opens every epoch of 50 events (PERSON_PROPORTION = 1).
+    n / TOTAL_PROPORTION * PERSON_PROPORTION
 }
 
 /// The newest auction (base 0) when event `n` is generated (`None` before

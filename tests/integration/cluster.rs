@@ -830,3 +830,71 @@ async fn rate_limits_and_the_audit_log_are_the_same_on_every_node() {
         .count();
     assert_eq!(listed, 4, "{audit}");
 }
+
+/// Issue 28: a windowed pipeline re-keyed by its grouping columns
+/// (`source.repartition`) runs on every node of a 3-node cluster, the
+/// internal topic's partitions split between them, and every
+/// (window, city) result is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repartitioned_windowed_pipeline_runs_on_every_node_with_whole_windows() {
+    let Some(c) = cluster(3).await else { return };
+    let addr = c.broker.addr.clone();
+    kafka::create_topics(&addr, &[("rides", 4), ("rides-out", 1)]).await;
+    let toml = crate::windows::rides_toml(&addr, "rides", "rides-out", "policy = \"skip\"");
+    let auth = format!("Bearer {ROOT}");
+    let (status, text) = http(
+        &c.nodes[1].addr,
+        "PUT",
+        "/v1/tenants/acme/pipelines/rides",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/toml"),
+        ],
+        toml.as_bytes(),
+    );
+    assert_eq!(status, 201, "{text}");
+    // Every node owns some of the internal topic's 4 partitions.
+    let internal = |n: &Node| -> BTreeMap<String, usize> {
+        let (_, view) = n.root("GET", "/v1/cluster", b"");
+        view["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["alive"] == true)
+            .map(|n| {
+                let owned = n["pipelines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["pipeline"] == "rides")
+                    .flat_map(|p| p["partitions"].as_array().cloned().unwrap_or_default())
+                    .filter(|p| p.as_str().is_some_and(|p| p.contains("weir-repartition")))
+                    .count();
+                (n["node"].as_str().unwrap_or_default().to_string(), owned)
+            })
+            .collect()
+    };
+    c.nodes[0].wait_until(
+        |n| {
+            let view = internal(n);
+            view.len() == 3 && view.values().all(|&k| k > 0) && view.values().sum::<usize>() == 4
+        },
+        "the internal topic's partitions split over three nodes",
+    );
+    let mut truth = BTreeMap::new();
+    for step in 0..4i64 {
+        crate::windows::produce_rides(
+            &addr,
+            "rides",
+            step * 2400..(step + 1) * 2400,
+            4,
+            &mut truth,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut later = BTreeMap::new();
+    crate::windows::produce_rides(&addr, "rides", 6 * 2400..6 * 2400 + 40, 4, &mut later).await;
+    let (windows, repeats) = crate::windows::assert_whole_windows(&addr, "rides-out", &truth).await;
+    println!("3 nodes: {windows} windows whole, {repeats} repeated with the same value");
+}

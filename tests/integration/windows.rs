@@ -247,7 +247,7 @@ async fn two_members_of_a_windowed_pipeline_say_their_windows_are_partial() {
 /// i % partitions), `minutes` minutes of event time from 08:00, five
 /// cities; the true (window, city) → (count, sum of fares in cents) of
 /// those produced.
-async fn produce_rides(
+pub(crate) async fn produce_rides(
     addr: &str,
     topic: &str,
     rides: std::ops::Range<i64>,
@@ -287,13 +287,10 @@ async fn produce_rides(
     }
 }
 
-fn repartitioned_pipeline(
-    dir: &std::path::Path,
-    addr: &str,
-    input: &str,
-    output: &str,
-) -> std::path::PathBuf {
-    let toml = format!(
+/// The issue's windowed pipeline (rides by city per minute), re-keyed;
+/// `errors` is its `[errors]` section.
+pub(crate) fn rides_toml(addr: &str, input: &str, output: &str, errors: &str) -> String {
+    format!(
         r#"
 name = "rides"
 sql = """
@@ -305,7 +302,7 @@ GROUP BY window_start, city
 kind = "kafka"
 brokers = "{addr}"
 topics = ["{input}"]
-group = "weir-rides"
+group = "weir-{input}"
 format = "json"
 fields = [{{ name = "ride", type = "int64" }}, {{ name = "city", type = "utf8" }}, {{ name = "fare", type = "int64" }}, {{ name = "ts", type = "timestamp_us" }}]
 properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
@@ -317,17 +314,69 @@ kind = "kafka"
 brokers = "{addr}"
 topic = "{output}"
 [errors]
-policy = "dead-letter"
-path = "{dlq}"
+{errors}
 [batch]
 max_records = 100
 max_linger_ms = 20
-"#,
-        dlq = dir.join("dlq.ndjson").display(),
+"#
+    )
+}
+
+fn repartitioned_pipeline(
+    dir: &std::path::Path,
+    addr: &str,
+    input: &str,
+    output: &str,
+) -> std::path::PathBuf {
+    let errors = format!(
+        "policy = \"dead-letter\"\npath = \"{}\"",
+        dir.join("dlq.ndjson").display()
     );
     let path = dir.join("rides.toml");
-    std::fs::write(&path, toml).unwrap();
+    std::fs::write(&path, rides_toml(addr, input, output, &errors)).unwrap();
     path
+}
+
+/// Waits until `output` has a result for every (window, city) of `truth`,
+/// then checks each result (repeats included) equals the truth: the
+/// windows, and how many results were repeats.
+pub(crate) async fn assert_whole_windows(
+    addr: &str,
+    output: &str,
+    truth: &BTreeMap<(String, String), (i64, i64)>,
+) -> (usize, usize) {
+    let expected: BTreeMap<String, (i64, i64)> = truth
+        .iter()
+        .map(|((minute, city), v)| {
+            (
+                format!(r#"{{"window_start":"{minute}","city":"{city}"}}"#),
+                *v,
+            )
+        })
+        .collect();
+    let keys: std::collections::BTreeSet<String> = expected.keys().cloned().collect();
+    let got = consume_until(addr, output, |got| {
+        got.iter()
+            .filter_map(|(k, _, _)| k.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .is_superset(&keys)
+    })
+    .await;
+    let mut repeats = 0;
+    for (key, values) in by_window(&got) {
+        let Some((n, cents)) = expected.get(&key) else {
+            panic!("a result for a window that is not complete yet: {key} {values:?}");
+        };
+        for v in &values {
+            assert_eq!(
+                (v["n"].as_i64(), v["cents"].as_i64()),
+                (Some(*n), Some(*cents)),
+                "{key}: a partial or wrong result among {values:?}"
+            );
+        }
+        repeats += values.len() - 1;
+    }
+    (expected.len(), repeats)
 }
 
 /// Issue 28: N `weir run` processes of one windowed pipeline with
@@ -404,37 +453,7 @@ async fn members_give_whole_windows(members: usize, kill_one: bool) {
     // member's watermark past the five minutes (their windows stay open).
     let mut later = BTreeMap::new();
     produce_rides(&addr, &input, 8 * 2400..8 * 2400 + 40, 4, &mut later).await;
-    let expected: BTreeMap<String, (i64, i64)> = truth
-        .iter()
-        .map(|((minute, city), v)| {
-            (
-                format!(r#"{{"window_start":"{minute}","city":"{city}"}}"#),
-                *v,
-            )
-        })
-        .collect();
-    let keys: std::collections::BTreeSet<String> = expected.keys().cloned().collect();
-    let got = consume_until(&addr, &output, |got| {
-        got.iter()
-            .filter_map(|(k, _, _)| k.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .is_superset(&keys)
-    })
-    .await;
-    let mut repeats = 0;
-    for (key, values) in by_window(&got) {
-        let Some((n, cents)) = expected.get(&key) else {
-            panic!("a result for a window that is not complete yet: {key} {values:?}");
-        };
-        for v in &values {
-            assert_eq!(
-                (v["n"].as_i64(), v["cents"].as_i64()),
-                (Some(*n), Some(*cents)),
-                "{key}: a partial or wrong result among {values:?}"
-            );
-        }
-        repeats += values.len() - 1;
-    }
+    let (windows, repeats) = assert_whole_windows(&addr, &output, &truth).await;
     println!(
         "{members} members{}: {} windows whole, {repeats} repeated with the same value",
         if kill_one {
@@ -442,7 +461,7 @@ async fn members_give_whole_windows(members: usize, kill_one: bool) {
         } else {
             ""
         },
-        expected.len()
+        windows
     );
     for p in procs {
         let _ = p.stop();

@@ -482,3 +482,114 @@ async fn three_members_of_a_repartitioned_pipeline_emit_whole_windows() {
 async fn members_joining_and_killed_mid_stream_emit_whole_windows() {
     members_give_whole_windows(2, true).await;
 }
+
+/// Issue 28: the watermark is committed with the offsets (Kafka's offset
+/// metadata). After a SIGKILL, a window emitted before it is not emitted
+/// again — in particular not from the part of its records that lies past
+/// the committed offset, which would be a partial value (the known gap of
+/// replaying without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_emitted_before_a_crash_is_not_emitted_again() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("gap-in", 1), ("gap-out", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+name = "gap"
+sql = "SELECT window_start, count(*) AS n, sum(amount) AS total FROM tumble(source, ts, INTERVAL '10' SECOND) GROUP BY window_start"
+[source]
+kind = "kafka"
+brokers = "{addr}"
+topics = ["gap-in"]
+group = "weir-gap"
+format = "json"
+fields = [{{ name = "amount", type = "float64" }}, {{ name = "ts", type = "timestamp_us" }}]
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[watermark]
+max_out_of_order_ms = 10000
+idle_partition_ms = 0
+[sink]
+kind = "kafka"
+brokers = "{addr}"
+topic = "gap-out"
+[errors]
+policy = "dead-letter"
+path = "{}"
+[batch]
+max_records = 1
+max_linger_ms = 5
+"#,
+        dir.path().join("dlq.ndjson").display()
+    );
+    let pipeline = dir.path().join("gap.toml");
+    std::fs::write(&pipeline, toml).unwrap();
+    // Offsets 0..4 at seconds 3, 15, 5, 22: window [0 s, 10 s) holds offsets
+    // 0 and 2 and closes at offset 3 (watermark 12 s); the commit then stops
+    // below offset 1, the oldest record of a window still open.
+    produce_seconds_at(&addr, "gap-in", &[3, 15, 5, 22], 0).await;
+    let first = Weir::start(&pipeline);
+    let got = consume_until(&addr, "gap-out", |got| !got.is_empty()).await;
+    let first_value: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(
+        (first_value["n"].as_i64(), first_value["total"].as_f64()),
+        (Some(2), Some(8.0))
+    );
+    // Wait for that commit (offset 1, and the watermark 12 s with it in the
+    // watermarks' group) to land, then kill.
+    let committed = |group: &str| {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("gap-in", 0);
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()
+            .and_then(|c| c.find_partition("gap-in", 0).map(|e| e.offset()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(committed("weir-gap") == Some(Offset::Offset(1))
+        && matches!(committed("weir-gap.weir-watermarks"), Some(Offset::Offset(o)) if o > 0))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?} {:?}",
+            committed("weir-gap"),
+            committed("weir-gap.weir-watermarks")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.signal("-KILL");
+    drop(first);
+    // After the restart, a record far ahead closes the other windows.
+    produce_seconds_at(&addr, "gap-in", &[45], 0).await;
+    let second = Weir::start(&pipeline);
+    let got = consume_until(&addr, "gap-out", |got| by_window(got).len() >= 3).await;
+    let windows = by_window(&got);
+    let values: Vec<(String, Vec<(Option<i64>, Option<f64>)>)> = windows
+        .iter()
+        .map(|(k, vs)| {
+            (
+                k.clone(),
+                vs.iter()
+                    .map(|v| (v["n"].as_i64(), v["total"].as_f64()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+        vec![
+            vec![(Some(2), Some(8.0))],
+            vec![(Some(1), Some(15.0))],
+            vec![(Some(1), Some(22.0))],
+        ],
+        "each window once, whole: {values:?}"
+    );
+    assert!(second.stop().success());
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use super::record::{Offsets, merge_offsets};
+use super::record::{Marks, Offsets, merge_offsets};
 use super::sink::Ack;
 use super::source::Source;
 
@@ -19,6 +19,7 @@ const KEEPALIVE_EVERY: Duration = Duration::from_millis(200);
 struct Pending {
     ack: Ack,
     offsets: Offsets,
+    marks: Marks,
     bytes: usize,
 }
 
@@ -52,10 +53,17 @@ impl InFlight {
 
     /// Adds a batch handed to the sink: `ack` resolves when it is durable.
     pub fn push(&mut self, ack: Ack, offsets: Offsets, bytes: usize) {
+        self.push_marked(ack, offsets, Marks::new(), bytes);
+    }
+
+    /// [`Self::push`] with the watermark per partition after the batch
+    /// (committed with its offsets).
+    pub fn push_marked(&mut self, ack: Ack, offsets: Offsets, marks: Marks, bytes: usize) {
         self.bytes += bytes;
         self.queue.push_back(Pending {
             ack,
             offsets,
+            marks,
             bytes,
         });
     }
@@ -64,14 +72,15 @@ impl InFlight {
     /// commit. Never waits.
     pub async fn commit_acknowledged(&mut self, source: &mut dyn Source) -> anyhow::Result<()> {
         let mut offsets = Offsets::new();
+        let mut marks = Marks::new();
         while let Some(front) = self.queue.front_mut() {
             match (&mut front.ack).now_or_never() {
                 None => break,
-                Some(Ok(())) => self.pop_into(&mut offsets),
+                Some(Ok(())) => self.pop_into(&mut offsets, &mut marks),
                 Some(Err(e)) => {
                     // Commit what was acknowledged before it, nothing after.
                     if !offsets.is_empty() {
-                        source.commit(&offsets).await?;
+                        source.commit_marked(&offsets, &marks).await?;
                     }
                     self.abandon();
                     return Err(e);
@@ -79,7 +88,7 @@ impl InFlight {
             }
         }
         if !offsets.is_empty() {
-            source.commit(&offsets).await?;
+            source.commit_marked(&offsets, &marks).await?;
         }
         Ok(())
     }
@@ -126,8 +135,9 @@ impl InFlight {
             return Err(e);
         }
         let mut offsets = Offsets::new();
-        self.pop_into(&mut offsets);
-        source.commit(&offsets).await
+        let mut marks = Marks::new();
+        self.pop_into(&mut offsets, &mut marks);
+        source.commit_marked(&offsets, &marks).await
     }
 
     /// A batch failed to reach its sink: forget the window without
@@ -137,10 +147,12 @@ impl InFlight {
         self.bytes = 0;
     }
 
-    fn pop_into(&mut self, offsets: &mut Offsets) {
+    fn pop_into(&mut self, offsets: &mut Offsets, marks: &mut Marks) {
         if let Some(done) = self.queue.pop_front() {
             self.bytes -= done.bytes;
             merge_offsets(offsets, done.offsets);
+            // A later batch's watermark is at least the earlier one's.
+            marks.extend(done.marks);
         }
     }
 

@@ -53,6 +53,11 @@ impl SinkRecord {
 /// The offset to commit per (topic, partition): one past the last record.
 pub type Offsets = BTreeMap<(Arc<str>, i32), i64>;
 
+/// A windowed pipeline's watermark (µs) per (topic, partition), committed
+/// with the offsets: every window it passed was emitted and acknowledged
+/// with the batches up to that commit.
+pub type Marks = BTreeMap<(Arc<str>, i32), i64>;
+
 /// The offsets that acknowledge every record of `records`.
 pub fn next_offsets(records: &[SourceRecord]) -> Offsets {
     let mut next = Offsets::new();

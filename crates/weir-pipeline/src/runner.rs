@@ -1278,6 +1278,9 @@ impl Pipeline {
                     windows.expect_partitions(self.source.assigned_partitions(), Instant::now())
                 }
             }
+            if let Some(marks) = self.source.take_committed_marks() {
+                windows.restore(&marks, self.origin.is_some(), Instant::now());
+            }
             let mut admitted = windows
                 .admit(
                     batch,
@@ -1752,7 +1755,13 @@ impl Pipeline {
                 }
             }
         };
-        flight.push(ack, offsets, bytes);
+        // A windowed pipeline commits its watermark with the offsets: after
+        // a restart, the windows it passed are not emitted again.
+        let marks = match &self.windows {
+            Some(w) => w.marks(&offsets, self.origin.is_some()),
+            None => Default::default(),
+        };
+        flight.push_marked(ack, offsets, marks, bytes);
         Ok(true)
     }
 }

@@ -24,7 +24,7 @@ use super::Source;
 use super::ownership::Ownership;
 use crate::config::StartPosition;
 use crate::kafka::{client_config, scrub};
-use crate::record::{Offsets, SourceRecord};
+use crate::record::{Marks, Offsets, SourceRecord};
 use crate::transaction::{Rewind, Transaction};
 
 /// How long a failing offset commit is retried before the pipeline stops.
@@ -133,7 +133,20 @@ pub struct KafkaSource {
     held_since: Option<u64>,
     /// Exactly-once: the offsets committed in transactions, per partition.
     txn_committed: HashMap<(Arc<str>, i32), i64>,
+    /// The marks of the last commit (`finish` commits them again).
+    last_marks: Marks,
+    /// The rebalance count when the committed marks were last read.
+    marks_read_at: u64,
+    /// Commits a windowed pipeline's watermarks (`Marks`) as the offsets
+    /// of a group of their own, `<group>.weir-watermarks`, that reads
+    /// nothing: Kafka keeps them like any group's offsets (offset metadata
+    /// would be the natural place, but not every broker keeps it).
+    marks: BaseConsumer,
 }
+
+/// Added to a watermark (µs since the epoch, possibly negative) to make it
+/// a valid offset.
+const MARK_BIAS: i64 = 1 << 62;
 
 impl KafkaSource {
     pub fn new(
@@ -176,6 +189,12 @@ impl KafkaSource {
             })
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka consumer")?;
+        let marks: BaseConsumer = client_config(brokers, &[], properties)
+            .set("group.id", format!("{group}.weir-watermarks"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
+            .context("creating the Kafka client of the committed watermarks")?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
@@ -191,6 +210,9 @@ impl KafkaSource {
             carry: VecDeque::new(),
             expected: HashMap::new(),
             seen_rebalances: 0,
+            last_marks: Marks::new(),
+            marks_read_at: 0,
+            marks,
             paused_at: None,
             last_poll: Instant::now(),
             last_commit: None,
@@ -358,6 +380,56 @@ impl Source for KafkaSource {
         result
     }
 
+    async fn commit_marked(&mut self, offsets: &Offsets, marks: &Marks) -> anyhow::Result<()> {
+        self.commit(offsets).await?;
+        if marks.is_empty() || self.txn.is_some() {
+            return Ok(());
+        }
+        // After the offsets: a mark is only ever behind its offsets' batches
+        // (a crash between the two replays windows, never skips them).
+        self.commit_marks(marks, CommitMode::Async);
+        self.last_marks
+            .extend(marks.iter().map(|(k, v)| (k.clone(), *v)));
+        Ok(())
+    }
+
+    fn take_committed_marks(&mut self) -> Option<Marks> {
+        let rebalances = self.consumer.context().rebalances.load(Ordering::Relaxed);
+        if rebalances == self.marks_read_at {
+            return None;
+        }
+        self.marks_read_at = rebalances;
+        let assigned = match self.consumer.assignment() {
+            Ok(a) if a.count() > 0 => a,
+            _ => return Some(Marks::new()),
+        };
+        let committed = match self
+            .marks
+            .committed_offsets(assigned, Duration::from_secs(10))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the committed watermarks; windows emitted before the restart may be emitted again: {}",
+                    scrub(e.to_string(), &self.properties)
+                );
+                return Some(Marks::new());
+            }
+        };
+        Some(
+            committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => {
+                        Some(((Arc::from(e.topic()), e.partition()), o - MARK_BIAS))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(txn) = &self.txn {
             // Every acknowledged batch was committed in its transaction;
@@ -381,6 +453,8 @@ impl Source for KafkaSource {
                 scrub(e.to_string(), &self.properties)
             );
         }
+        let marks = std::mem::take(&mut self.last_marks);
+        self.commit_marks(&marks, CommitMode::Sync);
         Ok(())
     }
 
@@ -398,6 +472,30 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// Commits `marks` as the offsets of the watermarks' group; a failure
+    /// only means windows emitted again after a restart.
+    fn commit_marks(&self, marks: &Marks, mode: CommitMode) {
+        if marks.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), mark) in marks {
+            let offset = mark.saturating_add(MARK_BIAS).max(0);
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.marks.commit(&tpl, mode) {
+            tracing::debug!(
+                "committing the watermarks failed (windows may be emitted again after a restart): {}",
+                scrub(e.to_string(), &self.properties)
+            );
+        }
+    }
+
     /// Exactly-once: commits the open transaction with `offsets` as the
     /// group's offsets, unless a rebalance came between reading and
     /// committing, or a partition was revoked: then the transaction is

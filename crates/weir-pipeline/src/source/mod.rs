@@ -14,7 +14,7 @@ pub use kafka::KafkaSource;
 pub use kafka::to_record;
 pub use nexmark::NexmarkSource;
 
-use super::record::{Offsets, SourceRecord};
+use super::record::{Marks, Offsets, SourceRecord};
 
 /// A stream of records read in micro-batches.
 #[async_trait]
@@ -32,6 +32,20 @@ pub trait Source: Send {
     /// Every record before `offsets` reached the sink or the dead-letter
     /// target.
     async fn commit(&mut self, offsets: &Offsets) -> anyhow::Result<()>;
+
+    /// [`Source::commit`], keeping `marks` (a windowed pipeline's
+    /// watermark per partition) with the offsets where the source can
+    /// (Kafka: the offset metadata).
+    async fn commit_marked(&mut self, offsets: &Offsets, marks: &Marks) -> anyhow::Result<()> {
+        let _ = marks;
+        self.commit(offsets).await
+    }
+
+    /// The marks committed with the offsets of partitions assigned since
+    /// the last call (Kafka, after a rebalance), once.
+    fn take_committed_marks(&mut self) -> Option<Marks> {
+        None
+    }
 
     /// Records not yet consumed (Kafka: consumer lag summed over the
     /// assigned partitions), when known.

@@ -22,7 +22,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use super::groups::{Aggregation, Groups};
 use super::spec::{WindowKind, WindowSpec, windowed_schema};
 use super::watermark::{PartitionId, Watermarks};
-use crate::record::{Offsets, SourceRecord};
+use crate::record::{Marks, Offsets, SourceRecord};
 
 /// One window not yet emitted.
 #[derive(Default)]
@@ -69,7 +69,8 @@ pub struct Admitted {
     /// Rows without an event time: (row, why).
     pub untimed: Vec<(usize, String)>,
     /// Rows of a windows stage admitted before (a copy on the internal
-    /// topic): left out.
+    /// topic), or replayed after a restart into windows emitted before it:
+    /// left out.
     pub repeated: usize,
     /// Folded windows: the admitted rows with `window_start` and
     /// `window_end` (a row once per window it is in), for the query's
@@ -127,6 +128,10 @@ pub struct WindowState {
     internal: HashMap<i32, Watermarks>,
     /// What a new internal partition's watermark waits for.
     sources: Option<usize>,
+    /// The watermark committed before a restart (per internal partition
+    /// for a windows stage, under key -1 otherwise): a replayed record
+    /// whose windows it passed was emitted (or set aside) then.
+    restored: HashMap<i32, i64>,
     config: crate::config::WatermarkConfig,
 }
 
@@ -177,6 +182,7 @@ impl WindowState {
             admitted_up_to: HashMap::new(),
             internal: HashMap::new(),
             sources: None,
+            restored: HashMap::new(),
             config: config.clone(),
         })
     }
@@ -300,6 +306,17 @@ impl WindowState {
                 }
             };
             if !any {
+                let restored = self
+                    .restored
+                    .get(&origins.map_or(-1, |_| record.partition))
+                    .copied()
+                    .unwrap_or(i64::MIN);
+                if watermark <= restored {
+                    // Replayed from before the committed watermark: its
+                    // windows were emitted before the restart.
+                    admitted.repeated += 1;
+                    continue;
+                }
                 admitted.late.push((
                     row,
                     format!(
@@ -378,6 +395,47 @@ impl WindowState {
         self.watermarks.expect(count, now);
     }
 
+    /// Restores the watermarks committed with the offsets (`marks`, read
+    /// after partitions were assigned): windows they passed were emitted
+    /// and acknowledged before, and are not opened again by the replay.
+    pub fn restore(&mut self, marks: &Marks, windows_stage: bool, now: Instant) {
+        // Only for state this member does not have yet (a restart, or an
+        // internal partition taken over): its own watermark is newer.
+        if windows_stage {
+            for ((_, p), mark) in marks {
+                if self.internal.contains_key(p) {
+                    continue;
+                }
+                self.internal_watermarks(*p, now).raise_to(*mark);
+                let r = self.restored.entry(*p).or_insert(i64::MIN);
+                *r = (*r).max(*mark);
+            }
+        } else if self.watermarks.current() == i64::MIN
+            && let Some(mark) = marks.values().min()
+        {
+            // One watermark for the source, committed on each partition:
+            // the least is certainly passed.
+            self.watermarks.raise_to(*mark);
+            let r = self.restored.entry(-1).or_insert(i64::MIN);
+            *r = (*r).max(*mark);
+        }
+    }
+
+    /// The watermark to commit with each partition of `offsets`.
+    pub fn marks(&self, offsets: &Offsets, windows_stage: bool) -> Marks {
+        offsets
+            .keys()
+            .filter_map(|tp| {
+                let w = if windows_stage {
+                    self.internal.get(&tp.1).map(Watermarks::current)?
+                } else {
+                    self.watermarks.current()
+                };
+                (w != i64::MIN).then(|| (tp.clone(), w))
+            })
+            .collect()
+    }
+
     /// A windows stage lost internal partition `partition` to another
     /// member: the state of its keys goes (the new owner rebuilds it from
     /// the committed offset, below every open window's records), and so do
@@ -396,6 +454,7 @@ impl WindowState {
             }
         }
         self.internal.remove(&partition);
+        self.restored.remove(&partition);
         self.admitted_up_to.retain(|(p, _), _| *p != partition);
     }
 

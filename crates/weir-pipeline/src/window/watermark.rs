@@ -109,6 +109,12 @@ impl Watermarks {
         self.current
     }
 
+    /// Starts from `mark` (a watermark committed before a restart): the
+    /// windows it passed were emitted then.
+    pub fn raise_to(&mut self, mark: i64) {
+        self.current = self.current.max(mark);
+    }
+
     /// Forgets a partition (revoked from this consumer).
     pub fn forget(&mut self, partition: &PartitionId) {
         self.partitions.remove(partition);

@@ -571,7 +571,8 @@ max_linger_ms = 5
     let second = Weir::start(&pipeline);
     let got = consume_until(&addr, "gap-out", |got| by_window(got).len() >= 3).await;
     let windows = by_window(&got);
-    let values: Vec<(String, Vec<(Option<i64>, Option<f64>)>)> = windows
+    type Emitted = Vec<(Option<i64>, Option<f64>)>;
+    let values: Vec<(String, Emitted)> = windows
         .iter()
         .map(|(k, vs)| {
             (

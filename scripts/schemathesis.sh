@@ -14,9 +14,12 @@
 # with fresh tokens (an `admin` of tenant `acme`; no rate limit; a file root
 # per tenant), starts `weir serve` on a free loopback port, publishes
 # tests/tenant/guest.wat as UDF `tools` and deploys pipeline `p1` (so that
-# reads, staged runs and pipeline operations reach real objects), runs
-# schemathesis with the path parameter `tenant` fixed to `acme`, and stops
-# the server on exit. Exit status: schemathesis's (non-zero on any failure),
+# reads, staged runs and pipeline operations reach real objects) in tenant
+# `acme` and again in tenant `globex` (with its own admin token), runs
+# schemathesis as `acme`'s admin with the path parameter `tenant` drawn from
+# both tenants and generated names, a check that no request of `acme`'s
+# token reaches another tenant's objects (a 2xx or 409 for a path of
+# another tenant fails), and stops the server on exit. Exit status: schemathesis's (non-zero on any failure),
 # or 1 if the server panicked or died.
 #
 # Environment:
@@ -75,7 +78,7 @@ new_token() { # prints "TOKEN SHA256"
   "$weir" token new | awk '/^token:/ {t = $2} /^sha256:/ {h = $2} END {print t, h}'
 }
 read -r admin_token admin_sha < <(new_token)
-read -r _ other_sha < <(new_token)
+read -r other_token other_sha < <(new_token)
 if [ -z "$admin_token" ] || [ -z "$admin_sha" ]; then
   echo "schemathesis.sh: could not read the output of \`weir token new\`" >&2
   exit 1
@@ -121,28 +124,30 @@ curl -fsS "$base/healthz" >/dev/null || { echo "schemathesis.sh: no /healthz on 
 echo "weir serve on $base (pid $server_pid)"
 
 # --- objects for the tests to find ---------------------------------------------
-auth=(-H "Authorization: Bearer $admin_token")
-seed() { # METHOD PATH CONTENT-TYPE FILE
+seed_as() { # TOKEN METHOD PATH CONTENT-TYPE FILE
   local status
-  status="$(curl -sS -o "$tmp/seed.out" -w '%{http_code}' -X "$1" "${auth[@]}" \
-    -H "Content-Type: $3" --data-binary "@$4" "$base$2")"
+  status="$(curl -sS -o "$tmp/seed.out" -w '%{http_code}' -X "$2" -H "Authorization: Bearer $1" \
+    -H "Content-Type: $4" --data-binary "@$5" "$base$3")"
   case "$status" in
     2??) ;;
-    *) echo "schemathesis.sh: seeding $1 $2 answered $status: $(cat "$tmp/seed.out")" >&2; exit 1 ;;
+    *) echo "schemathesis.sh: seeding $2 $3 answered $status: $(cat "$tmp/seed.out")" >&2; exit 1 ;;
   esac
 }
 if [ -f "$repo/tests/tenant/guest.wat" ]; then
-  seed POST /v1/tenants/acme/udfs/tools application/wasm "$repo/tests/tenant/guest.wat"
-  printf '{"x": 1}\n{"x": 2}\n' >"$tmp/files/acme/in.ndjson"
-  cat >"$tmp/p1.toml" <<EOF
+  for pair in "acme $admin_token" "globex $other_token"; do
+    read -r tenant token <<<"$pair"
+    mkdir -p "$tmp/files/$tenant"
+    seed_as "$token" POST "/v1/tenants/$tenant/udfs/tools" application/wasm "$repo/tests/tenant/guest.wat"
+    printf '{"x": 1}\n{"x": 2}\n' >"$tmp/files/$tenant/in.ndjson"
+    cat >"$tmp/p1-$tenant.toml" <<EOF
 name = "p1"
-tenant = "acme"
+tenant = "$tenant"
 udfs = ["tools"]
 sql = "SELECT x, double(x) AS y FROM source"
 
 [source]
 kind = "file"
-path = "$tmp/files/acme/in.ndjson"
+path = "$tmp/files/$tenant/in.ndjson"
 format = "json"
 fields = [{ name = "x", type = "int64" }]
 
@@ -152,7 +157,8 @@ kind = "stdout"
 [errors]
 policy = "skip"
 EOF
-  seed PUT /v1/tenants/acme/pipelines/p1 application/toml "$tmp/p1.toml"
+    seed_as "$token" PUT "/v1/tenants/$tenant/pipelines/p1" application/toml "$tmp/p1-$tenant.toml"
+  done
 fi
 
 # --- schemathesis ----------------------------------------------------------------
@@ -175,6 +181,19 @@ def toml(ctx, value):
     if isinstance(value, str):
         return value.encode()
     return serialize_binary(value)
+
+
+@schemathesis.check
+def another_tenants_objects_are_absent(ctx, response, case):
+    # The token is `acme`'s admin: a path of any other tenant (`globex`
+    # holds the same objects) never succeeds, nor tells an object is there
+    # (409); a refusal of the request's form (400, 405, 413, 415) tells
+    # nothing about the tenant.
+    tenant = (case.path_parameters or {}).get("tenant")
+    if tenant is not None and tenant != "acme" and (response.status_code < 300 or response.status_code == 409):
+        raise AssertionError(
+            f"acme's token got {response.status_code} on tenant {tenant!r}: {case.method} {case.formatted_path}"
+        )
 EOF
 cat >"$tmp/schemathesis.toml" <<'EOF'
 [headers]
@@ -185,6 +204,8 @@ Authorization = "Bearer ${WEIR_ST_TOKEN}"
 values = ["tools", "p1"]
 [dictionaries.versions]
 values = ["1", "latest"]
+[dictionaries.tenants]
+values = ["acme", "globex"]
 
 # A well-formed request the server understands but refuses on its meaning
 # is part of the contract: an SQL string that is not a valid query, a body
@@ -199,7 +220,7 @@ include-method = "PUT"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "422", "429"]
 
 [parameters]
-"path.tenant" = "acme"
+"path.tenant" = { dictionary = "tenants", probability = 0.9 }
 "path.name" = { dictionary = "names", probability = 0.3 }
 "path.version" = { dictionary = "versions", probability = 0.3 }
 EOF

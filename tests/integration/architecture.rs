@@ -7,6 +7,32 @@ use std::process::Command;
 
 use crate::support;
 
+/// The packages `package` names as its own normal dependencies.
+fn direct_dependencies(package: &str) -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(support::repo())
+        .args([
+            "tree",
+            "-p",
+            package,
+            "-e",
+            "normal",
+            "--depth",
+            "1",
+            "--prefix",
+            "none",
+            "--locked",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo tree runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Every package `package` compiles (normal dependencies, transitively).
 fn dependencies(package: &str) -> BTreeSet<String> {
     let out = Command::new(env!("CARGO"))
@@ -75,6 +101,13 @@ fn an_embedder_of_weir_core_compiles_no_kafka_http_database_or_cli() {
             "weir-pipeline depends on {heavy}"
         );
     }
+    // The control plane reads no topic itself: its Kafka reads (a topic's
+    // recent records for SQL) are the data path's.
+    let serve = direct_dependencies("weir-serve");
+    assert!(
+        !serve.contains("rdkafka"),
+        "weir-serve depends on rdkafka directly: {serve:?}"
+    );
     let abi = dependencies("weir-abi");
     assert_eq!(
         abi,

@@ -9,7 +9,6 @@ pub mod database;
 pub mod error;
 pub mod exporter;
 pub mod http;
-pub mod recent;
 pub mod registry;
 pub mod services;
 

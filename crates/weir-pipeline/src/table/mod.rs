@@ -10,6 +10,7 @@
 //! would not fit keeps the version in force).
 
 pub mod file;
+pub mod recent;
 pub mod topic;
 
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::error::{ServiceError, ServiceResult};
-use crate::recent::TopicTable;
+use crate::pipeline::table::recent::{self, TopicTable};
 use crate::services::boundary::{check_brokers, check_topic};
 use crate::services::udfs::{self, UdfRef};
 
@@ -164,7 +164,7 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
         check_brokers(&format!("topics.{name}.brokers"), &topic.brokers, &policy)?;
         check_topic(&format!("topics.{name}.topic"), &topic.topic, &policy)?;
         let t = topic.clone();
-        let read = tokio::task::spawn_blocking(move || crate::recent::read(&t));
+        let read = tokio::task::spawn_blocking(move || recent::read(&t));
         let batch = tokio::time::timeout_at(deadline.into(), read)
             .await
             .map_err(|_| {
@@ -185,7 +185,7 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
         let schema = if batch.num_columns() > 0 {
             batch.schema()
         } else {
-            crate::recent::schema(&topic)
+            recent::schema(&topic)
         };
         let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(ServiceError::internal)?;
         ctx.register_table(name.as_str(), Arc::new(table))

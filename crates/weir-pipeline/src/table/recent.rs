@@ -1,5 +1,7 @@
-//! A topic's most recent records as a table for the SQL endpoint: the last
-//! N records of each partition, read without joining any group.
+//! A topic's most recent records as a table (the SQL endpoint's `topics`):
+//! the last N records of each partition, read without joining any group.
+//! Here, with the other Kafka readers, so that the control plane
+//! (weir-serve) has no Kafka client of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +12,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::pipeline::config::{FieldConfig, Format, Metadata};
-use crate::pipeline::decode::RecordDecoder;
-use crate::pipeline::record::SourceRecord;
+use crate::config::{FieldConfig, Format, Metadata};
+use crate::decode::RecordDecoder;
+use crate::record::SourceRecord;
 
 /// A topic table of a SQL request.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +83,7 @@ pub fn read(t: &TopicTable) -> Result<RecordBatch, String> {
         while !ends.is_empty() && Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    let r = crate::pipeline::source::to_record(&mut topics, &m);
+                    let r = crate::source::to_record(&mut topics, &m);
                     if ends
                         .get(&r.partition)
                         .is_some_and(|end| r.offset + 1 >= *end)

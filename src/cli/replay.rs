@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use base64::Engine;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,12 +20,9 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use serde_json::{Map, Value};
 
+use crate::pipeline::dead_letter::{HeaderList, Letter, kafka_letter, parse_line};
 use crate::pipeline::kafka::{client_config, scrub};
-
-/// Kafka headers: name and value (`None`: a header without a value).
-type HeaderList = Vec<(String, Option<Vec<u8>>)>;
 
 /// Metadata and watermark requests give up after this long.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +30,6 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// arrived for this long while partitions are still below their end.
 const READ_STALL: Duration = Duration::from_secs(30);
 /// The prefix of the headers weir adds to a dead letter.
-const WEIR_HEADER: &str = "weir.";
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -98,44 +93,6 @@ enum Destination {
         brokers: String,
         topic: Option<String>,
     },
-}
-
-/// One dead letter, from a topic or a file.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Letter {
-    /// Where the dead letter itself is: `topic/partition@offset` or `file:line`.
-    at: String,
-    pipeline: Option<String>,
-    stage: Option<String>,
-    error: Option<String>,
-    udf: Option<String>,
-    source_topic: Option<String>,
-    source_partition: Option<i32>,
-    source_offset: Option<i64>,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    /// The original headers, in order (weir's own removed).
-    headers: HeaderList,
-    /// The payload was cut to fit: it is incomplete.
-    truncated: bool,
-    /// The original payload length in bytes, when truncated and known.
-    original_len: Option<u64>,
-    /// Why this is not a replayable weir dead letter (a topic record
-    /// without weir's headers, or with malformed ones).
-    invalid: Option<String>,
-}
-
-impl Letter {
-    /// `topic/partition@offset` of the original record (`?` where unknown).
-    fn source(&self) -> String {
-        let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "?".to_string());
-        format!(
-            "{}/{}@{}",
-            self.source_topic.as_deref().unwrap_or("?"),
-            or_unknown(self.source_partition.map(|p| p.to_string())),
-            or_unknown(self.source_offset.map(|o| o.to_string())),
-        )
-    }
 }
 
 /// The `--stage`, `--udf`, `--error-contains` and `--pipeline` filters: a
@@ -377,129 +334,6 @@ fn parse_properties(items: &[String]) -> anyhow::Result<BTreeMap<String, String>
 // ---------------------------------------------------------------------------
 // Dead-letter files
 
-/// What kind of JSON value `v` is, for error messages.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A string field: absent or null is `None`.
-fn text_field(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!(
-            "`{name}` must be a string or null, not {}",
-            kind(other)
-        )),
-    }
-}
-
-/// An integer field: absent or null is `None`.
-fn integer_field(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("`{name}` must be an integer, not {}", kind(v))),
-    }
-}
-
-/// Bytes given as `name` (text) or `name_base64` (standard alphabet).
-fn bytes_field(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<u8>>, String> {
-    let encoded_name = format!("{name}_base64");
-    match (text_field(obj, name)?, text_field(obj, &encoded_name)?) {
-        (Some(_), Some(_)) => Err(format!(
-            "both `{name}` and `{encoded_name}` are given; keep one"
-        )),
-        (Some(text), None) => Ok(Some(text.into_bytes())),
-        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-            .decode(encoded.as_bytes())
-            .map(Some)
-            .map_err(|e| format!("`{encoded_name}` is not base64 (standard alphabet): {e}")),
-        (None, None) => Ok(None),
-    }
-}
-
-/// `headers`: `[{"name", "value" | "value_base64"}]`; absent (older files)
-/// or null is none. weir's own headers are left out.
-fn headers_field(obj: &Map<String, Value>) -> Result<HeaderList, String> {
-    let list = match obj.get("headers") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(list)) => list,
-        Some(other) => {
-            return Err(format!(
-                "`headers` must be an array of {{\"name\", \"value\"}} objects, not {}",
-                kind(other)
-            ));
-        }
-    };
-    let mut headers = Vec::with_capacity(list.len());
-    for (i, header) in list.iter().enumerate() {
-        let Some(header) = header.as_object() else {
-            return Err(format!(
-                "headers[{i}] must be an object {{\"name\", \"value\" or \"value_base64\"}}, not {}",
-                kind(header)
-            ));
-        };
-        let name = text_field(header, "name")
-            .map_err(|e| format!("headers[{i}]: {e}"))?
-            .ok_or_else(|| format!("headers[{i}] has no `name`"))?;
-        let value = bytes_field(header, "value").map_err(|e| format!("headers[{i}]: {e}"))?;
-        if !name.starts_with(WEIR_HEADER) {
-            headers.push((name, value));
-        }
-    }
-    Ok(headers)
-}
-
-/// One line of a dead-letter file; `at` names it. The error says what is
-/// wrong with the line.
-fn parse_line(line: &str, at: String) -> Result<Letter, String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
-    let Some(obj) = value.as_object() else {
-        return Err(format!("not a JSON object but {}", kind(&value)));
-    };
-    let stage = text_field(obj, "stage")?;
-    if stage.is_none() {
-        return Err("no `stage`: is this a weir dead-letter file?".to_string());
-    }
-    let source_partition = match integer_field(obj, "source_partition")? {
-        None => None,
-        Some(p) => Some(
-            i32::try_from(p)
-                .map_err(|_| format!("`source_partition` {p} is not a partition number"))?,
-        ),
-    };
-    let (truncated, original_len) = match obj.get("truncated") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => (false, None),
-        Some(v) => (true, v.as_u64()),
-    };
-    Ok(Letter {
-        at,
-        pipeline: text_field(obj, "pipeline")?,
-        stage,
-        error: text_field(obj, "error")?,
-        udf: text_field(obj, "udf")?,
-        source_topic: text_field(obj, "source_topic")?,
-        source_partition,
-        source_offset: integer_field(obj, "source_offset")?,
-        key: bytes_field(obj, "key")?,
-        payload: bytes_field(obj, "payload")?,
-        headers: headers_field(obj)?,
-        truncated,
-        original_len,
-        invalid: None,
-    })
-}
-
 /// Every letter of a dead-letter file (blank lines ignored).
 fn read_file(path: &Path) -> anyhow::Result<Vec<Letter>> {
     let text = std::fs::read_to_string(path)
@@ -520,72 +354,6 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<Letter>> {
 
 // ---------------------------------------------------------------------------
 // Dead-letter topics
-
-fn lossy(value: &Option<Vec<u8>>) -> Option<String> {
-    value
-        .as_deref()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// A dead letter from its record on a dead-letter topic: weir's headers
-/// describe it, the other headers are the original record's.
-fn kafka_letter(
-    at: String,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: HeaderList,
-) -> Letter {
-    let mut letter = Letter {
-        at,
-        key,
-        payload,
-        ..Letter::default()
-    };
-    let mut problems = Vec::new();
-    for (name, value) in headers {
-        match name.as_str() {
-            "weir.pipeline" => letter.pipeline = lossy(&value),
-            "weir.stage" => letter.stage = lossy(&value),
-            "weir.error" => letter.error = lossy(&value),
-            "weir.udf" => letter.udf = lossy(&value),
-            "weir.source.topic" => letter.source_topic = lossy(&value),
-            "weir.source.partition" => {
-                let text = lossy(&value).unwrap_or_default();
-                match text.trim().parse::<i32>() {
-                    Ok(p) => letter.source_partition = Some(p),
-                    Err(_) => problems.push(format!(
-                        "header `weir.source.partition` is `{text}`, not a partition number"
-                    )),
-                }
-            }
-            "weir.source.offset" => {
-                let text = lossy(&value).unwrap_or_default();
-                match text.trim().parse::<i64>() {
-                    Ok(o) => letter.source_offset = Some(o),
-                    Err(_) => problems.push(format!(
-                        "header `weir.source.offset` is `{text}`, not an offset"
-                    )),
-                }
-            }
-            "weir.truncated" => {
-                letter.truncated = true;
-                letter.original_len = lossy(&value).and_then(|t| t.trim().parse().ok());
-            }
-            other if other.starts_with(WEIR_HEADER) => {}
-            _ => letter.headers.push((name, value)),
-        }
-    }
-    if letter.stage.is_none() {
-        problems.insert(
-            0,
-            "not a weir dead letter: the record has no `weir.stage` header".to_string(),
-        );
-    }
-    if !problems.is_empty() {
-        letter.invalid = Some(problems.join("; "));
-    }
-    letter
-}
 
 fn letter_from_message(m: &BorrowedMessage<'_>) -> Letter {
     let headers: HeaderList = m

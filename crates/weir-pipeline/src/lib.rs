@@ -4,6 +4,7 @@
 
 pub mod avro;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod encode;
 pub mod infer;

@@ -95,30 +95,7 @@ impl DeadLetterSink for DeadLetterFile {
     async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack> {
         let mut buf = Vec::new();
         for l in letters {
-            let mut line = serde_json::json!({
-                "pipeline": pipeline,
-                "stage": l.stage,
-                "error": l.error,
-                "udf": l.udf,
-                "source_topic": &*l.record.topic,
-                "source_partition": l.record.partition,
-                "source_offset": l.record.offset,
-            });
-            bytes_field(&mut line, "key", l.record.key.as_deref());
-            bytes_field(&mut line, "payload", l.record.payload.as_deref());
-            if !l.record.headers.is_empty() {
-                let headers: Vec<serde_json::Value> = l
-                    .record
-                    .headers
-                    .iter()
-                    .map(|(name, value)| {
-                        let mut h = serde_json::json!({ "name": name });
-                        bytes_field(&mut h, "value", Some(value));
-                        h
-                    })
-                    .collect();
-                line["headers"] = headers.into();
-            }
+            let line = crate::dead_letter::json_line(pipeline, &l);
             serde_json::to_writer(&mut buf, &line)?;
             buf.push(b'\n');
         }
@@ -128,21 +105,5 @@ impl DeadLetterSink for DeadLetterFile {
             .with_context(|| format!("writing dead letters to {}", self.path.display()))?;
         f.sync_data().await?;
         Ok(acked())
-    }
-}
-
-/// Sets `name` to the bytes as a string when they are UTF-8, else
-/// `name_base64` (so that `weir replay` restores them exactly); null when
-/// absent.
-fn bytes_field(object: &mut serde_json::Value, name: &str, bytes: Option<&[u8]>) {
-    use base64::Engine;
-    match bytes.map(std::str::from_utf8) {
-        None => object[name] = serde_json::Value::Null,
-        Some(Ok(text)) => object[name] = text.into(),
-        Some(Err(_)) => {
-            let encoded =
-                base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default());
-            object[format!("{name}_base64")] = encoded.into();
-        }
     }
 }

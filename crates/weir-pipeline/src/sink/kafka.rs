@@ -14,6 +14,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::{Ack, DeadLetterSink, Sink};
+use crate::dead_letter::header;
 use crate::kafka::{client_config, scrub};
 use crate::record::{DeadLetter, SinkRecord};
 use crate::transaction::Transaction;
@@ -210,18 +211,18 @@ impl DeadLetterSink for KafkaSink {
                 None => l.error.clone(),
             };
             let fields: [(&str, &str); 6] = [
-                ("weir.pipeline", pipeline),
-                ("weir.stage", l.stage),
-                ("weir.error", &error),
-                ("weir.source.topic", &r.topic),
-                ("weir.source.partition", &partition),
-                ("weir.source.offset", &offset),
+                (header::PIPELINE, pipeline),
+                (header::STAGE, l.stage),
+                (header::ERROR, &error),
+                (header::SOURCE_TOPIC, &r.topic),
+                (header::SOURCE_PARTITION, &partition),
+                (header::SOURCE_OFFSET, &offset),
             ];
             let count = r.headers.len().to_string();
             if dropped_headers {
                 header_bytes += 40;
                 headers = headers.insert(Header {
-                    key: "weir.headers.dropped",
+                    key: header::HEADERS_DROPPED,
                     value: Some(&count),
                 });
             }
@@ -235,7 +236,7 @@ impl DeadLetterSink for KafkaSink {
             if let Some(udf) = &l.udf {
                 header_bytes += udf.len() + 8 + HEADER_OVERHEAD;
                 headers = headers.insert(Header {
-                    key: "weir.udf",
+                    key: header::UDF,
                     value: Some(udf),
                 });
             }
@@ -261,7 +262,7 @@ impl DeadLetterSink for KafkaSink {
             if key_cut || payload_cut {
                 let original = r.payload.as_ref().map_or(0, Vec::len).to_string();
                 headers = headers.insert(Header {
-                    key: "weir.truncated",
+                    key: header::TRUNCATED,
                     value: Some(&original),
                 });
                 tracing::warn!(

@@ -1,0 +1,246 @@
+//! A windowed pipeline's side of the loop: closing and emitting windows,
+//! holding the source at the state bound, and a windows stage's origin
+//! columns and internal partitions (`repartition.rs`).
+
+use super::*;
+
+impl Pipeline {
+    /// A windows stage (`repartition.rs`): drops the windows of internal
+    /// partitions another member took (their keys' state is rebuilt there
+    /// from the committed offsets); partitions gained start from their
+    /// committed offsets, below every open window's records.
+    pub(super) fn follow_internal_partitions(&mut self) {
+        let (Some(origin), Some(windows)) = (&mut self.origin, &mut self.windows) else {
+            return;
+        };
+        let now: std::collections::BTreeSet<i32> = self
+            .source
+            .partitions()
+            .iter()
+            .filter_map(|tp| tp.rsplit('/').next()?.parse().ok())
+            .collect();
+        for gone in origin.owned.difference(&now) {
+            tracing::info!(pipeline = %self.config.name, partition = gone, "internal partition revoked: its keys' windows are rebuilt by their new owner");
+            windows.revoke(*gone);
+        }
+        origin.owned = now;
+    }
+
+    /// Emits the windows the watermark passed (every open one with
+    /// `flush`), then holds the source while the open windows exceed the
+    /// tenant's `state_bytes`.
+    pub(super) async fn emit_windows(
+        &mut self,
+        flush: bool,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        self.emit_and_deliver(
+            flush,
+            Vec::new(),
+            crate::record::Offsets::new(),
+            flight,
+            shutdown,
+        )
+        .await
+    }
+
+    pub(super) async fn emit_and_deliver(
+        &mut self,
+        flush: bool,
+        letters: Vec<DeadLetter>,
+        offsets: crate::record::Offsets,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        if !self
+            .emit_closed(flush, letters, offsets, flight, shutdown)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.hold_for_state(flight, shutdown).await
+    }
+
+    /// Runs the query once over the windows the watermark passed and
+    /// delivers their results with `letters`; commits stop below the oldest
+    /// record still in an open window.
+    pub(super) async fn emit_closed(
+        &mut self,
+        flush: bool,
+        mut letters: Vec<DeadLetter>,
+        offsets: crate::record::Offsets,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        if self.origin.is_some() {
+            self.follow_internal_partitions();
+        }
+        let Some(windows) = self.windows.as_mut() else {
+            return self.deliver(Vec::new(), letters, offsets, flight).await;
+        };
+        match &self.origin {
+            Some(o) => windows.expect_sources(o.partitions, Instant::now()),
+            None => windows.expect_partitions(self.source.assigned_partitions(), Instant::now()),
+        }
+        windows.tick(Instant::now());
+        let closed = windows
+            .take_closed(flush)
+            .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
+        if closed.is_none() && letters.is_empty() && offsets.is_empty() {
+            self.window_gauges();
+            return Ok(true);
+        }
+        let mut out = Vec::new();
+        if let Some(closed) = closed {
+            let stage = if closed.aggregated {
+                Stage::Emit
+            } else {
+                Stage::Whole
+            };
+            let Some(isolated) = self
+                .transform_as(&closed.batch, stage, flight, shutdown)
+                .await?
+            else {
+                // Nothing was sent; after a shutdown meanwhile nothing past
+                // the open windows was committed either: they are rebuilt
+                // by replay.
+                return Ok(false);
+            };
+            self.stats.windows_emitted.add(closed.windows as u64);
+            letters.extend(isolated.failed.into_iter().map(|f| DeadLetter {
+                record: closed.records[f.row].clone(),
+                stage: f.stage,
+                error: f.error,
+                udf: f.udf,
+            }));
+            out = isolated.outputs;
+        }
+        let offsets = match &self.windows {
+            Some(w) => w.commit_floor(offsets),
+            None => offsets,
+        };
+        self.window_gauges();
+        self.deliver(out, letters, offsets, flight).await
+    }
+
+    pub(super) fn window_gauges(&self) {
+        if let Some(w) = &self.windows {
+            self.stats.open_windows.set(w.open_windows() as i64);
+            self.stats.window_state_bytes.set(w.bytes() as i64);
+            if w.watermark() != i64::MIN {
+                self.stats
+                    .watermark
+                    .set(w.watermark().div_euclid(1_000_000));
+            }
+        }
+    }
+
+    /// While the open windows hold more than the tenant's `state_bytes`:
+    /// pauses the source (backpressure, nothing dropped), says why, and
+    /// emits windows as the watermark moves (a partition going idle).
+    pub(super) async fn hold_for_state(
+        &mut self,
+        flight: &mut InFlight,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        // Lookup tables take their share of `state_bytes` first.
+        let limit = (self.tenant.policy().state_bytes as usize).saturating_sub(self.tables.bytes());
+        let over = |p: &Self| p.windows.as_ref().is_some_and(|w| w.bytes() > limit);
+        if !over(self) {
+            self.state_full_logged = false;
+            return Ok(true);
+        }
+        let message = format!(
+            "paused: the open windows hold {} bytes of state, over `{}` = {limit}; the source resumes as windows close (raise the key, use shorter windows or a smaller `watermark.max_out_of_order_ms`)",
+            self.windows.as_ref().map_or(0, |w| w.bytes()),
+            self.tenant.policy().key("state_bytes"),
+        );
+        if !self.state_full_logged {
+            tracing::warn!(pipeline = %self.config.name, "{message}");
+            self.state_full_logged = true;
+        }
+        self.stats.set_condition(Some(message));
+        self.source.pause().await?;
+        let result = async {
+            while over(self) {
+                flight.commit_acknowledged(&mut *self.source).await?;
+                self.source.keepalive().await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(STATE_POLL) => {}
+                    _ = shutdown.changed() => return Ok(false),
+                }
+                if !self
+                    .emit_closed(
+                        false,
+                        Vec::new(),
+                        crate::record::Offsets::new(),
+                        flight,
+                        shutdown,
+                    )
+                    .await?
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        .await;
+        self.source.resume().await?;
+        self.stats.set_condition(None);
+        result
+    }
+}
+
+/// A windows stage's records carry the key and the source partition and
+/// offset of each record after its columns (`repartition.rs`).
+pub(super) struct Origin {
+    pub(super) topic: Arc<str>,
+    /// Partitions of the source topic.
+    pub(super) partitions: usize,
+    /// The query's columns: the first `columns` of the decoded batch.
+    pub(super) columns: usize,
+    pub(super) visible: SchemaRef,
+    /// The internal partitions this member owned at the last batch.
+    pub(super) owned: std::collections::BTreeSet<i32>,
+}
+
+impl Origin {
+    /// The query's columns of `batch`, and where each row came from.
+    pub(super) fn split(
+        &self,
+        batch: &datafusion::arrow::array::RecordBatch,
+    ) -> anyhow::Result<(
+        datafusion::arrow::array::RecordBatch,
+        crate::window::Origins,
+    )> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+        let column = |i: usize| {
+            batch
+                .columns()
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("internal: a re-keyed record lacks its origin"))
+        };
+        let partitions = column(self.columns + 1)?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| anyhow::anyhow!("internal: the origin partition is not an int32"))?;
+        let offsets = column(self.columns + 2)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| anyhow::anyhow!("internal: the origin offset is not an int64"))?;
+        let visible = batch.project(&(0..self.columns).collect::<Vec<_>>())?;
+        let visible = datafusion::arrow::array::RecordBatch::try_new(
+            self.visible.clone(),
+            visible.columns().to_vec(),
+        )?;
+        Ok((
+            visible,
+            crate::window::Origins {
+                topic: self.topic.clone(),
+                partitions: partitions.values().to_vec(),
+                offsets: offsets.values().to_vec(),
+                owned: self.owned.clone(),
+            },
+        ))
+    }
+}

@@ -176,3 +176,54 @@ fn the_documented_failure_kinds_are_the_ones_counted() {
         );
     }
 }
+
+/// Module cycles stay broken (issue 32): a lower module never names a
+/// higher one. The tenant layer (policy, quotas, breakers, shares) is below
+/// the sandbox, which enforces it; the batch workers are below the run
+/// loop that drives them.
+#[test]
+fn lower_modules_never_name_higher_ones() {
+    let rules: [(&str, &[&str]); 2] = [
+        (
+            "crates/weir-core/src/tenant",
+            &["crate::sandbox", "super::sandbox"],
+        ),
+        (
+            "crates/weir-pipeline/src/workers.rs",
+            &["crate::runner", "super::runner"],
+        ),
+    ];
+    let mut broken = Vec::new();
+    for (path, forbidden) in rules {
+        let root = support::repo().join(path);
+        let files: Vec<std::path::PathBuf> = if root.is_dir() {
+            std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+                .collect()
+        } else {
+            vec![root]
+        };
+        assert!(!files.is_empty(), "{path} has no source");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                for f in forbidden {
+                    if code.contains(f) {
+                        broken.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "a lower module names a higher one:\n{}",
+        broken.join("\n")
+    );
+}

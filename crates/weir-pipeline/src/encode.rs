@@ -156,3 +156,31 @@ impl RecordEncoder {
             .collect())
     }
 }
+
+/// Encodes a query's output for the sink; a record the sink cannot take
+/// (too large for it) fails the run, so that isolation finds its row.
+pub fn encode_checked(
+    encoder: &RecordEncoder,
+    limit: Option<&crate::sink::RecordLimit>,
+    batches: &[RecordBatch],
+) -> Result<Vec<crate::record::SinkRecord>, String> {
+    let mut out = Vec::new();
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        out.extend(
+            encoder
+                .encode(batch)
+                .map_err(|e| format!("the output cannot be encoded: {e}"))?,
+        );
+    }
+    if let Some(limit) = limit
+        && let Some(r) = out.iter().find(|r| r.size() > limit.bytes)
+    {
+        return Err(format!(
+            "the output record is {} bytes, over the sink's limit of {} bytes; raise {} (and the topic's `max.message.bytes`) or make the output smaller",
+            r.size(),
+            limit.bytes,
+            limit.key
+        ));
+    }
+    Ok(out)
+}

@@ -114,7 +114,7 @@ impl Workers {
         let batch = job.batch.clone();
         job.task = AbortOnDrop(Some(tokio::spawn(async move {
             let finish = move |batches: &[RecordBatch]| {
-                super::runner::encode_checked(&encoding.encoder, encoding.limit.as_ref(), batches)
+                crate::encode::encode_checked(&encoding.encoder, encoding.limit.as_ref(), batches)
             };
             run_isolating(&query, batch, &finish).await
         })));

@@ -5,6 +5,7 @@
 //! two are combined, and it records which key set each value so errors
 //! name the key to change. Defaults are documented in `docs/config.md`.
 
+use crate::tenant::budget::{Budget, KNOWN_CAPABILITIES};
 use serde::{Deserialize, Serialize};
 
 const KIB: u64 = 1024;
@@ -90,32 +91,6 @@ impl Default for SandboxLimits {
     }
 }
 
-/// What a tenant's policy grants each call, with the policy key each value
-/// came from (`tenants.acme.cpu_ms_per_batch` or `defaults.…`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Budget {
-    pub cpu_ms_per_batch: u64,
-    pub fuel_per_batch: u64,
-    pub memory_bytes: u64,
-    pub capabilities: Vec<String>,
-    /// Key of each field above, by field name.
-    pub keys: Vec<(&'static str, String)>,
-}
-
-/// The policy key of `field` among `keys` (the fields a tenant's section
-/// set), else the `[defaults]` one.
-pub fn policy_key(keys: &[(&'static str, String)], field: &str) -> String {
-    keys.iter()
-        .find(|(f, _)| *f == field)
-        .map_or_else(|| format!("defaults.{field}"), |(_, k)| k.clone())
-}
-
-impl Budget {
-    fn key(&self, field: &str) -> String {
-        policy_key(&self.keys, field)
-    }
-}
-
 /// Which configuration key set each limit in force: what an error tells
 /// the user to raise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -158,9 +133,6 @@ impl LimitKeys {
         }
     }
 }
-
-/// Host capabilities a module may import (from the `weir` import module).
-pub const KNOWN_CAPABILITIES: &[&str] = &["log"];
 
 impl SandboxLimits {
     /// Checks ranges; the error names the offending key.

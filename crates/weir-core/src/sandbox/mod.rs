@@ -18,10 +18,11 @@ mod instance;
 mod limits;
 mod module;
 
+pub use crate::tenant::budget::{Budget, KNOWN_CAPABILITIES, policy_key};
 pub use cache::CodeCache;
 pub use engine::{Sandbox, SandboxOptions};
 pub use error::{Failure, LoadError, PartialOutput, UdfError};
 pub use executor::{GuestExecutor, HOST_THREAD_STACK, Lost};
 pub use inspect::{Import, ModuleInfo, inspect};
-pub use limits::{Budget, CpuMeter, KNOWN_CAPABILITIES, LimitKeys, SandboxLimits, policy_key};
+pub use limits::{CpuMeter, LimitKeys, SandboxLimits};
 pub use module::UdfModule;

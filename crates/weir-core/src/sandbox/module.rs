@@ -15,12 +15,13 @@ use super::error::{Failure, LoadError, PartialOutput, UdfError};
 use super::host::{StoreState, linker};
 use super::inspect::{Import, inspect};
 use super::instance::InstancePool;
-use super::limits::{KNOWN_CAPABILITIES, LimitKeys, SandboxLimits};
+use super::limits::{LimitKeys, SandboxLimits};
 use crate::abi::ArrowType;
 use crate::abi::{EXPORT_ALLOC, EXPORT_INIT, EXPORT_MEMORY, IMPORT_MODULE, Manifest};
 use crate::marshal::input::InputPlan;
 use crate::marshal::output::CallResult;
 use crate::telemetry;
+use crate::tenant::budget::KNOWN_CAPABILITIES;
 use crate::tenant::{Breaker, BreakerState, CacheAdvice, Tenant};
 
 /// The shortest chunk [`UdfModule::call_collecting`] hands the guest after

@@ -4,6 +4,7 @@
 //! per UDF version and the cache of deterministic results.
 
 pub mod breaker;
+pub mod budget;
 pub mod cache;
 pub mod cache_advice;
 pub mod policy;

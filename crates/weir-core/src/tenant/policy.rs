@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::KNOWN_CAPABILITIES;
+use super::budget::{Budget, KNOWN_CAPABILITIES, policy_key};
 
 /// Everything a tenant is limited to. `defaults` gives every key; a
 /// tenant's section overrides some.
@@ -144,12 +144,12 @@ impl TenantPolicy {
     /// The policy key in force for `field` (`tenants.acme.cpu_ms_per_batch`
     /// or `defaults.cpu_ms_per_batch`).
     pub fn key(&self, field: &str) -> String {
-        crate::sandbox::policy_key(&self.keys, field)
+        policy_key(&self.keys, field)
     }
 
     /// What each call of the tenant may use, with the key of each value.
-    pub fn budget(&self) -> crate::sandbox::Budget {
-        crate::sandbox::Budget {
+    pub fn budget(&self) -> Budget {
+        Budget {
             cpu_ms_per_batch: self.cpu_ms_per_batch,
             fuel_per_batch: self.fuel_per_batch,
             memory_bytes: self.memory_bytes,

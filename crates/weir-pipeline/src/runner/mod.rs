@@ -16,7 +16,7 @@ use super::inflight::InFlight;
 use super::isolate::run_isolating;
 use super::query::{PlannedQuery, Split};
 use super::record::{DeadLetter, SourceRecord, next_offsets};
-use super::sink::{DeadLetterSink, RecordLimit, Sink};
+use super::sink::{DeadLetterSink, Sink};
 use super::source::Source;
 use super::table::Tables;
 use super::transaction::Transaction;
@@ -575,32 +575,4 @@ impl Pipeline {
         flight.push_marked(ack, offsets, marks, bytes);
         Ok(true)
     }
-}
-
-/// Encodes a query's output for the sink; a record the sink cannot take
-/// (too large for it) fails the run, so that isolation finds its row.
-pub(crate) fn encode_checked(
-    encoder: &RecordEncoder,
-    limit: Option<&RecordLimit>,
-    batches: &[datafusion::arrow::array::RecordBatch],
-) -> Result<Vec<super::record::SinkRecord>, String> {
-    let mut out = Vec::new();
-    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        out.extend(
-            encoder
-                .encode(batch)
-                .map_err(|e| format!("the output cannot be encoded: {e}"))?,
-        );
-    }
-    if let Some(limit) = limit
-        && let Some(r) = out.iter().find(|r| r.size() > limit.bytes)
-    {
-        return Err(format!(
-            "the output record is {} bytes, over the sink's limit of {} bytes; raise {} (and the topic's `max.message.bytes`) or make the output smaller",
-            r.size(),
-            limit.bytes,
-            limit.key
-        ));
-    }
-    Ok(out)
 }

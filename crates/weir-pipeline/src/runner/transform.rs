@@ -93,7 +93,7 @@ impl Pipeline {
                 let encoder = &self.encoder;
                 let limit = self.sink.max_record_bytes();
                 let finish = move |batches: &[datafusion::arrow::array::RecordBatch]| {
-                    encode_checked(encoder, limit.as_ref(), batches)
+                    crate::encode::encode_checked(encoder, limit.as_ref(), batches)
                 };
                 match stage {
                     Stage::Rows => run_isolating(&self.query, batch.clone(), &finish).await,

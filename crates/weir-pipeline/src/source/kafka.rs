@@ -140,8 +140,12 @@ pub struct KafkaSource {
     /// Commits a windowed pipeline's watermarks (`Marks`) as the offsets
     /// of a group of their own, `<group>.weir-watermarks`, that reads
     /// nothing: Kafka keeps them like any group's offsets (offset metadata
-    /// would be the natural place, but not every broker keeps it).
-    marks: BaseConsumer,
+    /// would be the natural place, but not every broker keeps it). Made on
+    /// first use (only windowed pipelines have marks); `None` until then
+    /// or if it could not be made.
+    marks: Option<BaseConsumer>,
+    /// How to make it.
+    marks_config: rdkafka::ClientConfig,
 }
 
 /// Added to a watermark (µs since the epoch, possibly negative) to make it
@@ -189,12 +193,10 @@ impl KafkaSource {
             })
             .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
             .context("creating the Kafka consumer")?;
-        let marks: BaseConsumer = client_config(brokers, &[], properties)
+        let mut marks_config = client_config(brokers, &[], properties);
+        marks_config
             .set("group.id", format!("{group}.weir-watermarks"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
-            .context("creating the Kafka client of the committed watermarks")?;
+            .set("enable.auto.commit", "false");
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
@@ -212,7 +214,8 @@ impl KafkaSource {
             seen_rebalances: 0,
             last_marks: Marks::new(),
             marks_read_at: 0,
-            marks,
+            marks: None,
+            marks_config,
             paused_at: None,
             last_poll: Instant::now(),
             last_commit: None,
@@ -403,10 +406,10 @@ impl Source for KafkaSource {
             Ok(a) if a.count() > 0 => a,
             _ => return Some(Marks::new()),
         };
-        let committed = match self
-            .marks
-            .committed_offsets(assigned, Duration::from_secs(10))
-        {
+        let Some(client) = self.marks_client() else {
+            return Some(Marks::new());
+        };
+        let committed = match client.committed_offsets(assigned, Duration::from_secs(10)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(
@@ -472,9 +475,23 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// The client of the watermarks' group, made on first use.
+    fn marks_client(&mut self) -> Option<&BaseConsumer> {
+        if self.marks.is_none() {
+            match self.marks_config.create::<BaseConsumer>() {
+                Ok(c) => self.marks = Some(c),
+                Err(e) => tracing::warn!(
+                    "cannot make the client of the committed watermarks (windows may be emitted again after a restart): {}",
+                    scrub(e.to_string(), &self.properties)
+                ),
+            }
+        }
+        self.marks.as_ref()
+    }
+
     /// Commits `marks` as the offsets of the watermarks' group; a failure
     /// only means windows emitted again after a restart.
-    fn commit_marks(&self, marks: &Marks, mode: CommitMode) {
+    fn commit_marks(&mut self, marks: &Marks, mode: CommitMode) {
         if marks.is_empty() {
             return;
         }
@@ -488,10 +505,14 @@ impl KafkaSource {
                 return;
             }
         }
-        if let Err(e) = self.marks.commit(&tpl, mode) {
+        let properties = self.properties.clone();
+        let Some(client) = self.marks_client() else {
+            return;
+        };
+        if let Err(e) = client.commit(&tpl, mode) {
             tracing::debug!(
                 "committing the watermarks failed (windows may be emitted again after a restart): {}",
-                scrub(e.to_string(), &self.properties)
+                scrub(e.to_string(), &properties)
             );
         }
     }

@@ -558,6 +558,19 @@ impl PipelineConfig {
     }
 
     fn validate_with(&self, need_fields: bool) -> Result<(), String> {
+        if let SourceConfig::Nexmark { events, rate, .. } = &self.source {
+            // Event times stay within a timestamp's range.
+            if !(1..=1_000_000_000).contains(rate) {
+                return Err(format!(
+                    "source.rate = {rate}: Nexmark events per second of event time are 1 to 1 000 000 000"
+                ));
+            }
+            if *events > 1_000_000_000_000 {
+                return Err(format!(
+                    "source.events = {events}: at most 1 000 000 000 000 Nexmark events"
+                ));
+            }
+        }
         if self.udfs.len() > Self::MAX_UDFS {
             return Err(format!(
                 "udfs lists {} modules; a pipeline may load at most {}",

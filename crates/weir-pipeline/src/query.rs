@@ -408,7 +408,16 @@ impl PlannedQuery {
             }
         };
         let mut stack = vec![aggregate.input().clone()];
+        let mut sources = 0;
         while let Some(node) = stack.pop() {
+            if node.name() == "MicroBatchSourceExec" {
+                sources += 1;
+                if sources > 1 {
+                    return Err(
+                        "the query joins the source with itself before its aggregate".to_string(),
+                    );
+                }
+            }
             if !ROW_BY_ROW.contains(&node.name()) {
                 return Err(format!(
                     "the query's `{}` before its aggregate works across rows",

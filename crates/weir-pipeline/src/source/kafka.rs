@@ -144,7 +144,10 @@ pub struct KafkaSource {
     /// first use (only windowed pipelines have marks); `None` until then
     /// or if it could not be made.
     marks: Option<BaseConsumer>,
-    /// How to make it.
+    /// The group `<group>.weir-watermark-offsets`: the offsets each mark
+    /// was committed with.
+    marks_with: Option<BaseConsumer>,
+    /// How to make them (the source's client settings and group).
     marks_config: rdkafka::ClientConfig,
 }
 
@@ -195,7 +198,7 @@ impl KafkaSource {
             .context("creating the Kafka consumer")?;
         let mut marks_config = client_config(brokers, &[], properties);
         marks_config
-            .set("group.id", format!("{group}.weir-watermarks"))
+            .set("group.id", group)
             .set("enable.auto.commit", "false");
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -215,6 +218,7 @@ impl KafkaSource {
             last_marks: Marks::new(),
             marks_read_at: 0,
             marks: None,
+            marks_with: None,
             marks_config,
             paused_at: None,
             last_poll: Instant::now(),
@@ -384,16 +388,29 @@ impl Source for KafkaSource {
     }
 
     async fn commit_marked(&mut self, offsets: &Offsets, marks: &Marks) -> anyhow::Result<()> {
-        self.commit(offsets).await?;
         if marks.is_empty() || self.txn.is_some() {
-            return Ok(());
+            return self.commit(offsets).await;
         }
-        // After the offsets: a mark is only ever behind its offsets' batches
-        // (a crash between the two replays windows, never skips them).
-        self.commit_marks(marks, CommitMode::Async);
-        self.last_marks
-            .extend(marks.iter().map(|(k, v)| (k.clone(), *v)));
-        Ok(())
+        // The marks first, durably, with the offsets they go with: a mark
+        // is restored only where the group's committed offset is exactly
+        // the one committed with it (a crash between the two, a failed
+        // commit, or offsets reset by hand since: no mark, windows are
+        // rebuilt by replay as without one).
+        // (`owned` records what it lets through: asked once.)
+        let Some((kept, tpl)) = self.owned(offsets)? else {
+            return Ok(());
+        };
+        let marks: Marks = marks
+            .iter()
+            .filter(|(tp, _)| kept.contains_key(*tp))
+            .map(|(tp, m)| (tp.clone(), *m))
+            .collect();
+        self.commit_marks(&marks, &kept);
+        self.last_marks.extend(marks);
+        let result = self.commit_with_retry(&tpl, CommitMode::Async).await;
+        let last = self.last_commit.get_or_insert_with(Offsets::new);
+        last.extend(kept);
+        result
     }
 
     fn take_committed_marks(&mut self) -> Option<Marks> {
@@ -406,29 +423,32 @@ impl Source for KafkaSource {
             Ok(a) if a.count() > 0 => a,
             _ => return Some(Marks::new()),
         };
-        let Some(client) = self.marks_client() else {
+        let timeout = Duration::from_secs(10);
+        let read = |tpl: Result<TopicPartitionList, KafkaError>| -> HashMap<(Arc<str>, i32), i64> {
+            tpl.map(|c| {
+                c.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) if o >= 0 => {
+                            Some(((Arc::from(e.topic()), e.partition()), o))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let committed = read(self.consumer.committed_offsets(assigned.clone(), timeout));
+        let (Some(marks), Some(with)) = self.mark_clients() else {
             return Some(Marks::new());
         };
-        let committed = match client.committed_offsets(assigned, Duration::from_secs(10)) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot read the committed watermarks; windows emitted before the restart may be emitted again: {}",
-                    scrub(e.to_string(), &self.properties)
-                );
-                return Some(Marks::new());
-            }
-        };
+        let marks = read(marks.committed_offsets(assigned.clone(), timeout));
+        let with = read(with.committed_offsets(assigned, timeout));
         Some(
-            committed
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) if o >= 0 => {
-                        Some(((Arc::from(e.topic()), e.partition()), o - MARK_BIAS))
-                    }
-                    _ => None,
-                })
+            marks
+                .into_iter()
+                .filter(|(tp, _)| with.contains_key(tp) && with.get(tp) == committed.get(tp))
+                .map(|(tp, o)| (tp, o - MARK_BIAS))
                 .collect(),
         )
     }
@@ -446,6 +466,11 @@ impl Source for KafkaSource {
         if again.is_empty() {
             return Ok(());
         }
+        let marks: Marks = std::mem::take(&mut self.last_marks)
+            .into_iter()
+            .filter(|(tp, _)| again.contains_key(tp))
+            .collect();
+        self.commit_marks(&marks, &again);
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &again {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
@@ -456,8 +481,6 @@ impl Source for KafkaSource {
                 scrub(e.to_string(), &self.properties)
             );
         }
-        let marks = std::mem::take(&mut self.last_marks);
-        self.commit_marks(&marks, CommitMode::Sync);
         Ok(())
     }
 
@@ -475,45 +498,68 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
-    /// The client of the watermarks' group, made on first use.
-    fn marks_client(&mut self) -> Option<&BaseConsumer> {
-        if self.marks.is_none() {
-            match self.marks_config.create::<BaseConsumer>() {
-                Ok(c) => self.marks = Some(c),
-                Err(e) => tracing::warn!(
-                    "cannot make the client of the committed watermarks (windows may be emitted again after a restart): {}",
-                    scrub(e.to_string(), &self.properties)
-                ),
+    /// The clients of the watermarks' groups (marks, and the offsets they
+    /// were committed with), made on first use.
+    fn mark_clients(&mut self) -> (Option<&BaseConsumer>, Option<&BaseConsumer>) {
+        for (client, suffix) in [
+            (&mut self.marks, "weir-watermarks"),
+            (&mut self.marks_with, "weir-watermark-offsets"),
+        ] {
+            if client.is_none() {
+                let mut config = self.marks_config.clone();
+                let group = config.get("group.id").unwrap_or_default().to_string();
+                config.set("group.id", format!("{group}.{suffix}"));
+                match config.create::<BaseConsumer>() {
+                    Ok(c) => *client = Some(c),
+                    Err(e) => tracing::warn!(
+                        "cannot make the client of the committed watermarks (windows may be emitted again after a restart): {}",
+                        scrub(e.to_string(), &self.properties)
+                    ),
+                }
             }
         }
-        self.marks.as_ref()
+        (self.marks.as_ref(), self.marks_with.as_ref())
     }
 
-    /// Commits `marks` as the offsets of the watermarks' group; a failure
-    /// only means windows emitted again after a restart.
-    fn commit_marks(&mut self, marks: &Marks, mode: CommitMode) {
+    /// Commits `marks`, and the `offsets` they go with, to the watermarks'
+    /// groups, synchronously; a failure only means windows rebuilt (and
+    /// emitted again) after a restart.
+    fn commit_marks(&mut self, marks: &Marks, offsets: &Offsets) {
         if marks.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
+        let mut values = TopicPartitionList::new();
+        let mut with = TopicPartitionList::new();
         for ((topic, partition), mark) in marks {
-            let offset = mark.saturating_add(MARK_BIAS).max(0);
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::Offset(offset))
+            let Some(offset) = offsets.get(&(topic.clone(), *partition)) else {
+                continue;
+            };
+            let value = mark.saturating_add(MARK_BIAS).max(0);
+            if values
+                .add_partition_offset(topic, *partition, Offset::Offset(value))
                 .is_err()
+                || with
+                    .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .is_err()
             {
                 return;
             }
         }
         let properties = self.properties.clone();
-        let Some(client) = self.marks_client() else {
+        let (Some(marks), Some(offsets_with)) = self.mark_clients() else {
             return;
         };
-        if let Err(e) = client.commit(&tpl, mode) {
-            tracing::debug!(
-                "committing the watermarks failed (windows may be emitted again after a restart): {}",
-                scrub(e.to_string(), &properties)
-            );
+        for (client, tpl) in [(marks, &values), (offsets_with, &with)] {
+            let result = client.commit(tpl, CommitMode::Sync);
+            // Serve the client's queue (commit events pile up otherwise).
+            let _ = client.poll(Duration::ZERO);
+            if let Err(e) = result {
+                tracing::warn!(
+                    "committing the watermarks failed (windows may be emitted again after a restart): {}",
+                    scrub(e.to_string(), &properties)
+                );
+                return;
+            }
         }
     }
 

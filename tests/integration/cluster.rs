@@ -897,4 +897,33 @@ async fn a_repartitioned_windowed_pipeline_runs_on_every_node_with_whole_windows
     crate::windows::produce_rides(&addr, "rides", 6 * 2400..6 * 2400 + 40, 4, &mut later).await;
     let (windows, repeats) = crate::windows::assert_whole_windows(&addr, "rides-out", &truth).await;
     println!("3 nodes: {windows} windows whole, {repeats} repeated with the same value");
+
+    // Deleted, its internal topic goes with it.
+    let topics = || -> Vec<String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .create()
+            .unwrap();
+        c.fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert!(topics().iter().any(|t| t == "rides.weir-repartition.rides"));
+    let (status, text) = http(
+        &c.nodes[2].addr,
+        "DELETE",
+        "/v1/tenants/acme/pipelines/rides",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert!(status == 200 || status == 204, "{status} {text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topics().iter().any(|t| t == "rides.weir-repartition.rides") {
+        assert!(
+            Instant::now() < deadline,
+            "the internal topic outlived its pipeline"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -215,6 +215,62 @@ pub async fn stages(
     })
 }
 
+/// Removes what a repartitioned pipeline keeps in Kafka once it is
+/// deleted: its internal topic, and the groups of its windows stage and of
+/// its committed watermarks. Best effort (each failure is logged): the
+/// pipeline is gone either way.
+pub async fn remove_internal(config: &PipelineConfig) {
+    let (
+        Some(topic),
+        SourceConfig::Kafka {
+            brokers,
+            group,
+            properties,
+            ..
+        },
+    ) = (internal_topic(config), &config.source)
+    else {
+        return;
+    };
+    if !config.repartitions() {
+        return;
+    }
+    let admin: AdminClient<DefaultClientContext> = match client_config(brokers, &[], properties)
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(pipeline = %config.name, "cannot remove the internal topic `{topic}`: {}", scrub(e.to_string(), properties));
+            return;
+        }
+    };
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.delete_topics(&[topic.as_str()], &options).await {
+        Ok(results) => {
+            for r in results {
+                if let Err((t, e)) = r {
+                    tracing::warn!(pipeline = %config.name, "cannot remove the internal topic `{t}`: {e}");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(pipeline = %config.name, "cannot remove the internal topic `{topic}`: {}", scrub(e.to_string(), properties));
+        }
+    }
+    let groups: Vec<String> = [
+        format!("{group}.windows"),
+        format!("{group}.weir-watermarks"),
+        format!("{group}.weir-watermark-offsets"),
+        format!("{group}.windows.weir-watermarks"),
+        format!("{group}.windows.weir-watermark-offsets"),
+    ]
+    .into();
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    if let Err(e) = admin.delete_groups(&names, &options).await {
+        tracing::debug!(pipeline = %config.name, "removing the internal groups: {}", scrub(e.to_string(), properties));
+    }
+}
+
 /// Partitions of `topic`, from the cluster's metadata.
 async fn source_partitions(
     brokers: &str,

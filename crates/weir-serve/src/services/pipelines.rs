@@ -444,7 +444,7 @@ pub fn list(state: &AppState, tenant: &str) -> ServiceResult<Vec<serde_json::Val
 
 /// Stops and forgets a pipeline.
 pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceResult<()> {
-    stored(state, tenant, name)?;
+    let pipeline = stored(state, tenant, name)?;
     let _turn = match &state.cluster {
         Some(c) => Some(c.ops.lock().await),
         None => None,
@@ -456,5 +456,9 @@ pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceR
         .delete_pipeline(tenant, name)
         .map_err(ServiceError::internal)?;
     state.pipelines.forget(tenant, name);
+    // A repartitioned pipeline's internal topic and groups go with it.
+    if let Ok(config) = PipelineConfig::from_toml(&pipeline.config) {
+        crate::pipeline::repartition::remove_internal(&config).await;
+    }
     Ok(())
 }

@@ -236,13 +236,16 @@ fn the_cache_backs_off_where_it_does_not_pay_and_stays_where_it_does() {
         call(&m, "work", values).unwrap();
     }
     let hits = cache.stats.hits.get() - before.0;
-    // Only the first batch, a probe, sent rows past its sample of 1024
-    // straight to the guest.
+    // The first batch, a probe, sends rows past its sample of 1024 straight
+    // to the guest; its verdict is timed, so on a loaded machine one losing
+    // verdict (FIRST_BACKOFF = 4 skipped batches) may follow. A function the
+    // cache does not pay for would skip nearly all 12.
+    let bypassed = cache.stats.bypassed.get() - before.1;
     assert!(
-        cache.stats.bypassed.get() - before.1 <= rows as u64,
-        "work skipped the cache"
+        bypassed <= 5 * rows as u64,
+        "work skipped the cache for {bypassed} rows"
     );
-    assert!(hits >= (11 * rows * 8 / 10) as u64, "{hits} hits");
+    assert!(hits >= (6 * rows * 8 / 10) as u64, "{hits} hits");
 }
 
 #[test]

@@ -257,6 +257,20 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A registry write, off the API's threads: it blocks on SQLite's file or
+/// a round trip to the shared database (a flood of deploys must not hold
+/// the threads that answer other tenants).
+async fn registry_write<T: Send + 'static>(
+    state: &Arc<AppState>,
+    write: impl FnOnce(&dyn crate::registry::Registry) -> crate::registry::Result<T> + Send + 'static,
+) -> ServiceResult<T> {
+    let registry = state.registry.clone();
+    tokio::task::spawn_blocking(move || write(registry.as_ref()))
+        .await
+        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::internal)
+}
+
 /// Deploys (or replaces) a pipeline from its TOML and starts it; `true`
 /// when it is new.
 pub async fn deploy(
@@ -288,17 +302,15 @@ pub async fn deploy(
         // change is stored; here it is only checked.
         prepare(state, tenant, name, text).await?;
     }
-    state
-        .registry
-        .save_pipeline(&StoredPipeline {
-            tenant: tenant.to_string(),
-            name: name.to_string(),
-            config: text.to_string(),
-            running: true,
-            updated_at,
-            updated_by: by.to_string(),
-        })
-        .map_err(ServiceError::internal)?;
+    let stored = StoredPipeline {
+        tenant: tenant.to_string(),
+        name: name.to_string(),
+        config: text.to_string(),
+        running: true,
+        updated_at,
+        updated_by: by.to_string(),
+    };
+    registry_write(state, move |r| r.save_pipeline(&stored)).await?;
     Ok(!existed)
 }
 
@@ -366,10 +378,7 @@ pub async fn set_running(
     }
     stored.running = run;
     stored.updated_by = by.to_string();
-    state
-        .registry
-        .save_pipeline(&stored)
-        .map_err(ServiceError::internal)?;
+    registry_write(state, move |r| r.save_pipeline(&stored)).await?;
     Ok(state.pipelines.status(tenant, name))
 }
 
@@ -451,10 +460,8 @@ pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceR
     };
     state.pipelines.stop(tenant, name).await;
     stopped_here(state, tenant, name);
-    state
-        .registry
-        .delete_pipeline(tenant, name)
-        .map_err(ServiceError::internal)?;
+    let (t, n) = (tenant.to_string(), name.to_string());
+    registry_write(state, move |r| r.delete_pipeline(&t, &n)).await?;
     state.pipelines.forget(tenant, name);
     // A repartitioned pipeline's internal topic and groups go with it.
     if let Ok(config) = PipelineConfig::from_toml(&pipeline.config) {

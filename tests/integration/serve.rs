@@ -897,6 +897,18 @@ async fn the_openapi_document_is_complete_and_every_error_is_json() {
     };
     let (status, body) = sql(serde_json::json!({"sql": "SELECT 1 AS x", "max_rows": 255.0})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Any integer is schema-valid, even one beyond u64 (schemathesis sent
+    // 7242067819294789468160): the cap applies.
+    let (status, body) = send(
+        &roomy,
+        "POST",
+        "/v1/tenants/acme/sql",
+        Some("acme-operator"),
+        Some("application/json"),
+        br#"{"sql": "SELECT 1 AS x", "max_rows": 7242067819294789468160}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = sql(serde_json::json!({
         "sql": "SELECT 1 AS x",
         "tables": {"t": [{"a": [[], {}]}]},

@@ -47,7 +47,8 @@ pub struct SqlRequest {
 }
 
 /// A JSON number with no fraction (`255` or `255.0`, which JSON Schema
-/// also calls an integer).
+/// also calls an integer); one beyond `u64` (any integer is schema-valid)
+/// counts as the largest, since rows are capped anyway.
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     use serde::de::Error;
     let n = Option::<serde_json::Number>::deserialize(d)?;
@@ -55,7 +56,8 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>,
         n.as_u64()
             .or_else(|| {
                 n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    // `as` saturates at u64::MAX.
                     .map(|f| f as u64)
             })
             .map(|v| usize::try_from(v).unwrap_or(usize::MAX))

@@ -55,16 +55,7 @@ impl Pipeline {
             let (config, inline) = inline_functions(config, sandbox, &tenant).await?;
             modules.extend(inline);
             let decoder = config.source.decoder(config.file_roots.as_ref()).await?;
-            let tables = {
-                let policy = tenant.policy();
-                Tables::open(
-                    &config.name,
-                    &config.tables,
-                    (policy.state_bytes, &policy.key("state_bytes")),
-                    config.file_roots.as_ref(),
-                )
-                .await?
-            };
+            let tables = open_tables(&config, &tenant).await?;
             let query = Self::plan(&config, &modules, decoder.schema(), &tenant, &tables).await?;
             let columns: Vec<String> = query
                 .output_schema()
@@ -182,16 +173,7 @@ impl Pipeline {
             return Self::assemble(config, modules, inline, tenant, reload, None).await;
         }
         let decoder = config.source.decoder(config.file_roots.as_ref()).await?;
-        let tables = {
-            let policy = tenant.policy();
-            Tables::open(
-                &config.name,
-                &config.tables,
-                (policy.state_bytes, &policy.key("state_bytes")),
-                config.file_roots.as_ref(),
-            )
-            .await?
-        };
+        let tables = open_tables(&config, &tenant).await?;
         let all = [modules.as_slice(), inline.as_slice()].concat();
         let query = Self::plan(&config, &all, decoder.schema(), &tenant, &tables).await?;
         if query
@@ -249,16 +231,7 @@ impl Pipeline {
         let schema = origin
             .as_ref()
             .map_or_else(|| decoder.schema(), |o| o.visible.clone());
-        let tables = {
-            let policy = tenant.policy();
-            Tables::open(
-                &config.name,
-                &config.tables,
-                (policy.state_bytes, &policy.key("state_bytes")),
-                config.file_roots.as_ref(),
-            )
-            .await?
-        };
+        let tables = open_tables(&config, &tenant).await?;
         let all = [modules.as_slice(), inline.as_slice()].concat();
         let query = Self::plan(&config, &all, schema.clone(), &tenant, &tables).await?;
         let key = match &config.sink {
@@ -421,4 +394,16 @@ pub(super) fn worker_count(config: &PipelineConfig, tenant: &Tenant, windowed: b
                 .min(policy.max_in_flight_batches),
         )
         .max(1)
+}
+
+/// The lookup tables `config` names, bounded by the tenant's `state_bytes`.
+async fn open_tables(config: &PipelineConfig, tenant: &Tenant) -> anyhow::Result<Tables> {
+    let policy = tenant.policy();
+    Tables::open(
+        &config.name,
+        &config.tables,
+        (policy.state_bytes, &policy.key("state_bytes")),
+        config.file_roots.as_ref(),
+    )
+    .await
 }

@@ -309,6 +309,8 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 repartition = true
 [watermark]
 idle_partition_ms = 0
+[state]
+checkpoint_ms = 100
 [sink]
 kind = "kafka"
 brokers = "{addr}"
@@ -511,6 +513,10 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 [watermark]
 max_out_of_order_ms = 10000
 idle_partition_ms = 0
+# Without a changelog: the committed watermark alone keeps the window
+# from being emitted again.
+[state]
+checkpoint_ms = 0
 [sink]
 kind = "kafka"
 brokers = "{addr}"
@@ -623,4 +629,138 @@ max_linger_ms = 5
         );
     }
     assert!(third.stop().success());
+}
+
+/// The committed offsets of `group` on `topic`, summed, and the topic's
+/// end offsets, summed.
+fn committed_and_end(addr: &str, group: &str, topic: &str, partitions: i32) -> (i64, i64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed: i64 = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    let end: i64 = (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum();
+    (committed, end)
+}
+
+/// Issue 28, item 3: a one-hour window open over 20 000 rides; the
+/// pipeline checkpoints its folded state to the changelog topic, so its
+/// offsets are committed to the head of the topic although the window is
+/// open (without the changelog they stay at the window's first record).
+/// SIGKILL, restart: the restarted member reads only what came after, yet
+/// the window's result per city equals the truth, once — its state came
+/// back from the changelog, not from a replay. The same for a windows
+/// stage (`repartition = true`), whose internal partitions are the scopes.
+async fn a_long_window_survives_a_sigkill_from_its_checkpoint(repartition: bool) {
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    let (input, output) = (
+        format!("long-{repartition}"),
+        format!("long-out-{repartition}"),
+    );
+    create_topics(&addr, &[(&input, 4), (&output, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = rides_toml(
+        &addr,
+        &input,
+        &output,
+        &format!(
+            "policy = \"dead-letter\"\npath = \"{}\"",
+            dir.path().join("dlq.ndjson").display()
+        ),
+    )
+    .replace("INTERVAL '1' MINUTE", "INTERVAL '1' HOUR")
+    .replace(
+        "repartition = true",
+        &format!("repartition = {repartition}"),
+    );
+    let pipeline = dir.path().join("long.toml");
+    std::fs::write(&pipeline, toml).unwrap();
+    let mut truth = BTreeMap::new();
+    // 20 000 rides: 08:00 to 08:08, all in the window [08:00, 09:00).
+    produce_rides(&addr, &input, 0..20_000, 4, &mut truth).await;
+    let first = Weir::start(&pipeline);
+    let (group, topic) = if repartition {
+        (
+            format!("weir-{input}.windows"),
+            format!("{input}.weir-repartition.rides"),
+        )
+    } else {
+        (format!("weir-{input}"), input.clone())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (committed, end) = committed_and_end(&addr, &group, &topic, 4);
+        if end >= 20_000 && committed == end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the offsets of `{group}` never reached the head of `{topic}` with the window open: {committed} of {end}\n{}",
+            std::fs::read_to_string(pipeline.with_extension("log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.signal("-KILL");
+    drop(first);
+    // More rides in the same window, then rides at 10:00 that close it:
+    // twenty, one per (city, partition), so that every internal partition
+    // of a windows stage hears from every source partition.
+    produce_rides(&addr, &input, 20_000..20_400, 4, &mut truth).await;
+    let mut later = BTreeMap::new();
+    produce_rides(&addr, &input, 288_000..288_020, 4, &mut later).await;
+    let mut hour: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for ((minute, city), (n, cents)) in &truth {
+        assert!(minute.starts_with("2026-01-01T08:"), "{minute}");
+        let e = hour
+            .entry(("2026-01-01T08:00:00".to_string(), city.clone()))
+            .or_default();
+        e.0 += n;
+        e.1 += cents;
+    }
+    let restarted = std::time::Instant::now();
+    let second = Weir::start(&pipeline);
+    let (windows, repeats) = assert_whole_windows(&addr, &output, &hour).await;
+    eprintln!(
+        "first output {:.1} s after the restart (weir start included), {windows} results",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(repeats, 0, "a window emitted twice");
+    let log = std::fs::read_to_string(pipeline.with_extension("log")).unwrap_or_default();
+    assert!(log.contains("open windows restored from"), "{log}");
+    assert!(second.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_window_survives_a_sigkill_from_its_checkpoint_in_one_process() {
+    a_long_window_survives_a_sigkill_from_its_checkpoint(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_window_of_a_windows_stage_survives_a_sigkill_from_its_checkpoint() {
+    a_long_window_survives_a_sigkill_from_its_checkpoint(true).await;
 }

@@ -59,6 +59,8 @@ metric_names! {
     PIPELINE_WINDOWS_EMITTED = "weir_pipeline_windows_emitted_total", Counter, P, "event-time windows whose results were emitted";
     PIPELINE_OPEN_WINDOWS = "weir_pipeline_open_windows", Gauge, P, "event-time windows holding records, not yet emitted";
     PIPELINE_WINDOW_STATE_BYTES = "weir_pipeline_window_state_bytes", Gauge, P, "bytes of the open windows' records (bounded by state_bytes)";
+    PIPELINE_CHECKPOINTS = "weir_pipeline_checkpoints_total", Counter, P, "checkpoints of the open windows' state written to the changelog topic";
+    PIPELINE_CHECKPOINT_BYTES = "weir_pipeline_checkpoint_bytes", Gauge, P, "bytes of the last checkpoint written to the changelog topic";
     PIPELINE_WATERMARK = "weir_pipeline_watermark_seconds", Gauge, P, "the source's event-time watermark, seconds since the epoch";
     PIPELINE_TXN_COMMITTED = "weir_pipeline_transactions_committed_total", Counter, P, "Kafka transactions committed by an exactly-once sink";
     PIPELINE_TXN_ABORTED = "weir_pipeline_transactions_aborted_total", Counter, P, "Kafka transactions an exactly-once sink aborted (its records are read again)";

@@ -31,6 +31,9 @@ pub struct PipelineConfig {
     /// Event time: watermarks and lateness of windowed queries.
     #[serde(default)]
     pub watermark: WatermarkConfig,
+    /// Window state: how often folded windows are checkpointed.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Lookup tables the SQL may JOIN (`[[tables]]`).
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -66,6 +69,26 @@ impl TableConfig {
     pub fn name(&self) -> &str {
         match self {
             TableConfig::File { name, .. } | TableConfig::Kafka { name, .. } => name,
+        }
+    }
+}
+
+/// `[state]`: the changelog of a windowed pipeline over Kafka whose
+/// windows fold their rows (docs/pipelines.md, "Window state and
+/// recovery").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// How often the open windows' state is written to the changelog topic
+    /// `<source topic>.weir-changelog.<pipeline>` (0: never; a restart
+    /// then replays from the oldest open window's first record).
+    pub checkpoint_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            checkpoint_ms: 1000,
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct InFlight {
     max_batches: usize,
     max_bytes: usize,
     paused: bool,
+    /// Batches pushed, and acknowledged, so far.
+    pushed: u64,
+    acked: u64,
 }
 
 impl InFlight {
@@ -40,7 +43,20 @@ impl InFlight {
             max_batches,
             max_bytes,
             paused: false,
+            pushed: 0,
+            acked: 0,
         }
+    }
+
+    /// Batches pushed so far: once [`Self::acknowledged`] reaches it,
+    /// every one of them was acknowledged.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Batches acknowledged (and committed) so far, in push order.
+    pub fn acknowledged(&self) -> u64 {
+        self.acked
     }
 
     pub fn is_paused(&self) -> bool {
@@ -60,6 +76,7 @@ impl InFlight {
     /// (committed with its offsets).
     pub fn push_marked(&mut self, ack: Ack, offsets: Offsets, marks: Marks, bytes: usize) {
         self.bytes += bytes;
+        self.pushed += 1;
         self.queue.push_back(Pending {
             ack,
             offsets,
@@ -149,6 +166,7 @@ impl InFlight {
 
     fn pop_into(&mut self, offsets: &mut Offsets, marks: &mut Marks) {
         if let Some(done) = self.queue.pop_front() {
+            self.acked += 1;
             self.bytes -= done.bytes;
             merge_offsets(offsets, done.offsets);
             // A later batch's watermark is at least the earlier one's.

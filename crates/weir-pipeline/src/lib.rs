@@ -3,6 +3,7 @@
 //! and commits of what the sink acknowledged.
 
 pub mod avro;
+pub mod changelog;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

@@ -295,6 +295,25 @@ impl Pipeline {
                  \"at-least-once\" (window results are keyed, so a compacted topic keeps one)"
             );
         }
+        let folds = windows.as_ref().is_some_and(WindowState::folds);
+        let changelog = match &config.source {
+            crate::config::SourceConfig::Kafka { .. }
+                if folds && config.state.checkpoint_ms > 0 =>
+            {
+                let partitions = origin.as_ref().map_or(1, |o| o.partitions);
+                let changelog = crate::changelog::Changelog::open(&config, partitions)
+                    .await
+                    .context("the window state's changelog (`[state] checkpoint_ms = 0` runs without one)")?;
+                Some(Checkpoints {
+                    changelog,
+                    pending: None,
+                    last: std::time::Instant::now(),
+                    every: Duration::from_millis(config.state.checkpoint_ms),
+                    changes: u64::MAX,
+                })
+            }
+            _ => None,
+        };
         let stats = Arc::new(PipelineStats::new(&config.tenant, &config.name));
         let txn = config
             .sink
@@ -328,6 +347,7 @@ impl Pipeline {
             origin,
             feeder: None,
             state_full_logged: false,
+            changelog,
         })
     }
 }

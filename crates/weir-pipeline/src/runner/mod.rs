@@ -41,7 +41,7 @@ pub use load::load_pipelines;
 use progress::StallWatch;
 pub use stats::PipelineStats;
 use transform::{Stage, Take, failed_letters};
-use windows::Origin;
+use windows::{Checkpoints, Origin};
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -90,6 +90,8 @@ pub struct Pipeline {
     feeder: Option<Box<Pipeline>>,
     /// Whether the state bound was reported since it was last reached.
     state_full_logged: bool,
+    /// Where folded windows are checkpointed (`changelog.rs`).
+    changelog: Option<Checkpoints>,
 }
 
 /// How often a pipeline whose open windows fill `state_bytes` looks again.
@@ -382,6 +384,7 @@ impl Pipeline {
         if self.origin.is_some() {
             self.follow_internal_partitions();
         }
+        self.restore_state().await?;
         if let Some(windows) = &mut self.windows {
             let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
             let origins = match &self.origin {
@@ -397,9 +400,6 @@ impl Pipeline {
                 None => {
                     windows.expect_partitions(self.source.assigned_partitions(), Instant::now())
                 }
-            }
-            if let Some(marks) = self.source.take_committed_marks() {
-                windows.restore(&marks, self.origin.is_some(), Instant::now());
             }
             let mut admitted = windows
                 .admit(

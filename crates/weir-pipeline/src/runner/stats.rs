@@ -28,6 +28,8 @@ pub struct PipelineStats {
     pub windows_emitted: Count,
     pub open_windows: Level,
     pub window_state_bytes: Level,
+    pub checkpoints: Count,
+    pub checkpoint_bytes: Level,
     /// Event-time watermark in seconds (0 before the first record).
     pub watermark: Level,
     /// Kafka transactions of an exactly-once sink.
@@ -64,6 +66,8 @@ impl PipelineStats {
             windows_emitted: count(telemetry::PIPELINE_WINDOWS_EMITTED),
             open_windows: level(telemetry::PIPELINE_OPEN_WINDOWS),
             window_state_bytes: level(telemetry::PIPELINE_WINDOW_STATE_BYTES),
+            checkpoints: count(telemetry::PIPELINE_CHECKPOINTS),
+            checkpoint_bytes: level(telemetry::PIPELINE_CHECKPOINT_BYTES),
             watermark: level(telemetry::PIPELINE_WATERMARK),
             transactions_committed: count(telemetry::PIPELINE_TXN_COMMITTED),
             transactions_aborted: count(telemetry::PIPELINE_TXN_ABORTED),

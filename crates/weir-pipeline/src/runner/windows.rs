@@ -22,6 +22,10 @@ impl Pipeline {
         for gone in origin.owned.difference(&now) {
             tracing::info!(pipeline = %self.config.name, partition = gone, "internal partition revoked: its keys' windows are rebuilt by their new owner");
             windows.revoke(*gone);
+            // Its new owner writes its checkpoints now.
+            if let Some((_, scopes)) = self.changelog.as_mut().and_then(|c| c.pending.as_mut()) {
+                scopes.retain(|s| s.scope != Some(*gone));
+            }
         }
         origin.owned = now;
     }
@@ -76,6 +80,7 @@ impl Pipeline {
         if self.origin.is_some() {
             self.follow_internal_partitions();
         }
+        self.restore_state().await?;
         let Some(windows) = self.windows.as_mut() else {
             return self.deliver(Vec::new(), letters, offsets, flight).await;
         };
@@ -89,6 +94,8 @@ impl Pipeline {
             .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
         if closed.is_none() && letters.is_empty() && offsets.is_empty() {
             self.window_gauges();
+            self.checkpoint(flight.acknowledged(), flight.pushed())
+                .await?;
             return Ok(true);
         }
         let mut out = Vec::new();
@@ -121,7 +128,118 @@ impl Pipeline {
             None => offsets,
         };
         self.window_gauges();
-        self.deliver(out, letters, offsets, flight).await
+        if !self.deliver(out, letters, offsets, flight).await? {
+            return Ok(false);
+        }
+        self.checkpoint(flight.acknowledged(), flight.pushed())
+            .await?;
+        Ok(true)
+    }
+
+    /// Writes the pending checkpoint once every batch before it was
+    /// acknowledged (so that nothing it covers is lost if the process dies:
+    /// outputs, dead letters), then raises the commit floor to it; takes
+    /// the next one every `state.checkpoint_ms`.
+    async fn checkpoint(&mut self, acknowledged: u64, pushed: u64) -> anyhow::Result<()> {
+        let (Some(log), Some(windows)) = (self.changelog.as_mut(), self.windows.as_mut()) else {
+            return Ok(());
+        };
+        if log
+            .pending
+            .as_ref()
+            .is_some_and(|(after, _)| acknowledged >= *after)
+            && let Some((_, scopes)) = log.pending.take()
+        {
+            let mut bytes = 0;
+            let mut covered = crate::record::Offsets::new();
+            let mut marks = crate::record::Marks::new();
+            for scope in scopes {
+                let partition = scope.scope.unwrap_or(0);
+                if let Err(e) = log.changelog.write(partition, &scope.bytes).await {
+                    // The floor stays: a restart replays more, loses nothing.
+                    tracing::warn!(pipeline = %self.config.name, "{e:#}");
+                    continue;
+                }
+                bytes += scope.bytes.len();
+                windows.checkpointed(&scope.covered);
+                if scope.watermark != i64::MIN {
+                    marks.extend(scope.covered.keys().map(|tp| (tp.clone(), scope.watermark)));
+                }
+                covered.extend(scope.covered);
+            }
+            self.stats.checkpoints.add(1);
+            self.stats.checkpoint_bytes.set(bytes as i64);
+            // Everything it covers was acknowledged: commit up to it now
+            // (commits only move forward), with the watermark it was
+            // taken at.
+            self.source.commit_marked(&covered, &marks).await?;
+        }
+        if log.pending.is_some()
+            || log.last.elapsed() < log.every
+            || windows.changes() == log.changes
+        {
+            return Ok(());
+        }
+        log.last = Instant::now();
+        let Some(mut scopes) = windows
+            .checkpoint()
+            .map_err(|e| anyhow::anyhow!("checkpointing the windows: {e}"))?
+        else {
+            return Ok(());
+        };
+        scopes.retain(|s| {
+            let fits = s.bytes.len() <= crate::changelog::MAX_CHECKPOINT_BYTES;
+            if !fits {
+                tracing::warn!(pipeline = %self.config.name, bytes = s.bytes.len(), "the open windows' checkpoint is over {} bytes and is not written: a restart replays from the oldest open window", crate::changelog::MAX_CHECKPOINT_BYTES);
+            }
+            fits
+        });
+        log.pending = Some((pushed, scopes));
+        log.changes = windows.changes();
+        Ok(())
+    }
+
+    /// After partitions were assigned: restores the state of the scopes
+    /// this member did not hold (a restart, or an internal partition taken
+    /// over) from their last checkpoint, then the watermarks committed
+    /// with the offsets.
+    pub(super) async fn restore_state(&mut self) -> anyhow::Result<()> {
+        if self.windows.is_none() {
+            return Ok(());
+        }
+        let Some(marks) = self.source.take_committed_marks() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let scopes: Vec<Option<i32>> = match &self.origin {
+            Some(o) => o.owned.iter().map(|p| Some(*p)).collect(),
+            None => vec![None],
+        };
+        let (Some(windows), log) = (self.windows.as_mut(), &self.changelog) else {
+            return Ok(());
+        };
+        let fresh: Vec<Option<i32>> = scopes.into_iter().filter(|s| windows.fresh(*s)).collect();
+        if let Some(log) = log {
+            for scope in &fresh {
+                let partition = scope.unwrap_or(0);
+                // A checkpoint that cannot be read stops the pipeline: the
+                // offsets committed with it are past its windows' records.
+                let Some(bytes) = log.changelog.read_last(partition).await? else {
+                    tracing::info!(pipeline = %self.config.name, partition, "no checkpoint in `{}` yet: open windows start from the committed offsets", log.changelog.topic());
+                    continue;
+                };
+                match windows.restore_checkpoint(*scope, &bytes, now) {
+                    Ok(n) => {
+                        tracing::info!(pipeline = %self.config.name, partition, windows = n, "open windows restored from `{}`", log.changelog.topic())
+                    }
+                    Err(why) => {
+                        tracing::warn!(pipeline = %self.config.name, partition, "the checkpoint in `{}` is not restored ({why}): its open windows start again from the committed offsets", log.changelog.topic())
+                    }
+                }
+            }
+        }
+        windows.restore(&marks, &fresh, now);
+        Ok(())
     }
 
     pub(super) fn window_gauges(&self) {
@@ -190,6 +308,17 @@ impl Pipeline {
         self.stats.set_condition(None);
         result
     }
+}
+
+/// A pipeline's changelog, and its checkpoint waiting for its batches.
+pub(super) struct Checkpoints {
+    pub(super) changelog: crate::changelog::Changelog,
+    /// Taken after batch number `.0` was pushed to the in-flight window.
+    pub(super) pending: Option<(u64, Vec<crate::window::state::ScopeCheckpoint>)>,
+    pub(super) last: Instant,
+    pub(super) every: Duration,
+    /// [`crate::window::WindowState::changes`] after the last checkpoint.
+    pub(super) changes: u64,
 }
 
 /// A windows stage's records carry the key and the source partition and

@@ -53,6 +53,11 @@ pub struct Aggregation {
     converter: RowConverter,
     /// The aggregate's output: the grouping columns, then the aggregates.
     output: SchemaRef,
+    /// Each aggregate's state columns ([`Groups::snapshot`]).
+    states: Vec<usize>,
+    /// What a checkpoint of these groups must have been made by: the
+    /// grouping columns' and the aggregates' names and state types.
+    fingerprint: String,
 }
 
 /// Whether an aggregate's state lives in a guest instance (a WebAssembly
@@ -142,7 +147,18 @@ impl Aggregation {
             });
         }
         let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
+        let mut states = Vec::new();
+        let mut fingerprint = format!("{}", aggregate.schema());
+        for a in aggregate.aggr_expr() {
+            let fields = a.state_fields().map_err(|e| e.to_string())?;
+            states.push(fields.len());
+            for f in fields {
+                fingerprint.push_str(&format!(";{}:{}", a.fun().name(), f.data_type()));
+            }
+        }
         Ok(Aggregation {
+            states,
+            fingerprint,
             groups: by.expr().len(),
             window_group,
             window_offset,
@@ -164,6 +180,11 @@ impl Aggregation {
     /// The aggregate's output schema (what [`Groups::emit`] returns).
     pub fn output(&self) -> SchemaRef {
         self.output.clone()
+    }
+
+    /// Identifies the aggregate a checkpoint's state belongs to.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>, String> {
@@ -296,6 +317,73 @@ impl Groups {
         Ok(())
     }
 
+    /// The groups' state as columns: the grouping keys, then each
+    /// aggregate's state (DataFusion's partial-aggregate state, what
+    /// [`Self::restore`] merges back). The accumulators give their state up
+    /// doing so and are rebuilt from it.
+    pub fn snapshot(&mut self, aggregation: &Aggregation) -> Result<RecordBatch, String> {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let n = self.index.len();
+        let mut keys: Vec<(usize, &[u8])> =
+            self.index.iter().map(|(k, i)| (*i, k.as_ref())).collect();
+        keys.sort_unstable_by_key(|(i, _)| *i);
+        let parser = aggregation.converter.parser();
+        let mut columns = aggregation
+            .converter
+            .convert_rows(keys.iter().map(|(_, k)| parser.parse(k)))
+            .map_err(|e| e.to_string())?;
+        let all: Vec<usize> = (0..n).collect();
+        let mut fresh = aggregation.accumulators()?;
+        for (old, new) in self.accumulators.iter_mut().zip(&mut fresh) {
+            let state = old.state(EmitTo::All).map_err(|e| e.to_string())?;
+            new.merge_batch(&state, &all, n)
+                .map_err(|e| e.to_string())?;
+            columns.extend(state);
+        }
+        self.accumulators = fresh;
+        let fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
+        RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Groups from a [`Self::snapshot`] of `aggregation`'s groups.
+    pub fn restore(aggregation: &Aggregation, batch: &RecordBatch) -> Result<Self, String> {
+        let expected = aggregation.groups + aggregation.states.iter().sum::<usize>();
+        if batch.num_columns() != expected {
+            return Err(format!(
+                "the checkpoint has {} columns, the aggregate {expected}",
+                batch.num_columns()
+            ));
+        }
+        let mut groups = Groups::new(aggregation)?;
+        let n = batch.num_rows();
+        let rows = aggregation
+            .converter
+            .convert_columns(&batch.columns()[..aggregation.groups])
+            .map_err(|e| e.to_string())?;
+        for (i, row) in rows.iter().enumerate() {
+            groups.key_bytes += row.as_ref().len();
+            groups.index.insert(row.as_ref().into(), i);
+        }
+        if groups.index.len() != n {
+            return Err("the checkpoint repeats a group".into());
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let mut at = aggregation.groups;
+        for (accumulator, &k) in groups.accumulators.iter_mut().zip(&aggregation.states) {
+            accumulator
+                .merge_batch(&batch.columns()[at..at + k], &all, n)
+                .map_err(|e| e.to_string())?;
+            at += k;
+        }
+        Ok(groups)
+    }
+
     /// The aggregate's output rows of this window: one per group.
     pub fn emit(mut self, aggregation: &Aggregation) -> Result<RecordBatch, String> {
         if self.index.is_empty() {
@@ -316,5 +404,127 @@ impl Groups {
             );
         }
         RecordBatch::try_new(aggregation.output.clone(), columns).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::PlannedQuery;
+    use datafusion::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::prelude::SessionContext;
+
+    fn context() -> SessionContext {
+        SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1))
+    }
+
+    const MINUTE: i64 = 60_000_000;
+
+    /// The aggregate's input rows: (key, value), all in window [0, 1 min).
+    fn input(schema: &SchemaRef, rows: &[(&str, f64)]) -> RecordBatch {
+        let n = rows.len();
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.name().as_str() {
+                    "k" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    "v" => Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    "window_end" => Arc::new(TimestampMicrosecondArray::from_value(MINUTE, n)),
+                    _ => Arc::new(TimestampMicrosecondArray::from_value(0, n)),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    /// What the stage before the aggregate outputs for `rows`.
+    fn feed(aggregation: &Aggregation, schema: &SchemaRef, rows: &[(&str, f64)]) -> RecordBatch {
+        let batch = input(schema, rows);
+        let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = aggregation
+            .feed()
+            .iter()
+            .map(|p| {
+                let c = p
+                    .expr
+                    .evaluate(&batch)
+                    .unwrap()
+                    .into_array(batch.num_rows())
+                    .unwrap();
+                (Field::new(&p.alias, c.data_type().clone(), true), c)
+            })
+            .unzip();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    /// A checkpoint in the middle of a window changes nothing of its
+    /// result, and groups restored from it go on as if never stopped; a
+    /// checkpoint of another query is refused.
+    #[tokio::test]
+    async fn groups_restored_from_a_checkpoint_go_on_as_if_never_stopped() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let sql = "SELECT window_start, k, count(*) AS n, sum(v) AS s, avg(v) AS a, \
+                   min(v) AS lo, max(v) AS hi, median(v) AS med, stddev(v) AS sd, \
+                   count(v) FILTER (WHERE v > 2) AS big \
+                   FROM tumble(source, ts, INTERVAL '1' MINUTE) GROUP BY window_start, k";
+        let query = PlannedQuery::new(&context(), schema.clone(), sql)
+            .await
+            .unwrap();
+        let aggregate = query.aggregate().unwrap();
+        let spec = query.window().unwrap();
+        let aggregation = Aggregation::new(&aggregate, spec, &|_| false).unwrap();
+        let input_schema = aggregate.input_schema();
+        let first = feed(
+            &aggregation,
+            &input_schema,
+            &[("rome", 1.0), ("oslo", 2.0), ("rome", 3.0)],
+        );
+        let second = feed(
+            &aggregation,
+            &input_schema,
+            &[("oslo", 5.0), ("lima", 7.0), ("rome", 4.0)],
+        );
+
+        let mut whole = Groups::new(&aggregation).unwrap();
+        whole.update(&aggregation, &first).unwrap();
+        whole.update(&aggregation, &second).unwrap();
+        let truth = whole.emit(&aggregation).unwrap();
+
+        let mut kept = Groups::new(&aggregation).unwrap();
+        kept.update(&aggregation, &first).unwrap();
+        let snapshot = kept.snapshot(&aggregation).unwrap();
+        kept.update(&aggregation, &second).unwrap();
+        assert_eq!(kept.emit(&aggregation).unwrap(), truth);
+
+        let header = super::super::checkpoint::Header {
+            windows: vec![(0, MINUTE, 0)],
+            ..Default::default()
+        };
+        let bytes = super::super::checkpoint::encode(header, &[snapshot]).unwrap();
+        let back = super::super::checkpoint::decode(&bytes).unwrap();
+        let mut restored = Groups::restore(&aggregation, &back.groups[0]).unwrap();
+        restored.update(&aggregation, &second).unwrap();
+        assert_eq!(restored.emit(&aggregation).unwrap(), truth);
+
+        let other = PlannedQuery::new(
+            &context(),
+            schema,
+            "SELECT window_start, count(*) AS n FROM tumble(source, ts, INTERVAL '1' MINUTE) GROUP BY window_start",
+        )
+        .await
+        .unwrap();
+        let other = Aggregation::new(
+            &other.aggregate().unwrap(),
+            other.window().unwrap(),
+            &|_| false,
+        )
+        .unwrap();
+        assert_ne!(other.fingerprint(), aggregation.fingerprint());
+        assert!(Groups::restore(&other, &back.groups[0]).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! lateness; then the query runs once over the window's records and its
 //! result is emitted, once.
 
+pub mod checkpoint;
 pub mod groups;
 pub mod spec;
 pub mod state;

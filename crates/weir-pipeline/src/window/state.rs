@@ -4,10 +4,13 @@
 //! folded incrementally) or its records as decoded rows (any aggregate,
 //! WebAssembly ones included, then runs once over a window's rows).
 //!
-//! No external state store: a source offset is committed only below the
+//! Without a checkpoint, a source offset is committed only below the
 //! oldest record of an open window ([`WindowState::commit_floor`]), so
 //! after a crash the open windows are rebuilt by replaying from the
-//! committed offsets.
+//! committed offsets. Folded windows are also checkpointed
+//! ([`WindowState::checkpoint`], kept by `changelog.rs`): offsets are then
+//! committed up to the last checkpoint, and a restart restores it and
+//! replays only what came after.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -133,6 +136,29 @@ pub struct WindowState {
     /// whose windows it passed was emitted (or set aside) then.
     restored: HashMap<i32, i64>,
     config: crate::config::WatermarkConfig,
+    /// Per consumed (topic, partition), the offset after the last record
+    /// admitted (what a checkpoint covers).
+    seen: HashMap<PartitionId, i64>,
+    /// Restored from a checkpoint: records before these offsets are in the
+    /// restored state, and are not admitted again.
+    covered: HashMap<PartitionId, i64>,
+    /// The offsets the last written checkpoint covers: commits may go up
+    /// to them, past open windows' records.
+    checkpointed: Offsets,
+    /// Counts changes to the state (a checkpoint of an unchanged state is
+    /// not taken again).
+    changes: u64,
+}
+
+/// One scope's checkpoint ([`WindowState::checkpoint`]).
+pub struct ScopeCheckpoint {
+    /// `None`: the pipeline's; `Some(p)`: internal partition `p`'s.
+    pub scope: Option<i32>,
+    pub bytes: Vec<u8>,
+    /// What it covers, to commit once it is written, with its watermark
+    /// (every window it passed was emitted by then).
+    pub covered: Offsets,
+    pub watermark: i64,
 }
 
 fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
@@ -184,6 +210,10 @@ impl WindowState {
             sources: None,
             restored: HashMap::new(),
             config: config.clone(),
+            seen: HashMap::new(),
+            covered: HashMap::new(),
+            checkpointed: Offsets::new(),
+            changes: 0,
         })
     }
 
@@ -240,9 +270,26 @@ impl WindowState {
             None => None,
         };
         let mut admitted = Admitted::default();
+        self.changes += 1;
         // Rows per window, in row order.
         let mut by_window: BTreeMap<(i64, String), Vec<u32>> = BTreeMap::new();
         for (row, record) in records.iter().enumerate() {
+            let consumed = (record.topic.clone(), record.partition);
+            if self
+                .covered
+                .get(&consumed)
+                .is_some_and(|&c| record.offset < c)
+            {
+                // In the restored checkpoint already.
+                admitted.repeated += 1;
+                continue;
+            }
+            // (A windows stage's record of a partition it no longer owns
+            // is its new owner's.)
+            if origins.is_none_or(|o| o.owned.contains(&record.partition)) {
+                let next = self.seen.entry(consumed).or_insert(0);
+                *next = (*next).max(record.offset.saturating_add(1));
+            }
             if times.is_null(row) {
                 admitted.untimed.push((
                     row,
@@ -396,21 +443,23 @@ impl WindowState {
     }
 
     /// Restores the watermarks committed with the offsets (`marks`, read
-    /// after partitions were assigned): windows they passed were emitted
-    /// and acknowledged before, and are not opened again by the replay.
-    pub fn restore(&mut self, marks: &Marks, windows_stage: bool, now: Instant) {
-        // Only for state this member does not have yet (a restart, or an
-        // internal partition taken over): its own watermark is newer.
-        if windows_stage {
+    /// after partitions were assigned) of the scopes in `fresh` (state this
+    /// member did not have: a restart, or an internal partition taken
+    /// over; its own watermark is newer). Windows they passed were emitted
+    /// and acknowledged before: not opened again by the replay, and
+    /// dropped from a restored checkpoint.
+    pub fn restore(&mut self, marks: &Marks, fresh: &[Option<i32>], now: Instant) {
+        if self.sources.is_some() {
             for ((_, p), mark) in marks {
-                if self.internal.contains_key(p) {
+                if !fresh.contains(&Some(*p)) {
                     continue;
                 }
                 self.internal_watermarks(*p, now).raise_to(*mark);
                 let r = self.restored.entry(*p).or_insert(i64::MIN);
                 *r = (*r).max(*mark);
+                self.drop_passed(&internal_tag(*p));
             }
-        } else if self.watermarks.current() == i64::MIN
+        } else if fresh.contains(&None)
             && let Some(mark) = marks.values().min()
         {
             // One watermark for the source, committed on each partition:
@@ -418,6 +467,24 @@ impl WindowState {
             self.watermarks.raise_to(*mark);
             let r = self.restored.entry(-1).or_insert(i64::MIN);
             *r = (*r).max(*mark);
+            self.drop_passed("");
+        }
+    }
+
+    /// Drops the restored windows of `tag` its watermark passed: they were
+    /// emitted after the checkpoint that held them.
+    fn drop_passed(&mut self, tag: &str) {
+        let watermark = self.watermark_of(tag);
+        let passed: Vec<(i64, String)> = self
+            .open
+            .iter()
+            .filter(|((_, t), w)| t == tag && self.closed(w.end, watermark))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in passed {
+            if let Some(open) = self.open.remove(&key) {
+                self.bytes -= open.bytes;
+            }
         }
     }
 
@@ -453,9 +520,14 @@ impl WindowState {
                 self.bytes -= open.bytes;
             }
         }
+        self.changes += 1;
         self.internal.remove(&partition);
         self.restored.remove(&partition);
         self.admitted_up_to.retain(|(p, _), _| *p != partition);
+        // Consumed partition `partition` of the internal topic.
+        self.seen.retain(|(_, p), _| *p != partition);
+        self.covered.retain(|(_, p), _| *p != partition);
+        self.checkpointed.retain(|(_, p), _| *p != partition);
     }
 
     /// A windows stage: its records come from `count` source partitions,
@@ -596,6 +668,7 @@ impl WindowState {
         if starts.is_empty() {
             return Ok(None);
         }
+        self.changes += 1;
         let mut batches = Vec::new();
         let mut records = Vec::new();
         for window in &starts {
@@ -651,11 +724,151 @@ impl WindowState {
     pub fn commit_floor(&self, mut next: Offsets) -> Offsets {
         for open in self.open.values() {
             for (tp, &oldest) in &open.floor {
-                let e = next.entry(tp.clone()).or_insert(oldest);
-                *e = (*e).min(oldest);
+                // Up to the last checkpoint, the state is in the changelog.
+                let floor = self.checkpointed.get(tp).map_or(oldest, |&c| c.max(oldest));
+                let e = next.entry(tp.clone()).or_insert(floor);
+                *e = (*e).min(floor);
             }
         }
         next
+    }
+
+    /// A checkpoint of the folded windows per scope (the pipeline, or each
+    /// internal partition of a windows stage), with the offsets each
+    /// covers; `None` when windows keep records (they are rebuilt by
+    /// replay). Call between batches: every admitted row is folded.
+    pub fn checkpoint(&mut self) -> Result<Option<Vec<ScopeCheckpoint>>, String> {
+        let Some(aggregation) = &self.aggregation else {
+            return Ok(None);
+        };
+        self.changes += 1;
+        // A scope nothing was admitted to or restored in yet is not
+        // written: its last checkpoint may not have been read yet.
+        let scopes: Vec<Option<i32>> = if self.sources.is_some() {
+            self.internal.keys().map(|p| Some(*p)).collect()
+        } else if self.fresh(None) {
+            Vec::new()
+        } else {
+            vec![None]
+        };
+        let mut out = Vec::new();
+        for scope in scopes {
+            let tag = scope.map_or(String::new(), internal_tag);
+            let covered: Offsets = self
+                .seen
+                .iter()
+                .filter(|((_, p), _)| scope.is_none_or(|s| s == *p))
+                .map(|(tp, o)| (tp.clone(), *o))
+                .collect();
+            let mut header = super::checkpoint::Header {
+                fingerprint: aggregation.fingerprint().to_string(),
+                watermark: self.watermark_of(&tag),
+                covered: covered
+                    .iter()
+                    .map(|((t, p), o)| (t.to_string(), *p, *o))
+                    .collect(),
+                admitted: self
+                    .admitted_up_to
+                    .iter()
+                    .filter(|((p, _), _)| Some(*p) == scope)
+                    .map(|((_, sp), o)| (*sp, *o))
+                    .collect(),
+                ..Default::default()
+            };
+            let mut groups = Vec::new();
+            for ((start, t), open) in self.open.iter_mut() {
+                if *t != tag {
+                    continue;
+                }
+                let Some(g) = open.groups.as_mut() else {
+                    continue;
+                };
+                groups.push(g.snapshot(aggregation)?);
+                header.windows.push((*start, open.end, 0));
+            }
+            let watermark = header.watermark;
+            out.push(ScopeCheckpoint {
+                scope,
+                bytes: super::checkpoint::encode(header, &groups)?,
+                covered,
+                watermark,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Counts changes of the state: equal between two calls, nothing
+    /// changed (a checkpoint counts as one).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// A checkpoint was written: commits may go up to what it covers.
+    pub fn checkpointed(&mut self, covered: &Offsets) {
+        for (tp, o) in covered {
+            let e = self.checkpointed.entry(tp.clone()).or_insert(*o);
+            *e = (*e).max(*o);
+        }
+    }
+
+    /// Whether scope `scope`'s state is new here (nothing admitted or
+    /// restored for it yet): a checkpoint of it may be restored.
+    pub fn fresh(&self, scope: Option<i32>) -> bool {
+        match scope {
+            Some(p) => !self.internal.contains_key(&p),
+            None => self.seen.is_empty() && self.covered.is_empty(),
+        }
+    }
+
+    /// Restores scope `scope` from checkpoint `bytes`; `Err` says why it
+    /// cannot (the state then starts empty, rebuilt by replay from the
+    /// committed offsets as far as they reach).
+    pub fn restore_checkpoint(
+        &mut self,
+        scope: Option<i32>,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<usize, String> {
+        let Some(aggregation) = &self.aggregation else {
+            return Err("these windows keep records".into());
+        };
+        let checkpoint = super::checkpoint::decode(bytes)?;
+        let header = checkpoint.header;
+        if header.fingerprint != aggregation.fingerprint() {
+            return Err("it was made by a different query".into());
+        }
+        let tag = scope.map_or(String::new(), internal_tag);
+        let mut restored = Vec::new();
+        for (&(start, end, _), batch) in header.windows.iter().zip(&checkpoint.groups) {
+            let groups = Groups::restore(aggregation, batch)?;
+            restored.push(((start, tag.clone()), end, groups));
+        }
+        let watermark = header.watermark;
+        match scope {
+            Some(p) => {
+                self.internal_watermarks(p, now).raise_to(watermark);
+                for (sp, o) in header.admitted {
+                    let e = self.admitted_up_to.entry((p, sp)).or_insert(o);
+                    *e = (*e).max(o);
+                }
+            }
+            None => self.watermarks.raise_to(watermark),
+        }
+        for (topic, p, o) in header.covered {
+            let tp: PartitionId = (Arc::from(topic.as_str()), p);
+            self.covered.insert(tp.clone(), o);
+            self.checkpointed.insert(tp, o);
+        }
+        let windows = restored.len();
+        for (key, end, groups) in restored {
+            let bytes = groups.bytes();
+            let open = self.open.entry(key).or_default();
+            open.end = end;
+            open.bytes = bytes;
+            open.groups = Some(groups);
+            self.bytes += bytes;
+        }
+        Ok(windows)
     }
 }
 

@@ -463,9 +463,11 @@ pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceR
     let (t, n) = (tenant.to_string(), name.to_string());
     registry_write(state, move |r| r.delete_pipeline(&t, &n)).await?;
     state.pipelines.forget(tenant, name);
-    // A repartitioned pipeline's internal topic and groups go with it.
+    // A repartitioned pipeline's internal topic and groups, and a windowed
+    // one's changelog, go with it.
     if let Ok(config) = PipelineConfig::from_toml(&pipeline.config) {
         crate::pipeline::repartition::remove_internal(&config).await;
+        crate::pipeline::changelog::remove(&config).await;
     }
     Ok(())
 }

@@ -86,6 +86,7 @@ const PLAIN_KEYS: &[&str] = &[
     "watermark.max_out_of_order_ms",
     "watermark.idle_partition_ms",
     "watermark.allowed_lateness_ms",
+    "state.checkpoint_ms",
     "tables[].kind",
     "tables[].name",
     "tables[].format",

@@ -80,16 +80,16 @@ impl TableConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// How often the open windows' state is written to the changelog topic
-    /// `<source topic>.weir-changelog.<pipeline>` (0: never; a restart
-    /// then replays from the oldest open window's first record).
+    /// `<source topic>.weir-changelog.<pipeline>` (0, the default: never;
+    /// a restart then replays from the oldest open window's first record).
+    /// Opt-in for now: see docs/pipelines.md for the known gap with
+    /// several members.
     pub checkpoint_ms: u64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig {
-            checkpoint_ms: 1000,
-        }
+        StateConfig { checkpoint_ms: 0 }
     }
 }
 

@@ -309,6 +309,8 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 repartition = true
 [watermark]
 idle_partition_ms = 0
+[state]
+checkpoint_ms = 100
 [sink]
 kind = "kafka"
 brokers = "{addr}"
@@ -695,8 +697,7 @@ async fn a_long_window_survives_a_sigkill_from_its_checkpoint(repartition: bool)
     .replace(
         "repartition = true",
         &format!("repartition = {repartition}"),
-    )
-    .replace("[sink]", "[state]\ncheckpoint_ms = 100\n[sink]");
+    );
     let pipeline = dir.path().join("long.toml");
     std::fs::write(&pipeline, toml).unwrap();
     let mut truth = BTreeMap::new();

@@ -71,12 +71,8 @@ impl Changelog {
         };
         create(brokers, &topic, partitions, properties).await?;
         let max = MAX_CHECKPOINT_BYTES.to_string();
-        // Clients of their own name: with librdkafka's shared default
-        // `client.id`, a member's internal partition sometimes stopped
-        // being fetched right after the member read the changelog's
-        // partition of the same number (nisshi 0.8, 2 runs in 3 of
-        // `members_joining_and_killed_mid_stream_emit_whole_windows`; none
-        // in 3 with these names).
+        // Clients of their own name: the broker's logs and quotas tell
+        // them from the pipeline's consumer.
         let producer: FutureProducer = client_config(
             brokers,
             &[

@@ -76,15 +76,21 @@ impl TableConfig {
 /// `[state]`: the changelog of a windowed pipeline over Kafka whose
 /// windows fold their rows (docs/pipelines.md, "Window state and
 /// recovery").
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// How often the open windows' state is written to the changelog topic
-    /// `<source topic>.weir-changelog.<pipeline>` (0, the default: never;
-    /// a restart then replays from the oldest open window's first record).
-    /// Opt-in for now: see docs/pipelines.md for the known gap with
-    /// several members.
+    /// `<source topic>.weir-changelog.<pipeline>` (0: never; a restart
+    /// then replays from the oldest open window's first record).
     pub checkpoint_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            checkpoint_ms: 1000,
+        }
+    }
 }
 
 /// `[watermark]`: how far behind the largest event time seen records may

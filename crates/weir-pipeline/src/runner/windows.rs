@@ -161,6 +161,7 @@ impl Pipeline {
                     continue;
                 }
                 bytes += scope.bytes.len();
+                tracing::debug!(pipeline = %self.config.name, partition, covered = ?scope.covered, watermark = %crate::window::state::fmt_us(scope.watermark), bytes = scope.bytes.len(), "checkpoint written");
                 windows.checkpointed(&scope.covered);
                 if scope.watermark != i64::MIN {
                     marks.extend(scope.covered.keys().map(|tp| (tp.clone(), scope.watermark)));
@@ -238,7 +239,7 @@ impl Pipeline {
                 }
             }
         }
-        windows.restore(&marks, &fresh, now);
+        windows.restore(&marks, &fresh, self.origin.is_some(), now);
         Ok(())
     }
 

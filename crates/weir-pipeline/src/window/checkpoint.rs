@@ -23,6 +23,11 @@ pub struct Header {
     pub fingerprint: String,
     /// The scope's watermark (µs).
     pub watermark: i64,
+    /// What it is computed from: per (topic, partition) of the source,
+    /// the largest event time seen (the records that set them are not
+    /// read again after a restore).
+    #[serde(default)]
+    pub maxima: Vec<(String, i32, i64)>,
     /// Per consumed (topic, partition), the next offset: every record
     /// before it is in this state (or in a window emitted and
     /// acknowledged before).

@@ -448,8 +448,14 @@ impl WindowState {
     /// over; its own watermark is newer). Windows they passed were emitted
     /// and acknowledged before: not opened again by the replay, and
     /// dropped from a restored checkpoint.
-    pub fn restore(&mut self, marks: &Marks, fresh: &[Option<i32>], now: Instant) {
-        if self.sources.is_some() {
+    pub fn restore(
+        &mut self,
+        marks: &Marks,
+        fresh: &[Option<i32>],
+        windows_stage: bool,
+        now: Instant,
+    ) {
+        if windows_stage {
             for ((_, p), mark) in marks {
                 if !fresh.contains(&Some(*p)) {
                     continue;
@@ -457,7 +463,8 @@ impl WindowState {
                 self.internal_watermarks(*p, now).raise_to(*mark);
                 let r = self.restored.entry(*p).or_insert(i64::MIN);
                 *r = (*r).max(*mark);
-                self.drop_passed(&internal_tag(*p));
+                let dropped = self.drop_passed(&internal_tag(*p));
+                tracing::debug!(partition = p, mark = %fmt_us(*mark), dropped, "committed watermark restored");
             }
         } else if fresh.contains(&None)
             && let Some(mark) = marks.values().min()
@@ -467,13 +474,14 @@ impl WindowState {
             self.watermarks.raise_to(*mark);
             let r = self.restored.entry(-1).or_insert(i64::MIN);
             *r = (*r).max(*mark);
-            self.drop_passed("");
+            let dropped = self.drop_passed("");
+            tracing::debug!(mark = %fmt_us(*mark), dropped, "committed watermark restored");
         }
     }
 
     /// Drops the restored windows of `tag` its watermark passed: they were
     /// emitted after the checkpoint that held them.
-    fn drop_passed(&mut self, tag: &str) {
+    fn drop_passed(&mut self, tag: &str) -> usize {
         let watermark = self.watermark_of(tag);
         let passed: Vec<(i64, String)> = self
             .open
@@ -481,11 +489,13 @@ impl WindowState {
             .filter(|((_, t), w)| t == tag && self.closed(w.end, watermark))
             .map(|(k, _)| k.clone())
             .collect();
+        let n = passed.len();
         for key in passed {
             if let Some(open) = self.open.remove(&key) {
                 self.bytes -= open.bytes;
             }
         }
+        n
     }
 
     /// The watermark to commit with each partition of `offsets`.
@@ -760,9 +770,18 @@ impl WindowState {
                 .filter(|((_, p), _)| scope.is_none_or(|s| s == *p))
                 .map(|(tp, o)| (tp.clone(), *o))
                 .collect();
+            let maxima = match scope {
+                Some(p) => self.internal.get(&p).map(Watermarks::maxima),
+                None => Some(self.watermarks.maxima()),
+            }
+            .unwrap_or_default();
             let mut header = super::checkpoint::Header {
                 fingerprint: aggregation.fingerprint().to_string(),
                 watermark: self.watermark_of(&tag),
+                maxima: maxima
+                    .into_iter()
+                    .map(|((t, p), m)| (t.to_string(), p, m))
+                    .collect(),
                 covered: covered
                     .iter()
                     .map(|((t, p), o)| (t.to_string(), *p, *o))
@@ -844,15 +863,26 @@ impl WindowState {
             restored.push(((start, tag.clone()), end, groups));
         }
         let watermark = header.watermark;
+        let maxima: Vec<(PartitionId, i64)> = header
+            .maxima
+            .iter()
+            .map(|(t, p, m)| ((Arc::from(t.as_str()), *p), *m))
+            .collect();
+        tracing::debug!(?scope, covered = ?header.covered, admitted = ?header.admitted, watermark = %fmt_us(watermark), windows = restored.len(), "checkpoint read");
         match scope {
             Some(p) => {
-                self.internal_watermarks(p, now).raise_to(watermark);
+                let w = self.internal_watermarks(p, now);
+                w.raise_to(watermark);
+                w.resume(maxima, now);
                 for (sp, o) in header.admitted {
                     let e = self.admitted_up_to.entry((p, sp)).or_insert(o);
                     *e = (*e).max(o);
                 }
             }
-            None => self.watermarks.raise_to(watermark),
+            None => {
+                self.watermarks.raise_to(watermark);
+                self.watermarks.resume(maxima, now);
+            }
         }
         for (topic, p, o) in header.covered {
             let tp: PartitionId = (Arc::from(topic.as_str()), p);

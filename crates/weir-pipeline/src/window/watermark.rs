@@ -115,6 +115,27 @@ impl Watermarks {
         self.current = self.current.max(mark);
     }
 
+    /// Each partition's largest event time (what [`Self::resume`] takes
+    /// back): a checkpoint keeps it, since the records that set it are
+    /// not read again.
+    pub fn maxima(&self) -> Vec<(PartitionId, i64)> {
+        self.partitions
+            .iter()
+            .map(|(p, v)| (p.clone(), v.max_event_us))
+            .collect()
+    }
+
+    /// Takes back the largest event times of [`Self::maxima`] (seen `now`).
+    pub fn resume(&mut self, maxima: impl IntoIterator<Item = (PartitionId, i64)>, now: Instant) {
+        for (partition, max) in maxima {
+            let p = self.partitions.entry(partition).or_insert(Partition {
+                max_event_us: max,
+                last_seen: now,
+            });
+            p.max_event_us = p.max_event_us.max(max);
+        }
+    }
+
     /// Forgets a partition (revoked from this consumer).
     pub fn forget(&mut self, partition: &PartitionId) {
         self.partitions.remove(partition);
@@ -127,6 +148,30 @@ mod tests {
 
     fn p(n: i32) -> PartitionId {
         ("t".into(), n)
+    }
+
+    /// A member that takes a checkpoint over goes on from each partition's
+    /// largest event time: a partition whose last records came before the
+    /// checkpoint does not hold its watermark back for ever (the records
+    /// that set it are not read again).
+    #[test]
+    fn a_restored_watermark_goes_on_from_each_partitions_largest_event_time() {
+        let t0 = Instant::now();
+        let mut before = Watermarks::new(0, 0);
+        before.expect(Some(2), t0);
+        // Partition 0's last record (40) comes before the checkpoint.
+        before.observe(&p(0), 40, t0);
+        before.observe(&p(1), 20, t0);
+        assert_eq!(before.current(), 20);
+        let mut after = Watermarks::new(0, 0);
+        after.expect(Some(2), t0);
+        after.raise_to(before.current());
+        after.resume(before.maxima(), t0);
+        assert_eq!(after.observe(&p(1), 30, t0), 30);
+        let mut without = Watermarks::new(0, 0);
+        without.expect(Some(2), t0);
+        without.raise_to(20);
+        assert_eq!(without.observe(&p(1), 30, t0), 20, "waits for partition 0");
     }
 
     #[test]

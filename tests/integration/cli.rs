@@ -440,6 +440,10 @@ fn dry_run_says_how_windows_keep_state() {
         "{printed}"
     );
     assert!(printed.contains("running aggregates"), "{printed}");
+    assert!(
+        printed.contains("recovery: a file is read from its start"),
+        "{printed}"
+    );
     let kept = write("kept", "count(DISTINCT v) AS n");
     let printed = stdout(&weir(&["run", "--dry-run", kept.to_str().unwrap()]));
     assert!(

@@ -78,8 +78,16 @@ impl Pipeline {
                     crate::window::WindowKind::Hop => "hop",
                     crate::window::WindowKind::Session => "session",
                 };
+                let recovery = match (&folding(&query), crate::changelog::topic(&config)) {
+                    (Ok(_), Some(topic)) if config.state.checkpoint_ms > 0 => format!(
+                        "checkpointed every {} ms to `{topic}`: a restart reads the last checkpoint, then the records after it",
+                        config.state.checkpoint_ms
+                    ),
+                    (_, Some(_)) => "after a restart the open windows are rebuilt by replaying their records".to_string(),
+                    (_, None) => "a file is read from its start on every run".to_string(),
+                };
                 text.push_str(&format!(
-                    "\nwindow: {kind} over `{}`; {state}",
+                    "\nwindow: {kind} over `{}`; {state}\nrecovery: {recovery}",
                     spec.time_column
                 ));
             }

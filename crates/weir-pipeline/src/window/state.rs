@@ -273,22 +273,18 @@ impl WindowState {
         self.changes += 1;
         // Rows per window, in row order.
         let mut by_window: BTreeMap<(i64, String), Vec<u32>> = BTreeMap::new();
+        self.note_seen(records, origins);
+        let check_covered = !self.covered.is_empty();
         for (row, record) in records.iter().enumerate() {
-            let consumed = (record.topic.clone(), record.partition);
-            if self
-                .covered
-                .get(&consumed)
-                .is_some_and(|&c| record.offset < c)
+            if check_covered
+                && self
+                    .covered
+                    .get(&(record.topic.clone(), record.partition))
+                    .is_some_and(|&c| record.offset < c)
             {
                 // In the restored checkpoint already.
                 admitted.repeated += 1;
                 continue;
-            }
-            // (A windows stage's record of a partition it no longer owns
-            // is its new owner's.)
-            if origins.is_none_or(|o| o.owned.contains(&record.partition)) {
-                let next = self.seen.entry(consumed).or_insert(0);
-                *next = (*next).max(record.offset.saturating_add(1));
             }
             if times.is_null(row) {
                 admitted.untimed.push((
@@ -435,6 +431,38 @@ impl WindowState {
             });
         }
         Ok(admitted)
+    }
+
+    /// Notes the offsets `records` reach per consumed partition (what a
+    /// checkpoint covers), once per run of one partition's records. A
+    /// windows stage's record of a partition it no longer owns is its new
+    /// owner's.
+    fn note_seen(&mut self, records: &[&SourceRecord], origins: Option<&Origins>) {
+        let mut run: Option<(&Arc<str>, i32, i64)> = None;
+        let flush = |seen: &mut HashMap<PartitionId, i64>, run: Option<(&Arc<str>, i32, i64)>| {
+            if let Some((topic, partition, next)) = run {
+                let e = seen.entry((topic.clone(), partition)).or_insert(0);
+                *e = (*e).max(next);
+            }
+        };
+        for record in records {
+            if origins.is_some_and(|o| !o.owned.contains(&record.partition)) {
+                continue;
+            }
+            let next = record.offset.saturating_add(1);
+            match &mut run {
+                Some((topic, partition, last))
+                    if *partition == record.partition && Arc::ptr_eq(topic, &record.topic) =>
+                {
+                    *last = (*last).max(next);
+                }
+                _ => {
+                    flush(&mut self.seen, run.take());
+                    run = Some((&record.topic, record.partition, next));
+                }
+            }
+        }
+        flush(&mut self.seen, run);
     }
 
     /// The source is assigned `count` partitions (None for a file).
@@ -887,6 +915,9 @@ impl WindowState {
         for (topic, p, o) in header.covered {
             let tp: PartitionId = (Arc::from(topic.as_str()), p);
             self.covered.insert(tp.clone(), o);
+            // What a later checkpoint covers starts here.
+            let seen = self.seen.entry(tp.clone()).or_insert(o);
+            *seen = (*seen).max(o);
             self.checkpointed.insert(tp, o);
         }
         let windows = restored.len();

@@ -83,7 +83,9 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_be_bytes)
         .ok_or_else(truncated)? as usize;
-    let meta = bytes.get(4..4 + len).ok_or_else(truncated)?;
+    let meta = bytes
+        .get(4..4usize.saturating_add(len))
+        .ok_or_else(truncated)?;
     let header: Header = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
     if header.version != VERSION {
         return Err(format!(
@@ -94,8 +96,9 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let mut at = 4 + len;
     let mut groups = Vec::with_capacity(header.windows.len());
     for &(_, _, size) in &header.windows {
-        let blob = bytes.get(at..at + size).ok_or_else(truncated)?;
-        at += size;
+        let end = at.checked_add(size).ok_or_else(truncated)?;
+        let blob = bytes.get(at..end).ok_or_else(truncated)?;
+        at = end;
         let mut reader = StreamReader::try_new(blob, None).map_err(|e| e.to_string())?;
         let batch = reader
             .next()

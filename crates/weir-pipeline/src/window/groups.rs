@@ -55,6 +55,9 @@ pub struct Aggregation {
     output: SchemaRef,
     /// Each aggregate's state columns ([`Groups::snapshot`]).
     states: Vec<usize>,
+    /// The types of a snapshot's columns: grouping keys, then every
+    /// aggregate's state.
+    column_types: Vec<DataType>,
     /// What a checkpoint of these groups must have been made by: the
     /// grouping columns' and the aggregates' names and state types.
     fingerprint: String,
@@ -88,6 +91,7 @@ impl Aggregation {
         let input = aggregate.input_schema();
         let mut window_group = None;
         let mut fields = Vec::new();
+        let mut key_types = Vec::new();
         let mut feed = Vec::new();
         for (i, (expr, name)) in by.expr().iter().enumerate() {
             let column = name.rsplit('.').next().unwrap_or(name);
@@ -102,6 +106,7 @@ impl Aggregation {
                 ));
             }
             let data_type = expr.data_type(&input).map_err(|e| e.to_string())?;
+            key_types.push(data_type.clone());
             fields.push(SortField::new(data_type));
             feed.push(ProjectionExpr {
                 expr: expr.clone(),
@@ -153,11 +158,13 @@ impl Aggregation {
             let fields = a.state_fields().map_err(|e| e.to_string())?;
             states.push(fields.len());
             for f in fields {
+                key_types.push(f.data_type().clone());
                 fingerprint.push_str(&format!(";{}:{}", a.fun().name(), f.data_type()));
             }
         }
         Ok(Aggregation {
             states,
+            column_types: key_types,
             fingerprint,
             groups: by.expr().len(),
             window_group,
@@ -353,11 +360,18 @@ impl Groups {
 
     /// Groups from a [`Self::snapshot`] of `aggregation`'s groups.
     pub fn restore(aggregation: &Aggregation, batch: &RecordBatch) -> Result<Self, String> {
-        let expected = aggregation.groups + aggregation.states.iter().sum::<usize>();
-        if batch.num_columns() != expected {
+        // The changelog is a topic like any other of the tenant's: its
+        // bytes are checked before an accumulator reads them.
+        let types: Vec<&DataType> = batch.columns().iter().map(|c| c.data_type()).collect();
+        if types.len() != aggregation.column_types.len()
+            || types
+                .iter()
+                .zip(&aggregation.column_types)
+                .any(|(a, b)| *a != b)
+        {
             return Err(format!(
-                "the checkpoint has {} columns, the aggregate {expected}",
-                batch.num_columns()
+                "the checkpoint's columns ({types:?}) are not the aggregate's ({:?})",
+                aggregation.column_types
             ));
         }
         let mut groups = Groups::new(aggregation)?;
@@ -507,6 +521,27 @@ mod tests {
         };
         let bytes = super::super::checkpoint::encode(header, &[snapshot]).unwrap();
         let back = super::super::checkpoint::decode(&bytes).unwrap();
+        // Bytes someone else wrote to the topic: a column of another type
+        // is refused before an accumulator reads it.
+        let good = &back.groups[0];
+        let mut columns = good.columns().to_vec();
+        let last = columns.len() - 1;
+        assert_ne!(columns[last].data_type(), &DataType::Utf8);
+        columns[last] = Arc::new(StringArray::from_iter_values(
+            (0..good.num_rows()).map(|_| "x"),
+        ));
+        let forged = RecordBatch::try_new(
+            Arc::new(Schema::new(
+                columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            )),
+            columns,
+        )
+        .unwrap();
+        assert!(Groups::restore(&aggregation, &forged).is_err());
         let mut restored = Groups::restore(&aggregation, &back.groups[0]).unwrap();
         restored.update(&aggregation, &second).unwrap();
         assert_eq!(restored.emit(&aggregation).unwrap(), truth);

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -69,8 +69,16 @@ impl Changelog {
         else {
             bail!("internal: a changelog needs a Kafka source");
         };
-        create(brokers, &topic, partitions, properties).await?;
         let max = MAX_CHECKPOINT_BYTES.to_string();
+        crate::kafka::create_topic(
+            brokers,
+            &topic,
+            partitions,
+            &[("cleanup.policy", "compact"), ("max.message.bytes", &max)],
+            properties,
+            "the changelog topic",
+        )
+        .await?;
         // Clients of their own name: the broker's logs and quotas tell
         // them from the pipeline's consumer.
         let producer: FutureProducer = client_config(
@@ -171,44 +179,6 @@ impl Changelog {
             )
         })
     }
-}
-
-/// Creates the changelog topic, compacted (nothing if it exists). A broker
-/// that refuses the topic settings gets the topic without them.
-async fn create(
-    brokers: &str,
-    topic: &str,
-    partitions: usize,
-    properties: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[], properties)
-        .create()
-        .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))?;
-    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    let count = i32::try_from(partitions).unwrap_or(i32::MAX);
-    let max = MAX_CHECKPOINT_BYTES.to_string();
-    let compacted = NewTopic::new(topic, count, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "compact")
-        .set("max.message.bytes", &max);
-    let plain = NewTopic::new(topic, count, TopicReplication::Fixed(1));
-    let mut last = None;
-    for new in [compacted, plain] {
-        let results = admin
-            .create_topics([&new], &options)
-            .await
-            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
-            .with_context(|| format!("creating the changelog topic `{topic}`"))?;
-        match results.into_iter().next() {
-            None | Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
-                return Ok(());
-            }
-            Some(Err((_, e))) => last = Some(e),
-        }
-    }
-    bail!(
-        "creating the changelog topic `{topic}`: {}",
-        last.map_or_else(String::new, |e| e.to_string())
-    )
 }
 
 /// Removes a deleted pipeline's changelog topic. Best effort (logged).

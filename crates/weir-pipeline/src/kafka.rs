@@ -37,3 +37,53 @@ pub fn scrub(message: String, properties: &BTreeMap<String, String>) -> String {
         }
     })
 }
+
+/// Creates `topic` with `partitions` and the topic settings `configs`
+/// (nothing if it exists). A broker that refuses the settings gets the
+/// topic without them. `what` names it in errors ("the internal topic").
+pub async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: usize,
+    configs: &[(&str, &str)],
+    properties: &BTreeMap<String, String>,
+    what: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[], properties)
+        .create()
+        .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))?;
+    let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let count = i32::try_from(partitions).unwrap_or(i32::MAX);
+    let mut with = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        with = with.set(k, v);
+    }
+    let plain = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+    let attempts = if configs.is_empty() {
+        vec![plain]
+    } else {
+        vec![with, plain]
+    };
+    let mut last = None;
+    for new in attempts {
+        let results = admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
+            .with_context(|| format!("creating {what} `{topic}`"))?;
+        match results.into_iter().next() {
+            None | Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                return Ok(());
+            }
+            Some(Err((_, e))) => last = Some(e),
+        }
+    }
+    anyhow::bail!(
+        "creating {what} `{topic}`: {}",
+        last.map_or_else(String::new, |e| e.to_string())
+    )
+}

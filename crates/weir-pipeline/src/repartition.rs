@@ -26,10 +26,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{FieldConfig, Format, Metadata, PipelineConfig, SinkConfig, SourceConfig};
 use crate::kafka::{client_config, scrub};
@@ -161,7 +160,15 @@ pub async fn stages(
     }
     let internal = internal_topic(config).context("no source topic")?;
     let partitions = source_partitions(brokers, topic, properties).await?;
-    create_topic(brokers, &internal, partitions, properties).await?;
+    crate::kafka::create_topic(
+        brokers,
+        &internal,
+        partitions,
+        &[],
+        properties,
+        "the internal topic",
+    )
+    .await?;
 
     let mut rekey = config.clone();
     rekey.name = format!("{}.repartition", config.name);
@@ -300,34 +307,4 @@ async fn source_partitions(
     })
     .await
     .context("reading the source's partitions")?
-}
-
-/// Creates `topic` with `partitions` (nothing if it exists).
-async fn create_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: usize,
-    properties: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[], properties)
-        .create()
-        .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))?;
-    let new = NewTopic::new(
-        topic,
-        i32::try_from(partitions).unwrap_or(i32::MAX),
-        TopicReplication::Fixed(1),
-    );
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&new], &options)
-        .await
-        .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))
-        .with_context(|| format!("creating the internal topic `{topic}`"))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, e)) => bail!("creating the internal topic `{t}`: {e}"),
-        }
-    }
-    Ok(())
 }

@@ -498,11 +498,18 @@ impl PipelineConfig {
         serde_json::to_value(schemars::schema_for!(PipelineConfig)).unwrap_or_default()
     }
 
-    /// Whether the query reads an event-time window: its state (the open
-    /// windows) must see every partition of the source, so one process
-    /// runs it at a time (`weir serve` clusters: the lease holder).
+    /// Whether the query reads an event-time window.
     pub fn is_windowed(&self) -> bool {
         crate::window::spec::reads_a_window(&self.sql)
+    }
+
+    /// Whether the query keeps state across micro-batches (open windows,
+    /// or the rows of a join of the stream with itself): the state must
+    /// see every partition of the source, so one process runs it at a time
+    /// (`weir serve` clusters: the lease holder), unless it is re-keyed
+    /// ([`Self::repartitions`]).
+    pub fn is_stateful(&self) -> bool {
+        self.is_windowed() || crate::join::spec::joins_the_stream(&self.sql)
     }
 
     /// Whether a windowed query's records are re-keyed through an internal
@@ -516,6 +523,7 @@ impl PipelineConfig {
                 ..
             }
         ) && self.is_windowed()
+            && !crate::join::spec::joins_the_stream(&self.sql)
     }
 
     /// Whether the source is json or csv and declares no `fields`.

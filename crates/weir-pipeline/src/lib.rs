@@ -11,6 +11,7 @@ pub mod encode;
 pub mod infer;
 pub mod inflight;
 pub mod isolate;
+pub mod join;
 pub mod kafka;
 pub mod open;
 pub mod query;

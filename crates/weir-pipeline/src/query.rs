@@ -32,7 +32,9 @@ use parking_lot::Mutex;
 use crate::window::spec::{WINDOW_END, WINDOW_START};
 use crate::window::{WindowSpec, register_window_functions};
 
-type Slot = Arc<Mutex<Option<RecordBatch>>>;
+/// The batches a scan of the micro-batch source yields (one, but for the
+/// kept side of a join of the stream with itself).
+type Slot = Arc<Mutex<Vec<RecordBatch>>>;
 
 #[derive(Debug)]
 struct SlotTable {
@@ -136,19 +138,19 @@ impl ExecutionPlan for SlotExec {
         _partition: usize,
         _ctx: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let batch = self.slot.lock().clone();
-        let batches = match batch {
-            // The slot may hold the windowed batch (the source's columns,
-            // then the window columns): `source` sees its own columns.
-            Some(b) => vec![match &self.projection {
-                Some(p) => b.project(p)?,
+        let held = self.slot.lock().clone();
+        // The slot may hold the windowed batch (the source's columns, then
+        // the window columns): `source` sees its own columns.
+        let batches = held
+            .into_iter()
+            .map(|b| match &self.projection {
+                Some(p) => b.project(p),
                 None if b.num_columns() != self.schema.fields().len() => {
-                    b.project(&(0..self.schema.fields().len()).collect::<Vec<_>>())?
+                    b.project(&(0..self.schema.fields().len()).collect::<Vec<_>>())
                 }
-                None => b,
-            }],
-            None => vec![],
-        };
+                None => Ok(b),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             self.schema.clone(),
@@ -271,6 +273,102 @@ pub struct PlannedQuery {
     group_columns: Vec<String>,
     /// Columns the grouping keys read ([`PlannedQuery::key_sources`]).
     key_sources: Vec<String>,
+    /// A join of the stream with itself, if the query has one.
+    join: Option<StreamJoin>,
+    /// A join builds its table from the batch ([`builds_from_the_batch`]).
+    rebuilds: bool,
+}
+
+/// The two inputs of a join of the stream with itself, read from slots of
+/// their own (`crate::join`).
+struct StreamJoin {
+    spec: crate::join::JoinSpec,
+    first: Slot,
+    second: Slot,
+    /// The rows kept from earlier batches ([`crate::join::JoinState`]).
+    history: Mutex<Vec<RecordBatch>>,
+}
+
+/// `plan` with each scan of the micro-batch source reading `slot`.
+fn rebind(plan: Arc<dyn ExecutionPlan>, slot: &Slot) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(plan
+        .transform_up(|n| {
+            Ok(match n.downcast_ref::<SlotExec>() {
+                Some(s) => Transformed::yes(Arc::new(SlotExec {
+                    schema: s.schema.clone(),
+                    projection: s.projection.clone(),
+                    slot: slot.clone(),
+                    properties: s.properties.clone(),
+                }) as Arc<dyn ExecutionPlan>),
+                None => Transformed::no(n),
+            })
+        })?
+        .data)
+}
+
+/// Whether a join of `plan` builds its table from the micro-batch: a join
+/// keeps the table it built for its next execution (a lookup table is
+/// built once), so such a plan is reset before each run.
+fn builds_from_the_batch(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    (plan.name().contains("Join") && plan.children().first().is_some_and(|c| reads_the_batch(c)))
+        || plan.children().into_iter().any(builds_from_the_batch)
+}
+
+/// `plan` with the tables its joins built from the micro-batch dropped.
+fn reset_batch_builds(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(plan
+        .transform_up(|n| {
+            if n.name().contains("Join") && n.children().first().is_some_and(|c| reads_the_batch(c))
+            {
+                Ok(Transformed::yes(n.reset_state()?))
+            } else {
+                Ok(Transformed::no(n))
+            }
+        })?
+        .data)
+}
+
+fn reads_the_batch(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.name() == "MicroBatchSourceExec" || plan.children().into_iter().any(reads_the_batch)
+}
+
+/// `plan` with the two inputs of its join of the stream with itself
+/// reading `first` and `second`.
+fn split_join(
+    plan: Arc<dyn ExecutionPlan>,
+    first: &Slot,
+    second: &Slot,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut done = false;
+    let plan = plan
+        .transform_up(|n| {
+            let children = n.children();
+            if done
+                || !n.name().contains("Join")
+                || children.len() != 2
+                || !children.iter().all(|c| reads_the_batch(c))
+            {
+                return Ok(Transformed::no(n));
+            }
+            done = true;
+            let inputs = vec![
+                rebind(children[0].clone(), first)?,
+                rebind(children[1].clone(), second)?,
+            ];
+            // The new inputs are the old ones reading other slots: same
+            // properties.
+            let keep = datafusion::physical_plan::execution_plan::ReplaceChildrenOptions::new(
+                datafusion::physical_plan::execution_plan::ChildrenPropertiesMode::Keep,
+            );
+            Ok(Transformed::yes(n.clone().replace_children(inputs, keep)?))
+        })?
+        .data;
+    if !done {
+        return Err(DataFusionError::Plan(
+            "internal: the join of the stream with itself is not in the physical plan".into(),
+        ));
+    }
+    Ok(plan)
 }
 
 /// How the query's rows relate to its input rows.
@@ -306,7 +404,7 @@ impl PlannedQuery {
     /// Plans `sql` against table `source` of `schema` in `ctx` (which holds
     /// the pipeline's UDFs).
     pub async fn new(ctx: &SessionContext, schema: SchemaRef, sql: &str) -> Result<Self> {
-        let slot: Slot = Arc::new(Mutex::new(None));
+        let slot: Slot = Arc::new(Mutex::new(Vec::new()));
         let source: Arc<dyn TableProvider> = Arc::new(SlotTable {
             schema,
             slot: slot.clone(),
@@ -328,13 +426,34 @@ impl PlannedQuery {
         let window = captured.lock().clone();
         let group_columns = check_grouping(frame.logical_plan(), window.as_ref())?;
         let key_sources = key_sources(frame.logical_plan(), window.as_ref())?;
-        let plan = frame.create_physical_plan().await?;
+        // Over a window, a join of the stream with itself pairs the rows of
+        // each window; otherwise it is an interval join.
+        let join = match window {
+            Some(_) => None,
+            None => crate::join::spec::find(&frame.clone().into_optimized_plan()?)?,
+        };
+        let mut plan = frame.create_physical_plan().await?;
+        let join = match join {
+            Some(spec) => {
+                let (first, second): (Slot, Slot) = Default::default();
+                plan = split_join(plan, &first, &second)?;
+                Some(StreamJoin {
+                    spec,
+                    first,
+                    second,
+                    history: Mutex::new(Vec::new()),
+                })
+            }
+            None => None,
+        };
         if plan.properties().output_partitioning().partition_count() != 1 {
             return Err(DataFusionError::Plan(
                 "the pipeline query must produce a single stream".into(),
             ));
         }
+        let rebuilds = builds_from_the_batch(&plan);
         Ok(PlannedQuery {
+            rebuilds,
             slot,
             shape: shape(&plan),
             plan,
@@ -344,7 +463,21 @@ impl PlannedQuery {
             window,
             group_columns,
             key_sources,
+            join,
         })
+    }
+
+    /// The query's join of the stream with itself, if it has one.
+    pub fn join(&self) -> Option<&crate::join::JoinSpec> {
+        self.join.as_ref().map(|j| &j.spec)
+    }
+
+    /// The rows kept from earlier batches, which the next runs join the
+    /// batch with (a join of the stream with itself).
+    pub fn set_history(&self, batches: Vec<RecordBatch>) {
+        if let Some(j) = &self.join {
+            *j.history.lock() = batches;
+        }
     }
 
     /// The columns the query's windows are keyed by (its grouping keys and
@@ -456,7 +589,7 @@ impl PlannedQuery {
         let Some(target) = found else {
             return Err("internal: the aggregate is not in the plan".into());
         };
-        let slot: Slot = Arc::new(Mutex::new(None));
+        let slot: Slot = Arc::new(Mutex::new(Vec::new()));
         let schema = aggregate.schema();
         let leaf: Arc<dyn ExecutionPlan> = Arc::new(SlotExec {
             properties: Arc::new(PlanProperties::new(
@@ -482,6 +615,7 @@ impl PlannedQuery {
             .map_err(|e| e.to_string())?
             .data;
         let stage = |slot: Slot, plan: Arc<dyn ExecutionPlan>| PlannedQuery {
+            rebuilds: builds_from_the_batch(&plan),
             slot,
             shape: shape(&plan),
             plan,
@@ -491,6 +625,7 @@ impl PlannedQuery {
             window: None,
             group_columns: Vec::new(),
             key_sources: Vec::new(),
+            join: None,
         };
         Ok(Split {
             aggregate,
@@ -502,9 +637,47 @@ impl PlannedQuery {
     /// Runs the planned query over one batch.
     pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let _running = self.running.lock().await;
-        *self.slot.lock() = Some(batch);
-        let result = collect(self.plan.clone(), self.task.clone()).await;
-        *self.slot.lock() = None;
+        *self.slot.lock() = vec![batch.clone()];
+        let result = match &self.join {
+            None => self.collect().await,
+            Some(join) => self.run_join(join, batch).await,
+        };
+        self.slot.lock().clear();
         result
+    }
+
+    /// One execution of the plan over what its slots hold.
+    async fn collect(&self) -> Result<Vec<RecordBatch>> {
+        let plan = if self.rebuilds {
+            reset_batch_builds(self.plan.clone())?
+        } else {
+            self.plan.clone()
+        };
+        collect(plan, self.task.clone()).await
+    }
+
+    /// Every pair with a row of `batch` in it, once: the batch's rows on
+    /// the first side with kept and new rows on the second, then kept rows
+    /// on the first side with the batch's on the second.
+    async fn run_join(&self, join: &StreamJoin, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let history = join.history.lock().clone();
+        let mut second = history.clone();
+        second.push(batch.clone());
+        *join.first.lock() = vec![batch.clone()];
+        *join.second.lock() = second;
+        let mut out = self.collect().await;
+        if !history.is_empty()
+            && let Ok(pairs) = &mut out
+        {
+            *join.first.lock() = history;
+            *join.second.lock() = vec![batch];
+            match self.collect().await {
+                Ok(more) => pairs.extend(more),
+                Err(e) => out = Err(e),
+            }
+        }
+        join.first.lock().clear();
+        join.second.lock().clear();
+        out
     }
 }

@@ -177,6 +177,18 @@ impl Pipeline {
         tenant: Arc<Tenant>,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
+        if matches!(
+            config.source,
+            crate::config::SourceConfig::Kafka {
+                repartition: true,
+                ..
+            }
+        ) && crate::join::spec::joins_the_stream(&config.sql)
+        {
+            bail!(
+                "`source.repartition` does not take a join of the stream with itself yet (its two sides may be keyed by different columns); run the pipeline in one process (`repartition = false`; a `weir serve` cluster runs it on one node)"
+            );
+        }
         if !config.repartitions() {
             return Self::assemble(config, modules, inline, tenant, reload, None).await;
         }
@@ -280,7 +292,14 @@ impl Pipeline {
         encoder
             .check_schema(&query.output_schema())
             .map_err(anyhow::Error::msg)?;
-        let worker_count = worker_count(&config, &tenant, windows.is_some());
+        let joins = match query.join() {
+            Some(spec) => Some(
+                crate::join::JoinState::new(spec.clone(), &schema, &config.watermark)
+                    .map_err(|e| anyhow::anyhow!("sql: {e}"))?,
+            ),
+            None => None,
+        };
+        let worker_count = worker_count(&config, &tenant, windows.is_some() || joins.is_some());
         let workers = if worker_count > 1 {
             Some(Workers::new(
                 Self::plan_workers(
@@ -301,6 +320,13 @@ impl Pipeline {
                 "sink.delivery = \"exactly-once\" is not available for windowed queries: a \
                  window re-emitted after a restart would be written twice; use \
                  \"at-least-once\" (window results are keyed, so a compacted topic keeps one)"
+            );
+        }
+        if joins.is_some() && config.sink.exactly_once() {
+            bail!(
+                "sink.delivery = \"exactly-once\" is not available for a join of the stream \
+                 with itself: its kept rows are rebuilt by replay after a restart, and pairs \
+                 among them would be written twice; use \"at-least-once\""
             );
         }
         let folds = windows.as_ref().is_some_and(WindowState::folds);
@@ -335,6 +361,7 @@ impl Pipeline {
             m.bind_metrics(&config.name);
         }
         Ok(Pipeline {
+            joins,
             inline,
             config,
             source,

@@ -28,6 +28,7 @@ use crate::tenant::{Tenant, Tenants};
 
 mod breakers;
 mod build;
+mod joins;
 mod load;
 mod progress;
 mod reload;
@@ -80,6 +81,8 @@ pub struct Pipeline {
     reload: Option<Reload>,
     /// Open event-time windows, when the query reads one.
     windows: Option<WindowState>,
+    /// The rows a join of the stream with itself keeps (`crate::join`).
+    joins: Option<crate::join::JoinState>,
     /// The query cut at its aggregate, when windows fold their rows
     /// (`window/groups.rs`).
     stages: Option<Arc<Split>>,
@@ -385,6 +388,11 @@ impl Pipeline {
             self.follow_internal_partitions();
         }
         self.restore_state().await?;
+        if self.joins.is_some() {
+            return self
+                .join_batch(decoded, records, letters, offsets, flight, shutdown)
+                .await;
+        }
         if let Some(windows) = &mut self.windows {
             let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
             let origins = match &self.origin {

@@ -56,7 +56,7 @@ impl Pipeline {
     /// (log, `weir_pipeline_partial_windows`) for as long as it lasts.
     pub(super) fn check_partial_windows(&self) {
         // A windows stage owns whole keys, whichever partitions it reads.
-        if self.windows.is_none() || self.origin.is_some() {
+        if (self.windows.is_none() && self.joins.is_none()) || self.origin.is_some() {
             return;
         }
         let (Some(assigned), Some(known)) = (
@@ -74,10 +74,10 @@ impl Pipeline {
             tracing::error!(
                 pipeline = %self.config.name,
                 tenant = %self.config.tenant,
-                "this windowed pipeline owns {assigned} of its source's {known} partitions: other members of group `{group}` read the rest, so every member's windows are partial; run it in one process (a `weir serve` cluster runs a windowed pipeline on one node)"
+                "this pipeline keeps state (windows or a join of the stream with itself) and owns {assigned} of its source's {known} partitions: other members of group `{group}` read the rest, so every member's results are partial; run it in one process (a `weir serve` cluster runs it on one node), or re-key a windowed query with `source.repartition = true`"
             );
         } else if !partial && assigned > 0 && self.stats.partial_windows.swap(0) == 1 {
-            tracing::info!(pipeline = %self.config.name, "the windowed pipeline owns every partition again");
+            tracing::info!(pipeline = %self.config.name, "the stateful pipeline owns every partition again");
         }
     }
 

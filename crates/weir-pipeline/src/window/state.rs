@@ -161,7 +161,7 @@ pub struct ScopeCheckpoint {
     pub watermark: i64,
 }
 
-fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
+pub(crate) fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
     let cast = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))
         .map_err(|e| e.to_string())?;
     cast.as_any()

@@ -127,16 +127,17 @@ pub fn parse(tenant: &str, name: &str, text: &str) -> ServiceResult<(PipelineCon
 
 /// Whether every node of a cluster may run the pipeline at once: a Kafka
 /// source shares its partitions through the consumer group. Any other
-/// source, and a windowed query (each node would hold the windows of its
-/// partitions only and emit partial results) unless it is repartitioned by
-/// key (`source.repartition`), run on the one node holding the pipeline's
+/// source, and a stateful query — windows or a join of the stream with
+/// itself (each node would hold the state of its partitions only and emit
+/// partial results) — unless it is repartitioned by key
+/// (`source.repartition`), run on the one node holding the pipeline's
 /// lease; another takes over when it leaves.
 pub fn shared(text: &str) -> bool {
     PipelineConfig::from_toml(text).map_or(true, |c| {
         matches!(
             c.source,
             crate::pipeline::config::SourceConfig::Kafka { .. }
-        ) && (!c.is_windowed() || c.repartitions())
+        ) && (!c.is_stateful() || c.repartitions())
     })
 }
 

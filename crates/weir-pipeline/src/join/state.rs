@@ -287,7 +287,7 @@ mod tests {
         let floor = state.commit_floor(Offsets::from([((Arc::from("t"), 0), 2)]));
         assert_eq!(floor[&(Arc::from("t"), 0)], 1);
         // A row at 150 is late: what it would join may be gone.
-        let late = batch(&[150, 195]);
+        let late = batch(&[150, 205]);
         let records = [record(2), record(3)];
         let refs: Vec<&SourceRecord> = records.iter().collect();
         let admitted = state.admit(&late, &refs, now).unwrap();

@@ -13,6 +13,7 @@ mod cluster;
 mod exactly_once;
 mod fuzz;
 mod hostile;
+mod joins;
 mod kafka;
 mod library;
 mod limits;

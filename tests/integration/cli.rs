@@ -452,6 +452,18 @@ fn dry_run_says_how_windows_keep_state() {
         ),
         "{printed}"
     );
+    // An interval join says its bound and how long rows are kept.
+    let joined = dir.path().join("joined.toml");
+    let text = std::fs::read_to_string(&kept).unwrap().replace(
+        "SELECT window_start, count(DISTINCT v) AS n FROM tumble(source, ts, INTERVAL '1' MINUTE) GROUP BY window_start",
+        "SELECT a.v, b.v AS w FROM source a JOIN source b ON a.v = b.v AND b.ts BETWEEN a.ts - INTERVAL '2' SECOND AND a.ts + INTERVAL '5' SECOND",
+    );
+    std::fs::write(&joined, text).unwrap();
+    let printed = stdout(&weir(&["run", "--dry-run", joined.to_str().unwrap()]));
+    assert!(
+        printed.contains("pairing rows whose times differ by -2000 ms to 5000 ms; each row is kept until the watermark is 5000 ms past it"),
+        "{printed}"
+    );
     assert!(!out_path.exists(), "--dry-run ran nothing");
 }
 

@@ -91,6 +91,18 @@ impl Pipeline {
                     spec.time_column
                 ));
             }
+            if let Some(join) = query.join() {
+                let us = |v: i64| format!("{} ms", v / 1000);
+                text.push_str(&format!(
+                    "
+join: the stream with itself over `{}`, pairing rows whose times differ by {} to {}; each row is kept until the watermark is {} past it (plus `watermark.allowed_lateness_ms`)
+recovery: after a restart the kept rows are rebuilt by replaying their records; pairs among them are emitted again",
+                    join.time_column,
+                    us(join.lower_us),
+                    us(join.upper_us),
+                    us(join.reach_us()),
+                ));
+            }
             Ok::<_, anyhow::Error>(text)
         }
         .await

@@ -7,43 +7,113 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+/// Pipelines writing to stdout take turns.
+static STDOUT: Mutex<()> = Mutex::const_new(());
+
 use super::{Ack, DeadLetterSink, Sink, acked};
 use crate::record::{DeadLetter, SinkRecord};
 
 enum Target {
     Stdout,
-    File(tokio::fs::File),
+    File(Writer),
 }
 
-/// Writes one payload per line to stdout or a file (flushed per batch).
+/// A file's writer thread: batches are written in the order they were
+/// handed over, off the pipeline's path, and acknowledged once synced.
+/// Whatever is queued when a write ends goes in the next write, under one
+/// `fsync` (group commit): a slow disk costs syncs per moment, not per
+/// batch.
+struct Writer {
+    queue: std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    path: PathBuf,
+}
+
+impl Writer {
+    fn start(file: std::fs::File, path: &Path) -> anyhow::Result<Self> {
+        use std::io::Write;
+        type Job = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+        let (queue, jobs) = std::sync::mpsc::channel::<Job>();
+        // Pipes and character devices cannot be synced.
+        let regular = file.metadata().is_ok_and(|m| m.is_file());
+        let mut file = file;
+        std::thread::Builder::new()
+            .name("weir-file-sink".into())
+            .spawn(move || {
+                while let Ok(first) = jobs.recv() {
+                    let mut done = vec![first];
+                    done.extend(jobs.try_iter());
+                    let mut result = Ok(());
+                    for (buf, _) in &done {
+                        if result.is_ok() {
+                            result = file.write_all(buf);
+                        }
+                    }
+                    if result.is_ok() {
+                        result = file.flush();
+                    }
+                    if result.is_ok() && regular {
+                        result = file.sync_data();
+                    }
+                    let result = result.map_err(|e| e.to_string());
+                    for (_, ack) in done {
+                        let _ = ack.send(result.clone());
+                    }
+                }
+            })
+            .with_context(|| format!("cannot start the writer of {}", path.display()))?;
+        Ok(Writer {
+            queue,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Queues `buf`; the acknowledgement resolves once it is on disk.
+    fn write(&self, buf: Vec<u8>) -> anyhow::Result<Ack> {
+        let (ack, written) = tokio::sync::oneshot::channel();
+        let path = self.path.clone();
+        self.queue
+            .send((buf, ack))
+            .map_err(|_| anyhow::anyhow!("the writer of {} stopped", path.display()))?;
+        Ok(Box::pin(async move {
+            written
+                .await
+                .map_err(|_| anyhow::anyhow!("the writer of {} stopped", path.display()))?
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+        }))
+    }
+}
+
+/// Writes one payload per line to stdout or a file (acknowledged once
+/// synced).
 pub struct LineSink {
-    target: Mutex<Target>,
+    target: Target,
 }
 
-async fn append(path: &Path) -> anyhow::Result<tokio::fs::File> {
+async fn append(path: &Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir)
             .await
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .await
-        .with_context(|| format!("cannot open {} for writing", path.display()))
+        .with_context(|| format!("cannot open {} for writing", path.display()))?;
+    Ok(file.into_std().await)
 }
 
 impl LineSink {
     pub fn stdout() -> Self {
         LineSink {
-            target: Mutex::new(Target::Stdout),
+            target: Target::Stdout,
         }
     }
 
     pub async fn file(path: &Path) -> anyhow::Result<Self> {
         Ok(LineSink {
-            target: Mutex::new(Target::File(append(path).await?)),
+            target: Target::File(Writer::start(append(path).await?, path)?),
         })
     }
 }
@@ -56,36 +126,29 @@ impl Sink for LineSink {
             buf.extend_from_slice(&r.payload);
             buf.push(b'\n');
         }
-        match &mut *self.target.lock().await {
+        match &self.target {
             Target::Stdout => {
+                // One writer at a time keeps batches whole and in order.
+                let _one = STDOUT.lock().await;
                 let mut out = tokio::io::stdout();
                 out.write_all(&buf).await?;
                 out.flush().await?;
+                Ok(acked())
             }
-            Target::File(f) => {
-                f.write_all(&buf).await?;
-                f.flush().await?;
-                // Pipes and character devices cannot be synced.
-                if f.metadata().await.is_ok_and(|m| m.is_file()) {
-                    f.sync_data().await?;
-                }
-            }
+            Target::File(writer) => writer.write(buf),
         }
-        Ok(acked())
     }
 }
 
 /// Dead letters as JSON lines: the record, where it came from, and why.
 pub struct DeadLetterFile {
-    path: PathBuf,
-    file: Mutex<tokio::fs::File>,
+    writer: Writer,
 }
 
 impl DeadLetterFile {
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
         Ok(DeadLetterFile {
-            path: path.to_path_buf(),
-            file: Mutex::new(append(path).await?),
+            writer: Writer::start(append(path).await?, path)?,
         })
     }
 }
@@ -99,11 +162,6 @@ impl DeadLetterSink for DeadLetterFile {
             serde_json::to_writer(&mut buf, &line)?;
             buf.push(b'\n');
         }
-        let mut f = self.file.lock().await;
-        f.write_all(&buf)
-            .await
-            .with_context(|| format!("writing dead letters to {}", self.path.display()))?;
-        f.sync_data().await?;
-        Ok(acked())
+        self.writer.write(buf)
     }
 }

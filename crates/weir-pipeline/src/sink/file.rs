@@ -18,20 +18,22 @@ enum Target {
     File(Writer),
 }
 
+/// Bytes to append, and who waits for them to be on disk.
+type Job = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
 /// A file's writer thread: batches are written in the order they were
 /// handed over, off the pipeline's path, and acknowledged once synced.
 /// Whatever is queued when a write ends goes in the next write, under one
 /// `fsync` (group commit): a slow disk costs syncs per moment, not per
 /// batch.
 struct Writer {
-    queue: std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    queue: std::sync::mpsc::Sender<Job>,
     path: PathBuf,
 }
 
 impl Writer {
     fn start(file: std::fs::File, path: &Path) -> anyhow::Result<Self> {
         use std::io::Write;
-        type Job = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
         let (queue, jobs) = std::sync::mpsc::channel::<Job>();
         // Pipes and character devices cannot be synced.
         let regular = file.metadata().is_ok_and(|m| m.is_file());

@@ -40,6 +40,8 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   # The cluster tests' shared control plane: PostgreSQL from Debian, started
   # by the tests themselves as an unprivileged user on loopback.
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+  # The PostgreSQL client the wire-protocol tests connect to `weir serve` with.
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
   # clang + wasm-ld for C UDFs (the second authoring language) (Debian).
   { command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; } || apt_install clang lld
   # The JavaScript runtime guest's toolchain: clang's wasm32 runtime and

@@ -27,3 +27,4 @@ mod tables;
 mod tenant;
 mod types;
 mod windows;
+mod wire;

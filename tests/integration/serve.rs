@@ -466,7 +466,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(addr: &str) {
+pub(crate) fn wait_for(addr: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(
@@ -477,7 +477,7 @@ fn wait_for(addr: &str) {
     }
 }
 
-struct Killed(std::process::Child);
+pub(crate) struct Killed(pub(crate) std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -45,6 +45,12 @@ pub struct ServeConfig {
     /// How often a node compares what it runs with what is stored (changes
     /// arrive at once by notification; this catches any it missed).
     pub reconcile_ms: u64,
+    /// The PostgreSQL wire protocol on this address (`psql -h 127.0.0.1
+    /// -p 5433 -U <tenant>`, password = an API token). Unset: off.
+    pub postgres_listen: Option<String>,
+    /// Accept the token as a cleartext password (no TLS yet): required
+    /// with `postgres_listen`, which must then be a loopback address.
+    pub allow_insecure_password: bool,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +69,8 @@ impl Default for ServeConfig {
             heartbeat_ms: 1000,
             lease_ms: 10_000,
             reconcile_ms: 5000,
+            postgres_listen: None,
+            allow_insecure_password: false,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod database;
 pub mod error;
 pub mod exporter;
 pub mod http;
+pub mod pg;
 pub mod registry;
 pub mod services;
 
@@ -222,6 +223,13 @@ pub async fn serve(
                 tracing::error!("metrics listener: {e:#}");
             }
         });
+    }
+    if let Some(addr) = pg::check(&state.config).map_err(anyhow::Error::msg)? {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (serve.postgres_listen): {e}"))?;
+        tracing::info!(%addr, "weir serve: PostgreSQL wire protocol");
+        tokio::spawn(pg::serve(state.clone(), listener));
     }
     // A single node starts what it stored; a cluster node starts what the
     // database says once its listener is connected.

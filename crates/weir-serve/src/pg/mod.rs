@@ -1,0 +1,277 @@
+//! The PostgreSQL wire protocol (`[serve] postgres_listen`, issue 30):
+//! `psql`, psycopg, JDBC and Grafana's PostgreSQL source connect to
+//! `weir serve` with user = tenant and password = an API token, and run
+//! SQL with the tenant's UDFs under the same rules as
+//! `POST /v1/tenants/{tenant}/sql` (`services::query`): its limits,
+//! memory, deadline and fair share, `CREATE FUNCTION … LANGUAGE
+//! javascript` for the statement's life, every statement audited.
+//!
+//! This first slice: the simple query protocol, text results, cleartext
+//! passwords on a loopback listener only (`allow_insecure_password`), no
+//! TLS, SCRAM, extended protocol, catalog queries or cancel yet.
+
+mod encode;
+mod sqlstate;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{Sink, stream};
+use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
+use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
+use pgwire::api::query::SimpleQueryHandler;
+use pgwire::api::results::{QueryResponse, Response};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+
+use crate::AppState;
+use crate::audit::AuditRecord;
+use crate::auth::{Action, authorize};
+use crate::services::query::{self, SqlRequest};
+
+/// Checks `[serve] postgres_listen` before anything listens: cleartext
+/// passwords travel unencrypted, so only on loopback and when the operator
+/// said so.
+pub fn check(config: &crate::config::ServeConfig) -> Result<Option<std::net::SocketAddr>, String> {
+    let Some(listen) = &config.postgres_listen else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        format!(
+            "serve.postgres_listen = \"{listen}\" is not an address like \"127.0.0.1:5433\": {e}"
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "serve.postgres_listen = \"{listen}\": tokens would cross the network in clear text, and TLS is not built yet; listen on loopback (127.0.0.1)"
+        ));
+    }
+    if !config.allow_insecure_password {
+        return Err(format!(
+            "serve.postgres_listen = \"{listen}\" takes the token as a cleartext password (TLS and SCRAM are not built yet); set serve.allow_insecure_password = true to accept that on loopback"
+        ));
+    }
+    Ok(Some(addr))
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
+    let handlers = Arc::new(Handlers {
+        startup: Arc::new(CleartextPasswordAuthStartupHandler::new(
+            Tokens {
+                state: state.clone(),
+            },
+            DefaultServerParameterProvider::default(),
+        )),
+        queries: Arc::new(Queries { state }),
+    });
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let handlers = handlers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!("postgres connection: {e}");
+            }
+        });
+    }
+}
+
+struct Handlers {
+    startup: Arc<CleartextPasswordAuthStartupHandler<Tokens, DefaultServerParameterProvider>>,
+    queries: Arc<Queries>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// user = tenant, password = an API token of that tenant whose role may
+/// run SQL.
+struct Tokens {
+    state: Arc<AppState>,
+}
+
+impl Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens")
+    }
+}
+
+fn refused(user: &str, why: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        "28P01".to_string(),
+        format!("tenant `{user}`: {why}"),
+    )))
+}
+
+#[async_trait]
+impl AuthSource for Tokens {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        Err(PgWireError::InvalidPassword(
+            login.user().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    async fn verify_password(
+        &self,
+        login: &LoginInfo,
+        presented: &[u8],
+    ) -> PgWireResult<Option<()>> {
+        let user = login.user().unwrap_or_default().to_string();
+        let token = String::from_utf8_lossy(presented).trim().to_string();
+        let state = self.state.clone();
+        // The registry lookup may touch SQLite or PostgreSQL: off the
+        // async threads.
+        let principal = tokio::task::spawn_blocking(move || {
+            state.authenticate(Some(&format!("Bearer {token}")))
+        })
+        .await
+        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        let outcome = principal.map_err(|d| d.reason()).and_then(|p| {
+            authorize(&p, Action::Try, &user)
+                .map(|()| p)
+                .map_err(|d| d.reason())
+        });
+        self.audit(&user, outcome.as_ref().err()).await;
+        match outcome {
+            Ok(_) => Ok(None),
+            Err(why) => Err(refused(&user, why)),
+        }
+    }
+}
+
+impl Tokens {
+    async fn audit(&self, tenant: &str, denied: Option<&String>) {
+        // A refused login names no tenant it was admitted to: no label to
+        // grow from anyone's input.
+        let record = AuditRecord {
+            at: now_ms(),
+            who: "postgres".to_string(),
+            tenant: if denied.is_some() {
+                "-".to_string()
+            } else {
+                tenant.to_string()
+            },
+            action: "try".to_string(),
+            object: "postgres login".to_string(),
+            decision: if denied.is_some() {
+                "denied"
+            } else {
+                "allowed"
+            }
+            .to_string(),
+            reason: denied.cloned(),
+            status: if denied.is_some() { 401 } else { 200 },
+        };
+        self.state.audit.append(&record).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Queries {
+    state: Arc<AppState>,
+}
+
+impl Queries {
+    /// The tenant's published UDFs the statement names (by a function a
+    /// module declares), latest versions.
+    fn udfs(&self, tenant: &str, sql: &str) -> Vec<String> {
+        let words: std::collections::HashSet<String> = sql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let Ok(versions) = self.state.registry.list(tenant) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = versions
+            .iter()
+            .filter(|v| {
+                v.functions.iter().any(|f| {
+                    let name = f.split('(').next().unwrap_or_default().trim();
+                    words.contains(&name.to_ascii_lowercase())
+                })
+            })
+            .map(|v| v.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names.truncate(crate::pipeline::PipelineConfig::MAX_UDFS);
+        names
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(tenant) = client.metadata().get("user").cloned() else {
+            return Err(PgWireError::UserNameRequired);
+        };
+        let udfs = {
+            let (me, tenant, sql) = (self.clone_ref(), tenant.clone(), sql.to_string());
+            tokio::task::spawn_blocking(move || me.udfs(&tenant, &sql))
+                .await
+                .unwrap_or_default()
+        };
+        let request = SqlRequest {
+            sql: sql.to_string(),
+            udfs,
+            tables: Default::default(),
+            topics: Default::default(),
+            max_rows: None,
+        };
+        let answer = query::run(&self.state, &tenant, request).await;
+        let record = AuditRecord {
+            at: now_ms(),
+            who: "postgres".to_string(),
+            tenant: tenant.clone(),
+            action: "try".to_string(),
+            object: "sql query (postgres)".to_string(),
+            decision: if answer.is_ok() { "allowed" } else { "failed" }.to_string(),
+            reason: answer.as_ref().err().map(ToString::to_string),
+            status: if answer.is_ok() { 200 } else { 422 },
+        };
+        self.state.audit.append(&record).await;
+        let answer = answer.map_err(|e| sqlstate::error(&e))?;
+        let schema = answer
+            .batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+        let fields = encode::fields(&schema);
+        let rows = encode::rows(&fields, &answer.batches)?;
+        Ok(vec![Response::Query(QueryResponse::new(
+            fields,
+            stream::iter(rows.into_iter().map(Ok)),
+        ))])
+    }
+}
+
+impl Queries {
+    fn clone_ref(&self) -> Arc<Queries> {
+        Arc::new(Queries {
+            state: self.state.clone(),
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The PostgreSQL wire protocol of `weir serve` (issue 30), with the real
+//! `psql` (Debian's postgresql-client): user = tenant, password = an API
+//! token; the tenant's UDFs by name; errors with their SQLSTATE; another
+//! tenant's UDFs invisible.
+
+use std::process::Command;
+
+use weir::serve::hash_token;
+
+use crate::serve::{Killed, free_port, guest, http, wait_for};
+use crate::support;
+
+/// `psql` with `args`, as tenant `user` with password `token`:
+/// (exit success, stdout, stderr).
+fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            "weir",
+        ])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .args(args)
+        .env("PGPASSWORD", token)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn psql_runs_a_tenants_udfs_with_a_token() {
+    let has_psql = Command::new("psql").arg("--version").output().is_ok();
+    if !support::require_or_skip("psql (apt-get install postgresql-client)", has_psql) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pg_port = free_port();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\npostgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"look\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"viewer\"\n",
+            dir.path().join("data").display(),
+            hash_token("acme-secret"),
+            hash_token("globex-secret"),
+            hash_token("acme-viewer"),
+        ),
+    )
+    .unwrap();
+    let _weir = Killed(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr);
+    wait_for(&format!("127.0.0.1:{pg_port}"));
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/tenants/acme/udfs/tools",
+        &[
+            ("Authorization", "Bearer acme-secret"),
+            ("Content-Type", "application/wasm"),
+        ],
+        &guest(),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // The tenant's UDF by name, in a query with built-ins.
+    let (ok, out, err) = psql(
+        pg_port,
+        "acme",
+        "acme-secret",
+        &[
+            "-c",
+            "SELECT double(x) AS d, x > 1 AS big FROM (VALUES (CAST(1 AS BIGINT)), (2), (NULL)) AS t(x) ORDER BY x",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "2|f\n4|t\n|\n", "{err}");
+
+    // A syntax error and an unknown function, with their SQLSTATEs.
+    let (ok, _, err) = psql(pg_port, "acme", "acme-secret", &["-c", "SELEC 1"]);
+    assert!(!ok && err.contains("42601"), "{err}");
+    let (ok, _, err) = psql(pg_port, "acme", "acme-secret", &["-c", "SELECT nope(1)"]);
+    assert!(!ok && err.contains("42883"), "{err}");
+
+    // Another tenant does not see acme's UDF.
+    let (ok, _, err) = psql(
+        pg_port,
+        "globex",
+        "globex-secret",
+        &["-c", "SELECT double(CAST(1 AS BIGINT))"],
+    );
+    assert!(!ok && err.contains("42883"), "{err}");
+
+    // A token is its tenant's only, and its role must allow SQL.
+    let (ok, _, err) = psql(pg_port, "globex", "acme-secret", &["-c", "SELECT 1"]);
+    // (psql prints no SQLSTATE for a refused connection.)
+    assert!(!ok && err.contains("tenant not accessible"), "{err}");
+    let (ok, _, err) = psql(pg_port, "acme", "acme-viewer", &["-c", "SELECT 1"]);
+    assert!(
+        !ok && err.contains("may not run staged runs or SQL"),
+        "{err}"
+    );
+    let (ok, _, err) = psql(pg_port, "acme", "wrong", &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("unknown bearer token"), "{err}");
+
+    // Every statement and login is in the audit log.
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"object\":\"sql query (postgres)\""),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("\"object\":\"postgres login\",\"decision\":\"denied\""),
+        "{audit}"
+    );
+}
+
+/// Cleartext tokens off loopback, or without the operator's consent, are
+/// refused at start with the key to change.
+#[test]
+fn postgres_listen_needs_loopback_and_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, says) in [
+        (
+            "postgres_listen = \"127.0.0.1:1\"\n",
+            "allow_insecure_password = true",
+        ),
+        (
+            "postgres_listen = \"0.0.0.0:1\"\nallow_insecure_password = true\n",
+            "listen on loopback",
+        ),
+    ] {
+        let config = dir.path().join("weir.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[serve]\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{extra}",
+                free_port(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+}

@@ -42,6 +42,10 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   # The PostgreSQL client the wire-protocol tests connect to `weir serve` with.
   command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  # psycopg 3 (PyPI), the Python PostgreSQL client of the same tests.
+  python3 -c 'import psycopg' 2>/dev/null ||
+    python3 -m pip install --quiet 'psycopg[binary]' ||
+    python3 -m pip install --quiet --break-system-packages 'psycopg[binary]'
   # clang + wasm-ld for C UDFs (the second authoring language) (Debian).
   { command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; } || apt_install clang lld
   # The JavaScript runtime guest's toolchain: clang's wasm32 runtime and

@@ -128,6 +128,59 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     let (ok, _, err) = psql(pg_port, "acme", "wrong", &["-c", "SELECT 1"]);
     assert!(!ok && err.contains("unknown bearer token"), "{err}");
 
+    // psycopg 3 (PyPI), client-side binding: every type weir returns, and
+    // the SQLSTATE as psycopg's exception class.
+    let has_psycopg = Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if support::require_or_skip("psycopg (pip install 'psycopg[binary]')", has_psycopg) {
+        let out = Command::new("python3")
+            .arg(support::repo().join("tests/clients/psycopg_types.py"))
+            .args([&pg_port.to_string(), "acme", "acme-secret"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(
+            got["row"],
+            serde_json::json!([
+                42,
+                "it's",
+                1.5,
+                true,
+                "2026-01-01T10:00:00",
+                "2026-01-02",
+                "0102",
+                null
+            ]),
+            "{got}"
+        );
+        // int8, text, float8, bool, timestamp, date, bytea, int8 (by OID).
+        assert_eq!(
+            got["types"],
+            serde_json::json!([20, 25, 701, 16, 1114, 1082, 17, 20])
+        );
+        assert_eq!(got["rows"], 5000, "{got}");
+        assert_eq!(
+            got["error"],
+            serde_json::json!(["UndefinedFunction", "42883"]),
+            "{got}"
+        );
+        // More rows than one statement returns yet: an error, never a
+        // silently partial result.
+        assert_eq!(
+            got["too_many"],
+            serde_json::json!(["ProgramLimitExceeded", "54000"]),
+            "{got}"
+        );
+    }
+
     // Every statement and login is in the audit log.
     let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(

@@ -21,7 +21,7 @@ use futures::{Sink, stream};
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
 use pgwire::api::query::SimpleQueryHandler;
-use pgwire::api::results::{QueryResponse, Response};
+use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
@@ -228,6 +228,9 @@ impl SimpleQueryHandler for Queries {
         let Some(tenant) = client.metadata().get("user").cloned() else {
             return Err(PgWireError::UserNameRequired);
         };
+        if let Some(tag) = session_statement(sql) {
+            return Ok(vec![Response::Execution(Tag::new(tag))]);
+        }
         let udfs = {
             let (me, tenant, sql) = (self.clone_ref(), tenant.clone(), sql.to_string());
             tokio::task::spawn_blocking(move || me.udfs(&tenant, &sql))
@@ -239,7 +242,8 @@ impl SimpleQueryHandler for Queries {
             udfs,
             tables: Default::default(),
             topics: Default::default(),
-            max_rows: None,
+            // The most the HTTP endpoint returns (its `max_rows` cap).
+            max_rows: Some(usize::MAX),
         };
         let answer = query::run(&self.state, &tenant, request).await;
         let record = AuditRecord {
@@ -254,6 +258,17 @@ impl SimpleQueryHandler for Queries {
         };
         self.state.audit.append(&record).await;
         let answer = answer.map_err(|e| sqlstate::error(&e))?;
+        if answer.truncated {
+            // Never a silently partial result.
+            let rows: usize = answer.batches.iter().map(|b| b.num_rows()).sum();
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".to_string(),
+                "54000".to_string(),
+                format!(
+                    "the result has more than {rows} rows, the most one statement returns over the PostgreSQL protocol until results stream (issue 30); add a LIMIT, or aggregate"
+                ),
+            ))));
+        }
         let schema = answer
             .batches
             .first()
@@ -265,6 +280,26 @@ impl SimpleQueryHandler for Queries {
             fields,
             stream::iter(rows.into_iter().map(Ok)),
         ))])
+    }
+}
+
+/// Transaction control and session settings clients send on their own
+/// (psycopg's `BEGIN`, a driver's `SET`): weir's queries read only, so a
+/// transaction has nothing to keep, and a session setting is accepted and
+/// ignored. Answered with their command tag, not run.
+fn session_statement(sql: &str) -> Option<&'static str> {
+    let statement = sql.trim().trim_end_matches(';').trim();
+    let first = statement
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "BEGIN" | "START" => Some("BEGIN"),
+        "COMMIT" | "END" => Some("COMMIT"),
+        "ROLLBACK" | "ABORT" => Some("ROLLBACK"),
+        "SET" | "RESET" | "DISCARD" => Some("SET"),
+        _ => None,
     }
 }
 

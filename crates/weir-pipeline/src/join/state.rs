@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use super::spec::JoinSpec;
 use crate::record::{Offsets, SourceRecord};
 use crate::window::Watermarks;
-use crate::window::state::{fmt_us, micros};
+use crate::window::state::{fmt_us, micros, no_event_time};
 use crate::window::watermark::PartitionId;
 
 /// Rows kept, as admitted (one batch's worth).
@@ -105,13 +105,9 @@ impl JoinState {
         let mut admitted = Admitted::default();
         for (row, record) in records.iter().enumerate() {
             if times.is_null(row) {
-                admitted.untimed.push((
-                    row,
-                    format!(
-                        "the record has no event time (`{}` is NULL)",
-                        self.spec.time_column
-                    ),
-                ));
+                admitted
+                    .untimed
+                    .push((row, no_event_time(&self.spec.time_column)));
                 continue;
             }
             let t = times.value(row);

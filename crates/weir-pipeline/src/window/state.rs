@@ -161,6 +161,11 @@ pub struct ScopeCheckpoint {
     pub watermark: i64,
 }
 
+/// Why a row without an event time is set aside (stage `event_time`).
+pub(crate) fn no_event_time(column: &str) -> String {
+    format!("the record has no event time (`{column}` is NULL)")
+}
+
 pub(crate) fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, String> {
     let cast = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))
         .map_err(|e| e.to_string())?;
@@ -287,13 +292,9 @@ impl WindowState {
                 continue;
             }
             if times.is_null(row) {
-                admitted.untimed.push((
-                    row,
-                    format!(
-                        "the record has no event time (`{}` is NULL)",
-                        self.spec.time_column
-                    ),
-                ));
+                admitted
+                    .untimed
+                    .push((row, no_event_time(&self.spec.time_column)));
                 continue;
             }
             let t = times.value(row);

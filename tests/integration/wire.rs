@@ -58,7 +58,7 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     std::fs::write(
         &config,
         format!(
-            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\npostgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"look\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"viewer\"\n",
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\npostgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\npostgres_max_connections = 3\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"look\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"viewer\"\n",
             dir.path().join("data").display(),
             hash_token("acme-secret"),
             hash_token("globex-secret"),
@@ -178,6 +178,31 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
             got["too_many"],
             serde_json::json!(["ProgramLimitExceeded", "54000"]),
             "{got}"
+        );
+    }
+
+    if has_psycopg {
+        // At most `postgres_max_connections` (3 here) are open at once; one
+        // more is closed at once, and a place is free again once one closes.
+        let held = Command::new("python3")
+            .args(["-c", &format!(
+                "import psycopg\n\
+                 c = lambda: psycopg.connect(host='127.0.0.1', port={pg_port}, user='acme', password='acme-secret', dbname='weir', connect_timeout=5)\n\
+                 held = [c() for _ in range(3)]\n\
+                 try:\n    c(); print('fourth connected')\n\
+                 except psycopg.OperationalError:\n    print('fourth refused')\n\
+                 held.pop().close()\n\
+                 import time; time.sleep(0.5)\n\
+                 c().close(); print('fifth connected')\n"
+            )])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&held.stdout);
+        assert_eq!(
+            text,
+            "fourth refused\nfifth connected\n",
+            "{}",
+            String::from_utf8_lossy(&held.stderr)
         );
     }
 

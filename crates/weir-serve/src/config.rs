@@ -51,6 +51,9 @@ pub struct ServeConfig {
     /// Accept the token as a cleartext password (no TLS yet): required
     /// with `postgres_listen`, which must then be a loopback address.
     pub allow_insecure_password: bool,
+    /// PostgreSQL connections open at once (every tenant's); one more is
+    /// closed at once.
+    pub postgres_max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +74,7 @@ impl Default for ServeConfig {
             reconcile_ms: 5000,
             postgres_listen: None,
             allow_insecure_password: false,
+            postgres_max_connections: 64,
         }
     }
 }

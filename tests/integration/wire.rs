@@ -58,11 +58,12 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     std::fs::write(
         &config,
         format!(
-            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\npostgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\npostgres_max_connections = 3\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"look\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"viewer\"\n",
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\npostgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\npostgres_max_connections = 3\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"look\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"viewer\"\n[[serve.tokens]]\nname = \"root\"\nsha256 = \"{}\"\ntenant = \"*\"\nrole = \"admin\"\n",
             dir.path().join("data").display(),
             hash_token("acme-secret"),
             hash_token("globex-secret"),
             hash_token("acme-viewer"),
+            hash_token("root-secret"),
         ),
     )
     .unwrap();
@@ -125,6 +126,11 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
         !ok && err.contains("may not run staged runs or SQL"),
         "{err}"
     );
+    // The user is one tenant's name: an every-tenant token must pick one.
+    let (ok, _, err) = psql(pg_port, "*", "root-secret", &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("invalid tenant"), "{err}");
+    let (ok, out, err) = psql(pg_port, "acme", "root-secret", &["-c", "SELECT 1"]);
+    assert!(ok && out == "1\n", "{err}");
     let (ok, _, err) = psql(pg_port, "acme", "wrong", &["-c", "SELECT 1"]);
     assert!(!ok && err.contains("unknown bearer token"), "{err}");
 

@@ -142,6 +142,21 @@ impl AuthSource for Tokens {
         presented: &[u8],
     ) -> PgWireResult<Option<()>> {
         let user = login.user().unwrap_or_default().to_string();
+        // The user names one tenant, as a URL's tenant does: never `*` (an
+        // every-tenant token must still pick one) nor a name the HTTP API
+        // would refuse.
+        let valid = !user.is_empty()
+            && user.len() <= 64
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            let shown: String = user.chars().take(64).collect();
+            return Err(refused(
+                &shown,
+                "invalid tenant: the user must be a tenant's name (1 to 64 letters, digits, `-` and `_`)".to_string(),
+            ));
+        }
         let token = String::from_utf8_lossy(presented).trim().to_string();
         let state = self.state.clone();
         // The registry lookup may touch SQLite or PostgreSQL: off the

@@ -167,7 +167,7 @@ pub fn module_with(
 
 /// A type's code in the program: its position in [`crate::abi::AbiType::ALL`]
 /// (the order of `weir_js.c`'s type enum).
-fn type_code(t: crate::abi::AbiType) -> u8 {
+pub(super) fn type_code(t: crate::abi::AbiType) -> u8 {
     crate::abi::AbiType::ALL
         .iter()
         .position(|x| *x == t)

@@ -2,11 +2,14 @@
 //! its declared signatures become an ordinary weir module (docs/abi.md),
 //! run like any other. JavaScript needs no toolchain (weir carries the
 //! runtime and compiles the script itself); AssemblyScript is compiled by
-//! its own compiler `asc` from glue weir writes (`assemblyscript`).
+//! its own compiler `asc` from glue weir writes (`assemblyscript`); Python
+//! needs no toolchain either (weir carries monty, and each instance runs the
+//! source when it starts).
 
 pub mod assemblyscript;
 mod declaration;
 pub mod javascript;
+pub mod python;
 mod signature;
 
 pub use declaration::{DECLARATION_TAG, DeclarationError, declarations};

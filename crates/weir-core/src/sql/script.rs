@@ -1,6 +1,6 @@
 //! Several `;`-separated statements in one request, and the one piece of
-//! DDL weir opens: `CREATE FUNCTION … LANGUAGE javascript AS $$ … $$`,
-//! which adds a JavaScript function to the session (only to it).
+//! DDL weir opens: `CREATE FUNCTION … LANGUAGE javascript|python AS $$ … $$`,
+//! which adds a JavaScript or Python function to the session (only to it).
 //!
 //! Every other statement is planned and checked against the caller's
 //! [`SQLOptions`] exactly as a single query is.
@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 use crate::abi::AbiType;
 use crate::lang::Signature;
-use crate::lang::javascript;
+use crate::lang::{javascript, python};
 use crate::sandbox::{LoadError, UdfModule};
 
 /// Loads a function's module for the caller (its tenant and limits) and
@@ -112,7 +112,7 @@ fn parse(ctx: &SessionContext, sql: &str) -> Result<VecDeque<DFStatement>> {
 /// A function a `CREATE FUNCTION` statement defines: its name and module.
 pub struct InlineFunction {
     pub name: String,
-    /// The module (the JavaScript runtime with the function's program).
+    /// The module (the JavaScript or Python runtime with the function's program).
     pub wasm: Vec<u8>,
 }
 
@@ -168,7 +168,8 @@ fn plan_err(message: String) -> DataFusionError {
 
 /// `CREATE FUNCTION name(a DOUBLE, …) RETURNS T LANGUAGE javascript AS $$ … $$`:
 /// the body is either a script defining `function name(…)`, or the body of
-/// that function (its parameters are the SQL arguments' names).
+/// that function (its parameters are the SQL arguments' names). The same
+/// with `LANGUAGE python` and `def name(…):`.
 fn create_function(
     ctx: &SessionContext,
     create: &CreateFunction,
@@ -193,14 +194,18 @@ fn function_module(
         .language
         .as_ref()
         .map(|l| l.value.to_ascii_lowercase());
-    if !matches!(language.as_deref(), Some("javascript" | "js")) {
-        return Err(plan_err(format!(
-            "CREATE FUNCTION {name}: weir creates functions in LANGUAGE javascript only{}; other languages are modules (`weir udf build`)",
-            language
-                .map(|l| format!(" (not `{l}`)"))
-                .unwrap_or_default()
-        )));
-    }
+    let language = match language.as_deref() {
+        Some("javascript" | "js") => Language::JavaScript,
+        Some("python" | "py") => Language::Python,
+        _ => {
+            return Err(plan_err(format!(
+                "CREATE FUNCTION {name}: weir creates functions in LANGUAGE javascript or LANGUAGE python{}; other languages are modules (`weir udf build`)",
+                language
+                    .map(|l| format!(" (not `{l}`)"))
+                    .unwrap_or_default()
+            )));
+        }
+    };
     let mut args = Vec::new();
     for (i, arg) in create.args.iter().flatten().enumerate() {
         if arg.default_expr.is_some() {
@@ -234,26 +239,52 @@ fn function_module(
         )) => s.clone(),
         _ => {
             return Err(plan_err(format!(
-                "CREATE FUNCTION {name}: give the JavaScript as a string, `AS $$ … $$`"
+                "CREATE FUNCTION {name}: give the {} as a string, `AS $$ … $$`",
+                language.name()
             )));
         }
     };
-    let source = if defines_function(&body, &name) {
-        body
-    } else {
-        let params: Vec<&str> = args.iter().map(|(n, _)| n.as_str()).collect();
-        format!("function {name}({}) {{\n{body}\n}}\n", params.join(", "))
-    };
+    let params: Vec<String> = args.iter().map(|(n, _)| n.clone()).collect();
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
     let signature = Signature {
         name: name.clone(),
         args,
         ret,
         deterministic: !matches!(create.params.behavior, Some(Volatility::Volatile)),
     };
-    let file = format!("{name}.js");
-    let wasm = javascript::module_with(load, &file, &source, &[signature])
-        .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
+    let wasm = match language {
+        Language::JavaScript => {
+            let source = if defines_function(&body, &name) {
+                body
+            } else {
+                format!("function {name}({}) {{\n{body}\n}}\n", params.join(", "))
+            };
+            javascript::module_with(load, &format!("{name}.js"), &source, &[signature])
+                .map_err(|e| e.to_string())
+        }
+        Language::Python => {
+            let source = python::inline_source(&name, &params, &body);
+            python::module(&format!("{name}.py"), &source, &[signature]).map_err(|e| e.to_string())
+        }
+    }
+    .map_err(|e| plan_err(format!("CREATE FUNCTION {name}: {e}")))?;
     Ok(InlineFunction { name, wasm })
+}
+
+/// The languages `CREATE FUNCTION` takes.
+#[derive(Clone, Copy)]
+enum Language {
+    JavaScript,
+    Python,
+}
+
+impl Language {
+    fn name(self) -> &'static str {
+        match self {
+            Language::JavaScript => "JavaScript",
+            Language::Python => "Python",
+        }
+    }
 }
 
 /// Whether `body` is a script that defines `function name(`.

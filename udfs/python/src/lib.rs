@@ -1,0 +1,575 @@
+//! weir's Python runtime guest: monty, a pure-Rust interpreter of a Python
+//! subset, behind weir's ABI (docs/abi.md), importing nothing.
+//!
+//! One module serves every Python program. A program arrives in the
+//! `weir.init` section (written by `crates/weir-core/src/lang/python.rs`):
+//! the declared signatures, the file name and the source. `weir_init` runs
+//! the source once per instance (its `def`s, constants and helpers), then
+//! defines one batch loop per declared function. Export `weir_py_fn_K`
+//! serves function K: one interpreter call per batch runs the function on
+//! every row whose arguments are not NULL, collecting each row's exception.
+//! A failing row is called once more on its own, for the exception with
+//! its line.
+//!
+//! The clock reads nothing: `datetime.now()`, `date.today()`, `time.time()`
+//! and `time.sleep()` raise; `random` starts from a fixed seed.
+
+use std::cell::RefCell;
+
+use monty::MontyRepl;
+use monty_types::{
+    CompileOptions, DateTimeSource, MontyDate, MontyDateTime, MontyException, MontyObject,
+    ObjectRef, OsPolicy, PrintWriter, ProcessTime, RandomSeed, RandomStart, ResourceTracker,
+    SleepMode,
+};
+use weir_abi::{AbiType, RawArg, RawResult};
+use weir_udf::__private::{Column, run};
+use weir_udf::{Date32, FromArg, Timestamp};
+
+/// Most functions one program may declare (exports `weir_py_fn_0..`).
+const MAX_FUNCTIONS: usize = 32;
+
+/// What a program declares for one function.
+struct Function {
+    name: String,
+    args: Vec<AbiType>,
+    ret: AbiType,
+}
+
+struct Program {
+    repl: MontyRepl,
+    file: String,
+    /// The name the REPL gave the source (its tracebacks' file name).
+    snippet: String,
+    functions: Vec<Function>,
+}
+
+thread_local! {
+    static PROGRAM: RefCell<Option<Program>> = const { RefCell::new(None) };
+    static INIT_RESULT: RefCell<(RawResult, String)> = RefCell::new((RawResult::default(), String::new()));
+}
+
+/// A value of one row, read from an argument column or returned by Python.
+enum Value {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Bytes(Vec<u8>),
+    Timestamp(i64),
+    Date(i32),
+}
+
+/// `weir_init(ptr, len)`: reads the program and runs its source once.
+#[unsafe(no_mangle)]
+pub extern "C" fn weir_init(ptr: u32, len: u32) -> u32 {
+    // SAFETY: the host wrote `len` bytes at `ptr` (from `weir_alloc`).
+    let bytes = unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
+    let outcome = parse_program(bytes).and_then(start);
+    INIT_RESULT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let (result, message) = &mut *slot;
+        *result = RawResult::default();
+        match outcome {
+            Ok(program) => {
+                PROGRAM.with(|p| *p.borrow_mut() = Some(program));
+            }
+            Err(e) => {
+                *message = e;
+                result.status = weir_abi::STATUS_ROW_ERROR;
+                result.error_msg = message.as_ptr() as u32;
+                result.error_len = message.len() as u32;
+            }
+        }
+        result as *const RawResult as u32
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err("the program is truncated".into());
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<usize, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u32()?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "the program is not UTF-8".into())
+    }
+
+    fn ty(&mut self) -> Result<AbiType, String> {
+        let code = self.take(1)?[0] as usize;
+        AbiType::ALL
+            .get(code)
+            .copied()
+            .ok_or_else(|| format!("unknown type code {code}"))
+    }
+}
+
+fn parse_program(bytes: &[u8]) -> Result<(String, Vec<Function>, String), String> {
+    let mut r = Reader { bytes };
+    if r.take(4)? != b"WPY1" {
+        return Err("not a weir Python program (expected `WPY1`)".into());
+    }
+    let count = r.u32()?;
+    if count == 0 || count > MAX_FUNCTIONS {
+        return Err(format!("a program declares 1 to {MAX_FUNCTIONS} functions, not {count}"));
+    }
+    let mut functions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.str()?;
+        if name.is_empty() || !name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+            return Err(format!("`{name}` is not a Python function name"));
+        }
+        let nargs = r.u32()?;
+        let args = (0..nargs).map(|_| r.ty()).collect::<Result<Vec<_>, _>>()?;
+        let ret = r.ty()?;
+        let _deterministic = r.take(1)?;
+        functions.push(Function { name, args, ret });
+    }
+    let file = r.str()?;
+    let source = String::from_utf8(r.bytes.to_vec()).map_err(|_| "the source is not UTF-8")?;
+    Ok((file, functions, source))
+}
+
+fn policy() -> OsPolicy {
+    OsPolicy {
+        // No clock: the host answers nothing, so reading it raises.
+        datetime: DateTimeSource::CallHost,
+        sleep: SleepMode::CallHost,
+        process_time: ProcessTime::Zero,
+        random_start: RandomStart::Seed(RandomSeed::Int(0.into())),
+        ..OsPolicy::default()
+    }
+}
+
+fn start((file, functions, source): (String, Vec<Function>, String)) -> Result<Program, String> {
+    let mut repl = MontyRepl::new(&file, ResourceTracker::default(), CompileOptions::default())
+        .with_os_policy(policy());
+    let snippet = repl.next_script_name();
+    repl.feed_run(&source, vec![], PrintWriter::Disabled)
+        .map_err(|e| describe(&e, &snippet, &file))?;
+    for f in &functions {
+        if !repl.has_function(&f.name) {
+            return Err(format!(
+                "{file} defines no function `{}`: add `def {}({}):` (the SQL function calls the Python function of its name)",
+                f.name,
+                f.name,
+                (0..f.args.len()).map(|i| format!("a{i}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        // The batch loop: every row in one interpreter call; a row that
+        // raises becomes None and its index is kept.
+        let call = if f.args.len() == 1 { "__f(__r)" } else { "__f(*__r)" };
+        let wrapper = format!(
+            "def __weir_batch_{name}(__rows):\n    __f = {name}\n    __out = []\n    __bad = []\n    __i = 0\n    for __r in __rows:\n        try:\n            __out.append({call})\n        except BaseException:\n            __out.append(None)\n            __bad.append(__i)\n        __i += 1\n    return (__out, __bad)\n",
+            name = f.name
+        );
+        repl.feed_run(&wrapper, vec![], PrintWriter::Disabled)
+            .map_err(|e| format!("{file}: the batch loop of `{}`: {e}", f.name))?;
+    }
+    Ok(Program {
+        repl,
+        file,
+        snippet,
+        functions,
+    })
+}
+
+/// `ExcType: message (line N of f.py)`, the line being the innermost frame
+/// in the user's source (`snippet`, named `file` for the user).
+fn describe(e: &MontyException, snippet: &str, file: &str) -> String {
+    let line = e
+        .traceback()
+        .iter()
+        .rev()
+        .find(|f| f.filename == snippet || f.filename == file)
+        .map(|f| f.start.line);
+    match line {
+        Some(line) => format!("{} (line {line} of {file})", e.summary()),
+        None => e.summary(),
+    }
+}
+
+/// Reads row `row` of `col` as `ty`.
+///
+/// # Safety
+/// `col` is an argument of this batch, of type `ty`, valid at `row`.
+unsafe fn read(col: &Column, ty: AbiType, row: usize) -> Value {
+    unsafe {
+        match ty {
+            AbiType::Boolean => Value::Bool(<bool as FromArg>::read(col, row)),
+            AbiType::Int8 => Value::Int(<i8 as FromArg>::read(col, row).into()),
+            AbiType::Int16 => Value::Int(<i16 as FromArg>::read(col, row).into()),
+            AbiType::Int32 => Value::Int(<i32 as FromArg>::read(col, row).into()),
+            AbiType::Int64 => Value::Int(<i64 as FromArg>::read(col, row)),
+            AbiType::UInt8 => Value::UInt(<u8 as FromArg>::read(col, row).into()),
+            AbiType::UInt16 => Value::UInt(<u16 as FromArg>::read(col, row).into()),
+            AbiType::UInt32 => Value::UInt(<u32 as FromArg>::read(col, row).into()),
+            AbiType::UInt64 => Value::UInt(<u64 as FromArg>::read(col, row)),
+            AbiType::Float32 => Value::Float(<f32 as FromArg>::read(col, row).into()),
+            AbiType::Float64 => Value::Float(<f64 as FromArg>::read(col, row)),
+            AbiType::Utf8 => Value::Str(<&str as FromArg>::read(col, row).to_string()),
+            AbiType::Binary => Value::Bytes(<&[u8] as FromArg>::read(col, row).to_vec()),
+            AbiType::TimestampMicros => Value::Timestamp(<Timestamp as FromArg>::read(col, row).0),
+            AbiType::Date32 => Value::Date(<Date32 as FromArg>::read(col, row).0),
+        }
+    }
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn to_python(v: Value) -> MontyObject {
+    match v {
+        Value::Int(i) => MontyObject::int(i),
+        Value::UInt(u) => match i64::try_from(u) {
+            Ok(i) => MontyObject::int(i),
+            Err(_) => MontyObject::bigint(u.into()),
+        },
+        Value::Float(f) => MontyObject::float(f),
+        Value::Bool(b) => MontyObject::bool(b),
+        Value::Str(s) => MontyObject::string(s),
+        Value::Bytes(b) => MontyObject::bytes(b),
+        Value::Timestamp(us) => {
+            let days = us.div_euclid(MICROS_PER_DAY);
+            let rest = us.rem_euclid(MICROS_PER_DAY);
+            let (year, month, day) = civil_from_days(days);
+            let secs = rest / 1_000_000;
+            MontyObject::datetime(MontyDateTime {
+                year,
+                month,
+                day,
+                hour: (secs / 3600) as u8,
+                minute: (secs / 60 % 60) as u8,
+                second: (secs % 60) as u8,
+                microsecond: (rest % 1_000_000) as u32,
+                offset_seconds: None,
+                timezone_name: None,
+            })
+        }
+        Value::Date(d) => {
+            let (year, month, day) = civil_from_days(d.into());
+            MontyObject::date(MontyDate { year, month, day })
+        }
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    ((y + i64::from(m <= 2)) as i32, m, d)
+}
+
+/// Days since 1970-01-01 of a civil date (`days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Python's value for a row as `ty`; `None` is NULL.
+fn from_python(v: &ObjectRef<'_>, ty: AbiType) -> Result<Option<Value>, String> {
+    use monty_types::unstable::{MontyNode, node};
+    let n = node(*v);
+    if matches!(n, MontyNode::None) {
+        return Ok(None);
+    }
+    let wrong = || {
+        format!(
+            "returned a Python {} where the declared type is {}",
+            v.type_name(),
+            ty.name()
+        )
+    };
+    let int = || match n {
+        MontyNode::Bool(_) => None,
+        _ => v.as_int(),
+    };
+    let ranged = |i: i64, lo: i64, hi: i64| {
+        if (lo..=hi).contains(&i) {
+            Ok(Some(Value::Int(i)))
+        } else {
+            Err(format!("returned {i}, outside the range of {}", ty.name()))
+        }
+    };
+    match ty {
+        AbiType::Boolean => v.as_bool().map(|b| Some(Value::Bool(b))).ok_or_else(wrong),
+        AbiType::Int8 => ranged(int().ok_or_else(wrong)?, i8::MIN.into(), i8::MAX.into()),
+        AbiType::Int16 => ranged(int().ok_or_else(wrong)?, i16::MIN.into(), i16::MAX.into()),
+        AbiType::Int32 => ranged(int().ok_or_else(wrong)?, i32::MIN.into(), i32::MAX.into()),
+        AbiType::Int64 => match n {
+            MontyNode::BigInt(_) => Err(format!("returned {}, outside the range of int64", v.py_repr())),
+            _ => int().map(|i| Some(Value::Int(i))).ok_or_else(wrong),
+        },
+        AbiType::UInt8 | AbiType::UInt16 | AbiType::UInt32 | AbiType::UInt64 => {
+            let max = match ty {
+                AbiType::UInt8 => u64::from(u8::MAX),
+                AbiType::UInt16 => u64::from(u16::MAX),
+                AbiType::UInt32 => u64::from(u32::MAX),
+                _ => u64::MAX,
+            };
+            let u = match n {
+                MontyNode::Int(i) => u64::try_from(*i).ok(),
+                MontyNode::BigInt(b) => u64::try_from(b).ok(),
+                _ => return Err(wrong()),
+            };
+            match u.filter(|u| *u <= max) {
+                Some(u) => Ok(Some(Value::UInt(u))),
+                None => Err(format!("returned {}, outside the range of {}", v.py_repr(), ty.name())),
+            }
+        }
+        AbiType::Float32 | AbiType::Float64 => match n {
+            MontyNode::Bool(_) => Err(wrong()),
+            _ => v.as_float().map(|f| Some(Value::Float(f))).ok_or_else(wrong),
+        },
+        AbiType::Utf8 => v
+            .as_str()
+            .map(|s| Some(Value::Str(s.to_string())))
+            .ok_or_else(wrong),
+        AbiType::Binary => match n {
+            MontyNode::Bytes(b) => Ok(Some(Value::Bytes(b.to_vec()))),
+            _ => Err(wrong()),
+        },
+        AbiType::TimestampMicros => match n {
+            MontyNode::DateTime(dt) => {
+                let days = days_from_civil(dt.year.into(), dt.month.into(), dt.day.into());
+                let local = days * MICROS_PER_DAY
+                    + (i64::from(dt.hour) * 3600 + i64::from(dt.minute) * 60 + i64::from(dt.second))
+                        * 1_000_000
+                    + i64::from(dt.microsecond);
+                let offset = i64::from(dt.offset_seconds.unwrap_or(0)) * 1_000_000;
+                Ok(Some(Value::Timestamp(local - offset)))
+            }
+            _ => Err(wrong()),
+        },
+        AbiType::Date32 => match n {
+            MontyNode::Date(d) => {
+                let days = days_from_civil(d.year.into(), d.month.into(), d.day.into());
+                Ok(Some(Value::Date(days as i32)))
+            }
+            _ => Err(wrong()),
+        },
+    }
+}
+
+/// Function `k` over a batch: the body of export `weir_py_fn_K`.
+fn call(k: usize, args: u32, rows: u32) -> u32 {
+    let n = rows as usize;
+    let outcome = PROGRAM.with(|p| {
+        let mut p = p.borrow_mut();
+        let Some(program) = p.as_mut() else {
+            return Err("the Python program was not initialised".to_string());
+        };
+        Ok(batch(program, k, args, n))
+    });
+    let results = match outcome {
+        Ok(Ok(results)) => results,
+        Ok(Err(message)) | Err(message) => {
+            let mut results: Vec<Result<Option<Value>, String>> = (0..n).map(|_| Ok(None)).collect();
+            if let Some(first) = results.first_mut() {
+                *first = Err(message);
+            }
+            results
+        }
+    };
+    let ret = PROGRAM.with(|p| {
+        p.borrow()
+            .as_ref()
+            .and_then(|p| p.functions.get(k))
+            .map(|f| f.ret)
+            .unwrap_or(AbiType::Int64)
+    });
+    emit(ret, rows, results)
+}
+
+fn batch(
+    program: &mut Program,
+    k: usize,
+    args: u32,
+    n: usize,
+) -> Result<Vec<Result<Option<Value>, String>>, String> {
+    let f = program
+        .functions
+        .get(k)
+        .ok_or_else(|| format!("no function {k}"))?;
+    let cols: Vec<Column> = (0..f.args.len())
+        .map(|i| {
+            // SAFETY: the host wrote one descriptor per declared argument.
+            unsafe { Column::new(&*((args as usize + 16 * i) as *const RawArg)) }
+        })
+        .collect();
+    // Rows with a NULL argument are NULL without a call.
+    let called: Vec<usize> = (0..n)
+        .filter(|row| cols.iter().all(|c| c.is_valid(*row)))
+        .collect();
+    let row_values = |row: usize| -> Vec<MontyObject> {
+        cols.iter()
+            .zip(&f.args)
+            // SAFETY: `row` is in the batch and valid in every column.
+            .map(|(c, t)| to_python(unsafe { read(c, *t, row) }))
+            .collect()
+    };
+    let input: Vec<MontyObject> = called
+        .iter()
+        .map(|row| {
+            let mut values = row_values(*row);
+            if values.len() == 1 {
+                values.pop().unwrap_or_else(MontyObject::none)
+            } else {
+                MontyObject::tuple(values)
+            }
+        })
+        .collect();
+    let mut results: Vec<Result<Option<Value>, String>> = (0..n).map(|_| Ok(None)).collect();
+    if called.is_empty() {
+        return Ok(results);
+    }
+    let name = f.name.clone();
+    let ret = f.ret;
+    let out = program
+        .repl
+        .call_function(
+            &format!("__weir_batch_{name}"),
+            vec![MontyObject::list(input)],
+            PrintWriter::Disabled,
+        )
+        .map_err(|e| describe(&e, &program.snippet, &program.file))?;
+    let root = out.as_ref();
+    let parts = root.items().unwrap_or_default();
+    let (Some(values), Some(bad)) = (
+        parts.first().and_then(|v| v.items()),
+        parts.get(1).and_then(|b| b.items()),
+    ) else {
+        return Err("the batch loop returned no result".into());
+    };
+    if values.len() != called.len() {
+        return Err("the batch loop returned a result per row".into());
+    }
+    for (value, row) in values.iter().zip(&called) {
+        results[*row] = from_python(value, ret);
+    }
+    for b in bad {
+        let Some(i) = b.as_int().and_then(|i| usize::try_from(i).ok()) else {
+            continue;
+        };
+        let Some(row) = called.get(i).copied() else {
+            continue;
+        };
+        // The row again on its own: its exception, with the line.
+        let message = match program
+            .repl
+            .call_function(&name, row_values(row), PrintWriter::Disabled)
+        {
+            Err(e) => describe(&e, &program.snippet, &program.file),
+            Ok(_) => "raised an exception (not raised again when called alone)".to_string(),
+        };
+        results[row] = Err(message);
+    }
+    Ok(results)
+}
+
+fn emit(ret: AbiType, rows: u32, results: Vec<Result<Option<Value>, String>>) -> u32 {
+    macro_rules! go {
+        ($t:ty, $pat:pat => $e:expr) => {{
+            let mut results = results;
+            // SAFETY: called from an export with the host's batch.
+            unsafe {
+                run::<$t, _>(rows, &[], |row| match core::mem::replace(&mut results[row], Ok(None)) {
+                    Ok(Some($pat)) => Ok(Some($e)),
+                    Ok(Some(_)) => Err("internal: a value of another type".to_string()),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                })
+            }
+        }};
+    }
+    match ret {
+        AbiType::Boolean => go!(bool, Value::Bool(b) => b),
+        AbiType::Int8 => go!(i8, Value::Int(i) => i as i8),
+        AbiType::Int16 => go!(i16, Value::Int(i) => i as i16),
+        AbiType::Int32 => go!(i32, Value::Int(i) => i as i32),
+        AbiType::Int64 => go!(i64, Value::Int(i) => i),
+        AbiType::UInt8 => go!(u8, Value::UInt(u) => u as u8),
+        AbiType::UInt16 => go!(u16, Value::UInt(u) => u as u16),
+        AbiType::UInt32 => go!(u32, Value::UInt(u) => u as u32),
+        AbiType::UInt64 => go!(u64, Value::UInt(u) => u),
+        AbiType::Float32 => go!(f32, Value::Float(f) => f as f32),
+        AbiType::Float64 => go!(f64, Value::Float(f) => f),
+        AbiType::Utf8 => go!(String, Value::Str(s) => s),
+        AbiType::Binary => go!(Vec<u8>, Value::Bytes(b) => b),
+        AbiType::TimestampMicros => go!(Timestamp, Value::Timestamp(t) => Timestamp(t)),
+        AbiType::Date32 => go!(Date32, Value::Date(d) => Date32(d)),
+    }
+}
+
+macro_rules! exports {
+    ($($k:literal => $name:ident),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name(args: u32, rows: u32) -> u32 {
+            call($k, args, rows)
+        }
+    )*};
+}
+
+exports!(
+    0 => weir_py_fn_0, 1 => weir_py_fn_1, 2 => weir_py_fn_2, 3 => weir_py_fn_3,
+    4 => weir_py_fn_4, 5 => weir_py_fn_5, 6 => weir_py_fn_6, 7 => weir_py_fn_7,
+    8 => weir_py_fn_8, 9 => weir_py_fn_9, 10 => weir_py_fn_10, 11 => weir_py_fn_11,
+    12 => weir_py_fn_12, 13 => weir_py_fn_13, 14 => weir_py_fn_14, 15 => weir_py_fn_15,
+    16 => weir_py_fn_16, 17 => weir_py_fn_17, 18 => weir_py_fn_18, 19 => weir_py_fn_19,
+    20 => weir_py_fn_20, 21 => weir_py_fn_21, 22 => weir_py_fn_22, 23 => weir_py_fn_23,
+    24 => weir_py_fn_24, 25 => weir_py_fn_25, 26 => weir_py_fn_26, 27 => weir_py_fn_27,
+    28 => weir_py_fn_28, 29 => weir_py_fn_29, 30 => weir_py_fn_30, 31 => weir_py_fn_31,
+);
+
+/// getrandom 0.3's custom backend (`--cfg getrandom_backend="custom"`):
+/// monty draws object ids from it; a fixed sequence keeps runs
+/// reproducible (`random` itself is seeded, see `policy`).
+///
+/// # Safety
+/// `dest` points at `len` writable bytes (getrandom's contract).
+#[unsafe(no_mangle)]
+unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Result<(), getrandom::Error> {
+    thread_local! {
+        static STATE: core::cell::Cell<u64> = const { core::cell::Cell::new(0x9E37_79B9_7F4A_7C15) };
+    }
+    for i in 0..len {
+        let byte = STATE.with(|s| {
+            // splitmix64
+            let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as u8
+        });
+        // SAFETY: `i < len`.
+        unsafe { dest.add(i).write(byte) };
+    }
+    Ok(())
+}

@@ -23,7 +23,7 @@ use monty_types::{
     SleepMode,
 };
 use weir_abi::{AbiType, RawArg, RawResult};
-use weir_udf::__private::{Column, run};
+use weir_udf::__private::{Column, install_panic_hook, run};
 use weir_udf::{Date32, FromArg, Timestamp};
 
 /// Most functions one program may declare (exports `weir_py_fn_0..`).
@@ -34,6 +34,7 @@ struct Function {
     name: String,
     args: Vec<AbiType>,
     ret: AbiType,
+    deterministic: bool,
 }
 
 struct Program {
@@ -64,6 +65,7 @@ enum Value {
 /// `weir_init(ptr, len)`: reads the program and runs its source once.
 #[unsafe(no_mangle)]
 pub extern "C" fn weir_init(ptr: u32, len: u32) -> u32 {
+    install_panic_hook();
     // SAFETY: the host wrote `len` bytes at `ptr` (from `weir_alloc`).
     let bytes = unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
     let outcome = parse_program(bytes).and_then(start);
@@ -137,28 +139,41 @@ fn parse_program(bytes: &[u8]) -> Result<(String, Vec<Function>, String), String
         let nargs = r.u32()?;
         let args = (0..nargs).map(|_| r.ty()).collect::<Result<Vec<_>, _>>()?;
         let ret = r.ty()?;
-        let _deterministic = r.take(1)?;
-        functions.push(Function { name, args, ret });
+        let deterministic = r.take(1)?[0] != 0;
+        functions.push(Function {
+            name,
+            args,
+            ret,
+            deterministic,
+        });
     }
     let file = r.str()?;
     let source = String::from_utf8(r.bytes.to_vec()).map_err(|_| "the source is not UTF-8")?;
     Ok((file, functions, source))
 }
 
-fn policy() -> OsPolicy {
+/// What the interpreter may ask of the world: nothing. Every OS call is
+/// answered by the host, and no host answers inside a call, so reading the
+/// clock, sleeping, files and entropy raise (see `describe`). A program
+/// with a `VOLATILE` function gets a `random` that starts from a fixed
+/// seed; otherwise an unseeded draw raises.
+fn policy(volatile: bool) -> OsPolicy {
     OsPolicy {
-        // No clock: the host answers nothing, so reading it raises.
         datetime: DateTimeSource::CallHost,
         sleep: SleepMode::CallHost,
         process_time: ProcessTime::Zero,
-        random_start: RandomStart::Seed(RandomSeed::Int(0.into())),
+        random_start: if volatile {
+            RandomStart::Seed(RandomSeed::Int(0.into()))
+        } else {
+            RandomStart::CallHost
+        },
         ..OsPolicy::default()
     }
 }
 
 fn start((file, functions, source): (String, Vec<Function>, String)) -> Result<Program, String> {
     let mut repl = MontyRepl::new(&file, ResourceTracker::default(), CompileOptions::default())
-        .with_os_policy(policy());
+        .with_os_policy(policy(functions.iter().any(|f| !f.deterministic)));
     let snippet = repl.next_script_name();
     repl.feed_run(&source, vec![], PrintWriter::Disabled)
         .map_err(|e| describe(&e, &snippet, &file))?;
@@ -198,9 +213,62 @@ fn describe(e: &MontyException, snippet: &str, file: &str) -> String {
         .rev()
         .find(|f| f.filename == snippet || f.filename == file)
         .map(|f| f.start.line);
-    match line {
-        Some(line) => format!("{} (line {line} of {file})", e.summary()),
+    let summary = match e.message().and_then(os_call) {
+        Some(call) if call.contains("urandom") => "random numbers in a deterministic function: declare it VOLATILE (its `random` then starts from a fixed seed) or call `random.seed(…)` first".to_string(),
+        Some(call) => format!("`{call}` is not available: a weir UDF has no clock, files, network or environment"),
         None => e.summary(),
+    };
+    match line {
+        Some(line) => format!("{summary} (line {line} of {file})"),
+        None => summary,
+    }
+}
+
+/// The OS function a refused OS call named (monty: "OS function 'X'
+/// cannot suspend in this synchronous context").
+fn os_call(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("OS function '")?;
+    rest.split_once('\'').map(|(call, _)| call)
+}
+
+/// The allocator, reporting a failed allocation (a Python value larger than
+/// the instance's memory) as a panic with its size instead of a bare trap.
+struct Allocator;
+
+#[global_allocator]
+static ALLOCATOR: Allocator = Allocator;
+
+fn out_of_memory(bytes: usize) -> ! {
+    panic!("Python ran out of memory: an allocation of {bytes} bytes failed (past the instance's memory limit)")
+}
+
+unsafe impl std::alloc::GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if p.is_null() {
+            out_of_memory(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if p.is_null() {
+            out_of_memory(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            out_of_memory(new_size);
+        }
+        p
     }
 }
 
@@ -380,6 +448,7 @@ fn from_python(v: &ObjectRef<'_>, ty: AbiType) -> Result<Option<Value>, String> 
 
 /// Function `k` over a batch: the body of export `weir_py_fn_K`.
 fn call(k: usize, args: u32, rows: u32) -> u32 {
+    install_panic_hook();
     let n = rows as usize;
     let outcome = PROGRAM.with(|p| {
         let mut p = p.borrow_mut();

@@ -65,5 +65,5 @@ pub mod __private {
     pub use crate::abi::RawArg;
     pub use crate::aggregate::{Groups, emit, emit_state, fold, load_state};
     pub use crate::input::Column;
-    pub use crate::runtime::run;
+    pub use crate::runtime::{install_panic_hook, run};
 }

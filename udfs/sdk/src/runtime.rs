@@ -50,7 +50,7 @@ pub extern "C" fn weir_panic_info() -> u32 {
     }
 }
 
-pub(crate) fn install_panic_hook() {
+pub fn install_panic_hook() {
     static INSTALLED: Global<bool> = Global::new();
     let installed = INSTALLED.get();
     if *installed {

@@ -121,7 +121,10 @@ pub fn inline_source(name: &str, params: &[&str], body: &str) -> String {
         if dedented.iter().all(|l| l.trim().is_empty()) {
             source.push_str("    return None\n");
         }
-        for line in dedented {
+        // The `def` takes the place of an empty first line (the one after
+        // `$$`), so a traceback's line numbers are those of the SQL text.
+        let skip = usize::from(dedented.first().is_some_and(|l| l.trim().is_empty()));
+        for line in dedented.into_iter().skip(skip) {
             if !line.trim().is_empty() {
                 source.push_str("    ");
             }
@@ -170,7 +173,7 @@ mod tests {
         );
         assert_eq!(
             inline_source("f", &["x", "y"], "\n  z = x + y\n  return z\n"),
-            "def f(x, y):\n\n    z = x + y\n    return z\n"
+            "def f(x, y):\n    z = x + y\n    return z\n"
         );
         assert!(!defines_function("def fx(a): pass", "f"));
         assert!(!defines_function("    def f(a): pass", "f"));

@@ -1,9 +1,11 @@
-//! The same functions written in Rust, AssemblyScript and JavaScript, all
-//! run as weir modules, next to native Rust: `gcd` (integer loop) and
-//! `upper` (Unicode strings) at 8192 rows, the fixed cost of a 1-row call,
-//! and an instance's start-up (instantiation, plus for JavaScript the
-//! QuickJS context and the script's bytecode: the first call on a freshly
-//! loaded module). Results: BENCHMARKS.md ("Guest languages").
+//! The same functions written in Rust, AssemblyScript, JavaScript and
+//! Python, all run as weir modules, next to native Rust: `gcd` (integer
+//! loop) and `upper` (Unicode strings) at 8192 rows, the fixed cost of a
+//! 1-row call, and an instance's start-up (instantiation, plus for
+//! JavaScript the QuickJS context and the script's bytecode, for Python
+//! monty's session and the source run once: the first call on a freshly
+//! loaded module). Python also alone: `x * 2` and a dict lookup.
+//! Results: BENCHMARKS.md ("Guest languages").
 //!
 //! Run: `cargo bench --bench languages` (needs `asc`: `npm install -g
 //! assemblyscript@0.28`)
@@ -71,6 +73,41 @@ fn data(rows: usize, seed: u64) -> (Vec<i64>, Vec<String>) {
     (ints, strings)
 }
 
+/// The Python functions: the same logic as benches/js/bench_js.js.
+const PYTHON: &str = "
+def py_gcd(a, b):
+    a, b = abs(a), abs(b)
+    while b:
+        a, b = b, a % b
+    return a
+
+def py_upper(s):
+    return s.upper()
+
+def py_twice(x):
+    return x * 2
+
+ZONES = {'weir': 1, 'Dam': 2, 'river': 3, 'flow': 4, 'Kafka': 5, 'arrow': 6}
+
+def py_zone(s):
+    return ZONES.get(s.split(' ')[0], 0)
+";
+
+const PYTHON_SIGNATURES: [&str; 4] = [
+    "py_gcd(a BIGINT, b BIGINT) RETURNS BIGINT",
+    "py_upper(s VARCHAR) RETURNS VARCHAR",
+    "py_twice(x BIGINT) RETURNS BIGINT",
+    "py_zone(s VARCHAR) RETURNS BIGINT",
+];
+
+fn python_module(source: &str, signatures: &[&str]) -> Vec<u8> {
+    let signatures: Vec<_> = signatures
+        .iter()
+        .map(|s| weir::lang::parse_signature(s).unwrap())
+        .collect();
+    weir::lang::python::module("bench_py.py", source, &signatures).unwrap()
+}
+
 struct Modules {
     sandbox: Sandbox,
     /// (language, module path, gcd function, upper function)
@@ -98,6 +135,8 @@ fn modules() -> Modules {
             .expect("build AssemblyScript guests (is asc installed?)");
     let js_built = weir::toolchain::build_js(&sandbox, &repo.join("benches/js"), &target)
         .expect("build JavaScript guests");
+    let python = target.join("bench_py.wasm");
+    std::fs::write(&python, python_module(PYTHON, &PYTHON_SIGNATURES)).unwrap();
     let languages = vec![
         ("rust_wasm", find(&rust, "geo"), "gcd", ""),
         ("rust_wasm", find(&rust, "text"), "", "shout"),
@@ -113,6 +152,7 @@ fn modules() -> Modules {
             "js_gcd",
             "js_upper",
         ),
+        ("python", python, "py_gcd", "py_upper"),
     ];
     Modules { sandbox, languages }
 }
@@ -171,6 +211,28 @@ fn benches(c: &mut Criterion) {
             bench.iter(|| call(module, u, black_box(args)))
         });
     }
+    group.finish();
+
+    // Python alone: the cheapest call (`x * 2`) and a dict lookup, next to
+    // native.
+    let python = &loaded.iter().find(|l| l.0 == "python").unwrap().1;
+    let twice: Vec<ArrayRef> = vec![ints[0].clone()];
+    let mut group = c.benchmark_group("lang_python_twice");
+    group.bench_with_input(BenchmarkId::new("native", ROWS), &twice, |bench, args| {
+        bench.iter(|| {
+            let a = args[0].as_any().downcast_ref::<Int64Array>().unwrap();
+            let out: Int64Array = a.unary(|x| x * 2);
+            Arc::new(out) as ArrayRef
+        })
+    });
+    group.bench_with_input(BenchmarkId::new("python", ROWS), &twice, |bench, args| {
+        bench.iter(|| call(python, "py_twice", black_box(args)))
+    });
+    group.finish();
+    let mut group = c.benchmark_group("lang_python_dict");
+    group.bench_with_input(BenchmarkId::new("python", ROWS), &strings, |bench, args| {
+        bench.iter(|| call(python, "py_zone", black_box(args)))
+    });
     group.finish();
 
     // The fixed cost of one call on a warm instance.

@@ -52,6 +52,11 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   # wasi-libc (Debian), to rebuild udfs/js/weir_js.wasm below.
   { [ -f /usr/lib/wasm32-wasi/libc.a ] && ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; } ||
     apt_install libclang-rt-14-dev-wasm32 wasi-libc
+  # The Python runtime guest's toolchain: rustc 1.96 for wasm32 and
+  # binaryen's wasm-opt (Debian), to rebuild udfs/python/weir_py.wasm below.
+  rustup toolchain list | grep -q '^1.96.0' || rustup toolchain install 1.96.0 --profile minimal
+  rustup +1.96.0 target add wasm32-unknown-unknown
+  command -v wasm-opt >/dev/null 2>&1 || apt_install binaryen
   # AssemblyScript's compiler for the AssemblyScript UDF tests (npm).
   command -v asc >/dev/null 2>&1 || npm install -g --no-fund --no-audit assemblyscript@0.28.20
   # The independent Kafka client of the README walkthrough test, with its
@@ -73,6 +78,13 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   ./udfs/js/build.sh "$rebuilt" >/dev/null
   cmp "$rebuilt" udfs/js/weir_js.wasm ||
     { echo "udfs/js/weir_js.wasm differs from what udfs/js/build.sh builds; rebuild it and commit" >&2; exit 1; }
+  # The checked-in Python runtime (monty from crates.io, udfs/python/src):
+  # rebuilt; rustc lays its string constants out in a different order from
+  # one build to the next, so the check is that it builds, imports nothing
+  # and is the checked-in size within 1 %.
+  rebuilt="$(mktemp -d)/weir_py.wasm"
+  ./udfs/python/build.sh "$rebuilt" >/dev/null
+  python3 scripts/check_guest_runtime.py "$rebuilt" udfs/python/weir_py.wasm
 fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" \

@@ -255,6 +255,56 @@ pub fn build_js(
     Ok(built)
 }
 
+/// Builds every `.py` file of `dir` to its own module
+/// `target_dir/<stem>.wasm`: the functions its `# @udf` lines declare, with
+/// the source, on the embedded Python runtime (no toolchain needed), then
+/// loaded once so that a syntax error, a missing function or a failing top
+/// level is reported here.
+pub fn build_python(
+    sandbox: &weir_core::Sandbox,
+    dir: &Path,
+    target_dir: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    use weir_core::lang::python;
+    let io = |error| BuildError::Spawn {
+        program: "weir (python)".into(),
+        error,
+    };
+    let failed = |source: &Path, stderr: String| BuildError::Failed {
+        crate_dir: source.display().to_string(),
+        status: "error".into(),
+        stderr,
+    };
+    std::fs::create_dir_all(target_dir).map_err(io)?;
+    let mut built = Vec::new();
+    for source in sources(dir, "py").map_err(io)? {
+        let file = source
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&source).map_err(io)?;
+        let module = weir_core::lang::declarations(&file, &text)
+            .map_err(|e| e.to_string())
+            .and_then(|sigs| python::module(&file, &text, &sigs).map_err(|e| e.to_string()))
+            .map_err(|e| failed(&source, e))?;
+        sandbox
+            .load(&file, &module)
+            .map_err(|e| failed(&source, e.to_string()))?;
+        let stem = source.file_stem().unwrap_or_default().to_string_lossy();
+        let out_path = target_dir.join(format!("{stem}.wasm"));
+        std::fs::write(&out_path, module).map_err(io)?;
+        built.push(out_path);
+    }
+    if built.is_empty() {
+        return Err(BuildError::NoArtifact(format!(
+            "{} (no .py files)",
+            dir.display()
+        )));
+    }
+    Ok(built)
+}
+
 /// AssemblyScript's compiler: `WEIR_ASC`, else `node_modules/.bin/asc` in
 /// `dir` or a folder above it, else `asc` on the `PATH`.
 pub fn asc(dir: &Path) -> Option<PathBuf> {

@@ -29,7 +29,7 @@ pub enum UdfCommand {
 pub struct NewArgs {
     /// The UDF's name: lowercase letters, digits and `_`, starting with a letter.
     pub name: String,
-    /// Template language: rust, c, js (javascript) or as (assemblyscript).
+    /// Template language: rust, c, js (javascript), py (python) or as (assemblyscript).
     #[arg(long, default_value = "rust")]
     pub lang: String,
     /// Where to create it (default: ./NAME).
@@ -113,6 +113,13 @@ const JS_TEMPLATE: &[(&str, &str)] = &[
     ("README.md", include_str!("../../templates/js/README.md")),
 ];
 
+const PY_TEMPLATE: &[(&str, &str)] = &[
+    ("{{name}}.py", include_str!("../../templates/py/udf.py")),
+    ("rows.json", include_str!("../../templates/rust/rows.json")),
+    ("title.json", include_str!("../../templates/js/title.json")),
+    ("README.md", include_str!("../../templates/py/README.md")),
+];
+
 const AS_TEMPLATE: &[(&str, &str)] = &[
     ("{{name}}.ts", include_str!("../../templates/as/udf.ts")),
     ("weir.ts", weir_core::lang::assemblyscript::ADAPTER),
@@ -157,8 +164,9 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
         "rust" => RUST_TEMPLATE,
         "c" => C_TEMPLATE,
         "js" | "javascript" => JS_TEMPLATE,
+        "py" | "python" => PY_TEMPLATE,
         "as" | "assemblyscript" => AS_TEMPLATE,
-        other => anyhow::bail!("no template for `{other}`; available: rust, c, js, as"),
+        other => anyhow::bail!("no template for `{other}`; available: rust, c, js, py, as"),
     };
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
@@ -196,7 +204,7 @@ fn new(args: &NewArgs) -> anyhow::Result<()> {
     println!("  weir udf test {built} --input rows.json");
     if matches!(
         args.lang.as_str(),
-        "js" | "javascript" | "as" | "assemblyscript"
+        "js" | "javascript" | "py" | "python" | "as" | "assemblyscript"
     ) {
         println!("  weir udf test {built} --input title.json");
     }
@@ -442,12 +450,14 @@ fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<()> {
         args.dir.display()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    // A Cargo crate is Rust; a folder of .js files is JavaScript, of .ts
-    // files AssemblyScript; else C.
+    // A Cargo crate is Rust; a folder of .js files is JavaScript, of .py
+    // files Python, of .ts files AssemblyScript; else C.
     let built = if args.dir.join("Cargo.toml").exists() {
         toolchain::build_rust(&args.dir, &target_dir)
     } else if toolchain::has_files(&args.dir, "js") {
         toolchain::build_js(&cli.sandbox()?, &args.dir, &target_dir)
+    } else if toolchain::has_files(&args.dir, "py") {
+        toolchain::build_python(&cli.sandbox()?, &args.dir, &target_dir)
     } else if toolchain::has_files(&args.dir, "ts") {
         toolchain::build_assemblyscript(&cli.sandbox()?, &args.dir, &target_dir)
     } else {

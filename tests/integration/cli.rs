@@ -241,6 +241,12 @@ fn the_udf_guide_from_scaffold_to_sql_in_javascript() {
     follow_the_guide("js", "target/my_score.wasm");
 }
 
+/// The same in Python: nothing to install, weir carries the interpreter.
+#[test]
+fn the_udf_guide_from_scaffold_to_sql_in_python() {
+    follow_the_guide("py", "target/my_score.wasm");
+}
+
 /// The same in AssemblyScript (its compiler `asc`, from npm).
 #[test]
 fn the_udf_guide_from_scaffold_to_sql_in_assemblyscript() {
@@ -313,7 +319,7 @@ fn follow_the_guide(lang: &str, module: &str) {
             &project,
         );
         assert!(sql.contains("g,s\n0,6.0\n1,8.0"), "{sql}");
-    } else if lang == "js" || lang == "as" {
+    } else if lang == "js" || lang == "py" || lang == "as" {
         let tested = run(&["udf", "test", module, "--input", "title.json"], &project);
         assert!(
             tested.contains(r#"my_score_title("ça va") = "Ça Va""#),

@@ -1,7 +1,7 @@
 //! How a source file declares the functions SQL may call: a comment line
 //! `// @udf name(a DOUBLE, b VARCHAR) RETURNS VARCHAR` (or the same inside a
 //! `/** … */` block) near the function. JavaScript and AssemblyScript files
-//! use the same lines.
+//! use the same lines; Python files `# @udf …`.
 
 use super::signature::{Signature, SignatureError, parse_signature};
 
@@ -28,6 +28,7 @@ pub fn declarations(file: &str, source: &str) -> Result<Vec<Signature>, Declarat
             .trim_start()
             .trim_start_matches('/')
             .trim_start_matches('*')
+            .trim_start_matches('#')
             .trim_start();
         let Some(rest) = text.strip_prefix(DECLARATION_TAG) else {
             continue;
@@ -58,9 +59,10 @@ mod tests {
 
     #[test]
     fn declarations_are_comment_lines() {
-        let src = "// @udf f(a BIGINT) RETURNS BIGINT\nfunction f(a) { return a }\n/** @udf g() RETURNS DOUBLE VOLATILE */\n// @udfx not(a INT) RETURNS INT\n";
+        let src = "// @udf f(a BIGINT) RETURNS BIGINT\nfunction f(a) { return a }\n/** @udf g() RETURNS DOUBLE VOLATILE */\n// @udfx not(a INT) RETURNS INT\n# @udf h(s VARCHAR) RETURNS VARCHAR\n";
         let d = declarations("t.js", src).unwrap();
-        assert_eq!(d.len(), 2);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[2].name, "h");
         assert_eq!(d[1].name, "g");
         assert!(!d[1].deterministic);
         let e = declarations("t.js", "// @udf f(a) RETURNS INT").unwrap_err();

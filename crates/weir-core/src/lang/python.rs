@@ -24,7 +24,7 @@ pub const MAX_FUNCTIONS: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum PyError {
     #[error(
-        "{file} declares no function: add a line `# weir: name(a DOUBLE) RETURNS DOUBLE` for each function SQL may call"
+        "{file} declares no function: add a line `# @udf name(a DOUBLE) RETURNS DOUBLE` for each function SQL may call"
     )]
     NoFunctions { file: String },
     #[error("{file} declares {count} functions; a source may declare at most {MAX_FUNCTIONS}")]
@@ -168,7 +168,11 @@ mod tests {
             "def f(x): return x * 2\n"
         );
         assert_eq!(
-            inline_source("f", &["x"], "\n    K = 3\n    def f(x):\n        return x * K\n"),
+            inline_source(
+                "f",
+                &["x"],
+                "\n    K = 3\n    def f(x):\n        return x * K\n"
+            ),
             "\nK = 3\ndef f(x):\n    return x * K\n"
         );
         assert_eq!(

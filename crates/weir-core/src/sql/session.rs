@@ -64,7 +64,7 @@ impl SqlSession {
     }
 
     /// Plans and runs `sql` (one or more `;`-separated statements,
-    /// `CREATE FUNCTION … LANGUAGE javascript` among them), collecting
+    /// `CREATE FUNCTION … LANGUAGE javascript|python` among them), collecting
     /// every batch of the last.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         let host = LocalFunctions(&self.sandbox);

@@ -75,7 +75,7 @@ pub struct Pipeline {
     /// with `/metrics`; replaced when a reload swaps UDF versions).
     tenant: Arc<Tenant>,
     modules: SharedModules,
-    /// Functions the SQL creates (`CREATE FUNCTION … LANGUAGE javascript`
+    /// Functions the SQL creates (`CREATE FUNCTION … LANGUAGE javascript|python`
     /// before the query), loaded under the tenant; kept through reloads.
     inline: Vec<Arc<UdfModule>>,
     reload: Option<Reload>,

@@ -227,7 +227,7 @@ fn body_schema(path: &str, method: &str) -> Option<Body> {
             "additionalProperties": false,
             "required": ["sql"],
             "properties": {
-                "sql": {"type": "string", "description": "one read-only query, optionally after `CREATE FUNCTION … LANGUAGE javascript AS $$ … $$;` statements that add functions to this request only"},
+                "sql": {"type": "string", "description": "one read-only query, optionally after `CREATE FUNCTION … LANGUAGE javascript|python AS $$ … $$;` statements that add functions to this request only"},
                 "udfs": {
                     "type": "array",
                     "maxItems": crate::pipeline::PipelineConfig::MAX_UDFS,

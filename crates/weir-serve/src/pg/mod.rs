@@ -4,7 +4,7 @@
 //! SQL with the tenant's UDFs under the same rules as
 //! `POST /v1/tenants/{tenant}/sql` (`services::query`): its limits,
 //! memory, deadline and fair share, `CREATE FUNCTION … LANGUAGE
-//! javascript` for the statement's life, every statement audited.
+//! javascript|python` for the statement's life, every statement audited.
 //!
 //! This first slice: the simple query protocol, text results, cleartext
 //! passwords on a loopback listener only (`allow_insecure_password`), no

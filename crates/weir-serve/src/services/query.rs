@@ -1,6 +1,6 @@
 //! One bounded SQL query of a tenant: its published UDFs over tables given
 //! inline as JSON rows and over topics' most recent records; read-only
-//! apart from `CREATE FUNCTION … LANGUAGE javascript` for the request,
+//! apart from `CREATE FUNCTION … LANGUAGE javascript|python` for the request,
 //! row- and time-capped.
 
 use std::collections::BTreeMap;
@@ -202,7 +202,7 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     // Planning (constant folding calls guests) and execution run on the
     // guest threads; at the deadline the rest of the work is dropped and
     // a guest call in flight is interrupted. `CREATE FUNCTION … LANGUAGE
-    // javascript` statements before the query add functions to this
+    // javascript|python` statements before the query add functions to this
     // request's session only, loaded under the tenant's limits and policy.
     // The tenant's requests beyond its cap wait here, as futures, within
     // the deadline: never on the guest threads.

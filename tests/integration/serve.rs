@@ -2386,6 +2386,81 @@ async fn published_aggregates_work_in_sql_and_staged_runs() {
     assert!(out["errors"].as_array().unwrap().is_empty(), "{out}");
 }
 
+/// Issue 31: `CREATE FUNCTION … LANGUAGE python` in the SQL endpoint, like
+/// JavaScript: the request's session only, under the tenant's limits (the
+/// CPU budget and the memory in force name their keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_functions_created_in_a_request_live_in_that_request_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = Arc::new(Tenants::new(
+        Policy::from_toml(
+            "[tenants.acme]\ncpu_ms_per_batch = 200\n[tenants.globex]\nmemory_bytes = 1048576\n",
+        )
+        .unwrap(),
+    ));
+    let state = AppState::open(
+        config(dir.path(), 1 << 20),
+        support::sandbox().clone(),
+        tenants,
+    )
+    .unwrap();
+    let app = router(Arc::new(state));
+    let sql = |tenant: &'static str, text: &str| {
+        let body = serde_json::json!({ "sql": text }).to_string().into_bytes();
+        let path = format!("/v1/tenants/{tenant}/sql");
+        let token = format!("{tenant}-operator");
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                "POST",
+                &path,
+                Some(&token),
+                Some("application/json"),
+                body,
+            )
+            .await
+        }
+    };
+    let (status, answer) = sql(
+        "acme",
+        "CREATE FUNCTION py_twice(x BIGINT) RETURNS BIGINT LANGUAGE python AS $$ def py_twice(x): return 2 * x $$; \
+         SELECT py_twice(21) AS v",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["rows"], serde_json::json!([{"v": 42}]), "{answer}");
+    // The next request does not see it.
+    let (status, answer) = sql("acme", "SELECT py_twice(1)").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer.to_string().contains("py_twice"), "{answer}");
+    // A spinning function is stopped by the tenant's CPU budget.
+    let (status, answer) = sql(
+        "acme",
+        "CREATE FUNCTION py_spin(x BIGINT) RETURNS BIGINT LANGUAGE python AS $$\nwhile True:\n    pass\n$$; \
+         SELECT py_spin(v) FROM (VALUES (1), (2)) t(v)",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let text = answer.to_string();
+    assert!(
+        text.contains("ran out of CPU") && text.contains("tenants.acme.cpu_ms_per_batch"),
+        "{answer}"
+    );
+    // The interpreter runs under the tenant's memory: globex's 1 MiB cannot
+    // hold it.
+    let (status, answer) = sql(
+        "globex",
+        "CREATE FUNCTION py_one(x BIGINT) RETURNS BIGINT LANGUAGE python AS $$ return 1 $$; SELECT py_one(1)",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer.to_string().contains("tenants.globex.memory_bytes"),
+        "{answer}"
+    );
+}
+
 /// Issue 16: `CREATE FUNCTION … LANGUAGE javascript` before a query in the
 /// SQL endpoint adds the function to that request's session only, loaded
 /// under the tenant's limits (the CPU budget in force names its key).

@@ -102,6 +102,19 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     assert!(ok, "{err}");
     assert_eq!(out, "2|f\n4|t\n|\n", "{err}");
 
+    // A Python function created for the statement (issue 31).
+    let (ok, out, err) = psql(
+        pg_port,
+        "acme",
+        "acme-secret",
+        &[
+            "-c",
+            "CREATE FUNCTION py_shout(s VARCHAR) RETURNS VARCHAR LANGUAGE python AS $$ return s.upper() + '!' $$; SELECT py_shout('straße')",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.ends_with("STRASSE!\n"), "{out}{err}");
+
     // A syntax error and an unknown function, with their SQLSTATEs.
     let (ok, _, err) = psql(pg_port, "acme", "acme-secret", &["-c", "SELEC 1"]);
     assert!(!ok && err.contains("42601"), "{err}");

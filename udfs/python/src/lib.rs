@@ -22,6 +22,7 @@ use monty_types::{
     ObjectRef, OsPolicy, PrintWriter, ProcessTime, RandomSeed, RandomStart, ResourceTracker,
     SleepMode,
 };
+use monty_types::unstable::{MontyGraph, MontyNode, node, object_from_graph, object_from_node};
 use weir_abi::{AbiType, RawArg, RawResult};
 use weir_udf::__private::{Column, install_panic_hook, run};
 use weir_udf::{Date32, FromArg, Timestamp};
@@ -186,11 +187,24 @@ fn start((file, functions, source): (String, Vec<Function>, String)) -> Result<P
                 (0..f.args.len()).map(|i| format!("a{i}")).collect::<Vec<_>>().join(", ")
             ));
         }
-        // The batch loop: every row in one interpreter call; a row that
-        // raises becomes None and its index is kept.
-        let call = if f.args.len() == 1 { "__f(__r)" } else { "__f(*__r)" };
+        // The batch loop, one interpreter call per batch, over one list per
+        // argument: first as one comprehension (no per-row `try`); if a row
+        // raises, again row by row, a row that raises becoming None with
+        // its index kept. (Functions are deterministic or draw from their
+        // own seeded `random`: running rows again changes nothing else.)
+        let cols: Vec<String> = (0..f.args.len()).map(|i| format!("__c{i}")).collect();
+        let vars: Vec<String> = (0..f.args.len()).map(|i| format!("__a{i}")).collect();
+        let (params, each, call) = match f.args.len() {
+            0 => ("__n".to_string(), "__i in range(__n)".to_string(), format!("{}()", f.name)),
+            1 => (cols[0].clone(), format!("__a0 in {}", cols[0]), format!("{}(__a0)", f.name)),
+            _ => (
+                cols.join(", "),
+                format!("{} in zip({})", vars.join(", "), cols.join(", ")),
+                format!("{}({})", f.name, vars.join(", ")),
+            ),
+        };
         let wrapper = format!(
-            "def __weir_batch_{name}(__rows):\n    __f = {name}\n    __out = []\n    __bad = []\n    __i = 0\n    for __r in __rows:\n        try:\n            __out.append({call})\n        except BaseException:\n            __out.append(None)\n            __bad.append(__i)\n        __i += 1\n    return (__out, __bad)\n",
+            "def __weir_batch_{name}({params}):\n    try:\n        return ([{call} for {each}], [])\n    except BaseException:\n        pass\n    __out = []\n    __bad = []\n    __i = 0\n    for {each}:\n        try:\n            __out.append({call})\n        except BaseException:\n            __out.append(None)\n            __bad.append(__i)\n        __i += 1\n    return (__out, __bad)\n",
             name = f.name
         );
         repl.feed_run(&wrapper, vec![], PrintWriter::Disabled)
@@ -300,23 +314,24 @@ unsafe fn read(col: &Column, ty: AbiType, row: usize) -> Value {
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-fn to_python(v: Value) -> MontyObject {
+/// The interpreter's node for a value.
+fn to_node(v: Value) -> MontyNode {
     match v {
-        Value::Int(i) => MontyObject::int(i),
+        Value::Int(i) => MontyNode::Int(i),
         Value::UInt(u) => match i64::try_from(u) {
-            Ok(i) => MontyObject::int(i),
-            Err(_) => MontyObject::bigint(u.into()),
+            Ok(i) => MontyNode::Int(i),
+            Err(_) => MontyNode::BigInt(u.into()),
         },
-        Value::Float(f) => MontyObject::float(f),
-        Value::Bool(b) => MontyObject::bool(b),
-        Value::Str(s) => MontyObject::string(s),
-        Value::Bytes(b) => MontyObject::bytes(b),
+        Value::Float(f) => MontyNode::Float(f),
+        Value::Bool(b) => MontyNode::Bool(b),
+        Value::Str(s) => MontyNode::String(s),
+        Value::Bytes(b) => MontyNode::Bytes(b),
         Value::Timestamp(us) => {
             let days = us.div_euclid(MICROS_PER_DAY);
             let rest = us.rem_euclid(MICROS_PER_DAY);
             let (year, month, day) = civil_from_days(days);
             let secs = rest / 1_000_000;
-            MontyObject::datetime(MontyDateTime {
+            MontyNode::DateTime(MontyDateTime {
                 year,
                 month,
                 day,
@@ -330,9 +345,21 @@ fn to_python(v: Value) -> MontyObject {
         }
         Value::Date(d) => {
             let (year, month, day) = civil_from_days(d.into());
-            MontyObject::date(MontyDate { year, month, day })
+            MontyNode::Date(MontyDate { year, month, day })
         }
     }
+}
+
+fn to_python(v: Value) -> MontyObject {
+    object_from_node(to_node(v))
+}
+
+/// A Python list of `values`, built in one arena (no object per value).
+fn python_list(values: impl Iterator<Item = Value>) -> Result<MontyObject, String> {
+    let mut graph = MontyGraph::new();
+    let ids: Vec<_> = values.map(|v| graph.push(to_node(v))).collect();
+    let root = graph.push(MontyNode::List(ids));
+    object_from_graph(graph, root).map_err(|e| format!("internal: {e:?}"))
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
@@ -363,7 +390,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Python's value for a row as `ty`; `None` is NULL.
 fn from_python(v: &ObjectRef<'_>, ty: AbiType) -> Result<Option<Value>, String> {
-    use monty_types::unstable::{MontyNode, node};
     let n = node(*v);
     if matches!(n, MontyNode::None) {
         return Ok(None);
@@ -504,17 +530,22 @@ fn batch(
             .map(|(c, t)| to_python(unsafe { read(c, *t, row) }))
             .collect()
     };
-    let input: Vec<MontyObject> = called
-        .iter()
-        .map(|row| {
-            let mut values = row_values(*row);
-            if values.len() == 1 {
-                values.pop().unwrap_or_else(MontyObject::none)
-            } else {
-                MontyObject::tuple(values)
-            }
-        })
-        .collect();
+    // One list per argument (the row count for a function of none).
+    let input: Vec<MontyObject> = if cols.is_empty() {
+        vec![MontyObject::int(called.len() as i64)]
+    } else {
+        cols.iter()
+            .zip(&f.args)
+            .map(|(c, t)| {
+                python_list(
+                    called
+                        .iter()
+                        // SAFETY: `row` is in the batch and valid in every column.
+                        .map(|row| unsafe { read(c, *t, *row) }),
+                )
+            })
+            .collect::<Result<_, _>>()?
+    };
     let mut results: Vec<Result<Option<Value>, String>> = (0..n).map(|_| Ok(None)).collect();
     if called.is_empty() {
         return Ok(results);
@@ -525,7 +556,7 @@ fn batch(
         .repl
         .call_function(
             &format!("__weir_batch_{name}"),
-            vec![MontyObject::list(input)],
+            input,
             PrintWriter::Disabled,
         )
         .map_err(|e| describe(&e, &program.snippet, &program.file))?;

@@ -20,6 +20,7 @@ mod limits;
 mod nexmark;
 mod pipeline;
 mod poison;
+mod python;
 mod replay;
 mod serve;
 mod sql_files;

@@ -44,7 +44,19 @@ struct Program {
     /// The name the REPL gave the source (its tracebacks' file name).
     snippet: String,
     functions: Vec<Function>,
+    source: String,
+    /// Interpreter calls since the session started.
+    calls: u32,
+    /// Sessions started so far (the seed of a `VOLATILE` program's `random`).
+    generation: u32,
 }
+
+/// Calls after which the session is started again. monty's REPL keeps a
+/// few hundred bytes per call (each call's synthetic source and its name),
+/// so a long-lived instance would otherwise grow until it hit the memory
+/// limit: ~0.3 MB per restart interval, and a restart (the source run
+/// again) costs about one call of a small batch.
+const RESTART_EVERY: u32 = 1024;
 
 thread_local! {
     static PROGRAM: RefCell<Option<Program>> = const { RefCell::new(None) };
@@ -158,13 +170,13 @@ fn parse_program(bytes: &[u8]) -> Result<(String, Vec<Function>, String), String
 /// clock, sleeping, files and entropy raise (see `describe`). A program
 /// with a `VOLATILE` function gets a `random` that starts from a fixed
 /// seed; otherwise an unseeded draw raises.
-fn policy(volatile: bool) -> OsPolicy {
+fn policy(volatile: bool, generation: u32) -> OsPolicy {
     OsPolicy {
         datetime: DateTimeSource::CallHost,
         sleep: SleepMode::CallHost,
         process_time: ProcessTime::Zero,
         random_start: if volatile {
-            RandomStart::Seed(RandomSeed::Int(0.into()))
+            RandomStart::Seed(RandomSeed::Int(generation.into()))
         } else {
             RandomStart::CallHost
         },
@@ -173,12 +185,33 @@ fn policy(volatile: bool) -> OsPolicy {
 }
 
 fn start((file, functions, source): (String, Vec<Function>, String)) -> Result<Program, String> {
-    let mut repl = MontyRepl::new(&file, ResourceTracker::default(), CompileOptions::default())
-        .with_os_policy(policy(functions.iter().any(|f| !f.deterministic)));
+    let (repl, snippet) = session(&file, &functions, &source, 0)?;
+    Ok(Program {
+        repl,
+        file,
+        snippet,
+        functions,
+        source,
+        calls: 0,
+        generation: 0,
+    })
+}
+
+/// A session that ran `source` and defined the batch loops; the name it
+/// gave the source.
+fn session(
+    file: &str,
+    functions: &[Function],
+    source: &str,
+    generation: u32,
+) -> Result<(MontyRepl, String), String> {
+    let volatile = functions.iter().any(|f| !f.deterministic);
+    let mut repl = MontyRepl::new(file, ResourceTracker::default(), CompileOptions::default())
+        .with_os_policy(policy(volatile, generation));
     let snippet = repl.next_script_name();
-    repl.feed_run(&source, vec![], PrintWriter::Disabled)
-        .map_err(|e| describe(&e, &snippet, &file))?;
-    for f in &functions {
+    repl.feed_run(source, vec![], PrintWriter::Disabled)
+        .map_err(|e| describe(&e, &snippet, file))?;
+    for f in functions {
         if !repl.has_function(&f.name) {
             return Err(format!(
                 "{file} defines no function `{}`: add `def {}({}):` (the SQL function calls the Python function of its name)",
@@ -210,12 +243,23 @@ fn start((file, functions, source): (String, Vec<Function>, String)) -> Result<P
         repl.feed_run(&wrapper, vec![], PrintWriter::Disabled)
             .map_err(|e| format!("{file}: the batch loop of `{}`: {e}", f.name))?;
     }
-    Ok(Program {
-        repl,
-        file,
-        snippet,
-        functions,
-    })
+    Ok((repl, snippet))
+}
+
+impl Program {
+    /// Counts a call, starting the session again every [`RESTART_EVERY`].
+    fn count_call(&mut self) -> Result<(), String> {
+        self.calls += 1;
+        if self.calls < RESTART_EVERY {
+            return Ok(());
+        }
+        self.generation = self.generation.wrapping_add(1);
+        let (repl, snippet) = session(&self.file, &self.functions, &self.source, self.generation)?;
+        self.repl = repl;
+        self.snippet = snippet;
+        self.calls = 0;
+        Ok(())
+    }
 }
 
 /// `ExcType: message (line N of f.py)`, the line being the innermost frame
@@ -509,11 +553,12 @@ fn batch(
     args: u32,
     n: usize,
 ) -> Result<Vec<Result<Option<Value>, String>>, String> {
-    let f = program
+    let (name, types, ret) = program
         .functions
         .get(k)
+        .map(|f| (f.name.clone(), f.args.clone(), f.ret))
         .ok_or_else(|| format!("no function {k}"))?;
-    let cols: Vec<Column> = (0..f.args.len())
+    let cols: Vec<Column> = (0..types.len())
         .map(|i| {
             // SAFETY: the host wrote one descriptor per declared argument.
             unsafe { Column::new(&*((args as usize + 16 * i) as *const RawArg)) }
@@ -525,7 +570,7 @@ fn batch(
         .collect();
     let row_values = |row: usize| -> Vec<MontyObject> {
         cols.iter()
-            .zip(&f.args)
+            .zip(&types)
             // SAFETY: `row` is in the batch and valid in every column.
             .map(|(c, t)| to_python(unsafe { read(c, *t, row) }))
             .collect()
@@ -535,7 +580,7 @@ fn batch(
         vec![MontyObject::int(called.len() as i64)]
     } else {
         cols.iter()
-            .zip(&f.args)
+            .zip(&types)
             .map(|(c, t)| {
                 python_list(
                     called
@@ -550,8 +595,7 @@ fn batch(
     if called.is_empty() {
         return Ok(results);
     }
-    let name = f.name.clone();
-    let ret = f.ret;
+    program.count_call()?;
     let out = program
         .repl
         .call_function(
@@ -582,6 +626,7 @@ fn batch(
             continue;
         };
         // The row again on its own: its exception, with the line.
+        program.count_call()?;
         let message = match program
             .repl
             .call_function(&name, row_values(row), PrintWriter::Disabled)

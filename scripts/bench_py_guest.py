@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""The Python runtime guest (udfs/python/weir_py.wasm) on its own, in
+wasmtime (the `wasmtime` PyPI package, cranelift like weir): instance
+start-up (instantiate + weir_init: monty's session, the source run once,
+the batch loops defined) and the guest's cost per row of `py_twice`
+(BIGINT), `py_upper` (VARCHAR) and `py_zone` (a dict lookup) on 8192-row
+batches. The host's marshalling is not included (`cargo bench --bench
+languages` does that); this isolates what the interpreter costs.
+
+    pip install wasmtime && scripts/bench_py_guest.py
+"""
+import os, struct, sys, time
+import wasmtime
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WASM = os.path.join(REPO, "udfs/python/weir_py.wasm")
+TYPES = ["boolean", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+         "uint64", "float32", "float64", "utf8", "binary", "timestamp_us", "date32"]
+
+engine = wasmtime.Engine()
+t0 = time.perf_counter()
+module = wasmtime.Module.from_file(engine, WASM)
+print(f"module: {os.path.getsize(WASM)} bytes, compiled by cranelift in {time.perf_counter() - t0:.1f} s")
+
+
+class Guest:
+    def __init__(self):
+        self.store = wasmtime.Store(engine)
+        self.ex = wasmtime.Instance(self.store, module, []).exports(self.store)
+        self.mem = self.ex["memory"]
+
+    def write(self, ptr, data):
+        self.mem.write(self.store, data, ptr)
+
+    def read(self, ptr, n):
+        return bytes(self.mem.read(self.store, ptr, ptr + n))
+
+    def call(self, export, columns, rows):
+        """columns: list of (values bytes, offsets bytes or None)."""
+        total = 16 * len(columns) + sum(len(v) + len(o or b"") + 16 for v, o in columns)
+        base = self.ex["weir_alloc"](self.store, total)
+        p = base + 16 * len(columns)
+        for i, (values, offsets) in enumerate(columns):
+            vp = p
+            self.write(vp, values)
+            p += (len(values) + 7) // 8 * 8 + 8
+            op = 0
+            if offsets is not None:
+                op = p
+                self.write(op, offsets)
+                p += (len(offsets) + 7) // 8 * 8 + 8
+            self.write(base + 16 * i, struct.pack("<4I", 0, vp, len(values), op))
+        res = self.ex[export](self.store, base, rows)
+        f = struct.unpack("<10I", self.read(res, 40))
+        if f[0] != 0:
+            sys.exit(f"{export} failed (status {f[0]})")
+        return f
+
+
+def strings(vals):
+    data = b"".join(vals)
+    offs = [0]
+    for v in vals:
+        offs.append(offs[-1] + len(v))
+    return data, struct.pack(f"<{len(offs)}i", *offs)
+
+
+def program(source, functions):
+    blob = b"WPY1" + struct.pack("<I", len(functions))
+    for name, args, ret in functions:
+        blob += struct.pack("<I", len(name)) + name.encode() + struct.pack("<I", len(args))
+        blob += bytes(TYPES.index(a) for a in args) + bytes([TYPES.index(ret), 1])
+    return blob + struct.pack("<I", 8) + b"bench.py" + source.encode()
+
+
+def start(blob):
+    g = Guest()
+    base = g.ex["weir_alloc"](g.store, len(blob))
+    g.write(base, blob)
+    res = g.ex["weir_init"](g.store, base, len(blob))
+    assert struct.unpack("<I", g.read(res, 4))[0] == 0
+    return g
+
+
+SOURCE = """
+def py_twice(x):
+    return x * 2
+
+def py_upper(s):
+    return s.upper()
+
+ZONES = {'weir': 1, 'Dam': 2, 'river': 3, 'flow': 4, 'Kafka': 5, 'arrow': 6}
+
+def py_zone(s):
+    return ZONES.get(s.split(' ')[0], 0)
+"""
+blob = program(SOURCE, [("py_twice", ["int64"], "int64"), ("py_upper", ["utf8"], "utf8"),
+                        ("py_zone", ["utf8"], "int64")])
+
+t = []
+for _ in range(20):
+    t0 = time.perf_counter()
+    g = start(blob)
+    t.append(time.perf_counter() - t0)
+t.sort()
+print(f"instance start-up (instantiate + weir_init): median {t[len(t)//2]*1e3:.2f} ms, min {t[0]*1e3:.2f} ms")
+
+ROWS = 8192
+ints = struct.pack(f"<{ROWS}q", *range(ROWS))
+words = strings([f"straße größe {i}".encode() for i in range(ROWS)])
+for k, name, cols in [(0, "py_twice", [(ints, None)]), (1, "py_upper", [words]), (2, "py_zone", [words])]:
+    export = f"weir_py_fn_{k}"
+    g.call(export, cols, ROWS)
+    runs = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        g.call(export, cols, ROWS)
+        runs.append(time.perf_counter() - t0)
+    runs.sort()
+    print(f"{name}: {runs[len(runs)//2]/ROWS*1e9:.0f} ns/row (median of 15 batches of {ROWS})")
+one = []
+for _ in range(200):
+    t0 = time.perf_counter()
+    g.call("weir_py_fn_0", [(ints[:8], None)], 1)
+    one.append(time.perf_counter() - t0)
+one.sort()
+print(f"py_twice, 1-row call after the first: median {one[len(one)//2]*1e6:.1f} us")

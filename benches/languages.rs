@@ -4,7 +4,8 @@
 //! 1-row call, and an instance's start-up (instantiation, plus for
 //! JavaScript the QuickJS context and the script's bytecode, for Python
 //! monty's session and the source run once: the first call on a freshly
-//! loaded module). Python also alone: `x * 2` and a dict lookup.
+//! loaded module). Python also alone: `x * 2` and a dict lookup, and
+//! `@batch` functions (lists in, a list out).
 //! Results: BENCHMARKS.md ("Guest languages").
 //!
 //! Run: `cargo bench --bench languages` (needs `asc`: `npm install -g
@@ -87,17 +88,27 @@ def py_upper(s):
 def py_twice(x):
     return x * 2
 
+@batch
+def py_twice_batch(xs):
+    return [x * 2 for x in xs]
+
+@batch
+def py_upper_batch(ss):
+    return [s.upper() for s in ss]
+
 ZONES = {'weir': 1, 'Dam': 2, 'river': 3, 'flow': 4, 'Kafka': 5, 'arrow': 6}
 
 def py_zone(s):
     return ZONES.get(s.split(' ')[0], 0)
 ";
 
-const PYTHON_SIGNATURES: [&str; 4] = [
+const PYTHON_SIGNATURES: [&str; 6] = [
     "py_gcd(a BIGINT, b BIGINT) RETURNS BIGINT",
     "py_upper(s VARCHAR) RETURNS VARCHAR",
     "py_twice(x BIGINT) RETURNS BIGINT",
     "py_zone(s VARCHAR) RETURNS BIGINT",
+    "py_twice_batch(x BIGINT) RETURNS BIGINT",
+    "py_upper_batch(s VARCHAR) RETURNS VARCHAR",
 ];
 
 fn python_module(source: &str, signatures: &[&str]) -> Vec<u8> {
@@ -228,6 +239,19 @@ fn benches(c: &mut Criterion) {
     group.bench_with_input(BenchmarkId::new("python", ROWS), &twice, |bench, args| {
         bench.iter(|| call(python, "py_twice", black_box(args)))
     });
+    group.bench_with_input(
+        BenchmarkId::new("python_batch", ROWS),
+        &twice,
+        |bench, args| bench.iter(|| call(python, "py_twice_batch", black_box(args))),
+    );
+    group.finish();
+    let mut group = c.benchmark_group("lang_python_upper_batch");
+    assert_eq!(&call(python, "py_upper_batch", &strings), &want_upper);
+    group.bench_with_input(
+        BenchmarkId::new("python_batch", ROWS),
+        &strings,
+        |bench, args| bench.iter(|| call(python, "py_upper_batch", black_box(args))),
+    );
     group.finish();
     let mut group = c.benchmark_group("lang_python_dict");
     group.bench_with_input(BenchmarkId::new("python", ROWS), &strings, |bench, args| {

@@ -320,6 +320,11 @@ fn follow_the_guide(lang: &str, module: &str) {
         );
         assert!(sql.contains("g,s\n0,6.0\n1,8.0"), "{sql}");
     } else if lang == "js" || lang == "py" || lang == "as" {
+        // The embedded runtimes import nothing: no capability at all.
+        if lang != "as" {
+            let inspected = run(&["udf", "inspect", module], &project);
+            assert!(inspected.contains("capabilities none"), "{inspected}");
+        }
         let tested = run(&["udf", "test", module, "--input", "title.json"], &project);
         assert!(
             tested.contains(r#"my_score_title("ça va") = "Ça Va""#),

@@ -44,6 +44,8 @@ struct Program {
     /// The name the REPL gave the source (its tracebacks' file name).
     snippet: String,
     functions: Vec<Function>,
+    /// Which functions are `@batch` (called with lists).
+    batched: Vec<bool>,
     source: String,
     /// Interpreter calls since the session started.
     calls: u32,
@@ -185,32 +187,41 @@ fn policy(volatile: bool, generation: u32) -> OsPolicy {
 }
 
 fn start((file, functions, source): (String, Vec<Function>, String)) -> Result<Program, String> {
-    let (repl, snippet) = session(&file, &functions, &source, 0)?;
+    let (repl, snippet, batched) = session(&file, &functions, &source, 0)?;
     Ok(Program {
         repl,
         file,
         snippet,
         functions,
+        batched,
         source,
         calls: 0,
         generation: 0,
     })
 }
 
-/// A session that ran `source` and defined the batch loops; the name it
-/// gave the source.
+/// Defined before the source: the decorator `@batch` marks a function that
+/// takes one list per argument (the batch's rows without NULLs) and returns
+/// a list of results, one interpreter call per batch instead of one per row.
+const PRELUDE: &str = "__weir_batched = []\n\ndef batch(f):\n    __weir_batched.append(f)\n    return f\n";
+
+/// A session that ran `source` and defined the batch loops: the session,
+/// the name it gave the source, and which functions are `@batch`.
 fn session(
     file: &str,
     functions: &[Function],
     source: &str,
     generation: u32,
-) -> Result<(MontyRepl, String), String> {
+) -> Result<(MontyRepl, String, Vec<bool>), String> {
     let volatile = functions.iter().any(|f| !f.deterministic);
     let mut repl = MontyRepl::new(file, ResourceTracker::default(), CompileOptions::default())
         .with_os_policy(policy(volatile, generation));
+    repl.feed_run(PRELUDE, vec![], PrintWriter::Disabled)
+        .map_err(|e| format!("the prelude: {e}"))?;
     let snippet = repl.next_script_name();
     repl.feed_run(source, vec![], PrintWriter::Disabled)
         .map_err(|e| describe(&e, &snippet, file))?;
+    let mut batched = Vec::with_capacity(functions.len());
     for f in functions {
         if !repl.has_function(&f.name) {
             return Err(format!(
@@ -220,30 +231,56 @@ fn session(
                 (0..f.args.len()).map(|i| format!("a{i}")).collect::<Vec<_>>().join(", ")
             ));
         }
-        // The batch loop, one interpreter call per batch, over one list per
-        // argument: first as one comprehension (no per-row `try`); if a row
-        // raises, again row by row, a row that raises becoming None with
-        // its index kept. (Functions are deterministic or draw from their
-        // own seeded `random`: running rows again changes nothing else.)
-        let cols: Vec<String> = (0..f.args.len()).map(|i| format!("__c{i}")).collect();
-        let vars: Vec<String> = (0..f.args.len()).map(|i| format!("__a{i}")).collect();
-        let (params, each, call) = match f.args.len() {
-            0 => ("__n".to_string(), "__i in range(__n)".to_string(), format!("{}()", f.name)),
-            1 => (cols[0].clone(), format!("__a0 in {}", cols[0]), format!("{}(__a0)", f.name)),
-            _ => (
-                cols.join(", "),
-                format!("{} in zip({})", vars.join(", "), cols.join(", ")),
-                format!("{}({})", f.name, vars.join(", ")),
-            ),
+        let is_batch = !f.args.is_empty()
+            && repl
+                .feed_run(&format!("{} in __weir_batched", f.name), vec![], PrintWriter::Disabled)
+                .is_ok_and(|b| b.is_truthy());
+        batched.push(is_batch);
+        let wrapper = if is_batch {
+            batch_loop(&f.name, f.args.len())
+        } else {
+            row_loop(&f.name, f.args.len())
         };
-        let wrapper = format!(
-            "def __weir_batch_{name}({params}):\n    try:\n        return ([{call} for {each}], [])\n    except BaseException:\n        pass\n    __out = []\n    __bad = []\n    __i = 0\n    for {each}:\n        try:\n            __out.append({call})\n        except BaseException:\n            __out.append(None)\n            __bad.append(__i)\n        __i += 1\n    return (__out, __bad)\n",
-            name = f.name
-        );
         repl.feed_run(&wrapper, vec![], PrintWriter::Disabled)
             .map_err(|e| format!("{file}: the batch loop of `{}`: {e}", f.name))?;
     }
-    Ok((repl, snippet))
+    Ok((repl, snippet, batched))
+}
+
+/// The batch loop of a function called per row, one interpreter call per
+/// batch, over one list per argument: first as one comprehension (no
+/// per-row `try`); if a row raises, again row by row, a row that raises
+/// becoming None with its index kept. (Functions are deterministic or draw
+/// from their own seeded `random`: running rows again changes nothing
+/// else.)
+fn row_loop(name: &str, arity: usize) -> String {
+    let cols: Vec<String> = (0..arity).map(|i| format!("__c{i}")).collect();
+    let vars: Vec<String> = (0..arity).map(|i| format!("__a{i}")).collect();
+    let (params, each, call) = match arity {
+        0 => ("__n".to_string(), "__i in range(__n)".to_string(), format!("{name}()")),
+        1 => (cols[0].clone(), format!("__a0 in {}", cols[0]), format!("{name}(__a0)")),
+        _ => (
+            cols.join(", "),
+            format!("{} in zip({})", vars.join(", "), cols.join(", ")),
+            format!("{name}({})", vars.join(", ")),
+        ),
+    };
+    format!(
+        "def __weir_batch_{name}({params}):\n    try:\n        return ([{call} for {each}], [])\n    except BaseException:\n        pass\n    __out = []\n    __bad = []\n    __i = 0\n    for {each}:\n        try:\n            __out.append({call})\n        except BaseException:\n            __out.append(None)\n            __bad.append(__i)\n        __i += 1\n    return (__out, __bad)\n"
+    )
+}
+
+/// The batch loop of a `@batch` function: one call with the lists; if it
+/// raises or returns another number of values, row by row with lists of
+/// one, a row that fails becoming None with its index kept.
+fn batch_loop(name: &str, arity: usize) -> String {
+    let cols: Vec<String> = (0..arity).map(|i| format!("__c{i}")).collect();
+    let ones: Vec<String> = cols.iter().map(|c| format!("[{c}[__i]]")).collect();
+    let (params, first) = (cols.join(", "), &cols[0]);
+    format!(
+        "def __weir_batch_{name}({params}):\n    try:\n        __out = list({name}({params}))\n        if len(__out) == len({first}):\n            return (__out, [])\n    except BaseException:\n        pass\n    __out = []\n    __bad = []\n    for __i in range(len({first})):\n        try:\n            __r = list({name}({ones}))\n            if len(__r) != 1:\n                raise ValueError('')\n            __out.append(__r[0])\n        except BaseException:\n            __out.append(None)\n            __bad.append(__i)\n    return (__out, __bad)\n",
+        ones = ones.join(", ")
+    )
 }
 
 impl Program {
@@ -254,9 +291,11 @@ impl Program {
             return Ok(());
         }
         self.generation = self.generation.wrapping_add(1);
-        let (repl, snippet) = session(&self.file, &self.functions, &self.source, self.generation)?;
+        let (repl, snippet, batched) =
+            session(&self.file, &self.functions, &self.source, self.generation)?;
         self.repl = repl;
         self.snippet = snippet;
+        self.batched = batched;
         self.calls = 0;
         Ok(())
     }
@@ -568,11 +607,14 @@ fn batch(
     let called: Vec<usize> = (0..n)
         .filter(|row| cols.iter().all(|c| c.is_valid(*row)))
         .collect();
+    let is_batch = program.batched.get(k).copied().unwrap_or(false);
+    // A row's arguments for a call of its own (lists of one for `@batch`).
     let row_values = |row: usize| -> Vec<MontyObject> {
         cols.iter()
             .zip(&types)
             // SAFETY: `row` is in the batch and valid in every column.
             .map(|(c, t)| to_python(unsafe { read(c, *t, row) }))
+            .map(|v| if is_batch { MontyObject::list([v]) } else { v })
             .collect()
     };
     // One list per argument (the row count for a function of none).
@@ -632,6 +674,15 @@ fn batch(
             .call_function(&name, row_values(row), PrintWriter::Disabled)
         {
             Err(e) => describe(&e, &program.snippet, &program.file),
+            Ok(out) if is_batch && out.as_ref().items().is_none_or(|v| v.len() != 1) => {
+                let got = match out.as_ref().items() {
+                    Some(values) => format!("{} values", values.len()),
+                    None => format!("a {}", out.as_ref().type_name()),
+                };
+                format!(
+                    "a @batch function returns a list with one value per row; called with one row it returned {got}"
+                )
+            }
             Ok(_) => "raised an exception (not raised again when called alone)".to_string(),
         };
         results[row] = Err(message);

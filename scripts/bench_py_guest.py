@@ -14,72 +14,25 @@ import wasmtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WASM = os.path.join(REPO, "udfs/python/weir_py.wasm")
-TYPES = ["boolean", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-         "uint64", "float32", "float64", "utf8", "binary", "timestamp_us", "date32"]
-
 engine = wasmtime.Engine()
 t0 = time.perf_counter()
 module = wasmtime.Module.from_file(engine, WASM)
 print(f"module: {os.path.getsize(WASM)} bytes, compiled by cranelift in {time.perf_counter() - t0:.1f} s")
-
-
-class Guest:
-    def __init__(self):
-        self.store = wasmtime.Store(engine)
-        self.ex = wasmtime.Instance(self.store, module, []).exports(self.store)
-        self.mem = self.ex["memory"]
-
-    def write(self, ptr, data):
-        self.mem.write(self.store, data, ptr)
-
-    def read(self, ptr, n):
-        return bytes(self.mem.read(self.store, ptr, ptr + n))
-
-    def call(self, export, columns, rows):
-        """columns: list of (values bytes, offsets bytes or None)."""
-        total = 16 * len(columns) + sum(len(v) + len(o or b"") + 16 for v, o in columns)
-        base = self.ex["weir_alloc"](self.store, total)
-        p = base + 16 * len(columns)
-        for i, (values, offsets) in enumerate(columns):
-            vp = p
-            self.write(vp, values)
-            p += (len(values) + 7) // 8 * 8 + 8
-            op = 0
-            if offsets is not None:
-                op = p
-                self.write(op, offsets)
-                p += (len(offsets) + 7) // 8 * 8 + 8
-            self.write(base + 16 * i, struct.pack("<4I", 0, vp, len(values), op))
-        res = self.ex[export](self.store, base, rows)
-        f = struct.unpack("<10I", self.read(res, 40))
-        if f[0] != 0:
-            sys.exit(f"{export} failed (status {f[0]})")
-        return f
-
-
-def strings(vals):
-    data = b"".join(vals)
-    offs = [0]
-    for v in vals:
-        offs.append(offs[-1] + len(v))
-    return data, struct.pack(f"<{len(offs)}i", *offs)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from guest_harness import Guest as _Guest, signature_table, strings  # noqa: E402
 
 
 def program(source, functions):
-    blob = b"WPY1" + struct.pack("<I", len(functions))
-    for name, args, ret in functions:
-        blob += struct.pack("<I", len(name)) + name.encode() + struct.pack("<I", len(args))
-        blob += bytes(TYPES.index(a) for a in args) + bytes([TYPES.index(ret), 1])
+    blob = signature_table(b"WPY1", functions)
     return blob + struct.pack("<I", 8) + b"bench.py" + source.encode()
 
 
+def Guest():
+    return _Guest(engine, module)
+
+
 def start(blob):
-    g = Guest()
-    base = g.ex["weir_alloc"](g.store, len(blob))
-    g.write(base, blob)
-    res = g.ex["weir_init"](g.store, base, len(blob))
-    assert struct.unpack("<I", g.read(res, 4))[0] == 0
-    return g
+    return Guest().init(blob)
 
 
 SOURCE = """

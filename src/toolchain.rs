@@ -216,43 +216,19 @@ pub fn build_js(
     target_dir: &Path,
 ) -> Result<Vec<PathBuf>, BuildError> {
     use weir_core::lang::javascript;
-    let io = |error| BuildError::Spawn {
-        program: "weir (javascript)".into(),
-        error,
-    };
-    let failed = |source: &Path, stderr: String| BuildError::Failed {
-        crate_dir: source.display().to_string(),
-        status: "error".into(),
-        stderr,
-    };
-    std::fs::create_dir_all(target_dir).map_err(io)?;
-    let mut built = Vec::new();
-    for source in sources(dir, "js").map_err(io)? {
-        let file = source
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let text = std::fs::read_to_string(&source).map_err(io)?;
-        let module = weir_core::lang::declarations(&file, &text)
-            .map_err(javascript::JsError::from)
-            .and_then(|sigs| javascript::module(sandbox, &file, &text, &sigs))
-            .map_err(|e| failed(&source, e.to_string()))?;
-        sandbox
-            .load(&file, &module)
-            .map_err(|e| failed(&source, e.to_string()))?;
-        let stem = source.file_stem().unwrap_or_default().to_string_lossy();
-        let out_path = target_dir.join(format!("{stem}.wasm"));
-        std::fs::write(&out_path, module).map_err(io)?;
-        built.push(out_path);
-    }
-    if built.is_empty() {
-        return Err(BuildError::NoArtifact(format!(
-            "{} (no .js files)",
-            dir.display()
-        )));
-    }
-    Ok(built)
+    build_scripts(
+        sandbox,
+        dir,
+        "js",
+        "javascript",
+        target_dir,
+        |file, text| {
+            weir_core::lang::declarations(file, text)
+                .map_err(javascript::JsError::from)
+                .and_then(|sigs| javascript::module(sandbox, file, text, &sigs))
+                .map_err(|e| e.to_string())
+        },
+    )
 }
 
 /// Builds every `.py` file of `dir` to its own module
@@ -266,8 +242,25 @@ pub fn build_python(
     target_dir: &Path,
 ) -> Result<Vec<PathBuf>, BuildError> {
     use weir_core::lang::python;
+    build_scripts(sandbox, dir, "py", "python", target_dir, |file, text| {
+        let sigs = weir_core::lang::declarations(file, text).map_err(|e| e.to_string())?;
+        python::module(file, text, &sigs).map_err(|e| e.to_string())
+    })
+}
+
+/// Every `.<ext>` file of `dir` made into its module by `module` (file
+/// name, text), loaded once in `sandbox`, written to
+/// `target_dir/<stem>.wasm`.
+fn build_scripts(
+    sandbox: &weir_core::Sandbox,
+    dir: &Path,
+    ext: &str,
+    language: &str,
+    target_dir: &Path,
+    module: impl Fn(&str, &str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<PathBuf>, BuildError> {
     let io = |error| BuildError::Spawn {
-        program: "weir (python)".into(),
+        program: format!("weir ({language})"),
         error,
     };
     let failed = |source: &Path, stderr: String| BuildError::Failed {
@@ -277,28 +270,25 @@ pub fn build_python(
     };
     std::fs::create_dir_all(target_dir).map_err(io)?;
     let mut built = Vec::new();
-    for source in sources(dir, "py").map_err(io)? {
+    for source in sources(dir, ext).map_err(io)? {
         let file = source
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
         let text = std::fs::read_to_string(&source).map_err(io)?;
-        let module = weir_core::lang::declarations(&file, &text)
-            .map_err(|e| e.to_string())
-            .and_then(|sigs| python::module(&file, &text, &sigs).map_err(|e| e.to_string()))
-            .map_err(|e| failed(&source, e))?;
+        let wasm = module(&file, &text).map_err(|e| failed(&source, e))?;
         sandbox
-            .load(&file, &module)
+            .load(&file, &wasm)
             .map_err(|e| failed(&source, e.to_string()))?;
         let stem = source.file_stem().unwrap_or_default().to_string_lossy();
         let out_path = target_dir.join(format!("{stem}.wasm"));
-        std::fs::write(&out_path, module).map_err(io)?;
+        std::fs::write(&out_path, wasm).map_err(io)?;
         built.push(out_path);
     }
     if built.is_empty() {
         return Err(BuildError::NoArtifact(format!(
-            "{} (no .py files)",
+            "{} (no .{ext} files)",
             dir.display()
         )));
     }
@@ -335,7 +325,7 @@ pub fn build_assemblyscript(
     dir: &Path,
     target_dir: &Path,
 ) -> Result<Vec<PathBuf>, BuildError> {
-    use weir_core::lang::{assemblyscript as asm, declarations, javascript};
+    use weir_core::lang::{assemblyscript as asm, declarations};
     let io = |error| BuildError::Spawn {
         program: "weir (assemblyscript)".into(),
         error,
@@ -413,7 +403,7 @@ pub fn build_assemblyscript(
             return Err(failed(source, stderr));
         }
         let mut wasm = std::fs::read(&out_path).map_err(io)?;
-        javascript::append_custom_section(
+        weir_core::lang::runtime::append_custom_section(
             &mut wasm,
             weir_core::abi::MANIFEST_SECTION,
             asm::manifest(&functions).as_bytes(),

@@ -2386,25 +2386,26 @@ async fn published_aggregates_work_in_sql_and_staged_runs() {
     assert!(out["errors"].as_array().unwrap().is_empty(), "{out}");
 }
 
-/// Issue 31: `CREATE FUNCTION … LANGUAGE python` in the SQL endpoint, like
-/// JavaScript: the request's session only, under the tenant's limits (the
-/// CPU budget and the memory in force name their keys).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_functions_created_in_a_request_live_in_that_request_only() {
-    let dir = tempfile::tempdir().unwrap();
+/// A service whose tenant acme has a 200 ms CPU budget per batch and
+/// globex 1 MiB of guest memory (the inline-function tests).
+fn tight_tenants_app(dir: &Path) -> Router {
     let tenants = Arc::new(Tenants::new(
         Policy::from_toml(
             "[tenants.acme]\ncpu_ms_per_batch = 200\n[tenants.globex]\nmemory_bytes = 1048576\n",
         )
         .unwrap(),
     ));
-    let state = AppState::open(
-        config(dir.path(), 1 << 20),
-        support::sandbox().clone(),
-        tenants,
-    )
-    .unwrap();
-    let app = router(Arc::new(state));
+    let state = AppState::open(config(dir, 1 << 20), support::sandbox().clone(), tenants).unwrap();
+    router(Arc::new(state))
+}
+
+/// Issue 31: `CREATE FUNCTION … LANGUAGE python` in the SQL endpoint, like
+/// JavaScript: the request's session only, under the tenant's limits (the
+/// CPU budget and the memory in force name their keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_functions_created_in_a_request_live_in_that_request_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = tight_tenants_app(dir.path());
     let sql = |tenant: &'static str, text: &str| {
         let body = serde_json::json!({ "sql": text }).to_string().into_bytes();
         let path = format!("/v1/tenants/{tenant}/sql");
@@ -2467,19 +2468,7 @@ async fn python_functions_created_in_a_request_live_in_that_request_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_functions_created_in_a_request_live_in_that_request_only() {
     let dir = tempfile::tempdir().unwrap();
-    let tenants = Arc::new(Tenants::new(
-        Policy::from_toml(
-            "[tenants.acme]\ncpu_ms_per_batch = 200\n[tenants.globex]\nmemory_bytes = 1048576\n",
-        )
-        .unwrap(),
-    ));
-    let state = AppState::open(
-        config(dir.path(), 1 << 20),
-        support::sandbox().clone(),
-        tenants,
-    )
-    .unwrap();
-    let app = router(Arc::new(state));
+    let app = tight_tenants_app(dir.path());
     let sql = |text: &str| {
         let body = serde_json::json!({ "sql": text }).to_string().into_bytes();
         send(

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, StringArray};
 
 use super::declaration::{DECLARATION_TAG, DeclarationError};
+use super::runtime::{append_custom_section, signature_table, with_program};
 use super::signature::Signature;
-use crate::abi::{INIT_SECTION, MANIFEST_SECTION, MAX_INIT_BYTES, Manifest};
+use crate::abi::{MANIFEST_SECTION, MAX_INIT_BYTES};
 use crate::sandbox::{Failure, LoadError, Sandbox, UdfModule};
 
 /// The runtime module (QuickJS-NG 0.16.2 and its adapter `weir_js.c`).
@@ -134,24 +135,11 @@ pub fn module_with(
         });
     }
     let code = compile_with(load, file, source)?;
-    let mut manifest = String::new();
-    let mut program = b"WJS1".to_vec();
-    program.extend((functions.len() as u32).to_le_bytes());
-    for (k, f) in functions.iter().enumerate() {
-        manifest.push_str(&f.manifest_line(Some(&format!("weir_js_fn_{k}"))));
-        program.extend((f.name.len() as u32).to_le_bytes());
-        program.extend(f.name.as_bytes());
-        program.extend((f.args.len() as u32).to_le_bytes());
-        program.extend(f.args.iter().map(|(_, t)| type_code(*t)));
-        program.push(type_code(f.ret));
-        program.push(u8::from(f.deterministic));
-    }
-    // The names and types are checked here, where the script is named,
-    // rather than at load.
-    Manifest::parse(&[manifest.as_bytes()]).map_err(|e| JsError::Compile {
-        file: file.to_string(),
-        message: e.to_string(),
-    })?;
+    let (manifest, mut program) =
+        signature_table(b"WJS1", "weir_js_fn_", functions).map_err(|message| JsError::Compile {
+            file: file.to_string(),
+            message,
+        })?;
     program.extend(code);
     if program.len() > MAX_INIT_BYTES {
         return Err(JsError::TooLarge {
@@ -159,42 +147,7 @@ pub fn module_with(
             bytes: program.len(),
         });
     }
-    let mut wasm = RUNTIME.to_vec();
-    append_custom_section(&mut wasm, MANIFEST_SECTION, manifest.as_bytes());
-    append_custom_section(&mut wasm, INIT_SECTION, &program);
-    Ok(wasm)
-}
-
-/// A type's code in the program: its position in [`crate::abi::AbiType::ALL`]
-/// (the order of `weir_js.c`'s type enum).
-pub(super) fn type_code(t: crate::abi::AbiType) -> u8 {
-    crate::abi::AbiType::ALL
-        .iter()
-        .position(|x| *x == t)
-        .unwrap_or(0) as u8
-}
-
-/// Appends custom section `name` with `data` (id 0, size, name, data).
-pub fn append_custom_section(wasm: &mut Vec<u8>, name: &str, data: &[u8]) {
-    let mut body = Vec::with_capacity(name.len() + data.len() + 5);
-    leb128(&mut body, name.len() as u64);
-    body.extend(name.as_bytes());
-    body.extend(data);
-    wasm.push(0);
-    leb128(wasm, body.len() as u64);
-    wasm.extend(body);
-}
-
-fn leb128(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+    Ok(with_program(RUNTIME, &manifest, &program))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod assemblyscript;
 mod declaration;
 pub mod javascript;
 pub mod python;
+pub mod runtime;
 mod signature;
 
 pub use declaration::{DECLARATION_TAG, DeclarationError, declarations};

@@ -11,9 +11,9 @@
 //! the caller's limits (docs/abi.md §10): a syntax error or a top-level
 //! exception refuses the module at load with Python's message and line.
 
-use super::javascript::{append_custom_section, type_code};
+use super::runtime::{signature_table, with_program};
 use super::signature::Signature;
-use crate::abi::{INIT_SECTION, MANIFEST_SECTION, MAX_INIT_BYTES, Manifest};
+use crate::abi::MAX_INIT_BYTES;
 
 /// The runtime module (monty 1.4.0 and its adapter `udfs/python/src/lib.rs`).
 pub static RUNTIME: &[u8] = include_bytes!("../../../../udfs/python/weir_py.wasm");
@@ -55,27 +55,14 @@ pub fn module(file: &str, source: &str, functions: &[Signature]) -> Result<Vec<u
         file: file.to_string(),
         message,
     };
-    let mut manifest = String::new();
-    let mut program = b"WPY1".to_vec();
-    program.extend((functions.len() as u32).to_le_bytes());
-    for (k, f) in functions.iter().enumerate() {
-        if !is_identifier(&f.name) {
-            return Err(declaration(format!(
-                "`{}` is not a Python function name (letters, digits and `_`, not starting with a digit)",
-                f.name
-            )));
-        }
-        manifest.push_str(&f.manifest_line(Some(&format!("weir_py_fn_{k}"))));
-        program.extend((f.name.len() as u32).to_le_bytes());
-        program.extend(f.name.as_bytes());
-        program.extend((f.args.len() as u32).to_le_bytes());
-        program.extend(f.args.iter().map(|(_, t)| type_code(*t)));
-        program.push(type_code(f.ret));
-        program.push(u8::from(f.deterministic));
+    if let Some(f) = functions.iter().find(|f| !is_identifier(&f.name)) {
+        return Err(declaration(format!(
+            "`{}` is not a Python function name (letters, digits and `_`, not starting with a digit)",
+            f.name
+        )));
     }
-    // Names and types are checked here, where the source is named, rather
-    // than at load.
-    Manifest::parse(&[manifest.as_bytes()]).map_err(|e| declaration(e.to_string()))?;
+    let (manifest, mut program) =
+        signature_table(b"WPY1", "weir_py_fn_", functions).map_err(declaration)?;
     program.extend((file.len() as u32).to_le_bytes());
     program.extend(file.as_bytes());
     program.extend(source.as_bytes());
@@ -85,10 +72,7 @@ pub fn module(file: &str, source: &str, functions: &[Signature]) -> Result<Vec<u
             bytes: program.len(),
         });
     }
-    let mut wasm = RUNTIME.to_vec();
-    append_custom_section(&mut wasm, MANIFEST_SECTION, manifest.as_bytes());
-    append_custom_section(&mut wasm, INIT_SECTION, &program);
-    Ok(wasm)
+    Ok(with_program(RUNTIME, &manifest, &program))
 }
 
 fn is_identifier(name: &str) -> bool {

@@ -3,8 +3,9 @@
 wasmtime (the `wasmtime` PyPI package, cranelift like weir): instance
 start-up (instantiate + weir_init: monty's session, the source run once,
 the batch loops defined) and the guest's cost per row of `py_twice`
-(BIGINT), `py_upper` (VARCHAR) and `py_zone` (a dict lookup) on 8192-row
-batches. The host's marshalling is not included (`cargo bench --bench
+(BIGINT), `py_upper` (VARCHAR), `py_zone` (a dict lookup), and of a
+string going in and out unchanged (`py_id`, per row, and `py_id_batch`,
+`@batch`: the cost of the boundary alone) on 8192-row batches. The host's marshalling is not included (`cargo bench --bench
 languages` does that); this isolates what the interpreter costs.
 
     pip install wasmtime && scripts/bench_py_guest.py
@@ -46,9 +47,17 @@ ZONES = {'weir': 1, 'Dam': 2, 'river': 3, 'flow': 4, 'Kafka': 5, 'arrow': 6}
 
 def py_zone(s):
     return ZONES.get(s.split(' ')[0], 0)
+
+def py_id(s):
+    return s
+
+@batch
+def py_id_batch(ss):
+    return ss
 """
 blob = program(SOURCE, [("py_twice", ["int64"], "int64"), ("py_upper", ["utf8"], "utf8"),
-                        ("py_zone", ["utf8"], "int64")])
+                        ("py_zone", ["utf8"], "int64"), ("py_id", ["utf8"], "utf8"),
+                        ("py_id_batch", ["utf8"], "utf8")])
 
 t = []
 for _ in range(20):
@@ -61,7 +70,8 @@ print(f"instance start-up (instantiate + weir_init): median {t[len(t)//2]*1e3:.2
 ROWS = 8192
 ints = struct.pack(f"<{ROWS}q", *range(ROWS))
 words = strings([f"straße größe {i}".encode() for i in range(ROWS)])
-for k, name, cols in [(0, "py_twice", [(ints, None)]), (1, "py_upper", [words]), (2, "py_zone", [words])]:
+for k, name, cols in [(0, "py_twice", [(ints, None)]), (1, "py_upper", [words]), (2, "py_zone", [words]),
+                          (3, "py_id", [words]), (4, "py_id_batch", [words])]:
     export = f"weir_py_fn_{k}"
     g.call(export, cols, ROWS)
     runs = []

@@ -115,6 +115,34 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     assert!(ok, "{err}");
     assert!(out.ends_with("STRASSE!\n"), "{out}{err}");
 
+    // Ctrl-C: psql sends a cancel request, and the spinning statement
+    // stops at once with 57014 (not after the 1 s CPU budget with "ran out
+    // of CPU").
+    let child = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "acme", "-d", "weir"])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-c"])
+        .arg("CREATE FUNCTION py_spin(x BIGINT) RETURNS BIGINT LANGUAGE python AS $$\nwhile True:\n    pass\n$$; SELECT py_spin(1)")
+        .env("PGPASSWORD", "acme-secret")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let signalled = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("57014"), "{err}");
+    assert!(
+        took < std::time::Duration::from_millis(900),
+        "the cancelled statement answered after {took:?}: {err}"
+    );
+
     // A syntax error and an unknown function, with their SQLSTATEs.
     let (ok, _, err) = psql(pg_port, "acme", "acme-secret", &["-c", "SELEC 1"]);
     assert!(!ok && err.contains("42601"), "{err}");

@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{Sink, stream};
+use pgwire::api::ConnectionManager;
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
+use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
@@ -58,13 +60,21 @@ pub fn check(config: &crate::config::ServeConfig) -> Result<Option<std::net::Soc
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
+    // Each connection gets a process id and a secret key at login; a cancel
+    // request (psql's Ctrl-C, `PQcancel`) names them and stops that
+    // connection's running statement.
+    let connections = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers {
-        startup: Arc::new(CleartextPasswordAuthStartupHandler::new(
-            Tokens {
-                state: state.clone(),
-            },
-            DefaultServerParameterProvider::default(),
-        )),
+        startup: Arc::new(
+            CleartextPasswordAuthStartupHandler::new(
+                Tokens {
+                    state: state.clone(),
+                },
+                DefaultServerParameterProvider::default(),
+            )
+            .with_connection_manager(connections.clone()),
+        ),
+        cancel: Arc::new(DefaultCancelHandler::new(connections)),
         queries: Arc::new(Queries {
             state: state.clone(),
         }),
@@ -95,6 +105,7 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
 
 struct Handlers {
     startup: Arc<CleartextPasswordAuthStartupHandler<Tokens, DefaultServerParameterProvider>>,
+    cancel: Arc<DefaultCancelHandler>,
     queries: Arc<Queries>,
 }
 
@@ -105,6 +116,10 @@ impl PgWireServerHandlers for Handlers {
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
         self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
     }
 }
 
@@ -245,6 +260,35 @@ impl Queries {
     }
 }
 
+/// Audits a statement whose future was dropped before it answered: a
+/// cancel request stopped it.
+struct Cancelled {
+    /// Taken when the statement answered.
+    state: Option<Arc<AppState>>,
+    tenant: String,
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let record = AuditRecord {
+            at: now_ms(),
+            who: "postgres".to_string(),
+            tenant: std::mem::take(&mut self.tenant),
+            action: "try".to_string(),
+            object: "sql query (postgres)".to_string(),
+            decision: "cancelled".to_string(),
+            reason: Some("a cancel request for the connection (57014)".to_string()),
+            status: 499,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { state.audit.append(&record).await });
+        }
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Queries {
     async fn do_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
@@ -273,7 +317,16 @@ impl SimpleQueryHandler for Queries {
             // The most the HTTP endpoint returns (its `max_rows` cap).
             max_rows: Some(usize::MAX),
         };
+        // A cancel request for this connection (psql's Ctrl-C) makes
+        // pgwire drop this future and answer 57014: no further batch
+        // starts, and a guest call already running ends within its CPU
+        // budget. The guard audits that.
+        let mut cancelled = Cancelled {
+            state: Some(self.state.clone()),
+            tenant: tenant.clone(),
+        };
         let answer = query::run(&self.state, &tenant, request).await;
+        cancelled.state = None;
         let record = AuditRecord {
             at: now_ms(),
             who: "postgres".to_string(),

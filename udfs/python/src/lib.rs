@@ -62,7 +62,8 @@ const RESTART_EVERY: u32 = 1024;
 
 thread_local! {
     static PROGRAM: RefCell<Option<Program>> = const { RefCell::new(None) };
-    static INIT_RESULT: RefCell<(RawResult, String)> = RefCell::new((RawResult::default(), String::new()));
+    /// The descriptor (and its message) of a refused program or a failed call.
+    static FAILURE: RefCell<(RawResult, String)> = RefCell::new((RawResult::default(), String::new()));
 }
 
 /// A value of one row, read from an argument column or returned by Python.
@@ -83,22 +84,35 @@ pub extern "C" fn weir_init(ptr: u32, len: u32) -> u32 {
     install_panic_hook();
     // SAFETY: the host wrote `len` bytes at `ptr` (from `weir_alloc`).
     let bytes = unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
-    let outcome = parse_program(bytes).and_then(start);
-    INIT_RESULT.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let (result, message) = &mut *slot;
-        *result = RawResult::default();
-        match outcome {
-            Ok(program) => {
-                PROGRAM.with(|p| *p.borrow_mut() = Some(program));
-            }
-            Err(e) => {
-                *message = e;
-                result.status = weir_abi::STATUS_ROW_ERROR;
-                result.error_msg = message.as_ptr() as u32;
-                result.error_len = message.len() as u32;
-            }
+    match parse_program(bytes).and_then(start) {
+        Ok(program) => {
+            PROGRAM.with(|p| *p.borrow_mut() = Some(program));
+            FAILURE.with(|slot| {
+                let mut slot = slot.borrow_mut();
+                slot.0 = RawResult::default();
+                &slot.0 as *const RawResult as u32
+            })
         }
+        Err(message) => fail(0, message),
+    }
+}
+
+/// A result descriptor with status 1: `message` on `row`. For a refused
+/// program, and for a batch that failed as a whole: the host then calls
+/// the rows again around `row` (docs/abi.md §4.1), so no row is answered
+/// with a NULL it did not compute.
+fn fail(row: u32, message: String) -> u32 {
+    FAILURE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let (result, text) = &mut *slot;
+        *text = message;
+        *result = RawResult {
+            status: weir_abi::STATUS_ROW_ERROR,
+            error_row: row,
+            error_msg: text.as_ptr() as u32,
+            error_len: text.len() as u32,
+            ..RawResult::default()
+        };
         result as *const RawResult as u32
     })
 }
@@ -397,6 +411,23 @@ unsafe fn read(col: &Column, ty: AbiType, row: usize) -> Value {
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// Days since 1970-01-01 of 0001-01-01 and 9999-12-31, the range of
+/// Python's `date` and `datetime`.
+const FIRST_PYTHON_DAY: i64 = -719_162;
+const LAST_PYTHON_DAY: i64 = 2_932_896;
+
+/// Why a DATE or TIMESTAMP argument has no Python value, if it has none.
+fn outside_python_dates(v: &Value) -> Option<String> {
+    let (days, what) = match v {
+        Value::Date(d) => (i64::from(*d), "DATE"),
+        Value::Timestamp(us) => (us.div_euclid(MICROS_PER_DAY), "TIMESTAMP"),
+        _ => return None,
+    };
+    (!(FIRST_PYTHON_DAY..=LAST_PYTHON_DAY).contains(&days)).then(|| {
+        format!("a {what} argument is outside the years 1 to 9999, which Python's dates cover")
+    })
+}
+
 /// The interpreter's node for a value.
 fn to_node(v: Value) -> MontyNode {
     match v {
@@ -568,13 +599,7 @@ fn call(k: usize, args: u32, rows: u32) -> u32 {
     });
     let results = match outcome {
         Ok(Ok(results)) => results,
-        Ok(Err(message)) | Err(message) => {
-            let mut results: Vec<Result<Option<Value>, String>> = (0..n).map(|_| Ok(None)).collect();
-            if let Some(first) = results.first_mut() {
-                *first = Err(message);
-            }
-            results
-        }
+        Ok(Err(message)) | Err(message) => return fail(0, message),
     };
     let ret = PROGRAM.with(|p| {
         p.borrow()
@@ -603,9 +628,29 @@ fn batch(
             unsafe { Column::new(&*((args as usize + 16 * i) as *const RawArg)) }
         })
         .collect();
-    // Rows with a NULL argument are NULL without a call.
+    let mut results: Vec<Result<Option<Value>, String>> = (0..n).map(|_| Ok(None)).collect();
+    // Rows with a NULL argument are NULL without a call; a row with a date
+    // Python cannot hold fails without a call.
     let called: Vec<usize> = (0..n)
         .filter(|row| cols.iter().all(|c| c.is_valid(*row)))
+        .filter(|row| {
+            let outside = cols
+                .iter()
+                .zip(&types)
+                .filter(|(_, t)| matches!(t, AbiType::Date32 | AbiType::TimestampMicros))
+                .find_map(|(c, t)| {
+                    // SAFETY: `row` is in the batch and valid in every column.
+                    let value = unsafe { read(c, *t, *row) };
+                    outside_python_dates(&value)
+                });
+            match outside {
+                Some(message) => {
+                    results[*row] = Err(message);
+                    false
+                }
+                None => true,
+            }
+        })
         .collect();
     let is_batch = program.batched.get(k).copied().unwrap_or(false);
     // A row's arguments for a call of its own (lists of one for `@batch`).
@@ -633,7 +678,6 @@ fn batch(
             })
             .collect::<Result<_, _>>()?
     };
-    let mut results: Vec<Result<Option<Value>, String>> = (0..n).map(|_| Ok(None)).collect();
     if called.is_empty() {
         return Ok(results);
     }

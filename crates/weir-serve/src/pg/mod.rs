@@ -261,7 +261,7 @@ impl Queries {
 }
 
 /// Audits a statement whose future was dropped before it answered: a
-/// cancel request stopped it.
+/// cancel request stopped it, or its connection closed.
 struct Cancelled {
     /// Taken when the statement answered.
     state: Option<Arc<AppState>>,
@@ -280,7 +280,10 @@ impl Drop for Cancelled {
             action: "try".to_string(),
             object: "sql query (postgres)".to_string(),
             decision: "cancelled".to_string(),
-            reason: Some("a cancel request for the connection (57014)".to_string()),
+            reason: Some(
+                "stopped before it answered: a cancel request (57014) or the connection closed"
+                    .to_string(),
+            ),
             status: 499,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -254,6 +254,24 @@ pub(crate) async fn produce_rides(
     partitions: i32,
     truth: &mut BTreeMap<(String, String), (i64, i64)>,
 ) {
+    produce_rides_routed(
+        addr,
+        topic,
+        rides,
+        |i, _| (i % i64::from(partitions)) as i32,
+        truth,
+    )
+    .await;
+}
+
+/// [`produce_rides`], ride `i` of `city` to partition `route(i, city)`.
+async fn produce_rides_routed(
+    addr: &str,
+    topic: &str,
+    rides: std::ops::Range<i64>,
+    route: impl Fn(i64, &str) -> i32,
+    truth: &mut BTreeMap<(String, String), (i64, i64)>,
+) {
     const CITIES: [&str; 5] = ["rome", "oslo", "lima", "kyiv", "baku"];
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", addr)
@@ -279,7 +297,7 @@ pub(crate) async fn produce_rides(
         let record = FutureRecord::to(topic)
             .key(key.as_bytes())
             .payload(payload.as_bytes())
-            .partition((i % i64::from(partitions)) as i32);
+            .partition(route(i, city));
         pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
     for p in pending {
@@ -468,6 +486,68 @@ async fn members_give_whole_windows(members: usize, kill_one: bool) {
     for p in procs {
         let _ = p.stop();
     }
+}
+
+/// Issue 28: a watermark travels through the internal topic as marks, not
+/// only with the records. Source partition 1 carries only `baku`, whose
+/// key goes to internal partition 0; internal partition 1 (`rome`) gets no
+/// record of source partition 1 at all. Without marks its watermark waits
+/// for source partition 1 for ever (`idle_partition_ms = 0`; with the
+/// default it waited 30 s, then took partition 1 for idle and made its
+/// later records late): rome's windows never closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_partition_that_sends_a_key_nothing_still_moves_its_watermark() {
+    use rdkafka::Message;
+    use rdkafka::consumer::Consumer;
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    create_topics(&addr, &[("sparse", 2), ("sparse-out", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let weir = Weir::start(&repartitioned_pipeline(
+        dir.path(),
+        &addr,
+        "sparse",
+        "sparse-out",
+    ));
+    let route = |_: i64, city: &str| i32::from(city == "baku");
+    let mut truth = BTreeMap::new();
+    produce_rides_routed(&addr, "sparse", 0..3 * 2400, route, &mut truth).await;
+    // Two minutes later on both partitions: every window of the first three
+    // minutes is behind the watermark.
+    let mut later = BTreeMap::new();
+    produce_rides_routed(&addr, "sparse", 5 * 2400..5 * 2400 + 40, route, &mut later).await;
+    let (windows, repeats) = assert_whole_windows(&addr, "sparse-out", &truth).await;
+    assert_eq!((windows, repeats), (15, 0));
+    // The case is the one described: an internal partition with records
+    // of one source partition only, and marks of both.
+    let consumer = crate::kafka::reader(&addr, "sparse.weir-repartition.rides");
+    let mut records: BTreeMap<i32, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    let mut marks: BTreeMap<i32, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while records.values().map(|s| s.len()).sum::<usize>() < 3
+        || marks.values().map(|s| s.len()).sum::<usize>() < 4
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{records:?} {marks:?}"
+        );
+        let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let origin = v["__weir_origin_partition"].as_i64().unwrap();
+        let to = if v["__weir_origin_offset"] == -1 {
+            &mut marks
+        } else {
+            &mut records
+        };
+        to.entry(m.partition()).or_default().insert(origin);
+    }
+    consumer.unsubscribe();
+    assert_eq!(records.get(&1).map(|s| s.len()), Some(1), "{records:?}");
+    assert_eq!(marks.get(&1).map(|s| s.len()), Some(2), "{marks:?}");
+    assert!(weir.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@ pub struct RecordEncoder {
     key_columns: Vec<String>,
     /// Avro's schema and framing (`format = "avro"`).
     avro: Option<AvroOut>,
+    /// A re-keying stage: each batch's watermark marks follow its records.
+    marks: Option<crate::repartition::Marks>,
 }
 
 impl RecordEncoder {
@@ -24,7 +26,14 @@ impl RecordEncoder {
             key,
             key_columns: Vec::new(),
             avro: None,
+            marks: None,
         }
+    }
+
+    /// After each batch's records, its watermark marks, each to every
+    /// partition of the internal topic (`repartition.rs`).
+    pub fn set_marks(&mut self, marks: crate::repartition::Marks) {
+        self.marks = Some(marks);
     }
 
     /// Writes Avro datums with `avro`'s schema and framing.
@@ -71,6 +80,21 @@ impl RecordEncoder {
     }
 
     pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<SinkRecord>, ArrowError> {
+        let mut out = self.encode_rows(batch)?;
+        if let Some(marks) = &self.marks
+            && let Some(rows) = marks.rows(batch)?
+        {
+            for mark in self.encode_rows(&rows)? {
+                out.extend((0..marks.partitions()).map(|p| SinkRecord {
+                    partition: Some(p),
+                    ..mark.clone()
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode_rows(&self, batch: &RecordBatch) -> Result<Vec<SinkRecord>, ArrowError> {
         let rows = batch.num_rows();
         let payloads: Vec<Vec<u8>> = match self.format {
             Format::Json => {
@@ -152,7 +176,11 @@ impl RecordEncoder {
         Ok(keys
             .into_iter()
             .zip(payloads)
-            .map(|(key, payload)| SinkRecord { key, payload })
+            .map(|(key, payload)| SinkRecord {
+                key,
+                payload,
+                partition: None,
+            })
             .collect())
     }
 }

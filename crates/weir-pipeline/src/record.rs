@@ -40,6 +40,10 @@ pub struct DeadLetter {
 pub struct SinkRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The Kafka partition it must go to (a re-keying stage's watermark
+    /// mark, `repartition.rs`); `None`: the sink's partitioner decides by
+    /// key. Other sinks ignore it.
+    pub partition: Option<i32>,
 }
 
 impl SinkRecord {

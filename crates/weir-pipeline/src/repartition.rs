@@ -7,13 +7,17 @@
 //!    `<first source topic>.weir-repartition.<name>` (as many partitions as
 //!    the source), keyed by the query's grouping columns, with the record's
 //!    source partition and offset. Kafka's partitioner sends every record of
-//!    a key to the same partition.
+//!    a key to the same partition. After each batch's records, a *mark* per
+//!    source partition of the batch goes to every internal partition: that
+//!    source partition's largest event time in the batch ([`Marks`]).
 //! 2. **Windows** (`<name>`): reads the internal topic in group
 //!    `<group>.windows` and runs the query. Each member owns some keys'
 //!    partitions, so its windows hold *all* the records of their groups.
 //!    Watermarks are kept per *source* partition (from the columns carried
-//!    along), so a window closes when every source partition has passed it,
-//!    whichever member re-keyed it; a record written twice to the internal
+//!    along, and from the marks), so a window closes when every source
+//!    partition has passed it, whichever member re-keyed it, even on an
+//!    internal partition that some source partition sends no key to; a
+//!    record written twice to the internal
 //!    topic (a re-keying member that crashed before its commit) is
 //!    recognised by its source offset and folded once.
 //!
@@ -25,7 +29,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, new_null_array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Int32Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
+use datafusion::arrow::error::ArrowError;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -38,6 +50,117 @@ use weir_core::abi::{AbiType, ArrowType};
 pub const KEY: &str = "__weir_key";
 pub const ORIGIN_PARTITION: &str = "__weir_origin_partition";
 pub const ORIGIN_OFFSET: &str = "__weir_origin_offset";
+
+/// A re-keying stage's watermark marks. A windows stage keeps one
+/// watermark per internal partition over the source partitions; an
+/// internal partition learns how far source partition P has come from P's
+/// records, and P may send none of its keys there (few keys, or a source
+/// keyed like the query). So after each batch the stage writes, for each
+/// source partition in it, one row to *every* internal partition: origin
+/// offset -1 ([`MARK_OFFSET`]), the partition's largest event time in the
+/// batch, every other column null. Written after the batch's records by
+/// the same producer, a mark never overtakes them in a partition.
+#[derive(Debug)]
+pub struct Marks {
+    schema: SchemaRef,
+    time: usize,
+    key: usize,
+    partition: usize,
+    offset: usize,
+    /// Partitions of the internal topic.
+    partitions: i32,
+}
+
+/// The origin offset of a watermark mark (no record has it).
+pub const MARK_OFFSET: i64 = -1;
+
+impl Marks {
+    /// Marks of the re-keying stage whose output is `output`, with event
+    /// time `time_column`, into an internal topic of `partitions`.
+    pub fn new(output: &Schema, time_column: &str, partitions: usize) -> anyhow::Result<Self> {
+        let index = |name: &str| {
+            output.index_of(name).map_err(|_| {
+                anyhow::anyhow!("internal: the re-keying stage's output lacks column `{name}`")
+            })
+        };
+        // Every column nullable: a mark carries only its four.
+        let schema = Arc::new(Schema::new(
+            output
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(Marks {
+            time: index(time_column)?,
+            key: index(KEY)?,
+            partition: index(ORIGIN_PARTITION)?,
+            offset: index(ORIGIN_OFFSET)?,
+            schema,
+            partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+        })
+    }
+
+    /// Partitions of the internal topic: each mark goes to all of them.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The marks of `batch` (an output batch of the stage): one row per
+    /// source partition with a timed record in it; `None` if none has.
+    pub fn rows(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>, ArrowError> {
+        let missing =
+            || ArrowError::SchemaError("internal: a re-keyed batch lacks its origin".into());
+        let time = cast(
+            batch.columns().get(self.time).ok_or_else(missing)?,
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let time = time
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(missing)?;
+        let origin = batch
+            .columns()
+            .get(self.partition)
+            .and_then(|c| c.as_primitive_opt::<Int32Type>())
+            .ok_or_else(missing)?;
+        let mut largest: BTreeMap<i32, i64> = BTreeMap::new();
+        for row in 0..batch.num_rows() {
+            if time.is_null(row) || origin.is_null(row) {
+                continue;
+            }
+            let (p, t) = (origin.value(row), time.value(row));
+            let e = largest.entry(p).or_insert(t);
+            *e = (*e).max(t);
+        }
+        if largest.is_empty() {
+            return Ok(None);
+        }
+        let n = largest.len();
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let column: ArrayRef = if i == self.time {
+                    Arc::new(TimestampMicrosecondArray::from_iter_values(
+                        largest.values().copied(),
+                    ))
+                } else if i == self.partition {
+                    Arc::new(Int32Array::from_iter_values(largest.keys().copied()))
+                } else if i == self.offset {
+                    Arc::new(Int64Array::from_value(MARK_OFFSET, n))
+                } else if i == self.key {
+                    Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n)))
+                } else {
+                    return Ok(new_null_array(f.data_type(), n));
+                };
+                cast(&column, f.data_type())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(self.schema.clone(), columns).map(Some)
+    }
+}
 
 /// The two pipelines of a repartitioned one, and what the windows stage
 /// needs to know of the source.
@@ -307,4 +430,65 @@ async fn source_partitions(
     })
     .await
     .context("reading the source's partitions")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Field;
+
+    /// One mark per source partition of the batch, with its largest event
+    /// time; untimed rows move nothing; every other column null.
+    #[test]
+    fn a_batch_marks_each_source_partition_with_its_largest_event_time() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("city", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new(KEY, DataType::Utf8, false),
+            Field::new(ORIGIN_PARTITION, DataType::Int32, false),
+            Field::new(ORIGIN_OFFSET, DataType::Int64, false),
+        ]));
+        let marks = Marks::new(&schema, "ts", 4).unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["rome", "oslo", "lima", "kyiv"])),
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    Some(30),
+                    Some(10),
+                    Some(20),
+                    None,
+                ])),
+                Arc::new(StringArray::from(vec!["rome", "oslo", "lima", "kyiv"])),
+                Arc::new(Int32Array::from(vec![1, 0, 1, 2])),
+                Arc::new(Int64Array::from(vec![5, 7, 6, 9])),
+            ],
+        )
+        .unwrap();
+        let rows = marks.rows(&batch).unwrap().unwrap();
+        assert_eq!(rows.num_rows(), 2, "partition 2's only row has no time");
+        let column = |name: &str| rows.column_by_name(name).unwrap().clone();
+        assert_eq!(
+            column(ORIGIN_PARTITION)
+                .as_primitive::<Int32Type>()
+                .values(),
+            &[0, 1]
+        );
+        assert_eq!(
+            column("ts")
+                .as_primitive::<TimestampMicrosecondType>()
+                .values(),
+            &[10, 30]
+        );
+        assert_eq!(
+            column(ORIGIN_OFFSET)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values(),
+            &[MARK_OFFSET, MARK_OFFSET]
+        );
+        assert_eq!(column("city").null_count(), 2);
+        assert_eq!(marks.partitions(), 4);
+        let untimed = batch.slice(3, 1);
+        assert!(marks.rows(&untimed).unwrap().is_none());
+    }
 }

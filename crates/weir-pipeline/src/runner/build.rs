@@ -218,8 +218,9 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         }
         let stages =
             crate::repartition::stages(&config, &decoder.schema(), query.key_sources()).await?;
+        let time = query.window().map(|w| w.time_column.clone());
         drop((query, tables));
-        let feeder = Self::assemble(
+        let mut feeder = Self::assemble(
             stages.rekey,
             Vec::new(),
             Vec::new(),
@@ -229,6 +230,16 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         )
         .await
         .context("the re-keying stage")?;
+        if let Some(time) = time {
+            let marks = crate::repartition::Marks::new(
+                &feeder.query.output_schema(),
+                &time,
+                stages.source_partitions,
+            )?;
+            Arc::get_mut(&mut feeder.encoder)
+                .context("internal: the re-keying stage's encoder is shared")?
+                .set_marks(marks);
+        }
         let visible = stages.windows.source.decoder(None).await?.schema();
         let n = visible.fields().len() - 3;
         let origin = Origin {

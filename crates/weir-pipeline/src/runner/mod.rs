@@ -356,7 +356,10 @@ impl Pipeline {
         flight: &mut InFlight,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
-        self.stats.records_in.add(records.len() as u64);
+        if self.origin.is_none() {
+            // A windows stage counts its records less the watermark marks.
+            self.stats.records_in.add(records.len() as u64);
+        }
         self.stats.batches.add(1);
         // The tenant's rows/s quota: over it, wait (the source pauses if
         // the wait is long); nothing is dropped.
@@ -418,6 +421,11 @@ impl Pipeline {
                 )
                 .map_err(|e| anyhow::anyhow!("windows: {e}"))?;
             drop(rows);
+            if self.origin.is_some() {
+                self.stats
+                    .records_in
+                    .add(records.len().saturating_sub(admitted.marks) as u64);
+            }
             self.stats.late.add(admitted.late.len() as u64);
             for (stage, list) in [
                 ("late", std::mem::take(&mut admitted.late)),

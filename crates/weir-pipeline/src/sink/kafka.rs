@@ -99,11 +99,15 @@ impl KafkaSink {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
+        partition: Option<i32>,
     ) -> anyhow::Result<DeliveryFuture> {
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
             if let Some(k) = key {
                 record = record.key(k);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
             }
             if let Some(p) = payload {
                 record = record.payload(p);
@@ -169,7 +173,7 @@ impl Sink for KafkaSink {
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
             deliveries.push(
-                self.enqueue(r.key.as_deref(), Some(&r.payload), None)
+                self.enqueue(r.key.as_deref(), Some(&r.payload), None, r.partition)
                     .await?,
             );
         }
@@ -273,7 +277,7 @@ impl DeadLetterSink for KafkaSink {
                     self.max_bytes
                 );
             }
-            deliveries.push(self.enqueue(key, payload, Some(headers)).await?);
+            deliveries.push(self.enqueue(key, payload, Some(headers), None).await?);
         }
         Ok(self.ack(deliveries))
     }

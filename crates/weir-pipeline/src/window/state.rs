@@ -75,6 +75,9 @@ pub struct Admitted {
     /// topic), or replayed after a restart into windows emitted before it:
     /// left out.
     pub repeated: usize,
+    /// A windows stage's watermark marks (`repartition::Marks`): rows that
+    /// only move an internal partition's watermark.
+    pub marks: usize,
     /// Folded windows: the admitted rows with `window_start` and
     /// `window_end` (a row once per window it is in), for the query's
     /// stage before its aggregate, then [`WindowState::fold`]; one part per
@@ -281,6 +284,22 @@ impl WindowState {
         self.note_seen(records, origins);
         let check_covered = !self.covered.is_empty();
         for (row, record) in records.iter().enumerate() {
+            if let Some(o) = origins
+                && o.offsets[row] == crate::repartition::MARK_OFFSET
+            {
+                // How far a source partition has come, for this internal
+                // partition's watermark.
+                admitted.marks += 1;
+                if o.owned.contains(&record.partition) && !times.is_null(row) {
+                    let source = (o.topic.clone(), o.partitions[row]);
+                    self.internal_watermarks(record.partition, now).observe(
+                        &source,
+                        times.value(row),
+                        now,
+                    );
+                }
+                continue;
+            }
             if check_covered
                 && self
                     .covered

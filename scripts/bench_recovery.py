@@ -3,7 +3,9 @@
 state changelog (issue 28, docs/pipelines.md "Window state and recovery").
 
 For each window size N (records in one open one-hour window) and each
-`[state] checkpoint_ms` (0 = no changelog: recovery replays the window):
+`[state] checkpoint_ms` (0 = no changelog: recovery replays the window),
+then with the changelog and the process a static member of its group
+(`group.instance.id`: the restart does not wait for the session timeout):
 produce N rides over four partitions, run `weir run` until it has read them
 all, SIGKILL it, restart it, produce rides that close the window, and time
 from the restart to the window's first result on the output topic. Also
@@ -83,8 +85,9 @@ def committed_and_end(addr, group, topic):
     return committed, end
 
 
-def pipeline(tmp, addr, name, checkpoint_ms):
+def pipeline(tmp, addr, name, checkpoint_ms, static):
     path = os.path.join(tmp, f"{name}.toml")
+    member = ', "group.instance.id" = "member-1"' if static else ""
     with open(path, "w") as f:
         f.write(f'''
 name = "{name}"
@@ -100,7 +103,7 @@ topics = ["{name}"]
 group = "g-{name}"
 format = "json"
 fields = [{{ name = "ride", type = "int64" }}, {{ name = "city", type = "utf8" }}, {{ name = "fare", type = "int64" }}, {{ name = "ts", type = "timestamp_us" }}]
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500"{member} }}
 [watermark]
 idle_partition_ms = 0
 [state]
@@ -122,13 +125,13 @@ def start(weir, path):
                             stderr=open(path + ".log", "a"), env={**os.environ, "WEIR_LOG": "info"})
 
 
-def run(weir, tmp, addr, n, checkpoint_ms):
-    name = f"rec-{n}-{checkpoint_ms}"
+def run(weir, tmp, addr, n, checkpoint_ms, static):
+    name = f"rec-{n}-{checkpoint_ms}-{int(static)}"
     admin = AdminClient({"bootstrap.servers": addr})
     for f in admin.create_topics([NewTopic(name, 4, 1), NewTopic(f"{name}-out", 1, 1)]).values():
         f.result()
     produce(addr, name, range(n), n)
-    path = pipeline(tmp, addr, name, checkpoint_ms)
+    path = pipeline(tmp, addr, name, checkpoint_ms, static)
     first = start(weir, path)
     log = path + ".log"
     time.sleep(1)
@@ -174,13 +177,13 @@ def main():
     tmp = tempfile.mkdtemp()
     broker, addr = start_broker(tmp)
     try:
-        print("| records in the open window | checkpoint_ms | committed before the kill | restart → first result s | records read after the restart |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| records in the open window | checkpoint_ms | static member | committed before the kill | restart → first result s | records read after the restart |")
+        print("|---:|---:|---|---:|---:|---:|")
         for n in sizes:
-            for checkpoint_ms in (0, 1000):
-                committed, got, again = run(weir, tmp, addr, n, checkpoint_ms)
+            for checkpoint_ms, static in ((0, False), (1000, False), (1000, True)):
+                committed, got, again = run(weir, tmp, addr, n, checkpoint_ms, static)
                 got = f"{got:.1f}" if got is not None else "none in 600 s"
-                print(f"| {n:,} | {checkpoint_ms} | {committed:,} | {got} | {again:,} |", flush=True)
+                print(f"| {n:,} | {checkpoint_ms} | {'yes' if static else 'no'} | {committed:,} | {got} | {again:,} |", flush=True)
     finally:
         broker.kill()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -755,12 +755,19 @@ fn committed_and_end(addr: &str, group: &str, topic: &str, partitions: i32) -> (
 /// the window's result per city equals the truth, once — its state came
 /// back from the changelog, not from a replay. The same for a windows
 /// stage (`repartition = true`), whose internal partitions are the scopes.
-async fn a_long_window_survives_a_sigkill_from_its_checkpoint(repartition: bool) {
+///
+/// With `static_member`, the process is a static member of its groups
+/// (`group.instance.id`) and the session timeout is 45 s: the restarted
+/// process takes its partitions back at once instead of after it.
+async fn a_long_window_survives_a_sigkill_from_its_checkpoint(
+    repartition: bool,
+    static_member: bool,
+) {
     let Some(broker) = broker() else { return };
     let addr = broker.addr.clone();
     let (input, output) = (
-        format!("long-{repartition}"),
-        format!("long-out-{repartition}"),
+        format!("long-{repartition}-{static_member}"),
+        format!("long-out-{repartition}-{static_member}"),
     );
     create_topics(&addr, &[(&input, 4), (&output, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -778,6 +785,14 @@ async fn a_long_window_survives_a_sigkill_from_its_checkpoint(repartition: bool)
         "repartition = true",
         &format!("repartition = {repartition}"),
     );
+    let toml = if static_member {
+        toml.replace(
+            r#""session.timeout.ms" = "6000""#,
+            r#""session.timeout.ms" = "45000", "group.instance.id" = "rides-1""#,
+        )
+    } else {
+        toml
+    };
     let pipeline = dir.path().join("long.toml");
     std::fs::write(&pipeline, toml).unwrap();
     let mut truth = BTreeMap::new();
@@ -825,11 +840,20 @@ async fn a_long_window_survives_a_sigkill_from_its_checkpoint(repartition: bool)
     let restarted = std::time::Instant::now();
     let second = Weir::start(&pipeline);
     let (windows, repeats) = assert_whole_windows(&addr, &output, &hour).await;
+    let took = restarted.elapsed();
     eprintln!(
         "first output {:.1} s after the restart (weir start included), {windows} results",
-        restarted.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     assert_eq!(repeats, 0, "a window emitted twice");
+    if static_member {
+        // Not a benchmark: a member that waited for the session to time
+        // out would take 45 s at least.
+        assert!(
+            took < Duration::from_secs(30),
+            "the restarted static member waited {took:?}: for the session timeout?"
+        );
+    }
     let log = std::fs::read_to_string(pipeline.with_extension("log")).unwrap_or_default();
     assert!(log.contains("open windows restored from"), "{log}");
     assert!(second.stop().success());
@@ -837,10 +861,17 @@ async fn a_long_window_survives_a_sigkill_from_its_checkpoint(repartition: bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_window_survives_a_sigkill_from_its_checkpoint_in_one_process() {
-    a_long_window_survives_a_sigkill_from_its_checkpoint(false).await;
+    a_long_window_survives_a_sigkill_from_its_checkpoint(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_window_of_a_windows_stage_survives_a_sigkill_from_its_checkpoint() {
-    a_long_window_survives_a_sigkill_from_its_checkpoint(true).await;
+    a_long_window_survives_a_sigkill_from_its_checkpoint(true, false).await;
+}
+
+/// Static membership: a restarted windows stage takes its partitions (and
+/// their checkpoints) back without waiting for the session timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarted_after_a_sigkill_takes_its_windows_back_at_once() {
+    a_long_window_survives_a_sigkill_from_its_checkpoint(true, true).await;
 }

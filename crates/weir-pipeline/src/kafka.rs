@@ -6,6 +6,11 @@ use rdkafka::ClientConfig;
 
 use super::config::masked;
 
+/// Kafka's static membership (KIP-345): a consumer restarted with the same
+/// `group.instance.id` takes its partitions back at once, instead of after
+/// the group's `session.timeout.ms`.
+pub const STATIC_MEMBER: &str = "group.instance.id";
+
 /// A client config: brokers, then weir's `defaults`, then the pipeline's
 /// pass-through librdkafka properties (which override the defaults).
 pub fn client_config(
@@ -19,7 +24,12 @@ pub fn client_config(
         config.set(*k, *v);
     }
     for (k, v) in properties {
-        config.set(k, v);
+        // A group member's identity: only the source's consumer joins as
+        // it (`source/kafka.rs`); a producer, a reader or a client that
+        // commits for another group would be fenced by it.
+        if k != STATIC_MEMBER {
+            config.set(k, v);
+        }
     }
     tracing::debug!(brokers, properties = ?masked(properties), "kafka client");
     config

@@ -176,6 +176,9 @@ impl KafkaSource {
             ],
             properties,
         );
+        if let Some(id) = properties.get(crate::kafka::STATIC_MEMBER) {
+            config.set(crate::kafka::STATIC_MEMBER, id);
+        }
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false")

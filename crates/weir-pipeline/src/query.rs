@@ -236,22 +236,40 @@ pub struct Split {
     pub above: PlannedQuery,
 }
 
-/// The columns every `GROUP BY` of `plan` reads, window columns aside,
-/// and a session window's key column.
+/// The columns the records of one group share — what a repartitioned
+/// pipeline keys its records by: the columns the `GROUP BY` reads, window
+/// columns aside, and a session window's key column. None (every record
+/// one key) when another operator combines rows across groups: a window
+/// function, a second aggregate, `DISTINCT`, a `LIMIT` or top-N (Nexmark
+/// q5's `max(count(*)) OVER (PARTITION BY window_start)` needs every
+/// auction of the window in one place).
 fn key_sources(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec<String>> {
     let mut names = std::collections::BTreeSet::new();
-    plan.apply(|node| {
-        if let LogicalPlan::Aggregate(agg) = node {
-            for e in &agg.group_expr {
-                for c in e.column_refs() {
-                    if c.name != WINDOW_START && c.name != WINDOW_END {
-                        names.insert(c.name.clone());
+    let mut aggregates = 0;
+    let mut combines = false;
+    plan.apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::Aggregate(agg) => {
+                aggregates += 1;
+                for e in &agg.group_expr {
+                    for c in e.column_refs() {
+                        if c.name != WINDOW_START && c.name != WINDOW_END {
+                            names.insert(c.name.clone());
+                        }
                     }
                 }
             }
+            LogicalPlan::Window(_) | LogicalPlan::Distinct(_) | LogicalPlan::Limit(_) => {
+                combines = true;
+            }
+            LogicalPlan::Sort(sort) if sort.fetch.is_some() => combines = true,
+            _ => {}
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
+    if combines || aggregates > 1 {
+        names.clear();
+    }
     if let Some(key) = window.and_then(|w| w.key_column.clone()) {
         names.insert(key);
     }
@@ -679,5 +697,45 @@ impl PlannedQuery {
         join.first.lock().clear();
         join.second.lock().clear();
         out
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    async fn keys(sql: &str) -> Vec<String> {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.sql("CREATE TABLE t (city VARCHAR, auction BIGINT, price BIGINT)")
+            .await
+            .unwrap();
+        let frame = ctx.sql(sql).await.unwrap();
+        key_sources(frame.logical_plan(), None).unwrap()
+    }
+
+    /// A repartitioned pipeline keys records by the grouping columns only
+    /// when nothing combines the groups afterwards; otherwise each member
+    /// would combine its own keys' groups only (a partial answer).
+    #[tokio::test]
+    async fn records_are_keyed_by_groups_only_when_nothing_combines_them_after() {
+        assert_eq!(
+            keys("SELECT city, count(*) FROM t GROUP BY city").await,
+            ["city"]
+        );
+        assert_eq!(
+            keys(
+                "SELECT city, n FROM (SELECT city, count(*) AS n FROM t GROUP BY city) WHERE n > 2"
+            )
+            .await,
+            ["city"]
+        );
+        for combining in [
+            "SELECT auction, n FROM (SELECT auction, count(*) AS n, max(count(*)) OVER () AS most FROM t GROUP BY auction) WHERE n = most",
+            "SELECT city, avg(p) FROM (SELECT city, auction, max(price) AS p FROM t GROUP BY city, auction) GROUP BY city",
+            "SELECT auction, count(*) AS n FROM t GROUP BY auction ORDER BY n DESC LIMIT 3",
+            "SELECT count(DISTINCT n) FROM (SELECT auction, count(*) AS n FROM t GROUP BY auction)",
+        ] {
+            assert_eq!(keys(combining).await, Vec::<String>::new(), "{combining}");
+        }
     }
 }

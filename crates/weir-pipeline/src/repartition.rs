@@ -257,6 +257,7 @@ pub async fn stages(
         });
     }
     let key = if keys.is_empty() {
+        tracing::info!(pipeline = %config.name, "every record goes to one internal partition: the query groups by its window alone, or combines its groups after the aggregate (a window function, a second aggregate, DISTINCT, LIMIT); one member at a time holds its windows");
         "''".to_string()
     } else {
         format!(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Nexmark over Kafka with one and with two `weir run` members (issue 28).
 
-Starts a nisshi broker (in memory) on loopback, writes EVENTS Nexmark
+Starts a nisshi broker (SQLite storage) on loopback, writes EVENTS Nexmark
 events (`kind = "nexmark"`, seed 1) to a 2-partition topic with a weir
 pipeline, then runs each query of examples/nexmark/ with its source
 replaced by that topic: by one process, then by two in one consumer group.
@@ -48,7 +48,7 @@ def start_broker(tmp):
     url = f"tcp://127.0.0.1:{port}"
     nisshi = shutil.which("nisshi") or os.path.expanduser("~/.cargo/bin/nisshi")
     proc = subprocess.Popen([nisshi, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--group-initial-rebalance-delay", "500ms"],
+                             "--group-initial-rebalance-delay", "500ms", "--storage-engine", "sqlite://broker.db"],
                             cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import socket
 

@@ -248,9 +248,10 @@ pub enum SourceConfig {
         /// Where Avro schemas come from (`format = "avro"`).
         #[serde(default)]
         avro: Option<Box<AvroConfig>>,
-        /// A windowed query: re-key the records by its grouping columns
-        /// through an internal topic, so that the members of the group each
-        /// hold whole windows of their keys (`repartition.rs`).
+        /// A windowed query or a join of the stream with itself: re-key the
+        /// records by its grouping (or joined) columns through an internal
+        /// topic, so that the members of the group each hold whole windows,
+        /// or every row a join pairs, of their keys (`repartition.rs`).
         #[serde(default)]
         repartition: bool,
     },
@@ -512,9 +513,10 @@ impl PipelineConfig {
         self.is_windowed() || crate::join::spec::joins_the_stream(&self.sql)
     }
 
-    /// Whether a windowed query's records are re-keyed through an internal
+    /// Whether a stateful query's records are re-keyed through an internal
     /// topic (`source.repartition`): then every member of the group holds
-    /// whole windows, and the pipeline may run on several at once.
+    /// whole windows, or all the rows a join pairs, of its keys, and the
+    /// pipeline may run on several at once.
     pub fn repartitions(&self) -> bool {
         matches!(
             self.source,
@@ -522,8 +524,7 @@ impl PipelineConfig {
                 repartition: true,
                 ..
             }
-        ) && self.is_windowed()
-            && !crate::join::spec::joins_the_stream(&self.sql)
+        ) && self.is_stateful()
     }
 
     /// Whether the source is json or csv and declares no `fields`.

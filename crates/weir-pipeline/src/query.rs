@@ -242,13 +242,48 @@ pub struct Split {
 /// one key) when another operator combines rows across groups: a window
 /// function, a second aggregate, `DISTINCT`, a `LIMIT` or top-N (Nexmark
 /// q5's `max(count(*)) OVER (PARTITION BY window_start)` needs every
-/// auction of the window in one place).
+/// auction of the window in one place). A join of the stream with itself
+/// pairs rows of one key when its `ON` equates a column of each side of
+/// the same name (`c.ad = i.ad`): that column, and no aggregate after.
 fn key_sources(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec<String>> {
+    use datafusion::logical_expr::utils::split_conjunction;
     let mut names = std::collections::BTreeSet::new();
     let mut aggregates = 0;
     let mut combines = false;
+    let mut self_joins = 0;
+    let mut join_keys = std::collections::BTreeSet::new();
     plan.apply_with_subqueries(|node| {
         match node {
+            LogicalPlan::Join(join)
+                if crate::join::spec::reads_source(&join.left)
+                    && crate::join::spec::reads_source(&join.right) =>
+            {
+                self_joins += 1;
+                let equal = join.on.iter().map(|(l, r)| (l.clone(), r.clone())).chain(
+                    join.filter
+                        .iter()
+                        .flat_map(split_conjunction)
+                        .filter_map(|e| match e {
+                            Expr::BinaryExpr(b)
+                                if b.op == datafusion::logical_expr::Operator::Eq =>
+                            {
+                                Some((*b.left.clone(), *b.right.clone()))
+                            }
+                            _ => None,
+                        }),
+                );
+                let before = join_keys.len();
+                for (l, r) in equal {
+                    if let (Expr::Column(a), Expr::Column(b)) = (&l, &r)
+                        && a.name == b.name
+                    {
+                        join_keys.insert(a.name.clone());
+                    }
+                }
+                if join_keys.len() == before {
+                    combines = true;
+                }
+            }
             LogicalPlan::Aggregate(agg) => {
                 aggregates += 1;
                 for e in &agg.group_expr {
@@ -267,6 +302,13 @@ fn key_sources(plan: &LogicalPlan, window: Option<&WindowSpec>) -> Result<Vec<St
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
+    if self_joins > 0 {
+        names = if aggregates > 0 || self_joins > 1 {
+            Default::default()
+        } else {
+            join_keys
+        };
+    }
     if combines || aggregates > 1 {
         names.clear();
     }
@@ -706,9 +748,13 @@ mod key_tests {
 
     async fn keys(sql: &str) -> Vec<String> {
         let ctx = datafusion::prelude::SessionContext::new();
-        ctx.sql("CREATE TABLE t (city VARCHAR, auction BIGINT, price BIGINT)")
+        for table in ["t", "source"] {
+            ctx.sql(&format!(
+                "CREATE TABLE {table} (city VARCHAR, auction BIGINT, price BIGINT, ts TIMESTAMP)"
+            ))
             .await
             .unwrap();
+        }
         let frame = ctx.sql(sql).await.unwrap();
         key_sources(frame.logical_plan(), None).unwrap()
     }
@@ -737,5 +783,22 @@ mod key_tests {
         ] {
             assert_eq!(keys(combining).await, Vec::<String>::new(), "{combining}");
         }
+        // A join of the stream with itself: by the column both sides equate.
+        assert_eq!(
+            keys("SELECT a.auction FROM source a JOIN source b ON a.auction = b.auction AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND")
+                .await,
+            ["auction"]
+        );
+        for combining in [
+            "SELECT a.auction FROM source a JOIN source b ON a.auction = b.price AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND",
+            "SELECT a.city, count(*) FROM source a JOIN source b ON a.auction = b.auction AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND GROUP BY a.city",
+        ] {
+            assert_eq!(keys(combining).await, Vec::<String>::new(), "{combining}");
+        }
+        // A join with a lookup table changes nothing.
+        assert_eq!(
+            keys("SELECT s.city, count(*) FROM source s JOIN t ON s.auction = t.price GROUP BY s.city").await,
+            ["city"]
+        );
     }
 }

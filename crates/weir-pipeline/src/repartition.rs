@@ -1,6 +1,9 @@
-//! Key-partitioned windows over Kafka (`source.repartition = true`,
-//! docs/pipelines.md "Windows on several members"): a windowed pipeline
-//! runs as two pipelines in the same process, joined by an internal topic.
+//! Key-partitioned state over Kafka (`source.repartition = true`,
+//! docs/pipelines.md "More processes"): a windowed pipeline, or one that
+//! joins the stream with itself, runs as two pipelines in the same
+//! process, joined by an internal topic. (Below, "windows" stands for
+//! either; a joins stage keys records by the column both sides of its `ON`
+//! equate, `join/state.rs`.)
 //!
 //! 1. **Re-key** (`<name>.repartition`): the pipeline's source and group;
 //!    decodes each record and writes its columns to the internal topic

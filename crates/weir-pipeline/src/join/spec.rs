@@ -56,7 +56,7 @@ impl JoinSpec {
     }
 }
 
-fn reads_source(plan: &LogicalPlan) -> bool {
+pub(crate) fn reads_source(plan: &LogicalPlan) -> bool {
     let mut found = false;
     let _ = plan.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node

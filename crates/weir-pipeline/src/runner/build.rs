@@ -189,18 +189,6 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         tenant: Arc<Tenant>,
         reload: Option<Reload>,
     ) -> anyhow::Result<Self> {
-        if matches!(
-            config.source,
-            crate::config::SourceConfig::Kafka {
-                repartition: true,
-                ..
-            }
-        ) && crate::join::spec::joins_the_stream(&config.sql)
-        {
-            bail!(
-                "`source.repartition` does not take a join of the stream with itself yet (its two sides may be keyed by different columns); run the pipeline in one process (`repartition = false`; a `weir serve` cluster runs it on one node)"
-            );
-        }
         if !config.repartitions() {
             return Self::assemble(config, modules, inline, tenant, reload, None).await;
         }
@@ -218,7 +206,10 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         }
         let stages =
             crate::repartition::stages(&config, &decoder.schema(), query.key_sources()).await?;
-        let time = query.window().map(|w| w.time_column.clone());
+        let time = query
+            .window()
+            .map(|w| w.time_column.clone())
+            .or_else(|| query.join().map(|j| j.time_column.clone()));
         drop((query, tables));
         let mut feeder = Self::assemble(
             stages.rekey,

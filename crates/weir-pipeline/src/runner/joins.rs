@@ -18,12 +18,36 @@ impl Pipeline {
         let Some(joins) = self.joins.as_mut() else {
             return self.deliver(Vec::new(), letters, offsets, flight).await;
         };
-        joins.expect_partitions(self.source.assigned_partitions(), Instant::now());
+        // A joins stage (`repartition.rs`): the query's columns, and where
+        // each row came from.
+        let origins = match &self.origin {
+            Some(o) => {
+                joins.expect_sources(o.partitions, Instant::now());
+                Some(o.split(&decoded.batch)?)
+            }
+            None => {
+                joins.expect_partitions(self.source.assigned_partitions(), Instant::now());
+                None
+            }
+        };
+        let batch = origins
+            .as_ref()
+            .map_or(&decoded.batch, |(visible, _)| visible);
         let rows: Vec<&SourceRecord> = decoded.rows.iter().map(|&i| &records[i]).collect();
         let admitted = joins
-            .admit(&decoded.batch, &rows, Instant::now())
+            .admit(
+                batch,
+                &rows,
+                origins.as_ref().map(|(_, o)| o),
+                Instant::now(),
+            )
             .map_err(|e| anyhow::anyhow!("join: {e}"))?;
         drop(rows);
+        if self.origin.is_some() {
+            self.stats
+                .records_in
+                .add(records.len().saturating_sub(admitted.marks) as u64);
+        }
         self.stats.late.add(admitted.late.len() as u64);
         for (stage, list) in [("late", admitted.late), ("event_time", admitted.untimed)] {
             letters.extend(list.into_iter().map(|(row, error)| DeadLetter {
@@ -39,7 +63,7 @@ impl Pipeline {
             );
             datafusion::arrow::compute::take_record_batch(batch, &indices)
         };
-        let joining = take(&decoded.batch, &admitted.rows)?;
+        let joining = take(batch, &admitted.rows)?;
         self.query.set_history(joins.history());
         let Some(isolated) = self.transform(&joining, false, flight, shutdown).await? else {
             return Ok(false);

@@ -388,7 +388,7 @@ impl Pipeline {
             })
             .collect();
         if self.origin.is_some() {
-            self.follow_internal_partitions();
+            self.follow_internal_partitions()?;
         }
         self.restore_state().await?;
         if self.joins.is_some() {

@@ -9,9 +9,9 @@ impl Pipeline {
     /// partitions another member took (their keys' state is rebuilt there
     /// from the committed offsets); partitions gained start from their
     /// committed offsets, below every open window's records.
-    pub(super) fn follow_internal_partitions(&mut self) {
-        let (Some(origin), Some(windows)) = (&mut self.origin, &mut self.windows) else {
-            return;
+    pub(super) fn follow_internal_partitions(&mut self) -> anyhow::Result<()> {
+        let Some(origin) = &mut self.origin else {
+            return Ok(());
         };
         let now: std::collections::BTreeSet<i32> = self
             .source
@@ -20,14 +20,22 @@ impl Pipeline {
             .filter_map(|tp| tp.rsplit('/').next()?.parse().ok())
             .collect();
         for gone in origin.owned.difference(&now) {
-            tracing::info!(pipeline = %self.config.name, partition = gone, "internal partition revoked: its keys' windows are rebuilt by their new owner");
-            windows.revoke(*gone);
+            tracing::info!(pipeline = %self.config.name, partition = gone, "internal partition revoked: its keys' windows or joined rows are rebuilt by their new owner");
+            if let Some(windows) = &mut self.windows {
+                windows.revoke(*gone);
+            }
+            if let Some(joins) = &mut self.joins {
+                joins
+                    .revoke(*gone)
+                    .map_err(|e| anyhow::anyhow!("join: {e}"))?;
+            }
             // Its new owner writes its checkpoints now.
             if let Some((_, scopes)) = self.changelog.as_mut().and_then(|c| c.pending.as_mut()) {
                 scopes.retain(|s| s.scope != Some(*gone));
             }
         }
         origin.owned = now;
+        Ok(())
     }
 
     /// Emits the windows the watermark passed (every open one with
@@ -78,7 +86,7 @@ impl Pipeline {
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<bool> {
         if self.origin.is_some() {
-            self.follow_internal_partitions();
+            self.follow_internal_partitions()?;
         }
         self.restore_state().await?;
         let Some(windows) = self.windows.as_mut() else {

@@ -88,7 +88,7 @@ impl Changelog {
                 ("linger.ms", "0"),
                 ("client.id", "weir-changelog-writer"),
             ],
-            properties,
+            &crate::kafka::producer_properties(properties),
         )
         .create()
         .map_err(|e| anyhow::anyhow!(scrub(e.to_string(), properties)))

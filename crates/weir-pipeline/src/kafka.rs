@@ -11,6 +11,36 @@ use super::config::masked;
 /// the group's `session.timeout.ms`.
 pub const STATIC_MEMBER: &str = "group.instance.id";
 
+/// Whether librdkafka property `name` is a consumer's only (a producer
+/// given it warns at start): what a producer made from a source's
+/// properties leaves out.
+fn consumer_only(name: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "group.",
+        "session.",
+        "heartbeat.",
+        "max.poll.",
+        "auto.",
+        "enable.auto.",
+        "fetch.",
+        "queued.",
+        "isolation.",
+        "partition.assignment.",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || matches!(name, "enable.partition.eof" | "check.crcs")
+}
+
+/// The properties of `properties` a producer takes (a source's, for a
+/// producer weir makes beside its consumer).
+pub fn producer_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .filter(|(k, _)| !consumer_only(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// A client config: brokers, then weir's `defaults`, then the pipeline's
 /// pass-through librdkafka properties (which override the defaults).
 pub fn client_config(

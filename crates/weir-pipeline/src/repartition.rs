@@ -320,7 +320,7 @@ pub async fn stages(
         topic: internal.clone(),
         format: Format::Json,
         key: Some(KEY.to_string()),
-        properties: properties.clone(),
+        properties: crate::kafka::producer_properties(properties),
         avro: None,
         delivery: crate::config::Delivery::AtLeastOnce,
         transactional_id: None,

@@ -46,7 +46,20 @@ impl KafkaSink {
         topic: &str,
         properties: &BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let mut config = client_config(brokers, &[("linger.ms", "5")], properties);
+        let mut config = client_config(
+            brokers,
+            &[
+                ("linger.ms", "5"),
+                // With a second request in flight, librdkafka's broker
+                // thread polls without sleeping until the first one's
+                // response: 40 000 polls and 24 requests a second, and
+                // 2.5 times the CPU of producing (200 000 records to
+                // nisshi: 4.8 s → 1.9 s, the same wall time). One request
+                // carries every partition's batch for its broker.
+                ("max.in.flight.requests.per.connection", "1"),
+            ],
+            properties,
+        );
         config.set("enable.idempotence", "true").set("acks", "all");
         let producer = config
             .create()

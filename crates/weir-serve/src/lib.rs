@@ -9,6 +9,7 @@ pub mod database;
 pub mod error;
 pub mod exporter;
 pub mod http;
+pub mod node;
 pub mod pg;
 pub mod registry;
 pub mod services;
@@ -234,7 +235,7 @@ pub async fn serve(
     // A single node starts what it stored; a cluster node starts what the
     // database says once its listener is connected.
     let tasks = if state.cluster.is_some() {
-        cluster::spawn(&state).map_err(anyhow::Error::msg)?
+        node::spawn(&state).map_err(anyhow::Error::msg)?
     } else {
         pipelines::start_stored(&state).await;
         Vec::new()

@@ -1,6 +1,8 @@
 //! A cluster of `weir serve` nodes over one PostgreSQL database
-//! (`serve.database`). The database holds everything stored; a node holds
-//! only what it runs. Each node:
+//! (`serve.database`): this node's identity, leases and view of the
+//! others. The database holds everything stored; a node holds only what
+//! it runs. Each node (its tasks are in `crate::node`, above this module
+//! and the services they drive):
 //! - listens for the changes other nodes commit ([`listen`](crate::database::listen))
 //!   and applies them: a publish reloads pipelines between micro-batches,
 //!   a deploy or stop starts or stops the pipeline here too;
@@ -12,9 +14,6 @@
 //! Kafka spreads the partitions. A pipeline that cannot be shared (a file
 //! source) runs where its lease is held (a row with an expiry, renewed by
 //! heartbeats, taken over once expired).
-
-pub mod heartbeat;
-pub mod reconcile;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,7 +42,7 @@ pub struct Cluster {
     /// One change at a time on this node: an API call or a reconcile.
     pub(crate) ops: tokio::sync::Mutex<()>,
     /// The last heartbeat that reached the database.
-    last_ok: parking_lot::Mutex<Instant>,
+    pub(crate) last_ok: parking_lot::Mutex<Instant>,
     up: AtomicBool,
 }
 
@@ -70,7 +69,7 @@ impl Cluster {
         self.up.load(Ordering::Relaxed)
     }
 
-    fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
         if up {
             *self.last_ok.lock() = Instant::now();
@@ -188,18 +187,4 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Starts the cluster's tasks on this node: the change listener, the
-/// reconciler and the heartbeat. They end with the returned handles.
-pub fn spawn(state: &Arc<crate::AppState>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let Some(cluster) = state.cluster.clone() else {
-        return Ok(Vec::new());
-    };
-    let (changes, received) = tokio::sync::mpsc::unbounded_channel();
-    crate::database::listen::spawn(cluster.db.config().clone(), changes)?;
-    Ok(vec![
-        tokio::spawn(reconcile::run(state.clone(), received)),
-        tokio::spawn(heartbeat::run(state.clone(), cluster)),
-    ])
 }

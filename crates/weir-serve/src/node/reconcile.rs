@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::Cluster;
 use crate::AppState;
+use crate::cluster::Cluster;
 use crate::database::listen::Change;
 use crate::registry::StoredPipeline;
 use crate::services::pipelines;

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use super::Cluster;
 use crate::AppState;
+use crate::cluster::Cluster;
 use crate::telemetry;
 
 pub async fn run(state: Arc<AppState>, cluster: Arc<Cluster>) {

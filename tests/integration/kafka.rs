@@ -1262,3 +1262,99 @@ workers = 1
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// The Kafka cases of `tests/pipelines/` (`input.kafka.ndjson`, one record
+/// per line: `{"partition": p, "key": "…", "value": {…} or "text"}`; the
+/// topic gets as many partitions as the lines name): `{brokers}`,
+/// `{input_topic}` and `{output_topic}` are filled in, the pipeline runs
+/// until the output topic holds as many records as `expected.out.ndjson`,
+/// then stops; the topic must hold exactly those (in any order: partitions
+/// interleave), and the dead letters are checked as for a file case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_pipeline_cases() {
+    use crate::pipeline::{
+        case_name, case_toml, cases, check_dead_letters, check_error, is_kafka_case,
+    };
+    use rdkafka::consumer::BaseConsumer;
+    let Some(broker) = broker() else { return };
+    let addr = broker.addr.clone();
+    let kafka_cases: Vec<_> = cases().into_iter().filter(|c| is_kafka_case(c)).collect();
+    assert!(!kafka_cases.is_empty());
+    for case in kafka_cases {
+        let name = case_name(&case);
+        let (input, output) = (format!("case-{name}"), format!("case-{name}-out"));
+        let records = support::ndjson(&case.join("input.kafka.ndjson"));
+        let partition = |r: &serde_json::Value| r["partition"].as_i64().unwrap_or(0) as i32;
+        let partitions = records.iter().map(partition).max().unwrap_or(0) + 1;
+        create_topics(&addr, &[(&input, partitions), (&output, 1)]).await;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .create()
+            .unwrap();
+        for r in &records {
+            let value = match &r["value"] {
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let mut record = FutureRecord::<str, str>::to(&input)
+                .payload(&value)
+                .partition(partition(r));
+            if let Some(k) = r["key"].as_str() {
+                record = record.key(k);
+            }
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join("dlq.ndjson");
+        let toml = case_toml(
+            &case,
+            &dead,
+            &[
+                ("{brokers}", &addr),
+                ("{input_topic}", &input),
+                ("{output_topic}", &output),
+            ],
+        );
+        let built = async {
+            let config = PipelineConfig::from_toml(&toml).map_err(anyhow::Error::msg)?;
+            Pipeline::build(config, support::sandbox()).await
+        };
+        let Some(pipeline) = check_error(&case, built.await.map_err(|e| format!("{e:#}"))) else {
+            continue;
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(pipeline.run(stopped));
+        let expected = support::ndjson(&case.join("expected.out.ndjson"));
+        let got = consume(&addr, &output, expected.len()).await;
+        let _ = stop.send(true);
+        task.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("case {name}: {e:#}"));
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .create()
+            .unwrap();
+        let (_, end) = reader
+            .fetch_watermarks(&output, 0, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            end as usize,
+            expected.len(),
+            "case {name}: records on the output topic"
+        );
+        let sorted = |mut v: Vec<serde_json::Value>| {
+            v.sort_by_key(|x| x.to_string());
+            v
+        };
+        let got: Vec<serde_json::Value> = got
+            .iter()
+            .map(|(_, p, _)| serde_json::from_str(p).unwrap())
+            .collect();
+        assert_eq!(sorted(got), sorted(expected), "case {name}: output");
+        check_dead_letters(&case, &dead);
+    }
+}

@@ -23,19 +23,13 @@ async fn run(toml: &str) -> anyhow::Result<std::sync::Arc<PipelineStats>> {
 /// the exact output in `expected.out.ndjson`, the dead letters in
 /// `expected.dead-letters.ndjson` (each line's keys must match; `error` is a
 /// substring) and optionally the counters in `expected.stats.json`.
+/// A case with `input.kafka.ndjson` instead runs on a broker
+/// ([`crate::kafka::kafka_pipeline_cases`]).
 // Two runtime threads: a case with `batch.workers = 2` transforms in parallel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_cases() {
-    let cases = support::repo().join("tests/pipelines");
-    let mut dirs: Vec<_> = std::fs::read_dir(&cases)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    assert!(!dirs.is_empty());
-    for case in dirs {
-        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+    for case in cases().into_iter().filter(|c| !is_kafka_case(c)) {
+        let name = case_name(&case);
         let dir = tempfile::tempdir().unwrap();
         let (out, dead) = (dir.path().join("out.ndjson"), dir.path().join("dlq.ndjson"));
         let input = ["input.ndjson", "input.csv"]
@@ -43,47 +37,15 @@ async fn pipeline_cases() {
             .map(|f| case.join(f))
             .find(|p| p.exists())
             .unwrap_or_else(|| panic!("case {name}: no input.ndjson or input.csv"));
-        let toml = std::fs::read_to_string(case.join("pipeline.toml"))
-            .unwrap()
-            .replace("{input}", &input.display().to_string())
-            .replace("{out}", &out.display().to_string())
-            .replace("{dead_letters}", &dead.display().to_string())
-            .replace(
-                "{finance}",
-                &support::module_path("finance").display().to_string(),
-            )
-            .replace(
-                "{hostile}",
-                &support::repo().join("tests/hostile").display().to_string(),
-            )
-            .replace(
-                "{stats}",
-                &support::module_path("stats").display().to_string(),
-            )
-            .replace(
-                "{text}",
-                &support::module_path("text").display().to_string(),
-            )
-            .replace(
-                "{guest}",
-                &support::repo()
-                    .join("tests/tenant/guest.wat")
-                    .display()
-                    .to_string(),
-            )
-            .replace("{case}", &case.display().to_string());
+        let toml = case_toml(
+            &case,
+            &dead,
+            &[("{input}", &input.display()), ("{out}", &out.display())],
+        );
         let result = run(&toml).await;
-        if let Ok(expected) = std::fs::read_to_string(case.join("expected.error.txt")) {
-            let err = match result {
-                Ok(_) => panic!("case {name}: ran, but expected.error.txt says it fails"),
-                Err(e) => format!("{e:#}"),
-            };
-            for part in expected.lines().filter(|l| !l.is_empty()) {
-                assert!(err.contains(part), "case {name}: {err:?} lacks {part:?}");
-            }
+        let Some(stats) = check_error(&case, result.map_err(|e| format!("{e:#}"))) else {
             continue;
-        }
-        let stats = result.unwrap_or_else(|e| panic!("case {name}: {e:#}"));
+        };
         if let Ok(text) = std::fs::read_to_string(case.join("expected.stats.json")) {
             let want: serde_json::Value = serde_json::from_str(&text).unwrap();
             let got = serde_json::json!({
@@ -96,25 +58,97 @@ async fn pipeline_cases() {
         }
         let expected = lines(&case.join("expected.out.ndjson"));
         assert_eq!(lines(&out), expected, "case {name}: output");
-        let mut letters = lines(&dead);
-        letters.sort_by_key(|l| l["source_offset"].as_i64());
-        let expected = lines(&case.join("expected.dead-letters.ndjson"));
-        assert_eq!(
-            letters.len(),
-            expected.len(),
-            "case {name}: dead letters {letters:#?}"
-        );
-        for (got, want) in letters.iter().zip(&expected) {
-            for (key, value) in want.as_object().unwrap() {
-                if key == "error" {
-                    let error = got["error"].as_str().unwrap_or_default();
-                    assert!(
-                        error.contains(value.as_str().unwrap()),
-                        "case {name}: {error:?} lacks {value} in {got}"
-                    );
-                } else {
-                    assert_eq!(&got[key], value, "case {name}: `{key}` of {got}");
-                }
+        check_dead_letters(&case, &dead);
+    }
+}
+
+/// The case folders of `tests/pipelines/`, sorted.
+pub(crate) fn cases() -> Vec<std::path::PathBuf> {
+    let root = support::repo().join("tests/pipelines");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty());
+    dirs
+}
+
+pub(crate) fn case_name(case: &std::path::Path) -> String {
+    case.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Whether `case` reads a topic (`input.kafka.ndjson`).
+pub(crate) fn is_kafka_case(case: &std::path::Path) -> bool {
+    case.join("input.kafka.ndjson").exists()
+}
+
+/// The case's `pipeline.toml` with `{dead_letters}`, `{case}`, the module
+/// paths and `more` filled in.
+pub(crate) fn case_toml(
+    case: &std::path::Path,
+    dead: &std::path::Path,
+    more: &[(&str, &dyn std::fmt::Display)],
+) -> String {
+    let mut toml = std::fs::read_to_string(case.join("pipeline.toml"))
+        .unwrap()
+        .replace("{dead_letters}", &dead.display().to_string());
+    for (name, module) in [
+        ("{finance}", support::module_path("finance").to_path_buf()),
+        ("{stats}", support::module_path("stats").to_path_buf()),
+        ("{text}", support::module_path("text").to_path_buf()),
+        ("{hostile}", support::repo().join("tests/hostile")),
+        ("{guest}", support::repo().join("tests/tenant/guest.wat")),
+        ("{case}", case.to_path_buf()),
+    ] {
+        toml = toml.replace(name, &module.display().to_string());
+    }
+    for (name, value) in more {
+        toml = toml.replace(name, &value.to_string());
+    }
+    toml
+}
+
+/// With `expected.error.txt`, checks the run failed with each of its lines
+/// (`None`: nothing more to check); otherwise the run's result.
+pub(crate) fn check_error<T>(case: &std::path::Path, result: Result<T, String>) -> Option<T> {
+    let name = case_name(case);
+    if let Ok(expected) = std::fs::read_to_string(case.join("expected.error.txt")) {
+        let err = match result {
+            Ok(_) => panic!("case {name}: ran, but expected.error.txt says it fails"),
+            Err(e) => e,
+        };
+        for part in expected.lines().filter(|l| !l.is_empty()) {
+            assert!(err.contains(part), "case {name}: {err:?} lacks {part:?}");
+        }
+        return None;
+    }
+    Some(result.unwrap_or_else(|e| panic!("case {name}: {e}")))
+}
+
+/// The dead letters in `dead` against `expected.dead-letters.ndjson`, in
+/// source offset order: each expected key matches (`error`: a substring).
+pub(crate) fn check_dead_letters(case: &std::path::Path, dead: &std::path::Path) {
+    let name = case_name(case);
+    let mut letters = lines(dead);
+    letters.sort_by_key(|l| (l["source_partition"].as_i64(), l["source_offset"].as_i64()));
+    let expected = lines(&case.join("expected.dead-letters.ndjson"));
+    assert_eq!(
+        letters.len(),
+        expected.len(),
+        "case {name}: dead letters {letters:#?}"
+    );
+    for (got, want) in letters.iter().zip(&expected) {
+        for (key, value) in want.as_object().unwrap() {
+            if key == "error" {
+                let error = got["error"].as_str().unwrap_or_default();
+                assert!(
+                    error.contains(value.as_str().unwrap()),
+                    "case {name}: {error:?} lacks {value} in {got}"
+                );
+            } else {
+                assert_eq!(&got[key], value, "case {name}: `{key}` of {got}");
             }
         }
     }

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_recovery import free_port, wait  # noqa: E402
+from bench_recovery import start_broker, wait  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -41,25 +41,6 @@ FIELDS = """[
   { name = "url", type = "utf8" }, { name = "extra", type = "utf8" },
 ]"""
 PARTITIONS = 2
-
-
-def start_broker(tmp):
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    nisshi = shutil.which("nisshi") or os.path.expanduser("~/.cargo/bin/nisshi")
-    proc = subprocess.Popen([nisshi, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--group-initial-rebalance-delay", "500ms", "--storage-engine", "sqlite://broker.db"],
-                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return True
-        except OSError:
-            return False
-    wait(up, "the broker")
-    return proc, f"127.0.0.1:{port}"
 
 
 def cpu_seconds(pid):
@@ -121,6 +102,9 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 repartition = {"true" if windowed else "false"}
 '''
     text = re.sub(r"\[source\]\n(?:[^\[\n][^\n]*\n|\n)*", source, text, count=1)
+    # A name per run: a repartitioned run's internal topic is named after
+    # its pipeline, and must not hold an earlier run's records.
+    text = re.sub(r'^name = "([^"]*)"', rf'name = "\1-{group}"', text, count=1, flags=re.M)
     return text, windowed
 
 

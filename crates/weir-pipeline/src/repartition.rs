@@ -190,6 +190,19 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The SQL of a record's key on the internal topic: its `keys` columns'
+/// values joined, never empty — librdkafka's partitioner sends an empty
+/// key to a random partition, which would split one key's records (with a
+/// query grouped by its window alone: every record) between members.
+fn key_expression(keys: &[String]) -> String {
+    format!(
+        "concat_ws('\u{1}', 'k'{})",
+        keys.iter()
+            .map(|k| format!(", coalesce(CAST({} AS VARCHAR), '\u{2}')", quoted(k)))
+            .collect::<String>()
+    )
+}
+
 /// The stages of `config` (whose source decodes into `schema` and whose
 /// query groups by `keys`), with the internal topic created.
 pub async fn stages(
@@ -259,19 +272,10 @@ pub async fn stages(
             nullable: true,
         });
     }
-    let key = if keys.is_empty() {
+    if keys.is_empty() {
         tracing::info!(pipeline = %config.name, "every record goes to one internal partition: the query groups by its window alone, or combines its groups after the aggregate (a window function, a second aggregate, DISTINCT, LIMIT); one member at a time holds its windows");
-        "''".to_string()
-    } else {
-        format!(
-            "concat_ws('\u{1}', {})",
-            keys.iter()
-                .map(|k| format!("coalesce(CAST({} AS VARCHAR), '\u{2}')", quoted(k)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    select.push(format!("{key} AS {KEY}"));
+    }
+    select.push(format!("{} AS {KEY}", key_expression(keys)));
     select.push(format!("\"_partition\" AS {ORIGIN_PARTITION}"));
     select.push(format!("\"_offset\" AS {ORIGIN_OFFSET}"));
     for (name, ty) in [
@@ -440,6 +444,38 @@ async fn source_partitions(
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::Field;
+
+    /// A key on the internal topic is never empty, whatever the grouping
+    /// columns hold (an empty key is partitioned at random); distinct
+    /// values stay distinct keys.
+    #[tokio::test]
+    async fn an_internal_key_is_never_empty() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let keys = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        for (columns, want) in [
+            (keys(&[]), vec!["k", "k", "k"]),
+            (keys(&["city"]), vec!["k\u{1}", "k\u{1}\u{2}", "k\u{1}rome"]),
+            (
+                keys(&["city", "n"]),
+                vec!["k\u{1}\u{1}1", "k\u{1}\u{2}\u{1}\u{2}", "k\u{1}rome\u{1}3"],
+            ),
+        ] {
+            let sql = format!(
+                "SELECT {} FROM (VALUES ('', 1), (NULL, NULL), ('rome', 3)) AS t(city, n)",
+                key_expression(&columns)
+            );
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            let got: Vec<String> = batches
+                .iter()
+                .flat_map(|b| {
+                    let c = cast(b.column(0), &DataType::Utf8).unwrap();
+                    let c = c.as_string::<i32>().clone();
+                    (0..c.len()).map(move |i| c.value(i).to_string())
+                })
+                .collect();
+            assert_eq!(got, want, "{columns:?}");
+        }
+    }
 
     /// One mark per source partition of the batch, with its largest event
     /// time; untimed rows move nothing; every other column null.

@@ -548,6 +548,27 @@ impl PlannedQuery {
         &self.key_sources
     }
 
+    /// The columns of `source` the query reads (its scans' projections,
+    /// window columns aside); `None` when a scan reads every column. What
+    /// a re-keying stage carries through the internal topic.
+    pub fn source_columns(&self) -> Option<std::collections::BTreeSet<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut stack = vec![self.plan.clone()];
+        while let Some(node) = stack.pop() {
+            if let Some(scan) = node.downcast_ref::<SlotExec>() {
+                // Its schema is the projected one.
+                scan.projection.as_ref()?;
+                for f in scan.schema.fields() {
+                    if f.name() != WINDOW_START && f.name() != WINDOW_END {
+                        names.insert(f.name().clone());
+                    }
+                }
+            }
+            stack.extend(node.children().into_iter().cloned());
+        }
+        Some(names)
+    }
+
     /// The window the query reads, if it reads one.
     pub fn window(&self) -> Option<&WindowSpec> {
         self.window.as_ref()
@@ -800,5 +821,35 @@ mod key_tests {
             keys("SELECT s.city, count(*) FROM source s JOIN t ON s.auction = t.price GROUP BY s.city").await,
             ["city"]
         );
+    }
+}
+
+#[cfg(test)]
+mod column_tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    /// The columns of `source` a query reads: what a re-keying stage
+    /// carries (the window columns and unread ones aside).
+    #[tokio::test]
+    async fn a_query_reads_the_columns_it_names() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ride", DataType::Int64, true),
+            Field::new("city", DataType::Utf8, true),
+            Field::new("fare", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let ctx =
+            SessionContext::new_with_config(crate::sql::session_config().with_target_partitions(1));
+        let q = PlannedQuery::new(
+            &ctx,
+            schema,
+            "SELECT window_start, city, count(*) AS n, sum(fare) AS cents FROM tumble(source, ts, INTERVAL '1' MINUTE) GROUP BY window_start, city",
+        )
+        .await
+        .unwrap();
+        let columns: Vec<String> = q.source_columns().unwrap().into_iter().collect();
+        // `ts` is read by the window itself: the caller adds it.
+        assert_eq!(columns, ["city", "fare"]);
     }
 }

@@ -6,7 +6,8 @@
 //! equate, `join/state.rs`.)
 //!
 //! 1. **Re-key** (`<name>.repartition`): the pipeline's source and group;
-//!    decodes each record and writes its columns to the internal topic
+//!    decodes each record and writes the columns the query reads to the
+//!    internal topic
 //!    `<first source topic>.weir-repartition.<name>` (as many partitions as
 //!    the source), keyed by the query's grouping columns, with the record's
 //!    source partition and offset. Kafka's partitioner sends every record of

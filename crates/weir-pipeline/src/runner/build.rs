@@ -204,12 +204,25 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
                 "`source.repartition` does not take session windows yet (a session merges as records arrive); run the pipeline in one process"
             );
         }
-        let stages =
-            crate::repartition::stages(&config, &decoder.schema(), query.key_sources()).await?;
         let time = query
             .window()
             .map(|w| w.time_column.clone())
             .or_else(|| query.join().map(|j| j.time_column.clone()));
+        // Only the columns the query reads cross the internal topic (with
+        // the event time and the keys, which a window reads implicitly).
+        let schema = decoder.schema();
+        let carried = match query.source_columns() {
+            Some(mut used) => {
+                used.extend(time.iter().cloned());
+                used.extend(query.key_sources().iter().cloned());
+                let indices: Vec<usize> = (0..schema.fields().len())
+                    .filter(|&i| used.contains(schema.field(i).name()))
+                    .collect();
+                Arc::new(schema.project(&indices)?)
+            }
+            None => schema,
+        };
+        let stages = crate::repartition::stages(&config, &carried, query.key_sources()).await?;
         drop((query, tables));
         let mut feeder = Self::assemble(
             stages.rekey,

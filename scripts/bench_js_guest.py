@@ -16,7 +16,8 @@ WASM = os.path.join(REPO, "udfs/js/weir_js.wasm")
 engine = wasmtime.Engine()
 module = wasmtime.Module.from_file(engine, WASM)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from guest_harness import Guest as _Guest, signature_table, strings  # noqa: E402
+from guest_harness import (Guest as _Guest, ROWS, sample_columns, signature_table,  # noqa: E402
+                           strings, time_start_up)
 
 def program(source, functions):
     g = Guest()
@@ -40,17 +41,8 @@ function js_upper(s) { return s.toUpperCase(); }
 """
 blob = program(SOURCE, [("js_add", ["int64", "int64"], "int64"), ("js_upper", ["utf8"], "utf8")])
 
-t = []
-for _ in range(20):
-    t0 = time.perf_counter()
-    g = start(blob)
-    t.append(time.perf_counter() - t0)
-t.sort()
-print(f"instance start-up (instantiate + weir_init): median {t[len(t)//2]*1e3:.2f} ms, min {t[0]*1e3:.2f} ms")
-
-ROWS = 8192
-ints = struct.pack(f"<{ROWS}q", *range(ROWS))
-words = strings([f"straße größe {i}".encode() for i in range(ROWS)])
+g = time_start_up(start, blob)
+ints, words = sample_columns()
 for name, cols in [("js_add", [(ints, None), (ints, None)]), ("js_upper", [words])]:
     export = "weir_js_fn_0" if name == "js_add" else "weir_js_fn_1"
     g.call(export, cols, ROWS)

@@ -20,7 +20,8 @@ t0 = time.perf_counter()
 module = wasmtime.Module.from_file(engine, WASM)
 print(f"module: {os.path.getsize(WASM)} bytes, compiled by cranelift in {time.perf_counter() - t0:.1f} s")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from guest_harness import Guest as _Guest, signature_table, strings  # noqa: E402
+from guest_harness import (Guest as _Guest, ROWS, sample_columns, signature_table,  # noqa: E402
+                           time_start_up)
 
 
 def program(source, functions):
@@ -59,17 +60,8 @@ blob = program(SOURCE, [("py_twice", ["int64"], "int64"), ("py_upper", ["utf8"],
                         ("py_zone", ["utf8"], "int64"), ("py_id", ["utf8"], "utf8"),
                         ("py_id_batch", ["utf8"], "utf8")])
 
-t = []
-for _ in range(20):
-    t0 = time.perf_counter()
-    g = start(blob)
-    t.append(time.perf_counter() - t0)
-t.sort()
-print(f"instance start-up (instantiate + weir_init): median {t[len(t)//2]*1e3:.2f} ms, min {t[0]*1e3:.2f} ms")
-
-ROWS = 8192
-ints = struct.pack(f"<{ROWS}q", *range(ROWS))
-words = strings([f"straße größe {i}".encode() for i in range(ROWS)])
+g = time_start_up(start, blob)
+ints, words = sample_columns()
 for k, name, cols in [(0, "py_twice", [(ints, None)]), (1, "py_upper", [words]), (2, "py_zone", [words]),
                           (3, "py_id", [words]), (4, "py_id_batch", [words])]:
     export = f"weir_py_fn_{k}"

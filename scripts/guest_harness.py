@@ -68,3 +68,27 @@ def signature_table(magic, functions):
         blob += struct.pack("<I", len(name)) + name.encode() + struct.pack("<I", len(args))
         blob += bytes(TYPES.index(a) for a in args) + bytes([TYPES.index(ret), 1])
     return blob
+
+
+ROWS = 8192
+
+
+def time_start_up(start, blob, runs=20):
+    """Starts `runs` instances of `blob` with `start`, prints the median and
+    least start-up time; returns the last instance."""
+    import time
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        g = start(blob)
+        t.append(time.perf_counter() - t0)
+    t.sort()
+    print(f"instance start-up (instantiate + weir_init): median {t[len(t)//2]*1e3:.2f} ms, min {t[0]*1e3:.2f} ms")
+    return g
+
+
+def sample_columns():
+    """The benches' inputs: ROWS int64s 0.., and ROWS short non-ASCII strings."""
+    ints = struct.pack(f"<{ROWS}q", *range(ROWS))
+    words = strings([f"straße größe {i}".encode() for i in range(ROWS)])
+    return ints, words

@@ -14,6 +14,8 @@ system, from /proc), the figure Nexmark reports; wall s runs from the
 start to the last CPU the members used (group joins included).
 
     scripts/bench-nexmark-members.py [path/to/weir] [EVENTS] [QUERY ...]
+
+A query name of `none` runs no query (the load alone).
 """
 import os, re, subprocess, sys, tempfile, time, shutil
 
@@ -61,6 +63,11 @@ def committed_and_end(addr, group, topic):
 
 
 def load(weir, tmp, addr, events):
+    """Writes the events with a weir pipeline; its wall and CPU seconds.
+    `NEXMARK_LOAD_PROPERTIES` adds librdkafka properties to its sink
+    (e.g. `"max.in.flight.requests.per.connection" = "5"`)."""
+    import resource
+    extra = os.environ.get("NEXMARK_LOAD_PROPERTIES", "")
     path = os.path.join(tmp, "load.toml")
     with open(path, "w") as f:
         f.write(f'''
@@ -75,16 +82,19 @@ seed = 1
 kind = "kafka"
 brokers = "{addr}"
 topic = "nexmark"
-properties = {{ "linger.ms" = "20" }}
+properties = {{ "linger.ms" = "20"{", " + extra if extra else ""} }}
 [errors]
 policy = "fail"
 [batch]
 max_records = 8192
 ''')
-    t0 = time.time()
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    t0, c0 = time.time(), children_cpu()
     subprocess.run([weir, "run", path], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "WEIR_LOG": "warn"})
-    return time.time() - t0
+    return time.time() - t0, children_cpu() - c0
 
 
 def query_toml(q, addr, group):
@@ -154,11 +164,11 @@ def main():
         admin = AdminClient({"bootstrap.servers": addr})
         for f in admin.create_topics([NewTopic("nexmark", PARTITIONS, 1)]).values():
             f.result()
-        took = load(weir, tmp, addr, events)
-        print(f"{events:,} events written to a {PARTITIONS}-partition topic in {took:.1f} s\n")
+        took, cpu = load(weir, tmp, addr, events)
+        print(f"{events:,} events written to a {PARTITIONS}-partition topic in {took:.1f} s, {cpu:.1f} CPU s\n")
         print("| query | members | repartition | wall s | CPU s | events/s | events/s per core |")
         print("|---|---:|---|---:|---:|---:|---:|")
-        for q in queries:
+        for q in [q for q in queries if q != "none"]:
             for members in (1, 2):
                 wall, cpu, windowed = run(weir, tmp, addr, q, members, events)
                 print(f"| {q} | {members} | {'yes' if windowed else 'no'} | {wall:.1f} | {cpu:.1f} | "

@@ -53,9 +53,9 @@ impl KafkaSink {
                 // With a second request in flight, librdkafka's broker
                 // thread polls without sleeping until the first one's
                 // response: 40 000 polls and 24 requests a second, and
-                // 2.5 times the CPU of producing (200 000 records to
-                // nisshi: 4.8 s → 1.9 s, the same wall time). One request
-                // carries every partition's batch for its broker.
+                // 2–3 times the CPU of producing (BENCHMARKS.md, "Nexmark
+                // over Kafka"), the same wall time. One request carries
+                // every partition's batch for its broker.
                 ("max.in.flight.requests.per.connection", "1"),
             ],
             properties,

@@ -4,16 +4,20 @@
 Tenant `quiet` runs a file pipeline (NDJSON -> `SELECT id, work(id)` -> NDJSON,
 the CPU-heavy `work` of tests/tenant/guest.wat) and answers API probes: a UDF
 listing (no guest) and a one-row SQL query through its UDF (a guest slot).
-`/healthz` is probed throughout. First alone, then while tenant `noisy` runs,
-at the same time and without pause:
+Tenant `calm` sends an HTTP SQL load: 20 queries/s, each aggregating 20 000
+generated rows through its UDF. `/healthz` is probed throughout. First
+alone, then while tenant `noisy` runs, at the same time and without pause:
   * staged runs of a spinning function (4 clients; each run spins to its CPU
     budget on every row),
   * SQL queries that sort and aggregate millions of generated rows (memory
     and CPU heavy, bounded by its `query_memory_bytes`),
   * pipeline churn: deploy, run briefly and delete a pipeline, in a loop.
-Reported: quiet's pipeline records/s, its API p50/p99 per probe, /healthz
-max; and the targets (>= 90 % of solo throughput, p99 <= 2x solo, /healthz
-< 100 ms).
+Reported: quiet's pipeline records/s, its API p50/p99 per probe, calm's SQL
+p50/p99, /healthz max; and the targets (>= 90 % of solo throughput, p99 <= 2x
+solo, /healthz < 100 ms). Last, the weights: tenants `heavy` (weight 3) and
+`light` (weight 1) each run the same pipeline with two batch workers (each
+wants the whole machine), together; reported: heavy's share of the records
+(target 75 % +- 10).
 
     scripts/bench_service.py [path/to/weir]   # default: release build
 Only the standard library; the binary must be built (cargo build --release).
@@ -38,6 +42,10 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 WEIR = sys.argv[1] if len(sys.argv) > 1 else os.path.join(TARGET, "release", "weir")
 PHASE_S = float(os.environ.get("WEIR_BENCH_PHASE_S", "20"))
 RECORDS = 3_000_000
+# The quiet pipeline's batch workers: one wants one guest slot, which is
+# within its fair share of two (equal weights); two want the whole machine,
+# and under contention get their share, half (see BENCHMARKS.md).
+QUIET_WORKERS = int(os.environ.get("WEIR_BENCH_QUIET_WORKERS", "1"))
 
 
 def free_port():
@@ -80,7 +88,8 @@ def main():
     work = tempfile.mkdtemp(prefix="weir-bench-service-")
     tokens = {}
     token_cfg = ""
-    for tenant in ("quiet", "noisy"):
+    names = ("quiet", "calm", "noisy", "heavy", "light")
+    for tenant in names:
         tok = "weir_" + secrets.token_hex(16)
         tokens[tenant] = tok
         token_cfg += (
@@ -90,8 +99,11 @@ def main():
         )
     port = free_port()
     files = os.path.join(work, "files")
-    for tenant in ("quiet", "noisy"):
+    for tenant in names:
         os.makedirs(os.path.join(files, tenant))
+    policy = os.path.join(work, "policy.toml")
+    with open(policy, "w") as f:
+        f.write("[tenants.heavy]\nweight = 3\n[tenants.light]\nweight = 1\n")
     with open(os.path.join(work, "weir.toml"), "w") as f:
         f.write(
             f'cache_dir = "{work}/cache"\n[serve]\nlisten = "127.0.0.1:{port}"\n'
@@ -101,7 +113,7 @@ def main():
     log = open(os.path.join(work, "serve.log"), "w")
     server = subprocess.Popen(
         [WEIR, "--config", os.path.join(work, "weir.toml"), "serve"],
-        stdout=log, stderr=log,
+        stdout=log, stderr=log, env={**os.environ, "WEIR_POLICY": policy},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -112,9 +124,10 @@ def main():
             except OSError:
                 pass
             time.sleep(0.1)
-        quiet, noisy = Client(base, tokens["quiet"]), Client(base, tokens["noisy"])
+        clients = {t: Client(base, tokens[t]) for t in names}
+        quiet, calm, noisy = clients["quiet"], clients["calm"], clients["noisy"]
         guest = open(os.path.join(REPO, "tests/tenant/guest.wat"), "rb").read()
-        for c, t in ((quiet, "quiet"), (noisy, "noisy")):
+        for t, c in clients.items():
             st, body, _ = c.call("POST", f"/v1/tenants/{t}/udfs/tools", guest, "application/wasm")
             assert st in (200, 201), body
 
@@ -123,26 +136,32 @@ def main():
             for i in range(RECORDS):
                 f.write(f'{{"id":{i}}}\n')
 
-        def deploy_quiet(name):
+        def deploy(tenant, name, workers):
+            path = os.path.join(files, tenant, "in.ndjson")
+            if not os.path.exists(path):
+                os.link(source, path)
             toml = (
                 f'name = "{name}"\nudfs = ["tools"]\nsql = "SELECT id, work(id) AS w FROM source"\n'
-                f'[source]\nkind = "file"\npath = "{source}"\nformat = "json"\n'
+                f'[source]\nkind = "file"\npath = "{path}"\nformat = "json"\n'
                 f'fields = [{{ name = "id", type = "int64" }}]\n'
-                f'[sink]\nkind = "file"\npath = "{files}/quiet/{name}.out"\n'
-                f'[errors]\npolicy = "skip"\n[batch]\nmax_records = 1024\n'
+                f'[sink]\nkind = "file"\npath = "{files}/{tenant}/{name}.out"\n'
+                f'[errors]\npolicy = "skip"\n[batch]\nmax_records = 1024\nworkers = {workers}\n'
             )
-            st, body, _ = quiet.call("PUT", f"/v1/tenants/quiet/pipelines/{name}",
-                                     toml.encode(), "application/toml")
+            st, body, _ = clients[tenant].call("PUT", f"/v1/tenants/{tenant}/pipelines/{name}",
+                                               toml.encode(), "application/toml")
             assert st in (200, 201), body
 
-        def records_out(name):
-            st, body, _ = quiet.call("GET", f"/v1/tenants/quiet/pipelines/{name}")
+        def deploy_quiet(name):
+            deploy("quiet", name, QUIET_WORKERS)
+
+        def records_out(name, tenant="quiet"):
+            st, body, _ = clients[tenant].call("GET", f"/v1/tenants/{tenant}/pipelines/{name}")
             return json.loads(body).get("records_out", 0) if st == 200 else 0
 
         def measure(label, noisy_on):
             name = f"quiet-{label}"
             stop = threading.Event()
-            lat = {"list": [], "sql": [], "healthz": []}
+            lat = {"list": [], "sql": [], "healthz": [], "calm": []}
             errors = []
 
             def probe(kind, method, path, body=None, ctype=None, client=quiet):
@@ -154,7 +173,19 @@ def main():
                     time.sleep(0.1)
 
             sql = json.dumps({"sql": "SELECT double(7) AS d", "udfs": ["tools"]}).encode()
+            calm_sql = json.dumps({"sql": "SELECT count(*) AS n, max(double(value)) AS m "
+                                          "FROM generate_series(1, 20000)", "udfs": ["tools"]}).encode()
+
+            def calm_load():
+                while not stop.is_set():
+                    st, _, dt = calm.call("POST", "/v1/tenants/calm/sql", calm_sql, "application/json")
+                    if st != 200:
+                        errors.append(("calm", st))
+                    lat["calm"].append(dt)
+                    time.sleep(max(0.0, 0.05 - dt))
+
             threads = [
+                threading.Thread(target=calm_load),
                 threading.Thread(target=probe, args=("list", "GET", "/v1/tenants/quiet/udfs")),
                 threading.Thread(target=probe, args=("sql", "POST", "/v1/tenants/quiet/sql", sql, "application/json")),
                 threading.Thread(target=probe, args=("healthz", "GET", "/healthz"), kwargs={"client": Client(base, None)}),
@@ -214,12 +245,25 @@ def main():
                 "noisy": noisy_counts,
             }
 
+        def weights():
+            """heavy (weight 3) and light (weight 1), each wanting both slots."""
+            for t in ("heavy", "light"):
+                deploy(t, "share", 2)
+            time.sleep(2)
+            r0 = {t: records_out("share", t) for t in ("heavy", "light")}
+            time.sleep(PHASE_S)
+            r1 = {t: records_out("share", t) for t in ("heavy", "light")}
+            for t in ("heavy", "light"):
+                clients[t].call("DELETE", f"/v1/tenants/{t}/pipelines/share")
+            return {t: (r1[t] - r0[t]) / PHASE_S for t in r0}
+
         solo = measure("solo", False)
         loaded = measure("noisy", True)
-        print(f"weir serve, 2 tenants, {PHASE_S:.0f} s per phase, binary {WEIR}")
+        shares = weights()
+        print(f"weir serve, {PHASE_S:.0f} s per phase, quiet pipeline with {QUIET_WORKERS} worker(s), binary {WEIR}")
         for label, r in (("solo", solo), ("with noisy", loaded)):
             print(f"\n{label}: quiet pipeline {r['records_per_s']:.0f} records/s; noisy did {r['noisy']}")
-            for k in ("list", "sql", "healthz"):
+            for k in ("list", "sql", "calm", "healthz"):
                 print(f"  {k:8} n={r['n'][k]:4} p50 {r['p50'][k]:7.1f} ms  p99 {r['p99'][k]:7.1f} ms  max {r['max'][k]:7.1f} ms")
             if r["errors"]:
                 print("  non-200 answers:", r["errors"])
@@ -227,7 +271,12 @@ def main():
         print(f"\nquiet pipeline keeps {100 * ratio:.0f} % of solo throughput (target >= 90 %)")
         for k in ("list", "sql"):
             print(f"quiet {k} p99: {loaded['p99'][k] / solo['p99'][k]:.2f}x solo (target <= 2x)")
+        print(f"calm SQL load p99: {loaded['p99']['calm'] / solo['p99']['calm']:.2f}x solo (target <= 2x)")
         print(f"/healthz max with noisy: {loaded['max']['healthz']:.1f} ms (target < 100 ms)")
+        total = shares["heavy"] + shares["light"]
+        share = 100 * shares["heavy"] / total if total else float("nan")
+        print(f"weights 3:1: heavy {shares['heavy']:.0f} records/s, light {shares['light']:.0f} records/s; "
+              f"heavy's share {share:.0f} % (target 75 % +- 10)")
     finally:
         server.terminate()
         try:

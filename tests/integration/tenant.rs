@@ -603,3 +603,125 @@ async fn one_tenant_never_takes_every_guest_thread() {
     assert!(futures::poll!(second.as_mut()).is_pending());
     let _other = t.get("two").admit().await;
 }
+
+/// Holds `tenant`'s slot on a thread of its own until the returned sender
+/// is dropped (or sent to).
+fn hold_slot(tenant: &Arc<Tenant>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let tenant = tenant.clone();
+    let holder = std::thread::spawn(move || {
+        let _slot = tenant.enter();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held_rx.recv().unwrap();
+    (release_tx, holder)
+}
+
+/// Issue 29 #1: a tenant's host work takes its slots like its guest calls
+/// do. With its only slot held, neither a query nor the streams DataFusion
+/// polls in tasks of its own (a repartitioned aggregation) progress, and
+/// they finish once it is free. Before, only guest calls waited: a tenant's
+/// sorts and aggregations took the CPU its slots did not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_queries_wait_for_its_slot() {
+    let t = tenants("[tenants.one]\nmax_concurrent_calls = 1\n");
+    let one = t.get("one");
+    let (release, holder) = hold_slot(&one);
+
+    let gated = tokio::spawn(one.gate(async { 7 }));
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+    );
+    let frame = ctx
+        .sql("SELECT v % 7 AS k, count(*) AS n FROM generate_series(1, 200000) AS t(v) GROUP BY k")
+        .await
+        .unwrap();
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await.unwrap();
+    let plan = weir::tenant::gate_plan(plan, &one).unwrap();
+    let shown = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(false)
+        .to_string();
+    assert!(
+        shown.contains("RepartitionExec") && shown.contains("TenantShareExec"),
+        "the plan spawns tasks and its inputs are gated:\n{shown}"
+    );
+    // The plan's own stream is not gated here: only its spawned inputs.
+    let query = tokio::spawn(datafusion::physical_plan::collect(plan, task));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !gated.is_finished(),
+        "a gated future ran while the tenant's only slot was held"
+    );
+    assert!(
+        !query.is_finished(),
+        "the query's streams ran while the tenant's only slot was held"
+    );
+    drop(release);
+    holder.join().unwrap();
+    assert_eq!(gated.await.unwrap(), 7);
+    let batches = query.await.unwrap().unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 7);
+}
+
+/// Issue 29 #1: a pipeline's run (decode, query, encode) takes one of its
+/// tenant's slots: with the only one held it writes nothing, and it runs
+/// through once the slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_pipeline_waits_for_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    let lines: String = (0..1000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let output = dir.path().join("out.ndjson");
+    let config = PipelineConfig::from_toml(&format!(
+        r#"
+name = "gated"
+tenant = "one"
+sql = "SELECT id * 2 AS d FROM source"
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[sink]
+kind = "file"
+path = "{output}"
+[errors]
+policy = "fail"
+[batch]
+max_records = 100
+"#,
+        input = input.display(),
+        output = output.display(),
+    ))
+    .unwrap();
+    let t = tenants("[tenants.one]\nmax_concurrent_calls = 1\n");
+    let one = t.get("one");
+    let pipeline = Pipeline::build_for(config, support::sandbox(), &t)
+        .await
+        .unwrap();
+    let (release, holder) = hold_slot(&one);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(pipeline.run(stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !run.is_finished(),
+        "the pipeline ran while its tenant's only slot was held"
+    );
+    let written = std::fs::read_to_string(&output).unwrap_or_default();
+    assert_eq!(
+        written.lines().count(),
+        0,
+        "records went out without a slot"
+    );
+    drop(release);
+    holder.join().unwrap();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap().lines().count(),
+        1000
+    );
+}

@@ -20,6 +20,7 @@ use super::isolate::{Isolated, run_isolating};
 use super::query::PlannedQuery;
 use super::record::{DeadLetter, Offsets, SourceRecord};
 use super::sink::RecordLimit;
+use crate::tenant::Tenant;
 
 /// A batch being transformed by a worker, with what delivering it needs.
 pub struct Transforming {
@@ -51,6 +52,8 @@ impl Drop for AbortOnDrop {
 
 /// The workers of one pipeline and the batches they hold, oldest first.
 pub struct Workers {
+    /// The pipeline's tenant: each worker's polls take one of its slots.
+    tenant: Arc<Tenant>,
     queries: Vec<Arc<PlannedQuery>>,
     next: usize,
     pending: VecDeque<Transforming>,
@@ -66,8 +69,9 @@ pub struct Encoding {
 impl Workers {
     /// `queries`: one planned query per worker (at least two; with one, the
     /// pipeline transforms in its own loop and needs no workers).
-    pub fn new(queries: Vec<Arc<PlannedQuery>>) -> Self {
+    pub fn new(tenant: Arc<Tenant>, queries: Vec<Arc<PlannedQuery>>) -> Self {
         Workers {
+            tenant,
             queries,
             next: 0,
             pending: VecDeque::new(),
@@ -112,12 +116,12 @@ impl Workers {
         let query = self.queries[self.next % self.queries.len()].clone();
         self.next = self.next.wrapping_add(1);
         let batch = job.batch.clone();
-        job.task = AbortOnDrop(Some(tokio::spawn(async move {
+        job.task = AbortOnDrop(Some(tokio::spawn(self.tenant.gate(async move {
             let finish = move |batches: &[RecordBatch]| {
                 crate::encode::encode_checked(&encoding.encoder, encoding.limit.as_ref(), batches)
             };
             run_isolating(&query, batch, &finish).await
-        })));
+        }))));
         self.pending.push_back(job);
     }
 

@@ -73,7 +73,21 @@ async fn collect_bounded(
     use datafusion::execution::memory_pool::MemoryConsumer;
     use futures::StreamExt;
     let reservation = MemoryConsumer::new("query answer").register(&ctx.runtime_env().memory_pool);
-    let mut stream = frame.execute_stream().await?;
+    // A tenant's session: the streams DataFusion polls in tasks of its own
+    // are polled under the tenant's share too (the caller gates this one).
+    let mut stream = match ctx
+        .state()
+        .config()
+        .get_extension::<crate::tenant::Tenant>()
+    {
+        Some(tenant) => {
+            let task = Arc::new(frame.task_ctx());
+            let plan = frame.create_physical_plan().await?;
+            let plan = crate::tenant::gate_plan(plan, &tenant)?;
+            datafusion::physical_plan::execute_stream(plan, task)?
+        }
+        None => frame.execute_stream().await?,
+    };
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;

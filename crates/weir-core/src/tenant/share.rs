@@ -13,9 +13,24 @@
 //! credit). Over a busy
 //! period a tenant's share of the slots is therefore its weight over the
 //! sum of the busy tenants' weights, whatever the length of its calls.
+//!
+//! A slot is not only a guest call's: a tenant's host work (the polls of
+//! its queries and pipelines, [`super::gate`]) holds one too, and a guest
+//! call made while its thread holds a slot runs within it (the slot is
+//! re-entrant per thread, so a query's UDF does not wait for a second one).
+//!
+//! While other tenants are active (working, waiting, or recently so), a
+//! tenant holds at most its *fair number* of slots: `slots × weight / Σ
+//! weights of the active tenants`, rounded up, at least one. Slots are not
+//! preempted: without this bound a tenant whose work pauses between two
+//! polls (a pipeline between batches) would find every slot taken by a
+//! busier one and wait out its longest call; with it, its slot is free
+//! when it comes back.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -36,38 +51,84 @@ struct Lane {
     /// Expected duration of its next call (seconds), from its recent ones.
     estimate: f64,
     running: u32,
-    waiting: u32,
+    /// Its waiting calls' tickets, oldest first: a tenant's slots go to its
+    /// calls in the order they asked (a task that polls again and again
+    /// does not overtake one woken a moment later).
+    waiting: VecDeque<u64>,
     /// Its `max_concurrent_calls`, as its latest caller gave it.
     cap: u32,
+    /// Its `weight`, as its latest caller gave it.
+    weight: f64,
 }
 
 impl Lane {
-    /// Has a call waiting that its cap lets start.
-    fn ready(&self) -> bool {
-        self.waiting > 0 && self.running < self.cap
+    /// Has a call waiting that its cap and `fair` (its fair number of
+    /// slots) let start.
+    fn ready(&self, fair: u32) -> bool {
+        !self.waiting.is_empty() && self.running < self.cap.min(fair)
     }
 }
 
 #[derive(Debug)]
 struct State {
+    slots: usize,
     free: usize,
     /// Virtual time of the latest grant (never decreases).
     clock: f64,
     lanes: HashMap<Arc<str>, Lane>,
+    /// Tasks waiting for a slot (their polls returned `Pending`); woken
+    /// whenever a slot may have become theirs.
+    wakers: Vec<Waker>,
+    /// The next waiting call's ticket.
+    ticket: u64,
 }
 
 impl State {
-    /// A call of `tenant` (at most `cap` of its calls at once) waits.
-    fn enqueue(&mut self, tenant: &Arc<str>, cap: u32) {
+    fn new(slots: usize) -> Self {
+        State {
+            slots,
+            free: slots,
+            clock: 0.0,
+            lanes: HashMap::new(),
+            wakers: Vec::new(),
+            ticket: 0,
+        }
+    }
+
+    /// A call of `tenant` (at most `cap` of its calls at once) waits; its
+    /// ticket.
+    fn enqueue(&mut self, tenant: &Arc<str>, cap: u32, weight: f64) -> u64 {
+        let ticket = self.ticket;
+        self.ticket += 1;
         let lane = self.lanes.entry(tenant.clone()).or_insert(Lane {
             tag: 0.0,
             estimate: 0.0,
             running: 0,
-            waiting: 0,
+            waiting: VecDeque::new(),
             cap,
+            weight,
         });
-        lane.waiting += 1;
+        lane.waiting.push_back(ticket);
         lane.cap = cap;
+        lane.weight = weight;
+        ticket
+    }
+
+    /// The waiting call of `tenant` with `ticket` gave up.
+    fn dequeue(&mut self, tenant: &Arc<str>, ticket: u64) {
+        if let Some(lane) = self.lanes.get_mut(tenant) {
+            lane.waiting.retain(|&t| t != ticket);
+        }
+    }
+
+    /// The slots a lane of `weight` may hold while the other active
+    /// tenants want theirs (see the module docs).
+    fn fair(&self, weight: f64) -> u32 {
+        let total: f64 = self.lanes.values().map(|l| l.weight).sum();
+        if total <= weight {
+            return u32::try_from(self.slots).unwrap_or(u32::MAX);
+        }
+        ((self.slots as f64 * weight / total).ceil() as u32).max(1)
     }
 
     /// Where a lane's next call starts in virtual time.
@@ -81,7 +142,7 @@ impl State {
     fn next(&self) -> Option<&Arc<str>> {
         self.lanes
             .iter()
-            .filter(|(_, lane)| lane.ready())
+            .filter(|(_, lane)| lane.ready(self.fair(lane.weight)))
             .min_by(|(a, la), (b, lb)| {
                 self.start(la)
                     .total_cmp(&self.start(lb))
@@ -98,7 +159,7 @@ impl State {
         let Some(lane) = self.lanes.get_mut(tenant) else {
             return (0.0, 1);
         };
-        lane.waiting -= 1;
+        lane.waiting.pop_front();
         lane.running += 1;
         let start = lane.tag.max(clock - MAX_LAG);
         lane.tag = start + lane.estimate / weight;
@@ -125,7 +186,7 @@ impl State {
         // tenants busy or recently busy).
         let floor = self.clock - MAX_LAG;
         self.lanes
-            .retain(|_, l| l.running > 0 || l.waiting > 0 || l.tag > floor);
+            .retain(|_, l| l.running > 0 || !l.waiting.is_empty() || l.tag > floor);
     }
 }
 
@@ -137,9 +198,15 @@ pub struct FairShare {
     changed: Condvar,
 }
 
-/// A slot held while one guest call runs; released (and charged to the
-/// tenant with the CPU time the holding thread used) on drop. Drop it on
-/// the thread that acquired it.
+thread_local! {
+    /// The slots this thread holds now: the share's address and the
+    /// tenant. A call of that tenant made while one is held runs within it.
+    static HELD: RefCell<Vec<(usize, Arc<str>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A slot held while one guest call (or one poll of host work) runs;
+/// released (and charged to the tenant with the CPU time the holding
+/// thread used) on drop. Drop it on the thread that acquired it.
 #[must_use]
 pub struct SharePermit<'a> {
     share: &'a FairShare,
@@ -147,9 +214,13 @@ pub struct SharePermit<'a> {
     weight: f64,
     estimate: f64,
     started: f64,
+    /// Whether this permit took a slot (not when the thread already held
+    /// one: a guest call inside a query's poll).
+    held: bool,
     /// How long the call waited for its slot.
     pub waited: Duration,
-    /// The tenant's calls running once this one started (itself included).
+    /// The tenant's calls running once this one started (itself included;
+    /// zero when it ran within a slot its thread already held).
     pub running: u32,
 }
 
@@ -158,11 +229,7 @@ impl FairShare {
     pub fn new(slots: usize) -> Self {
         FairShare {
             slots: slots.max(1),
-            state: Mutex::new(State {
-                free: slots.max(1),
-                clock: 0.0,
-                lanes: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(slots.max(1))),
             changed: Condvar::new(),
         }
     }
@@ -176,10 +243,32 @@ impl FairShare {
         self.slots
     }
 
+    /// Whether the calling thread holds one of this share's slots for
+    /// `tenant`.
+    fn held_here(&self, tenant: &Arc<str>) -> bool {
+        let me = self as *const Self as usize;
+        HELD.with(|h| h.borrow().iter().any(|(s, t)| *s == me && t == tenant))
+    }
+
+    /// A permit for work that runs within the slot its thread holds.
+    fn within(&self, tenant: &Arc<str>) -> SharePermit<'_> {
+        SharePermit {
+            share: self,
+            tenant: tenant.clone(),
+            weight: 1.0,
+            estimate: 0.0,
+            started: 0.0,
+            held: false,
+            waited: Duration::ZERO,
+            running: 0,
+        }
+    }
+
     /// Waits for a slot for a call of `tenant` (weight `weight`, at most
     /// `cap` of its calls at once), in fair order. `block` runs the wait
     /// (so a caller on an async runtime can announce it as blocking); it is
-    /// not called when a slot is free at once.
+    /// not called when a slot is free at once. A thread that already holds
+    /// a slot of this share runs the call within it.
     pub fn acquire(
         &self,
         tenant: &Arc<str>,
@@ -187,16 +276,19 @@ impl FairShare {
         cap: u32,
         block: impl FnOnce(&mut dyn FnMut()),
     ) -> SharePermit<'_> {
+        if self.held_here(tenant) {
+            return self.within(tenant);
+        }
         let weight = f64::from(weight.max(1));
         let cap = cap.max(1);
         let asked = Instant::now();
         let mut state = self.state.lock();
-        state.enqueue(tenant, cap);
-        if !Self::chosen(&state, tenant) {
+        let ticket = state.enqueue(tenant, cap, weight);
+        if !Self::chosen(&state, tenant, ticket) {
             drop(state);
             let mut wait = || {
                 let mut s = self.state.lock();
-                while !Self::chosen(&s, tenant) {
+                while !Self::chosen(&s, tenant, ticket) {
                     self.changed.wait(&mut s);
                 }
             };
@@ -204,38 +296,112 @@ impl FairShare {
             state = self.state.lock();
             // Another caller may have taken the slot between the wait and
             // this lock: wait again, in place.
-            while !Self::chosen(&state, tenant) {
+            while !Self::chosen(&state, tenant, ticket) {
                 self.changed.wait(&mut state);
             }
         }
+        self.granted(state, tenant, weight, asked)
+    }
+
+    /// The slot for a task's poll: `Ready` with it when `tenant`'s turn has
+    /// come, else `Pending` (the task is woken when a slot may be its). On
+    /// the first `Pending`, `queued` holds the task's ticket: it keeps its
+    /// place between polls, and must [`FairShare::leave`] if it gives up.
+    pub fn poll_acquire(
+        &self,
+        tenant: &Arc<str>,
+        weight: u32,
+        cap: u32,
+        queued: &mut Option<u64>,
+        cx: &mut Context<'_>,
+    ) -> Poll<SharePermit<'_>> {
+        if self.held_here(tenant) {
+            return Poll::Ready(self.within(tenant));
+        }
+        let weight = f64::from(weight.max(1));
+        let mut state = self.state.lock();
+        let ticket = *queued.get_or_insert_with(|| state.enqueue(tenant, cap.max(1), weight));
+        if Self::chosen(&state, tenant, ticket) {
+            *queued = None;
+            return Poll::Ready(self.granted(state, tenant, weight, Instant::now()));
+        }
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// A task queued by [`FairShare::poll_acquire`] with `ticket` gives up
+    /// its place.
+    pub fn leave(&self, tenant: &Arc<str>, ticket: u64) {
+        self.state.lock().dequeue(tenant, ticket);
+        self.wake();
+    }
+
+    /// Takes the slot `tenant` was chosen for.
+    fn granted(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        tenant: &Arc<str>,
+        weight: f64,
+        asked: Instant,
+    ) -> SharePermit<'_> {
         let (estimate, running) = state.grant(tenant, weight);
         let more = state.free > 0;
         drop(state);
         if more {
-            self.changed.notify_all();
+            self.wake();
         }
+        HELD.with(|h| {
+            h.borrow_mut()
+                .push((self as *const Self as usize, tenant.clone()))
+        });
         SharePermit {
             share: self,
             tenant: tenant.clone(),
             weight,
             estimate,
             started: thread_cpu_seconds(),
+            held: true,
             waited: asked.elapsed(),
             running,
         }
     }
 
-    /// Whether a waiting call of `tenant` may take a slot now.
-    fn chosen(state: &State, tenant: &Arc<str>) -> bool {
-        state.free > 0 && state.next() == Some(tenant)
+    /// Wakes every waiter: a slot may have become one's.
+    fn wake(&self) {
+        let wakers = std::mem::take(&mut self.state.lock().wakers);
+        self.changed.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether the waiting call of `tenant` with `ticket` may take a slot
+    /// now: a slot is free, the tenant's turn has come, and the call is its
+    /// oldest.
+    fn chosen(state: &State, tenant: &Arc<str>, ticket: u64) -> bool {
+        state.free > 0
+            && state.next() == Some(tenant)
+            && state
+                .lanes
+                .get(tenant)
+                .is_some_and(|l| l.waiting.front() == Some(&ticket))
     }
 
     fn release(&self, permit: &SharePermit<'_>) {
+        let me = self as *const Self as usize;
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().rposition(|(s, t)| *s == me && *t == permit.tenant) {
+                h.swap_remove(i);
+            }
+        });
         let elapsed = (thread_cpu_seconds() - permit.started).max(0.0);
         let mut state = self.state.lock();
         state.charge(&permit.tenant, permit.weight, permit.estimate, elapsed);
         drop(state);
-        self.changed.notify_all();
+        self.wake();
     }
 }
 
@@ -256,7 +422,9 @@ fn thread_cpu_seconds() -> f64 {
 
 impl Drop for SharePermit<'_> {
     fn drop(&mut self) {
-        self.share.release(self);
+        if self.held {
+            self.share.release(self);
+        }
     }
 }
 
@@ -317,7 +485,7 @@ mod tests {
                 .lock()
                 .lanes
                 .values()
-                .all(|l| l.running == 0 && l.waiting == 0)
+                .all(|l| l.running == 0 && l.waiting.is_empty())
         );
         assert_eq!(share.state.lock().free, 3);
     }
@@ -325,14 +493,10 @@ mod tests {
     /// One slot; `tenants` (name, weight, CPU seconds per call) always
     /// have a call waiting; `calls` grants in a row. Calls per tenant.
     fn simulate(tenants: &[(&str, f64, f64)], calls: usize) -> Vec<usize> {
-        let mut state = State {
-            free: 1,
-            clock: 0.0,
-            lanes: HashMap::new(),
-        };
+        let mut state = State::new(1);
         let names: Vec<Arc<str>> = tenants.iter().map(|t| Arc::from(t.0)).collect();
-        for name in &names {
-            state.enqueue(name, 4);
+        for (name, t) in names.iter().zip(tenants) {
+            state.enqueue(name, 4, t.1);
         }
         let mut counts = vec![0; tenants.len()];
         for _ in 0..calls {
@@ -341,7 +505,7 @@ mod tests {
             let (_, weight, cost) = tenants[i];
             let (estimate, _) = state.grant(&next, weight);
             state.charge(&next, weight, estimate, cost);
-            state.enqueue(&next, 4);
+            state.enqueue(&next, 4, weight);
             counts[i] += 1;
         }
         counts
@@ -372,25 +536,21 @@ mod tests {
     fn an_idle_tenant_does_not_bank_its_share() {
         // `a` runs alone for 10 s of guest time; then `b` arrives. `b`
         // may catch up at most MAX_LAG of time before they alternate.
-        let mut state = State {
-            free: 1,
-            clock: 0.0,
-            lanes: HashMap::new(),
-        };
+        let mut state = State::new(1);
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        state.enqueue(&a, 1);
+        state.enqueue(&a, 1, 1.0);
         for _ in 0..1000 {
             let (e, _) = state.grant(&a, 1.0);
             state.charge(&a, 1.0, e, 0.01);
-            state.enqueue(&a, 1);
+            state.enqueue(&a, 1, 1.0);
         }
-        state.enqueue(&b, 1);
+        state.enqueue(&b, 1, 1.0);
         let mut run = 0;
         loop {
             let next = state.next().unwrap().clone();
             let (e, _) = state.grant(&next, 1.0);
             state.charge(&next, 1.0, e, 0.01);
-            state.enqueue(&next, 1);
+            state.enqueue(&next, 1, 1.0);
             if next == a {
                 break;
             }
@@ -401,5 +561,138 @@ mod tests {
             run <= (MAX_LAG / 0.01) as usize + 2,
             "b ran {run} calls in a row"
         );
+    }
+
+    /// Issue 29: slots are not preempted, so a tenant whose work pauses
+    /// between polls (a pipeline between batches) must find its slot free
+    /// when it comes back: while it is active, another tenant holds at most
+    /// its fair number of slots, however many calls it has waiting.
+    #[test]
+    fn a_busy_tenant_leaves_an_active_tenant_its_fair_slots() {
+        let mut state = State::new(2);
+        let (busy, quiet): (Arc<str>, Arc<str>) = ("busy".into(), "quiet".into());
+        state.enqueue(&quiet, 2, 1.0);
+        let (e, _) = state.grant(&quiet, 1.0);
+        for _ in 0..4 {
+            state.enqueue(&busy, 2, 1.0);
+        }
+        assert_eq!(state.next(), Some(&busy));
+        let (b, _) = state.grant(&busy, 1.0);
+        // Quiet's call ends; it will be back for its next batch.
+        state.charge(&quiet, 1.0, e, 0.001);
+        assert_eq!(state.free, 1);
+        assert_eq!(
+            state.next(),
+            None,
+            "the busy tenant took a second slot while the quiet one was active"
+        );
+        state.enqueue(&quiet, 2, 1.0);
+        assert_eq!(state.next(), Some(&quiet));
+        // Alone, a tenant may take every slot (up to its cap).
+        let mut alone = State::new(2);
+        alone.enqueue(&busy, 2, 1.0);
+        alone.enqueue(&busy, 2, 1.0);
+        alone.grant(&busy, 1.0);
+        assert_eq!(alone.next(), Some(&busy));
+        let _ = b;
+    }
+
+    /// With weights 3:1 on two slots the heavier tenant's fair number is
+    /// two: the weights, not the slot count, decide the shares.
+    #[test]
+    fn the_fair_number_of_slots_follows_the_weights() {
+        let mut state = State::new(2);
+        let (heavy, light): (Arc<str>, Arc<str>) = ("heavy".into(), "light".into());
+        state.enqueue(&heavy, 4, 3.0);
+        state.enqueue(&light, 4, 1.0);
+        assert_eq!(state.fair(3.0), 2);
+        assert_eq!(state.fair(1.0), 1);
+    }
+
+    /// A guest call made while its thread holds the tenant's slot (a UDF
+    /// inside one poll of the tenant's query) runs within it: with one
+    /// slot it would otherwise wait for itself for ever. Another tenant's
+    /// call on the same thread does not.
+    #[test]
+    fn a_slot_is_reentrant_for_its_tenant_on_its_thread() {
+        let share = FairShare::new(1);
+        let one: Arc<str> = "one".into();
+        let outer = share.acquire(&one, 1, 1, wait_here);
+        let inner = share.acquire(&one, 1, 1, |_| panic!("the nested call waited"));
+        assert!(!inner.held);
+        drop(inner);
+        assert!(share.held_here(&one));
+        assert!(!share.held_here(&"two".into()));
+        drop(outer);
+        assert!(!share.held_here(&one));
+        assert_eq!(share.state.lock().free, 1);
+    }
+
+    /// A task waiting for a slot holds no thread: its poll is `Pending`
+    /// and it is woken when the slot is free; within a tenant, slots go to
+    /// waiting calls in the order they asked.
+    #[test]
+    fn a_polling_task_waits_its_turn_in_order() {
+        use std::task::Wake;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let share = FairShare::new(1);
+        let one: Arc<str> = "one".into();
+        let flag = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let held = std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let share = &share;
+            let holder = s.spawn(move || {
+                let _p = share.acquire(&"one".into(), 1, 1, wait_here);
+                tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            });
+            rx.recv().unwrap();
+            let (mut first, mut second) = (None, None);
+            assert!(
+                share
+                    .poll_acquire(&one, 1, 1, &mut first, &mut cx)
+                    .is_pending()
+            );
+            assert!(
+                share
+                    .poll_acquire(&one, 1, 1, &mut second, &mut cx)
+                    .is_pending()
+            );
+            assert!(first.is_some() && second.is_some());
+            release_tx.send(()).unwrap();
+            holder.join().unwrap();
+            assert!(
+                flag.0.load(Ordering::SeqCst),
+                "the waiting task was not woken"
+            );
+            // The second asked later: the first goes first.
+            assert!(
+                share
+                    .poll_acquire(&one, 1, 1, &mut second, &mut cx)
+                    .is_pending()
+            );
+            let Poll::Ready(p) = share.poll_acquire(&one, 1, 1, &mut first, &mut cx) else {
+                panic!("the first waiter did not get the free slot");
+            };
+            assert!(first.is_none());
+            drop(p);
+            // A waiter that gives up leaves the queue.
+            share.leave(&one, second.take().unwrap());
+            share
+                .state
+                .lock()
+                .lanes
+                .get(&one)
+                .is_none_or(|l| l.waiting.is_empty())
+        });
+        assert!(held);
     }
 }

@@ -265,6 +265,52 @@ impl Tenant {
         CallPermit { _slot: slot }
     }
 
+    /// The slot for one poll of the tenant's host work ([`super::gate`]):
+    /// like [`Tenant::enter`], but `Pending` (the task woken when its turn
+    /// may have come) instead of blocking. `queued` keeps the task's place
+    /// between polls (and `waiting_since` when it took it, for the slot-wait
+    /// metric); a task that gives up while queued calls
+    /// [`Tenant::leave_queue`].
+    pub fn poll_enter(
+        &self,
+        queued: &mut Option<u64>,
+        waiting_since: &mut Option<Instant>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<CallPermit<'_>> {
+        let policy = self.policy();
+        let was_queued = queued.is_some();
+        let slot = match self.share.poll_acquire(
+            &self.name,
+            policy.weight,
+            policy.max_concurrent_calls,
+            queued,
+            cx,
+        ) {
+            std::task::Poll::Ready(slot) => slot,
+            std::task::Poll::Pending => {
+                if !was_queued {
+                    *waiting_since = Some(Instant::now());
+                }
+                return std::task::Poll::Pending;
+            }
+        };
+        if let Some(since) = waiting_since.take() {
+            self.stats
+                .slot_wait_seconds
+                .increment(since.elapsed().as_secs_f64());
+        }
+        self.stats
+            .peak_concurrent_calls
+            .fetch_max(u64::from(slot.running), Ordering::Relaxed);
+        std::task::Poll::Ready(CallPermit { _slot: slot })
+    }
+
+    /// A task queued by [`Tenant::poll_enter`] with `ticket` gives up its
+    /// place.
+    pub fn leave_queue(&self, ticket: u64) {
+        self.share.leave(&self.name, ticket);
+    }
+
     /// How long a batch of `rows` must wait to stay within `rows_per_s`
     /// (zero when unlimited or within the burst). Takes the rows from the
     /// bucket; logs a warning at 80 % of the burst used and when exceeded.

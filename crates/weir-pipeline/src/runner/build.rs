@@ -329,6 +329,7 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         let worker_count = worker_count(&config, &tenant, windows.is_some() || joins.is_some());
         let workers = if worker_count > 1 {
             Some(Workers::new(
+                tenant.clone(),
                 Self::plan_workers(
                     &config,
                     &all,

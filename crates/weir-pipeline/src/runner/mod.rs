@@ -141,13 +141,20 @@ impl Pipeline {
     }
 
     /// Runs until the source ends or `shutdown` turns true; batches in
-    /// flight are acknowledged and committed first.
-    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// flight are acknowledged and committed first. Every poll of the run
+    /// (decoding, the query, encoding) takes one of its tenant's slots
+    /// (`weir_core::tenant::gate`), as its guest calls do.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let tenant = self.tenant.clone();
+        tenant.gate(self.run_stages(shutdown)).await
+    }
+
+    async fn run_stages(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         if let Some(feeder) = self.feeder.take() {
             // The re-keying stage runs beside the windows stage and stops
             // with it; either failing ends both.
             let (stop_feeder, feeder_stopped) = watch::channel(false);
-            let mut fed = tokio::spawn(feeder.run_alone(feeder_stopped));
+            let mut fed = tokio::spawn(self.tenant.gate(feeder.run_alone(feeder_stopped)));
             let name = self.config.name.clone();
             let windows = self.run_alone(shutdown.clone());
             tokio::pin!(windows);
@@ -244,6 +251,11 @@ impl Pipeline {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            // One batch per turn: the run gives its tenant's slot back
+            // between batches, so the tenant's other work and the other
+            // tenants' get theirs (a source that is always ready would
+            // otherwise keep the slot for many batches).
+            tokio::task::yield_now().await;
             flight.wait_for_room(&mut *self.source).await?;
             self.maybe_reload().await;
             self.refresh_tables().await;

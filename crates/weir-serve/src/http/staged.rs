@@ -42,6 +42,9 @@ pub async fn try_version(
     let result = executor
         .run_blocking(move || {
             let _admitted = admitted;
+            // The whole run (loading, marshalling, its guest calls) takes
+            // one of the tenant's slots.
+            let _slot = tenant.enter();
             staged::try_version(&s, &admit.tenant, &r, &req)
         })
         .await
@@ -63,6 +66,7 @@ pub async fn try_module(
     let result = executor
         .run_blocking(move || {
             let _admitted = admitted;
+            let _slot = tenant.enter();
             staged::try_module(&s, &admit.tenant, &req)
         })
         .await

@@ -38,7 +38,8 @@ pub async fn create(
             "invalid JSON: {e}; send {{\"name\": \"ci\", \"role\": \"publisher\"}}"
         ))
     })?;
-    let created = tokens::create(&s, &admit.tenant, &req.name, req.role, &admit.caller.name)?;
+    let created =
+        tokens::create(&s, &admit.tenant, &req.name, req.role, &admit.caller.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -77,6 +78,6 @@ pub async fn revoke(
     admit: Admit<ManageTokens>,
     Path((_, name)): Path<(String, String)>,
 ) -> ServiceResult<Response> {
-    tokens::revoke(&s, &admit.tenant, &name)?;
+    tokens::revoke(&s, &admit.tenant, &name).await?;
     Ok(Json(json!({ "revoked": name })).into_response())
 }

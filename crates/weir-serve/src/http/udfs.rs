@@ -47,7 +47,11 @@ pub async fn publish(
     // Compiling runs on the guest threads (and waits for a compile slot).
     let executor = s.executor.clone();
     let (version, created) = executor
-        .run_blocking(move || udfs::publish(&s, &admit.tenant, &name, &body, &admit.caller.name))
+        .run_blocking(move || {
+            let tenant = s.tenants.get(&admit.tenant);
+            let _slot = tenant.enter();
+            udfs::publish(&s, &admit.tenant, &name, &body, &admit.caller.name)
+        })
         .await
         .map_err(ServiceError::internal)??;
     let status = if created {
@@ -94,6 +98,6 @@ pub async fn delete_version(
     admit: Admit<Delete>,
     Path((_, name, version)): Path<(String, String, String)>,
 ) -> ServiceResult<Response> {
-    let v = udfs::delete(&s, &admit.tenant, &name, parse_version(&version)?)?;
+    let v = udfs::delete(&s, &admit.tenant, &name, parse_version(&version)?).await?;
     Ok(Json(json!({ "deleted": { "name": name, "version": v } })).into_response())
 }

@@ -8,3 +8,23 @@ pub mod query;
 pub mod staged;
 pub mod tokens;
 pub mod udfs;
+
+use std::sync::Arc;
+
+use crate::AppState;
+use crate::error::{ServiceError, ServiceResult};
+
+/// A registry write, off the API's threads: it blocks on SQLite's file or
+/// a round trip to the shared database (a flood of deploys, publishes or
+/// token changes must not hold the threads that answer other tenants).
+/// Every service writes the registry through here.
+pub(crate) async fn registry_write<T: Send + 'static>(
+    state: &Arc<AppState>,
+    write: impl FnOnce(&dyn crate::registry::Registry) -> crate::registry::Result<T> + Send + 'static,
+) -> ServiceResult<T> {
+    let registry = state.registry.clone();
+    tokio::task::spawn_blocking(move || write(registry.as_ref()))
+        .await
+        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::internal)
+}

@@ -159,7 +159,11 @@ async fn prepare(
         let (s, t, u) = (state.clone(), tenant.to_string(), udfs.clone());
         state
             .executor
-            .run_blocking(move || resolve(&s, &t, &u))
+            .run_blocking(move || {
+                let tenant = s.tenants.get(&t);
+                let _slot = tenant.enter();
+                resolve(&s, &t, &u)
+            })
             .await
             .map_err(ServiceError::internal)??
     };
@@ -208,7 +212,7 @@ pub async fn start(
         builder
             .executor
             .clone()
-            .run(async move {
+            .run(owner.gate(async move {
                 let _admitted = admitted;
                 Pipeline::build_with_modules(
                     config,
@@ -218,7 +222,7 @@ pub async fn start(
                     Some(reload),
                 )
                 .await
-            })
+            }))
             .await
     };
     let pipeline = tokio::time::timeout(BUILD_TIMEOUT, build)
@@ -256,20 +260,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A registry write, off the API's threads: it blocks on SQLite's file or
-/// a round trip to the shared database (a flood of deploys must not hold
-/// the threads that answer other tenants).
-async fn registry_write<T: Send + 'static>(
-    state: &Arc<AppState>,
-    write: impl FnOnce(&dyn crate::registry::Registry) -> crate::registry::Result<T> + Send + 'static,
-) -> ServiceResult<T> {
-    let registry = state.registry.clone();
-    tokio::task::spawn_blocking(move || write(registry.as_ref()))
-        .await
-        .map_err(ServiceError::internal)?
-        .map_err(ServiceError::internal)
 }
 
 /// Deploys (or replaces) a pipeline from its TOML and starts it; `true`
@@ -311,7 +301,7 @@ pub async fn deploy(
         updated_at,
         updated_by: by.to_string(),
     };
-    registry_write(state, move |r| r.save_pipeline(&stored)).await?;
+    super::registry_write(state, move |r| r.save_pipeline(&stored)).await?;
     Ok(!existed)
 }
 
@@ -379,7 +369,7 @@ pub async fn set_running(
     }
     stored.running = run;
     stored.updated_by = by.to_string();
-    registry_write(state, move |r| r.save_pipeline(&stored)).await?;
+    super::registry_write(state, move |r| r.save_pipeline(&stored)).await?;
     Ok(state.pipelines.status(tenant, name))
 }
 
@@ -462,7 +452,7 @@ pub async fn remove(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceR
     state.pipelines.stop(tenant, name).await;
     stopped_here(state, tenant, name);
     let (t, n) = (tenant.to_string(), name.to_string());
-    registry_write(state, move |r| r.delete_pipeline(&t, &n)).await?;
+    super::registry_write(state, move |r| r.delete_pipeline(&t, &n)).await?;
     state.pipelines.forget(tenant, name);
     // A repartitioned pipeline's internal topic and groups, and a windowed
     // one's changelog, go with it.

@@ -95,8 +95,13 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     let deadline = started + TIMEOUT;
     let policy = state.tenants.get(tenant).policy();
     let memory_key = policy.key("query_memory_bytes");
+    // The session names its tenant: the query's streams are polled under
+    // the tenant's share of the slots (`weir_core::tenant::gate`).
     let ctx = crate::sql::bounded_context(
-        policy.sql_bounds().install(crate::sql::session_config()),
+        policy
+            .sql_bounds()
+            .install(crate::sql::session_config())
+            .with_extension(state.tenants.get(tenant)),
         policy.query_memory_bytes,
         &memory_key,
     );
@@ -210,12 +215,13 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     let executor = state.executor.clone();
     let query = async move {
         let admitted = tenant_ref.admit().await;
+        let gated = tenant_ref.clone();
         executor
-            .run(async move {
+            .run(gated.gate(async move {
                 let _admitted = admitted;
                 let options = crate::sql::read_only();
                 crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
-            })
+            }))
             .await
     };
     let batches = tokio::time::timeout_at(deadline.into(), query)

@@ -1,6 +1,8 @@
 //! Bearer tokens: minted here (for `weir token new` and the API alike),
 //! stored as sha256 only.
 
+use std::sync::Arc;
+
 use crate::AppState;
 use crate::auth::{Role, TokenConfig, hash_token};
 use crate::error::{ServiceError, ServiceResult};
@@ -25,8 +27,8 @@ pub struct Created {
 
 /// Creates token `name` with `role` for `tenant`; names are unique per
 /// tenant and never reuse one from `[[serve.tokens]]`.
-pub fn create(
-    state: &AppState,
+pub async fn create(
+    state: &Arc<AppState>,
     tenant: &str,
     name: &str,
     role: Role,
@@ -44,12 +46,10 @@ pub fn create(
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    if state.config.tokens.iter().any(|t| t.name == name)
-        || !state
-            .registry
-            .create_token(&config, by, at)
-            .map_err(ServiceError::internal)?
-    {
+    if state.config.tokens.iter().any(|t| t.name == name) || {
+        let (stored, by) = (config.clone(), by.to_string());
+        !super::registry_write(state, move |r| r.create_token(&stored, &by, at)).await?
+    } {
         return Err(ServiceError::Conflict(format!(
             "a token named `{name}` exists; revoke it or pick another name"
         )));
@@ -58,12 +58,9 @@ pub fn create(
 }
 
 /// Revokes a token created through the API.
-pub fn revoke(state: &AppState, tenant: &str, name: &str) -> ServiceResult<()> {
-    if state
-        .registry
-        .delete_token(tenant, name)
-        .map_err(ServiceError::internal)?
-    {
+pub async fn revoke(state: &Arc<AppState>, tenant: &str, name: &str) -> ServiceResult<()> {
+    let (t, n) = (tenant.to_string(), name.to_string());
+    if super::registry_write(state, move |r| r.delete_token(&t, &n)).await? {
         Ok(())
     } else {
         Err(ServiceError::not_found(&format!("token `{name}`")))

@@ -162,8 +162,8 @@ pub fn publish(
 }
 
 /// Deletes a numbered version, unless a running pipeline pins it.
-pub fn delete(
-    state: &AppState,
+pub async fn delete(
+    state: &Arc<AppState>,
     tenant: &str,
     name: &str,
     version: Option<i64>,
@@ -178,11 +178,8 @@ pub fn delete(
             "version {v} of udf `{name}` is pinned by running pipeline `{pipeline}`; stop it or deploy it with another version first"
         )));
     }
-    if !state
-        .registry
-        .delete(tenant, name, v)
-        .map_err(ServiceError::internal)?
-    {
+    let (t, n) = (tenant.to_string(), name.to_string());
+    if !super::registry_write(state, move |r| r.delete(&t, &n, v)).await? {
         return Err(ServiceError::not_found(&format!(
             "udf `{name}` version {v}"
         )));

@@ -1,0 +1,233 @@
+//! A tenant's host work under its fair share.
+//!
+//! Guest calls take one of the process's slots ([`super::share`]); so does
+//! everything else a tenant makes the machine do: every poll of one of its
+//! futures (a pipeline's run loop — decode, transform, encode —, a query,
+//! a deploy's build) and of each stream its query runs in a task of its
+//! own (DataFusion's repartitioning and merging). A poll waits for the
+//! tenant's turn without holding a thread, runs holding the slot, and is
+//! charged the CPU time its thread used. A guest call made inside the poll
+//! runs within the same slot (the slot is re-entrant per thread).
+//!
+//! So the tenants' weights and `max_concurrent_calls` bound their whole
+//! work, not only their guest calls: a tenant sorting millions of rows in
+//! SQL takes its share of the slots, not a core the others needed.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::Result;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::Stream;
+
+use super::state::Tenant;
+
+/// `work` polled under `tenant`'s share: see the module docs.
+pub struct Gated<F> {
+    work: Pin<Box<F>>,
+    tenant: Arc<Tenant>,
+    /// Its place in the share's queue (between a poll that found no slot
+    /// and the one that takes it), and since when.
+    queued: Option<u64>,
+    since: Option<Instant>,
+}
+
+impl Tenant {
+    /// `work`, each of whose polls takes one of the tenant's slots.
+    pub fn gate<F: Future>(self: &Arc<Self>, work: F) -> Gated<F> {
+        Gated {
+            work: Box::pin(work),
+            tenant: self.clone(),
+            queued: None,
+            since: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _slot = ready!(
+            this.tenant
+                .poll_enter(&mut this.queued, &mut this.since, cx)
+        );
+        this.work.as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for Gated<F> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.queued {
+            self.tenant.leave_queue(ticket);
+        }
+    }
+}
+
+/// A record-batch stream polled under its tenant's share.
+struct GatedStream {
+    inner: SendableRecordBatchStream,
+    tenant: Arc<Tenant>,
+    queued: Option<u64>,
+    since: Option<Instant>,
+}
+
+impl Stream for GatedStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let _slot = ready!(
+            this.tenant
+                .poll_enter(&mut this.queued, &mut this.since, cx)
+        );
+        this.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl RecordBatchStream for GatedStream {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl Drop for GatedStream {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.queued {
+            self.tenant.leave_queue(ticket);
+        }
+    }
+}
+
+/// The plan with every input that DataFusion polls in a task of its own
+/// (below a repartition, a coalesce or a merge of partitions) polled under
+/// `tenant`'s share. The plan's own stream is polled by the caller: run it
+/// inside [`Tenant::gate`].
+pub fn gate_plan(
+    plan: Arc<dyn ExecutionPlan>,
+    tenant: &Arc<Tenant>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        if !SPAWNS_TASKS.contains(&node.name()) {
+            return Ok(Transformed::no(node));
+        }
+        let children = node
+            .children()
+            .into_iter()
+            .map(|child| {
+                if child.name() == "WorkTableExec" || child.name() == GatedExec::NAME {
+                    // A recursive query finds its work table by type.
+                    child.clone()
+                } else {
+                    Arc::new(GatedExec {
+                        inner: child.clone(),
+                        tenant: tenant.clone(),
+                    }) as Arc<dyn ExecutionPlan>
+                }
+            })
+            .collect();
+        #[expect(deprecated)]
+        node.with_new_children(children).map(Transformed::yes)
+    })
+    .map(|t| t.data)
+}
+
+/// Operators whose inputs DataFusion polls in tasks it spawns.
+const SPAWNS_TASKS: [&str; 4] = [
+    "RepartitionExec",
+    "CoalescePartitionsExec",
+    "SortPreservingMergeExec",
+    "AnalyzeExec",
+];
+
+/// A plan node whose partitions' streams are polled under a tenant's share.
+struct GatedExec {
+    inner: Arc<dyn ExecutionPlan>,
+    tenant: Arc<Tenant>,
+}
+
+impl GatedExec {
+    const NAME: &'static str = "TenantShareExec";
+}
+
+impl fmt::Debug for GatedExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantShareExec")
+            .field("tenant", &self.tenant.name())
+            .finish()
+    }
+}
+
+impl DisplayAs for GatedExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}: tenant={}", Self::NAME, self.tenant.name())
+    }
+}
+
+impl ExecutionPlan for GatedExec {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.inner.properties()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.inner]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(inner), true) => Ok(Arc::new(GatedExec {
+                inner,
+                tenant: self.tenant.clone(),
+            })),
+            _ => Err(datafusion::error::DataFusionError::Internal(format!(
+                "{} takes one input",
+                Self::NAME
+            ))),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        Ok(Box::pin(GatedStream {
+            inner: self.inner.execute(partition, context)?,
+            tenant: self.tenant.clone(),
+            queued: None,
+            since: None,
+        }))
+    }
+}

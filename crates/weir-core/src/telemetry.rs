@@ -73,7 +73,7 @@ metric_names! {
     TENANT_MEMORY = "weir_tenant_memory_bytes", Gauge, T, "linear memory held by the tenant's instances";
     TENANT_MEMORY_DENIED = "weir_tenant_memory_denied_total", Counter, T, "memory grows denied at the tenant's total";
     TENANT_THROTTLED = "weir_tenant_quota_throttled_seconds_total", FloatCounter, T, "time the tenant's batches waited for its rows/s quota";
-    TENANT_SLOT_WAIT = "weir_tenant_slot_wait_seconds_total", FloatCounter, T, "time the tenant's guest calls waited for a guest slot (its concurrency cap or its fair share)";
+    TENANT_SLOT_WAIT = "weir_tenant_slot_wait_seconds_total", FloatCounter, T, "time the tenant's work (guest calls, polls of its queries and pipelines) waited for a slot (its concurrency cap or its fair share)";
     CACHE_HITS = "weir_cache_hits_total", Counter, T, "rows served from the deterministic-results cache";
     CACHE_MISSES = "weir_cache_misses_total", Counter, T, "rows the guest had to compute";
     CACHE_EVICTIONS = "weir_cache_evictions_total", Counter, T, "entries evicted for the budget";

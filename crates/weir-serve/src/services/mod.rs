@@ -12,7 +12,7 @@ pub mod udfs;
 use std::sync::Arc;
 
 use crate::AppState;
-use crate::error::{ServiceError, ServiceResult};
+use crate::error::ServiceResult;
 
 /// A registry write, off the API's threads: it blocks on SQLite's file or
 /// a round trip to the shared database (a flood of deploys, publishes or
@@ -25,6 +25,6 @@ pub(crate) async fn registry_write<T: Send + 'static>(
     let registry = state.registry.clone();
     tokio::task::spawn_blocking(move || write(registry.as_ref()))
         .await
-        .map_err(ServiceError::internal)?
-        .map_err(ServiceError::internal)
+        .map_err(crate::error::ServiceError::internal)?
+        .map_err(crate::error::ServiceError::internal)
 }

@@ -15,8 +15,8 @@ alone, then while tenant `noisy` runs, at the same time and without pause:
 Reported: quiet's pipeline records/s, its API p50/p99 per probe, calm's SQL
 p50/p99, /healthz max; and the targets (>= 90 % of solo throughput, p99 <= 2x
 solo, /healthz < 100 ms). Last, the weights: tenants `heavy` (weight 3) and
-`light` (weight 1) each run the same pipeline with two batch workers (each
-wants the whole machine), together; reported: heavy's share of the records
+`light` (weight 1) each run the same pipeline with four batch workers and
+`max_concurrent_calls = 4` (each wants more than the machine), together; reported: heavy's share of the records
 (target 75 % +- 10).
 
     scripts/bench_service.py [path/to/weir]   # default: release build
@@ -103,7 +103,10 @@ def main():
         os.makedirs(os.path.join(files, tenant))
     policy = os.path.join(work, "policy.toml")
     with open(policy, "w") as f:
-        f.write("[tenants.heavy]\nweight = 3\n[tenants.light]\nweight = 1\n")
+        # Each of the two wants more than both slots (four workers, four
+        # calls at once), so that the weights alone decide their shares.
+        f.write("[tenants.heavy]\nweight = 3\nmax_concurrent_calls = 4\n"
+                "[tenants.light]\nweight = 1\nmax_concurrent_calls = 4\n")
     with open(os.path.join(work, "weir.toml"), "w") as f:
         f.write(
             f'cache_dir = "{work}/cache"\n[serve]\nlisten = "127.0.0.1:{port}"\n'
@@ -248,7 +251,7 @@ def main():
         def weights():
             """heavy (weight 3) and light (weight 1), each wanting both slots."""
             for t in ("heavy", "light"):
-                deploy(t, "share", 2)
+                deploy(t, "share", 4)
             time.sleep(2)
             r0 = {t: records_out("share", t) for t in ("heavy", "light")}
             time.sleep(PHASE_S)

@@ -96,11 +96,14 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     let policy = state.tenants.get(tenant).policy();
     let memory_key = policy.key("query_memory_bytes");
     // The session names its tenant: the query's streams are polled under
-    // the tenant's share of the slots (`weir_core::tenant::gate`).
+    // the tenant's share of the slots (`weir_core::tenant::gate`). One
+    // partition: a query is one task, which waits for its tenant's turn
+    // once per poll; partitions in tasks of their own would each wait for
+    // a slot at every hand-over between them (BENCHMARKS.md, issue 29).
     let ctx = crate::sql::bounded_context(
         policy
             .sql_bounds()
-            .install(crate::sql::session_config())
+            .install(crate::sql::session_config().with_target_partitions(1))
             .with_extension(state.tenants.get(tenant)),
         policy.query_memory_bytes,
         &memory_key,

@@ -158,11 +158,9 @@ impl DeadLetterFile {
 #[async_trait]
 impl DeadLetterSink for DeadLetterFile {
     async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack> {
-        let mut buf = Vec::new();
-        for l in letters {
-            let line = crate::dead_letter::json_line(pipeline, &l);
-            serde_json::to_writer(&mut buf, &line)?;
-            buf.push(b'\n');
+        let mut buf = Vec::with_capacity(letters.len() * 256);
+        for l in &letters {
+            crate::dead_letter::write_line(&mut buf, pipeline, l)?;
         }
         self.writer.write(buf)
     }

@@ -22,6 +22,43 @@ fn tenants(policy: &str) -> Tenants {
     Tenants::new(Policy::from_toml(policy).unwrap())
 }
 
+/// A file pipeline of `tenant` over `records` NDJSON records `{"id": n}`
+/// in `dir` (to `dir/out.ndjson`), failing on a row error; `query` holds
+/// its `udfs` and `sql` lines.
+fn ids_pipeline(
+    dir: &std::path::Path,
+    records: usize,
+    tenant: &str,
+    query: &str,
+    max_records: usize,
+) -> PipelineConfig {
+    let input = dir.join("in.ndjson");
+    let lines: String = (0..records).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    PipelineConfig::from_toml(&format!(
+        r#"
+name = "ids"
+tenant = "{tenant}"
+{query}
+[source]
+kind = "file"
+path = "{input}"
+format = "json"
+fields = [{{ name = "id", type = "int64" }}]
+[sink]
+kind = "file"
+path = "{output}"
+[errors]
+policy = "fail"
+[batch]
+max_records = {max_records}
+"#,
+        input = input.display(),
+        output = dir.join("out.ndjson").display(),
+    ))
+    .unwrap()
+}
+
 fn load(tenant: &Arc<Tenant>) -> Arc<UdfModule> {
     support::sandbox().load_file_for(guest(), tenant).unwrap()
 }
@@ -289,34 +326,17 @@ fn a_policy_reload_applies_from_the_next_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_quota_is_slowed_down_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.ndjson");
-    let lines: String = (0..3000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
-    std::fs::write(&input, lines).unwrap();
     let output = dir.path().join("out.ndjson");
-    let config = PipelineConfig::from_toml(&format!(
-        r#"
-name = "quota"
-tenant = "acme"
-udfs = ["{guest}"]
-sql = "SELECT double(id) AS d FROM source"
-[source]
-kind = "file"
-path = "{input}"
-format = "json"
-fields = [{{ name = "id", type = "int64" }}]
-[sink]
-kind = "file"
-path = "{output}"
-[errors]
-policy = "fail"
-[batch]
-max_records = 250
-"#,
-        guest = guest().display(),
-        input = input.display(),
-        output = output.display(),
-    ))
-    .unwrap();
+    let config = ids_pipeline(
+        dir.path(),
+        3000,
+        "acme",
+        &format!(
+            "udfs = [\"{}\"]\nsql = \"SELECT double(id) AS d FROM source\"",
+            guest().display()
+        ),
+        250,
+    );
     let t = tenants("[tenants.acme]\nrows_per_s = 2000\nburst_rows = 500\n");
     let acme = t.get("acme");
     let pipeline = Pipeline::build_for(config, support::sandbox(), &t)
@@ -672,32 +692,14 @@ async fn a_tenants_queries_wait_for_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_pipeline_waits_for_its_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.ndjson");
-    let lines: String = (0..1000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
-    std::fs::write(&input, lines).unwrap();
     let output = dir.path().join("out.ndjson");
-    let config = PipelineConfig::from_toml(&format!(
-        r#"
-name = "gated"
-tenant = "one"
-sql = "SELECT id * 2 AS d FROM source"
-[source]
-kind = "file"
-path = "{input}"
-format = "json"
-fields = [{{ name = "id", type = "int64" }}]
-[sink]
-kind = "file"
-path = "{output}"
-[errors]
-policy = "fail"
-[batch]
-max_records = 100
-"#,
-        input = input.display(),
-        output = output.display(),
-    ))
-    .unwrap();
+    let config = ids_pipeline(
+        dir.path(),
+        1000,
+        "one",
+        "sql = \"SELECT id * 2 AS d FROM source\"",
+        100,
+    );
     let t = tenants("[tenants.one]\nmax_concurrent_calls = 1\n");
     let one = t.get("one");
     let pipeline = Pipeline::build_for(config, support::sandbox(), &t)

@@ -39,6 +39,8 @@ pub struct Gated<F> {
     /// and the one that takes it), and since when.
     queued: Option<u64>,
     since: Option<Instant>,
+    /// Wakes the task when a slot kept for another tenant is let go.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Tenant {
@@ -49,6 +51,7 @@ impl Tenant {
             tenant: self.clone(),
             queued: None,
             since: None,
+            retry: None,
         }
     }
 }
@@ -58,10 +61,13 @@ impl<F: Future> Future for Gated<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        let _slot = ready!(
-            this.tenant
-                .poll_enter(&mut this.queued, &mut this.since, cx)
-        );
+        let _slot = ready!(poll_slot(
+            &this.tenant,
+            &mut this.queued,
+            &mut this.since,
+            &mut this.retry,
+            cx
+        ));
         this.work.as_mut().poll(cx)
     }
 }
@@ -74,12 +80,42 @@ impl<F> Drop for Gated<F> {
     }
 }
 
+/// The tenant's slot for one poll; when a freed slot is kept for another
+/// tenant a moment, a timer wakes the task when it is let go.
+fn poll_slot<'a>(
+    tenant: &'a Tenant,
+    queued: &mut Option<u64>,
+    since: &mut Option<Instant>,
+    retry: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<super::state::CallPermit<'a>> {
+    match tenant.poll_enter(queued, since, cx) {
+        Poll::Ready(slot) => {
+            *retry = None;
+            Poll::Ready(slot)
+        }
+        Poll::Pending => {
+            if let Some(until) = tenant.slot_held_for_other() {
+                let mut sleep = Box::pin(tokio::time::sleep_until(until.into()));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                } else {
+                    *retry = Some(sleep);
+                }
+            }
+            Poll::Pending
+        }
+    }
+}
+
 /// A record-batch stream polled under its tenant's share.
 struct GatedStream {
     inner: SendableRecordBatchStream,
     tenant: Arc<Tenant>,
     queued: Option<u64>,
     since: Option<Instant>,
+    /// Wakes the task when a slot kept for another tenant is let go.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Stream for GatedStream {
@@ -87,10 +123,13 @@ impl Stream for GatedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let _slot = ready!(
-            this.tenant
-                .poll_enter(&mut this.queued, &mut this.since, cx)
-        );
+        let _slot = ready!(poll_slot(
+            &this.tenant,
+            &mut this.queued,
+            &mut this.since,
+            &mut this.retry,
+            cx
+        ));
         this.inner.as_mut().poll_next(cx)
     }
 }
@@ -228,6 +267,7 @@ impl ExecutionPlan for GatedExec {
             tenant: self.tenant.clone(),
             queued: None,
             since: None,
+            retry: None,
         }))
     }
 }

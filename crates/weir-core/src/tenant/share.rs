@@ -42,6 +42,14 @@ use parking_lot::{Condvar, Mutex};
 /// idleness is never banked beyond it.
 const MAX_LAG: f64 = 0.05;
 
+/// How long a freed slot waits for the tenant that just freed it, when that
+/// tenant is behind every waiting one (anticipation): a pipeline's next step
+/// (the batch after a transform, a worker's result) asks for a slot a few
+/// microseconds after the last one ended, and without this a tenant ahead
+/// of it would take the slot for a whole poll in between, however the
+/// weights say.
+const ANTICIPATE: Duration = Duration::from_millis(1);
+
 /// What one tenant is doing in the scheduler.
 #[derive(Debug)]
 struct Lane {
@@ -81,6 +89,8 @@ struct State {
     wakers: Vec<Waker>,
     /// The next waiting call's ticket.
     ticket: u64,
+    /// A freed slot kept for this tenant until then (see [`ANTICIPATE`]).
+    held_for: Option<(Arc<str>, Instant)>,
 }
 
 impl State {
@@ -92,6 +102,7 @@ impl State {
             lanes: HashMap::new(),
             wakers: Vec::new(),
             ticket: 0,
+            held_for: None,
         }
     }
 
@@ -140,6 +151,13 @@ impl State {
     /// cap, the smallest start (ties go to the name, so that every waiter
     /// agrees on who is next).
     fn next(&self) -> Option<&Arc<str>> {
+        if let Some((held, _)) = self.held() {
+            return self
+                .lanes
+                .get_key_value(held)
+                .filter(|(_, lane)| lane.ready(self.fair(lane.weight)))
+                .map(|(name, _)| name);
+        }
         self.lanes
             .iter()
             .filter(|(_, lane)| lane.ready(self.fair(lane.weight)))
@@ -151,11 +169,22 @@ impl State {
             .map(|(name, _)| name)
     }
 
+    /// The tenant a freed slot is kept for, and until when, while it is.
+    fn held(&self) -> Option<(&Arc<str>, Instant)> {
+        self.held_for
+            .as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(t, until)| (t, *until))
+    }
+
     /// Gives a slot to a waiting call of `tenant`, charging it the
     /// estimate of its call; the estimate and its calls now running.
     fn grant(&mut self, tenant: &Arc<str>, weight: f64) -> (f64, u32) {
         let clock = self.clock;
         self.free -= 1;
+        if self.held_for.as_ref().is_some_and(|(t, _)| t == tenant) {
+            self.held_for = None;
+        }
         let Some(lane) = self.lanes.get_mut(tenant) else {
             return (0.0, 1);
         };
@@ -187,6 +216,24 @@ impl State {
         let floor = self.clock - MAX_LAG;
         self.lanes
             .retain(|_, l| l.running > 0 || !l.waiting.is_empty() || l.tag > floor);
+        // Anticipation: the tenant has nothing waiting now but is behind
+        // every tenant that has; keep the slot for it a moment.
+        let behind = self
+            .lanes
+            .get(tenant)
+            .filter(|l| l.waiting.is_empty())
+            .map(|l| self.start(l));
+        if let Some(start) = behind {
+            let first_other = self
+                .lanes
+                .iter()
+                .filter(|(name, l)| *name != tenant && l.ready(self.fair(l.weight)))
+                .map(|(_, l)| self.start(l))
+                .min_by(f64::total_cmp);
+            if first_other.is_some_and(|other| start < other) {
+                self.held_for = Some((tenant.clone(), Instant::now() + ANTICIPATE));
+            }
+        }
     }
 }
 
@@ -289,7 +336,9 @@ impl FairShare {
             let mut wait = || {
                 let mut s = self.state.lock();
                 while !Self::chosen(&s, tenant, ticket) {
-                    self.changed.wait(&mut s);
+                    // A slot kept for another tenant frees itself without
+                    // a notification: look again when it may have.
+                    self.changed.wait_for(&mut s, ANTICIPATE);
                 }
             };
             block(&mut wait);
@@ -297,7 +346,7 @@ impl FairShare {
             // Another caller may have taken the slot between the wait and
             // this lock: wait again, in place.
             while !Self::chosen(&state, tenant, ticket) {
-                self.changed.wait(&mut state);
+                self.changed.wait_for(&mut state, ANTICIPATE);
             }
         }
         self.granted(state, tenant, weight, asked)
@@ -329,6 +378,17 @@ impl FairShare {
             state.wakers.push(cx.waker().clone());
         }
         Poll::Pending
+    }
+
+    /// Until when a freed slot is kept for a tenant other than `tenant`: a
+    /// task of `tenant` that found no slot looks again then (nothing
+    /// notifies it when the slot is let go).
+    pub fn held_for_other(&self, tenant: &Arc<str>) -> Option<Instant> {
+        let state = self.state.lock();
+        state
+            .held()
+            .filter(|(held, _)| *held != tenant)
+            .map(|(_, until)| until)
     }
 
     /// A task queued by [`FairShare::poll_acquire`] with `ticket` gives up
@@ -694,5 +754,33 @@ mod tests {
                 .is_none_or(|l| l.waiting.is_empty())
         });
         assert!(held);
+    }
+
+    /// Issue 29: a tenant whose work comes in steps (decode, transform,
+    /// deliver) has nothing waiting for a moment between two of them. When
+    /// it is behind, the freed slot waits for it (briefly) instead of going
+    /// to the tenant ahead for a whole poll: without this, weights 3:1 on
+    /// one slot gave 1.46 (`scripts/bench_weights.py`).
+    #[test]
+    fn a_freed_slot_waits_a_moment_for_the_tenant_that_is_behind() {
+        let mut state = State::new(1);
+        let (heavy, light): (Arc<str>, Arc<str>) = ("heavy".into(), "light".into());
+        state.enqueue(&light, 4, 1.0);
+        let (e, _) = state.grant(&light, 1.0);
+        state.charge(&light, 1.0, e, 0.003);
+        // Light is 3 ms in; both wait; heavy goes.
+        state.enqueue(&light, 4, 1.0);
+        state.enqueue(&heavy, 4, 3.0);
+        assert_eq!(state.next(), Some(&heavy));
+        let (e, _) = state.grant(&heavy, 3.0);
+        state.charge(&heavy, 3.0, e, 0.003);
+        // Heavy is 1 ms in (3 ms at weight 3), behind light, with nothing
+        // waiting yet: the slot is kept for it.
+        assert_eq!(state.next(), None, "light took a slot kept for heavy");
+        state.enqueue(&heavy, 4, 3.0);
+        assert_eq!(state.next(), Some(&heavy));
+        // Once let go, the slot is anyone's by the usual order.
+        state.held_for = Some((heavy.clone(), Instant::now() - Duration::from_millis(1)));
+        assert_eq!(state.held(), None);
     }
 }

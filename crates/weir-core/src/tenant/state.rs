@@ -305,6 +305,12 @@ impl Tenant {
         std::task::Poll::Ready(CallPermit { _slot: slot })
     }
 
+    /// Until when a freed slot is kept for another tenant (a task that
+    /// found no slot must look again then: see `tenant/gate.rs`).
+    pub fn slot_held_for_other(&self) -> Option<Instant> {
+        self.share.held_for_other(&self.name)
+    }
+
     /// A task queued by [`Tenant::poll_enter`] with `ticket` gives up its
     /// place.
     pub fn leave_queue(&self, ticket: u64) {

@@ -27,13 +27,29 @@ pub struct TopicTable {
     pub fields: Vec<FieldConfig>,
     #[serde(default)]
     pub metadata: Vec<Metadata>,
-    /// Records per partition, from the end.
-    #[serde(default = "default_last")]
+    /// Records per partition, from the end (clamped to 1..=[`MAX_LAST`]).
+    #[serde(default = "default_last", deserialize_with = "whole_number")]
     pub last: i64,
 }
 
 fn default_last() -> i64 {
     100
+}
+
+/// Any whole JSON number (`255`, `255.0`, or one beyond `i64`, which JSON
+/// Schema also calls an integer), saturated to `i64`: `last` is clamped to
+/// its range anyway.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0)
+                // `as` saturates at the ends of i64.
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| D::Error::custom(format!("last must be a whole number, got {n}")))
 }
 
 /// At most this many records per partition.
@@ -107,4 +123,26 @@ pub fn read(t: &TopicTable) -> Result<RecordBatch, String> {
 /// The decoded table's schema, for an empty result.
 pub fn schema(t: &TopicTable) -> Arc<datafusion::arrow::datatypes::Schema> {
     RecordDecoder::new(t.format, &t.fields, &t.metadata).schema()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Schemathesis sends any JSON integer the schema allows: `2.0` and
+    /// numbers beyond `i64` are whole numbers too, and `last` is clamped.
+    #[test]
+    fn last_takes_any_whole_number() {
+        let table = |last: &str| {
+            serde_json::from_str::<TopicTable>(&format!(
+                r#"{{"brokers": "b", "topic": "t", "format": "json", "last": {last}}}"#
+            ))
+            .map(|t| t.last)
+        };
+        assert_eq!(table("2").unwrap(), 2);
+        assert_eq!(table("2.0").unwrap(), 2);
+        assert_eq!(table("1304794662920981036662784").unwrap(), i64::MAX);
+        assert_eq!(table("-1e30").unwrap(), i64::MIN);
+        assert!(table("2.5").is_err());
+    }
 }

@@ -34,13 +34,7 @@ use super::state::Tenant;
 /// `work` polled under `tenant`'s share: see the module docs.
 pub struct Gated<F> {
     work: Pin<Box<F>>,
-    tenant: Arc<Tenant>,
-    /// Its place in the share's queue (between a poll that found no slot
-    /// and the one that takes it), and since when.
-    queued: Option<u64>,
-    since: Option<Instant>,
-    /// Wakes the task when a slot kept for another tenant is let go.
-    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    turn: Turn,
 }
 
 impl Tenant {
@@ -48,10 +42,7 @@ impl Tenant {
     pub fn gate<F: Future>(self: &Arc<Self>, work: F) -> Gated<F> {
         Gated {
             work: Box::pin(work),
-            tenant: self.clone(),
-            queued: None,
-            since: None,
-            retry: None,
+            turn: Turn::new(self),
         }
     }
 }
@@ -61,49 +52,62 @@ impl<F: Future> Future for Gated<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        let _slot = ready!(poll_slot(
-            &this.tenant,
-            &mut this.queued,
-            &mut this.since,
-            &mut this.retry,
-            cx
-        ));
+        let _slot = ready!(this.turn.poll(cx));
         this.work.as_mut().poll(cx)
     }
 }
 
-impl<F> Drop for Gated<F> {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.queued {
-            self.tenant.leave_queue(ticket);
+/// A task's turn in its tenant's share: what it keeps between a poll that
+/// found no slot and the one that takes it.
+struct Turn {
+    tenant: Arc<Tenant>,
+    /// Its place in the share's queue, and since when.
+    queued: Option<u64>,
+    since: Option<Instant>,
+    /// Wakes the task when a slot kept for another tenant is let go.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Turn {
+    fn new(tenant: &Arc<Tenant>) -> Self {
+        Turn {
+            tenant: tenant.clone(),
+            queued: None,
+            since: None,
+            retry: None,
+        }
+    }
+
+    /// The tenant's slot for one poll; when a freed slot is kept for
+    /// another tenant a moment, a timer wakes the task when it is let go.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<super::state::CallPermit<'_>> {
+        match self
+            .tenant
+            .poll_enter(&mut self.queued, &mut self.since, cx)
+        {
+            Poll::Ready(slot) => {
+                self.retry = None;
+                Poll::Ready(slot)
+            }
+            Poll::Pending => {
+                if let Some(until) = self.tenant.slot_held_for_other() {
+                    let mut sleep = Box::pin(tokio::time::sleep_until(until.into()));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        cx.waker().wake_by_ref();
+                    } else {
+                        self.retry = Some(sleep);
+                    }
+                }
+                Poll::Pending
+            }
         }
     }
 }
 
-/// The tenant's slot for one poll; when a freed slot is kept for another
-/// tenant a moment, a timer wakes the task when it is let go.
-fn poll_slot<'a>(
-    tenant: &'a Tenant,
-    queued: &mut Option<u64>,
-    since: &mut Option<Instant>,
-    retry: &mut Option<Pin<Box<tokio::time::Sleep>>>,
-    cx: &mut Context<'_>,
-) -> Poll<super::state::CallPermit<'a>> {
-    match tenant.poll_enter(queued, since, cx) {
-        Poll::Ready(slot) => {
-            *retry = None;
-            Poll::Ready(slot)
-        }
-        Poll::Pending => {
-            if let Some(until) = tenant.slot_held_for_other() {
-                let mut sleep = Box::pin(tokio::time::sleep_until(until.into()));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    cx.waker().wake_by_ref();
-                } else {
-                    *retry = Some(sleep);
-                }
-            }
-            Poll::Pending
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.queued {
+            self.tenant.leave_queue(ticket);
         }
     }
 }
@@ -111,11 +115,7 @@ fn poll_slot<'a>(
 /// A record-batch stream polled under its tenant's share.
 struct GatedStream {
     inner: SendableRecordBatchStream,
-    tenant: Arc<Tenant>,
-    queued: Option<u64>,
-    since: Option<Instant>,
-    /// Wakes the task when a slot kept for another tenant is let go.
-    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    turn: Turn,
 }
 
 impl Stream for GatedStream {
@@ -123,13 +123,7 @@ impl Stream for GatedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let _slot = ready!(poll_slot(
-            &this.tenant,
-            &mut this.queued,
-            &mut this.since,
-            &mut this.retry,
-            cx
-        ));
+        let _slot = ready!(this.turn.poll(cx));
         this.inner.as_mut().poll_next(cx)
     }
 }
@@ -137,14 +131,6 @@ impl Stream for GatedStream {
 impl RecordBatchStream for GatedStream {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
-    }
-}
-
-impl Drop for GatedStream {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.queued {
-            self.tenant.leave_queue(ticket);
-        }
     }
 }
 
@@ -264,10 +250,7 @@ impl ExecutionPlan for GatedExec {
     ) -> Result<SendableRecordBatchStream> {
         Ok(Box::pin(GatedStream {
             inner: self.inner.execute(partition, context)?,
-            tenant: self.tenant.clone(),
-            queued: None,
-            since: None,
-            retry: None,
+            turn: Turn::new(&self.tenant),
         }))
     }
 }

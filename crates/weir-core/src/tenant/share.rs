@@ -394,8 +394,9 @@ impl FairShare {
     /// A task queued by [`FairShare::poll_acquire`] with `ticket` gives up
     /// its place.
     pub fn leave(&self, tenant: &Arc<str>, ticket: u64) {
-        self.state.lock().dequeue(tenant, ticket);
-        self.wake();
+        let mut state = self.state.lock();
+        state.dequeue(tenant, ticket);
+        self.wake(state);
     }
 
     /// Takes the slot `tenant` was chosen for.
@@ -407,10 +408,10 @@ impl FairShare {
         asked: Instant,
     ) -> SharePermit<'_> {
         let (estimate, running) = state.grant(tenant, weight);
-        let more = state.free > 0;
-        drop(state);
-        if more {
-            self.wake();
+        if state.free > 0 {
+            self.wake(state);
+        } else {
+            drop(state);
         }
         HELD.with(|h| {
             h.borrow_mut()
@@ -428,9 +429,11 @@ impl FairShare {
         }
     }
 
-    /// Wakes every waiter: a slot may have become one's.
-    fn wake(&self) {
-        let wakers = std::mem::take(&mut self.state.lock().wakers);
+    /// Wakes every waiter (`state` is the share's, locked): a slot may
+    /// have become one's.
+    fn wake(&self, mut state: parking_lot::MutexGuard<'_, State>) {
+        let wakers = std::mem::take(&mut state.wakers);
+        drop(state);
         self.changed.notify_all();
         for w in wakers {
             w.wake();
@@ -460,8 +463,7 @@ impl FairShare {
         let elapsed = (thread_cpu_seconds() - permit.started).max(0.0);
         let mut state = self.state.lock();
         state.charge(&permit.tenant, permit.weight, permit.estimate, elapsed);
-        drop(state);
-        self.wake();
+        self.wake(state);
     }
 }
 

@@ -768,6 +768,14 @@ async fn the_database_restarting_under_load_costs_nothing() {
     };
     publish(&c.nodes[0], 2);
     deploy(&c.nodes[1], &doubler(&c.broker.addr));
+    // A token created through the API lives in the database.
+    let (status, created) = c.nodes[0].root(
+        "POST",
+        "/v1/tenants/acme/tokens",
+        br#"{"name": "ci", "role": "viewer"}"#,
+    );
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
     let addr = c.broker.addr.clone();
     let producer = tokio::spawn(async move {
         for next in (0..3000).step_by(100) {
@@ -781,13 +789,16 @@ async fn the_database_restarting_under_load_costs_nothing() {
         n.wait_until(|n| !n.ready(), "not ready while the database is down");
         let (status, answer) = n.root("GET", "/v1/tenants/acme/udfs", b"");
         assert_eq!(status, 503, "{answer}");
+        // Its tokens cannot be checked: "retry", not "unknown token".
+        let (status, answer) = n.call("GET", "/v1/tenants/acme/udfs", &token, b"");
+        assert_eq!(status, 503, "{answer}");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     c._pg.start_again();
     for n in &c.nodes {
         n.wait_until(|n| n.ready(), "ready after the database came back");
     }
-    let (status, versions) = c.nodes[1].root("GET", "/v1/tenants/acme/udfs/tools", b"");
+    let (status, versions) = c.nodes[1].call("GET", "/v1/tenants/acme/udfs/tools", &token, b"");
     assert_eq!(status, 200, "{versions}");
     assert!(versions.to_string().contains("\"version\":1"), "{versions}");
     let v2 = publish(&c.nodes[1], 3);

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
-use crate::database::Database;
+use crate::database::{Database, DatabaseError};
 
 use tokio::sync::oneshot;
 
@@ -137,7 +137,7 @@ impl AuditLog {
                 let stored =
                     tokio::task::spawn_blocking(move || db.run(move |c| insert(c, &r, &node)))
                         .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                        .unwrap_or_else(|e| Err(DatabaseError::Unavailable(e.to_string())));
                 if let Err(e) = stored {
                     tracing::warn!("audit: {e}; spooled to {}", self.path.display());
                     self.spool(&line);
@@ -187,7 +187,8 @@ impl AuditLog {
                 insert(&mut tx, r, &node)?;
             }
             tx.commit()
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         std::fs::remove_file(&self.path)
             .map_err(|e| format!("cannot remove {}: {e}", self.path.display()))?;
         Ok(n)

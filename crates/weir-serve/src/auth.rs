@@ -87,6 +87,10 @@ pub struct Principal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
     Unauthenticated,
+    /// The token is not in the configuration and the registry, which holds
+    /// the tokens created through the API, could not be asked (why): the
+    /// caller should retry, not think its token unknown.
+    Unverifiable(String),
     /// Another tenant's object: answered as "not found".
     OtherTenant,
     Role {
@@ -99,6 +103,9 @@ impl Denied {
     pub fn reason(&self) -> String {
         match self {
             Denied::Unauthenticated => "missing or unknown bearer token".to_string(),
+            Denied::Unverifiable(why) => {
+                format!("the bearer token cannot be checked now ({why}); retry")
+            }
             Denied::OtherTenant => "tenant not accessible to this token".to_string(),
             Denied::Role { role, action } => format!(
                 "role `{}` may not {}",
@@ -118,17 +125,21 @@ pub fn hash_token(token: &str) -> String {
 pub fn authenticate(
     tokens: &[TokenConfig],
     header: Option<&str>,
-    lookup: impl Fn(&str) -> Option<TokenConfig>,
+    lookup: impl Fn(&str) -> Result<Option<TokenConfig>, String>,
 ) -> Result<Principal, Denied> {
     let token = header
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or(Denied::Unauthenticated)?;
     let digest = hash_token(token.trim());
-    tokens
+    let configured = tokens
         .iter()
         .find(|t| t.sha256.eq_ignore_ascii_case(&digest))
-        .cloned()
-        .or_else(|| lookup(&digest))
+        .cloned();
+    let found = match configured {
+        Some(t) => Some(t),
+        None => lookup(&digest).map_err(Denied::Unverifiable)?,
+    };
+    found
         .map(|t| Principal {
             name: t.name.clone(),
             tenant: t.tenant.clone(),

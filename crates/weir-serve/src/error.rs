@@ -7,6 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::database::DatabaseError;
+use crate::registry::RegistryError;
+
 /// What went wrong, in the user's words, by kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
@@ -89,15 +92,27 @@ impl ServiceError {
         ServiceError::NotFound(format!("{what} not found"))
     }
 
-    /// Storage and other internal errors given as text; the shared
-    /// database not answering is `503`, for the caller to retry.
+    /// weir's own failure, given as text (`500`). A registry's or the
+    /// shared database's error converts with `From` instead, which keeps
+    /// "the database does not answer" apart (`503`, for the caller to
+    /// retry).
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        let message = e.to_string();
-        if crate::database::is_unreachable(&message) {
-            ServiceError::Unavailable(message)
-        } else {
-            ServiceError::Internal(message)
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+impl From<RegistryError> for ServiceError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unavailable(m) => ServiceError::Unavailable(m),
+            RegistryError::Storage(m) => ServiceError::Internal(m),
         }
+    }
+}
+
+impl From<DatabaseError> for ServiceError {
+    fn from(e: DatabaseError) -> Self {
+        RegistryError::from(e).into()
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::database::Database;
+use crate::database::{Database, DatabaseError};
 use crate::telemetry;
 
 type Key = (String, String);
@@ -79,7 +79,10 @@ impl Cluster {
 
     /// Takes (or keeps) the lease of `tenant`/`name`; `false` while another
     /// live node holds it.
-    pub fn acquire(&self, tenant: &str, name: &str) -> Result<bool, String> {
+    ///
+    /// # Errors
+    /// The shared database's, when it does not answer or refuses.
+    pub fn acquire(&self, tenant: &str, name: &str) -> Result<bool, DatabaseError> {
         let (t, n, node) = (tenant.to_string(), name.to_string(), self.node.clone());
         let secs = self.lease.as_secs_f64();
         let held = self.db.run(move |c| {
@@ -134,7 +137,10 @@ impl Cluster {
     }
 
     /// The nodes and leases, as `GET /v1/cluster` shows them.
-    pub fn view(&self) -> Result<serde_json::Value, String> {
+    ///
+    /// # Errors
+    /// The shared database's, when it does not answer or refuses.
+    pub fn view(&self) -> Result<serde_json::Value, DatabaseError> {
         let alive_ms = 3.0 * self.heartbeat.as_millis() as f64;
         let (nodes, leases) = self.db.run(move |c| {
             let nodes = c.query(

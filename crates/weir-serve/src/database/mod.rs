@@ -76,14 +76,33 @@ fn shown(url: &str) -> String {
     }
 }
 
-/// Whether an error of [`Database::run`] says the database is unreachable
-/// (rather than that it refused a statement).
-pub fn is_unreachable(message: &str) -> bool {
-    message.starts_with("database `")
-        && (message.contains("unreachable")
-            || message.contains("did not answer")
-            || message.contains("connection closed")
-            || message.contains("threads stopped"))
+/// Why a job of [`Database::run`] failed. The kind, not the words, tells
+/// a caller whether to retry: the HTTP API answers `503` for
+/// [`DatabaseError::Unavailable`] and `500` for [`DatabaseError::Failed`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseError {
+    /// The database did not answer: unreachable, no answer in time, the
+    /// connection lost under the statement, or this node's database
+    /// threads gone. Worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database answered and the statement failed (a constraint, a
+    /// type, a timeout it enforced).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DatabaseError {
+    /// Whether the database did not answer (rather than refuse).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DatabaseError::Unavailable(_))
+    }
+}
+
+/// Whether `e` is the connection failing (closed, or an I/O error on its
+/// socket) rather than the server refusing the statement.
+fn lost(e: &postgres::Error) -> bool {
+    e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// A database error in words, with its SQLSTATE detail when the server sent one.
@@ -182,28 +201,45 @@ impl Database {
     }
 
     /// Runs `f` on a connection and waits for its answer.
+    ///
+    /// # Errors
+    /// [`DatabaseError::Unavailable`] when no connection could be had, the
+    /// connection closed under `f`, or no answer came within 8 s;
+    /// [`DatabaseError::Failed`] when `f`'s statements failed.
     pub fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, DatabaseError> {
         let (tx, rx) = mpsc::sync_channel(1);
         let shown = self.shown.clone();
         let job: Job = Box::new(move |client| {
-            let answer = client
-                .and_then(|c| f(c).map_err(|e| describe(&e)))
-                .map_err(|e| format!("database `{shown}`: {e}"));
+            let answer = match client {
+                Err(e) => Err(DatabaseError::Unavailable(format!(
+                    "database `{shown}`: {e}"
+                ))),
+                Ok(c) => f(c).map_err(|e| {
+                    let message = format!("database `{shown}`: {}", describe(&e));
+                    if lost(&e) {
+                        DatabaseError::Unavailable(message)
+                    } else {
+                        DatabaseError::Failed(message)
+                    }
+                }),
+            };
             let _ = tx.send(answer);
         });
-        self.jobs
-            .lock()
-            .send(job)
-            .map_err(|_| "the database threads stopped".to_string())?;
+        self.jobs.lock().send(job).map_err(|_| {
+            DatabaseError::Unavailable(format!(
+                "database `{}`: this node's database threads stopped",
+                self.shown
+            ))
+        })?;
         rx.recv_timeout(JOB_TIMEOUT).map_err(|_| {
-            format!(
+            DatabaseError::Unavailable(format!(
                 "database `{}` did not answer within {} s",
                 self.shown,
                 JOB_TIMEOUT.as_secs()
-            )
+            ))
         })?
     }
 

@@ -96,7 +96,9 @@ fn object_of(path: &str) -> String {
 impl AppState {
     pub(crate) fn authenticate(&self, header: Option<&str>) -> Result<Principal, Denied> {
         authenticate(&self.config.tokens, header, |sha| {
-            self.registry.token_by_sha256(sha).ok().flatten()
+            self.registry
+                .token_by_sha256(sha)
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -196,6 +198,7 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
                 *note.0.lock() = Some(entry);
                 return Err(match d {
                     Denied::Unauthenticated => ServiceError::Unauthenticated(d.reason()),
+                    Denied::Unverifiable(_) => ServiceError::Unavailable(d.reason()),
                     Denied::OtherTenant if every_tenant => ServiceError::Forbidden(
                         "the cluster view shows every tenant's pipelines: it takes an admin token of every tenant (`tenant = \"*\"`)".to_string(),
                     ),

@@ -22,7 +22,7 @@ pub async fn view(
         let pipelines: Vec<_> = s
             .registry
             .pipelines("*")
-            .map_err(ServiceError::internal)?
+            .map_err(ServiceError::from)?
             .iter()
             .filter(|p| s.pipelines.is_running(&p.tenant, &p.name))
             .map(|p| {
@@ -41,5 +41,5 @@ pub async fn view(
         .await
         .map_err(ServiceError::internal)?
         .map(Json)
-        .map_err(ServiceError::internal)
+        .map_err(ServiceError::from)
 }

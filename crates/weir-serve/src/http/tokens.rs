@@ -63,7 +63,7 @@ pub async fn list(
     let tokens: Vec<Value> = s
         .registry
         .tokens(&admit.tenant)
-        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::from)?
         .into_iter()
         .map(|t| json!({ "name": t.name, "role": t.role }))
         .collect();

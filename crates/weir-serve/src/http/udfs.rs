@@ -16,10 +16,7 @@ use crate::services::udfs::{self, parse_version, valid_name};
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/udfs", tag = "udfs", params(("tenant" = String, Path, description = "tenant name")), responses((status = 200, description = "the latest version of each UDF"), (status = 401), (status = 404)))]
 pub async fn list(State(s): State<Arc<AppState>>, admit: Admit<List>) -> ServiceResult<Response> {
-    let list = s
-        .registry
-        .list(&admit.tenant)
-        .map_err(ServiceError::internal)?;
+    let list = s.registry.list(&admit.tenant).map_err(ServiceError::from)?;
     Ok(Json(json!({ "udfs": list })).into_response())
 }
 
@@ -71,7 +68,7 @@ pub async fn versions(
     let versions = s
         .registry
         .versions(&admit.tenant, &name)
-        .map_err(ServiceError::internal)?;
+        .map_err(ServiceError::from)?;
     if versions.is_empty() {
         return Err(ServiceError::not_found(&format!("udf `{name}`")));
     }

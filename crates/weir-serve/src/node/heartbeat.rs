@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::AppState;
 use crate::cluster::Cluster;
+use crate::database::DatabaseError;
 use crate::telemetry;
 
 pub async fn run(state: Arc<AppState>, cluster: Arc<Cluster>) {
@@ -81,7 +82,7 @@ async fn beat(state: &Arc<AppState>, cluster: &Arc<Cluster>) {
         })
     })
     .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    .unwrap_or_else(|e| Err(DatabaseError::Unavailable(e.to_string())));
     let lost: Vec<_> = match answer {
         Ok((renewed, alive)) => {
             if !cluster.database_up() {

@@ -13,6 +13,8 @@ pub fn code(e: &ServiceError) -> &'static str {
         ServiceError::Forbidden(_) | ServiceError::NotFound(_) => "42501",
         ServiceError::Timeout(_) => "57014",
         ServiceError::RateLimited(_) => "53400",
+        // The shared database does not answer: retry (cannot_connect_now).
+        ServiceError::Unavailable(_) => "57P03",
         ServiceError::BadRequest(m) | ServiceError::Rejected(m) => of_message(m),
         _ => "XX000",
     }

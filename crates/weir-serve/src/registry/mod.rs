@@ -9,11 +9,43 @@ pub mod sqlite;
 use serde::Serialize;
 
 use crate::auth::TokenConfig;
+use crate::database::DatabaseError;
 
 pub use self::postgres::PostgresRegistry;
 pub use sqlite::SqliteRegistry;
 
-pub type Result<T> = std::result::Result<T, String>;
+/// What every registry method returns.
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Why the registry could not answer. The kind tells the caller what to
+/// do: retry later ([`RegistryError::Unavailable`], HTTP `503`) or not
+/// ([`RegistryError::Storage`], HTTP `500`); the words say what failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The shared database (`serve.database`) did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store failed: a statement refused, a module file unreadable,
+    /// the data directory unwritable.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<DatabaseError> for RegistryError {
+    fn from(e: DatabaseError) -> Self {
+        match e {
+            DatabaseError::Unavailable(m) => RegistryError::Unavailable(m),
+            DatabaseError::Failed(m) => RegistryError::Storage(m),
+        }
+    }
+}
+
+impl RegistryError {
+    /// A storage failure described by `message`.
+    pub fn storage(message: impl Into<String>) -> Self {
+        RegistryError::Storage(message.into())
+    }
+}
 
 /// One published version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +76,11 @@ pub struct StoredPipeline {
 
 /// What a registry stores and answers; every method is a short blocking
 /// call (a local file, or a round trip to the shared database).
+///
+/// # Errors
+/// Every method fails with [`RegistryError::Unavailable`] when the shared
+/// database does not answer, and [`RegistryError::Storage`] when the store
+/// fails; "not found" is `Ok(None)` or `Ok(false)`, never an error.
 pub trait Registry: Send + Sync {
     /// Stores `bytes` (already validated) as the next version of `name`;
     /// publishing the latest version's exact bytes again returns it

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use postgres::{GenericClient, Row};
 
-use super::{Registry, Result, StoredPipeline, UdfVersion};
+use super::{Registry, RegistryError, Result, StoredPipeline, UdfVersion};
 use crate::auth::TokenConfig;
 use crate::database::Database;
 use crate::database::listen::CHANNEL;
@@ -23,9 +23,20 @@ pub struct PostgresRegistry {
 impl PostgresRegistry {
     pub fn new(db: Arc<Database>, data_dir: &Path) -> Result<Self> {
         let modules = data_dir.join("modules");
-        std::fs::create_dir_all(&modules)
-            .map_err(|e| format!("cannot create {}: {e}", modules.display()))?;
+        std::fs::create_dir_all(&modules).map_err(|e| {
+            RegistryError::Storage(format!("cannot create {}: {e}", modules.display()))
+        })?;
         Ok(PostgresRegistry { db, modules })
+    }
+
+    /// Runs `f` on a connection of the shared database.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> std::result::Result<T, postgres::Error>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        Ok(self.db.run(f)?)
     }
 }
 
@@ -105,7 +116,7 @@ impl Registry for PostgresRegistry {
             by.to_string(),
         );
         let bytes = bytes.to_vec();
-        self.db.run(move |c| {
+        self.run(move |c| {
             let mut tx = c.transaction()?;
             // Publishes of one UDF, from any node, take their turn.
             tx.execute(
@@ -161,7 +172,7 @@ impl Registry for PostgresRegistry {
 
     fn list(&self, tenant: &str) -> Result<Vec<UdfVersion>> {
         let tenant = tenant.to_string();
-        self.db.run(move |c| {
+        self.run(move |c| {
             rows(
                 c.query(
                     "SELECT DISTINCT ON (name) * FROM weir_udf_versions WHERE tenant = $1
@@ -175,7 +186,7 @@ impl Registry for PostgresRegistry {
 
     fn versions(&self, tenant: &str, name: &str) -> Result<Vec<UdfVersion>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             rows(
                 c.query(
                     "SELECT * FROM weir_udf_versions WHERE tenant = $1 AND name = $2 ORDER BY version",
@@ -188,7 +199,7 @@ impl Registry for PostgresRegistry {
 
     fn get(&self, tenant: &str, name: &str, version: Option<i64>) -> Result<Option<UdfVersion>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             let row = match version {
                 Some(v) => c.query_opt(
                     "SELECT * FROM weir_udf_versions WHERE tenant = $1 AND name = $2 AND version = $3",
@@ -202,7 +213,7 @@ impl Registry for PostgresRegistry {
 
     fn delete(&self, tenant: &str, name: &str, version: i64) -> Result<bool> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             let mut tx = c.transaction()?;
             let gone = tx.query_opt(
                 "DELETE FROM weir_udf_versions WHERE tenant = $1 AND name = $2 AND version = $3
@@ -231,7 +242,7 @@ impl Registry for PostgresRegistry {
             return Ok(bytes);
         }
         let sha256 = v.sha256.clone();
-        let bytes: Option<Vec<u8>> = self.db.run(move |c| {
+        let bytes: Option<Vec<u8>> = self.run(move |c| {
             c.query_opt(
                 "SELECT bytes FROM weir_modules WHERE sha256 = $1",
                 &[&sha256],
@@ -240,10 +251,10 @@ impl Registry for PostgresRegistry {
             .transpose()
         })?;
         let bytes = bytes.ok_or_else(|| {
-            format!(
+            RegistryError::Storage(format!(
                 "the module bytes of {}@v{} are not in the database",
                 v.name, v.version
-            )
+            ))
         })?;
         let tmp = self.modules.join(format!(".{}.tmp", v.sha256));
         if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &cached)) {
@@ -254,7 +265,7 @@ impl Registry for PostgresRegistry {
 
     fn save_pipeline(&self, p: &StoredPipeline) -> Result<()> {
         let p = p.clone();
-        self.db.run(move |c| {
+        self.run(move |c| {
             let mut tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO weir_pipelines VALUES ($1, $2, $3, $4, $5, $6)
@@ -276,7 +287,7 @@ impl Registry for PostgresRegistry {
 
     fn pipeline(&self, tenant: &str, name: &str) -> Result<Option<StoredPipeline>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             c.query_opt(
                 "SELECT * FROM weir_pipelines WHERE tenant = $1 AND name = $2",
                 &[&tenant, &name],
@@ -289,7 +300,7 @@ impl Registry for PostgresRegistry {
 
     fn pipelines(&self, tenant: &str) -> Result<Vec<StoredPipeline>> {
         let tenant = tenant.to_string();
-        self.db.run(move |c| {
+        self.run(move |c| {
             rows(
                 c.query(
                     "SELECT * FROM weir_pipelines WHERE $1 = '*' OR tenant = $1 ORDER BY tenant, name",
@@ -302,7 +313,7 @@ impl Registry for PostgresRegistry {
 
     fn delete_pipeline(&self, tenant: &str, name: &str) -> Result<bool> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             let mut tx = c.transaction()?;
             let n = tx.execute(
                 "DELETE FROM weir_pipelines WHERE tenant = $1 AND name = $2",
@@ -324,7 +335,7 @@ impl Registry for PostgresRegistry {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let (t, by) = (t.clone(), by.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             // A taken name (or digest) inserts nothing.
             c.execute(
                 "INSERT INTO weir_tokens VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -336,7 +347,7 @@ impl Registry for PostgresRegistry {
 
     fn token_by_sha256(&self, sha256: &str) -> Result<Option<TokenConfig>> {
         let sha256 = sha256.to_string();
-        self.db.run(move |c| {
+        self.run(move |c| {
             c.query_opt("SELECT * FROM weir_tokens WHERE sha256 = $1", &[&sha256])?
                 .as_ref()
                 .map(token_row)
@@ -346,7 +357,7 @@ impl Registry for PostgresRegistry {
 
     fn tokens(&self, tenant: &str) -> Result<Vec<TokenConfig>> {
         let tenant = tenant.to_string();
-        self.db.run(move |c| {
+        self.run(move |c| {
             rows(
                 c.query(
                     "SELECT * FROM weir_tokens WHERE tenant = $1 ORDER BY name",
@@ -359,7 +370,7 @@ impl Registry for PostgresRegistry {
 
     fn delete_token(&self, tenant: &str, name: &str) -> Result<bool> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.db.run(move |c| {
+        self.run(move |c| {
             let mut tx = c.transaction()?;
             let n = tx.execute(
                 "DELETE FROM weir_tokens WHERE tenant = $1 AND name = $2",

@@ -4,7 +4,7 @@
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 
-use super::{Registry, Result, StoredPipeline, UdfVersion};
+use super::{Registry, RegistryError, Result, StoredPipeline, UdfVersion};
 use crate::auth::TokenConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -13,16 +13,17 @@ pub struct SqliteRegistry {
     modules: PathBuf,
 }
 
-fn db_err(e: rusqlite::Error) -> String {
-    format!("registry database: {e}")
+fn db_err(e: rusqlite::Error) -> RegistryError {
+    RegistryError::Storage(format!("registry database: {e}"))
 }
 
 impl SqliteRegistry {
     /// Opens (or creates) the registry under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let modules = data_dir.join("modules");
-        std::fs::create_dir_all(&modules)
-            .map_err(|e| format!("cannot create {}: {e}", modules.display()))?;
+        std::fs::create_dir_all(&modules).map_err(|e| {
+            RegistryError::Storage(format!("cannot create {}: {e}", modules.display()))
+        })?;
         let db = Connection::open(data_dir.join("registry.db")).map_err(db_err)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -72,7 +73,7 @@ impl Registry for SqliteRegistry {
             let tmp = self.modules.join(format!(".{sha256}.tmp"));
             std::fs::write(&tmp, bytes)
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| format!("cannot store module: {e}"))?;
+                .map_err(|e| RegistryError::Storage(format!("cannot store module: {e}")))?;
         }
         let db = self.db();
         let next: i64 = db
@@ -165,8 +166,9 @@ impl Registry for SqliteRegistry {
     }
 
     fn module_bytes(&self, v: &UdfVersion) -> Result<Vec<u8>> {
-        std::fs::read(self.modules.join(format!("{}.wasm", v.sha256)))
-            .map_err(|e| format!("module file of {}@v{}: {e}", v.name, v.version))
+        std::fs::read(self.modules.join(format!("{}.wasm", v.sha256))).map_err(|e| {
+            RegistryError::Storage(format!("module file of {}@v{}: {e}", v.name, v.version))
+        })
     }
 
     fn save_pipeline(&self, p: &StoredPipeline) -> Result<()> {

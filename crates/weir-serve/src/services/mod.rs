@@ -26,5 +26,5 @@ pub(crate) async fn registry_write<T: Send + 'static>(
     tokio::task::spawn_blocking(move || write(registry.as_ref()))
         .await
         .map_err(crate::error::ServiceError::internal)?
-        .map_err(crate::error::ServiceError::internal)
+        .map_err(crate::error::ServiceError::from)
 }

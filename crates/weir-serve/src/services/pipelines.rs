@@ -278,7 +278,7 @@ pub async fn deploy(
     let existed = state
         .registry
         .pipeline(tenant, name)
-        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::from)?
         .is_some();
     let _turn = match &state.cluster {
         Some(c) => Some(c.ops.lock().await),
@@ -309,9 +309,7 @@ pub async fn deploy(
 /// cluster when it is shared or this node gets its lease.
 fn run_here(state: &AppState, tenant: &str, name: &str, text: &str) -> ServiceResult<bool> {
     match &state.cluster {
-        Some(cluster) if !shared(text) => cluster
-            .acquire(tenant, name)
-            .map_err(ServiceError::Unavailable),
+        Some(cluster) if !shared(text) => cluster.acquire(tenant, name).map_err(ServiceError::from),
         _ => Ok(true),
     }
 }
@@ -342,7 +340,7 @@ fn stored(state: &AppState, tenant: &str, name: &str) -> ServiceResult<StoredPip
     state
         .registry
         .pipeline(tenant, name)
-        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::from)?
         .ok_or_else(|| ServiceError::not_found(&format!("pipeline `{name}`")))
 }
 
@@ -429,7 +427,7 @@ pub fn list(state: &AppState, tenant: &str) -> ServiceResult<Vec<serde_json::Val
     let stored = state
         .registry
         .pipelines(tenant)
-        .map_err(ServiceError::internal)?;
+        .map_err(ServiceError::from)?;
     Ok(stored
         .iter()
         .map(|p| {

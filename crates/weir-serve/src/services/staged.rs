@@ -80,7 +80,7 @@ pub fn try_version(
     let bytes = state
         .registry
         .module_bytes(&found)
-        .map_err(ServiceError::internal)?;
+        .map_err(ServiceError::from)?;
     run(
         state,
         tenant,

@@ -86,7 +86,7 @@ pub fn find(state: &AppState, tenant: &str, r: &UdfRef) -> ServiceResult<UdfVers
     state
         .registry
         .get(tenant, &r.name, r.version)
-        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::from)?
         .ok_or_else(|| match r.version {
             Some(n) => ServiceError::NotFound(format!(
                 "udf `{}` version {n} is not in the registry",
@@ -103,7 +103,7 @@ pub fn load(state: &AppState, tenant: &str, r: &UdfRef) -> ServiceResult<Arc<Udf
     let bytes = state
         .registry
         .module_bytes(&found)
-        .map_err(ServiceError::internal)?;
+        .map_err(ServiceError::from)?;
     state
         .sandbox
         .load_for(
@@ -151,7 +151,7 @@ pub fn publish(
     let (version, created) = state
         .registry
         .publish(tenant, name, &bytes, module.digest(), functions, by)
-        .map_err(ServiceError::internal)?;
+        .map_err(ServiceError::from)?;
     if created {
         state.pipelines.notify_registry_changed();
         let labels = vec![("tenant", tenant.to_string())];

@@ -18,14 +18,46 @@ enum Target {
     File(Writer),
 }
 
-/// Bytes to append, and who waits for them to be on disk.
-type Job = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+/// What a writer appends: output records (a line each) or dead letters
+/// (a JSON line each). They are turned into bytes on the writer's thread,
+/// not the pipeline's: a dirty stream's thousands of dead letters a second
+/// cost the pipeline a hand-over, not their encoding.
+enum Lines {
+    Records(Vec<SinkRecord>),
+    Letters {
+        pipeline: String,
+        letters: Vec<DeadLetter>,
+    },
+}
 
-/// A file's writer thread: batches are written in the order they were
-/// handed over, off the pipeline's path, and acknowledged once synced.
-/// Whatever is queued when a write ends goes in the next write, under one
-/// `fsync` (group commit): a slow disk costs syncs per moment, not per
-/// batch.
+impl Lines {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            Lines::Records(records) => {
+                for r in records {
+                    out.extend_from_slice(&r.payload);
+                    out.push(b'\n');
+                }
+            }
+            Lines::Letters { pipeline, letters } => {
+                for l in letters {
+                    crate::dead_letter::write_line(out, pipeline, l)
+                        .map_err(|e| format!("cannot encode a dead letter: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lines to append, and who waits for them to be on disk.
+type Job = (Lines, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// A file's writer thread: batches are encoded and written in the order
+/// they were handed over, off the pipeline's path, and acknowledged once
+/// synced. Whatever is queued when a write ends goes in the next write,
+/// under one `fsync` (group commit): a slow disk costs syncs per moment,
+/// not per batch.
 struct Writer {
     queue: std::sync::mpsc::Sender<Job>,
     path: PathBuf,
@@ -41,24 +73,36 @@ impl Writer {
         std::thread::Builder::new()
             .name("weir-file-sink".into())
             .spawn(move || {
+                let mut buf = Vec::new();
                 while let Ok(first) = jobs.recv() {
                     let mut done = vec![first];
                     done.extend(jobs.try_iter());
-                    let mut result = Ok(());
-                    for (buf, _) in &done {
-                        if result.is_ok() {
-                            result = file.write_all(buf);
+                    // A job that cannot be encoded fails alone; the others
+                    // are written.
+                    buf.clear();
+                    let mut failed = Vec::with_capacity(done.len());
+                    for (lines, _) in &done {
+                        let mark = buf.len();
+                        let encoded = lines.encode(&mut buf);
+                        if encoded.is_err() {
+                            buf.truncate(mark);
                         }
+                        failed.push(encoded.err());
                     }
-                    if result.is_ok() {
-                        result = file.flush();
-                    }
+                    let mut result = file.write_all(&buf).and_then(|()| file.flush());
                     if result.is_ok() && regular {
                         result = file.sync_data();
                     }
                     let result = result.map_err(|e| e.to_string());
-                    for (_, ack) in done {
-                        let _ = ack.send(result.clone());
+                    for ((_, ack), failed) in done.into_iter().zip(failed) {
+                        let _ = ack.send(match failed {
+                            Some(e) => Err(e),
+                            None => result.clone(),
+                        });
+                    }
+                    // Do not keep a burst's buffer for good.
+                    if buf.capacity() > 16 << 20 {
+                        buf = Vec::new();
                     }
                 }
             })
@@ -69,12 +113,12 @@ impl Writer {
         })
     }
 
-    /// Queues `buf`; the acknowledgement resolves once it is on disk.
-    fn write(&self, buf: Vec<u8>) -> anyhow::Result<Ack> {
+    /// Queues `lines`; the acknowledgement resolves once they are on disk.
+    fn write(&self, lines: Lines) -> anyhow::Result<Ack> {
         let (ack, written) = tokio::sync::oneshot::channel();
         let path = self.path.clone();
         self.queue
-            .send((buf, ack))
+            .send((lines, ack))
             .map_err(|_| anyhow::anyhow!("the writer of {} stopped", path.display()))?;
         Ok(Box::pin(async move {
             written
@@ -123,13 +167,12 @@ impl LineSink {
 #[async_trait]
 impl Sink for LineSink {
     async fn send(&self, records: Vec<SinkRecord>) -> anyhow::Result<Ack> {
-        let mut buf = Vec::with_capacity(records.iter().map(|r| r.payload.len() + 1).sum());
-        for r in records {
-            buf.extend_from_slice(&r.payload);
-            buf.push(b'\n');
-        }
         match &self.target {
             Target::Stdout => {
+                let mut buf = Vec::new();
+                Lines::Records(records)
+                    .encode(&mut buf)
+                    .map_err(anyhow::Error::msg)?;
                 // One writer at a time keeps batches whole and in order.
                 let _one = STDOUT.lock().await;
                 let mut out = tokio::io::stdout();
@@ -137,7 +180,7 @@ impl Sink for LineSink {
                 out.flush().await?;
                 Ok(acked())
             }
-            Target::File(writer) => writer.write(buf),
+            Target::File(writer) => writer.write(Lines::Records(records)),
         }
     }
 }
@@ -158,10 +201,9 @@ impl DeadLetterFile {
 #[async_trait]
 impl DeadLetterSink for DeadLetterFile {
     async fn send(&self, pipeline: &str, letters: Vec<DeadLetter>) -> anyhow::Result<Ack> {
-        let mut buf = Vec::with_capacity(letters.len() * 256);
-        for l in &letters {
-            crate::dead_letter::write_line(&mut buf, pipeline, l)?;
-        }
-        self.writer.write(buf)
+        self.writer.write(Lines::Letters {
+            pipeline: pipeline.to_string(),
+            letters,
+        })
     }
 }

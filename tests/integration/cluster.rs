@@ -186,6 +186,8 @@ node = "{name}"
 heartbeat_ms = 500
 lease_ms = 3000
 reconcile_ms = 1000
+# No script functions here: readiness is the database's alone.
+warm_languages = false
 {rate}
 file_roots = ["{dir}"]
 {extra}

@@ -77,6 +77,17 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     );
     wait_for(&addr);
     wait_for(&format!("127.0.0.1:{pg_port}"));
+    // Ready once the script languages' runtimes are compiled
+    // (`serve.warm_languages`): the Python function below then loads them
+    // from the code cache instead of compiling within its deadline.
+    let ready_by = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while http(&addr, "GET", "/readyz", &[], b"").0 != 200 {
+        assert!(
+            std::time::Instant::now() < ready_by,
+            "not ready within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let (status, body) = http(
         &addr,
         "POST",

@@ -54,6 +54,11 @@ pub struct ServeConfig {
     /// PostgreSQL connections open at once (every tenant's); one more is
     /// closed at once.
     pub postgres_max_connections: usize,
+    /// Compile the JavaScript and Python runtimes when the server starts
+    /// (into the code cache), so that a tenant's first `CREATE FUNCTION …
+    /// LANGUAGE javascript|python` does not spend its statement's deadline
+    /// on it; `/readyz` answers 503 until they are compiled.
+    pub warm_languages: bool,
 }
 
 impl Default for ServeConfig {
@@ -75,6 +80,7 @@ impl Default for ServeConfig {
             postgres_listen: None,
             allow_insecure_password: false,
             postgres_max_connections: 64,
+            warm_languages: true,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct AppState {
     /// per second (the rest are only counted), so anonymous traffic cannot
     /// grow the audit log without bound.
     pub anonymous_audit: parking_lot::Mutex<(f64, std::time::Instant)>,
+    /// The script languages' runtimes are compiling (`serve.warm_languages`).
+    pub warming: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -108,6 +110,12 @@ impl AppState {
     /// Ready: the registry answers, and every broker of the stored running
     /// pipelines accepts a TCP connection within a second.
     pub async fn readiness(&self) -> Result<(), String> {
+        if self.warming.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(
+                "the JavaScript and Python runtimes are still compiling (serve.warm_languages)"
+                    .to_string(),
+            );
+        }
         let stored = self
             .registry
             .pipelines("*")
@@ -194,6 +202,7 @@ impl AppState {
             cluster,
             rate: Default::default(),
             anonymous_audit: parking_lot::Mutex::new((10.0, std::time::Instant::now())),
+            warming: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -205,6 +214,26 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener) -> anyhow::Result<
     Ok(())
 }
 
+/// Compiles the script languages' runtimes on a thread of their own (under
+/// the sandbox's compile gate); `/readyz` waits for them.
+fn warm_languages(state: &Arc<AppState>) {
+    use std::sync::atomic::Ordering;
+    state.warming.store(true, Ordering::Release);
+    let warmed = state.clone();
+    let started = std::thread::Builder::new()
+        .name("weir-warm-languages".into())
+        .spawn(move || {
+            if let Err(e) = weir_core::lang::warm_runtimes(&warmed.sandbox) {
+                tracing::warn!("the script languages' runtimes did not compile ahead: {e}; their first functions compile them");
+            }
+            warmed.warming.store(false, Ordering::Release);
+        });
+    if let Err(e) = started {
+        tracing::warn!("cannot start the language warm-up: {e}");
+        state.warming.store(false, Ordering::Release);
+    }
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     state: Arc<AppState>,
@@ -214,6 +243,9 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.listen))?;
     tracing::info!(addr = %state.config.listen, "weir serve: listening");
+    if state.config.warm_languages {
+        warm_languages(&state);
+    }
     if let Some(addr) = &state.config.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {addr} for metrics (serve.metrics_listen): {e}")

@@ -12,6 +12,8 @@ pub mod javascript;
 pub mod python;
 pub mod runtime;
 mod signature;
+mod warm;
 
 pub use declaration::{DECLARATION_TAG, DeclarationError, declarations};
 pub use signature::{Signature, SignatureError, parse_signature, sql_type};
+pub use warm::warm_runtimes;

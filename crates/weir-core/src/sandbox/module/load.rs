@@ -283,19 +283,37 @@ impl Sandbox {
         };
         let compile = || self.inner.compile_gate.run(|| Module::new(&engine, &wasm));
         let memo = (kind, info.code_digest.clone());
-        let (module, from_cache) = match self.inner.compiled.get(&memo) {
-            Some(module) => (module, true),
-            None => {
+        // One compile per code digest at a time: a load that finds the same
+        // code compiling (a script language's runtime warming up, or
+        // another tenant's first function) waits for it instead of
+        // compiling it again.
+        let compiled_here = std::cell::Cell::new(None);
+        let module = self
+            .inner
+            .compiled
+            .try_get_with(memo, || {
                 let (module, from_cache) = match self.inner.cache.as_ref().filter(|_| !trial) {
                     Some(cache) => cache
                         .get_or_compile(&engine, &info.code_digest, compile)
                         .map_err(compile_err)?,
                     None => (compile().map_err(compile_err)?, false),
                 };
-                self.inner.compiled.insert(memo, module.clone());
-                (module, from_cache)
-            }
-        };
+                compiled_here.set(Some(from_cache));
+                Ok::<_, LoadError>(module)
+            })
+            .map_err(|e| match &*e {
+                LoadError::Compile { label, reason } => LoadError::Compile {
+                    label: label.clone(),
+                    reason: reason.clone(),
+                },
+                other => LoadError::Compile {
+                    label: label.to_string(),
+                    reason: other.to_string(),
+                },
+            })?;
+        // From memory (`None`: compiled by another load, or earlier), from
+        // the disk cache, or compiled now.
+        let from_cache = compiled_here.get().unwrap_or(true);
         check_exports(label, &module, &info.manifest, info.init.is_some())?;
         let pre = linker(&engine, &limits)
             .and_then(|l| l.instantiate_pre(&module))

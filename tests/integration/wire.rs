@@ -186,8 +186,10 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     let (ok, _, err) = psql(pg_port, "acme", "wrong", &["-c", "SELECT 1"]);
     assert!(!ok && err.contains("unknown bearer token"), "{err}");
 
-    // psycopg 3 (PyPI), client-side binding: every type weir returns, and
-    // the SQLSTATE as psycopg's exception class.
+    // psycopg 3 (PyPI), client-side binding (the simple protocol) and its
+    // default server-side binding (the extended protocol): every type weir
+    // returns, in text and binary, parameters of every type, prepared
+    // statements, and the SQLSTATE as psycopg's exception class.
     let has_psycopg = Command::new("python3")
         .args(["-c", "import psycopg"])
         .status()
@@ -235,6 +237,67 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
         assert_eq!(
             got["too_many"],
             serde_json::json!(["ProgramLimitExceeded", "54000"]),
+            "{got}"
+        );
+        // The extended protocol: parameters typed by the client where the
+        // statement does not type them (`$2 AS s`), by the statement where
+        // it does (`x > $8`).
+        assert_eq!(
+            got["ext_types"],
+            serde_json::json!([20, 25, 701, 16, 1082, 17, 1114, 20]),
+            "{got}"
+        );
+        let row = |x: i64| {
+            serde_json::json!([
+                42,
+                "it's",
+                1.5,
+                true,
+                "2026-01-02",
+                "0102",
+                "2026-01-01T10:00:00",
+                x
+            ])
+        };
+        assert_eq!(
+            got["ext_rows"],
+            serde_json::json!([row(2), row(3)]),
+            "{got}"
+        );
+        // Binary results: int8, text, float8, float4, bool, int4, int2,
+        // date, timestamp, bytea, numeric, and a NULL.
+        assert_eq!(
+            got["binary_types"],
+            serde_json::json!([20, 25, 701, 700, 16, 23, 21, 1082, 1114, 17, 1700, 20]),
+            "{got}"
+        );
+        assert_eq!(
+            got["binary_row"],
+            serde_json::json!([
+                42,
+                "ä",
+                1.5,
+                2.5,
+                true,
+                7,
+                3,
+                "2026-01-02",
+                "2026-01-01T10:00:00",
+                "0102",
+                "-12.345",
+                null
+            ]),
+            "{got}"
+        );
+        assert_eq!(got["prepared"], serde_json::json!([0, 2, 4]), "{got}");
+        assert_eq!(
+            got["ext_error"],
+            serde_json::json!(["UndefinedFunction", "42883"]),
+            "{got}"
+        );
+        assert_eq!(
+            got["bad_value"],
+            serde_json::json!(["InvalidTextRepresentation", "22P02", true]),
             "{got}"
         );
     }

@@ -43,16 +43,35 @@ pub async fn run_script(
     host: &dyn FunctionHost,
     limit: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
+    run_script_with(ctx, sql, options, host, limit, &[]).await
+}
+
+/// [`run_script`], with the values of the last statement's placeholders
+/// (`$1`, `$2`, …: a prepared statement of the PostgreSQL protocol). A
+/// value of another type than the one the statement gives its placeholder
+/// is refused, naming both.
+pub async fn run_script_with(
+    ctx: &SessionContext,
+    sql: &str,
+    options: SQLOptions,
+    host: &dyn FunctionHost,
+    limit: Option<usize>,
+    params: &[ScalarValue],
+) -> Result<Vec<RecordBatch>> {
     let statements = parse(ctx, sql)?;
+    let count = statements.len();
     let mut last = Vec::new();
-    for statement in statements {
-        let plan = ctx.state().statement_to_plan(statement).await?;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let mut plan = ctx.state().statement_to_plan(statement).await?;
         if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
             create_function(ctx, create, host)?;
             last = Vec::new();
             continue;
         }
         options.verify_plan(&plan)?;
+        if i + 1 == count && !params.is_empty() {
+            plan = plan.with_param_values(params.to_vec())?;
+        }
         let frame = ctx.execute_logical_plan(plan).await?;
         let frame = match limit {
             Some(n) => frame.limit(0, Some(n))?,
@@ -61,6 +80,89 @@ pub async fn run_script(
         last = collect_bounded(ctx, frame).await?;
     }
     Ok(last)
+}
+
+/// What a script's last statement takes and returns, found by planning it
+/// without running it (its `CREATE FUNCTION`s are loaded, to plan the
+/// calls to them).
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The type of each placeholder (`$1` first); `None` where the
+    /// statement does not tell it (`SELECT $1`).
+    pub params: Vec<Option<datafusion::arrow::datatypes::DataType>>,
+    /// The columns it returns (none for a `CREATE FUNCTION`).
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+/// Plans every statement of `sql` as [`run_script`] would and describes
+/// the last one, running none. `declared`: the types the caller gives the
+/// placeholders (`$1` first; `None` where it gives none), used where the
+/// statement does not type one itself (`SELECT $1`), as PostgreSQL does.
+pub async fn describe_script(
+    ctx: &SessionContext,
+    sql: &str,
+    options: SQLOptions,
+    host: &dyn FunctionHost,
+    declared: &[Option<datafusion::arrow::datatypes::DataType>],
+) -> Result<Described> {
+    let statements = parse(ctx, sql)?;
+    let mut described = Described {
+        params: Vec::new(),
+        schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+    };
+    for statement in statements {
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
+            create_function(ctx, create, host)?;
+            described.params.clear();
+            described.schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+            continue;
+        }
+        options.verify_plan(&plan)?;
+        let types = plan.get_parameter_types()?;
+        let mut params = Vec::new();
+        for (name, ty) in types {
+            // Positional placeholders only: `$1`, `$2`, ….
+            let index = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=65_535).contains(n))
+                .ok_or_else(|| {
+                    plan_err(format!(
+                        "placeholder `{name}`: only numbered ones ($1, $2, …) are supported"
+                    ))
+                })?;
+            if params.len() < index {
+                params.resize(index, None);
+            }
+            params[index - 1] = ty;
+        }
+        for (i, ty) in params.iter_mut().enumerate() {
+            if ty.is_none() {
+                *ty = declared.get(i).cloned().flatten();
+            }
+        }
+        // The columns once the placeholders have their types: planned
+        // again with a NULL of each type in their place (text where
+        // nothing types one).
+        let plan = if params.is_empty() {
+            plan
+        } else {
+            let nulls = params
+                .iter()
+                .map(|t| {
+                    ScalarValue::try_from(
+                        t.as_ref()
+                            .unwrap_or(&datafusion::arrow::datatypes::DataType::Utf8),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            plan.with_param_values(nulls)?
+        };
+        described.params = params;
+        described.schema = Arc::new(plan.schema().as_arrow().clone());
+    }
+    Ok(described)
 }
 
 /// The frame's batches, held to the session's memory pool while they are

@@ -6,11 +6,15 @@
 //! memory, deadline and fair share, `CREATE FUNCTION … LANGUAGE
 //! javascript|python` for the statement's life, every statement audited.
 //!
-//! This first slice: the simple query protocol, text results, cleartext
-//! passwords on a loopback listener only (`allow_insecure_password`), no
-//! TLS, SCRAM, extended protocol, catalog queries or cancel yet.
+//! The simple query protocol (`psql`) and the extended one (prepared
+//! statements with `$n` parameters and portals: psycopg, JDBC, Grafana;
+//! `extended.rs`), results in text or binary format (`encode.rs`),
+//! cancel requests; cleartext passwords on a loopback listener only
+//! (`allow_insecure_password`). Not yet: TLS, SCRAM, catalog queries.
 
 mod encode;
+mod extended;
+mod params;
 mod sqlstate;
 
 use std::fmt::Debug;
@@ -22,6 +26,7 @@ use pgwire::api::ConnectionManager;
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
 use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::Format;
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
@@ -78,6 +83,9 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
         queries: Arc::new(Queries {
             state: state.clone(),
         }),
+        extended: Arc::new(extended::Extended::new(Arc::new(Queries {
+            state: state.clone(),
+        }))),
     });
     // Connections cost a task and a socket each, whoever opens them: a
     // bound for the process (statements are bounded per tenant by the
@@ -107,11 +115,16 @@ struct Handlers {
     startup: Arc<CleartextPasswordAuthStartupHandler<Tokens, DefaultServerParameterProvider>>,
     cancel: Arc<DefaultCancelHandler>,
     queries: Arc<Queries>,
+    extended: Arc<extended::Extended>,
 }
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.queries.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.extended.clone()
     }
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
@@ -292,48 +305,31 @@ impl Drop for Cancelled {
     }
 }
 
-#[async_trait]
-impl SimpleQueryHandler for Queries {
-    async fn do_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
-    where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let Some(tenant) = client.metadata().get("user").cloned() else {
-            return Err(PgWireError::UserNameRequired);
-        };
-        if let Some(tag) = session_statement(sql) {
-            return Ok(vec![Response::Execution(Tag::new(tag))]);
-        }
-        let udfs = {
-            let (me, tenant, sql) = (self.clone_ref(), tenant.clone(), sql.to_string());
-            tokio::task::spawn_blocking(move || me.udfs(&tenant, &sql))
-                .await
-                .unwrap_or_default()
-        };
-        let request = SqlRequest {
-            sql: sql.to_string(),
-            udfs,
-            tables: Default::default(),
-            topics: Default::default(),
-            // The most the HTTP endpoint returns (its `max_rows` cap).
-            max_rows: Some(usize::MAX),
-        };
+impl Queries {
+    /// Runs one statement of `tenant` (with its placeholders' values),
+    /// audited like an HTTP SQL request; the whole answer, never a
+    /// silently partial one.
+    async fn execute(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: Vec<datafusion::common::ScalarValue>,
+    ) -> PgWireResult<Vec<datafusion::arrow::array::RecordBatch>> {
+        let request = self.request(tenant, sql).await;
         // A cancel request for this connection (psql's Ctrl-C) makes
         // pgwire drop this future and answer 57014: no further batch
         // starts, and a guest call already running ends within its CPU
         // budget. The guard audits that.
         let mut cancelled = Cancelled {
             state: Some(self.state.clone()),
-            tenant: tenant.clone(),
+            tenant: tenant.to_string(),
         };
-        let answer = query::run(&self.state, &tenant, request).await;
+        let answer = query::run_with(&self.state, tenant, request, params).await;
         cancelled.state = None;
         let record = AuditRecord {
             at: now_ms(),
             who: "postgres".to_string(),
-            tenant: tenant.clone(),
+            tenant: tenant.to_string(),
             action: "try".to_string(),
             object: "sql query (postgres)".to_string(),
             decision: if answer.is_ok() { "allowed" } else { "failed" }.to_string(),
@@ -353,13 +349,56 @@ impl SimpleQueryHandler for Queries {
                 ),
             ))));
         }
-        let schema = answer
-            .batches
+        Ok(answer.batches)
+    }
+
+    /// `sql` as a request of `tenant`: the UDFs it names, every row.
+    async fn request(&self, tenant: &str, sql: &str) -> SqlRequest {
+        let udfs = {
+            let (me, tenant, sql) = (self.clone_ref(), tenant.to_string(), sql.to_string());
+            tokio::task::spawn_blocking(move || me.udfs(&tenant, &sql))
+                .await
+                .unwrap_or_default()
+        };
+        SqlRequest {
+            sql: sql.to_string(),
+            udfs,
+            tables: Default::default(),
+            topics: Default::default(),
+            // The most the HTTP endpoint returns (its `max_rows` cap).
+            max_rows: Some(usize::MAX),
+        }
+    }
+}
+
+/// The tenant a connection logged in as.
+fn tenant_of(client: &impl ClientInfo) -> PgWireResult<String> {
+    client
+        .metadata()
+        .get("user")
+        .cloned()
+        .ok_or(PgWireError::UserNameRequired)
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let tenant = tenant_of(client)?;
+        if let Some(tag) = session_statement(sql) {
+            return Ok(vec![Response::Execution(Tag::new(tag))]);
+        }
+        let batches = self.execute(&tenant, sql, Vec::new()).await?;
+        let schema = batches
             .first()
             .map(|b| b.schema())
             .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
-        let fields = encode::fields(&schema);
-        let rows = encode::rows(&fields, &answer.batches)?;
+        let fields = encode::fields(&schema, &Format::UnifiedText);
+        let rows = encode::rows(&fields, &batches)?;
         Ok(vec![Response::Query(QueryResponse::new(
             fields,
             stream::iter(rows.into_iter().map(Ok)),

@@ -90,6 +90,70 @@ fn rejected(table: &str, e: impl std::fmt::Display) -> ServiceError {
 
 /// Runs `req` for `tenant`.
 pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> ServiceResult<Answer> {
+    run_with(state, tenant, req, Vec::new()).await
+}
+
+/// Runs `req` for `tenant` with the values of its statement's
+/// placeholders (`$1`, `$2`, …; a prepared statement of the PostgreSQL
+/// protocol).
+pub async fn run_with(
+    state: &Arc<AppState>,
+    tenant: &str,
+    req: SqlRequest,
+    params: Vec<datafusion::common::ScalarValue>,
+) -> ServiceResult<Answer> {
+    let session = prepare(state, tenant, req).await?;
+    let max_rows = session.max_rows;
+    let started = session.started;
+    let batches = session
+        .on_guest_threads(move |ctx, sql, host| async move {
+            let options = crate::sql::read_only();
+            crate::sql::run_script_with(&ctx, &sql, options, &host, Some(max_rows + 1), &params)
+                .await
+        })
+        .await?;
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    Ok(Answer {
+        truncated: total > max_rows,
+        batches: truncate(batches, max_rows),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What `req`'s statement takes (its placeholders' types) and returns (its
+/// columns), planned in `tenant`'s session as [`run`] would, run not.
+/// `declared`: the types the client gives the placeholders, where it does.
+pub async fn describe(
+    state: &Arc<AppState>,
+    tenant: &str,
+    req: SqlRequest,
+    declared: Vec<Option<datafusion::arrow::datatypes::DataType>>,
+) -> ServiceResult<crate::sql::Described> {
+    let session = prepare(state, tenant, req).await?;
+    session
+        .on_guest_threads(move |ctx, sql, host| async move {
+            crate::sql::describe_script(&ctx, &sql, crate::sql::read_only(), &host, &declared).await
+        })
+        .await
+}
+
+/// A request's session, ready to plan its SQL: the tenant's bounds,
+/// memory pool, UDFs and tables.
+struct Session {
+    state: Arc<AppState>,
+    tenant: String,
+    ctx: datafusion::prelude::SessionContext,
+    sql: String,
+    host: TenantFunctions,
+    max_rows: usize,
+    started: Instant,
+    deadline: Instant,
+    policy: Arc<weir_core::tenant::TenantPolicy>,
+    memory_key: String,
+}
+
+/// Builds `req`'s session for `tenant`.
+async fn prepare(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> ServiceResult<Session> {
     let max_rows = req.max_rows.unwrap_or(DEFAULT_ROWS).min(MAX_ROWS);
     let started = Instant::now();
     let deadline = started + TIMEOUT;
@@ -201,53 +265,87 @@ pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
         ctx.register_table(name.as_str(), Arc::new(table))
             .map_err(|e| bad(format!("table `{name}`: {e}")))?;
     }
-    let sql = req.sql;
     let host = TenantFunctions {
         state: state.clone(),
         tenant: state.tenants.get(tenant),
         deadline,
     };
-    // Planning (constant folding calls guests) and execution run on the
-    // guest threads; at the deadline the rest of the work is dropped and
-    // a guest call in flight is interrupted. `CREATE FUNCTION … LANGUAGE
-    // javascript|python` statements before the query add functions to this
-    // request's session only, loaded under the tenant's limits and policy.
-    // The tenant's requests beyond its cap wait here, as futures, within
-    // the deadline: never on the guest threads.
-    let tenant_ref = state.tenants.get(tenant);
-    let executor = state.executor.clone();
-    let query = async move {
-        let admitted = tenant_ref.admit().await;
-        let gated = tenant_ref.clone();
-        executor
-            .run(gated.gate(async move {
-                let _admitted = admitted;
-                let options = crate::sql::read_only();
-                crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
-            }))
-            .await
-    };
-    let batches = tokio::time::timeout_at(deadline.into(), query)
-        .await
-        .map_err(|_| ServiceError::Timeout(format!("the query ran over {} s", TIMEOUT.as_secs())))?
-        .map_err(ServiceError::internal)?
-        .map_err(|e| {
-            let message = weir_core::error::user_message(&e);
-            if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) {
-                ServiceError::Rejected(format!(
-                    "the query of tenant `{tenant}` needs more than its `{memory_key}` ({} bytes): {message}",
-                    policy.query_memory_bytes
-                ))
-            } else {
-                ServiceError::Rejected(message)
-            }
-        })?;
-    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    Ok(Answer {
-        truncated: total > max_rows,
-        batches: truncate(batches, max_rows),
-        elapsed: started.elapsed(),
+    Ok(Session {
+        state: state.clone(),
+        tenant: tenant.to_string(),
+        ctx,
+        sql: req.sql,
+        host,
+        max_rows,
+        started,
+        deadline,
+        policy,
+        memory_key,
     })
+}
+
+impl Session {
+    /// Runs `work` (planning, and execution) on the guest threads within
+    /// the request's deadline. Planning (constant folding calls guests)
+    /// and execution run there; at the deadline the rest of the work is
+    /// dropped and a guest call in flight is interrupted. `CREATE FUNCTION
+    /// … LANGUAGE javascript|python` statements before the query add
+    /// functions to this request's session only, loaded under the
+    /// tenant's limits and policy. The tenant's requests beyond its cap
+    /// wait here, as futures, within the deadline: never on the guest
+    /// threads.
+    async fn on_guest_threads<T, F, Fut>(self, work: F) -> ServiceResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(datafusion::prelude::SessionContext, String, TenantFunctions) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = datafusion::error::Result<T>> + Send + 'static,
+    {
+        let Session {
+            state,
+            tenant,
+            ctx,
+            sql,
+            host,
+            deadline,
+            policy,
+            memory_key,
+            ..
+        } = self;
+        let tenant_ref = state.tenants.get(&tenant);
+        let executor = state.executor.clone();
+        let query = async move {
+            let admitted = tenant_ref.admit().await;
+            let gated = tenant_ref.clone();
+            executor
+                .run(gated.gate(async move {
+                    let _admitted = admitted;
+                    work(ctx, sql, host).await
+                }))
+                .await
+        };
+        tokio::time::timeout_at(deadline.into(), query)
+            .await
+            .map_err(|_| {
+                ServiceError::Timeout(format!("the query ran over {} s", TIMEOUT.as_secs()))
+            })?
+            .map_err(ServiceError::internal)?
+            .map_err(|e| {
+                let message = weir_core::error::user_message(&e);
+                if matches!(
+                    e.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                ) {
+                    ServiceError::Rejected(format!(
+                        "the query of tenant `{tenant}` needs more than its `{memory_key}` ({} bytes): {message}",
+                        policy.query_memory_bytes
+                    ))
+                } else {
+                    ServiceError::Rejected(message)
+                }
+            })
+    }
 }
 
 /// `CREATE FUNCTION` in a request: the tenant's limits, policy and

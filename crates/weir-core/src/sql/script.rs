@@ -82,6 +82,51 @@ pub async fn run_script_with(
     Ok(last)
 }
 
+/// [`run_script_with`], the last statement's rows as a stream instead of
+/// gathered: the caller sends them on as they come (a client reading a
+/// large result holds a batch or two, not the result). Polled under the
+/// session's tenant's share like a gathered query; a script whose last
+/// statement is a `CREATE FUNCTION` streams nothing.
+pub async fn stream_script(
+    ctx: &SessionContext,
+    sql: &str,
+    options: SQLOptions,
+    host: &dyn FunctionHost,
+    params: &[ScalarValue],
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+    let statements = parse(ctx, sql)?;
+    let count = statements.len();
+    let mut last: Option<datafusion::physical_plan::SendableRecordBatchStream> = None;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let mut plan = ctx.state().statement_to_plan(statement).await?;
+        if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
+            create_function(ctx, create, host)?;
+            last = None;
+            continue;
+        }
+        options.verify_plan(&plan)?;
+        if i + 1 == count && !params.is_empty() {
+            plan = plan.with_param_values(params.to_vec())?;
+        }
+        let frame = ctx.execute_logical_plan(plan).await?;
+        if i + 1 < count {
+            // An earlier query's rows are not returned; it runs (as in
+            // `run_script`) and its answer is dropped.
+            collect_bounded(ctx, frame).await?;
+            continue;
+        }
+        last = Some(stream_of(ctx, frame).await?);
+    }
+    Ok(last.unwrap_or_else(|| {
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                futures::stream::empty(),
+            ),
+        )
+    }))
+}
+
 /// What a script's last statement takes and returns, found by planning it
 /// without running it (its `CREATE FUNCTION`s are loaded, to plan the
 /// calls to them).
@@ -175,9 +220,24 @@ async fn collect_bounded(
     use datafusion::execution::memory_pool::MemoryConsumer;
     use futures::StreamExt;
     let reservation = MemoryConsumer::new("query answer").register(&ctx.runtime_env().memory_pool);
-    // A tenant's session: the streams DataFusion polls in tasks of its own
-    // are polled under the tenant's share too (the caller gates this one).
-    let mut stream = match ctx
+    let mut stream = stream_of(ctx, frame).await?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        reservation.try_grow(batch.get_array_memory_size())?;
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+/// The frame's rows as a stream. In a tenant's session, the streams
+/// DataFusion polls in tasks of its own are polled under the tenant's
+/// share too (the caller gates this one).
+async fn stream_of(
+    ctx: &SessionContext,
+    frame: datafusion::dataframe::DataFrame,
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+    match ctx
         .state()
         .config()
         .get_extension::<crate::tenant::Tenant>()
@@ -186,17 +246,10 @@ async fn collect_bounded(
             let task = Arc::new(frame.task_ctx());
             let plan = frame.create_physical_plan().await?;
             let plan = crate::tenant::gate_plan(plan, &tenant)?;
-            datafusion::physical_plan::execute_stream(plan, task)?
+            datafusion::physical_plan::execute_stream(plan, task)
         }
-        None => frame.execute_stream().await?,
-    };
-    let mut batches = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        reservation.try_grow(batch.get_array_memory_size())?;
-        batches.push(batch);
+        None => frame.execute_stream().await,
     }
-    Ok(batches)
 }
 
 /// The statements of `sql` in the session's dialect; at least one.

@@ -15,7 +15,7 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the registry answers and the brokers of running pipelines accept connections"), (status = 503, description = "what is not ready")))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the registry answers, the brokers of running pipelines accept connections, and the script languages' runtimes are compiled (`serve.warm_languages`)"), (status = 503, description = "what is not ready")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     match s.readiness().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),

@@ -9,14 +9,18 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::{Sink, stream};
-use pgwire::api::portal::{Format, Portal};
+use futures::Sink;
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::ExtendedQueryHandler;
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, PgWireConnectionState, Type,
+};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
 
 use super::{Queries, encode, params, session_statement, sqlstate, tenant_of};
 use crate::services::query;
@@ -117,6 +121,53 @@ impl QueryParser for Parser {
     }
 }
 
+impl Extended {
+    /// Runs a fresh portal and sends every row as it comes, then the
+    /// command tag. A cancel request stops it while it starts (watched
+    /// here, as pgwire does) and while its rows stream (watched by the
+    /// rows, `Answering::rows`).
+    async fn stream_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Statement>,
+        cancel: Option<futures::channel::oneshot::Receiver<()>>,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::{SinkExt, StreamExt};
+        let started = Box::pin(self.do_query(client, portal, 0));
+        let response = match cancel {
+            Some(cancel) => match futures::future::select(started, cancel).await {
+                futures::future::Either::Left((response, _)) => response?,
+                futures::future::Either::Right(_) => return Err(PgWireError::QueryCanceled),
+            },
+            None => started.await?,
+        };
+        let Response::Query(mut results) = response else {
+            return Err(PgWireError::ApiError(
+                "a query answered without rows".into(),
+            ));
+        };
+        let tag = results.command_tag().to_owned();
+        let mut rows = 0;
+        let data = results.data_rows();
+        while let Some(row) = data.next().await {
+            client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+            rows += 1;
+        }
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new(&tag).with_rows(rows).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ExtendedQueryHandler for Extended {
     type Statement = Statement;
@@ -124,6 +175,45 @@ impl ExtendedQueryHandler for Extended {
 
     fn query_parser(&self) -> Arc<Parser> {
         self.parser.clone()
+    }
+
+    /// pgwire gathers a portal's rows before it sends them when the client
+    /// asks for all of them (`max_rows` 0, what psycopg and JDBC do):
+    /// weir sends them as they come instead (the server holds a batch or
+    /// two, never a result), and watches for a cancel until the last one.
+    /// A client fetching in steps (`max_rows` > 0) gets pgwire's portal,
+    /// which holds one step.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal))
+                if message.max_rows == 0 && portal.statement.statement.session.is_none() =>
+            {
+                portal
+            }
+            _ => return self._on_execute(client, message).await,
+        };
+        if !matches!(*portal.state().lock().await, PortalExecutionState::Initial) {
+            return self._on_execute(client, message).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            Some(handle) => Some(handle.start_query().await),
+            None => None,
+        };
+        self.stream_portal(client, &portal, cancel).await?;
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
     }
 
     async fn do_query<C>(
@@ -134,7 +224,7 @@ impl ExtendedQueryHandler for Extended {
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: pgwire::api::store::PortalStore<Statement = Statement>,
+        C::PortalStore: PortalStore<Statement = Statement>,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
@@ -149,21 +239,21 @@ impl ExtendedQueryHandler for Extended {
             &portal.statement.parameter_types,
             &statement.described.params,
         )?;
-        let batches = self
+        let answering = self
             .parser
             .queries
             .execute(&tenant, &statement.sql, values)
-            .await?;
+            .await?
+            .on(client);
         // The columns as described at `Parse` (the client already has
         // their types), in the formats bound; each value is cast to the
         // described type where the run's differs.
         let fields = encode::fields(&statement.described.schema, &portal.result_column_format);
-        let rows = encode::rows(&fields, &batches)?;
         // pgwire's portal hands the rows out `max_rows` at a time
-        // (`PortalSuspended` between them).
+        // (`PortalSuspended` between them), taking them from the stream.
         Ok(Response::Query(QueryResponse::new(
-            fields,
-            stream::iter(rows.into_iter().map(Ok)),
+            fields.clone(),
+            answering.rows(fields),
         )))
     }
 }

@@ -22,7 +22,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{Sink, stream};
-use pgwire::api::ConnectionManager;
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
 use pgwire::api::cancel::DefaultCancelHandler;
@@ -30,6 +29,7 @@ use pgwire::api::portal::Format;
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{QueryResponse, Response, Tag};
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers};
+use pgwire::api::{ConnectionHandle, ConnectionManager};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 
@@ -37,6 +37,7 @@ use crate::AppState;
 use crate::audit::AuditRecord;
 use crate::auth::{Action, authorize};
 use crate::services::query::{self, SqlRequest};
+use datafusion::arrow::array::RecordBatch;
 
 /// Checks `[serve] postgres_listen` before anything listens: cleartext
 /// passwords travel unencrypted, so only on loopback and when the operator
@@ -273,15 +274,36 @@ impl Queries {
     }
 }
 
-/// Audits a statement whose future was dropped before it answered: a
-/// cancel request stopped it, or its connection closed.
-struct Cancelled {
-    /// Taken when the statement answered.
+/// Audits a statement once, like an HTTP SQL request: when its last row
+/// was sent, when it failed, or — dropped before either — as cancelled
+/// (a cancel request, or its connection closed).
+struct Audited {
+    /// Taken when the outcome is recorded.
     state: Option<Arc<AppState>>,
     tenant: String,
 }
 
-impl Drop for Cancelled {
+impl Audited {
+    /// Records the statement's outcome.
+    async fn finish(mut self, outcome: Result<(), String>) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let record = AuditRecord {
+            at: now_ms(),
+            who: "postgres".to_string(),
+            tenant: std::mem::take(&mut self.tenant),
+            action: "try".to_string(),
+            object: "sql query (postgres)".to_string(),
+            decision: if outcome.is_ok() { "allowed" } else { "failed" }.to_string(),
+            status: if outcome.is_ok() { 200 } else { 422 },
+            reason: outcome.err(),
+        };
+        state.audit.append(&record).await;
+    }
+}
+
+impl Drop for Audited {
     fn drop(&mut self) {
         let Some(state) = self.state.take() else {
             return;
@@ -294,7 +316,7 @@ impl Drop for Cancelled {
             object: "sql query (postgres)".to_string(),
             decision: "cancelled".to_string(),
             reason: Some(
-                "stopped before it answered: a cancel request (57014) or the connection closed"
+                "stopped before all its rows were sent: a cancel request (57014) or the connection closed"
                     .to_string(),
             ),
             status: 499,
@@ -305,51 +327,131 @@ impl Drop for Cancelled {
     }
 }
 
+/// A statement answering: its columns, and its rows as they come.
+struct Answering {
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    batches: tokio::sync::mpsc::Receiver<crate::error::ServiceResult<RecordBatch>>,
+    audited: Audited,
+    /// The connection's cancel handle: a cancel request stops the rows too.
+    connection: Option<Arc<ConnectionHandle>>,
+}
+
+/// Where a statement's rows are: what is left to send, and its cancel.
+struct Sending {
+    batches: tokio::sync::mpsc::Receiver<crate::error::ServiceResult<RecordBatch>>,
+    audited: Audited,
+    connection: Option<Arc<ConnectionHandle>>,
+    cancel: Option<futures::channel::oneshot::Receiver<()>>,
+}
+
+impl Answering {
+    /// The connection `client` is on: its cancel requests stop the rows.
+    fn on(mut self, client: &impl ClientInfo) -> Self {
+        self.connection = client
+            .session_extensions()
+            .get::<Arc<ConnectionHandle>>()
+            .map(|h| (*h).clone());
+        self
+    }
+
+    /// The rows, each column in `fields`' type and format, encoded a batch
+    /// at a time as the client takes them; the statement is audited when
+    /// they end. pgwire watches for a cancel request only until the
+    /// statement starts answering: from the first row on, this stream
+    /// watches for it (a new one, installed when the rows start) and ends
+    /// with 57014, the query dropped with its channel.
+    fn rows(
+        self,
+        fields: Arc<Vec<pgwire::api::results::FieldInfo>>,
+    ) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static
+    {
+        use futures::StreamExt;
+        let Answering {
+            batches,
+            audited,
+            connection,
+            ..
+        } = self;
+        let sending = Sending {
+            batches,
+            audited,
+            connection,
+            cancel: None,
+        };
+        stream::unfold(Some(sending), move |state| {
+            let fields = fields.clone();
+            async move {
+                let mut s = state?;
+                if s.cancel.is_none()
+                    && let Some(connection) = &s.connection
+                {
+                    s.cancel = Some(connection.start_query().await);
+                }
+                let next = match s.cancel.as_mut() {
+                    Some(cancel) => tokio::select! {
+                        next = s.batches.recv() => Some(next),
+                        _ = cancel => None,
+                    },
+                    None => Some(s.batches.recv().await),
+                };
+                match next {
+                    // Cancelled: `Audited` records it as it is dropped.
+                    None => Some((vec![Err(PgWireError::QueryCanceled)], None)),
+                    Some(Some(Ok(batch))) => match encode::rows(&fields, &[batch]) {
+                        Ok(rows) => Some((rows.into_iter().map(Ok).collect::<Vec<_>>(), Some(s))),
+                        Err(e) => {
+                            s.audited.finish(Err(e.to_string())).await;
+                            Some((vec![Err(e)], None))
+                        }
+                    },
+                    Some(Some(Err(e))) => {
+                        s.audited.finish(Err(e.to_string())).await;
+                        Some((vec![Err(sqlstate::error(&e))], None))
+                    }
+                    Some(None) => {
+                        s.audited.finish(Ok(())).await;
+                        None
+                    }
+                }
+            }
+        })
+        .flat_map(stream::iter)
+    }
+}
+
 impl Queries {
-    /// Runs one statement of `tenant` (with its placeholders' values),
-    /// audited like an HTTP SQL request; the whole answer, never a
-    /// silently partial one.
+    /// Starts one statement of `tenant` (with its placeholders' values):
+    /// its columns once it runs, its rows streamed as the client takes
+    /// them (every row: the server holds a batch or two, never the
+    /// result). An error before its first rows is the statement's error.
     async fn execute(
         &self,
         tenant: &str,
         sql: &str,
         params: Vec<datafusion::common::ScalarValue>,
-    ) -> PgWireResult<Vec<datafusion::arrow::array::RecordBatch>> {
+    ) -> PgWireResult<Answering> {
         let request = self.request(tenant, sql).await;
         // A cancel request for this connection (psql's Ctrl-C) makes
-        // pgwire drop this future and answer 57014: no further batch
-        // starts, and a guest call already running ends within its CPU
-        // budget. The guard audits that.
-        let mut cancelled = Cancelled {
+        // pgwire drop this future and answer 57014: the query is dropped
+        // with its channel, no further batch starts, and a guest call
+        // already running ends within its CPU budget. `Audited` records
+        // that.
+        let audited = Audited {
             state: Some(self.state.clone()),
             tenant: tenant.to_string(),
         };
-        let answer = query::run_with(&self.state, tenant, request, params).await;
-        cancelled.state = None;
-        let record = AuditRecord {
-            at: now_ms(),
-            who: "postgres".to_string(),
-            tenant: tenant.to_string(),
-            action: "try".to_string(),
-            object: "sql query (postgres)".to_string(),
-            decision: if answer.is_ok() { "allowed" } else { "failed" }.to_string(),
-            reason: answer.as_ref().err().map(ToString::to_string),
-            status: if answer.is_ok() { 200 } else { 422 },
-        };
-        self.state.audit.append(&record).await;
-        let answer = answer.map_err(|e| sqlstate::error(&e))?;
-        if answer.truncated {
-            // Never a silently partial result.
-            let rows: usize = answer.batches.iter().map(|b| b.num_rows()).sum();
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".to_string(),
-                "54000".to_string(),
-                format!(
-                    "the result has more than {rows} rows, the most one statement returns over the PostgreSQL protocol until results stream (issue 30); add a LIMIT, or aggregate"
-                ),
-            ))));
+        match query::stream(&self.state, tenant, request, params).await {
+            Ok(streamed) => Ok(Answering {
+                schema: streamed.schema,
+                batches: streamed.batches,
+                audited,
+                connection: None,
+            }),
+            Err(e) => {
+                audited.finish(Err(e.to_string())).await;
+                Err(sqlstate::error(&e))
+            }
         }
-        Ok(answer.batches)
     }
 
     /// `sql` as a request of `tenant`: the UDFs it names, every row.
@@ -392,16 +494,11 @@ impl SimpleQueryHandler for Queries {
         if let Some(tag) = session_statement(sql) {
             return Ok(vec![Response::Execution(Tag::new(tag))]);
         }
-        let batches = self.execute(&tenant, sql, Vec::new()).await?;
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
-        let fields = encode::fields(&schema, &Format::UnifiedText);
-        let rows = encode::rows(&fields, &batches)?;
+        let answering = self.execute(&tenant, sql, Vec::new()).await?.on(client);
+        let fields = encode::fields(&answering.schema, &Format::UnifiedText);
         Ok(vec![Response::Query(QueryResponse::new(
-            fields,
-            stream::iter(rows.into_iter().map(Ok)),
+            fields.clone(),
+            answering.rows(fields),
         ))])
     }
 }

@@ -120,6 +120,70 @@ pub async fn run_with(
     })
 }
 
+/// A statement's rows as they are produced: its columns, then its batches;
+/// an error (the deadline, a guest's, memory) ends them. Dropping the
+/// receiver stops the query.
+pub struct Streamed {
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    pub batches: tokio::sync::mpsc::Receiver<ServiceResult<RecordBatch>>,
+}
+
+/// Batches a streamed statement produces ahead of its client at most: a
+/// slow client holds the query (its polls wait, taking no slot), not a
+/// growing buffer.
+const STREAM_AHEAD: usize = 2;
+
+/// Runs `req` for `tenant` with its placeholders' values, streaming every
+/// row (no `max_rows`: the client takes them as they come, the server
+/// holds at most [`STREAM_AHEAD`] batches). The deadline covers the whole
+/// statement, its rows' delivery included.
+pub async fn stream(
+    state: &Arc<AppState>,
+    tenant: &str,
+    req: SqlRequest,
+    params: Vec<datafusion::common::ScalarValue>,
+) -> ServiceResult<Streamed> {
+    use futures::StreamExt;
+    let session = prepare(state, tenant, req).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+    let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+    let rows = tx.clone();
+    let producer = session.on_guest_threads(move |ctx, sql, host| async move {
+        let mut stream =
+            crate::sql::stream_script(&ctx, &sql, crate::sql::read_only(), &host, &params).await?;
+        let _ = schema_tx.send(stream.schema());
+        while let Some(batch) = stream.next().await {
+            if rows.send(Ok(batch?)).await.is_err() {
+                // The client left (or cancelled): no more rows.
+                break;
+            }
+        }
+        Ok(())
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            done = producer => {
+                if let Err(e) = done {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+            // Every receiver dropped: the query is dropped with it.
+            () = tx.closed() => {}
+        }
+    });
+    match schema_rx.await {
+        Ok(schema) => Ok(Streamed {
+            schema,
+            batches: rx,
+        }),
+        // It failed before its first rows: the error is on the channel.
+        Err(_) => Err(match rx.recv().await {
+            Some(Err(e)) => e,
+            _ => ServiceError::internal("the statement ended without an answer"),
+        }),
+    }
+}
+
 /// What `req`'s statement takes (its placeholders' types) and returns (its
 /// columns), planned in `tenant`'s session as [`run`] would, run not.
 /// `declared`: the types the client gives the placeholders, where it does.

@@ -137,9 +137,10 @@ enum Column {
     Binary { column: ArrayRef, pg: Type },
 }
 
-/// The Arrow type a column is cast to for `pg`'s binary format (`None`:
-/// the column's text, as UTF-8 bytes, is the binary format).
-fn binary_arrow_type(pg: &Type, ty: &DataType) -> Option<DataType> {
+/// The Arrow type whose values are laid out as `pg`'s (`None`: a type
+/// weir leaves as text). Parameters the client declares as `pg` are read
+/// as it; a column sent in `pg`'s binary format is cast to it.
+pub fn arrow_type(pg: &Type) -> Option<DataType> {
     Some(match *pg {
         Type::BOOL => DataType::Boolean,
         Type::INT2 => DataType::Int16,
@@ -147,15 +148,27 @@ fn binary_arrow_type(pg: &Type, ty: &DataType) -> Option<DataType> {
         Type::INT8 => DataType::Int64,
         Type::FLOAT4 => DataType::Float32,
         Type::FLOAT8 => DataType::Float64,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
         Type::BYTEA => DataType::Binary,
         Type::DATE => DataType::Date32,
         Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
-        Type::TIMESTAMPTZ => match ty {
-            DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
-            _ => return None,
-        },
+        Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+        Type::NUMERIC => DataType::Decimal128(38, 10),
         _ => return None,
     })
+}
+
+/// The Arrow type a column of `ty` is cast to for `pg`'s binary format
+/// (`None`: the column's text, as UTF-8 bytes, is the binary format; a
+/// numeric is written from its text).
+fn binary_arrow_type(pg: &Type, ty: &DataType) -> Option<DataType> {
+    match (pg, ty) {
+        (&Type::TIMESTAMPTZ, DataType::Timestamp(_, tz)) => {
+            Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
+        }
+        (&Type::TEXT | &Type::VARCHAR | &Type::BPCHAR | &Type::NAME | &Type::NUMERIC, _) => None,
+        _ => arrow_type(pg),
+    }
 }
 
 fn api_error(e: impl Error + Send + Sync + 'static) -> PgWireError {

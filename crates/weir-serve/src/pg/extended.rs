@@ -85,7 +85,7 @@ impl QueryParser for Parser {
         let request = self.queries.request(&tenant, sql).await;
         let declared = types
             .iter()
-            .map(|t| t.as_ref().and_then(params::arrow_type))
+            .map(|t| t.as_ref().and_then(encode::arrow_type))
             .collect();
         let described = query::describe(&self.queries.state, &tenant, request, declared)
             .await

@@ -284,42 +284,45 @@ struct Audited {
 }
 
 impl Audited {
-    /// Records the statement's outcome.
-    async fn finish(mut self, outcome: Result<(), String>) {
-        let Some(state) = self.state.take() else {
-            return;
-        };
+    /// The statement's audit record: `decision`, `reason`, HTTP-like
+    /// `status`. Taken once.
+    fn record(
+        &mut self,
+        decision: &str,
+        reason: Option<String>,
+        status: u16,
+    ) -> Option<(Arc<AppState>, AuditRecord)> {
+        let state = self.state.take()?;
         let record = AuditRecord {
             at: now_ms(),
             who: "postgres".to_string(),
             tenant: std::mem::take(&mut self.tenant),
             action: "try".to_string(),
             object: "sql query (postgres)".to_string(),
-            decision: if outcome.is_ok() { "allowed" } else { "failed" }.to_string(),
-            status: if outcome.is_ok() { 200 } else { 422 },
-            reason: outcome.err(),
+            decision: decision.to_string(),
+            reason,
+            status,
         };
-        state.audit.append(&record).await;
+        Some((state, record))
+    }
+
+    /// Records the statement's outcome.
+    async fn finish(mut self, outcome: Result<(), String>) {
+        let (decision, status) = match &outcome {
+            Ok(()) => ("allowed", 200),
+            Err(_) => ("failed", 422),
+        };
+        if let Some((state, record)) = self.record(decision, outcome.err(), status) {
+            state.audit.append(&record).await;
+        }
     }
 }
 
 impl Drop for Audited {
     fn drop(&mut self) {
-        let Some(state) = self.state.take() else {
+        let reason = "stopped before all its rows were sent: a cancel request (57014) or the connection closed";
+        let Some((state, record)) = self.record("cancelled", Some(reason.to_string()), 499) else {
             return;
-        };
-        let record = AuditRecord {
-            at: now_ms(),
-            who: "postgres".to_string(),
-            tenant: std::mem::take(&mut self.tenant),
-            action: "try".to_string(),
-            object: "sql query (postgres)".to_string(),
-            decision: "cancelled".to_string(),
-            reason: Some(
-                "stopped before all its rows were sent: a cancel request (57014) or the connection closed"
-                    .to_string(),
-            ),
-            status: 499,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { state.audit.append(&record).await });

@@ -17,31 +17,6 @@ use super::encode::format_of;
 const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS as i64 * 86_400 * 1_000_000;
 
-/// The Arrow type of a parameter the client declares as `pg` (`None`:
-/// one weir leaves to the statement, or text).
-pub fn arrow_type(pg: &Type) -> Option<DataType> {
-    Some(match *pg {
-        Type::BOOL => DataType::Boolean,
-        Type::INT2 => DataType::Int16,
-        Type::INT4 => DataType::Int32,
-        Type::INT8 => DataType::Int64,
-        Type::FLOAT4 => DataType::Float32,
-        Type::FLOAT8 => DataType::Float64,
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
-        Type::BYTEA => DataType::Binary,
-        Type::DATE => DataType::Date32,
-        Type::TIMESTAMP => {
-            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None)
-        }
-        Type::TIMESTAMPTZ => DataType::Timestamp(
-            datafusion::arrow::datatypes::TimeUnit::Microsecond,
-            Some("+00:00".into()),
-        ),
-        Type::NUMERIC => DataType::Decimal128(38, 10),
-        _ => return None,
-    })
-}
-
 /// A parameter the statement cannot take (SQLSTATE 22P02 or 42804).
 fn refused(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(

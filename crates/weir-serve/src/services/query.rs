@@ -135,7 +135,7 @@ const STREAM_AHEAD: usize = 2;
 
 /// Runs `req` for `tenant` with its placeholders' values, streaming every
 /// row (no `max_rows`: the client takes them as they come, the server
-/// holds at most [`STREAM_AHEAD`] batches). The deadline covers the whole
+/// holds at most `STREAM_AHEAD` batches). The deadline covers the whole
 /// statement, its rows' delivery included.
 pub async fn stream(
     state: &Arc<AppState>,

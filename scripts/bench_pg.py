@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""A large result through `weir serve`'s PostgreSQL protocol, by client.
+
+Starts `weir serve` (the binary given) on loopback, then reads the same
+statement's rows (ROWS rows: a BIGINT, a DOUBLE and a 20-byte string) with
+  - psql (the simple protocol, text), output discarded;
+  - psycopg 3, server-side binding (the extended protocol), text results;
+  - psycopg 3, binary results;
+and, for reference, `weir sql --format csv` of the same query (one process,
+no server). Each is timed wall-clock, best of RUNS; the server's peak
+resident memory during the psycopg runs is reported too.
+
+Usage: scripts/bench_pg.py WEIR_BINARY   (WEIR_BENCH_ROWS, default 1 000 000;
+WEIR_BENCH_RUNS, default 3)
+"""
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psycopg
+
+weir = sys.argv[1]
+rows = int(os.environ.get("WEIR_BENCH_ROWS", "1000000"))
+runs = int(os.environ.get("WEIR_BENCH_RUNS", "3"))
+query = (f"SELECT x, CAST(x AS DOUBLE) * 1.5 AS y, concat('row-', CAST(x AS VARCHAR), '-abcdefgh') AS s "
+         f"FROM generate_series(1, {rows}) AS t(x)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def best(f):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        n = f()
+        times.append(time.perf_counter() - t)
+        assert n == rows, f"{n} rows, expected {rows}"
+    return min(times)
+
+
+work = tempfile.mkdtemp()
+http, pg = free_port(), free_port()
+token = "bench-secret"
+with open(os.path.join(work, "weir.toml"), "w") as f:
+    f.write(f'''[serve]
+listen = "127.0.0.1:{http}"
+data_dir = "{work}/data"
+postgres_listen = "127.0.0.1:{pg}"
+allow_insecure_password = true
+warm_languages = false
+[[serve.tokens]]
+name = "bench"
+sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
+tenant = "bench"
+role = "publisher"
+''')
+server = subprocess.Popen([weir, "serve", "--config", os.path.join(work, "weir.toml")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", pg), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+
+    def psql():
+        out = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(pg), "-U", "bench", "-d", "weir", "-X", "-A", "-t",
+             "-v", "ON_ERROR_STOP=1", "-c", query],
+            env={**os.environ, "PGPASSWORD": token}, capture_output=True, check=True)
+        return out.stdout.count(b"\n")
+
+    def psycopg_read(binary):
+        def read():
+            with psycopg.connect(host="127.0.0.1", port=pg, user="bench", password=token,
+                                 dbname="weir") as conn:
+                cur = conn.cursor(binary=binary)
+                cur.execute(query)
+                return sum(1 for _ in cur)
+        return read
+
+    def weir_csv():
+        out = subprocess.run([weir, "sql", "--format", "csv", query], capture_output=True, check=True)
+        return out.stdout.count(b"\n") - 1  # the header
+
+    peak = [0]
+    sampling = [True]
+
+    def sample():
+        while sampling[0]:
+            peak[0] = max(peak[0], rss_kb(server.pid))
+            time.sleep(0.01)
+
+    before = rss_kb(server.pid)
+    results = {}
+    results["psql (simple protocol, text)"] = best(psql)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    results["psycopg (extended protocol, text)"] = best(psycopg_read(False))
+    results["psycopg (extended protocol, binary)"] = best(psycopg_read(True))
+    sampling[0] = False
+    sampler.join()
+    results["weir sql --format csv (no server)"] = best(weir_csv)
+    print(f"{rows} rows (BIGINT, DOUBLE, ~20-byte VARCHAR), best of {runs}:")
+    for name, secs in results.items():
+        print(f"  {name:40s} {secs:6.2f} s  {rows / secs / 1e3:7.0f} k rows/s")
+    print(f"  server resident memory: {before // 1024} MB before, {peak[0] // 1024} MB at most while psycopg read")
+finally:
+    server.terminate()
+    server.wait()
+    shutil.rmtree(work, ignore_errors=True)

@@ -111,8 +111,11 @@ EOF
 
 "$weir" --config "$tmp/weir.toml" serve >"$tmp/serve.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 150); do
-  curl -fsS "$base/healthz" >/dev/null 2>&1 && break
+# Ready, as a load balancer waits for it: the script languages' runtimes
+# compile at start (`serve.warm_languages`; ~10 s in a debug build, from
+# the code cache after).
+for _ in $(seq 600); do
+  curl -fsS "$base/readyz" >/dev/null 2>&1 && break
   if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "schemathesis.sh: weir serve exited at start:" >&2
     cat "$tmp/serve.log" >&2
@@ -120,7 +123,7 @@ for _ in $(seq 150); do
   fi
   sleep 0.2
 done
-curl -fsS "$base/healthz" >/dev/null || { echo "schemathesis.sh: no /healthz on $base after 30 s" >&2; cat "$tmp/serve.log" >&2; exit 1; }
+curl -fsS "$base/readyz" >/dev/null || { echo "schemathesis.sh: $base not ready after 120 s" >&2; cat "$tmp/serve.log" >&2; exit 1; }
 echo "weir serve on $base (pid $server_pid)"
 
 # --- objects for the tests to find ---------------------------------------------

@@ -247,8 +247,13 @@ async fn prepare(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     let mut refs = Vec::new();
     for spec in &req.udfs {
         let r = UdfRef::parse(spec)?;
+        // Well-formed, but two entries for one name cannot both be
+        // loaded (a conflict, 422, not a malformed request).
         if !seen.insert(r.name.clone()) {
-            return Err(bad(format!("udf `{}` is listed twice", r.name)));
+            return Err(ServiceError::Rejected(format!(
+                "udf `{}` is listed twice; list each UDF once (`name` or `name@N`)",
+                r.name
+            )));
         }
         refs.push(r);
     }

@@ -10,10 +10,11 @@ use weir::serve::hash_token;
 use crate::serve::{Killed, free_port, guest, http, wait_for};
 use crate::support;
 
-/// `psql` with `args`, as tenant `user` with password `token`:
-/// (exit success, stdout, stderr).
-fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("psql")
+/// The `psql` command with `args`, as tenant `user` with password `token`
+/// (unaligned, tuples only, stopping at the first error, SQLSTATEs shown).
+fn psql_command(port: u16, user: &str, token: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("psql");
+    command
         .args([
             "-h",
             "127.0.0.1",
@@ -35,7 +36,14 @@ fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, Str
         ])
         .args(args)
         .env("PGPASSWORD", token)
-        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGCONNECT_TIMEOUT", "10");
+    command
+}
+
+/// `psql` with `args`, as tenant `user` with password `token`:
+/// (exit success, stdout, stderr).
+fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = psql_command(port, user, token, args)
         .output()
         .expect("psql runs");
     (
@@ -141,29 +149,7 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
             1000,
         ),
     ] {
-        let child = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg_port.to_string(),
-                "-U",
-                "acme",
-                "-d",
-                "weir",
-            ])
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-v",
-                "VERBOSITY=verbose",
-                "-c",
-            ])
-            .arg(statement)
-            .env("PGPASSWORD", "acme-secret")
+        let child = psql_command(pg_port, "acme", "acme-secret", &["-c", statement])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -1145,6 +1145,21 @@ async fn sql_with_published_udfs_answers_json_or_arrow_within_caps() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A UDF listed twice is well-formed but cannot be loaded twice: a
+    // conflict (422), not a malformed request (schemathesis seed 222510947).
+    let (status, bytes) = query(
+        serde_json::json!({"sql": "SELECT 1", "udfs": ["tools", "tools@1"]}),
+        None,
+        "acme-operator",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(String::from_utf8_lossy(&bytes).contains("listed twice"));
     let (status, _) = query(body.clone(), None, "acme-viewer").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = query(body, None, "globex-admin").await;

@@ -33,37 +33,41 @@ fn signature() -> Signature {
 /// # Errors
 /// The languages whose runtime could not be loaded, with why.
 pub fn warm_runtimes(sandbox: &Sandbox) -> Result<(), String> {
-    let mut failed = Vec::new();
     let started = Instant::now();
-    let js = javascript::module(
-        sandbox,
-        "weir_warm.js",
-        "function weir_warm(x) { return x; }",
-        &[signature()],
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|wasm| {
-        sandbox
-            .load("javascript runtime (warm-up)", &wasm)
-            .map_err(|e| e.to_string())
-    });
-    if let Err(e) = js {
-        failed.push(format!("javascript: {e}"));
-    }
-    let py = python::module(
-        "weir_warm.py",
-        "def weir_warm(x):\n    return x\n",
-        &[signature()],
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|wasm| {
-        sandbox
-            .load("python runtime (warm-up)", &wasm)
-            .map_err(|e| e.to_string())
-    });
-    if let Err(e) = py {
-        failed.push(format!("python: {e}"));
-    }
+    // Each language's module, then loaded as a tenant's function would be.
+    let load = |language: &str, wasm: Result<Vec<u8>, String>| {
+        wasm.and_then(|wasm| {
+            sandbox
+                .load(&format!("{language} runtime (warm-up)"), &wasm)
+                .map_err(|e| e.to_string())
+        })
+        .err()
+        .map(|e| format!("{language}: {e}"))
+    };
+    let failed: Vec<String> = [
+        load(
+            "javascript",
+            javascript::module(
+                sandbox,
+                "weir_warm.js",
+                "function weir_warm(x) { return x; }",
+                &[signature()],
+            )
+            .map_err(|e| e.to_string()),
+        ),
+        load(
+            "python",
+            python::module(
+                "weir_warm.py",
+                "def weir_warm(x):\n    return x\n",
+                &[signature()],
+            )
+            .map_err(|e| e.to_string()),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "the JavaScript and Python runtimes are compiled"

@@ -43,35 +43,16 @@ pub async fn run_script(
     host: &dyn FunctionHost,
     limit: Option<usize>,
 ) -> Result<Vec<RecordBatch>> {
-    run_script_with(ctx, sql, options, host, limit, &[]).await
-}
-
-/// [`run_script`], with the values of the last statement's placeholders
-/// (`$1`, `$2`, …: a prepared statement of the PostgreSQL protocol). A
-/// value of another type than the one the statement gives its placeholder
-/// is refused, naming both.
-pub async fn run_script_with(
-    ctx: &SessionContext,
-    sql: &str,
-    options: SQLOptions,
-    host: &dyn FunctionHost,
-    limit: Option<usize>,
-    params: &[ScalarValue],
-) -> Result<Vec<RecordBatch>> {
     let statements = parse(ctx, sql)?;
-    let count = statements.len();
     let mut last = Vec::new();
-    for (i, statement) in statements.into_iter().enumerate() {
-        let mut plan = ctx.state().statement_to_plan(statement).await?;
+    for statement in statements {
+        let plan = ctx.state().statement_to_plan(statement).await?;
         if let LogicalPlan::Ddl(DdlStatement::CreateFunction(create)) = &plan {
             create_function(ctx, create, host)?;
             last = Vec::new();
             continue;
         }
         options.verify_plan(&plan)?;
-        if i + 1 == count && !params.is_empty() {
-            plan = plan.with_param_values(params.to_vec())?;
-        }
         let frame = ctx.execute_logical_plan(plan).await?;
         let frame = match limit {
             Some(n) => frame.limit(0, Some(n))?,
@@ -82,9 +63,12 @@ pub async fn run_script_with(
     Ok(last)
 }
 
-/// [`run_script_with`], the last statement's rows as a stream instead of
-/// gathered: the caller sends them on as they come (a client reading a
-/// large result holds a batch or two, not the result). Polled under the
+/// [`run_script`], with the values of the last statement's placeholders
+/// (`$1`, `$2`, …: a prepared statement of the PostgreSQL protocol; a
+/// value of another type than the statement gives its placeholder is
+/// refused, naming both), and its rows as a stream instead of gathered:
+/// the caller sends them on as they come (a client reading a large result
+/// holds a batch or two, not the result). Polled under the
 /// session's tenant's share like a gathered query; a script whose last
 /// statement is a `CREATE FUNCTION` streams nothing.
 pub async fn stream_script(

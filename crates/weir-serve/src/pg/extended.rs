@@ -82,7 +82,11 @@ impl QueryParser for Parser {
         }
         // Planned now, as PostgreSQL does at `Parse`: a syntax error or an
         // unknown function is the `Parse`'s error.
-        let request = self.queries.request(&tenant, sql).await;
+        let request = self
+            .queries
+            .request(&tenant, sql)
+            .await
+            .map_err(|e| sqlstate::error(&e))?;
         let declared = types
             .iter()
             .map(|t| t.as_ref().and_then(encode::arrow_type))

@@ -36,6 +36,8 @@ use pgwire::messages::PgWireBackendMessage;
 use crate::AppState;
 use crate::audit::AuditRecord;
 use crate::auth::{Action, authorize};
+use crate::error::{ServiceError, ServiceResult};
+use crate::registry::RegistryError;
 use crate::services::query::{self, SqlRequest};
 use datafusion::arrow::array::RecordBatch;
 
@@ -248,15 +250,15 @@ struct Queries {
 impl Queries {
     /// The tenant's published UDFs the statement names (by a function a
     /// module declares), latest versions.
-    fn udfs(&self, tenant: &str, sql: &str) -> Vec<String> {
+    fn udfs(&self, tenant: &str, sql: &str) -> Result<Vec<String>, RegistryError> {
         let words: std::collections::HashSet<String> = sql
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| !w.is_empty())
             .map(str::to_ascii_lowercase)
             .collect();
-        let Ok(versions) = self.state.registry.list(tenant) else {
-            return Vec::new();
-        };
+        // A registry that cannot answer is the statement's error (57P03:
+        // retry), never "no UDFs" (which would read as 42883).
+        let versions = self.state.registry.list(tenant)?;
         let mut names: Vec<String> = versions
             .iter()
             .filter(|v| {
@@ -270,7 +272,7 @@ impl Queries {
         names.sort();
         names.dedup();
         names.truncate(crate::pipeline::PipelineConfig::MAX_UDFS);
-        names
+        Ok(names)
     }
 }
 
@@ -333,7 +335,7 @@ impl Drop for Audited {
 /// A statement answering: its columns, and its rows as they come.
 struct Answering {
     schema: datafusion::arrow::datatypes::SchemaRef,
-    batches: tokio::sync::mpsc::Receiver<crate::error::ServiceResult<RecordBatch>>,
+    batches: tokio::sync::mpsc::Receiver<ServiceResult<RecordBatch>>,
     audited: Audited,
     /// The connection's cancel handle: a cancel request stops the rows too.
     connection: Option<Arc<ConnectionHandle>>,
@@ -341,7 +343,7 @@ struct Answering {
 
 /// Where a statement's rows are: what is left to send, and its cancel.
 struct Sending {
-    batches: tokio::sync::mpsc::Receiver<crate::error::ServiceResult<RecordBatch>>,
+    batches: tokio::sync::mpsc::Receiver<ServiceResult<RecordBatch>>,
     audited: Audited,
     connection: Option<Arc<ConnectionHandle>>,
     cancel: Option<futures::channel::oneshot::Receiver<()>>,
@@ -433,7 +435,6 @@ impl Queries {
         sql: &str,
         params: Vec<datafusion::common::ScalarValue>,
     ) -> PgWireResult<Answering> {
-        let request = self.request(tenant, sql).await;
         // A cancel request for this connection (psql's Ctrl-C) makes
         // pgwire drop this future and answer 57014: the query is dropped
         // with its channel, no further batch starts, and a guest call
@@ -443,7 +444,11 @@ impl Queries {
             state: Some(self.state.clone()),
             tenant: tenant.to_string(),
         };
-        match query::stream(&self.state, tenant, request, params).await {
+        let started = match self.request(tenant, sql).await {
+            Ok(request) => query::stream(&self.state, tenant, request, params).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(streamed) => Ok(Answering {
                 schema: streamed.schema,
                 batches: streamed.batches,
@@ -458,21 +463,21 @@ impl Queries {
     }
 
     /// `sql` as a request of `tenant`: the UDFs it names, every row.
-    async fn request(&self, tenant: &str, sql: &str) -> SqlRequest {
+    async fn request(&self, tenant: &str, sql: &str) -> ServiceResult<SqlRequest> {
         let udfs = {
             let (me, tenant, sql) = (self.clone_ref(), tenant.to_string(), sql.to_string());
             tokio::task::spawn_blocking(move || me.udfs(&tenant, &sql))
                 .await
-                .unwrap_or_default()
+                .map_err(ServiceError::internal)??
         };
-        SqlRequest {
+        Ok(SqlRequest {
             sql: sql.to_string(),
             udfs,
             tables: Default::default(),
             topics: Default::default(),
             // The most the HTTP endpoint returns (its `max_rows` cap).
             max_rows: Some(usize::MAX),
-        }
+        })
     }
 }
 

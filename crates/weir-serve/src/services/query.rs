@@ -90,26 +90,13 @@ fn rejected(table: &str, e: impl std::fmt::Display) -> ServiceError {
 
 /// Runs `req` for `tenant`.
 pub async fn run(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> ServiceResult<Answer> {
-    run_with(state, tenant, req, Vec::new()).await
-}
-
-/// Runs `req` for `tenant` with the values of its statement's
-/// placeholders (`$1`, `$2`, …; a prepared statement of the PostgreSQL
-/// protocol).
-pub async fn run_with(
-    state: &Arc<AppState>,
-    tenant: &str,
-    req: SqlRequest,
-    params: Vec<datafusion::common::ScalarValue>,
-) -> ServiceResult<Answer> {
     let session = prepare(state, tenant, req).await?;
     let max_rows = session.max_rows;
     let started = session.started;
     let batches = session
         .on_guest_threads(move |ctx, sql, host| async move {
             let options = crate::sql::read_only();
-            crate::sql::run_script_with(&ctx, &sql, options, &host, Some(max_rows + 1), &params)
-                .await
+            crate::sql::run_script(&ctx, &sql, options, &host, Some(max_rows + 1)).await
         })
         .await?;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();

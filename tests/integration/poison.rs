@@ -442,9 +442,12 @@ fn every_row_error_of_a_batch_comes_back_from_one_call() {
     let before = calls(&module);
     let (out, errors) = module.call_collecting(index, &args, 100).unwrap();
     assert_eq!(calls(&module) - before, 1, "one guest call for the batch");
-    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    let failed: Vec<usize> = errors.rows().collect();
     assert_eq!(failed, vec![3, 23, 43, 63, 83]);
-    assert!(errors[0].to_string().contains("not money"), "{}", errors[0]);
+    assert!(
+        errors.describe().next().unwrap().1.contains("not money"),
+        "{errors:?}"
+    );
     let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
     for row in 0..100 {
         if failed.contains(&row) {
@@ -477,9 +480,12 @@ fn every_thrown_row_of_a_javascript_batch_comes_back_from_one_call() {
         1,
         "one guest call for the batch"
     );
-    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    let failed: Vec<usize> = errors.rows().collect();
     assert_eq!(failed, vec![1, 3, 6]);
-    assert!(errors[1].to_string().contains("5 is odd"), "{}", errors[1]);
+    assert!(
+        errors.describe().nth(1).unwrap().1.contains("5 is odd"),
+        "{errors:?}"
+    );
     let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
     assert_eq!(
         (0..7)
@@ -491,12 +497,11 @@ fn every_thrown_row_of_a_javascript_batch_comes_back_from_one_call() {
     let index = module.function_index("name").unwrap();
     let args: Vec<ArrayRef> = vec![Arc::new(Int64Array::from((0..40).collect::<Vec<i64>>()))];
     let (out, errors) = module.call_collecting(index, &args, 40).unwrap();
-    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    let failed: Vec<usize> = errors.rows().collect();
     assert_eq!(failed, (0..40).filter(|i| i % 2 == 1).collect::<Vec<_>>());
     assert!(
-        errors[19].to_string().contains("39 is odd"),
-        "{}",
-        errors[19]
+        errors.describe().nth(19).unwrap().1.contains("39 is odd"),
+        "{errors:?}"
     );
     let out = out
         .as_any()
@@ -540,7 +545,7 @@ fn row_errors_through_the_result_cache_cost_no_extra_calls() {
     for round in 0..2 {
         let before = calls();
         let (_, errors) = module.call_collecting(index, &args, 4096).unwrap();
-        let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+        let failed: Vec<usize> = errors.rows().collect();
         assert_eq!(failed, bad, "round {round}");
         assert!(
             calls() - before <= 2,
@@ -580,9 +585,12 @@ fn every_failed_row_of_an_assemblyscript_batch_comes_back_from_one_call() {
         1,
         "one guest call for the batch"
     );
-    let failed: Vec<usize> = errors.iter().filter_map(|e| e.failure.row()).collect();
+    let failed: Vec<usize> = errors.rows().collect();
     assert_eq!(failed, (0..30).filter(|i| i % 3 == 0).collect::<Vec<_>>());
-    assert!(errors[9].to_string().contains("`bad27`"), "{}", errors[9]);
+    assert!(
+        errors.describe().nth(9).unwrap().1.contains("`bad27`"),
+        "{errors:?}"
+    );
     let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
     assert_eq!(out.value(1), 150);
     assert!(out.is_null(27));

@@ -134,20 +134,23 @@ pub async fn run_isolating(
     }
     let mut failed: Vec<FailedRow> = Vec::new();
     let mut bad = vec![false; rows];
-    for error in calls.into_iter().flat_map(|c| c.errors) {
-        let Some(row) = error.failure.row().filter(|r| *r < rows) else {
-            return bisect(query, batch, finish).await;
-        };
-        if !std::mem::replace(&mut bad[row], true) {
-            failed.push(FailedRow {
-                row,
-                stage: "transform",
-                error: error.to_string(),
-                udf: Some(error.udf.clone()),
-                function_failure: false,
-                circuit_open: false,
-                capacity: false,
-            });
+    if calls.iter().any(|c| c.errors.rows().any(|r| r >= rows)) {
+        return bisect(query, batch, finish).await;
+    }
+    for call in &calls {
+        let udf = call.errors.udf();
+        for (row, error) in call.errors.describe() {
+            if !std::mem::replace(&mut bad[row], true) {
+                failed.push(FailedRow {
+                    row,
+                    stage: "transform",
+                    error,
+                    udf: udf.map(str::to_string),
+                    function_failure: false,
+                    circuit_open: false,
+                    capacity: false,
+                });
+            }
         }
     }
     let good = BooleanArray::from_iter(bad.iter().map(|b| Some(!b)));

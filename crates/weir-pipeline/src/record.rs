@@ -19,6 +19,20 @@ pub struct SourceRecord {
 }
 
 impl SourceRecord {
+    /// The record, moved out; what is left keeps its coordinates (topic,
+    /// partition, offset, timestamp) and no bytes.
+    pub fn take(&mut self) -> SourceRecord {
+        SourceRecord {
+            key: self.key.take(),
+            payload: self.payload.take(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            headers: std::mem::take(&mut self.headers),
+        }
+    }
+
     pub fn payload_len(&self) -> usize {
         self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
     }

@@ -366,14 +366,65 @@ impl std::error::Error for UdfError {}
 
 impl fmt::Display for UdfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = self.digest.get(..12).unwrap_or(&self.digest);
-        write!(
-            f,
-            "udf `{}` (module `{}`, sha256 {short}) {}",
-            self.udf,
-            self.module,
-            self.describe_failure()
-        )
+        self.write_udf(f)?;
+        self.write_failure(f)
+    }
+}
+
+/// The rows of one call that reported an error, with what they share (the
+/// function, its module, the limits in force) held once for the call
+/// rather than once per row: dirty data costs a message per bad row, not
+/// a full [`UdfError`].
+#[derive(Debug, Default)]
+pub struct RowFailures {
+    /// The call's error; its `rows` is the call's. `None` while empty.
+    call: Option<Box<UdfError>>,
+    /// Row (of the call's input) and the guest's message, in the order
+    /// reported.
+    rows: Vec<(usize, String)>,
+}
+
+impl RowFailures {
+    /// Row `row` of the call `call` failed with `message`.
+    pub(crate) fn push(&mut self, call: &UdfError, row: usize, message: String) {
+        if self.call.is_none() {
+            self.call = Some(Box::new(UdfError {
+                failure: Failure::Cancelled,
+                ..call.clone()
+            }));
+        }
+        self.rows.push((row, message));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The failing rows, as reported.
+    pub fn rows(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rows.iter().map(|(row, _)| *row)
+    }
+
+    /// The function whose rows failed.
+    pub fn udf(&self) -> Option<&str> {
+        self.call.as_deref().map(|c| c.udf.as_str())
+    }
+
+    /// Each failing row with what [`UdfError`] says of it: the function,
+    /// its module, the row and the guest's message.
+    pub fn describe(&self) -> impl Iterator<Item = (usize, String)> + '_ {
+        self.rows.iter().filter_map(|(row, message)| {
+            let call = self.call.as_deref()?;
+            let mut text = String::new();
+            call.write_udf(&mut text)
+                .and_then(|()| call.write_row_error(&mut text, *row, message))
+                .ok()?;
+            Some((*row, text))
+        })
     }
 }
 
@@ -383,6 +434,25 @@ impl UdfError {
         let mut s = String::new();
         let _ = self.write_failure(&mut s);
         s
+    }
+
+    /// "udf `name` (module `label`, sha256 short) ": what every message of
+    /// the function starts with.
+    fn write_udf(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        let short = self.digest.get(..12).unwrap_or(&self.digest);
+        write!(
+            f,
+            "udf `{}` (module `{}`, sha256 {short}) ",
+            self.udf, self.module
+        )
+    }
+
+    fn write_row_error(&self, f: &mut impl fmt::Write, row: usize, message: &str) -> fmt::Result {
+        write!(
+            f,
+            "failed on row {row} (from 0) of a batch of {} rows: {message}",
+            self.rows
+        )
     }
 
     fn write_failure(&self, f: &mut impl fmt::Write) -> fmt::Result {
@@ -432,20 +502,10 @@ impl UdfError {
                 "overflowed its {} KiB wasm stack {batch} (deep or endless recursion); raise `sandbox.wasm_stack_bytes` or recurse less",
                 l.wasm_stack_bytes / 1024
             ),
-            Failure::RowError { row, message } => {
-                write!(
-                    f,
-                    "failed on row {row} (from 0) of a batch of {} rows: {message}",
-                    self.rows
-                )
-            }
+            Failure::RowError { row, message } => self.write_row_error(f, *row, message),
             Failure::RowErrors(partial) => {
                 let (row, message) = partial.errors.first().cloned().unwrap_or_default();
-                write!(
-                    f,
-                    "failed on row {row} (from 0) of a batch of {} rows: {message}",
-                    self.rows
-                )?;
+                self.write_row_error(f, row, &message)?;
                 match partial.errors.len() {
                     0 | 1 => Ok(()),
                     n => write!(f, " (and {} more rows)", n - 1),
@@ -476,5 +536,46 @@ impl UdfError {
             ),
             Failure::Other(reason) => write!(f, "failed {batch}: {reason}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row of [`RowFailures`] reads exactly as the [`UdfError`] of that
+    /// row alone would.
+    #[test]
+    fn a_collected_row_reads_as_its_own_error() {
+        let call = UdfError {
+            udf: "parse_cents".into(),
+            module: "finance v2".into(),
+            digest: "0123456789abcdef".into(),
+            batch: 3,
+            rows: 8192,
+            failure: Failure::Cancelled,
+            limits: SandboxLimits::default(),
+            keys: LimitKeys::default(),
+        };
+        let mut failures = RowFailures::default();
+        failures.push(&call, 7, "not money: `oops`".into());
+        failures.push(&call, 9, "empty".into());
+        let alone = |row: usize, message: &str| {
+            UdfError {
+                failure: Failure::RowError {
+                    row,
+                    message: message.into(),
+                },
+                ..call.clone()
+            }
+            .to_string()
+        };
+        let described: Vec<(usize, String)> = failures.describe().collect();
+        assert_eq!(
+            described,
+            vec![(7, alone(7, "not money: `oops`")), (9, alone(9, "empty"))]
+        );
+        assert_eq!(failures.udf(), Some("parse_cents"));
+        assert_eq!(failures.rows().collect::<Vec<_>>(), vec![7, 9]);
     }
 }

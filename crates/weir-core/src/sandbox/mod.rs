@@ -21,7 +21,7 @@ mod module;
 pub use crate::tenant::budget::{Budget, KNOWN_CAPABILITIES, policy_key};
 pub use cache::CodeCache;
 pub use engine::{Sandbox, SandboxOptions};
-pub use error::{Failure, LoadError, PartialOutput, UdfError};
+pub use error::{Failure, LoadError, PartialOutput, RowFailures, UdfError};
 pub use executor::{GuestExecutor, HOST_THREAD_STACK, Lost};
 pub use inspect::{Import, ModuleInfo, inspect};
 pub use limits::{CpuMeter, LimitKeys, SandboxLimits};

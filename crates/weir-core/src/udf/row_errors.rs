@@ -5,7 +5,7 @@
 
 use parking_lot::Mutex;
 
-use crate::sandbox::UdfError;
+use crate::sandbox::RowFailures;
 
 /// The row errors of one UDF call.
 #[derive(Debug)]
@@ -13,8 +13,8 @@ pub struct CollectedCall {
     /// Rows the call had (equal to the query's input rows when the UDF saw
     /// every row, in order).
     pub rows: usize,
-    /// One error per failing row, row numbers of the call.
-    pub errors: Vec<UdfError>,
+    /// The failing rows, row numbers of the call.
+    pub errors: RowFailures,
 }
 
 /// Shared by the UDFs registered for one query.

@@ -92,8 +92,7 @@ impl Pipeline {
         }
         drop(kept_records);
         let joined: Vec<usize> = admitted.rows.iter().map(|&r| decoded.rows[r]).collect();
-        letters.extend(failed_letters(isolated.failed, &records, &joined));
-        drop(records);
+        letters.extend(failed_letters(isolated.failed, records, &joined));
         let offsets = match &self.joins {
             Some(j) => j.commit_floor(offsets),
             None => offsets,

@@ -533,8 +533,7 @@ impl Pipeline {
         else {
             return Ok(false);
         };
-        letters.extend(failed_letters(isolated.failed, &records, &decoded.rows));
-        drop(records);
+        letters.extend(failed_letters(isolated.failed, records, &decoded.rows));
         self.deliver(isolated.outputs, letters, offsets, flight)
             .await
     }

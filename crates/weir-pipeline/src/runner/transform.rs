@@ -45,8 +45,7 @@ impl Pipeline {
                 isolated
             };
             let mut letters = job.letters;
-            letters.extend(failed_letters(isolated.failed, &job.records, &job.rows));
-            drop(job.records);
+            letters.extend(failed_letters(isolated.failed, job.records, &job.rows));
             if !self
                 .deliver(isolated.outputs, letters, job.offsets, flight)
                 .await?
@@ -158,18 +157,39 @@ pub(super) enum Take {
 }
 
 /// Dead letters of the rows a transform set aside (`rows`: the record of
-/// each row of the batch).
+/// each row of the batch). The records are the batch's, done with: each
+/// failed one moves into its letter (copied only when a second row of the
+/// same record failed too).
 pub(super) fn failed_letters(
     failed: Vec<crate::isolate::FailedRow>,
-    records: &[SourceRecord],
+    mut records: Vec<SourceRecord>,
     rows: &[usize],
-) -> impl Iterator<Item = DeadLetter> {
-    failed.into_iter().map(move |f| DeadLetter {
-        record: records[rows[f.row]].clone(),
-        stage: f.stage,
-        error: f.error,
-        udf: f.udf,
-    })
+) -> Vec<DeadLetter> {
+    let mut letters: Vec<DeadLetter> = Vec::with_capacity(failed.len());
+    // Record → its letter, for a record with more than one failed row.
+    let mut lettered: std::collections::HashMap<usize, usize> = Default::default();
+    for f in failed {
+        let Some(&at) = rows.get(f.row) else {
+            continue;
+        };
+        let record = match lettered.get(&at) {
+            Some(&letter) => letters[letter].record.clone(),
+            None => match records.get_mut(at) {
+                Some(record) => {
+                    lettered.insert(at, letters.len());
+                    record.take()
+                }
+                None => continue,
+            },
+        };
+        letters.push(DeadLetter {
+            record,
+            stage: f.stage,
+            error: f.error,
+            udf: f.udf,
+        });
+    }
+    letters
 }
 
 /// How a batch goes through the query ([`Pipeline::transform_as`]).

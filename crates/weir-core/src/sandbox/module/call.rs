@@ -101,24 +101,25 @@ impl UdfModule {
     }
 
     /// Like [`Self::call`], but a row error does not fail the batch: the
-    /// row's result is NULL and the error is returned beside the result,
-    /// one per failing row (row numbers of `args`). Each failing row costs
-    /// about three more guest calls (the row alone, to confirm it; the rows
-    /// before it; the next chunk after it); any other failure, or a row that
-    /// does not fail alone, fails the batch as in `call`.
+    /// row's result is NULL and the failing rows (row numbers of `args`)
+    /// are returned beside the result. A module of ABI 1.1 reports them all
+    /// with the column; with an older one each failing row costs about
+    /// three more guest calls (the row alone, to confirm it; the rows
+    /// before it; the next chunk after it). Any other failure, or a row
+    /// that does not fail alone, fails the batch as in `call`.
     #[allow(clippy::result_large_err)]
     pub fn call_collecting(
         &self,
         index: usize,
         args: &[ArrayRef],
         rows: usize,
-    ) -> Result<(ArrayRef, Vec<UdfError>), UdfError> {
+    ) -> Result<(ArrayRef, RowFailures), UdfError> {
         let ret = self.manifest.functions[index].ret.data_type();
         let slice = |start: usize, len: usize| -> Vec<ArrayRef> {
             args.iter().map(|a| a.slice(start, len)).collect()
         };
         let mut pieces: Vec<ArrayRef> = Vec::new();
-        let mut errors = Vec::new();
+        let mut errors = RowFailures::default();
         let mut start = 0;
         // After a failing row the guest is called on a chunk about twice as
         // long as the rows it got through, so that dense errors do not copy
@@ -145,15 +146,9 @@ impl UdfModule {
                         errors: failed,
                     } = *partial;
                     pieces.push(array);
+                    error.rows = rows;
                     for (row, message) in failed {
-                        errors.push(UdfError {
-                            failure: Failure::RowError {
-                                row: start + row,
-                                message,
-                            },
-                            rows,
-                            ..error.clone()
-                        });
+                        errors.push(&error, start + row, message);
                     }
                     start += len;
                     chunk = chunk.saturating_mul(2);
@@ -179,9 +174,12 @@ impl UdfModule {
                 pieces.push(self.call(index, &slice(start, row), row)?);
             }
             pieces.push(datafusion::arrow::array::new_null_array(&ret, 1));
-            error.failure = error.failure.at_row(&|r| r + start);
             error.rows = rows;
-            errors.push(error);
+            if let Failure::RowError { message, .. } =
+                std::mem::replace(&mut error.failure, Failure::Cancelled)
+            {
+                errors.push(&error, start + row, message);
+            }
             start += row + 1;
             chunk = (2 * row).max(MIN_CHUNK);
         }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, ExternType, InstancePre, Module, ValType};
 
 use super::engine::{EngineKind, Sandbox};
-use super::error::{Failure, LoadError, PartialOutput, UdfError};
+use super::error::{Failure, LoadError, PartialOutput, RowFailures, UdfError};
 use super::host::{StoreState, linker};
 use super::inspect::{Import, inspect};
 use super::instance::InstancePool;

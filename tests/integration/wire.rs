@@ -189,6 +189,43 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     );
     assert!(!ok && err.contains("42883"), "{err}");
 
+    // psql's describe commands read the tenant's own catalog: `\df` its
+    // functions with their types, `\dt` no tables; `SHOW` answers what
+    // the connection was told at startup. Another tenant's functions are
+    // not in it.
+    let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "\\df"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l == "public|double|bigint|bigint|func"),
+        "{out}"
+    );
+    let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "\\df doub*"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "public|double|bigint|bigint|func\n", "{err}");
+    let (ok, out, err) = psql(pg_port, "globex", "globex-secret", &["-c", "\\df"]);
+    assert!(ok && out.is_empty(), "{out}{err}");
+    let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "\\dt"]);
+    assert!(
+        ok && out.is_empty() && err.contains("Did not find any relations"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "SHOW TimeZone"]);
+    assert!(ok && out == "Etc/UTC\n", "{out}{err}");
+    let (ok, out, err) = psql(
+        pg_port,
+        "acme",
+        "acme-secret",
+        &["-c", "SHOW transaction isolation level"],
+    );
+    assert!(ok && out == "read committed\n", "{out}{err}");
+    let (ok, _, err) = psql(
+        pg_port,
+        "acme",
+        "acme-secret",
+        &["-c", "SHOW shared_buffers"],
+    );
+    assert!(!ok && err.contains("42704"), "{err}");
+
     // A token is its tenant's only, and its role must allow SQL.
     let (ok, _, err) = psql(pg_port, "globex", "acme-secret", &["-c", "SELECT 1"]);
     // (psql prints no SQLSTATE for a refused connection.)

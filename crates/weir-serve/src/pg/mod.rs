@@ -10,8 +10,11 @@
 //! statements with `$n` parameters and portals: psycopg, JDBC, Grafana;
 //! `extended.rs`), results in text or binary format (`encode.rs`),
 //! cancel requests; cleartext passwords on a loopback listener only
-//! (`allow_insecure_password`). Not yet: TLS, SCRAM, catalog queries.
+//! (`allow_insecure_password`); `SHOW` and psql's describe commands
+//! (`catalog.rs`). Not yet: TLS, SCRAM, the catalog queries of JDBC and
+//! Grafana.
 
+mod catalog;
 mod encode;
 mod extended;
 mod params;
@@ -37,7 +40,6 @@ use crate::AppState;
 use crate::audit::AuditRecord;
 use crate::auth::{Action, authorize};
 use crate::error::{ServiceError, ServiceResult};
-use crate::registry::RegistryError;
 use crate::services::query::{self, SqlRequest};
 use datafusion::arrow::array::RecordBatch;
 
@@ -78,7 +80,7 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
                 Tokens {
                     state: state.clone(),
                 },
-                DefaultServerParameterProvider::default(),
+                catalog::server_parameters(),
             )
             .with_connection_manager(connections.clone()),
         ),
@@ -250,15 +252,12 @@ struct Queries {
 impl Queries {
     /// The tenant's published UDFs the statement names (by a function a
     /// module declares), latest versions.
-    fn udfs(&self, tenant: &str, sql: &str) -> Result<Vec<String>, RegistryError> {
+    fn udfs(versions: &[crate::registry::UdfVersion], sql: &str) -> Vec<String> {
         let words: std::collections::HashSet<String> = sql
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| !w.is_empty())
             .map(str::to_ascii_lowercase)
             .collect();
-        // A registry that cannot answer is the statement's error (57P03:
-        // retry), never "no UDFs" (which would read as 42883).
-        let versions = self.state.registry.list(tenant)?;
         let mut names: Vec<String> = versions
             .iter()
             .filter(|v| {
@@ -272,7 +271,7 @@ impl Queries {
         names.sort();
         names.dedup();
         names.truncate(crate::pipeline::PipelineConfig::MAX_UDFS);
-        Ok(names)
+        names
     }
 }
 
@@ -464,15 +463,27 @@ impl Queries {
 
     /// `sql` as a request of `tenant`: the UDFs it names, every row.
     async fn request(&self, tenant: &str, sql: &str) -> ServiceResult<SqlRequest> {
-        let udfs = {
-            let (me, tenant, sql) = (self.clone_ref(), tenant.to_string(), sql.to_string());
-            tokio::task::spawn_blocking(move || me.udfs(&tenant, &sql))
-                .await
-                .map_err(ServiceError::internal)??
+        let (udfs, sql, catalog) = {
+            let (state, tenant, sql) = (self.state.clone(), tenant.to_string(), sql.to_string());
+            tokio::task::spawn_blocking(move || -> ServiceResult<_> {
+                // A registry that cannot answer is the statement's error
+                // (57P03: retry), never "no UDFs" (which would read as
+                // 42883).
+                let versions = state.registry.list(&tenant)?;
+                let udfs = Queries::udfs(&versions, &sql);
+                if !catalog::wanted(&sql) {
+                    return Ok((udfs, sql, None));
+                }
+                let (sql, catalog) = catalog::prepare(&sql, &tenant, &versions)?;
+                Ok((udfs, sql, Some(catalog)))
+            })
+            .await
+            .map_err(ServiceError::internal)??
         };
         Ok(SqlRequest {
-            sql: sql.to_string(),
+            sql,
             udfs,
+            catalog,
             tables: Default::default(),
             topics: Default::default(),
             // The most the HTTP endpoint returns (its `max_rows` cap).
@@ -528,13 +539,5 @@ fn session_statement(sql: &str) -> Option<&'static str> {
         "ROLLBACK" | "ABORT" => Some("ROLLBACK"),
         "SET" | "RESET" | "DISCARD" => Some("SET"),
         _ => None,
-    }
-}
-
-impl Queries {
-    fn clone_ref(&self) -> Arc<Queries> {
-        Arc::new(Queries {
-            state: self.state.clone(),
-        })
     }
 }

@@ -32,6 +32,8 @@ fn of_message(m: &str) -> &'static str {
         || lower.contains("function") && lower.contains("not found")
     {
         "42883"
+    } else if lower.contains("unrecognized configuration parameter") {
+        "42704"
     } else if lower.contains("table") && lower.contains("not found") {
         "42P01"
     } else if lower.contains("query_memory_bytes") || lower.contains("resources exhausted") {

@@ -44,6 +44,18 @@ pub struct SqlRequest {
     pub topics: BTreeMap<String, TopicTable>,
     #[serde(default, deserialize_with = "whole_number")]
     pub max_rows: Option<usize>,
+    /// Tables and functions the server adds for this statement (the
+    /// PostgreSQL clients' catalog, `pg::catalog`); never a request's.
+    #[serde(skip)]
+    pub catalog: Option<Catalog>,
+}
+
+/// Tables (schema `pg_catalog`) and functions a statement's session gets
+/// besides the tenant's: built by the server, small, read-only.
+#[derive(Default)]
+pub struct Catalog {
+    pub tables: Vec<(String, RecordBatch)>,
+    pub functions: Vec<datafusion::logical_expr::ScalarUDF>,
 }
 
 /// A JSON number with no fraction (`255` or `255.0`, which JSON Schema
@@ -259,6 +271,23 @@ async fn prepare(state: &Arc<AppState>, tenant: &str, req: SqlRequest) -> Servic
     };
     for module in &modules {
         crate::udf::register_module_until(&ctx, module, deadline);
+    }
+    if let Some(catalog) = req.catalog {
+        let schema = datafusion::catalog::MemorySchemaProvider::new();
+        for (name, batch) in catalog.tables {
+            let table = MemTable::try_new(batch.schema(), vec![vec![batch]])
+                .map_err(ServiceError::internal)?;
+            datafusion::catalog::SchemaProvider::register_table(&schema, name, Arc::new(table))
+                .map_err(ServiceError::internal)?;
+        }
+        let default = ctx.state().config_options().catalog.default_catalog.clone();
+        ctx.catalog(&default)
+            .ok_or_else(|| ServiceError::internal("the session has no default catalog"))?
+            .register_schema("pg_catalog", Arc::new(schema))
+            .map_err(ServiceError::internal)?;
+        for function in catalog.functions {
+            ctx.register_udf(function);
+        }
     }
     for (name, rows) in &req.tables {
         if rows.len() > MAX_TABLE_ROWS {

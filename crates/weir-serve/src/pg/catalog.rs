@@ -1,0 +1,397 @@
+//! What PostgreSQL clients read to describe a database — psql's `\df`,
+//! `\dt` and `\d`, a driver's `SHOW` of a session setting — answered from
+//! the tenant's own objects: the functions of its published UDFs (latest
+//! versions, what a statement calls by name), and no tables (a statement
+//! reads only what it names). A catalog statement runs like any other of
+//! the tenant's (its session, bounds, deadline and slot), with the catalog's
+//! tables (schema `pg_catalog`) and functions added to its session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::cast::as_int64_array;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use pgwire::api::auth::DefaultServerParameterProvider;
+use weir_core::abi::{AbiType, ArrowType};
+
+use crate::error::ServiceError;
+use crate::registry::UdfVersion;
+use crate::services::query::Catalog;
+
+/// The namespaces: the system's two and `public`, where a tenant's
+/// functions are (oids as PostgreSQL's).
+const PG_CATALOG: i64 = 11;
+const PUBLIC: i64 = 2200;
+const INFORMATION_SCHEMA: i64 = 13_183;
+/// The first oid of a tenant's functions.
+const FIRST_FUNCTION: i64 = 100_000;
+
+/// The parameters a connection is told at startup; `SHOW` answers the
+/// same. A tenant is no superuser, and its statements only read.
+pub fn server_parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.is_superuser = false;
+    p.default_transaction_read_only = true;
+    p
+}
+
+/// Every setting `SHOW` knows: name (lower case), value, what it is.
+fn settings() -> Vec<(&'static str, String, &'static str)> {
+    let p = server_parameters();
+    let on = |b: bool| if b { "on" } else { "off" }.to_string();
+    vec![
+        (
+            "client_encoding",
+            p.client_encoding.unwrap_or_else(|| "UTF8".into()),
+            "the client's character set",
+        ),
+        ("datestyle", p.date_style, "how dates are written"),
+        (
+            "default_transaction_read_only",
+            on(p.default_transaction_read_only),
+            "statements only read",
+        ),
+        (
+            "integer_datetimes",
+            on(p.integer_datetimes),
+            "timestamps are integers",
+        ),
+        (
+            "intervalstyle",
+            p.interval_style,
+            "how intervals are written",
+        ),
+        (
+            "is_superuser",
+            on(p.is_superuser),
+            "a tenant is no superuser",
+        ),
+        ("max_identifier_length", "63".into(), "the longest name"),
+        (
+            "search_path",
+            p.search_path,
+            "where unqualified functions are found",
+        ),
+        (
+            "server_encoding",
+            p.server_encoding,
+            "the server's character set",
+        ),
+        (
+            "server_version",
+            p.server_version,
+            "the protocol's version, and pgwire's",
+        ),
+        (
+            "standard_conforming_strings",
+            on(p.standard_conforming_strings),
+            "backslashes in strings are plain",
+        ),
+        (
+            "timezone",
+            p.time_zone,
+            "the zone timestamps are written in",
+        ),
+        (
+            "transaction_isolation",
+            "read committed".into(),
+            "what a transaction sees (statements only read)",
+        ),
+        ("transaction_read_only", "on".into(), "statements only read"),
+    ]
+}
+
+/// Whether `sql` reads the catalog (it names `pg_catalog.`) or is a `SHOW`.
+pub fn wanted(sql: &str) -> bool {
+    show(sql).is_some() || sql.to_ascii_lowercase().contains("pg_catalog.")
+}
+
+/// The setting a `SHOW` statement asks for (lower case; `all`), if it is one.
+fn show(sql: &str) -> Option<String> {
+    let statement = sql.trim().trim_end_matches(';').trim();
+    let mut words = statement.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("show") {
+        return None;
+    }
+    let rest: Vec<String> = words.map(str::to_ascii_lowercase).collect();
+    Some(
+        match rest.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["transaction", "isolation", "level"] => "transaction_isolation".into(),
+            ["time", "zone"] => "timezone".into(),
+            _ => rest.join(" ").trim_matches('"').to_string(),
+        },
+    )
+}
+
+/// `sql` as the catalog's session plans it, and the catalog of `tenant`
+/// whose published UDFs are `versions`.
+///
+/// # Errors
+/// A `SHOW` of a setting there is not (42704, as PostgreSQL).
+pub fn prepare(
+    sql: &str,
+    tenant: &str,
+    versions: &[UdfVersion],
+) -> Result<(String, Catalog), ServiceError> {
+    let sql = match show(sql) {
+        Some(name) if name == "all" => {
+            "SELECT name, setting, short_desc AS description FROM pg_catalog.pg_settings ORDER BY name"
+                .to_string()
+        }
+        Some(name) => {
+            if !settings().iter().any(|(n, _, _)| *n == name) {
+                return Err(ServiceError::Rejected(format!(
+                    "unrecognized configuration parameter \"{name}\"; `SHOW ALL` lists those weir answers"
+                )));
+            }
+            format!(
+                "SELECT setting AS \"{name}\" FROM pg_catalog.pg_settings WHERE name = '{name}'"
+            )
+        }
+        // psql's patterns (`\df name`) use PostgreSQL's operator and
+        // collation syntax for a regular expression match.
+        None => sql
+            .replace("OPERATOR(pg_catalog.~)", "~")
+            .replace(" COLLATE pg_catalog.default", ""),
+    };
+    Ok((sql, catalog(tenant, versions)?))
+}
+
+/// One function of a UDF: its SQL name, argument and result types, and
+/// whether it is an aggregate.
+struct Function {
+    name: String,
+    args: String,
+    result: String,
+    aggregate: bool,
+}
+
+/// `name(float64, utf8) -> boolean`, or an aggregate's `… [aggregate, …]`
+/// (`weir_core::abi::FunctionDecl::signature`), in PostgreSQL's type names.
+fn function(signature: &str) -> Option<Function> {
+    let (name, rest) = signature.split_once('(')?;
+    let (args, rest) = rest.split_once(") -> ")?;
+    let (result, aggregate) = match rest.split_once(" [") {
+        Some((result, more)) => (result, more.starts_with("aggregate")),
+        None => (rest, false),
+    };
+    let type_name = |t: &str| AbiType::from_name(t.trim()).map(|t| sql_type(&t.data_type()));
+    let args: Option<Vec<&str>> = args
+        .split(',')
+        .filter(|a| !a.trim().is_empty())
+        .map(type_name)
+        .collect();
+    Some(Function {
+        name: name.trim().to_string(),
+        args: args?.join(", "),
+        result: type_name(result)?.to_string(),
+        aggregate,
+    })
+}
+
+/// The name PostgreSQL's `format_type` gives the type a column of `ty`
+/// is sent as (`pg::encode::pg_type`).
+fn sql_type(ty: &DataType) -> &'static str {
+    match super::encode::pg_type(ty).name() {
+        "bool" => "boolean",
+        "int2" => "smallint",
+        "int4" => "integer",
+        "int8" => "bigint",
+        "float4" => "real",
+        "float8" => "double precision",
+        "numeric" => "numeric",
+        "bytea" => "bytea",
+        "date" => "date",
+        "timestamp" => "timestamp without time zone",
+        "timestamptz" => "timestamp with time zone",
+        _ => "text",
+    }
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn ints(values: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(values))
+}
+
+/// A table of `columns` (name, values); all of one length.
+fn table(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ServiceError> {
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(name, a)| Field::new(*name, a.data_type().clone(), false))
+            .collect::<Vec<_>>(),
+    );
+    let arrays = columns.into_iter().map(|(_, a)| a).collect();
+    RecordBatch::try_new(Arc::new(schema), arrays).map_err(ServiceError::internal)
+}
+
+/// The catalog of `tenant`: tables `pg_namespace`, `pg_proc`, `pg_class`
+/// (empty), `pg_am` (empty), `pg_settings`, and the functions psql calls
+/// on them.
+fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceError> {
+    let mut functions: Vec<Function> = versions
+        .iter()
+        .flat_map(|v| v.functions.iter().filter_map(|s| function(s)))
+        .collect();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    let oids: Vec<i64> = (FIRST_FUNCTION..).take(functions.len()).collect();
+    let namespaces = table(vec![
+        ("oid", ints([PG_CATALOG, PUBLIC, INFORMATION_SCHEMA])),
+        (
+            "nspname",
+            strings(["pg_catalog", "public", "information_schema"]),
+        ),
+    ])?;
+    let procs = table(vec![
+        ("oid", ints(oids.iter().copied())),
+        (
+            "proname",
+            strings(functions.iter().map(|f| f.name.as_str())),
+        ),
+        ("pronamespace", ints(functions.iter().map(|_| PUBLIC))),
+        (
+            "prokind",
+            strings(
+                functions
+                    .iter()
+                    .map(|f| if f.aggregate { "a" } else { "f" }),
+            ),
+        ),
+    ])?;
+    let classes = table(vec![
+        ("oid", ints([])),
+        ("relname", strings([])),
+        ("relnamespace", ints([])),
+        ("relkind", strings([])),
+        ("relowner", ints([])),
+        ("relam", ints([])),
+    ])?;
+    let methods = table(vec![("oid", ints([])), ("amname", strings([]))])?;
+    let settings = settings();
+    let settings = table(vec![
+        ("name", strings(settings.iter().map(|(n, _, _)| *n))),
+        (
+            "setting",
+            strings(settings.iter().map(|(_, v, _)| v.as_str())),
+        ),
+        ("short_desc", strings(settings.iter().map(|(_, _, d)| *d))),
+    ])?;
+    let by_oid: Arc<HashMap<i64, (String, String)>> = Arc::new(
+        oids.iter()
+            .zip(&functions)
+            .map(|(oid, f)| (*oid, (f.result.clone(), f.args.clone())))
+            .collect(),
+    );
+    let result = {
+        let by_oid = by_oid.clone();
+        text_of_oid("pg_get_function_result", move |oid| {
+            by_oid.get(&oid).map(|(result, _)| result.clone())
+        })
+    };
+    let arguments = text_of_oid("pg_get_function_arguments", move |oid| {
+        by_oid.get(&oid).map(|(_, args)| args.clone())
+    });
+    let owner = {
+        let tenant = tenant.to_string();
+        text_of_oid("pg_get_userbyid", move |_| Some(tenant.clone()))
+    };
+    Ok(Catalog {
+        tables: vec![
+            ("pg_namespace".into(), namespaces),
+            ("pg_proc".into(), procs),
+            ("pg_class".into(), classes),
+            ("pg_am".into(), methods),
+            ("pg_settings".into(), settings),
+        ],
+        functions: vec![
+            result,
+            arguments,
+            owner,
+            visible("pg_function_is_visible"),
+            visible("pg_table_is_visible"),
+        ],
+    })
+}
+
+/// `pg_catalog.<name>(oid) → text`, also by its bare name: `text(oid)`,
+/// NULL where it says nothing.
+fn text_of_oid(
+    name: &'static str,
+    text: impl Fn(i64) -> Option<String> + Send + Sync + 'static,
+) -> ScalarUDF {
+    let udf = create_udf(
+        &format!("pg_catalog.{name}"),
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let oids = as_int64_array(&arrays[0])?;
+            let out: StringArray = oids.iter().map(|oid| oid.and_then(&text)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+    udf.with_aliases([name])
+}
+
+/// `pg_catalog.<name>(oid) → true`: everything a tenant's catalog holds is
+/// on its search path.
+fn visible(name: &'static str) -> ScalarUDF {
+    let udf = create_udf(
+        &format!("pg_catalog.{name}"),
+        vec![DataType::Int64],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let out = BooleanArray::from(vec![true; arrays[0].len()]);
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+    udf.with_aliases([name])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_read_as_postgresql_types() {
+        let f = function("score(float64, utf8) -> boolean").unwrap();
+        assert_eq!(
+            (
+                f.name.as_str(),
+                f.args.as_str(),
+                f.result.as_str(),
+                f.aggregate
+            ),
+            ("score", "double precision, text", "boolean", false)
+        );
+        let f = function("median(float64) -> float64 [aggregate, state: binary]").unwrap();
+        assert!(f.aggregate);
+        assert_eq!(function("now() -> int64").unwrap().args, "");
+        assert!(function("odd(decimal) -> int64").is_none());
+    }
+
+    #[test]
+    fn show_names_a_setting() {
+        assert_eq!(show("SHOW TimeZone;").as_deref(), Some("timezone"));
+        assert_eq!(
+            show("show transaction isolation level").as_deref(),
+            Some("transaction_isolation")
+        );
+        assert_eq!(show("SHOW ALL").as_deref(), Some("all"));
+        assert_eq!(show("SELECT 1"), None);
+        assert!(prepare("SHOW work_mem", "acme", &[]).is_err());
+        let (sql, _) = prepare("SHOW DateStyle", "acme", &[]).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT setting AS \"datestyle\" FROM pg_catalog.pg_settings WHERE name = 'datestyle'"
+        );
+    }
+}

@@ -24,6 +24,18 @@ pub struct CacheStats {
     pub bypassed: Count,
 }
 
+/// Which of `rows` rows are in `failed` (a lookup per row, not a search:
+/// dirty batches have hundreds of failed rows).
+fn failed_mask(failed: &[usize], rows: usize) -> Vec<bool> {
+    let mut bad = vec![false; rows];
+    for &row in failed {
+        if let Some(b) = bad.get_mut(row) {
+            *b = true;
+        }
+    }
+    bad
+}
+
 /// Keys: module digest, function index, then the row's argument values in
 /// arrow's row format (which encodes nulls and types unambiguously).
 pub struct ResultCache {
@@ -109,7 +121,8 @@ impl ResultCache {
         self.stats.misses.add(misses.len() as u64);
         if hits.is_empty() {
             let (out, failed) = compute(args, rows)?;
-            let stored = (0..rows).filter(|i| !failed.contains(i)).map(|i| (i, i));
+            let bad = failed_mask(&failed, rows);
+            let stored = (0..rows).filter(|i| !bad[*i]).map(|i| (i, i));
             self.store(&mut keys, &out, stored, &internal)?;
             return Ok(identity((out, failed)));
         }
@@ -127,13 +140,14 @@ impl ResultCache {
         // An error naming a row of the misses names it in `args` instead.
         let (computed, failed) = compute(&miss_args, misses.len())
             .map_err(|e| remap_row(e, &|row| misses.get(row).map_or(row, |&i| i as usize)))?;
+        let bad = failed_mask(&failed, misses.len());
         self.store(
             &mut keys,
             &computed,
             misses
                 .iter()
                 .enumerate()
-                .filter(|(j, _)| !failed.contains(j))
+                .filter(|(j, _)| !bad[*j])
                 .map(|(j, &i)| (i as usize, j)),
             &internal,
         )?;

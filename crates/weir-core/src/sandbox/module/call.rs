@@ -252,17 +252,12 @@ impl UdfModule {
         if failed.is_empty() {
             return Ok(array);
         }
-        let messages = messages.into_inner();
+        // By row of the computed column.
+        let messages: std::collections::HashMap<usize, String> =
+            messages.into_inner().into_iter().collect();
         let mut errors: Vec<(usize, String)> = failed
             .into_iter()
-            .map(|(row, computed)| {
-                let message = messages
-                    .iter()
-                    .find(|(r, _)| *r == computed)
-                    .map(|(_, m)| m.clone())
-                    .unwrap_or_default();
-                (row, message)
-            })
+            .map(|(row, computed)| (row, messages.get(&computed).cloned().unwrap_or_default()))
             .collect();
         errors.sort_by_key(|(row, _)| *row);
         Err(Failure::RowErrors(Box::new(PartialOutput {

@@ -46,6 +46,11 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   python3 -c 'import psycopg' 2>/dev/null ||
     python3 -m pip install --quiet 'psycopg[binary]' ||
     python3 -m pip install --quiet --break-system-packages 'psycopg[binary]'
+  # ADBC's Flight SQL driver and pyarrow (PyPI): the Arrow Flight SQL client
+  # of the same tests.
+  python3 -c 'import adbc_driver_flightsql, pyarrow' 2>/dev/null ||
+    python3 -m pip install --quiet adbc-driver-flightsql pyarrow ||
+    python3 -m pip install --quiet --break-system-packages adbc-driver-flightsql pyarrow
   # clang + wasm-ld for C UDFs (the second authoring language) (Debian).
   { command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; } || apt_install clang lld
   # The JavaScript runtime guest's toolchain: clang's wasm32 runtime and

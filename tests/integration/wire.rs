@@ -448,6 +448,15 @@ fn postgres_listen_needs_loopback_and_consent() {
             "postgres_listen = \"0.0.0.0:1\"\nallow_insecure_password = true\n",
             "listen on loopback",
         ),
+        // The Flight SQL listener is held to the same rule.
+        (
+            "flight_sql_listen = \"127.0.0.1:1\"\n",
+            "serve.flight_sql_listen = \"127.0.0.1:1\" takes the token as a cleartext password",
+        ),
+        (
+            "flight_sql_listen = \"0.0.0.0:1\"\nallow_insecure_password = true\n",
+            "listen on loopback",
+        ),
     ] {
         let config = dir.path().join("weir.toml");
         std::fs::write(
@@ -467,4 +476,101 @@ fn postgres_listen_needs_loopback_and_consent() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{err}");
     }
+}
+
+/// ADBC's Flight SQL driver (PyPI `adbc-driver-flightsql`) reads a
+/// tenant's query with its UDF as Arrow: with user = tenant and password =
+/// a token (the handshake), or a bearer token from the start; a wrong
+/// token, bad SQL and another tenant's use of the UDF are refused.
+#[test]
+fn adbc_reads_a_tenants_udfs_over_flight_sql() {
+    let has_adbc = Command::new("python3")
+        .args(["-c", "import adbc_driver_flightsql, pyarrow"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !support::require_or_skip("adbc (pip install adbc-driver-flightsql pyarrow)", has_adbc) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let flight_port = free_port();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nflight_sql_listen = \"127.0.0.1:{flight_port}\"\nallow_insecure_password = true\nwarm_languages = false\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"auditor\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"admin\"\n",
+            dir.path().join("data").display(),
+            hash_token("acme-secret"),
+            hash_token("globex-secret"),
+            hash_token("acme-admin"),
+        ),
+    )
+    .unwrap();
+    let _weir = Killed(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr);
+    wait_for(&format!("127.0.0.1:{flight_port}"));
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/tenants/acme/udfs/tools",
+        &[
+            ("Authorization", "Bearer acme-secret"),
+            ("Content-Type", "application/wasm"),
+        ],
+        &guest(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let out = Command::new("python3")
+        .arg(support::repo().join("tests/clients/adbc_flight.py"))
+        .args([
+            &flight_port.to_string(),
+            "acme",
+            "acme-secret",
+            "globex",
+            "globex-secret",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        got["rows"],
+        serde_json::json!([{"x": 1, "d": 2}, {"x": 2, "d": 4}, {"x": null, "d": null}]),
+        "{got}"
+    );
+    assert_eq!(got["schema"], serde_json::json!(["x:int64", "d:int64"]));
+    // More rows than the HTTP endpoint returns, as Arrow batches.
+    assert_eq!(got["many"], 200000, "{got}");
+    assert_eq!(got["bearer"], serde_json::json!([{"d": 42}]), "{got}");
+    let refused = |key: &str, words: &str| {
+        let message = got[key][1].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{key}: {got}");
+    };
+    refused("wrong_token", "UNAUTHENTICATED");
+    refused("syntax", "INVALID_ARGUMENT");
+    // globex has no `double`: its statement does not plan.
+    refused("other_tenant", "double");
+
+    // Each statement is audited, and so is the refused token.
+    let (status, body) = http(
+        &addr,
+        "GET",
+        "/v1/audit",
+        &[("Authorization", "Bearer acme-admin")],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sql query (flight sql)"), "{body}");
 }

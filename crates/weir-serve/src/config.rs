@@ -48,8 +48,12 @@ pub struct ServeConfig {
     /// The PostgreSQL wire protocol on this address (`psql -h 127.0.0.1
     /// -p 5433 -U <tenant>`, password = an API token). Unset: off.
     pub postgres_listen: Option<String>,
+    /// Arrow Flight SQL on this address (ADBC's `grpc://127.0.0.1:5434`,
+    /// user = tenant, password = an API token). Unset: off.
+    pub flight_sql_listen: Option<String>,
     /// Accept the token as a cleartext password (no TLS yet): required
-    /// with `postgres_listen`, which must then be a loopback address.
+    /// with `postgres_listen` and `flight_sql_listen`, which must then be
+    /// loopback addresses.
     pub allow_insecure_password: bool,
     /// PostgreSQL connections open at once (every tenant's); one more is
     /// closed at once.
@@ -78,6 +82,7 @@ impl Default for ServeConfig {
             lease_ms: 10_000,
             reconcile_ms: 5000,
             postgres_listen: None,
+            flight_sql_listen: None,
             allow_insecure_password: false,
             postgres_max_connections: 64,
             warm_languages: true,
@@ -113,4 +118,36 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// The address of a listener that takes API tokens as passwords (`key`:
+/// `serve.postgres_listen`, `serve.flight_sql_listen`), checked before
+/// anything listens: tokens travel unencrypted (no TLS yet), so only on
+/// loopback and when the operator said so.
+///
+/// # Errors
+/// Not an address, not loopback, or `allow_insecure_password` unset.
+pub fn password_listener(
+    key: &str,
+    listen: Option<&str>,
+    example: &str,
+    allow_insecure_password: bool,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("{key} = \"{listen}\" is not an address like \"{example}\": {e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{key} = \"{listen}\": tokens would cross the network in clear text, and TLS is not built yet; listen on loopback (127.0.0.1)"
+        ));
+    }
+    if !allow_insecure_password {
+        return Err(format!(
+            "{key} = \"{listen}\" takes the token as a cleartext password (TLS and SCRAM are not built yet); set serve.allow_insecure_password = true to accept that on loopback"
+        ));
+    }
+    Ok(Some(addr))
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod database;
 pub mod error;
 pub mod exporter;
+pub mod flight;
 pub mod http;
 pub mod node;
 pub mod pg;
@@ -263,6 +264,20 @@ pub async fn serve(
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (serve.postgres_listen): {e}"))?;
         tracing::info!(%addr, "weir serve: PostgreSQL wire protocol");
         tokio::spawn(pg::serve(state.clone(), listener));
+    }
+    if let Some(addr) = crate::config::password_listener(
+        "serve.flight_sql_listen",
+        state.config.flight_sql_listen.as_deref(),
+        "127.0.0.1:5434",
+        state.config.allow_insecure_password,
+    )
+    .map_err(anyhow::Error::msg)?
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} (serve.flight_sql_listen): {e}")
+        })?;
+        tracing::info!(%addr, "weir serve: Arrow Flight SQL");
+        tokio::spawn(flight::serve(state.clone(), listener));
     }
     // A single node starts what it stored; a cluster node starts what the
     // database says once its listener is connected.

@@ -47,25 +47,12 @@ use datafusion::arrow::array::RecordBatch;
 /// passwords travel unencrypted, so only on loopback and when the operator
 /// said so.
 pub fn check(config: &crate::config::ServeConfig) -> Result<Option<std::net::SocketAddr>, String> {
-    let Some(listen) = &config.postgres_listen else {
-        return Ok(None);
-    };
-    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
-        format!(
-            "serve.postgres_listen = \"{listen}\" is not an address like \"127.0.0.1:5433\": {e}"
-        )
-    })?;
-    if !addr.ip().is_loopback() {
-        return Err(format!(
-            "serve.postgres_listen = \"{listen}\": tokens would cross the network in clear text, and TLS is not built yet; listen on loopback (127.0.0.1)"
-        ));
-    }
-    if !config.allow_insecure_password {
-        return Err(format!(
-            "serve.postgres_listen = \"{listen}\" takes the token as a cleartext password (TLS and SCRAM are not built yet); set serve.allow_insecure_password = true to accept that on loopback"
-        ));
-    }
-    Ok(Some(addr))
+    crate::config::password_listener(
+        "serve.postgres_listen",
+        config.postgres_listen.as_deref(),
+        "127.0.0.1:5433",
+        config.allow_insecure_password,
+    )
 }
 
 /// Accepts connections on `listener` until the task is dropped.
@@ -247,32 +234,6 @@ fn now_ms() -> i64 {
 
 struct Queries {
     state: Arc<AppState>,
-}
-
-impl Queries {
-    /// The tenant's published UDFs the statement names (by a function a
-    /// module declares), latest versions.
-    fn udfs(versions: &[crate::registry::UdfVersion], sql: &str) -> Vec<String> {
-        let words: std::collections::HashSet<String> = sql
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| !w.is_empty())
-            .map(str::to_ascii_lowercase)
-            .collect();
-        let mut names: Vec<String> = versions
-            .iter()
-            .filter(|v| {
-                v.functions.iter().any(|f| {
-                    let name = f.split('(').next().unwrap_or_default().trim();
-                    words.contains(&name.to_ascii_lowercase())
-                })
-            })
-            .map(|v| v.name.clone())
-            .collect();
-        names.sort();
-        names.dedup();
-        names.truncate(crate::pipeline::PipelineConfig::MAX_UDFS);
-        names
-    }
 }
 
 /// Audits a statement once, like an HTTP SQL request: when its last row
@@ -470,7 +431,7 @@ impl Queries {
                 // (57P03: retry), never "no UDFs" (which would read as
                 // 42883).
                 let versions = state.registry.list(&tenant)?;
-                let udfs = Queries::udfs(&versions, &sql);
+                let udfs = crate::services::udfs::named_in(&versions, &sql);
                 if !catalog::wanted(&sql) {
                     return Ok((udfs, sql, None));
                 }

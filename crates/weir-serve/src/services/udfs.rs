@@ -192,3 +192,28 @@ pub async fn delete(
     .decrement(1.0);
     Ok(v)
 }
+
+/// Of a tenant's published `versions`, the UDFs whose functions `sql`
+/// names (by a function a module declares): what a statement of the
+/// PostgreSQL or Flight SQL protocol loads, latest versions.
+pub fn named_in(versions: &[UdfVersion], sql: &str) -> Vec<String> {
+    let words: std::collections::HashSet<String> = sql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut names: Vec<String> = versions
+        .iter()
+        .filter(|v| {
+            v.functions.iter().any(|f| {
+                let name = f.split('(').next().unwrap_or_default().trim();
+                words.contains(&name.to_ascii_lowercase())
+            })
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.truncate(crate::pipeline::PipelineConfig::MAX_UDFS);
+    names
+}

@@ -1,0 +1,56 @@
+"""ADBC's Flight SQL driver against `weir serve` (run by tests/integration/wire.rs).
+
+Usage: adbc_flight.py PORT TENANT TOKEN OTHER_TENANT OTHER_TOKEN
+
+Prints one JSON object: the rows of a query with the tenant's UDF as a
+pyarrow Table, its Arrow schema, what a wrong token, a syntax error and
+another tenant's use of the UDF raise.
+"""
+
+import json
+import sys
+
+import adbc_driver_flightsql.dbapi as flight_sql
+from adbc_driver_flightsql import DatabaseOptions
+
+port, tenant, token, other, other_token = sys.argv[1:6]
+uri = f"grpc://127.0.0.1:{port}"
+
+
+def connect(user, password):
+    return flight_sql.connect(uri, db_kwargs={"username": user, "password": password})
+
+
+def error_of(user, password, sql):
+    try:
+        with connect(user, password) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            cur.fetch_arrow_table()
+    except Exception as e:  # the driver's error class and message
+        return [type(e).__name__, str(e)]
+    return None
+
+
+out = {}
+with connect(tenant, token) as conn, conn.cursor() as cur:
+    cur.execute(
+        "SELECT x, double(x) AS d FROM (VALUES (CAST(1 AS BIGINT)), (2), (NULL)) AS t(x) ORDER BY x"
+    )
+    table = cur.fetch_arrow_table()
+    out["rows"] = table.to_pylist()
+    out["schema"] = [f"{f.name}:{f.type}" for f in table.schema]
+    cur.execute("SELECT x FROM generate_series(1, 200000) AS t(x)")
+    out["many"] = cur.fetch_arrow_table().num_rows
+
+# A bearer token sent from the start, without the handshake.
+with flight_sql.connect(
+    uri,
+    db_kwargs={DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {token}"},
+) as conn, conn.cursor() as cur:
+    cur.execute("SELECT double(CAST(21 AS BIGINT)) AS d")
+    out["bearer"] = cur.fetch_arrow_table().to_pylist()
+
+out["wrong_token"] = error_of(tenant, "wrong", "SELECT 1")
+out["syntax"] = error_of(tenant, token, "SELEC 1")
+out["other_tenant"] = error_of(other, other_token, "SELECT double(CAST(1 AS BIGINT))")
+print(json.dumps(out))

@@ -53,6 +53,41 @@ fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, Str
     )
 }
 
+/// `weir serve` with `[serve]` lines `extra` and a token per `(name,
+/// token, tenant, role)`; answers once its HTTP listener is up.
+fn serve_with(
+    dir: &std::path::Path,
+    extra: &str,
+    tokens: &[(&str, &str, &str, &str)],
+) -> (Killed, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut text = format!(
+        "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n{extra}",
+        dir.join("data").display()
+    );
+    for (name, token, tenant, role) in tokens {
+        text += &format!(
+            "[[serve.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
+            hash_token(token)
+        );
+    }
+    let config = dir.join("weir.toml");
+    std::fs::write(&config, text).unwrap();
+    let weir = Killed(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_CACHE_DIR", support::cache_dir())
+            // glibc's mmap threshold fixed: the server's resident memory
+            // then measures what it holds, not the allocator's caching.
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&addr);
+    (weir, addr)
+}
+
 #[test]
 fn psql_runs_a_tenants_udfs_with_a_token() {
     let has_psql = Command::new("psql").arg("--version").output().is_ok();
@@ -60,31 +95,19 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let pg_port = free_port();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\npostgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\npostgres_max_connections = 3\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"look\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"viewer\"\n[[serve.tokens]]\nname = \"root\"\nsha256 = \"{}\"\ntenant = \"*\"\nrole = \"admin\"\n",
-            dir.path().join("data").display(),
-            hash_token("acme-secret"),
-            hash_token("globex-secret"),
-            hash_token("acme-viewer"),
-            hash_token("root-secret"),
+    let (_weir, addr) = serve_with(
+        dir.path(),
+        &format!(
+            "postgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\npostgres_max_connections = 3\n"
         ),
-    )
-    .unwrap();
-    let _weir = Killed(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("WEIR_CACHE_DIR", support::cache_dir())
-            .env("MALLOC_MMAP_THRESHOLD_", "131072")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+        &[
+            ("ci", "acme-secret", "acme", "publisher"),
+            ("ci", "globex-secret", "globex", "publisher"),
+            ("look", "acme-viewer", "acme", "viewer"),
+            ("root", "root-secret", "*", "admin"),
+        ],
     );
-    wait_for(&addr);
     wait_for(&format!("127.0.0.1:{pg_port}"));
     // Ready once the script languages' runtimes are compiled
     // (`serve.warm_languages`): the Python function below then loads them
@@ -492,29 +515,18 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let flight_port = free_port();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nflight_sql_listen = \"127.0.0.1:{flight_port}\"\nallow_insecure_password = true\nwarm_languages = false\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\ntenant = \"globex\"\nrole = \"publisher\"\n[[serve.tokens]]\nname = \"auditor\"\nsha256 = \"{}\"\ntenant = \"acme\"\nrole = \"admin\"\n",
-            dir.path().join("data").display(),
-            hash_token("acme-secret"),
-            hash_token("globex-secret"),
-            hash_token("acme-admin"),
+    let (_weir, addr) = serve_with(
+        dir.path(),
+        &format!(
+            "flight_sql_listen = \"127.0.0.1:{flight_port}\"\nallow_insecure_password = true\nwarm_languages = false\n"
         ),
-    )
-    .unwrap();
-    let _weir = Killed(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("WEIR_CACHE_DIR", support::cache_dir())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+        &[
+            ("ci", "acme-secret", "acme", "publisher"),
+            ("ci", "globex-secret", "globex", "publisher"),
+            ("auditor", "acme-admin", "acme", "admin"),
+        ],
     );
-    wait_for(&addr);
     wait_for(&format!("127.0.0.1:{flight_port}"));
     let (status, body) = http(
         &addr,

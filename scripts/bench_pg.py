@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""A large result through `weir serve`'s PostgreSQL protocol, by client.
+"""A large result through `weir serve`'s PostgreSQL and Flight SQL protocols, by client.
 
 Starts `weir serve` (the binary given) on loopback, then reads the same
 statement's rows (ROWS rows: a BIGINT, a DOUBLE and a 20-byte string) with
   - psql (the simple protocol, text), output discarded;
   - psycopg 3, server-side binding (the extended protocol), text results;
   - psycopg 3, binary results;
+  - ADBC's Flight SQL driver (Arrow batches), into a pyarrow Table;
 and, for reference, `weir sql --format csv` of the same query (one process,
 no server). Each is timed wall-clock, best of RUNS; the server's peak
 resident memory during the psycopg runs is reported too.
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 
+import adbc_driver_flightsql.dbapi as flight_sql
 import psycopg
 
 weir = sys.argv[1]
@@ -57,13 +59,14 @@ def best(f):
 
 
 work = tempfile.mkdtemp()
-http, pg = free_port(), free_port()
+http, pg, flight = free_port(), free_port(), free_port()
 token = "bench-secret"
 with open(os.path.join(work, "weir.toml"), "w") as f:
     f.write(f'''[serve]
 listen = "127.0.0.1:{http}"
 data_dir = "{work}/data"
 postgres_listen = "127.0.0.1:{pg}"
+flight_sql_listen = "127.0.0.1:{flight}"
 allow_insecure_password = true
 warm_languages = false
 [[serve.tokens]]
@@ -98,6 +101,13 @@ try:
                 return sum(1 for _ in cur)
         return read
 
+    def adbc():
+        with flight_sql.connect(f"grpc://127.0.0.1:{flight}",
+                                db_kwargs={"username": "bench", "password": token}) as conn:
+            with conn.cursor() as cur:
+                cur.execute(query)
+                return cur.fetch_arrow_table().num_rows
+
     def weir_csv():
         out = subprocess.run([weir, "sql", "--format", "csv", query], capture_output=True, check=True)
         return out.stdout.count(b"\n") - 1  # the header
@@ -117,13 +127,14 @@ try:
     sampler.start()
     results["psycopg (extended protocol, text)"] = best(psycopg_read(False))
     results["psycopg (extended protocol, binary)"] = best(psycopg_read(True))
+    results["ADBC Flight SQL (Arrow)"] = best(adbc)
     sampling[0] = False
     sampler.join()
     results["weir sql --format csv (no server)"] = best(weir_csv)
     print(f"{rows} rows (BIGINT, DOUBLE, ~20-byte VARCHAR), best of {runs}:")
     for name, secs in results.items():
         print(f"  {name:40s} {secs:6.2f} s  {rows / secs / 1e3:7.0f} k rows/s")
-    print(f"  server resident memory: {before // 1024} MB before, {peak[0] // 1024} MB at most while psycopg read")
+    print(f"  server resident memory: {before // 1024} MB before, {peak[0] // 1024} MB at most while psycopg and ADBC read")
 finally:
     server.terminate()
     server.wait()

@@ -3,8 +3,8 @@
 Usage: adbc_flight.py PORT TENANT TOKEN OTHER_TENANT OTHER_TOKEN
 
 Prints one JSON object: the rows of a query with the tenant's UDF as a
-pyarrow Table, its Arrow schema, what a wrong token, a syntax error and
-another tenant's use of the UDF raise.
+pyarrow Table, its Arrow schema, a prepared statement's two runs, what a wrong token, a syntax error and another tenant's use of the
+UDF raise.
 """
 
 import json
@@ -41,6 +41,20 @@ with connect(tenant, token) as conn, conn.cursor() as cur:
     out["schema"] = [f"{f.name}:{f.type}" for f in table.schema]
     cur.execute("SELECT x FROM generate_series(1, 200000) AS t(x)")
     out["many"] = cur.fetch_arrow_table().num_rows
+
+# A prepared statement (what JDBC's Flight SQL driver sends for every
+# query), run twice.
+with connect(tenant, token) as conn, conn.cursor() as cur:
+    prepared = "SELECT double(x) AS d FROM generate_series(1, 3) AS t(x)"
+    # (Answers the parameters' schema: none.)
+    out["parameters"] = cur.adbc_prepare(prepared)
+    runs = []
+    for _ in range(2):
+        cur.execute(prepared)
+        table = cur.fetch_arrow_table()
+        runs.append(table.to_pylist())
+    out["prepared_schema"] = [f"{f.name}:{f.type}" for f in table.schema]
+    out["prepared"] = runs
 
 # A bearer token sent from the start, without the handshake.
 with flight_sql.connect(

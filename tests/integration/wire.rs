@@ -503,7 +503,8 @@ fn postgres_listen_needs_loopback_and_consent() {
 
 /// ADBC's Flight SQL driver (PyPI `adbc-driver-flightsql`) reads a
 /// tenant's query with its UDF as Arrow: with user = tenant and password =
-/// a token (the handshake), or a bearer token from the start; a wrong
+/// a token (the handshake), or a bearer token from the start; prepared
+/// statements; a wrong
 /// token, bad SQL and another tenant's use of the UDF are refused.
 #[test]
 fn adbc_reads_a_tenants_udfs_over_flight_sql() {
@@ -566,6 +567,16 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
     // More rows than the HTTP endpoint returns, as Arrow batches.
     assert_eq!(got["many"], 200000, "{got}");
     assert_eq!(got["bearer"], serde_json::json!([{"d": 42}]), "{got}");
+    assert_eq!(
+        got["prepared_schema"],
+        serde_json::json!(["d:int64"]),
+        "{got}"
+    );
+    assert_eq!(
+        got["prepared"],
+        serde_json::json!([[{"d": 2}, {"d": 4}, {"d": 6}], [{"d": 2}, {"d": 4}, {"d": 6}]]),
+        "{got}"
+    );
     let refused = |key: &str, words: &str| {
         let message = got[key][1].as_str().unwrap_or_default();
         assert!(message.contains(words), "{key}: {got}");

@@ -13,8 +13,10 @@
 //! on every call, so a revoked one stops working at once.
 //!
 //! Built: statements (`CommandStatementQuery`: `GetFlightInfo` plans it
-//! and answers its schema, `DoGet` runs it). Not yet: prepared statements
-//! and parameters, `GetSqlInfo`, `GetTables`, cancel, TLS.
+//! and answers its schema, `DoGet` runs it) and prepared statements
+//! without parameters (the handle is the statement: nothing is held
+//! between calls). Not yet: parameters, `GetSqlInfo`, `GetTables`,
+//! cancel, TLS.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,11 +25,17 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::server::FlightSqlService;
-use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandPreparedStatementQuery, CommandStatementQuery,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+    Action as FlightAction, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
+use datafusion::arrow::datatypes::SchemaRef;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::metadata::MetadataMap;
@@ -174,6 +182,52 @@ impl WeirFlightSql {
         self.state.audit.append(&record).await;
     }
 
+    /// `sql` planned in `tenant`'s session: the schema of its result
+    /// (every column nullable, see [`nullable`]). A failure is audited.
+    async fn plan(&self, tenant: &str, sql: &str) -> Result<SchemaRef, Status> {
+        let planned = match self.request(tenant, sql).await {
+            Ok(req) => query::describe(&self.state, tenant, req, Vec::new()).await,
+            Err(e) => Err(e),
+        };
+        match planned {
+            Ok(d) => Ok(nullable(&d.schema)),
+            Err(e) => {
+                self.audit(tenant, "failed", Some(e.to_string()), 422).await;
+                Err(status(&e))
+            }
+        }
+    }
+
+    /// Runs `sql` for `tenant`, its batches streamed as Flight data;
+    /// audited.
+    async fn run(&self, tenant: &str, sql: &str) -> Result<Response<DoGetStream>, Status> {
+        let started = match self.request(tenant, sql).await {
+            Ok(req) => query::stream(&self.state, tenant, req, Vec::new()).await,
+            Err(e) => Err(e),
+        };
+        let streamed = match started {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit(tenant, "failed", Some(e.to_string()), 422).await;
+                return Err(status(&e));
+            }
+        };
+        self.audit(tenant, "allowed", None, 200).await;
+        let schema = nullable(&streamed.schema);
+        let batches = {
+            let schema = schema.clone();
+            tokio_stream_of(streamed.batches).map(move |b| {
+                b.map_err(|e| FlightError::Tonic(Box::new(status(&e))))
+                    .and_then(|b| b.with_schema(schema.clone()).map_err(FlightError::Arrow))
+            })
+        };
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map(|d| d.map_err(Status::from));
+        Ok(Response::new(Box::pin(data)))
+    }
+
     /// `sql` as a request of `tenant`: the published UDFs it names.
     async fn request(&self, tenant: &str, sql: &str) -> Result<SqlRequest, ServiceError> {
         let (state, t, s) = (self.state.clone(), tenant.to_string(), sql.to_string());
@@ -224,72 +278,108 @@ impl FlightSqlService for WeirFlightSql {
         let (tenant, _) = self.tenant(request.metadata()).await?;
         // Planned now (its errors are the client's at once, and its schema
         // goes with the answer); run when the ticket comes back.
-        let planned = match self.request(&tenant, &query.query).await {
-            Ok(req) => query::describe(&self.state, &tenant, req, Vec::new()).await,
-            Err(e) => Err(e),
-        };
-        let described = match planned {
-            Ok(d) => d,
-            Err(e) => {
-                self.audit(&tenant, "failed", Some(e.to_string()), 422)
-                    .await;
-                return Err(status(&e));
-            }
-        };
+        let schema = self.plan(&tenant, &query.query).await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
-        let info = FlightInfo::new()
-            .try_with_schema(&nullable(&described.schema))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(
-                FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())),
-            )
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        flight_info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
-    ) -> Result<
-        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
-        Status,
-    > {
+    ) -> Result<Response<DoGetStream>, Status> {
         let (tenant, _) = self.tenant(request.metadata()).await?;
-        let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| {
-            Status::invalid_argument("the ticket is not a statement of this server")
-        })?;
-        let started = match self.request(&tenant, &sql).await {
-            Ok(req) => query::stream(&self.state, &tenant, req, Vec::new()).await,
-            Err(e) => Err(e),
-        };
-        let streamed = match started {
-            Ok(s) => s,
-            Err(e) => {
-                self.audit(&tenant, "failed", Some(e.to_string()), 422)
-                    .await;
-                return Err(status(&e));
-            }
-        };
-        self.audit(&tenant, "allowed", None, 200).await;
-        let schema = nullable(&streamed.schema);
-        let batches = {
-            let schema = schema.clone();
-            tokio_stream_of(streamed.batches).map(move |b| {
-                b.map_err(|e| FlightError::Tonic(Box::new(status(&e))))
-                    .and_then(|b| b.with_schema(schema.clone()).map_err(FlightError::Arrow))
-            })
-        };
-        let data = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map(|d| d.map_err(Status::from));
-        Ok(Response::new(Box::pin(data)))
+        self.run(&tenant, &statement_of(&ticket.statement_handle)?)
+            .await
+    }
+
+    /// A prepared statement (JDBC's Flight SQL driver prepares every
+    /// query; ADBC's `adbc_prepare`): planned now, its handle is its SQL
+    /// (nothing is held between calls). No parameters yet.
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<FlightAction>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let (tenant, _) = self.tenant(request.metadata()).await?;
+        let schema = self.plan(&tenant, &query.query).await?;
+        let options = datafusion::arrow::ipc::writer::IpcWriteOptions::default();
+        let message: arrow_flight::IpcMessage = SchemaAsIpc::new(&schema, &options)
+            .try_into()
+            .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: query.query.into_bytes().into(),
+            dataset_schema: message.0,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (tenant, _) = self.tenant(request.metadata()).await?;
+        let schema = self
+            .plan(&tenant, &statement_of(&query.prepared_statement_handle)?)
+            .await?;
+        flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (tenant, _) = self.tenant(request.metadata()).await?;
+        self.run(&tenant, &statement_of(&query.prepared_statement_handle)?)
+            .await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        request: Request<FlightAction>,
+    ) -> Result<(), Status> {
+        // Nothing is held for a prepared statement.
+        self.tenant(request.metadata()).await.map(|_| ())
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+type DoGetStream =
+    <WeirFlightSql as arrow_flight::flight_service_server::FlightService>::DoGetStream;
+
+/// The statement a ticket or a prepared statement's handle carries.
+fn statement_of(handle: &[u8]) -> Result<String, Status> {
+    String::from_utf8(handle.to_vec())
+        .map_err(|_| Status::invalid_argument("the handle is not a statement of this server"))
+}
+
+/// What `GetFlightInfo` answers: the result's schema and one endpoint
+/// whose ticket is `ticket`.
+fn flight_info(
+    schema: &SchemaRef,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
 }
 
 /// `schema` with every column nullable: what `GetFlightInfo` announces

@@ -318,6 +318,18 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
     })
 }
 
+/// The one argument of a catalog function (its signature says one; an
+/// error, never a panic, if the planner ever let another count through).
+fn one_argument(arrays: &[ArrayRef]) -> datafusion::error::Result<&ArrayRef> {
+    match arrays {
+        [one] => Ok(one),
+        _ => Err(datafusion::error::DataFusionError::Plan(format!(
+            "a catalog function takes one oid, got {} arguments",
+            arrays.len()
+        ))),
+    }
+}
+
 /// `pg_catalog.<name>(oid) → text`, also by its bare name: `text(oid)`,
 /// NULL where it says nothing.
 fn text_of_oid(
@@ -331,7 +343,7 @@ fn text_of_oid(
         Volatility::Stable,
         Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
-            let oids = as_int64_array(&arrays[0])?;
+            let oids = as_int64_array(one_argument(&arrays)?)?;
             let out: StringArray = oids.iter().map(|oid| oid.and_then(&text)).collect();
             Ok(ColumnarValue::Array(Arc::new(out)))
         }),
@@ -349,7 +361,7 @@ fn visible(name: &'static str) -> ScalarUDF {
         Volatility::Stable,
         Arc::new(|args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
-            let out = BooleanArray::from(vec![true; arrays[0].len()]);
+            let out = BooleanArray::from(vec![true; one_argument(&arrays)?.len()]);
             Ok(ColumnarValue::Array(Arc::new(out)))
         }),
     );

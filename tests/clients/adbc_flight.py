@@ -65,6 +65,7 @@ with flight_sql.connect(
     out["bearer"] = cur.fetch_arrow_table().to_pylist()
 
 out["wrong_token"] = error_of(tenant, "wrong", "SELECT 1")
+out["bad_tenant"] = error_of("no/such tenant", token, "SELECT 1")
 out["syntax"] = error_of(tenant, token, "SELEC 1")
 out["other_tenant"] = error_of(other, other_token, "SELECT double(CAST(1 AS BIGINT))")
 print(json.dumps(out))

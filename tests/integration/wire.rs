@@ -582,6 +582,7 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
         assert!(message.contains(words), "{key}: {got}");
     };
     refused("wrong_token", "UNAUTHENTICATED");
+    refused("bad_tenant", "invalid tenant");
     refused("syntax", "INVALID_ARGUMENT");
     // globex has no `double`: its statement does not plan.
     refused("other_tenant", "double");

@@ -160,3 +160,15 @@ pub fn authorize(p: &Principal, action: Action, tenant: &str) -> Result<(), Deni
     }
     Ok(())
 }
+
+/// Whether `name` can be a tenant: 1 to 64 letters, digits, `-` and `_`
+/// (never `*`). Every way in (a URL, a PostgreSQL login, a Flight SQL
+/// call) holds a tenant it is given to this before the name reaches a
+/// policy, a metric label or the audit log.
+pub fn is_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

@@ -153,6 +153,13 @@ impl WeirFlightSql {
                     );
                 }
             };
+            // A name the HTTP API would refuse in a URL.
+            if !crate::auth::is_tenant_name(&tenant) {
+                let shown: String = tenant.chars().take(64).collect();
+                return Err(format!(
+                    "invalid tenant `{shown}`: the user must be a tenant's name (1 to 64 letters, digits, `-` and `_`)"
+                ));
+            }
             authorize(&p, Action::Try, &tenant)
                 .map(|()| tenant)
                 .map_err(|d| d.reason())

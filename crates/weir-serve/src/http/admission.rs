@@ -154,11 +154,7 @@ impl<P: Permission> FromRequestParts<Arc<AppState>> for Admit<P> {
         // A tenant is a name; `*` (every tenant, in a token) only where the
         // audit log is read across tenants: `/v1/tenants/*/tokens` must not
         // mint an every-tenant token.
-        let valid_name = !tenant.is_empty()
-            && tenant.len() <= 64
-            && tenant
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let valid_name = crate::auth::is_tenant_name(&tenant);
         let star_allowed = tenant == "*" && (P::ACTION == Action::ReadAudit || every_tenant);
         if !valid_name && !star_allowed {
             let shown: String = tenant.chars().take(64).collect();

@@ -165,12 +165,7 @@ impl AuthSource for Tokens {
         // The user names one tenant, as a URL's tenant does: never `*` (an
         // every-tenant token must still pick one) nor a name the HTTP API
         // would refuse.
-        let valid = !user.is_empty()
-            && user.len() <= 64
-            && user
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
+        if !crate::auth::is_tenant_name(&user) {
             let shown: String = user.chars().take(64).collect();
             return Err(refused(
                 &shown,

@@ -198,11 +198,14 @@ impl WeirFlightSql {
         };
         match planned {
             Ok(d) => Ok(nullable(&d.schema)),
-            Err(e) => {
-                self.audit(tenant, "failed", Some(e.to_string()), 422).await;
-                Err(status(&e))
-            }
+            Err(e) => Err(self.failed(tenant, &e).await),
         }
+    }
+
+    /// A statement of `tenant` that failed: audited, as the client's status.
+    async fn failed(&self, tenant: &str, e: &ServiceError) -> Status {
+        self.audit(tenant, "failed", Some(e.to_string()), 422).await;
+        status(e)
     }
 
     /// Runs `sql` for `tenant`, its batches streamed as Flight data;
@@ -214,10 +217,7 @@ impl WeirFlightSql {
         };
         let streamed = match started {
             Ok(s) => s,
-            Err(e) => {
-                self.audit(tenant, "failed", Some(e.to_string()), 422).await;
-                return Err(status(&e));
-            }
+            Err(e) => return Err(self.failed(tenant, &e).await),
         };
         self.audit(tenant, "allowed", None, 200).await;
         let schema = nullable(&streamed.schema);

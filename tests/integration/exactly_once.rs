@@ -345,3 +345,60 @@ async fn the_transactional_path_survives_sigkills_on_the_mock_cluster() {
     assert_eq!(inits, 4, "one transactional producer per run:\n{}", run.log);
     assert!(!run.log.contains(" ERROR "), "no run failed:\n{}", run.log);
 }
+
+/// A transaction that cannot commit (the broker answers the first EndTxn
+/// with UNKNOWN_PRODUCER_ID, on librdkafka's mock cluster) is aborted, and
+/// the pipeline reads again from its committed offsets (a rewind) and runs
+/// on: the run does not end in an error, one transaction was aborted,
+/// later ones committed, and every record comes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_cannot_commit_is_aborted_and_read_again() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("librdkafka's mock cluster");
+    let addr = mock.bootstrap_servers();
+    mock.create_topic("rw-in", 1, 1).unwrap();
+    mock.create_topic("rw-out", 1, 1).unwrap();
+    produce(&addr, "rw-in", &json_ids(0..200)).await;
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID],
+    );
+    let text = format!(
+        "name = \"rw\"\nsql = \"SELECT id FROM source\"\n[source]\nkind = \"kafka\"\nbrokers = \"{addr}\"\ntopics = [\"rw-in\"]\ngroup = \"rw-group\"\nformat = \"json\"\nfields = [{{ name = \"id\", type = \"int64\" }}]\nproperties = {{ \"session.timeout.ms\" = \"6000\" }}\n[sink]\nkind = \"kafka\"\nbrokers = \"{addr}\"\ntopic = \"rw-out\"\ndelivery = \"exactly-once\"\n[errors]\npolicy = \"skip\"\n[batch]\nmax_records = 50\nmax_linger_ms = 20\n"
+    );
+    let pipeline = Pipeline::build(
+        PipelineConfig::from_toml(&text).unwrap(),
+        support::sandbox(),
+    )
+    .await
+    .unwrap();
+    let stats = pipeline.stats();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(pipeline.run(stopped));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = read_assigned(&addr, "rw-out", false).await;
+        if unique(&out) == 200 && stats.transactions_committed.get() > 0 {
+            break;
+        }
+        assert!(
+            !run.is_finished(),
+            "the pipeline stopped: {:?}",
+            run.await.unwrap()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} of 200 records out, {} transactions committed, {} aborted",
+            unique(&out),
+            stats.transactions_committed.get(),
+            stats.transactions_aborted.get()
+        );
+    }
+    assert_eq!(
+        stats.transactions_aborted.get(),
+        1,
+        "the failed commit aborted"
+    );
+    stop.send(true).unwrap();
+    run.await.unwrap().expect("the run ends without an error");
+}

@@ -8,7 +8,9 @@
 //! with the next offset commit. One that cannot commit is aborted, and the
 //! pipeline rewinds: it drops what it read ahead and rejoins its group, so
 //! that the records are read again from the last committed offsets
-//! ([`Rewind`]). A stable `transactional.id` fences a zombie: the process
+//! ([`Transaction::rewind`], asked by the transaction itself and read by
+//! the pipeline with [`Transaction::take_rewind`], not told by an error's
+//! type). A stable `transactional.id` fences a zombie: the process
 //! started after a SIGKILL aborts the transaction its predecessor left open.
 
 use std::collections::BTreeMap;
@@ -26,17 +28,6 @@ use crate::kafka::{client_config, scrub};
 /// How long `init_transactions`, a commit or an abort may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A transaction could not commit and was aborted: the pipeline must read
-/// again from its committed offsets (what it read since is dropped).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}; the transaction was aborted and the pipeline reads again from its committed offsets")]
-pub struct Rewind(pub String);
-
-/// Whether `error` (or what it wraps) asks for a [`Rewind`].
-pub fn is_rewind(error: &anyhow::Error) -> bool {
-    error.chain().any(|e| e.is::<Rewind>())
-}
-
 /// What a transaction's outcome counts.
 pub trait TxnCounts: Send + Sync {
     fn committed(&self);
@@ -49,6 +40,9 @@ pub struct Transaction {
     id: String,
     properties: BTreeMap<String, String>,
     open: parking_lot::Mutex<bool>,
+    /// A transaction was aborted for the pipeline to read again from its
+    /// committed offsets ([`Transaction::rewind`]); not yet taken.
+    rewind: std::sync::atomic::AtomicBool,
     counts: Arc<dyn TxnCounts>,
 }
 
@@ -79,6 +73,7 @@ impl Transaction {
             id: id.to_string(),
             properties: properties.clone(),
             open: parking_lot::Mutex::new(false),
+            rewind: Default::default(),
             counts,
         }))
     }
@@ -103,7 +98,8 @@ impl Transaction {
     /// Commits the open transaction (opening one if none is, so that
     /// offsets of batches without output move too) with `offsets` as the
     /// consumer group's (`group`) committed offsets. A failure that leaves
-    /// the transaction abortable aborts it and is a [`Rewind`].
+    /// the transaction abortable aborts it and asks for a rewind
+    /// ([`Transaction::rewind`]).
     pub async fn commit(
         self: &Arc<Self>,
         offsets: TopicPartitionList,
@@ -135,10 +131,33 @@ impl Transaction {
             }
             Err(e) => {
                 let message = self.error(&e).to_string();
-                self.abort(&message).await?;
-                Err(Rewind(format!("committing the transaction failed: {message}")).into())
+                Err(self
+                    .rewind(format!("committing the transaction failed: {message}"))
+                    .await)
             }
         }
+    }
+
+    /// Aborts the open transaction (`why`: what went wrong) and asks the
+    /// pipeline to read again from its committed offsets: what it read
+    /// since is dropped ([`Transaction::take_rewind`]). The error to
+    /// return; when the abort itself fails (fenced, fatal) that error, and
+    /// no rewind is asked.
+    pub async fn rewind(self: &Arc<Self>, why: String) -> anyhow::Error {
+        if let Err(e) = self.abort(&why).await {
+            return e;
+        }
+        self.rewind.store(true, std::sync::atomic::Ordering::SeqCst);
+        anyhow::anyhow!(
+            "{why}; the transaction was aborted and the pipeline reads again from its committed offsets"
+        )
+    }
+
+    /// Whether a rewind was asked since the last call (which it clears):
+    /// the pipeline's error is then a transaction aborted for its records
+    /// to be read again, not a failure.
+    pub fn take_rewind(&self) -> bool {
+        self.rewind.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Aborts the open transaction, if any (`why` for the log). Fails only

@@ -187,7 +187,7 @@ impl Pipeline {
             let mut flight = self.in_flight();
             let result = self.run_batches(&mut flight, &mut shutdown, started).await;
             match result {
-                Err(e) if self.txn.is_some() && crate::transaction::is_rewind(&e) => {
+                Err(e) if self.txn.as_ref().is_some_and(|t| t.take_rewind()) => {
                     // Exactly-once: what was read since the last commit is
                     // dropped and read again by a new group member.
                     tracing::warn!(pipeline = %self.config.name, "{e:#}");

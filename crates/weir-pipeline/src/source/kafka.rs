@@ -25,7 +25,7 @@ use super::ownership::Ownership;
 use crate::config::StartPosition;
 use crate::kafka::{client_config, scrub};
 use crate::record::{Marks, Offsets, SourceRecord};
-use crate::transaction::{Rewind, Transaction};
+use crate::transaction::Transaction;
 
 /// How long a failing offset commit is retried before the pipeline stops.
 const COMMIT_RETRY_FOR: Duration = Duration::from_secs(120);
@@ -569,7 +569,7 @@ impl KafkaSource {
     /// Exactly-once: commits the open transaction with `offsets` as the
     /// group's offsets, unless a rebalance came between reading and
     /// committing, or a partition was revoked: then the transaction is
-    /// aborted ([`Rewind`]).
+    /// aborted and the pipeline rewinds ([`Transaction::rewind`]).
     async fn commit_in_transaction(
         &mut self,
         txn: &Arc<Transaction>,
@@ -591,8 +591,7 @@ impl KafkaSource {
             None
         };
         if let Some(why) = why {
-            txn.abort(&why).await?;
-            return Err(Rewind(why).into());
+            return Err(txn.rewind(why).await);
         }
         if kept.is_empty() {
             return Ok(());

@@ -101,7 +101,7 @@ pub async fn run(sandbox: Sandbox, args: &RunArgs) -> anyhow::Result<()> {
     for pipeline in pipelines {
         supervisor.start(pipeline, ()).await;
     }
-    supervisor.wait_all(stopped).await
+    Ok(supervisor.wait_all(stopped).await?)
 }
 
 /// Re-reads the policy on every SIGHUP; an invalid file is logged and the

@@ -518,6 +518,41 @@ async fn registries_and_environment_variables_follow_the_policy() {
     refused(status, &answer, &["sink.avro.registry"]);
 }
 
+/// A registry the policy allows that does not answer: the deploy is not
+/// refused as the pipeline's fault (422) but answered 503, to be tried
+/// again, naming the registry; nothing is stored as deployed.
+#[tokio::test]
+async fn a_registry_that_does_not_answer_is_a_503_not_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    // Allowed by the policy; nothing listens there in the tests.
+    let toml = kafka_pipeline(
+        "format = \"avro\"\n[source.avro]\nregistry = \"http://127.0.0.1:8081\"",
+        "[sink]\nkind = \"stdout\"",
+        "",
+    );
+    let (status, answer) = deploy(&app, &toml).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("pipeline `p`")
+            && error.contains("http://127.0.0.1:8081")
+            && error.contains("cannot be reached")
+            && error.contains("try again"),
+        "{error}"
+    );
+    let (status, answer) = send(
+        &app,
+        "GET",
+        "/v1/tenants/acme/pipelines/p",
+        Some("acme-operator"),
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+}
+
 /// Finding 5: SQL over the bounds is refused before anything recursive
 /// runs (the server used to abort on a stack overflow), in the SQL
 /// endpoint and in a pipeline's `sql`; a text at the bound plans on a

@@ -119,7 +119,7 @@ struct Running {
     stats: Arc<PipelineStats>,
     reload: watch::Sender<u64>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), weir::pipeline::PipelineError>>,
 }
 
 async fn run_double(

@@ -1321,7 +1321,7 @@ async fn kafka_pipeline_cases() {
         );
         let built = async {
             let config = PipelineConfig::from_toml(&toml).map_err(anyhow::Error::msg)?;
-            Pipeline::build(config, support::sandbox()).await
+            Ok::<_, anyhow::Error>(Pipeline::build(config, support::sandbox()).await?)
         };
         let Some(pipeline) = check_error(&case, built.await.map_err(|e| format!("{e:#}"))) else {
             continue;

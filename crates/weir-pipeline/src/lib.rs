@@ -14,6 +14,7 @@ pub mod isolate;
 pub mod join;
 pub mod kafka;
 pub mod open;
+pub mod pipeline_error;
 pub mod query;
 pub mod record;
 pub mod repartition;
@@ -31,5 +32,6 @@ pub mod workers;
 use weir_core::{abi, error, sandbox, sql, telemetry, tenant, udf};
 
 pub use config::PipelineConfig;
+pub use pipeline_error::PipelineError;
 pub use runner::{Pipeline, PipelineStats};
 pub use supervisor::{PipelineState, Status, Supervisor};

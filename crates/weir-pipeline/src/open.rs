@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use crate::avro::registry::RegistryError;
 use crate::avro::{AvroIn, AvroOut, Framing, Registry};
 use crate::config::{AvroConfig, PipelineConfig, SinkConfig, SourceConfig};
 use crate::decode::RecordDecoder;
@@ -214,10 +215,16 @@ impl SourceConfig {
                         tokio::task::spawn_blocking(move || r.latest(&subject))
                             .await
                             .context("fetching the reader schema")?
-                            .map_err(|e| {
-                                anyhow::anyhow!(
+                            .map_err(|e| match e {
+                                // The registry's error stays typed in the
+                                // chain: a build tells "did not answer"
+                                // (`PipelineError::Unavailable`) by it.
+                                RegistryError::Unreachable { .. } => {
+                                    anyhow::Error::new(e).context("source.avro")
+                                }
+                                e => anyhow::anyhow!(
                                     "source.avro: {e}; set `subject`, or `schema` to an .avsc reader schema"
-                                )
+                                ),
                             })?
                             .1
                     }
@@ -264,7 +271,7 @@ impl SinkConfig {
                     tokio::task::spawn_blocking(move || registry.register(&subject, &json))
                         .await
                         .context("registering the sink's schema")?
-                        .map_err(|e| anyhow::anyhow!("sink.avro: {e}"))?,
+                        .map_err(|e| anyhow::Error::new(e).context("sink.avro"))?,
                 )
             }
         };

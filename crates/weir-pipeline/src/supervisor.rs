@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::PipelineError;
 use crate::runner::{Pipeline, PipelineStats, SharedModules};
 
 /// Where a pipeline is in its life.
@@ -81,7 +82,7 @@ type Key = (String, String);
 
 struct Supervised<T> {
     stop: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), PipelineError>>,
     stats: Arc<PipelineStats>,
     modules: SharedModules,
     started: Instant,
@@ -175,7 +176,7 @@ impl<T> Supervisor<T> {
     /// Stops a pipeline: it finishes its in-flight batches and commits.
     /// Returns its result, or `None` when it was not there.
     /// Its counters stay readable through [`Self::status`].
-    pub async fn stop(&self, tenant: &str, name: &str) -> Option<anyhow::Result<()>> {
+    pub async fn stop(&self, tenant: &str, name: &str) -> Option<Result<(), PipelineError>> {
         let k = key(tenant, name);
         let supervised = self.running.lock().remove(&k)?;
         let _ = supervised.stop.send(true);
@@ -201,7 +202,10 @@ impl<T> Supervisor<T> {
     }
 
     /// Stops every pipeline; the first error, if any.
-    pub async fn stop_all(&self) -> anyhow::Result<()> {
+    ///
+    /// # Errors
+    /// The first pipeline's that stopped on an error.
+    pub async fn stop_all(&self) -> Result<(), PipelineError> {
         let all: Vec<_> = self.running.lock().drain().collect();
         for (_, s) in &all {
             let _ = s.stop.send(true);
@@ -219,7 +223,10 @@ impl<T> Supervisor<T> {
 
     /// Waits until every pipeline has ended by itself (sources ended) or
     /// `shutdown` fires (then stops them all); the first error, if any.
-    pub async fn wait_all(&self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    ///
+    /// # Errors
+    /// As [`Supervisor::stop_all`].
+    pub async fn wait_all(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
         loop {
             let all_done = self.running.lock().values().all(|s| s.task.is_finished());
             if all_done {
@@ -316,9 +323,9 @@ fn describe(
     }
 }
 
-async fn join(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+async fn join(task: JoinHandle<Result<(), PipelineError>>) -> Result<(), PipelineError> {
     match task.await {
         Ok(result) => result,
-        Err(e) => Err(anyhow::anyhow!("pipeline task: {e}")),
+        Err(e) => Err(PipelineError::Failed(anyhow::anyhow!("pipeline task: {e}"))),
     }
 }

@@ -110,6 +110,22 @@ impl From<RegistryError> for ServiceError {
     }
 }
 
+impl From<crate::pipeline::PipelineError> for ServiceError {
+    /// A pipeline that cannot run as written is refused (`422`); one whose
+    /// registry did not answer is `503`, to be tried again; one that
+    /// stopped on an error is weir's side (`500`).
+    fn from(e: crate::pipeline::PipelineError) -> Self {
+        use crate::pipeline::PipelineError;
+        match e {
+            PipelineError::Invalid(e) => ServiceError::Rejected(format!("{e:#}")),
+            PipelineError::Unavailable(e) => {
+                ServiceError::Unavailable(format!("{e:#}; try again when it answers"))
+            }
+            PipelineError::Failed(e) => ServiceError::Internal(format!("{e:#}")),
+        }
+    }
+}
+
 impl From<DatabaseError> for ServiceError {
     fn from(e: DatabaseError) -> Self {
         RegistryError::from(e).into()

@@ -4,23 +4,32 @@
 use super::*;
 
 impl Pipeline {
-    /// Loads the UDFs, plans the query and opens source and sinks. Errors
-    /// name the pipeline.
     /// Like [`Pipeline::build_for`] with the default tenant policy.
-    pub async fn build(config: PipelineConfig, sandbox: &Sandbox) -> anyhow::Result<Self> {
+    ///
+    /// # Errors
+    /// As [`Pipeline::build_for`].
+    pub async fn build(config: PipelineConfig, sandbox: &Sandbox) -> Result<Self, PipelineError> {
         Self::build_for(config, sandbox, &Tenants::default()).await
     }
 
-    /// Builds the pipeline under its tenant's policy (from `tenants`).
+    /// Loads the UDFs, plans the query and opens source and sinks, under
+    /// the pipeline's tenant's policy (from `tenants`).
+    ///
+    /// # Errors
+    /// [`PipelineError::Invalid`] when the pipeline as written cannot run
+    /// (a module, the query, a resource its tenant may not use);
+    /// [`PipelineError::Unavailable`] when a service it names did not
+    /// answer (a schema registry). The text names the pipeline.
     pub async fn build_for(
         config: PipelineConfig,
         sandbox: &Sandbox,
         tenants: &Tenants,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, PipelineError> {
         let name = config.name.clone();
         Self::build_inner(config, sandbox, tenants)
             .await
             .with_context(|| format!("pipeline `{name}`"))
+            .map_err(PipelineError::building)
     }
 
     pub(super) async fn build_inner(
@@ -40,11 +49,14 @@ impl Pipeline {
     /// What the pipeline would run, without opening its source or sinks
     /// (`weir run --dry-run`): the query's output columns, and for a
     /// windowed query how its open windows keep state.
+    ///
+    /// # Errors
+    /// As [`Pipeline::build_for`].
     pub async fn explain(
         config: PipelineConfig,
         sandbox: &Sandbox,
         tenants: &Tenants,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, PipelineError> {
         let name = config.name.clone();
         async {
             let tenant = tenants.get(&config.tenant);
@@ -107,6 +119,7 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         }
         .await
         .with_context(|| format!("pipeline `{name}`"))
+        .map_err(PipelineError::building)
     }
 
     /// Builds a pipeline whose UDF modules were resolved by the caller (the
@@ -115,13 +128,16 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
     /// `CREATE FUNCTION` statements before the query are compiled in
     /// `sandbox` and loaded under the pipeline's tenant; they stay through
     /// reloads.
+    ///
+    /// # Errors
+    /// As [`Pipeline::build_for`].
     pub async fn build_with_modules(
         config: PipelineConfig,
         sandbox: &Sandbox,
         modules: Vec<Arc<UdfModule>>,
         tenants: &Tenants,
         reload: Option<Reload>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, PipelineError> {
         let name = config.name.clone();
         let tenant = tenants.get(&config.tenant);
         async {
@@ -130,6 +146,7 @@ recovery: after a restart the kept rows are rebuilt by replaying their records; 
         }
         .await
         .with_context(|| format!("pipeline `{name}`"))
+        .map_err(PipelineError::building)
     }
 
     pub(super) async fn plan(

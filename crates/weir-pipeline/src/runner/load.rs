@@ -4,7 +4,18 @@ use super::*;
 
 /// Loads a pipeline file, or every `*.toml` in a folder; with `infer`, a
 /// json or csv source may leave `fields` out (see [`crate::infer`]).
-pub fn load_pipelines(path: &std::path::Path, infer: bool) -> anyhow::Result<Vec<PipelineConfig>> {
+///
+/// # Errors
+/// [`PipelineError::Invalid`]: a file or folder that cannot be read, a
+/// folder without pipeline files, a file that is not a valid pipeline.
+pub fn load_pipelines(
+    path: &std::path::Path,
+    infer: bool,
+) -> Result<Vec<PipelineConfig>, PipelineError> {
+    load(path, infer).map_err(PipelineError::Invalid)
+}
+
+fn load(path: &std::path::Path, infer: bool) -> anyhow::Result<Vec<PipelineConfig>> {
     let files: Vec<std::path::PathBuf> = if path.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
             .with_context(|| format!("cannot read {}", path.display()))?

@@ -14,6 +14,7 @@ use super::decode::RecordDecoder;
 use super::encode::RecordEncoder;
 use super::inflight::InFlight;
 use super::isolate::run_isolating;
+use super::pipeline_error::PipelineError;
 use super::query::{PlannedQuery, Split};
 use super::record::{DeadLetter, SourceRecord, next_offsets};
 use super::sink::{DeadLetterSink, Sink};
@@ -144,9 +145,16 @@ impl Pipeline {
     /// flight are acknowledged and committed first. Every poll of the run
     /// (decoding, the query, encoding) takes one of its tenant's slots
     /// (`weir_core::tenant::gate`), as its guest calls do.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    ///
+    /// # Errors
+    /// [`PipelineError::Failed`]: what stopped it (its source, a sink, a
+    /// transaction that could not be aborted), naming the pipeline.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
         let tenant = self.tenant.clone();
-        tenant.gate(self.run_stages(shutdown)).await
+        tenant
+            .gate(self.run_stages(shutdown))
+            .await
+            .map_err(PipelineError::Failed)
     }
 
     async fn run_stages(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {

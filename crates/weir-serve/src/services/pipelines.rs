@@ -233,8 +233,7 @@ pub async fn start(
                 BUILD_TIMEOUT.as_secs()
             ))
         })?
-        .map_err(ServiceError::internal)?
-        .map_err(|e| ServiceError::Rejected(format!("{e:#}")))?;
+        .map_err(ServiceError::internal)??;
     // The new pipeline is built (a bad update fails here, leaving the old
     // one running); only now is the running one stopped and replaced.
     state.pipelines.supervisor.start(pipeline, udfs).await;

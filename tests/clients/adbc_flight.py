@@ -3,8 +3,10 @@
 Usage: adbc_flight.py PORT TENANT TOKEN OTHER_TENANT OTHER_TOKEN
 
 Prints one JSON object: the rows of a query with the tenant's UDF as a
-pyarrow Table, its Arrow schema, a prepared statement's two runs, what a wrong token, a syntax error and another tenant's use of the
-UDF raise.
+pyarrow Table, its Arrow schema, a prepared statement's two runs, the
+server's description and objects (ADBC's get_info, get_objects,
+get_table_types), and what a wrong token, a syntax error and another
+tenant's use of the UDF raise.
 """
 
 import json
@@ -64,6 +66,26 @@ with flight_sql.connect(
     cur.execute("SELECT double(CAST(21 AS BIGINT)) AS d")
     out["bearer"] = cur.fetch_arrow_table().to_pylist()
 
+# What a client asks before it queries: the server's description and its
+# objects (GetSqlInfo, GetCatalogs, GetDbSchemas, GetTables,
+# GetTableTypes).
+with connect(tenant, token) as conn:
+    info = conn.adbc_get_info()
+    out["info"] = {
+        k: info.get(k) for k in ("vendor_name", "vendor_version", "vendor_arrow_version")
+    }
+    out["table_types"] = conn.adbc_get_table_types()
+    out["objects"] = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+    out["objects_filtered"] = (
+        conn.adbc_get_objects(depth="db_schemas", db_schema_filter="nothing%").read_all().to_pylist()
+    )
+
+try:
+    with connect(tenant, "wrong") as conn:
+        conn.adbc_get_objects(depth="catalogs").read_all()
+    out["objects_wrong_token"] = None
+except Exception as e:
+    out["objects_wrong_token"] = [type(e).__name__, str(e)]
 out["wrong_token"] = error_of(tenant, "wrong", "SELECT 1")
 out["bad_tenant"] = error_of("no/such tenant", token, "SELECT 1")
 out["syntax"] = error_of(tenant, token, "SELEC 1")

@@ -504,8 +504,9 @@ fn postgres_listen_needs_loopback_and_consent() {
 /// ADBC's Flight SQL driver (PyPI `adbc-driver-flightsql`) reads a
 /// tenant's query with its UDF as Arrow: with user = tenant and password =
 /// a token (the handshake), or a bearer token from the start; prepared
-/// statements; a wrong
-/// token, bad SQL and another tenant's use of the UDF are refused.
+/// statements; the server's description and objects; a wrong token, bad
+/// SQL and another tenant's use of the UDF are refused; at most
+/// `flight_sql_max_connections` connections are open at once.
 #[test]
 fn adbc_reads_a_tenants_udfs_over_flight_sql() {
     let has_adbc = Command::new("python3")
@@ -520,7 +521,7 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
     let (_weir, addr) = serve_with(
         dir.path(),
         &format!(
-            "flight_sql_listen = \"127.0.0.1:{flight_port}\"\nallow_insecure_password = true\nwarm_languages = false\n"
+            "flight_sql_listen = \"127.0.0.1:{flight_port}\"\nallow_insecure_password = true\nwarm_languages = false\nflight_sql_max_connections = 5\n"
         ),
         &[
             ("ci", "acme-secret", "acme", "publisher"),
@@ -581,6 +582,36 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
         let message = got[key][1].as_str().unwrap_or_default();
         assert!(message.contains(words), "{key}: {got}");
     };
+    // What ADBC asks before it queries: the server's description (GetSqlInfo)
+    // and its objects: one catalog and schema, no stored table.
+    assert_eq!(
+        got["info"],
+        serde_json::json!({
+            "vendor_name": "weir",
+            "vendor_version": env!("CARGO_PKG_VERSION"),
+            "vendor_arrow_version": "1.3",
+        }),
+        "{got}"
+    );
+    assert_eq!(got["table_types"], serde_json::json!(["TABLE", "VIEW"]));
+    let objects = &got["objects"];
+    assert_eq!(objects[0]["catalog_name"], "datafusion", "{got}");
+    let schemas = &objects[0]["catalog_db_schemas"];
+    assert_eq!(schemas[0]["db_schema_name"], "public", "{got}");
+    assert!(
+        schemas[0]["db_schema_tables"]
+            .as_array()
+            .is_none_or(|t| t.is_empty()),
+        "{got}"
+    );
+    // The client's schema pattern is applied.
+    assert!(
+        got["objects_filtered"][0]["catalog_db_schemas"]
+            .as_array()
+            .is_none_or(|s| s.is_empty()),
+        "{got}"
+    );
+    refused("objects_wrong_token", "UNAUTHENTICATED");
     refused("wrong_token", "UNAUTHENTICATED");
     refused("bad_tenant", "invalid tenant");
     refused("syntax", "INVALID_ARGUMENT");
@@ -597,4 +628,37 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("sql query (flight sql)"), "{body}");
+
+    // At most `flight_sql_max_connections` (5 here: the script's refused
+    // logins leave their connections open until it exits) connections are
+    // open at once, whoever opens them: a sixth is closed at once; once one
+    // of the five closes, a new one stays open.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let flight = format!("127.0.0.1:{flight_port}");
+    let mut held: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(&flight).unwrap())
+        .collect();
+    let closed_at_once = |s: &mut std::net::TcpStream| {
+        use std::io::{ErrorKind, Read};
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                // The server's HTTP/2 settings: read on.
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    };
+    let mut sixth = std::net::TcpStream::connect(&flight).unwrap();
+    assert!(closed_at_once(&mut sixth), "a sixth connection stayed open");
+    held.pop();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut fifth = std::net::TcpStream::connect(&flight).unwrap();
+    assert!(!closed_at_once(&mut fifth), "a place did not free up");
 }

@@ -58,6 +58,9 @@ pub struct ServeConfig {
     /// PostgreSQL connections open at once (every tenant's); one more is
     /// closed at once.
     pub postgres_max_connections: usize,
+    /// Flight SQL connections open at once (every tenant's); one more is
+    /// closed at once.
+    pub flight_sql_max_connections: usize,
     /// Compile the JavaScript and Python runtimes when the server starts
     /// (into the code cache), so that a tenant's first `CREATE FUNCTION …
     /// LANGUAGE javascript|python` does not spend its statement's deadline
@@ -85,6 +88,7 @@ impl Default for ServeConfig {
             flight_sql_listen: None,
             allow_insecure_password: false,
             postgres_max_connections: 64,
+            flight_sql_max_connections: 64,
             warm_languages: true,
         }
     }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod database;
 pub mod error;
 pub mod exporter;

@@ -79,20 +79,13 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
             state: state.clone(),
         }))),
     });
-    // Connections cost a task and a socket each, whoever opens them: a
-    // bound for the process (statements are bounded per tenant by the
-    // SQL path's admission).
-    let max = state.config.postgres_max_connections.max(1);
-    let open = Arc::new(tokio::sync::Semaphore::new(max));
+    let bound = crate::connections::Bound::new(
+        state.config.postgres_max_connections,
+        "PostgreSQL",
+        "serve.postgres_max_connections",
+    );
     loop {
-        let Ok((socket, peer)) = listener.accept().await else {
-            continue;
-        };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "a PostgreSQL connection was closed: {max} are open, the most `serve.postgres_max_connections` allows");
-            drop(socket);
-            continue;
-        };
+        let (socket, permit) = bound.accept(&listener).await;
         let handlers = handlers.clone();
         tokio::spawn(async move {
             let _open = permit;

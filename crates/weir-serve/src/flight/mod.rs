@@ -13,10 +13,15 @@
 //! on every call, so a revoked one stops working at once.
 //!
 //! Built: statements (`CommandStatementQuery`: `GetFlightInfo` plans it
-//! and answers its schema, `DoGet` runs it) and prepared statements
-//! without parameters (the handle is the statement: nothing is held
-//! between calls). Not yet: parameters, `GetSqlInfo`, `GetTables`,
+//! and answers its schema, `DoGet` runs it), prepared statements without
+//! parameters (the handle is the statement: nothing is held between
+//! calls), what clients ask before they query (`metadata.rs`: `GetSqlInfo`,
+//! `GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`), and a
+//! bound on open connections (`listener.rs`). Not yet: parameters,
 //! cancel, TLS.
+
+mod listener;
+mod metadata;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,8 +32,9 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandPreparedStatementQuery, CommandStatementQuery,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action as FlightAction, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -49,8 +55,13 @@ use crate::services::query::{self, SqlRequest};
 
 /// Serves Flight SQL on `listener` until the task is dropped.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
+    let bound = crate::connections::Bound::new(
+        state.config.flight_sql_max_connections,
+        "Flight SQL",
+        "serve.flight_sql_max_connections",
+    );
     let service = FlightServiceServer::new(WeirFlightSql { state });
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let incoming = listener::accept(listener, bound);
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming(incoming)
@@ -362,7 +373,129 @@ impl FlightSqlService for WeirFlightSql {
         self.tenant(request.metadata()).await.map(|_| ())
     }
 
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.tenant(request.metadata()).await?;
+        let ticket = query.as_any().encode_to_vec();
+        let schema = metadata::sql_info_of(query)?.schema;
+        flight_info(&schema, ticket, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.tenant(request.metadata()).await?;
+        Ok(one_batch(metadata::sql_info_of(query)?))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.tenant(request.metadata()).await?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(
+            &metadata::catalogs(query).schema,
+            ticket,
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.tenant(request.metadata()).await?;
+        Ok(one_batch(metadata::catalogs(query)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.tenant(request.metadata()).await?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(
+            &metadata::schemas(query).schema,
+            ticket,
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.tenant(request.metadata()).await?;
+        Ok(one_batch(metadata::schemas(query)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.tenant(request.metadata()).await?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(
+            &metadata::tables(query).schema,
+            ticket,
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.tenant(request.metadata()).await?;
+        Ok(one_batch(metadata::tables(query)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.tenant(request.metadata()).await?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(
+            &metadata::table_types(query).schema,
+            ticket,
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.tenant(request.metadata()).await?;
+        Ok(one_batch(metadata::table_types(query)))
+    }
+
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// A metadata answer as Flight data: its schema, then its one batch.
+fn one_batch(answer: metadata::Answer) -> Response<DoGetStream> {
+    let batch = answer.batch.map_err(|s| FlightError::Tonic(Box::new(s)));
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(answer.schema)
+        .build(futures::stream::once(async move { batch }))
+        .map(|d| d.map_err(Status::from));
+    Response::new(Box::pin(data))
 }
 
 type DoGetStream =

@@ -458,7 +458,7 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
 }
 
 /// Cleartext tokens off loopback, or without the operator's consent, are
-/// refused at start with the key to change.
+/// refused at start with the key to change; so is half a TLS identity.
 #[test]
 fn postgres_listen_needs_loopback_and_consent() {
     let dir = tempfile::tempdir().unwrap();
@@ -479,6 +479,15 @@ fn postgres_listen_needs_loopback_and_consent() {
         (
             "flight_sql_listen = \"0.0.0.0:1\"\nallow_insecure_password = true\n",
             "listen on loopback",
+        ),
+        // TLS: the certificate and its key together, and readable.
+        (
+            "postgres_listen = \"0.0.0.0:1\"\ntls_cert = \"/nonexistent/cert.pem\"\n",
+            "serve.tls_cert and serve.tls_key go together",
+        ),
+        (
+            "postgres_listen = \"0.0.0.0:1\"\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+            "serve.tls_cert = \"/nonexistent/cert.pem\": No such file",
         ),
     ] {
         let config = dir.path().join("weir.toml");
@@ -661,4 +670,106 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let mut fifth = std::net::TcpStream::connect(&flight).unwrap();
     assert!(!closed_at_once(&mut fifth), "a place did not free up");
+}
+
+/// With `serve.tls_cert` and `serve.tls_key` the token travels encrypted,
+/// so `allow_insecure_password` is not needed: psql (`sslmode=verify-full`
+/// against the certificate) and ADBC (`grpc+tls://`, the certificate as
+/// its root) run a statement; a psql login without TLS is refused (28000)
+/// before its password is asked for, and a Flight client without TLS
+/// cannot talk to the listener.
+#[test]
+fn tls_carries_the_token_over_both_listeners() {
+    let has_clients = Command::new("psql").arg("--version").output().is_ok()
+        && Command::new("openssl").arg("version").output().is_ok()
+        && Command::new("python3")
+            .args(["-c", "import adbc_driver_flightsql, pyarrow"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !support::require_or_skip("psql, openssl and adbc-driver-flightsql", has_clients) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // A self-signed certificate for 127.0.0.1.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (pg_port, flight_port) = (free_port(), free_port());
+    let (_weir, _) = serve_with(
+        dir.path(),
+        &format!(
+            "postgres_listen = \"127.0.0.1:{pg_port}\"\nflight_sql_listen = \"127.0.0.1:{flight_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nwarm_languages = false\n",
+            cert.display(),
+            key.display()
+        ),
+        &[("ci", "acme-secret", "acme", "publisher")],
+    );
+    wait_for(&format!("127.0.0.1:{pg_port}"));
+    wait_for(&format!("127.0.0.1:{flight_port}"));
+    let psql_with = |mode: &str| {
+        let out = psql_command(pg_port, "acme", "acme-secret", &["-c", "SELECT 40 + 2"])
+            .env("PGSSLMODE", mode)
+            .env("PGSSLROOTCERT", &cert)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = psql_with("verify-full");
+    assert!(ok && out.trim() == "42", "{out}{err}");
+    let (ok, _, err) = psql_with("disable");
+    assert!(!ok && err.contains("over TLS only"), "{err}");
+
+    let script = format!(
+        "import json, adbc_driver_flightsql.dbapi as f\n\
+         kw = {{'username': 'acme', 'password': 'acme-secret', 'adbc.flight.sql.client_option.tls_root_certs': open({cert:?}).read()}}\n\
+         out = {{}}\n\
+         with f.connect('grpc+tls://127.0.0.1:{flight_port}', db_kwargs=kw) as c, c.cursor() as cur:\n\
+         \x20   cur.execute('SELECT 40 + 2 AS answer')\n\
+         \x20   out['tls'] = cur.fetch_arrow_table().to_pylist()\n\
+         try:\n\
+         \x20   with f.connect('grpc://127.0.0.1:{flight_port}', db_kwargs={{'username': 'acme', 'password': 'acme-secret'}}) as c, c.cursor() as cur:\n\
+         \x20       cur.execute('SELECT 1')\n\
+         \x20       cur.fetch_arrow_table()\n\
+         \x20   out['plain'] = 'answered'\n\
+         except Exception as e:\n\
+         \x20   out['plain'] = type(e).__name__\n\
+         print(json.dumps(out))\n",
+        cert = cert.display().to_string(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(got["tls"], serde_json::json!([{"answer": 42}]), "{got}");
+    assert_ne!(got["plain"], "answered", "{got}");
 }

@@ -51,6 +51,10 @@ pub struct ServeConfig {
     /// Arrow Flight SQL on this address (ADBC's `grpc://127.0.0.1:5434`,
     /// user = tenant, password = an API token). Unset: off.
     pub flight_sql_listen: Option<String>,
+    /// TLS for `postgres_listen` and `flight_sql_listen`: the server's
+    /// certificate chain and its private key (PEM files). Both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Accept the token as a cleartext password (no TLS yet): required
     /// with `postgres_listen` and `flight_sql_listen`, which must then be
     /// loopback addresses.
@@ -86,6 +90,8 @@ impl Default for ServeConfig {
             reconcile_ms: 5000,
             postgres_listen: None,
             flight_sql_listen: None,
+            tls_cert: None,
+            tls_key: None,
             allow_insecure_password: false,
             postgres_max_connections: 64,
             flight_sql_max_connections: 64,
@@ -109,6 +115,21 @@ impl ServeConfig {
         format!("{host}:{port}")
     }
 
+    /// The listeners' TLS identity, when `tls_cert` and `tls_key` are set.
+    ///
+    /// # Errors
+    /// One of the two set without the other, or [`crate::tls::Tls::load`]'s.
+    pub fn tls(&self) -> Result<Option<crate::tls::Tls>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => crate::tls::Tls::load(cert, key).map(Some),
+            _ => Err(
+                "serve.tls_cert and serve.tls_key go together: the certificate and its private key"
+                    .to_string(),
+            ),
+        }
+    }
+
     /// The cluster timings hold together: a lease outlives a few heartbeats.
     pub fn check_cluster(&self) -> Result<(), String> {
         if self.heartbeat_ms == 0 || self.reconcile_ms == 0 {
@@ -126,16 +147,19 @@ impl ServeConfig {
 
 /// The address of a listener that takes API tokens as passwords (`key`:
 /// `serve.postgres_listen`, `serve.flight_sql_listen`), checked before
-/// anything listens: tokens travel unencrypted (no TLS yet), so only on
-/// loopback and when the operator said so.
+/// anything listens. With TLS (`tls`: `serve.tls_cert` set) any address;
+/// without, tokens would travel in clear: only on loopback, and only when
+/// the operator said so.
 ///
 /// # Errors
-/// Not an address, not loopback, or `allow_insecure_password` unset.
+/// Not an address; without TLS, not loopback or `allow_insecure_password`
+/// unset.
 pub fn password_listener(
     key: &str,
     listen: Option<&str>,
     example: &str,
     allow_insecure_password: bool,
+    tls: bool,
 ) -> Result<Option<std::net::SocketAddr>, String> {
     let Some(listen) = listen else {
         return Ok(None);
@@ -143,14 +167,17 @@ pub fn password_listener(
     let addr: std::net::SocketAddr = listen
         .parse()
         .map_err(|e| format!("{key} = \"{listen}\" is not an address like \"{example}\": {e}"))?;
+    if tls {
+        return Ok(Some(addr));
+    }
     if !addr.ip().is_loopback() {
         return Err(format!(
-            "{key} = \"{listen}\": tokens would cross the network in clear text, and TLS is not built yet; listen on loopback (127.0.0.1)"
+            "{key} = \"{listen}\": tokens would cross the network in clear text; set serve.tls_cert and serve.tls_key (TLS), or listen on loopback (127.0.0.1)"
         ));
     }
     if !allow_insecure_password {
         return Err(format!(
-            "{key} = \"{listen}\" takes the token as a cleartext password (TLS and SCRAM are not built yet); set serve.allow_insecure_password = true to accept that on loopback"
+            "{key} = \"{listen}\" takes the token as a cleartext password without TLS; set serve.tls_cert and serve.tls_key, or serve.allow_insecure_password = true to accept that on loopback"
         ));
     }
     Ok(Some(addr))

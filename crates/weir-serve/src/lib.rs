@@ -15,6 +15,7 @@ pub mod node;
 pub mod pg;
 pub mod registry;
 pub mod services;
+pub mod tls;
 
 // The layers below, reachable as `crate::sandbox`, … inside this crate.
 use weir_core::{sandbox, sql, telemetry, tenant, udf};
@@ -259,18 +260,24 @@ pub async fn serve(
             }
         });
     }
+    let tls = state
+        .config
+        .tls()
+        .map_err(anyhow::Error::msg)?
+        .map(std::sync::Arc::new);
     if let Some(addr) = pg::check(&state.config).map_err(anyhow::Error::msg)? {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (serve.postgres_listen): {e}"))?;
         tracing::info!(%addr, "weir serve: PostgreSQL wire protocol");
-        tokio::spawn(pg::serve(state.clone(), listener));
+        tokio::spawn(pg::serve(state.clone(), listener, tls.clone()));
     }
     if let Some(addr) = crate::config::password_listener(
         "serve.flight_sql_listen",
         state.config.flight_sql_listen.as_deref(),
         "127.0.0.1:5434",
         state.config.allow_insecure_password,
+        tls.is_some(),
     )
     .map_err(anyhow::Error::msg)?
     {
@@ -278,7 +285,7 @@ pub async fn serve(
             anyhow::anyhow!("cannot listen on {addr} (serve.flight_sql_listen): {e}")
         })?;
         tracing::info!(%addr, "weir serve: Arrow Flight SQL");
-        tokio::spawn(flight::serve(state.clone(), listener));
+        tokio::spawn(flight::serve(state.clone(), listener, tls.clone()));
     }
     // A single node starts what it stored; a cluster node starts what the
     // database says once its listener is connected.

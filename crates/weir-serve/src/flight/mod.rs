@@ -53,8 +53,13 @@ use crate::auth::{Action, authorize};
 use crate::error::ServiceError;
 use crate::services::query::{self, SqlRequest};
 
-/// Serves Flight SQL on `listener` until the task is dropped.
-pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
+/// Serves Flight SQL on `listener` until the task is dropped; with `tls`,
+/// over TLS only (`grpc+tls://`).
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+) {
     let bound = crate::connections::Bound::new(
         state.config.flight_sql_max_connections,
         "Flight SQL",
@@ -62,7 +67,17 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
     );
     let service = FlightServiceServer::new(WeirFlightSql { state });
     let incoming = listener::accept(listener, bound);
-    if let Err(e) = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = match server.tls_config(tls.tonic()) {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::error!("flight sql listener: TLS (serve.tls_cert, serve.tls_key): {e}");
+                return;
+            }
+        };
+    }
+    if let Err(e) = server
         .add_service(service)
         .serve_with_incoming(incoming)
         .await

@@ -43,34 +43,45 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::services::query::{self, SqlRequest};
 use datafusion::arrow::array::RecordBatch;
 
-/// Checks `[serve] postgres_listen` before anything listens: cleartext
-/// passwords travel unencrypted, so only on loopback and when the operator
-/// said so.
+/// Checks `[serve] postgres_listen` before anything listens: without TLS
+/// cleartext passwords travel unencrypted, so only on loopback and when
+/// the operator said so.
 pub fn check(config: &crate::config::ServeConfig) -> Result<Option<std::net::SocketAddr>, String> {
     crate::config::password_listener(
         "serve.postgres_listen",
         config.postgres_listen.as_deref(),
         "127.0.0.1:5433",
         config.allow_insecure_password,
+        config.tls_cert.is_some(),
     )
 }
 
 /// Accepts connections on `listener` until the task is dropped.
-pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
+///
+/// With `tls`, a client's `SSLRequest` starts TLS, and a login that did not
+/// is refused (28000) unless it comes from loopback and
+/// `serve.allow_insecure_password` is set.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+) {
     // Each connection gets a process id and a secret key at login; a cancel
     // request (psql's Ctrl-C, `PQcancel`) names them and stops that
     // connection's running statement.
     let connections = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers {
-        startup: Arc::new(
-            CleartextPasswordAuthStartupHandler::new(
+        startup: Arc::new(Startup {
+            login: CleartextPasswordAuthStartupHandler::new(
                 Tokens {
                     state: state.clone(),
                 },
                 catalog::server_parameters(),
             )
             .with_connection_manager(connections.clone()),
-        ),
+            tls: tls.is_some(),
+            allow_insecure_password: state.config.allow_insecure_password,
+        }),
         cancel: Arc::new(DefaultCancelHandler::new(connections)),
         queries: Arc::new(Queries {
             state: state.clone(),
@@ -87,9 +98,10 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
     loop {
         let (socket, permit) = bound.accept(&listener).await;
         let handlers = handlers.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let _open = permit;
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!("postgres connection: {e}");
             }
         });
@@ -97,7 +109,7 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) {
 }
 
 struct Handlers {
-    startup: Arc<CleartextPasswordAuthStartupHandler<Tokens, DefaultServerParameterProvider>>,
+    startup: Arc<Startup>,
     cancel: Arc<DefaultCancelHandler>,
     queries: Arc<Queries>,
     extended: Arc<extended::Extended>,
@@ -118,6 +130,40 @@ impl PgWireServerHandlers for Handlers {
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
         self.cancel.clone()
+    }
+}
+
+/// The login: with TLS configured, a connection that did not start TLS is
+/// refused before its password is asked for, unless it comes from
+/// loopback and `serve.allow_insecure_password` is set; then
+/// [`Tokens`]' cleartext password check.
+struct Startup {
+    login: CleartextPasswordAuthStartupHandler<Tokens, DefaultServerParameterProvider>,
+    tls: bool,
+    allow_insecure_password: bool,
+}
+
+#[async_trait]
+impl pgwire::api::auth::StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let plain_allowed = self.allow_insecure_password && client.socket_addr().ip().is_loopback();
+        if self.tls && !client.is_secure() && !plain_allowed {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_string(),
+                "28000".to_string(),
+                "this server takes an API token as password over TLS only: connect with sslmode=require, or verify-full with the server's certificate as sslrootcert".to_string(),
+            ))));
+        }
+        self.login.on_startup(client, message).await
     }
 }
 

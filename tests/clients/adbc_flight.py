@@ -58,6 +58,22 @@ with connect(tenant, token) as conn, conn.cursor() as cur:
     out["prepared_schema"] = [f"{f.name}:{f.type}" for f in table.schema]
     out["prepared"] = runs
 
+# Parameters (bound by the driver with DoPut; the server answers a handle
+# carrying them): typed by the statement (double takes BIGINT) or by the
+# value; a value that does not fit its placeholder is refused.
+with connect(tenant, token) as conn, conn.cursor() as cur:
+    runs = []
+    for x in (21, 5):
+        cur.execute("SELECT double($1) AS d, $2 AS s", parameters=(x, "as bound"))
+        runs.append(cur.fetch_arrow_table().to_pylist())
+    out["params"] = runs
+    try:
+        cur.execute("SELECT double($1) AS d", parameters=("not a number",))
+        cur.fetch_arrow_table()
+        out["bad_param"] = None
+    except Exception as e:
+        out["bad_param"] = [type(e).__name__, str(e)]
+
 # A bearer token sent from the start, without the handshake.
 with flight_sql.connect(
     uri,

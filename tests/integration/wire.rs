@@ -587,10 +587,20 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
         serde_json::json!([[{"d": 2}, {"d": 4}, {"d": 6}], [{"d": 2}, {"d": 4}, {"d": 6}]]),
         "{got}"
     );
+    assert_eq!(
+        got["params"],
+        serde_json::json!([[{"d": 42, "s": "as bound"}], [{"d": 10, "s": "as bound"}]]),
+        "{got}"
+    );
     let refused = |key: &str, words: &str| {
         let message = got[key][1].as_str().unwrap_or_default();
         assert!(message.contains(words), "{key}: {got}");
     };
+    // The value types the placeholder, and the function refuses it.
+    refused(
+        "bad_param",
+        "udf `double` argument 1 must be int64, got Utf8",
+    );
     // What ADBC asks before it queries: the server's description (GetSqlInfo)
     // and its objects: one catalog and schema, no stored table.
     assert_eq!(

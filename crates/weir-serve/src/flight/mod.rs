@@ -13,36 +13,42 @@
 //! on every call, so a revoked one stops working at once.
 //!
 //! Built: statements (`CommandStatementQuery`: `GetFlightInfo` plans it
-//! and answers its schema, `DoGet` runs it), prepared statements without
-//! parameters (the handle is the statement: nothing is held between
-//! calls), what clients ask before they query (`metadata.rs`: `GetSqlInfo`,
-//! `GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`), and a
-//! bound on open connections (`listener.rs`). Not yet: parameters,
-//! cancel, TLS.
+//! and answers its schema, `DoGet` runs it), prepared statements with
+//! parameters (nothing is held between calls: the handle is the statement,
+//! and bound parameters travel in it, `handle.rs`), what clients ask
+//! before they query (`metadata.rs`: `GetSqlInfo`, `GetCatalogs`,
+//! `GetDbSchemas`, `GetTables`, `GetTableTypes`), a bound on open
+//! connections (`listener.rs`) and TLS (`serve.tls_cert`). Not yet: cancel.
 
+mod handle;
 mod listener;
 mod metadata;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     Action as FlightAction, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, SchemaAsIpc, Ticket,
 };
 use base64::Engine;
-use datafusion::arrow::datatypes::SchemaRef;
-use futures::{Stream, StreamExt};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::ScalarValue;
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -215,17 +221,33 @@ impl WeirFlightSql {
         self.state.audit.append(&record).await;
     }
 
-    /// `sql` planned in `tenant`'s session: the schema of its result
-    /// (every column nullable, see [`nullable`]). A failure is audited.
-    async fn plan(&self, tenant: &str, sql: &str) -> Result<SchemaRef, Status> {
-        let planned = match self.request(tenant, sql).await {
-            Ok(req) => query::describe(&self.state, tenant, req, Vec::new()).await,
-            Err(e) => Err(e),
-        };
-        match planned {
-            Ok(d) => Ok(nullable(&d.schema)),
+    /// `sql` planned in `tenant`'s session, its placeholders typed by
+    /// `params` where it does not type them itself: its result's schema
+    /// (every column nullable, see [`nullable`]) and its placeholders'
+    /// types. A failure is audited.
+    async fn plan(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: &[ScalarValue],
+    ) -> Result<(SchemaRef, Vec<Option<DataType>>), Status> {
+        match self.describe(tenant, sql, params).await {
+            Ok(planned) => Ok(planned),
             Err(e) => Err(self.failed(tenant, &e).await),
         }
+    }
+
+    /// [`Self::plan`] without the audit.
+    async fn describe(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: &[ScalarValue],
+    ) -> Result<(SchemaRef, Vec<Option<DataType>>), ServiceError> {
+        let declared = params.iter().map(|p| Some(p.data_type())).collect();
+        let req = self.request(tenant, sql).await?;
+        let d = query::describe(&self.state, tenant, req, declared).await?;
+        Ok((nullable(&d.schema), d.params))
     }
 
     /// A statement of `tenant` that failed: audited, as the client's status.
@@ -236,9 +258,25 @@ impl WeirFlightSql {
 
     /// Runs `sql` for `tenant`, its batches streamed as Flight data;
     /// audited.
-    async fn run(&self, tenant: &str, sql: &str) -> Result<Response<DoGetStream>, Status> {
+    async fn run(
+        &self,
+        tenant: &str,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        // Bound values are cast to the types the statement gives its
+        // placeholders, as over the PostgreSQL protocol.
+        let params = if params.is_empty() {
+            params
+        } else {
+            let (_, expected) = self.plan(tenant, sql, &params).await?;
+            match cast_params(params, &expected) {
+                Ok(params) => params,
+                Err(e) => return Err(self.failed(tenant, &e).await),
+            }
+        };
         let started = match self.request(tenant, sql).await {
-            Ok(req) => query::stream(&self.state, tenant, req, Vec::new()).await,
+            Ok(req) => query::stream(&self.state, tenant, req, params).await,
             Err(e) => Err(e),
         };
         let streamed = match started {
@@ -311,7 +349,7 @@ impl FlightSqlService for WeirFlightSql {
         let (tenant, _) = self.tenant(request.metadata()).await?;
         // Planned now (its errors are the client's at once, and its schema
         // goes with the answer); run when the ticket comes back.
-        let schema = self.plan(&tenant, &query.query).await?;
+        let (schema, _) = self.plan(&tenant, &query.query, &[]).await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
@@ -328,8 +366,8 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let (tenant, _) = self.tenant(request.metadata()).await?;
-        self.run(&tenant, &statement_of(&ticket.statement_handle)?)
-            .await
+        let statement = handle::open(&ticket.statement_handle)?;
+        self.run(&tenant, &statement.sql, statement.params).await
     }
 
     /// A prepared statement (JDBC's Flight SQL driver prepares every
@@ -341,15 +379,41 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightAction>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let (tenant, _) = self.tenant(request.metadata()).await?;
-        let schema = self.plan(&tenant, &query.query).await?;
-        let options = datafusion::arrow::ipc::writer::IpcWriteOptions::default();
-        let message: arrow_flight::IpcMessage = SchemaAsIpc::new(&schema, &options)
-            .try_into()
-            .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        let (schema, params) = match self.describe(&tenant, &query.query, &[]).await {
+            Ok(planned) => planned,
+            // A placeholder only the bound value types (`double($1)`: a
+            // function's argument): planned again once values are bound,
+            // when an error is the execution's.
+            Err(_) if query.query.contains('$') => {
+                let handle = query.query.into_bytes().into();
+                return Ok(ActionCreatePreparedStatementResult {
+                    prepared_statement_handle: handle,
+                    dataset_schema: Default::default(),
+                    parameter_schema: Default::default(),
+                });
+            }
+            Err(e) => return Err(self.failed(&tenant, &e).await),
+        };
+        // The placeholders `$1`, `$2`, … as the statement types them (Null
+        // where it does not: a bound value keeps its own type).
+        let parameters = datafusion::arrow::datatypes::Schema::new(
+            params
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let t = t.clone().unwrap_or(DataType::Null);
+                    datafusion::arrow::datatypes::Field::new(format!("${}", i + 1), t, true)
+                })
+                .collect::<Vec<_>>(),
+        );
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: query.query.into_bytes().into(),
-            dataset_schema: message.0,
-            parameter_schema: Default::default(),
+            dataset_schema: ipc_schema(&schema)?,
+            parameter_schema: if params.is_empty() {
+                Default::default()
+            } else {
+                ipc_schema(&Arc::new(parameters))?
+            },
         })
     }
 
@@ -359,8 +423,9 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (tenant, _) = self.tenant(request.metadata()).await?;
-        let schema = self
-            .plan(&tenant, &statement_of(&query.prepared_statement_handle)?)
+        let statement = handle::open(&query.prepared_statement_handle)?;
+        let (schema, _) = self
+            .plan(&tenant, &statement.sql, &statement.params)
             .await?;
         flight_info(
             &schema,
@@ -375,8 +440,43 @@ impl FlightSqlService for WeirFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let (tenant, _) = self.tenant(request.metadata()).await?;
-        self.run(&tenant, &statement_of(&query.prepared_statement_handle)?)
-            .await
+        let statement = handle::open(&query.prepared_statement_handle)?;
+        self.run(&tenant, &statement.sql, statement.params).await
+    }
+
+    /// Parameters bound to a prepared statement (one row): the answer is
+    /// a new handle carrying them ([`handle`]), which the client uses from
+    /// then on; nothing is held here.
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        self.tenant(request.metadata()).await?;
+        let statement = handle::open(&query.prepared_statement_handle)?;
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        );
+        let mut row: Option<RecordBatch> = None;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            if row.is_some() {
+                return Err(Status::invalid_argument(
+                    "bind one row of parameters per execution (more were bound)",
+                ));
+            }
+            row = Some(batch);
+        }
+        let Some(row) = row else {
+            return Err(Status::invalid_argument("no parameters were bound"));
+        };
+        handle::params_of(&row)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle::with_params(&statement.sql, &row)?.into()),
+        })
     }
 
     async fn do_action_close_prepared_statement(
@@ -516,10 +616,38 @@ fn one_batch(answer: metadata::Answer) -> Response<DoGetStream> {
 type DoGetStream =
     <WeirFlightSql as arrow_flight::flight_service_server::FlightService>::DoGetStream;
 
-/// The statement a ticket or a prepared statement's handle carries.
-fn statement_of(handle: &[u8]) -> Result<String, Status> {
-    String::from_utf8(handle.to_vec())
-        .map_err(|_| Status::invalid_argument("the handle is not a statement of this server"))
+/// `schema` as the IPC message Flight SQL answers schemas in.
+fn ipc_schema(schema: &SchemaRef) -> Result<bytes::Bytes, Status> {
+    let options = datafusion::arrow::ipc::writer::IpcWriteOptions::default();
+    let message: arrow_flight::IpcMessage = SchemaAsIpc::new(schema, &options)
+        .try_into()
+        .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(message.0)
+}
+
+/// Bound values cast to the types the statement gives its placeholders;
+/// one that does not fit is refused naming it, never guessed.
+fn cast_params(
+    params: Vec<ScalarValue>,
+    expected: &[Option<DataType>],
+) -> Result<Vec<ScalarValue>, ServiceError> {
+    if !expected.is_empty() && params.len() != expected.len() {
+        return Err(ServiceError::BadRequest(format!(
+            "the statement takes {} parameters, {} were bound",
+            expected.len(),
+            params.len()
+        )));
+    }
+    params
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| match expected.get(i).cloned().flatten() {
+            Some(t) if p.data_type() != t => p.cast_to(&t).map_err(|e| {
+                ServiceError::BadRequest(format!("parameter ${} cannot be read as {t}: {e}", i + 1))
+            }),
+            _ => Ok(p),
+        })
+        .collect()
 }
 
 /// What `GetFlightInfo` answers: the result's schema and one endpoint

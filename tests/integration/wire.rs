@@ -53,6 +53,19 @@ fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, Str
     )
 }
 
+/// What `python3 args` printed: one JSON value (the client scripts' way
+/// of answering); its output in the failure if it did not succeed.
+fn python_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3").args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap()
+}
+
 /// `weir serve` with `[serve]` lines `extra` and a token per `(name,
 /// token, tenant, role)`; answers once its HTTP listener is up.
 fn serve_with(
@@ -213,7 +226,8 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
     assert!(!ok && err.contains("42883"), "{err}");
 
     // psql's describe commands read the tenant's own catalog: `\df` its
-    // functions with their types, `\dt` no tables; `SHOW` answers what
+    // functions with their types, `\dt` no tables, `\dn` and `\l` its
+    // schema and database; `SHOW` answers what
     // the connection was told at startup. Another tenant's functions are
     // not in it.
     let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "\\df"]);
@@ -232,6 +246,11 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
         ok && out.is_empty() && err.contains("Did not find any relations"),
         "{out}{err}"
     );
+    // `\dn` its one schema, `\l` its one database.
+    let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "\\dn"]);
+    assert!(ok && out == "public|acme\n", "{out}{err}");
+    let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "\\l"]);
+    assert!(ok && out.starts_with("weir|acme|UTF8|"), "{out}{err}");
     let (ok, out, err) = psql(pg_port, "acme", "acme-secret", &["-c", "SHOW TimeZone"]);
     assert!(ok && out == "Etc/UTC\n", "{out}{err}");
     let (ok, out, err) = psql(
@@ -550,24 +569,15 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
         &guest(),
     );
     assert_eq!(status, 201, "{body}");
-    let out = Command::new("python3")
-        .arg(support::repo().join("tests/clients/adbc_flight.py"))
-        .args([
-            &flight_port.to_string(),
-            "acme",
-            "acme-secret",
-            "globex",
-            "globex-secret",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let script = support::repo().join("tests/clients/adbc_flight.py");
+    let got = python_json(&[
+        script.to_str().unwrap(),
+        &flight_port.to_string(),
+        "acme",
+        "acme-secret",
+        "globex",
+        "globex-secret",
+    ]);
     assert_eq!(
         got["rows"],
         serde_json::json!([{"x": 1, "d": 2}, {"x": 2, "d": 4}, {"x": null, "d": null}]),
@@ -769,17 +779,7 @@ fn tls_carries_the_token_over_both_listeners() {
          print(json.dumps(out))\n",
         cert = cert.display().to_string(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let got = python_json(&["-c", &script]);
     assert_eq!(got["tls"], serde_json::json!([{"answer": 42}]), "{got}");
     assert_ne!(got["plain"], "answered", "{got}");
 }

@@ -1,5 +1,6 @@
 //! What PostgreSQL clients read to describe a database — psql's `\df`,
-//! `\dt` and `\d`, a driver's `SHOW` of a session setting — answered from
+//! `\dt`, `\d`, `\dn` and `\l`, a driver's `SHOW` of a session setting —
+//! answered from
 //! the tenant's own objects: the functions of its published UDFs (latest
 //! versions, what a statement calls by name), and no tables (a statement
 //! reads only what it names). A catalog statement runs like any other of
@@ -9,7 +10,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::cast::as_int64_array;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
@@ -25,6 +28,11 @@ use crate::services::query::Catalog;
 const PG_CATALOG: i64 = 11;
 const PUBLIC: i64 = 2200;
 const INFORMATION_SCHEMA: i64 = 13_183;
+/// The tenant as the owner of what it sees, its database, and UTF-8's
+/// encoding number (oids and numbers as PostgreSQL's).
+const OWNER: i64 = 10;
+const DATABASE: i64 = 16_384;
+const UTF8: i64 = 6;
 /// The first oid of a tenant's functions.
 const FIRST_FUNCTION: i64 = 100_000;
 
@@ -218,21 +226,22 @@ fn ints(values: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(values))
 }
 
-/// A table of `columns` (name, values); all of one length.
+/// A table of `columns` (name, values); all of one length. A column with
+/// a NULL is nullable.
 fn table(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ServiceError> {
     let schema = Schema::new(
         columns
             .iter()
-            .map(|(name, a)| Field::new(*name, a.data_type().clone(), false))
+            .map(|(name, a)| Field::new(*name, a.data_type().clone(), a.null_count() > 0))
             .collect::<Vec<_>>(),
     );
     let arrays = columns.into_iter().map(|(_, a)| a).collect();
     RecordBatch::try_new(Arc::new(schema), arrays).map_err(ServiceError::internal)
 }
 
-/// The catalog of `tenant`: tables `pg_namespace`, `pg_proc`, `pg_class`
-/// (empty), `pg_am` (empty), `pg_settings`, and the functions psql calls
-/// on them.
+/// The catalog of `tenant`: tables `pg_namespace`, `pg_database`,
+/// `pg_proc`, `pg_class` (empty), `pg_am` (empty), `pg_settings`, and the
+/// functions psql calls on them.
 fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceError> {
     let mut functions: Vec<Function> = versions
         .iter()
@@ -245,6 +254,29 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
         (
             "nspname",
             strings(["pg_catalog", "public", "information_schema"]),
+        ),
+        ("nspowner", ints([OWNER; 3])),
+    ])?;
+    // The one database a connection is in, whatever name it gave (the
+    // name is not used): `weir`, UTF-8, owned by the tenant.
+    let no_text = |n| datafusion::arrow::array::new_null_array(&DataType::Utf8, n);
+    let databases = table(vec![
+        ("oid", ints([DATABASE])),
+        ("datname", strings(["weir"])),
+        ("datdba", ints([OWNER])),
+        ("encoding", ints([UTF8])),
+        ("datlocprovider", strings(["c"])),
+        ("datcollate", strings(["C"])),
+        ("datctype", strings(["C"])),
+        ("daticulocale", no_text(1)),
+        ("datlocale", no_text(1)),
+        ("daticurules", no_text(1)),
+        (
+            "datacl",
+            datafusion::arrow::array::new_null_array(
+                &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                1,
+            ),
         ),
     ])?;
     let procs = table(vec![
@@ -303,6 +335,7 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
     Ok(Catalog {
         tables: vec![
             ("pg_namespace".into(), namespaces),
+            ("pg_database".into(), databases),
             ("pg_proc".into(), procs),
             ("pg_class".into(), classes),
             ("pg_am".into(), methods),
@@ -314,6 +347,10 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
             owner,
             visible("pg_function_is_visible"),
             visible("pg_table_is_visible"),
+            text_of_oid("pg_encoding_to_char", |encoding| {
+                (encoding == UTF8).then(|| "UTF8".to_string())
+            }),
+            array_to_string(),
         ],
     })
 }
@@ -349,6 +386,41 @@ fn text_of_oid(
         }),
     );
     udf.with_aliases([name])
+}
+
+/// `pg_catalog.array_to_string(text[], separator) → text` (psql's `\l`
+/// joins a database's privileges): NULL for a NULL list.
+fn array_to_string() -> ScalarUDF {
+    let list = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+    let udf = create_udf(
+        "pg_catalog.array_to_string",
+        vec![list, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let [lists, separators] = &arrays[..] else {
+                return Err(datafusion::error::DataFusionError::Plan(
+                    "array_to_string takes a list and a separator".to_string(),
+                ));
+            };
+            let lists = datafusion::common::cast::as_list_array(lists)?;
+            let separators = datafusion::common::cast::as_string_array(separators)?;
+            let mut out = Vec::with_capacity(lists.len());
+            for row in 0..lists.len() {
+                if lists.is_null(row) || separators.is_null(row) {
+                    out.push(None);
+                    continue;
+                }
+                let items = lists.value(row);
+                let items = datafusion::common::cast::as_string_array(&items)?;
+                let parts: Vec<&str> = items.iter().flatten().collect();
+                out.push(Some(parts.join(separators.value(row))));
+            }
+            Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+        }),
+    );
+    udf.with_aliases(["array_to_string"])
 }
 
 /// `pg_catalog.<name>(oid) → true`: everything a tenant's catalog holds is

@@ -42,6 +42,8 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   # The PostgreSQL client the wire-protocol tests connect to `weir serve` with.
   command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  # openssl makes the TLS test's certificate (wire::tls_carries_the_token_over_both_listeners).
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   # psycopg 3 (PyPI), the Python PostgreSQL client of the same tests.
   python3 -c 'import psycopg' 2>/dev/null ||
     python3 -m pip install --quiet 'psycopg[binary]' ||

@@ -53,6 +53,14 @@ fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, Str
     )
 }
 
+/// Whether ADBC's Flight SQL driver and pyarrow import.
+fn has_adbc() -> bool {
+    Command::new("python3")
+        .args(["-c", "import adbc_driver_flightsql, pyarrow"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// What `python3 args` printed: one JSON value (the client scripts' way
 /// of answering); its output in the failure if it did not succeed.
 fn python_json(args: &[&str]) -> serde_json::Value {
@@ -537,11 +545,10 @@ fn postgres_listen_needs_loopback_and_consent() {
 /// `flight_sql_max_connections` connections are open at once.
 #[test]
 fn adbc_reads_a_tenants_udfs_over_flight_sql() {
-    let has_adbc = Command::new("python3")
-        .args(["-c", "import adbc_driver_flightsql, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !support::require_or_skip("adbc (pip install adbc-driver-flightsql pyarrow)", has_adbc) {
+    if !support::require_or_skip(
+        "adbc (pip install adbc-driver-flightsql pyarrow)",
+        has_adbc(),
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -702,10 +709,7 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
 fn tls_carries_the_token_over_both_listeners() {
     let has_clients = Command::new("psql").arg("--version").output().is_ok()
         && Command::new("openssl").arg("version").output().is_ok()
-        && Command::new("python3")
-            .args(["-c", "import adbc_driver_flightsql, pyarrow"])
-            .status()
-            .is_ok_and(|s| s.success());
+        && has_adbc();
     if !support::require_or_skip("psql, openssl and adbc-driver-flightsql", has_clients) {
         return;
     }

@@ -81,6 +81,16 @@ fn serve_with(
     extra: &str,
     tokens: &[(&str, &str, &str, &str)],
 ) -> (Killed, String) {
+    serve_with_policy(dir, extra, tokens, "")
+}
+
+/// [`serve_with`], the tenants' policy file being `policy`.
+fn serve_with_policy(
+    dir: &std::path::Path,
+    extra: &str,
+    tokens: &[(&str, &str, &str, &str)],
+    policy: &str,
+) -> (Killed, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut text = format!(
         "[serve]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n{extra}",
@@ -94,9 +104,12 @@ fn serve_with(
     }
     let config = dir.join("weir.toml");
     std::fs::write(&config, text).unwrap();
+    let policy_file = dir.join("policy.toml");
+    std::fs::write(&policy_file, policy).unwrap();
     let weir = Killed(
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["serve", "--config", config.to_str().unwrap()])
+            .env("WEIR_POLICY", &policy_file)
             .env("WEIR_CACHE_DIR", support::cache_dir())
             // glibc's mmap threshold fixed: the server's resident memory
             // then measures what it holds, not the allocator's caching.
@@ -486,6 +499,113 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
 
 /// Cleartext tokens off loopback, or without the operator's consent, are
 /// refused at start with the key to change; so is half a TLS identity.
+/// CPU seconds process `pid` has used (user and system; Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis: utime is the 12th,
+    // stime the 13th, in clock ticks (100 per second).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// The CPU the server uses over 1.5 s, starting 300 ms from now: what
+/// a guest call still running after its statement ended would burn.
+fn cpu_while_idle(pid: u32) -> f64 {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    cpu_seconds(pid) - before
+}
+
+/// A cancelled statement stops its guest call, not only its answer: with
+/// a 20 s CPU budget a spinning UDF would otherwise run on until the
+/// statement's deadline, holding a slot and a core nobody waits for.
+/// The same when the client of an HTTP query goes away.
+#[test]
+fn a_cancel_stops_the_guest_call_in_flight() {
+    let has_psql = Command::new("psql").arg("--version").output().is_ok();
+    if !support::require_or_skip("psql (apt-get install postgresql-client)", has_psql) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg_port = free_port();
+    let (weir, addr) = serve_with_policy(
+        dir.path(),
+        &format!(
+            "postgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\nwarm_languages = false\n[sandbox]\ncpu_ms_per_batch = 20000\n"
+        ),
+        &[("ci", "acme-secret", "acme", "publisher")],
+        "[defaults]\ncpu_ms_per_batch = 20000\n",
+    );
+    wait_for(&format!("127.0.0.1:{pg_port}"));
+    let pid = weir.0.id();
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/tenants/acme/udfs/tools",
+        &[
+            ("Authorization", "Bearer acme-secret"),
+            ("Content-Type", "application/wasm"),
+        ],
+        &guest(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let spin = "SELECT spin(x) AS s FROM (VALUES (CAST(1000000000000 AS BIGINT))) AS t(x)";
+
+    // psql's Ctrl-C while the guest spins.
+    let child = psql_command(pg_port, "acme", "acme-secret", &["-c", spin])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("57014"), "{err}");
+    let used = cpu_while_idle(pid);
+    assert!(
+        used < 0.5,
+        "the server used {used:.2} s of CPU in 1.5 s after the cancel: the guest call spins on"
+    );
+
+    // An HTTP client that leaves while its query's guest spins.
+    let body = serde_json::json!({"sql": spin, "udfs": ["tools"]}).to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        format!(
+            "POST /v1/tenants/acme/sql HTTP/1.1\r\nHost: weir\r\nAuthorization: Bearer acme-secret\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    drop(conn);
+    let used = cpu_while_idle(pid);
+    assert!(
+        used < 0.5,
+        "the server used {used:.2} s of CPU in 1.5 s after its client left: the guest call spins on"
+    );
+
+    // The tenant's next statement runs at once (its slot is free).
+    let (ok, out, err) = psql(
+        pg_port,
+        "acme",
+        "acme-secret",
+        &["-c", "SELECT double(CAST(21 AS BIGINT))"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "42\n");
+}
+
 #[test]
 fn postgres_listen_needs_loopback_and_consent() {
     let dir = tempfile::tempdir().unwrap();

@@ -150,8 +150,9 @@ pub enum Failure {
     /// Something else failed while instantiating or calling.
     /// The process's instance pool had no free slot.
     PoolFull(String),
-    /// The request the call belonged to ran out of time: the call was
-    /// interrupted, or never started.
+    /// The request the call belonged to ran out of time or was dropped (a
+    /// cancel, its client gone): the call was interrupted, or never
+    /// started.
     Cancelled,
     Other(String),
 }
@@ -324,6 +325,9 @@ impl Failure {
                 requested: t.requested,
                 limit: t.limit,
             };
+        }
+        if err.downcast_ref::<super::host::Interrupted>().is_some() {
+            return Failure::Cancelled;
         }
         if let Some(trap) = err.downcast_ref::<Trap>() {
             return match trap {
@@ -532,7 +536,7 @@ impl UdfError {
             Failure::PoolFull(reason) => write!(f, "could not run {batch}: {reason}"),
             Failure::Cancelled => write!(
                 f,
-                "was cancelled {batch}: the request's deadline passed, so its remaining guest work was stopped"
+                "was cancelled {batch}: the request it served ended (its deadline passed, it was cancelled, or its client left), so its remaining guest work was stopped"
             ),
             Failure::Other(reason) => write!(f, "failed {batch}: {reason}"),
         }

@@ -9,13 +9,17 @@
 //! tenant's request needs. Which tenant's guest call runs next on these
 //! threads is decided by the tenants' fair share
 //! ([`crate::tenant::FairShare`]). Dropping the awaited future (a request's
-//! deadline, a client gone) aborts the work at its next await point; the
-//! guest call in flight, if any, ends at its own CPU deadline.
+//! deadline, a cancel, a client gone) aborts the work at its next await
+//! point and fires its [`Interrupt`]: the guest call in flight, if any,
+//! stops at its next epoch tick.
 
 use std::future::Future;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::JoinHandle;
+
+use crate::tenant::Interrupt;
+use crate::tenant::interrupt::FireOnDrop;
 
 /// How much lower the guest threads' CPU priority is than the API's (a
 /// `nice` increment: the kernel gives a thread at +5 about a third of the
@@ -36,12 +40,17 @@ pub struct GuestExecutor {
     threads: usize,
 }
 
-/// Aborts the task it guards when dropped before the task finished.
-struct AbortOnDrop<T>(JoinHandle<T>);
+/// Aborts the task it guards when dropped before the task finished, and
+/// stops its guest call in flight (its interrupt fires; after the task
+/// finished, firing it changes nothing).
+struct AbortOnDrop<T> {
+    task: JoinHandle<T>,
+    _interrupt: FireOnDrop,
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -82,26 +91,37 @@ impl GuestExecutor {
     }
 
     /// Runs `work` on the guest threads and waits for it without holding
-    /// the caller's thread. Dropping the returned future aborts `work`.
+    /// the caller's thread. Dropping the returned future aborts `work` and
+    /// interrupts its guest call in flight.
     pub async fn run<F>(&self, work: F) -> Result<F::Output, Lost>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let mut task = AbortOnDrop(self.handle.spawn(work));
-        (&mut task.0).await.map_err(|e| Lost(e.to_string()))
+        let interrupt = Interrupt::new();
+        let mut guard = AbortOnDrop {
+            task: self.handle.spawn(interrupt.clone().around(work)),
+            _interrupt: FireOnDrop(interrupt),
+        };
+        (&mut guard.task).await.map_err(|e| Lost(e.to_string()))
     }
 
     /// Runs the blocking `work` (a compile, a staged run) on the guest
     /// runtime's blocking threads and waits for it without holding the
-    /// caller's thread.
+    /// caller's thread. Dropping the returned future interrupts its guest
+    /// call in flight (a blocking closure cannot be aborted otherwise).
     pub async fn run_blocking<F, T>(&self, work: F) -> Result<T, Lost>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let mut task = AbortOnDrop(self.handle.spawn_blocking(work));
-        (&mut task.0).await.map_err(|e| Lost(e.to_string()))
+        let interrupt = Interrupt::new();
+        let scoped = interrupt.clone();
+        let mut guard = AbortOnDrop {
+            task: self.handle.spawn_blocking(move || scoped.scope(work)),
+            _interrupt: FireOnDrop(interrupt),
+        };
+        (&mut guard.task).await.map_err(|e| Lost(e.to_string()))
     }
 }
 
@@ -180,5 +200,35 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_wait_fires_the_works_interrupt() {
+        let executor = GuestExecutor::new(1).unwrap();
+        // Blocking work cannot be aborted: it sees its interrupt fire (as
+        // a guest call does at its next epoch tick).
+        let (tx, rx) = std::sync::mpsc::channel::<bool>();
+        let wait = executor.run_blocking(move || {
+            let interrupt = Interrupt::current();
+            let started = std::time::Instant::now();
+            while !interrupt.as_ref().is_some_and(Interrupt::fired)
+                && started.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = tx.send(interrupt.is_some_and(|i| i.fired()));
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), wait)
+                .await
+                .is_err()
+        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+        // Work that ends is not interrupted while it runs.
+        let seen = executor
+            .run(async { Interrupt::current().map(|i| i.fired()) })
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(false));
     }
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
+use wasmtime::{Caller, Extern, Linker, ResourceLimiter, UpdateDeadline};
 
 use super::limits::SandboxLimits;
 use crate::abi::IMPORT_MODULE;
-use crate::tenant::Tenant;
+use crate::tenant::{Interrupt, Tenant};
 
 /// Longest log line kept, in bytes.
 const MAX_LOG_LINE: usize = 1024;
@@ -19,6 +19,12 @@ pub struct MemoryLimitExceeded {
     pub requested: usize,
     pub limit: usize,
 }
+
+/// A guest call stopped because the work it served was dropped (its
+/// [`Interrupt`] fired): classified as [`super::Failure::Cancelled`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the work this call served was cancelled")]
+pub struct Interrupted;
 
 /// A table grow beyond the configured limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -52,6 +58,10 @@ pub struct StoreState {
     pub logs_dropped: u32,
     /// Name used in log lines (`udf module label`).
     pub label: Arc<str>,
+    /// The current call's work's interrupt, checked at every epoch tick,
+    /// and the ticks of its CPU budget left after the next one.
+    interrupt: Option<Interrupt>,
+    ticks_left: u64,
 }
 
 impl StoreState {
@@ -70,7 +80,40 @@ impl StoreState {
             log_per_call: limits.log_lines_per_batch,
             logs_dropped: 0,
             label,
+            interrupt: None,
+            ticks_left: 0,
         }
+    }
+
+    /// The epoch deadline of a call of `ticks` ticks (its CPU budget)
+    /// serving work with `interrupt`: without one, the budget at once
+    /// (wasmtime traps when it is reached); with one, a tick at a time, so
+    /// that [`Self::epoch_reached`] looks at the interrupt at every tick.
+    pub fn watch(&mut self, interrupt: Option<Interrupt>, ticks: u64) -> u64 {
+        let ticks = ticks.max(1);
+        if interrupt.is_some() {
+            self.ticks_left = ticks - 1;
+            self.interrupt = interrupt;
+            1
+        } else {
+            self.ticks_left = 0;
+            self.interrupt = None;
+            ticks
+        }
+    }
+
+    /// The store's epoch-deadline callback: the call stops when its
+    /// interrupt fired ([`Interrupted`]) or its budget is spent (the trap
+    /// of an exhausted CPU budget); else it runs one more tick.
+    pub fn epoch_reached(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        if self.interrupt.as_ref().is_some_and(Interrupt::fired) {
+            return Err(wasmtime::Error::new(Interrupted));
+        }
+        if self.ticks_left == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        self.ticks_left -= 1;
+        Ok(UpdateDeadline::Continue(1))
     }
 
     /// Resets per-call budgets.

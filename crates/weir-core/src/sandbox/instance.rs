@@ -19,6 +19,7 @@ use crate::abi::{
 use crate::marshal::input::InputPlan;
 use crate::marshal::output::{CallResult, MAX_ERROR_MESSAGE, read_result};
 use crate::marshal::read_u32;
+use crate::tenant::Interrupt;
 
 /// How long a call waits for a busy module's instance to come free.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,11 +61,18 @@ pub enum Emit {
     Evaluate,
 }
 
-/// Arms the per-call CPU budget.
+/// Arms the per-call CPU budget, and with the epoch meter the interrupt
+/// of the work the call serves (`tenant::interrupt`): a call of work
+/// already dropped does not start.
 fn arm(store: &mut Store<StoreState>, limits: &SandboxLimits) -> Result<(), Failure> {
     match limits.cpu_meter {
         CpuMeter::Epoch => {
-            store.set_epoch_deadline(limits.deadline_ticks());
+            let interrupt = Interrupt::current();
+            if interrupt.as_ref().is_some_and(Interrupt::fired) {
+                return Err(Failure::Cancelled);
+            }
+            let ticks = store.data_mut().watch(interrupt, limits.deadline_ticks());
+            store.set_epoch_deadline(ticks);
             Ok(())
         }
         CpuMeter::Fuel => store
@@ -99,6 +107,7 @@ impl GuestInstance {
         let state = StoreState::new(limits, module.label_arc(), module.tenant().cloned());
         let mut store = Store::new(module.engine(), state);
         store.limiter(|state| state);
+        store.epoch_deadline_callback(|mut ctx| ctx.data_mut().epoch_reached());
         arm(&mut store, limits)?;
         let instance = with_stack(limits, || module.instance_pre().instantiate(&mut store))
             .map_err(|e| Failure::classify(&e, true))?;
@@ -376,7 +385,10 @@ impl GuestInstance {
         let info = self.panic_info.clone()?;
         match limits.cpu_meter {
             CpuMeter::Fuel => self.store.set_fuel(1_000_000).ok()?,
-            CpuMeter::Epoch => self.store.set_epoch_deadline(2),
+            CpuMeter::Epoch => {
+                let ticks = self.store.data_mut().watch(None, 2);
+                self.store.set_epoch_deadline(ticks);
+            }
         }
         let ptr = info.call(&mut self.store, ()).ok()?;
         if ptr == 0 {

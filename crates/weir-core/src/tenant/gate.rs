@@ -29,6 +29,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::Stream;
 
+use super::interrupt::Interrupt;
 use super::state::Tenant;
 
 /// `work` polled under `tenant`'s share: see the module docs.
@@ -116,6 +117,9 @@ impl Drop for Turn {
 struct GatedStream {
     inner: SendableRecordBatchStream,
     turn: Turn,
+    /// The interrupt of the work the plan belongs to: the stream is polled
+    /// in a task of its own, where the work's scope is not set.
+    interrupt: Option<Interrupt>,
 }
 
 impl Stream for GatedStream {
@@ -124,7 +128,10 @@ impl Stream for GatedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         let _slot = ready!(this.turn.poll(cx));
-        this.inner.as_mut().poll_next(cx)
+        match &this.interrupt {
+            Some(interrupt) => interrupt.scope(|| this.inner.as_mut().poll_next(cx)),
+            None => this.inner.as_mut().poll_next(cx),
+        }
     }
 }
 
@@ -136,12 +143,14 @@ impl RecordBatchStream for GatedStream {
 
 /// The plan with every input that DataFusion polls in a task of its own
 /// (below a repartition, a coalesce or a merge of partitions) polled under
-/// `tenant`'s share. The plan's own stream is polled by the caller: run it
-/// inside [`Tenant::gate`].
+/// `tenant`'s share, and in the scope of the [`Interrupt`] of the work
+/// that gates it (the caller's, if any). The plan's own stream is polled by
+/// the caller: run it inside [`Tenant::gate`].
 pub fn gate_plan(
     plan: Arc<dyn ExecutionPlan>,
     tenant: &Arc<Tenant>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let interrupt = Interrupt::current();
     plan.transform_up(|node| {
         if !SPAWNS_TASKS.contains(&node.name()) {
             return Ok(Transformed::no(node));
@@ -157,6 +166,7 @@ pub fn gate_plan(
                     Arc::new(GatedExec {
                         inner: child.clone(),
                         tenant: tenant.clone(),
+                        interrupt: interrupt.clone(),
                     }) as Arc<dyn ExecutionPlan>
                 }
             })
@@ -179,6 +189,7 @@ const SPAWNS_TASKS: [&str; 4] = [
 struct GatedExec {
     inner: Arc<dyn ExecutionPlan>,
     tenant: Arc<Tenant>,
+    interrupt: Option<Interrupt>,
 }
 
 impl GatedExec {
@@ -235,6 +246,7 @@ impl ExecutionPlan for GatedExec {
             (Some(inner), true) => Ok(Arc::new(GatedExec {
                 inner,
                 tenant: self.tenant.clone(),
+                interrupt: self.interrupt.clone(),
             })),
             _ => Err(datafusion::error::DataFusionError::Internal(format!(
                 "{} takes one input",
@@ -251,6 +263,7 @@ impl ExecutionPlan for GatedExec {
         Ok(Box::pin(GatedStream {
             inner: self.inner.execute(partition, context)?,
             turn: Turn::new(&self.tenant),
+            interrupt: self.interrupt.clone(),
         }))
     }
 }

@@ -42,6 +42,10 @@ if [ "$WEIR_REQUIRE_BROKER" != 0 ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   # The PostgreSQL client the wire-protocol tests connect to `weir serve` with.
   command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  # Java and the PostgreSQL JDBC driver (Debian): the JDBC client of the
+  # same tests (wire::jdbc_browses_a_tenants_catalog).
+  command -v javac >/dev/null 2>&1 || apt_install default-jdk-headless
+  [ -f /usr/share/java/postgresql.jar ] || apt_install libpostgresql-jdbc-java
   # openssl makes the TLS test's certificate (wire::tls_carries_the_token_over_both_listeners).
   command -v openssl >/dev/null 2>&1 || apt_install openssl
   # psycopg 3 (PyPI), the Python PostgreSQL client of the same tests.

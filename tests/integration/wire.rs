@@ -499,6 +499,103 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
 
 /// Cleartext tokens off loopback, or without the operator's consent, are
 /// refused at start with the key to change; so is half a TLS identity.
+/// Where Debian's PostgreSQL JDBC driver is (libpostgresql-jdbc-java).
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+/// A JDBC tool browsing a tenant's database (issue 30: DBeaver, IntelliJ,
+/// Metabase go through these `DatabaseMetaData` calls): its schemas, no
+/// tables, its own functions only, the types, a prepared statement with a
+/// parameter and a UDF, and the SQLSTATE of an unknown function.
+#[test]
+fn jdbc_browses_a_tenants_catalog() {
+    let has_jdbc = Command::new("java").arg("-version").output().is_ok()
+        && std::path::Path::new(JDBC_JAR).exists();
+    if !support::require_or_skip(
+        "java and the PostgreSQL JDBC driver (apt-get install default-jdk-headless libpostgresql-jdbc-java)",
+        has_jdbc,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg_port = free_port();
+    let (_weir, addr) = serve_with(
+        dir.path(),
+        &format!(
+            "postgres_listen = \"127.0.0.1:{pg_port}\"\nallow_insecure_password = true\nwarm_languages = false\n"
+        ),
+        &[
+            ("ci", "acme-secret", "acme", "publisher"),
+            ("ci", "globex-secret", "globex", "publisher"),
+        ],
+    );
+    wait_for(&format!("127.0.0.1:{pg_port}"));
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/tenants/acme/udfs/tools",
+        &[
+            ("Authorization", "Bearer acme-secret"),
+            ("Content-Type", "application/wasm"),
+        ],
+        &guest(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let browse = |tenant: &str, token: &str| -> serde_json::Value {
+        let out = Command::new("java")
+            .args(["-cp", JDBC_JAR])
+            .arg(support::repo().join("tests/clients/JdbcCatalog.java"))
+            .args([&pg_port.to_string(), tenant, token])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let acme = browse("acme", "acme-secret");
+    let column = |step: &str, i: usize| -> Vec<String> {
+        acme[step]
+            .as_array()
+            .unwrap_or_else(|| panic!("{step}: {}", acme[step]))
+            .iter()
+            .map(|row| row[i].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        acme["session"],
+        serde_json::json!([["public", "acme", "weir"]])
+    );
+    assert_eq!(
+        column("schemas", 0),
+        ["information_schema", "pg_catalog", "public"]
+    );
+    assert_eq!(column("catalogs", 0), ["weir"]);
+    assert_eq!(acme["tables"], serde_json::json!([]));
+    assert_eq!(acme["columns"], serde_json::json!([]));
+    assert_eq!(
+        column("functions", 2),
+        ["double", "grow", "noisy", "spin", "work"]
+    );
+    assert_eq!(acme["procedures"], serde_json::json!([]));
+    let types = column("types", 0);
+    for t in ["bool", "int8", "float8", "text", "timestamptz", "numeric"] {
+        assert!(types.iter().any(|n| n == t), "{t} not in {types:?}");
+    }
+    assert_eq!(
+        acme["quote_ident"],
+        serde_json::json!([["plain", "\"Mixed Case\""]])
+    );
+    assert_eq!(acme["prepared"], serde_json::json!([["42"]]));
+    assert_eq!(acme["unknown"]["sqlstate"], "42883", "{}", acme["unknown"]);
+    // Another tenant's catalog lists none of acme's functions.
+    let globex = browse("globex", "globex-secret");
+    assert_eq!(globex["functions"], serde_json::json!([]), "{globex}");
+    assert_eq!(globex["prepared"]["sqlstate"], "42883", "{globex}");
+}
+
 /// CPU seconds process `pid` has used (user and system; Linux).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

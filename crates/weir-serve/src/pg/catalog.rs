@@ -1,6 +1,7 @@
 //! What PostgreSQL clients read to describe a database — psql's `\df`,
-//! `\dt`, `\d`, `\dn` and `\l`, a driver's `SHOW` of a session setting —
-//! answered from
+//! `\dt`, `\d`, `\dn` and `\l`, a driver's `SHOW` of a session setting,
+//! JDBC's `DatabaseMetaData` (schemas, tables, columns, functions, types),
+//! Grafana's `quote_ident` over `information_schema` — answered from
 //! the tenant's own objects: the functions of its published UDFs (latest
 //! versions, what a statement calls by name), and no tables (a statement
 //! reads only what it names). A catalog statement runs like any other of
@@ -14,8 +15,10 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::ScalarValue;
 use datafusion::common::cast::as_int64_array;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use pgwire::api::Type;
 use pgwire::api::auth::DefaultServerParameterProvider;
 use weir_core::abi::{AbiType, ArrowType};
 
@@ -111,9 +114,109 @@ fn settings() -> Vec<(&'static str, String, &'static str)> {
     ]
 }
 
-/// Whether `sql` reads the catalog (it names `pg_catalog.`) or is a `SHOW`.
+/// Whether `sql` reads the catalog (it names `pg_catalog.` or one of the
+/// catalog's functions) or is a `SHOW`.
 pub fn wanted(sql: &str) -> bool {
-    show(sql).is_some() || sql.to_ascii_lowercase().contains("pg_catalog.")
+    let lower = sql.to_ascii_lowercase();
+    show(sql).is_some()
+        || lower.contains("pg_catalog.")
+        || SESSION_FUNCTIONS.iter().any(|f| lower.contains(f))
+}
+
+/// What drivers and dashboards call outside `pg_catalog.` on connect
+/// (JDBC's `current_schema()`, Grafana's `quote_ident`): a statement that
+/// names one gets the catalog too.
+const SESSION_FUNCTIONS: [&str; 7] = [
+    "current_schema",
+    "current_database",
+    "current_user",
+    "session_user",
+    "quote_ident",
+    "format_type",
+    "pg_get_",
+];
+
+/// What drivers write that DataFusion cannot plan, and the same in a form
+/// it can (the session has no list indexing; a correlated scalar subquery
+/// must be an aggregate).
+const DRIVER_FORMS: [(&str, &str); 4] = [
+    // JDBC's `getSchemas`: the first schema on the search path.
+    (
+        "(pg_catalog.current_schemas(true))[1]",
+        "pg_catalog.current_schema()",
+    ),
+    (
+        "(pg_catalog.current_schemas(false))[1]",
+        "pg_catalog.current_schema()",
+    ),
+    // JDBC's `getTypeInfo`: a type of a composite relation (there are
+    // none: every type listed is a base type).
+    (
+        " OR (SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid)",
+        " OR false",
+    ),
+    // JDBC's `getProcedures`: three unnamed reserved columns (DataFusion
+    // wants distinct names; JDBC reads them by position).
+    (
+        "AS PROCEDURE_NAME, NULL, NULL, NULL,",
+        "AS PROCEDURE_NAME, NULL AS RESERVED1, NULL AS RESERVED2, NULL AS RESERVED3,",
+    ),
+];
+
+/// Whole statements drivers send that DataFusion cannot plan (compared
+/// with runs of white space made one), and what weir runs instead.
+const DRIVER_STATEMENTS: [(&str, &str); 1] = [
+    // JDBC's type cache (`getTypeInfo`): every type, its kind and whether
+    // it is an array, in search-path order. Every type here is a base
+    // type of `pg_catalog`, none an array.
+    (
+        "SELECT typinput='pg_catalog.array_in'::regproc as is_array, typtype, typname, pg_type.oid FROM pg_catalog.pg_type LEFT JOIN (select ns.oid as nspoid, ns.nspname, r.r from pg_namespace as ns join ( select s.r, (current_schemas(false))[s.r] as nspname from generate_series(1, array_upper(current_schemas(false), 1)) as s(r) ) as r using ( nspname ) ) as sp ON sp.nspoid = typnamespace ORDER BY sp.r, pg_type.oid DESC",
+        "SELECT false AS is_array, typtype, typname, pg_type.oid FROM pg_catalog.pg_type ORDER BY pg_type.oid DESC",
+    ),
+];
+
+/// `sql` with its runs of white space made one space, trimmed.
+fn one_spaced(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The oids `'name'::regclass` stands for (PostgreSQL's), for the catalog
+/// tables drivers name that way; any other name is 0 (no such relation).
+const REGCLASSES: [(&str, i64); 7] = [
+    ("pg_class", 1259),
+    ("pg_namespace", 2615),
+    ("pg_proc", 1255),
+    ("pg_type", 1247),
+    ("pg_attribute", 1249),
+    ("pg_database", 1262),
+    ("pg_description", 2609),
+];
+
+/// `sql` with each `'name'::regclass` (a type DataFusion does not know)
+/// replaced by the oid it stands for.
+fn resolve_regclasses(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find("::regclass") {
+        let (before, after) = rest.split_at(at);
+        let literal = before
+            .strip_suffix('\'')
+            .and_then(|b| b.rfind('\'').map(|open| (open, &b[open + 1..])));
+        match literal {
+            Some((open, name)) => {
+                let oid = REGCLASSES
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name.trim_start_matches("pg_catalog.")))
+                    .map_or(0, |(_, oid)| *oid);
+                out.push_str(&before[..open]);
+                out.push_str(&oid.to_string());
+            }
+            None => out.push_str(before),
+        }
+        rest = &after["::regclass".len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The setting a `SHOW` statement asks for (lower case; `all`), if it is one.
@@ -158,13 +261,29 @@ pub fn prepare(
                 "SELECT setting AS \"{name}\" FROM pg_catalog.pg_settings WHERE name = '{name}'"
             )
         }
-        // psql's patterns (`\df name`) use PostgreSQL's operator and
-        // collation syntax for a regular expression match.
-        None => sql
-            .replace("OPERATOR(pg_catalog.~)", "~")
-            .replace(" COLLATE pg_catalog.default", ""),
+        None => planned_form(sql),
     };
     Ok((sql, catalog(tenant, versions)?))
+}
+
+/// A catalog statement as weir plans it: a driver's statement or forms
+/// DataFusion cannot plan replaced ([`DRIVER_STATEMENTS`],
+/// [`DRIVER_FORMS`], `'name'::regclass`), psql's pattern syntax made
+/// DataFusion's.
+fn planned_form(sql: &str) -> String {
+    let spaced = one_spaced(sql);
+    if let Some((_, planned)) = DRIVER_STATEMENTS.iter().find(|(d, _)| *d == spaced) {
+        return planned.to_string();
+    }
+    // psql's patterns (`\df name`) use PostgreSQL's operator and
+    // collation syntax for a regular expression match.
+    let mut sql = sql
+        .replace("OPERATOR(pg_catalog.~)", "~")
+        .replace(" COLLATE pg_catalog.default", "");
+    for (driver, planned) in DRIVER_FORMS {
+        sql = sql.replace(driver, planned);
+    }
+    resolve_regclasses(&sql)
 }
 
 /// One function of a UDF: its SQL name, argument and result types, and
@@ -173,6 +292,8 @@ struct Function {
     name: String,
     args: String,
     result: String,
+    /// The oid of its result's type (`pg_type`).
+    result_oid: i64,
     aggregate: bool,
 }
 
@@ -186,6 +307,8 @@ fn function(signature: &str) -> Option<Function> {
         None => (rest, false),
     };
     let type_name = |t: &str| AbiType::from_name(t.trim()).map(|t| sql_type(&t.data_type()));
+    let result_oid = AbiType::from_name(result.trim())
+        .map(|t| i64::from(super::encode::pg_type(&t.data_type()).oid()))?;
     let args: Option<Vec<&str>> = args
         .split(',')
         .filter(|a| !a.trim().is_empty())
@@ -195,6 +318,7 @@ fn function(signature: &str) -> Option<Function> {
         name: name.trim().to_string(),
         args: args?.join(", "),
         result: type_name(result)?.to_string(),
+        result_oid,
         aggregate,
     })
 }
@@ -202,7 +326,45 @@ fn function(signature: &str) -> Option<Function> {
 /// The name PostgreSQL's `format_type` gives the type a column of `ty`
 /// is sent as (`pg::encode::pg_type`).
 fn sql_type(ty: &DataType) -> &'static str {
-    match super::encode::pg_type(ty).name() {
+    format_type(super::encode::pg_type(ty).name())
+}
+
+/// The types a tenant's catalog lists (`pg_type`): those weir sends its
+/// columns as (`pg::encode::pg_type`), and those the catalog's own
+/// columns and drivers' parameters name.
+const TYPES: [Type; 15] = [
+    Type::BOOL,
+    Type::BYTEA,
+    Type::NAME,
+    Type::INT8,
+    Type::INT2,
+    Type::INT4,
+    Type::TEXT,
+    Type::OID,
+    Type::FLOAT4,
+    Type::FLOAT8,
+    Type::VARCHAR,
+    Type::DATE,
+    Type::TIMESTAMP,
+    Type::TIMESTAMPTZ,
+    Type::NUMERIC,
+];
+
+/// A type's size in bytes, -1 for variable (`pg_type.typlen`).
+fn type_length(ty: &Type) -> i64 {
+    match ty.name() {
+        "bool" => 1,
+        "int2" => 2,
+        "int4" | "float4" | "date" | "oid" => 4,
+        "int8" | "float8" | "timestamp" | "timestamptz" => 8,
+        "name" => 64,
+        _ => -1,
+    }
+}
+
+/// PostgreSQL's `format_type` name of the type named `name` in `pg_type`.
+fn format_type(name: &str) -> &'static str {
+    match name {
         "bool" => "boolean",
         "int2" => "smallint",
         "int4" => "integer",
@@ -214,6 +376,9 @@ fn sql_type(ty: &DataType) -> &'static str {
         "date" => "date",
         "timestamp" => "timestamp without time zone",
         "timestamptz" => "timestamp with time zone",
+        "varchar" => "character varying",
+        "name" => "name",
+        "oid" => "oid",
         _ => "text",
     }
 }
@@ -224,6 +389,10 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
 
 fn ints(values: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(values))
+}
+
+fn bools(values: impl IntoIterator<Item = bool>) -> ArrayRef {
+    Arc::new(BooleanArray::from_iter(values.into_iter().map(Some)))
 }
 
 /// A table of `columns` (name, values); all of one length. A column with
@@ -240,8 +409,9 @@ fn table(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ServiceError> {
 }
 
 /// The catalog of `tenant`: tables `pg_namespace`, `pg_database`,
-/// `pg_proc`, `pg_class` (empty), `pg_am` (empty), `pg_settings`, and the
-/// functions psql calls on them.
+/// `pg_proc`, `pg_class`, `pg_am`, `pg_attribute`, `pg_attrdef`,
+/// `pg_description` (the last five empty), `pg_settings`, `pg_type`, and
+/// the functions psql and JDBC call on them.
 fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceError> {
     let mut functions: Vec<Function> = versions
         .iter()
@@ -286,6 +456,7 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
             strings(functions.iter().map(|f| f.name.as_str())),
         ),
         ("pronamespace", ints(functions.iter().map(|_| PUBLIC))),
+        ("prorettype", ints(functions.iter().map(|f| f.result_oid))),
         (
             "prokind",
             strings(
@@ -304,6 +475,47 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
         ("relam", ints([])),
     ])?;
     let methods = table(vec![("oid", ints([])), ("amname", strings([]))])?;
+    // The columns of its relations (none: a statement here reads only
+    // what it names), their defaults, and comments on any object (none);
+    // JDBC's `getColumns`, `getTables` and `getFunctions` join them.
+    let attributes = table(vec![
+        ("attrelid", ints([])),
+        ("attname", strings([])),
+        ("atttypid", ints([])),
+        ("attnotnull", bools([])),
+        ("atttypmod", ints([])),
+        ("attlen", ints([])),
+        ("attnum", ints([])),
+        ("attidentity", strings([])),
+        ("attgenerated", strings([])),
+        ("attisdropped", bools([])),
+    ])?;
+    let defaults = table(vec![
+        ("adrelid", ints([])),
+        ("adnum", ints([])),
+        ("adbin", strings([])),
+    ])?;
+    let descriptions = table(vec![
+        ("objoid", ints([])),
+        ("classoid", ints([])),
+        ("objsubid", ints([])),
+        ("description", strings([])),
+    ])?;
+    let n = TYPES.len();
+    let types = table(vec![
+        ("oid", ints(TYPES.iter().map(|t| i64::from(t.oid())))),
+        ("typname", strings(TYPES.iter().map(Type::name))),
+        ("typnamespace", ints([PG_CATALOG; TYPES.len()])),
+        ("typowner", ints([OWNER; TYPES.len()])),
+        ("typlen", ints(TYPES.iter().map(type_length))),
+        ("typtype", strings(std::iter::repeat_n("b", n))),
+        ("typnotnull", bools(std::iter::repeat_n(false, n))),
+        ("typtypmod", ints(std::iter::repeat_n(-1, n))),
+        ("typbasetype", ints(std::iter::repeat_n(0, n))),
+        ("typrelid", ints(std::iter::repeat_n(0, n))),
+        ("typelem", ints(std::iter::repeat_n(0, n))),
+        ("typarray", ints(std::iter::repeat_n(0, n))),
+    ])?;
     let settings = settings();
     let settings = table(vec![
         ("name", strings(settings.iter().map(|(n, _, _)| *n))),
@@ -340,6 +552,10 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
             ("pg_class".into(), classes),
             ("pg_am".into(), methods),
             ("pg_settings".into(), settings),
+            ("pg_type".into(), types),
+            ("pg_attribute".into(), attributes),
+            ("pg_attrdef".into(), defaults),
+            ("pg_description".into(), descriptions),
         ],
         functions: vec![
             result,
@@ -347,12 +563,149 @@ fn catalog(tenant: &str, versions: &[UdfVersion]) -> Result<Catalog, ServiceErro
             owner,
             visible("pg_function_is_visible"),
             visible("pg_table_is_visible"),
+            visible("pg_type_is_visible"),
             text_of_oid("pg_encoding_to_char", |encoding| {
                 (encoding == UTF8).then(|| "UTF8".to_string())
             }),
             array_to_string(),
+            constant("current_schema", "public"),
+            constant("current_database", "weir"),
+            constant("current_user", tenant),
+            constant("session_user", tenant),
+            current_schemas(),
+            quote_ident(),
+            format_type_of_oid(),
+            pg_get_expr(),
+            obj_description(),
         ],
     })
+}
+
+/// `pg_catalog.<name>() → text`, also by its bare name: always `value`
+/// (the connection's schema, database, user).
+fn constant(name: &'static str, value: &str) -> ScalarUDF {
+    let value = value.to_string();
+    let udf = create_udf(
+        &format!("pg_catalog.{name}"),
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                value.clone(),
+            ))))
+        }),
+    );
+    udf.with_aliases([name])
+}
+
+/// `pg_catalog.current_schemas(include_implicit) → text[]`: `public`
+/// (JDBC's `getSchemas` reads its first element).
+fn current_schemas() -> ScalarUDF {
+    let udf = create_udf(
+        "pg_catalog.current_schemas",
+        vec![DataType::Boolean],
+        DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+        Volatility::Stable,
+        Arc::new(|_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::List(
+                ScalarValue::new_list_nullable(
+                    &[ScalarValue::Utf8(Some("public".to_string()))],
+                    &DataType::Utf8,
+                ),
+            )))
+        }),
+    );
+    udf.with_aliases(["current_schemas"])
+}
+
+/// PostgreSQL's `quote_ident(text)`: the name as is when it is a plain
+/// lower-case identifier, else in double quotes (inner ones doubled).
+fn quote_ident() -> ScalarUDF {
+    let udf = create_udf(
+        "pg_catalog.quote_ident",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = datafusion::common::cast::as_string_array(one_argument(&arrays)?)?;
+            let out: StringArray = names.iter().map(|n| n.map(quoted)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+    udf.with_aliases(["quote_ident"])
+}
+
+/// `name` as `quote_ident` writes it.
+fn quoted(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `pg_catalog.format_type(type_oid, typmod) → text`: the SQL name of
+/// one of the catalog's types, NULL for another oid.
+fn format_type_of_oid() -> ScalarUDF {
+    let udf = create_udf(
+        "pg_catalog.format_type",
+        vec![DataType::Int64, DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let Some(oids) = arrays.first() else {
+                return Err(datafusion::error::DataFusionError::Plan(
+                    "format_type takes a type's oid and a modifier".to_string(),
+                ));
+            };
+            let oids = as_int64_array(oids)?;
+            let out: StringArray = oids
+                .iter()
+                .map(|oid| {
+                    let ty = TYPES.iter().find(|t| Some(i64::from(t.oid())) == oid)?;
+                    Some(format_type(ty.name()).to_string())
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+    udf.with_aliases(["format_type"])
+}
+
+/// `pg_catalog.obj_description(oid, catalog) → text`: NULL (nothing here
+/// has a comment).
+fn obj_description() -> ScalarUDF {
+    let udf = create_udf(
+        "pg_catalog.obj_description",
+        vec![DataType::Int64, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    );
+    udf.with_aliases(["obj_description"])
+}
+
+/// `pg_catalog.pg_get_expr(expression, relation) → text`: NULL (no
+/// relation here has a default to show).
+fn pg_get_expr() -> ScalarUDF {
+    let udf = create_udf(
+        "pg_catalog.pg_get_expr",
+        vec![DataType::Utf8, DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    );
+    udf.with_aliases(["pg_get_expr"])
 }
 
 /// The one argument of a catalog function (its signature says one; an
@@ -476,6 +829,41 @@ mod tests {
         assert_eq!(
             sql,
             "SELECT setting AS \"datestyle\" FROM pg_catalog.pg_settings WHERE name = 'datestyle'"
+        );
+    }
+
+    #[test]
+    fn regclass_literals_become_oids() {
+        assert_eq!(
+            resolve_regclasses("d.classoid = 'pg_class'::regclass AND x = 'nope'::regclass"),
+            "d.classoid = 1259 AND x = 0"
+        );
+        assert_eq!(
+            resolve_regclasses("'pg_catalog.pg_namespace'::regclass"),
+            "2615"
+        );
+        // Not a literal before it: left as it was (DataFusion says why).
+        assert_eq!(resolve_regclasses("c::regclass"), "c");
+        assert_eq!(resolve_regclasses("'::regclass"), "'");
+    }
+
+    #[test]
+    fn quote_ident_quotes_what_is_not_a_plain_name() {
+        assert_eq!(quoted("plain_1"), "plain_1");
+        assert_eq!(quoted("Mixed"), "\"Mixed\"");
+        assert_eq!(quoted("1st"), "\"1st\"");
+        assert_eq!(quoted("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quoted(""), "\"\"");
+    }
+
+    #[test]
+    fn a_drivers_statement_is_matched_whatever_its_spacing() {
+        let (driver, planned) = DRIVER_STATEMENTS[0];
+        let spaced = driver.replace(" FROM ", "\n   FROM   ");
+        assert_eq!(planned_form(&spaced), planned);
+        assert_eq!(
+            planned_form("SELECT (pg_catalog.current_schemas(true))[1]"),
+            "SELECT pg_catalog.current_schema()"
         );
     }
 }

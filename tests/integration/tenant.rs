@@ -686,6 +686,38 @@ async fn a_tenants_queries_wait_for_its_slot() {
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 7);
 }
 
+/// Issue 29: a tenant's work waits for its own guest call in the one slot
+/// for an epoch tick, not for the whole call: the call lends the slot at
+/// its next tick and pauses until the waiting poll is done (a tenant's SQL
+/// statement beside its pipeline's batch). The call still ends at its own
+/// CPU budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_call_lends_its_slot_to_its_tenants_waiting_work() {
+    let t = Tenants::with_slots(Policy::from_toml("[tenants.one]\n").unwrap(), 1);
+    let one = t.get("one");
+    let m = load(&one);
+    let spinning = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = call(&m, "spin", vec![Some(i64::MAX)]);
+        (result, started.elapsed())
+    });
+    // The spin holds the tenant's only slot by then (its budget: 1 s).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let asked = Instant::now();
+    assert_eq!(one.gate(async { 7 }).await, 7);
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_millis(500),
+        "the tenant's poll waited {waited:?} for its own spinning call"
+    );
+    let (result, ran) = spinning.join().unwrap();
+    assert!(
+        matches!(result, Err(Failure::OutOfCpu { .. })),
+        "{result:?}"
+    );
+    assert!(ran >= Duration::from_millis(900), "{ran:?}");
+}
+
 /// Issue 29 #1: a pipeline's run (decode, query, encode) takes one of its
 /// tenant's slots: with the only one held it writes nothing, and it runs
 /// through once the slot is free.

@@ -7,6 +7,7 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter, UpdateDeadline};
 
 use super::limits::SandboxLimits;
 use crate::abi::IMPORT_MODULE;
+use crate::tenant::share::Lent;
 use crate::tenant::{Interrupt, Tenant};
 
 /// Longest log line kept, in bytes.
@@ -62,6 +63,8 @@ pub struct StoreState {
     /// and the ticks of its CPU budget left after the next one.
     interrupt: Option<Interrupt>,
     ticks_left: u64,
+    /// Whether the current call may still lend its slot at a tick.
+    may_lend: bool,
 }
 
 impl StoreState {
@@ -82,35 +85,44 @@ impl StoreState {
             label,
             interrupt: None,
             ticks_left: 0,
+            may_lend: true,
         }
     }
 
     /// The epoch deadline of a call of `ticks` ticks (its CPU budget)
-    /// serving work with `interrupt`: without one, the budget at once
-    /// (wasmtime traps when it is reached); with one, a tick at a time, so
-    /// that [`Self::epoch_reached`] looks at the interrupt at every tick.
+    /// serving work with `interrupt`: one tick, so that
+    /// [`Self::epoch_reached`] runs at every tick of the call, with the
+    /// rest of the budget kept here.
     pub fn watch(&mut self, interrupt: Option<Interrupt>, ticks: u64) -> u64 {
-        let ticks = ticks.max(1);
-        if interrupt.is_some() {
-            self.ticks_left = ticks - 1;
-            self.interrupt = interrupt;
-            1
-        } else {
-            self.ticks_left = 0;
-            self.interrupt = None;
-            ticks
-        }
+        self.ticks_left = ticks.max(1) - 1;
+        self.interrupt = interrupt;
+        self.may_lend = true;
+        1
     }
 
-    /// The store's epoch-deadline callback: the call stops when its
-    /// interrupt fired ([`Interrupted`]) or its budget is spent (the trap
-    /// of an exhausted CPU budget); else it runs one more tick.
+    /// The store's epoch-deadline callback, at every tick of a call: the
+    /// call stops when its interrupt fired ([`Interrupted`]) or its budget
+    /// is spent (the trap of an exhausted CPU budget). Else, when its
+    /// tenant's own work waits for the slot the call runs in, the call
+    /// lends it and pauses until its turn comes back (a tenant's statement
+    /// waits a tick for its pipeline's batch, not the batch; the pause
+    /// does not count against the budget); then it runs one more tick.
     pub fn epoch_reached(&mut self) -> wasmtime::Result<UpdateDeadline> {
         if self.interrupt.as_ref().is_some_and(Interrupt::fired) {
             return Err(wasmtime::Error::new(Interrupted));
         }
         if self.ticks_left == 0 {
             return Ok(UpdateDeadline::Interrupt);
+        }
+        if let Some(tenant) = self.tenant.as_ref().filter(|_| self.may_lend)
+            && tenant.lend_slot() == Lent::TookBack
+        {
+            // What waited needed what this call holds (its module's last
+            // instance): lending again would only stall the call.
+            self.may_lend = false;
+        }
+        if self.interrupt.as_ref().is_some_and(Interrupt::fired) {
+            return Err(wasmtime::Error::new(Interrupted));
         }
         self.ticks_left -= 1;
         Ok(UpdateDeadline::Continue(1))

@@ -26,6 +26,11 @@
 //! polls (a pipeline between batches) would find every slot taken by a
 //! busier one and wait out its longest call; with it, its slot is free
 //! when it comes back.
+//!
+//! Within a tenant, a guest call lends its slot at every epoch tick to
+//! the tenant's own waiting poll (a statement beside its pipeline's batch)
+//! and pauses until its turn comes back ([`FairShare::lend`]): the tenant's
+//! work takes turns a tick apart instead of a call apart.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -91,6 +96,14 @@ struct State {
     ticket: u64,
     /// A freed slot kept for this tenant until then (see [`ANTICIPATE`]).
     held_for: Option<(Arc<str>, Instant)>,
+    /// Slots taken back by lenders whose wait ran out with none free
+    /// ([`FairShare::lend`]): the next ones released repay them.
+    overdrawn: usize,
+    /// The tickets of waiting guest calls and lenders (blocking waits),
+    /// which a slot is not lent to: it goes to a task's poll (its host
+    /// work, and the guest calls made within it), so that at most
+    /// `max_concurrent_calls` guest calls of a tenant are ever under way.
+    blocking: Vec<u64>,
 }
 
 impl State {
@@ -103,6 +116,8 @@ impl State {
             wakers: Vec::new(),
             ticket: 0,
             held_for: None,
+            overdrawn: 0,
+            blocking: Vec::new(),
         }
     }
 
@@ -130,6 +145,7 @@ impl State {
         if let Some(lane) = self.lanes.get_mut(tenant) {
             lane.waiting.retain(|&t| t != ticket);
         }
+        self.blocking.retain(|&t| t != ticket);
     }
 
     /// The slots a lane of `weight` may hold while the other active
@@ -188,7 +204,9 @@ impl State {
         let Some(lane) = self.lanes.get_mut(tenant) else {
             return (0.0, 1);
         };
-        lane.waiting.pop_front();
+        if let Some(ticket) = lane.waiting.pop_front() {
+            self.blocking.retain(|&t| t != ticket);
+        }
         lane.running += 1;
         let start = lane.tag.max(clock - MAX_LAG);
         lane.tag = start + lane.estimate / weight;
@@ -197,10 +215,19 @@ impl State {
         granted
     }
 
+    /// A slot freed: it repays an overdrawn one first.
+    fn give_back(&mut self) {
+        if self.overdrawn > 0 {
+            self.overdrawn -= 1;
+        } else {
+            self.free += 1;
+        }
+    }
+
     /// A call of `tenant` charged `estimate` at its grant ended after
     /// `cpu` seconds: frees its slot and corrects the charge.
     fn charge(&mut self, tenant: &Arc<str>, weight: f64, estimate: f64, cpu: f64) {
-        self.free += 1;
+        self.give_back();
         if let Some(lane) = self.lanes.get_mut(tenant) {
             lane.running = lane.running.saturating_sub(1);
             lane.tag += (cpu - estimate) / weight;
@@ -235,6 +262,17 @@ impl State {
             }
         }
     }
+}
+
+/// What [`FairShare::lend`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lent {
+    /// Nothing: no poll of the tenant waited that the slot could serve.
+    No,
+    /// Lent, and its turn came back.
+    Returned,
+    /// Lent, and taken back when the wait ran out (over the count).
+    TookBack,
 }
 
 /// Guest slots shared by weighted fair queueing; see the module docs.
@@ -331,6 +369,7 @@ impl FairShare {
         let asked = Instant::now();
         let mut state = self.state.lock();
         let ticket = state.enqueue(tenant, cap, weight);
+        state.blocking.push(ticket);
         if !Self::chosen(&state, tenant, ticket) {
             drop(state);
             let mut wait = || {
@@ -452,6 +491,81 @@ impl FairShare {
                 .is_some_and(|l| l.waiting.front() == Some(&ticket))
     }
 
+    /// Lends the slot the calling thread holds for `tenant` to the
+    /// tenant's own oldest waiting work, when that is a task's poll (not a
+    /// guest call of its own: those stay within `max_concurrent_calls`)
+    /// that could not start otherwise (the tenant runs all the slots it
+    /// may) and would start in it; then waits for its turn back, behind
+    /// the tenant's work queued before, for at most `most`.
+    ///
+    /// Called at a guest call's epoch tick (`sandbox/host.rs`), so a
+    /// tenant's SQL statement waits at most a tick for the tenant's own
+    /// pipeline batch in a slot, not the whole batch: slots are otherwise
+    /// not preempted. The wait is bounded because the borrower may need
+    /// what the lender holds (its module's last instance); a lender whose
+    /// wait runs out takes its slot back over the count, and the next slot
+    /// released repays it.
+    pub fn lend(&self, tenant: &Arc<str>, most: Duration) -> Lent {
+        if !self.held_here(tenant) {
+            return Lent::No;
+        }
+        let mut state = self.state.lock();
+        let Some(lane) = state.lanes.get(tenant) else {
+            return Lent::No;
+        };
+        let Some(&first) = lane.waiting.front() else {
+            return Lent::No;
+        };
+        if state.blocking.contains(&first) {
+            return Lent::No;
+        }
+        let (cap, weight) = (lane.cap, lane.weight);
+        // Its waiting work would start anyway: nothing to lend.
+        if Self::chosen(&state, tenant, first) {
+            return Lent::No;
+        }
+        state.free += 1;
+        if let Some(lane) = state.lanes.get_mut(tenant) {
+            lane.running = lane.running.saturating_sub(1);
+        }
+        if !Self::chosen(&state, tenant, first) {
+            // The slot would go to another tenant: keep it.
+            state.free -= 1;
+            if let Some(lane) = state.lanes.get_mut(tenant) {
+                lane.running += 1;
+            }
+            return Lent::No;
+        }
+        let ticket = state.enqueue(tenant, cap, weight);
+        state.blocking.push(ticket);
+        self.wake(state);
+        let until = Instant::now() + most;
+        let mut state = self.state.lock();
+        let mut back = Self::chosen(&state, tenant, ticket);
+        while !back {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            self.changed
+                .wait_for(&mut state, (until - now).min(ANTICIPATE));
+            back = Self::chosen(&state, tenant, ticket);
+        }
+        state.dequeue(tenant, ticket);
+        if state.free > 0 {
+            state.free -= 1;
+        } else {
+            state.overdrawn += 1;
+        }
+        if state.held_for.as_ref().is_some_and(|(t, _)| t == tenant) {
+            state.held_for = None;
+        }
+        if let Some(lane) = state.lanes.get_mut(tenant) {
+            lane.running += 1;
+        }
+        if back { Lent::Returned } else { Lent::TookBack }
+    }
+
     fn release(&self, permit: &SharePermit<'_>) {
         let me = self as *const Self as usize;
         HELD.with(|h| {
@@ -550,6 +664,133 @@ mod tests {
                 .all(|l| l.running == 0 && l.waiting.is_empty())
         );
         assert_eq!(share.state.lock().free, 3);
+    }
+
+    /// Waits until `tenant` has a call queued in `share`.
+    fn until_queued(share: &FairShare, tenant: &Arc<str>) {
+        while share
+            .state
+            .lock()
+            .lanes
+            .get(tenant)
+            .is_none_or(|l| l.waiting.is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A task's poll for `tenant`'s slot, polled every millisecond (a
+    /// no-op waker) until granted.
+    fn poll_until_granted<'a>(share: &'a FairShare, tenant: &Arc<str>) -> SharePermit<'a> {
+        let mut queued = None;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let Poll::Ready(p) = share.poll_acquire(tenant, 1, 4, &mut queued, &mut cx) {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn settled(share: &FairShare) {
+        let state = share.state.lock();
+        assert_eq!((state.free, state.overdrawn), (share.slots, 0));
+        assert!(state.blocking.is_empty());
+        assert!(
+            state
+                .lanes
+                .values()
+                .all(|l| l.running == 0 && l.waiting.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_slot_is_lent_to_the_tenants_own_waiting_work() {
+        let share = Arc::new(FairShare::new(1));
+        let a: Arc<str> = "a".into();
+        let permit = share.acquire(&a, 1, 4, wait_here);
+        assert_eq!(
+            share.lend(&a, Duration::from_secs(5)),
+            Lent::No,
+            "nobody waits"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let (share, a) = (share.clone(), a.clone());
+            std::thread::spawn(move || {
+                let _p = poll_until_granted(&share, &a);
+                tx.send(Instant::now()).unwrap();
+                burn(Duration::from_millis(5));
+            })
+        };
+        until_queued(&share, &a);
+        let lent = Instant::now();
+        assert_eq!(share.lend(&a, Duration::from_secs(5)), Lent::Returned);
+        let back = Instant::now();
+        // The waiter ran in the lent slot while the lender paused.
+        let served = rx.recv().unwrap();
+        assert!(lent <= served && served <= back);
+        waiter.join().unwrap();
+        drop(permit);
+        settled(&share);
+    }
+
+    #[test]
+    fn a_slot_is_not_lent_to_a_guest_call_of_the_tenant() {
+        let share = Arc::new(FairShare::new(1));
+        let a: Arc<str> = "a".into();
+        let permit = share.acquire(&a, 1, 4, wait_here);
+        let waiter = {
+            let (share, a) = (share.clone(), a.clone());
+            std::thread::spawn(move || drop(share.acquire(&a, 1, 4, wait_here)))
+        };
+        until_queued(&share, &a);
+        assert_eq!(share.lend(&a, Duration::from_secs(5)), Lent::No);
+        drop(permit);
+        waiter.join().unwrap();
+        settled(&share);
+    }
+
+    #[test]
+    fn a_slot_is_not_lent_to_another_tenant() {
+        let share = Arc::new(FairShare::new(1));
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let permit = share.acquire(&a, 1, 4, wait_here);
+        let waiter = {
+            let (share, b) = (share.clone(), b.clone());
+            std::thread::spawn(move || drop(poll_until_granted(&share, &b)))
+        };
+        until_queued(&share, &b);
+        assert_eq!(share.lend(&a, Duration::from_secs(5)), Lent::No);
+        drop(permit);
+        waiter.join().unwrap();
+        settled(&share);
+    }
+
+    #[test]
+    fn a_lender_whose_turn_does_not_come_takes_its_slot_back_over_the_count() {
+        let share = Arc::new(FairShare::new(1));
+        let a: Arc<str> = "a".into();
+        let permit = share.acquire(&a, 1, 4, wait_here);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let waiter = {
+            let (share, a) = (share.clone(), a.clone());
+            std::thread::spawn(move || {
+                let _p = poll_until_granted(&share, &a);
+                // Holds the lent slot until told (what needs the
+                // lender's instance would).
+                let _ = rx.recv();
+            })
+        };
+        until_queued(&share, &a);
+        let lent = Instant::now();
+        assert_eq!(share.lend(&a, Duration::from_millis(30)), Lent::TookBack);
+        assert!(lent.elapsed() >= Duration::from_millis(30));
+        assert_eq!(share.state.lock().overdrawn, 1);
+        tx.send(()).unwrap();
+        waiter.join().unwrap();
+        drop(permit);
+        settled(&share);
     }
 
     /// One slot; `tenants` (name, weight, CPU seconds per call) always

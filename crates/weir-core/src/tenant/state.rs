@@ -44,6 +44,11 @@ impl TenantStats {
     }
 }
 
+/// The longest a guest call that lent its slot to its tenant's waiting
+/// work waits for its turn back ([`Tenant::lend_slot`]) before it takes
+/// the slot back anyway.
+pub const LEND_AT_MOST: Duration = Duration::from_millis(50);
+
 pub struct Tenant {
     name: Arc<str>,
     policy: RwLock<Arc<TenantPolicy>>,
@@ -263,6 +268,21 @@ impl Tenant {
             .peak_concurrent_calls
             .fetch_max(u64::from(slot.running), Ordering::Relaxed);
         CallPermit { _slot: slot }
+    }
+
+    /// At an epoch tick of one of the tenant's guest calls: lends the slot
+    /// the call runs in to the tenant's own waiting work, if that work
+    /// could not start otherwise, and waits for its turn back (at most
+    /// [`LEND_AT_MOST`]); see [`FairShare::lend`].
+    /// Not on a current-thread runtime: the waiting work may be a task of
+    /// the very thread the call would pause.
+    pub fn lend_slot(&self) -> super::share::Lent {
+        let single = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if single {
+            return super::share::Lent::No;
+        }
+        self.share.lend(&self.name, LEND_AT_MOST)
     }
 
     /// The slot for one poll of the tenant's host work ([`super::gate`]):

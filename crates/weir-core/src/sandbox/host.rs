@@ -104,7 +104,7 @@ impl StoreState {
     /// call stops when its interrupt fired ([`Interrupted`]) or its budget
     /// is spent (the trap of an exhausted CPU budget). Else, when its
     /// tenant's own work waits for the slot the call runs in, the call
-    /// lends it and pauses until its turn comes back (a tenant's statement
+    /// lends it and pauses until that work is done (a tenant's statement
     /// waits a tick for its pipeline's batch, not the batch; the pause
     /// does not count against the budget); then it runs one more tick.
     pub fn epoch_reached(&mut self) -> wasmtime::Result<UpdateDeadline> {

@@ -29,7 +29,7 @@
 //!
 //! Within a tenant, a guest call lends its slot at every epoch tick to
 //! the tenant's own waiting poll (a statement beside its pipeline's batch)
-//! and pauses until its turn comes back ([`FairShare::lend`]): the tenant's
+//! and pauses until that poll is done ([`FairShare::lend`]): the tenant's
 //! work takes turns a tick apart instead of a call apart.
 
 use std::cell::RefCell;
@@ -104,6 +104,32 @@ struct State {
     /// work, and the guest calls made within it), so that at most
     /// `max_concurrent_calls` guest calls of a tenant are ever under way.
     blocking: Vec<u64>,
+    /// Slots lent by a guest call to its tenant's waiting poll, one per
+    /// tenant at most ([`FairShare::lend`]).
+    loans: HashMap<Arc<str>, Loan>,
+}
+
+/// A slot a guest call lent to its tenant's oldest waiting poll: the slot
+/// passes to the poll directly and comes back to the lender when the
+/// poll's permit is released, never through the pool, so neither the
+/// count of slots nor the tenant's running calls change.
+#[derive(Debug)]
+struct Loan {
+    borrower: u64,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the borrower's next poll.
+    Offered,
+    /// The borrower runs in the slot.
+    Borrowed,
+    /// The borrower is done (or gave up): the lender goes on.
+    Returned,
+    /// The lender stopped waiting and went on: the borrower's release
+    /// frees a slot as any.
+    Abandoned,
 }
 
 impl State {
@@ -118,6 +144,7 @@ impl State {
             held_for: None,
             overdrawn: 0,
             blocking: Vec::new(),
+            loans: HashMap::new(),
         }
     }
 
@@ -146,6 +173,19 @@ impl State {
             lane.waiting.retain(|&t| t != ticket);
         }
         self.blocking.retain(|&t| t != ticket);
+        if let Some(loan) = self.loans.get_mut(tenant)
+            && loan.borrower == ticket
+            && loan.phase == Phase::Offered
+        {
+            loan.phase = Phase::Returned;
+        }
+    }
+
+    /// Whether `ticket` of `tenant` is offered a lent slot.
+    fn offered(&self, tenant: &Arc<str>, ticket: u64) -> bool {
+        self.loans
+            .get(tenant)
+            .is_some_and(|l| l.borrower == ticket && l.phase == Phase::Offered)
     }
 
     /// The slots a lane of `weight` may hold while the other active
@@ -302,6 +342,8 @@ pub struct SharePermit<'a> {
     /// Whether this permit took a slot (not when the thread already held
     /// one: a guest call inside a query's poll).
     held: bool,
+    /// Whether its slot is one lent by a guest call of its tenant.
+    borrowed: bool,
     /// How long the call waited for its slot.
     pub waited: Duration,
     /// The tenant's calls running once this one started (itself included;
@@ -344,6 +386,7 @@ impl FairShare {
             estimate: 0.0,
             started: 0.0,
             held: false,
+            borrowed: false,
             waited: Duration::ZERO,
             running: 0,
         }
@@ -446,7 +489,21 @@ impl FairShare {
         weight: f64,
         asked: Instant,
     ) -> SharePermit<'_> {
-        let (estimate, running) = state.grant(tenant, weight);
+        let ticket = state
+            .lanes
+            .get(tenant)
+            .and_then(|l| l.waiting.front().copied());
+        let borrowed = ticket.is_some_and(|t| state.offered(tenant, t));
+        let (estimate, running) = if let (true, Some(ticket)) = (borrowed, ticket) {
+            // The lent slot: taken as it is (no slot counted twice).
+            state.dequeue(tenant, ticket);
+            if let Some(loan) = state.loans.get_mut(tenant) {
+                loan.phase = Phase::Borrowed;
+            }
+            (0.0, state.lanes.get(tenant).map_or(0, |l| l.running))
+        } else {
+            state.grant(tenant, weight)
+        };
         if state.free > 0 {
             self.wake(state);
         } else {
@@ -463,6 +520,7 @@ impl FairShare {
             estimate,
             started: thread_cpu_seconds(),
             held: true,
+            borrowed,
             waited: asked.elapsed(),
             running,
         }
@@ -483,6 +541,9 @@ impl FairShare {
     /// now: a slot is free, the tenant's turn has come, and the call is its
     /// oldest.
     fn chosen(state: &State, tenant: &Arc<str>, ticket: u64) -> bool {
+        if state.offered(tenant, ticket) {
+            return true;
+        }
         state.free > 0
             && state.next() == Some(tenant)
             && state
@@ -492,11 +553,12 @@ impl FairShare {
     }
 
     /// Lends the slot the calling thread holds for `tenant` to the
-    /// tenant's own oldest waiting work, when that is a task's poll (not a
+    /// tenant's oldest waiting work, when that is a task's poll (not a
     /// guest call of its own: those stay within `max_concurrent_calls`)
-    /// that could not start otherwise (the tenant runs all the slots it
-    /// may) and would start in it; then waits for its turn back, behind
-    /// the tenant's work queued before, for at most `most`.
+    /// that would not start otherwise, and waits until that poll is done,
+    /// for at most `most`. The slot passes to the poll and back directly
+    /// (a loan), never through the pool: other tenants' turns and the
+    /// count of slots are as if the lender had run on.
     ///
     /// Called at a guest call's epoch tick (`sandbox/host.rs`), so a
     /// tenant's SQL statement waits at most a tick for the tenant's own
@@ -510,60 +572,59 @@ impl FairShare {
             return Lent::No;
         }
         let mut state = self.state.lock();
-        let Some(lane) = state.lanes.get(tenant) else {
+        let Some(&first) = state.lanes.get(tenant).and_then(|l| l.waiting.front()) else {
             return Lent::No;
         };
-        let Some(&first) = lane.waiting.front() else {
-            return Lent::No;
-        };
-        if state.blocking.contains(&first) {
-            return Lent::No;
-        }
-        let (cap, weight) = (lane.cap, lane.weight);
-        // Its waiting work would start anyway: nothing to lend.
-        if Self::chosen(&state, tenant, first) {
+        // Not to a guest call; not while the tenant's slot is lent (the
+        // borrower's own guest call does not lend it on); not when the
+        // poll would start anyway.
+        if state.blocking.contains(&first)
+            || state.loans.contains_key(tenant)
+            || Self::chosen(&state, tenant, first)
+        {
             return Lent::No;
         }
-        state.free += 1;
-        if let Some(lane) = state.lanes.get_mut(tenant) {
-            lane.running = lane.running.saturating_sub(1);
-        }
-        if !Self::chosen(&state, tenant, first) {
-            // The slot would go to another tenant: keep it.
-            state.free -= 1;
-            if let Some(lane) = state.lanes.get_mut(tenant) {
-                lane.running += 1;
-            }
-            return Lent::No;
-        }
-        let ticket = state.enqueue(tenant, cap, weight);
-        state.blocking.push(ticket);
+        state.loans.insert(
+            tenant.clone(),
+            Loan {
+                borrower: first,
+                phase: Phase::Offered,
+            },
+        );
         self.wake(state);
         let until = Instant::now() + most;
         let mut state = self.state.lock();
-        let mut back = Self::chosen(&state, tenant, ticket);
-        while !back {
+        let phase = |state: &State| state.loans.get(tenant).map_or(Phase::Returned, |l| l.phase);
+        while phase(&state) != Phase::Returned {
             let now = Instant::now();
             if now >= until {
                 break;
             }
             self.changed
                 .wait_for(&mut state, (until - now).min(ANTICIPATE));
-            back = Self::chosen(&state, tenant, ticket);
         }
-        state.dequeue(tenant, ticket);
-        if state.free > 0 {
-            state.free -= 1;
-        } else {
-            state.overdrawn += 1;
+        match phase(&state) {
+            Phase::Borrowed => {
+                // The borrower still runs: go on beside it, over the count;
+                // its release frees a slot (repaying this one).
+                if let Some(loan) = state.loans.get_mut(tenant) {
+                    loan.phase = Phase::Abandoned;
+                }
+                if state.free > 0 {
+                    state.free -= 1;
+                } else {
+                    state.overdrawn += 1;
+                }
+                if let Some(lane) = state.lanes.get_mut(tenant) {
+                    lane.running += 1;
+                }
+                Lent::TookBack
+            }
+            _ => {
+                state.loans.remove(tenant);
+                Lent::Returned
+            }
         }
-        if state.held_for.as_ref().is_some_and(|(t, _)| t == tenant) {
-            state.held_for = None;
-        }
-        if let Some(lane) = state.lanes.get_mut(tenant) {
-            lane.running += 1;
-        }
-        if back { Lent::Returned } else { Lent::TookBack }
     }
 
     fn release(&self, permit: &SharePermit<'_>) {
@@ -576,7 +637,23 @@ impl FairShare {
         });
         let elapsed = (thread_cpu_seconds() - permit.started).max(0.0);
         let mut state = self.state.lock();
-        state.charge(&permit.tenant, permit.weight, permit.estimate, elapsed);
+        let lent = permit
+            .borrowed
+            .then(|| state.loans.get_mut(&permit.tenant))
+            .flatten()
+            .filter(|l| l.phase == Phase::Borrowed);
+        if let Some(loan) = lent {
+            // Back to its lender; the tenant is billed for the poll.
+            loan.phase = Phase::Returned;
+            if let Some(lane) = state.lanes.get_mut(&permit.tenant) {
+                lane.tag += elapsed / permit.weight;
+            }
+        } else {
+            if permit.borrowed {
+                state.loans.remove(&permit.tenant);
+            }
+            state.charge(&permit.tenant, permit.weight, permit.estimate, elapsed);
+        }
         self.wake(state);
     }
 }

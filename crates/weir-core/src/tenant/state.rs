@@ -45,7 +45,7 @@ impl TenantStats {
 }
 
 /// The longest a guest call that lent its slot to its tenant's waiting
-/// work waits for its turn back ([`Tenant::lend_slot`]) before it takes
+/// work waits for the slot back ([`Tenant::lend_slot`]) before it takes
 /// the slot back anyway.
 pub const LEND_AT_MOST: Duration = Duration::from_millis(50);
 
@@ -272,7 +272,7 @@ impl Tenant {
 
     /// At an epoch tick of one of the tenant's guest calls: lends the slot
     /// the call runs in to the tenant's own waiting work, if that work
-    /// could not start otherwise, and waits for its turn back (at most
+    /// could not start otherwise, and waits until that work is done (at most
     /// [`LEND_AT_MOST`]); see [`FairShare::lend`].
     /// Not on a current-thread runtime: the waiting work may be a task of
     /// the very thread the call would pause.

@@ -718,6 +718,47 @@ async fn a_guest_call_lends_its_slot_to_its_tenants_waiting_work() {
     assert!(ran >= Duration::from_millis(900), "{ran:?}");
 }
 
+/// A guest call that lends its slot may run on a runtime worker (an
+/// aggregate's calls do). The borrower, woken from that worker, goes to
+/// the worker's own next-task slot, which no other worker takes: the pause
+/// is announced as blocking, so the worker's tasks move to another thread.
+/// Without that, the borrower ran only once the lender took its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_lent_from_a_runtime_worker_reaches_its_borrower() {
+    use std::sync::atomic::AtomicBool;
+    let t = Tenants::with_slots(Policy::from_toml("[tenants.one]\n").unwrap(), 1);
+    let one = t.get("one");
+    let (held, queued) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let lender = {
+        let (one, held, queued) = (one.clone(), held.clone(), queued.clone());
+        tokio::spawn(async move {
+            // All in one poll, as a guest call: the slot, then the wait
+            // for the borrower (on the other worker) to queue.
+            let slot = one.enter();
+            held.store(true, Ordering::SeqCst);
+            while !queued.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            let lent = one.lend_slot();
+            drop(slot);
+            lent
+        })
+    };
+    while !held.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let borrower = tokio::spawn(async move {
+        queued.store(true, Ordering::SeqCst);
+        one.gate(async { 7 }).await
+    });
+    assert_eq!(lender.await.unwrap(), weir::tenant::share::Lent::Returned);
+    assert_eq!(borrower.await.unwrap(), 7);
+}
+
 /// Issue 29 #1: a pipeline's run (decode, query, encode) takes one of its
 /// tenant's slots: with the only one held it writes nothing, and it runs
 /// through once the slot is free.

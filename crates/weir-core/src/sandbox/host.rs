@@ -115,10 +115,11 @@ impl StoreState {
             return Ok(UpdateDeadline::Interrupt);
         }
         if let Some(tenant) = self.tenant.as_ref().filter(|_| self.may_lend)
-            && tenant.lend_slot() == Lent::TookBack
+            && matches!(tenant.lend_slot(), Lent::TookBack | Lent::Unclaimed)
         {
             // What waited needed what this call holds (its module's last
-            // instance): lending again would only stall the call.
+            // instance), or did not come: lending again would only stall
+            // the call.
             self.may_lend = false;
         }
         if self.interrupt.as_ref().is_some_and(Interrupt::fired) {

@@ -313,6 +313,9 @@ pub enum Lent {
     Returned,
     /// Lent, and taken back when the wait ran out (over the count).
     TookBack,
+    /// Offered, and the waiting poll did not come for it before the wait
+    /// ran out.
+    Unclaimed,
 }
 
 /// Guest slots shared by weighted fair queueing; see the module docs.
@@ -567,7 +570,12 @@ impl FairShare {
     /// what the lender holds (its module's last instance); a lender whose
     /// wait runs out takes its slot back over the count, and the next slot
     /// released repays it.
-    pub fn lend(&self, tenant: &Arc<str>, most: Duration) -> Lent {
+    pub fn lend(
+        &self,
+        tenant: &Arc<str>,
+        most: Duration,
+        block: impl FnOnce(&mut dyn FnMut()),
+    ) -> Lent {
         if !self.held_here(tenant) {
             return Lent::No;
         }
@@ -593,16 +601,22 @@ impl FairShare {
         );
         self.wake(state);
         let until = Instant::now() + most;
-        let mut state = self.state.lock();
         let phase = |state: &State| state.loans.get(tenant).map_or(Phase::Returned, |l| l.phase);
-        while phase(&state) != Phase::Returned {
-            let now = Instant::now();
-            if now >= until {
-                break;
+        // The borrower may be a task this thread's runtime worker was
+        // about to run (a task it woke goes to its own queue): `block`
+        // hands those to another thread for the wait.
+        block(&mut || {
+            let mut state = self.state.lock();
+            while phase(&state) != Phase::Returned {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                self.changed
+                    .wait_for(&mut state, (until - now).min(ANTICIPATE));
             }
-            self.changed
-                .wait_for(&mut state, (until - now).min(ANTICIPATE));
-        }
+        });
+        let mut state = self.state.lock();
         match phase(&state) {
             Phase::Borrowed => {
                 // The borrower still runs: go on beside it, over the count;
@@ -619,6 +633,10 @@ impl FairShare {
                     lane.running += 1;
                 }
                 Lent::TookBack
+            }
+            Phase::Offered => {
+                state.loans.remove(tenant);
+                Lent::Unclaimed
             }
             _ => {
                 state.loans.remove(tenant);
@@ -787,7 +805,7 @@ mod tests {
         let a: Arc<str> = "a".into();
         let permit = share.acquire(&a, 1, 4, wait_here);
         assert_eq!(
-            share.lend(&a, Duration::from_secs(5)),
+            share.lend(&a, Duration::from_secs(5), wait_here),
             Lent::No,
             "nobody waits"
         );
@@ -802,12 +820,44 @@ mod tests {
         };
         until_queued(&share, &a);
         let lent = Instant::now();
-        assert_eq!(share.lend(&a, Duration::from_secs(5)), Lent::Returned);
+        assert_eq!(
+            share.lend(&a, Duration::from_secs(5), wait_here),
+            Lent::Returned
+        );
         let back = Instant::now();
         // The waiter ran in the lent slot while the lender paused.
         let served = rx.recv().unwrap();
         assert!(lent <= served && served <= back);
         waiter.join().unwrap();
+        drop(permit);
+        settled(&share);
+    }
+
+    #[test]
+    fn a_slot_no_poll_comes_for_is_not_lent_for_long() {
+        let share = FairShare::new(1);
+        let a: Arc<str> = "a".into();
+        let permit = share.acquire(&a, 1, 4, wait_here);
+        // A task (on another thread) queues, and is not polled again.
+        let queued = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut queued = None;
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                assert!(
+                    share
+                        .poll_acquire(&a, 1, 4, &mut queued, &mut cx)
+                        .is_pending()
+                );
+                queued
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(
+            share.lend(&a, Duration::from_millis(20), wait_here),
+            Lent::Unclaimed
+        );
+        share.leave(&a, queued.unwrap());
         drop(permit);
         settled(&share);
     }
@@ -822,7 +872,7 @@ mod tests {
             std::thread::spawn(move || drop(share.acquire(&a, 1, 4, wait_here)))
         };
         until_queued(&share, &a);
-        assert_eq!(share.lend(&a, Duration::from_secs(5)), Lent::No);
+        assert_eq!(share.lend(&a, Duration::from_secs(5), wait_here), Lent::No);
         drop(permit);
         waiter.join().unwrap();
         settled(&share);
@@ -838,7 +888,7 @@ mod tests {
             std::thread::spawn(move || drop(poll_until_granted(&share, &b)))
         };
         until_queued(&share, &b);
-        assert_eq!(share.lend(&a, Duration::from_secs(5)), Lent::No);
+        assert_eq!(share.lend(&a, Duration::from_secs(5), wait_here), Lent::No);
         drop(permit);
         waiter.join().unwrap();
         settled(&share);
@@ -861,7 +911,10 @@ mod tests {
         };
         until_queued(&share, &a);
         let lent = Instant::now();
-        assert_eq!(share.lend(&a, Duration::from_millis(30)), Lent::TookBack);
+        assert_eq!(
+            share.lend(&a, Duration::from_millis(30), wait_here),
+            Lent::TookBack
+        );
         assert!(lent.elapsed() >= Duration::from_millis(30));
         assert_eq!(share.state.lock().overdrawn, 1);
         tx.send(()).unwrap();

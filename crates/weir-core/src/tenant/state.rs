@@ -275,14 +275,22 @@ impl Tenant {
     /// could not start otherwise, and waits until that work is done (at most
     /// [`LEND_AT_MOST`]); see [`FairShare::lend`].
     /// Not on a current-thread runtime: the waiting work may be a task of
-    /// the very thread the call would pause.
+    /// the very thread the call would pause. On a worker of a
+    /// multi-thread runtime the pause is announced as blocking, so the
+    /// worker's tasks (the borrower among them) move to another thread.
     pub fn lend_slot(&self) -> super::share::Lent {
         let single = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         if single {
             return super::share::Lent::No;
         }
-        self.share.lend(&self.name, LEND_AT_MOST)
+        self.share.lend(&self.name, LEND_AT_MOST, |wait| {
+            if on_multi_thread_runtime() {
+                tokio::task::block_in_place(wait)
+            } else {
+                wait()
+            }
+        })
     }
 
     /// The slot for one poll of the tenant's host work ([`super::gate`]):

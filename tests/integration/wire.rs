@@ -53,6 +53,22 @@ fn psql(port: u16, user: &str, token: &str, args: &[&str]) -> (bool, String, Str
     )
 }
 
+/// Publishes `tests/tenant/guest.wat` as tenant acme's UDF `tools`
+/// (token `acme-secret`).
+fn publish_tools(addr: &str) {
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/tenants/acme/udfs/tools",
+        &[
+            ("Authorization", "Bearer acme-secret"),
+            ("Content-Type", "application/wasm"),
+        ],
+        &guest(),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
 /// Whether ADBC's Flight SQL driver and pyarrow import.
 fn has_adbc() -> bool {
     Command::new("python3")
@@ -154,17 +170,7 @@ fn psql_runs_a_tenants_udfs_with_a_token() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let (status, body) = http(
-        &addr,
-        "POST",
-        "/v1/tenants/acme/udfs/tools",
-        &[
-            ("Authorization", "Bearer acme-secret"),
-            ("Content-Type", "application/wasm"),
-        ],
-        &guest(),
-    );
-    assert_eq!(status, 201, "{body}");
+    publish_tools(&addr);
 
     // The tenant's UDF by name, in a query with built-ins.
     let (ok, out, err) = psql(
@@ -529,17 +535,7 @@ fn jdbc_browses_a_tenants_catalog() {
         ],
     );
     wait_for(&format!("127.0.0.1:{pg_port}"));
-    let (status, body) = http(
-        &addr,
-        "POST",
-        "/v1/tenants/acme/udfs/tools",
-        &[
-            ("Authorization", "Bearer acme-secret"),
-            ("Content-Type", "application/wasm"),
-        ],
-        &guest(),
-    );
-    assert_eq!(status, 201, "{body}");
+    publish_tools(&addr);
     let browse = |tenant: &str, token: &str| -> serde_json::Value {
         let out = Command::new("java")
             .args(["-cp", JDBC_JAR])
@@ -638,17 +634,7 @@ fn a_cancel_stops_the_guest_call_in_flight() {
     );
     wait_for(&format!("127.0.0.1:{pg_port}"));
     let pid = weir.0.id();
-    let (status, body) = http(
-        &addr,
-        "POST",
-        "/v1/tenants/acme/udfs/tools",
-        &[
-            ("Authorization", "Bearer acme-secret"),
-            ("Content-Type", "application/wasm"),
-        ],
-        &guest(),
-    );
-    assert_eq!(status, 201, "{body}");
+    publish_tools(&addr);
     let spin = "SELECT spin(x) AS s FROM (VALUES (CAST(1000000000000 AS BIGINT))) AS t(x)";
 
     // psql's Ctrl-C while the guest spins.
@@ -782,17 +768,7 @@ fn adbc_reads_a_tenants_udfs_over_flight_sql() {
         ],
     );
     wait_for(&format!("127.0.0.1:{flight_port}"));
-    let (status, body) = http(
-        &addr,
-        "POST",
-        "/v1/tenants/acme/udfs/tools",
-        &[
-            ("Authorization", "Bearer acme-secret"),
-            ("Content-Type", "application/wasm"),
-        ],
-        &guest(),
-    );
-    assert_eq!(status, 201, "{body}");
+    publish_tools(&addr);
     let script = support::repo().join("tests/clients/adbc_flight.py");
     let got = python_json(&[
         script.to_str().unwrap(),

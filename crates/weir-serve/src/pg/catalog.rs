@@ -685,27 +685,25 @@ fn format_type_of_oid() -> ScalarUDF {
 /// `pg_catalog.obj_description(oid, catalog) → text`: NULL (nothing here
 /// has a comment).
 fn obj_description() -> ScalarUDF {
-    let udf = create_udf(
-        "pg_catalog.obj_description",
-        vec![DataType::Int64, DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
-    );
-    udf.with_aliases(["obj_description"])
+    null_text("obj_description", vec![DataType::Int64, DataType::Utf8])
 }
 
 /// `pg_catalog.pg_get_expr(expression, relation) → text`: NULL (no
 /// relation here has a default to show).
 fn pg_get_expr() -> ScalarUDF {
+    null_text("pg_get_expr", vec![DataType::Utf8, DataType::Int64])
+}
+
+/// `pg_catalog.<name>(args) → text`, also by its bare name: always NULL.
+fn null_text(name: &'static str, args: Vec<DataType>) -> ScalarUDF {
     let udf = create_udf(
-        "pg_catalog.pg_get_expr",
-        vec![DataType::Utf8, DataType::Int64],
+        &format!("pg_catalog.{name}"),
+        args,
         DataType::Utf8,
-        Volatility::Immutable,
+        Volatility::Stable,
         Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
     );
-    udf.with_aliases(["pg_get_expr"])
+    udf.with_aliases([name])
 }
 
 /// The one argument of a catalog function (its signature says one; an

@@ -20,6 +20,8 @@ solo, /healthz < 100 ms). Last, the weights: tenants `heavy` (weight 3) and
 (target 75 % +- 10).
 
     scripts/bench_service.py [path/to/weir]   # default: release build
+WEIR_BENCH_PHASE_S sets each phase's seconds; WEIR_BENCH_EXTRA is appended
+to the server's weir.toml (e.g. $'[sandbox]\nepoch_tick_ms = 1\n').
 Only the standard library; the binary must be built (cargo build --release).
 """
 
@@ -112,6 +114,8 @@ def main():
             f'cache_dir = "{work}/cache"\n[serve]\nlisten = "127.0.0.1:{port}"\n'
             f'data_dir = "{work}/data"\nrequests_per_s = 0\n'
             f'file_roots = ["{files}/{{tenant}}"]\n{token_cfg}'
+            # More of the server's config, appended (e.g. a `[sandbox]` table).
+            + os.environ.get("WEIR_BENCH_EXTRA", "")
         )
     log = open(os.path.join(work, "serve.log"), "w")
     server = subprocess.Popen(
